@@ -1,0 +1,185 @@
+// s3://bucket/prefix backend on the AWS SDK v3. Configuration is the standard AWS one (region,
+// the default credentials chain, AWS_ENDPOINT_URL[_S3], AWS_MAX_ATTEMPTS); the SDK's retry
+// strategy (exponential backoff with jitter, bounded attempts) covers throttling and dropped
+// connections, and socket timeouts make a silent network fail instead of hang.
+import { Agent as HttpAgent } from 'node:http'
+import { Agent as HttpsAgent } from 'node:https'
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+  paginateListObjectsV2,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3'
+import { Upload } from '@aws-sdk/lib-storage'
+import { NodeHttpHandler } from '@smithy/node-http-handler'
+import { EbsWorkerError, ErrorCode, describe } from '../errors.ts'
+import { AlreadyExistsError, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
+
+export interface S3BackendOptions {
+  bucket: string
+  /** Key prefix without leading or trailing slash ("" for the bucket root). */
+  prefix: string
+  region?: string
+  endpoint?: string
+  /** Path-style addressing; defaults to on when an endpoint override is set. */
+  forcePathStyle?: boolean
+  /**
+   * "when-required" for S3-compatible servers that reject the SDK's default flexible checksums
+   * (Ceph RGW answers 411 to aws-chunked bodies); real AWS keeps the SDK default.
+   */
+  checksums?: 'default' | 'when-required'
+  maxAttempts?: number
+  /** Multipart part size for large objects (packs). */
+  partSize?: number
+  /** Parts of one object uploaded at once. */
+  partConcurrency?: number
+  maxSockets?: number
+}
+
+export const DEFAULT_PART_SIZE = 8 * 1024 * 1024
+const MIN_PART_SIZE = 5 * 1024 * 1024
+
+export class S3Backend implements Backend {
+  readonly url: string
+  readonly client: S3Client
+  readonly #bucket: string
+  readonly #prefix: string
+  readonly #partSize: number
+  readonly #partConcurrency: number
+
+  constructor(options: S3BackendOptions) {
+    this.#bucket = options.bucket
+    this.#prefix = options.prefix ? options.prefix + '/' : ''
+    this.url = `s3://${options.bucket}/${options.prefix}`
+    this.#partSize = Math.max(MIN_PART_SIZE, options.partSize ?? DEFAULT_PART_SIZE)
+    this.#partConcurrency = options.partConcurrency ?? 4
+    const endpoint = options.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL
+    const maxSockets = options.maxSockets ?? 64
+    const config: S3ClientConfig = {
+      requestHandler: new NodeHttpHandler({
+        connectionTimeout: 10_000,
+        // Socket inactivity, not total time: a large part may take long, a dead peer must not.
+        socketTimeout: 60_000,
+        httpAgent: new HttpAgent({ keepAlive: true, maxSockets }),
+        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets }),
+      }),
+    }
+    if (options.region) config.region = options.region
+    else if (endpoint && !process.env.AWS_REGION && !process.env.AWS_DEFAULT_REGION) config.region = 'us-east-1'
+    if (endpoint) config.endpoint = endpoint
+    config.forcePathStyle = options.forcePathStyle ?? endpoint !== undefined
+    if (options.maxAttempts) config.maxAttempts = options.maxAttempts
+    else if (!process.env.AWS_MAX_ATTEMPTS) config.maxAttempts = 5
+    if (options.checksums === 'when-required') {
+      config.requestChecksumCalculation = 'WHEN_REQUIRED'
+      config.responseChecksumValidation = 'WHEN_REQUIRED'
+    }
+    this.client = new S3Client(config)
+  }
+
+  #key(name: string): string {
+    return this.#prefix + name
+  }
+
+  async get(name: string): Promise<Buffer | null> {
+    try {
+      const out = await this.client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: this.#key(name) }))
+      return Buffer.from(await out.Body!.transformToByteArray())
+    } catch (err) {
+      if (isNotFound(err)) return null
+      throw this.#error('GetObject', name, err)
+    }
+  }
+
+  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+    if (length === 0) return Buffer.alloc(0)
+    try {
+      const out = await this.client.send(
+        new GetObjectCommand({
+          Bucket: this.#bucket,
+          Key: this.#key(name),
+          Range: `bytes=${offset}-${offset + length - 1}`,
+        }),
+      )
+      return Buffer.from(await out.Body!.transformToByteArray())
+    } catch (err) {
+      if (status(err) === 416) return Buffer.alloc(0)
+      if (isNotFound(err)) {
+        throw new EbsWorkerError(ErrorCode.ChunkMissing, `object ${name} is missing from ${this.url}`)
+      }
+      throw this.#error('GetObject', name, err)
+    }
+  }
+
+  async put(name: string, data: Buffer, options: PutOptions = {}): Promise<void> {
+    const params = { Bucket: this.#bucket, Key: this.#key(name), Body: data }
+    try {
+      if (options.ifAbsent || data.length <= this.#partSize) {
+        await this.client.send(new PutObjectCommand(options.ifAbsent ? { ...params, IfNoneMatch: '*' } : params))
+        return
+      }
+      // Explicit part size: lib-storage's default (5 MiB) would mean many small requests per
+      // pack; parts of one pack go up in parallel and a failed upload is aborted, not leaked.
+      await new Upload({
+        client: this.client,
+        params,
+        partSize: this.#partSize,
+        queueSize: this.#partConcurrency,
+        leavePartsOnError: false,
+      }).done()
+    } catch (err) {
+      if (options.ifAbsent && status(err) === 412) throw new AlreadyExistsError(name)
+      throw this.#error('PutObject', name, err)
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    try {
+      const pages = paginateListObjectsV2(
+        { client: this.client },
+        { Bucket: this.#bucket, Prefix: this.#key(prefix) },
+      )
+      for await (const page of pages) {
+        for (const obj of page.Contents ?? []) {
+          if (obj.Key) yield { name: obj.Key.slice(this.#prefix.length), size: obj.Size ?? 0 }
+        }
+      }
+    } catch (err) {
+      throw this.#error('ListObjectsV2', prefix, err)
+    }
+  }
+
+  async delete(name: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#key(name) }))
+    } catch (err) {
+      if (!isNotFound(err)) throw this.#error('DeleteObject', name, err)
+    }
+  }
+
+  #error(op: string, name: string, err: unknown): EbsWorkerError {
+    const attempts = (err as { $metadata?: { attempts?: number } }).$metadata?.attempts
+    const where = `s3://${this.#bucket}/${this.#key(name)}`
+    const tries = attempts ? ` after ${attempts} attempt${attempts === 1 ? '' : 's'}` : ''
+    const code = errorName(err) === 'NoSuchBucket' ? ErrorCode.RepoNotFound : ErrorCode.Storage
+    return new EbsWorkerError(code, `S3 ${op} ${where} failed${tries}: ${errorName(err)}: ${describe(err)}`, {
+      cause: err,
+    })
+  }
+}
+
+function status(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
+}
+
+function errorName(err: unknown): string {
+  return err instanceof S3ServiceException ? err.name : err instanceof Error ? err.name : 'Error'
+}
+
+function isNotFound(err: unknown): boolean {
+  const name = errorName(err)
+  return name === 'NoSuchKey' || name === 'NotFound' || (status(err) === 404 && name !== 'NoSuchBucket')
+}

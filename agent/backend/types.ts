@@ -1,0 +1,35 @@
+// The storage a repository lives on: a flat namespace of immutable objects. Both backends give
+// the same guarantees the repository format relies on: a put is atomic (readers see the whole
+// object or none), and `ifAbsent` puts never overwrite (manifests are created exactly once).
+
+export interface ObjectInfo {
+  name: string
+  size: number
+}
+
+export interface PutOptions {
+  /** Fail with AlreadyExistsError instead of replacing an existing object. */
+  ifAbsent?: boolean
+}
+
+export interface Backend {
+  /** Where it points, for messages: `file:///srv/repo` or `s3://bucket/prefix`. */
+  readonly url: string
+  /** The whole object, or null when there is none. */
+  get(name: string): Promise<Buffer | null>
+  /** Up to `length` bytes from `offset`; fewer only when the object is shorter. */
+  getRange(name: string, offset: number, length: number): Promise<Buffer>
+  /** Stores an object; large ones go up as multipart uploads with the backend's part size. */
+  put(name: string, data: Buffer, options?: PutOptions): Promise<void>
+  /** Every object whose name starts with `prefix`, in no particular order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>
+  /** Deletes if present; deleting a missing object is not an error. */
+  delete(name: string): Promise<void>
+}
+
+export class AlreadyExistsError extends Error {
+  constructor(name: string) {
+    super(`object ${name} already exists`)
+    this.name = 'AlreadyExistsError'
+  }
+}

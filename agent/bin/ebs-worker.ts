@@ -1,0 +1,11 @@
+#!/usr/bin/env node
+// Entry point. libuv's thread pool runs file I/O and zstd; its default of 4 threads would cap
+// the reads in flight, so it is raised before anything uses it (hence the dynamic import).
+process.env.UV_THREADPOOL_SIZE ??= '16'
+const major = Number(process.versions.node.split('.')[0])
+if (major < 24) {
+  process.stderr.write(`ebs-worker needs Node.js 24 or later (this is ${process.version}); run it with "npx ebs-worker" from the checkout\n`)
+  process.exit(1)
+}
+const { main } = await import('../cli.ts')
+process.exitCode = await main(process.argv.slice(2))

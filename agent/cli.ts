@@ -1,0 +1,241 @@
+// The ebs-worker command line. Every subcommand prints a short human summary, or with --json
+// one JSON object as the last line of stdout; the exit status says how it went (docs/CLI.md).
+import { readFile } from 'node:fs/promises'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import { openBackend } from './backend/open.ts'
+import { backup, DEFAULT_PACK_SIZE } from './backup.ts'
+import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { LocalKeyFileProvider } from './keys.ts'
+import { parseChangedRanges } from './plan.ts'
+import { formatBytes, progressBar } from './progress.ts'
+import { DEFAULT_CHUNK_SIZE, Repository } from './repository.ts'
+import { restore, verify } from './restore.ts'
+
+export const VERSION = '0.1.0'
+
+/** Exit statuses: scripts and the daemon tell "bad input" from "damaged data" from "try again". */
+export const ExitStatus = { ok: 0, failure: 1, badInput: 2, damaged: 3, interrupted: 130 } as const
+
+function exitStatusFor(err: unknown): number {
+  if (!(err instanceof EbsWorkerError)) return ExitStatus.failure
+  switch (err.code) {
+    case ErrorCode.BadInput:
+      return ExitStatus.badInput
+    case ErrorCode.ChunkCorrupt:
+    case ErrorCode.ChunkMissing:
+    case ErrorCode.ChecksumMismatch:
+      return ExitStatus.damaged
+    case ErrorCode.Interrupted:
+      return ExitStatus.interrupted
+    default:
+      return ExitStatus.failure
+  }
+}
+
+const positiveInt = (name: string) => (value: string): number => {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`)
+  return n
+}
+
+/** Sizes like 1048576, 1MiB, 512KiB, 32M. */
+export function parseSize(value: string): number {
+  const m = /^(\d+)\s*(k|m|g|kib|mib|gib|kb|mb|gb)?$/i.exec(value.trim())
+  if (!m) throw new InvalidArgumentError(`"${value}" is not a size (like 1MiB)`)
+  const unit = (m[2] ?? '').toLowerCase()[0]
+  const scale = unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : 1
+  return Number(m[1]) * scale
+}
+
+interface CommonOptions {
+  repo: string
+  keyFile?: string
+  json?: boolean
+  progress: boolean
+}
+
+async function openRepository(opts: CommonOptions & { compressionLevel?: number }, tuning = {}): Promise<Repository> {
+  const keyProvider = opts.keyFile ? await LocalKeyFileProvider.open(opts.keyFile) : undefined
+  const options: Parameters<typeof Repository.open>[1] = {}
+  if (keyProvider) options.keyProvider = keyProvider
+  if (opts.compressionLevel !== undefined) options.compressionLevel = opts.compressionLevel
+  return Repository.open(openBackend(opts.repo, tuning), options)
+}
+
+type Printer = (human: string[], json: Record<string, unknown>) => void
+
+function common(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--repo <url>', 'repository: s3://bucket/prefix or file:///path').env('EBS_WORKER_REPO').makeOptionMandatory())
+    .addOption(new Option('--key-file <path>', 'key file of an encrypted repository').env('EBS_WORKER_KEY_FILE'))
+    .option('--json', 'print one JSON object as the last line of stdout')
+    .option('--no-progress', 'no progress bar, even on a terminal')
+}
+
+export function buildProgram(print: Printer, signal: AbortSignal): Command {
+  const program = new Command('ebs-worker')
+    .description('Back up block devices (EBS volumes) into a deduplicated, compressed, encrypted repository, and restore them')
+    .version(VERSION)
+    .showHelpAfterError()
+
+  common(program.command('init').description('create a repository'))
+    .option('--encrypt', 'encrypt with a key kept in --key-file (created if missing)')
+    .option('--chunk-size <size>', 'chunk size, a multiple of 512KiB', parseSize, DEFAULT_CHUNK_SIZE)
+    .action(async (opts: CommonOptions & { encrypt?: boolean; chunkSize: number }) => {
+      if (opts.encrypt && !opts.keyFile) throw new EbsWorkerError(ErrorCode.BadInput, '--encrypt needs --key-file')
+      const keyProvider = opts.encrypt ? await LocalKeyFileProvider.open(opts.keyFile!, { create: true }) : undefined
+      const repo = await Repository.init(openBackend(opts.repo), keyProvider ? { chunkSize: opts.chunkSize, keyProvider } : { chunkSize: opts.chunkSize })
+      const { id, chunkSize, encryption } = repo.config
+      print([`created repository ${repo.url} (id ${id}, ${formatBytes(chunkSize)} chunks, ${encryption ? 'encrypted' : 'not encrypted'})`], {
+        repository: repo.url, id, chunkSize, encrypted: encryption !== null,
+      })
+    })
+
+  common(program.command('backup').description('back up a block device or image file'))
+    .requiredOption('--device <path>', 'block device or image file to read')
+    .option('--parent <id>', 'previous backup of the same volume (incremental)')
+    .option('--changed-ranges <file>', 'with --parent: JSON [{"offset":n,"length":n}] of the bytes that changed')
+    .option('--volume-id <id>', 'EBS volume id to record in the manifest')
+    .option('--snapshot-id <id>', 'EBS snapshot id to record in the manifest')
+    .option('--tag <key=value...>', 'tags to record in the manifest')
+    .option('--read-concurrency <n>', 'chunk reads in flight', positiveInt('--read-concurrency'), 16)
+    .option('--upload-concurrency <n>', 'packs uploading at once', positiveInt('--upload-concurrency'), 4)
+    .option('--pack-size <size>', 'target pack size', parseSize, DEFAULT_PACK_SIZE)
+    .option('--compression-level <n>', 'zstd level', positiveInt('--compression-level'), 3)
+    .action(async (opts: CommonOptions & {
+      device: string; parent?: string; changedRanges?: string; volumeId?: string; snapshotId?: string; tag?: string[]
+      readConcurrency: number; uploadConcurrency: number; packSize: number; compressionLevel: number
+    }) => {
+      const repo = await openRepository(opts)
+      const changed = opts.changedRanges
+        ? parseChangedRanges(await readFile(opts.changedRanges, 'utf8').catch((err: unknown) => {
+            throw new EbsWorkerError(ErrorCode.BadInput, `cannot read ${opts.changedRanges}: ${describe(err)}`)
+          }), opts.changedRanges)
+        : undefined
+      const tags: Record<string, string> = {}
+      for (const t of opts.tag ?? []) {
+        const eq = t.indexOf('=')
+        if (eq <= 0) throw new EbsWorkerError(ErrorCode.BadInput, `--tag ${t}: expected key=value`)
+        tags[t.slice(0, eq)] = t.slice(eq + 1)
+      }
+      const bar = progressBar('backup ', opts.progress && !opts.json)
+      try {
+        const result = await backup(repo, {
+          device: opts.device,
+          ...(opts.parent ? { parent: opts.parent } : {}),
+          ...(changed ? { changedRanges: changed } : {}),
+          source: { ...(opts.volumeId ? { volumeId: opts.volumeId } : {}), ...(opts.snapshotId ? { snapshotId: opts.snapshotId } : {}) },
+          tags,
+          readConcurrency: opts.readConcurrency,
+          uploadConcurrency: opts.uploadConcurrency,
+          packSize: opts.packSize,
+          onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+          signal,
+        })
+        bar.stop()
+        const s = result.stats
+        const secs = s.durationMs / 1000
+        print(
+          [
+            `backup ${result.id} of ${opts.device} (${formatBytes(result.size)})`,
+            `  read ${formatBytes(s.bytesRead)} in ${secs.toFixed(1)} s (${formatBytes(s.bytesRead / Math.max(secs, 0.001))}/s), stored ${formatBytes(s.bytesStored)} new`,
+            `  chunks: ${s.chunksTotal} total, ${s.chunksNew} new, ${s.chunksReused} already stored, ${s.chunksZero} zero, ${s.chunksFromParent} from parent`,
+          ],
+          { backupId: result.id, size: result.size, parent: result.parent, checksum: result.checksum, ...s },
+        )
+      } finally {
+        bar.stop()
+      }
+    })
+
+  common(program.command('restore').description('restore a backup onto a block device or image file'))
+    .requiredOption('--backup <id>', 'backup id')
+    .requiredOption('--device <path>', 'target block device or image file (an image file is created if missing)')
+    .option('--fresh-target', 'the target is a new empty volume: skip writing zero chunks')
+    .option('--concurrency <n>', 'ranged GETs in flight', positiveInt('--concurrency'), 8)
+    .action(async (opts: CommonOptions & { backup: string; device: string; freshTarget?: boolean; concurrency: number }) => {
+      const repo = await openRepository(opts)
+      const bar = progressBar('restore', opts.progress && !opts.json)
+      try {
+        const r = await restore(repo, {
+          backupId: opts.backup,
+          device: opts.device,
+          freshTarget: opts.freshTarget === true,
+          concurrency: opts.concurrency,
+          onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+          signal,
+        })
+        bar.stop()
+        const secs = r.durationMs / 1000
+        print(
+          [
+            `restored backup ${r.backupId} onto ${opts.device} (${formatBytes(r.size)}) in ${secs.toFixed(1)} s (${formatBytes(r.size / Math.max(secs, 0.001))}/s)`,
+            `  fetched ${formatBytes(r.bytesFetched)} in ${r.requests} requests, ${r.chunksVerified} chunks verified, ${r.zeroChunksSkipped} zero chunks skipped`,
+          ],
+          { ...r },
+        )
+      } finally {
+        bar.stop()
+      }
+    })
+
+  common(program.command('verify').description('prove a backup intact by reading back every chunk'))
+    .requiredOption('--backup <id>', 'backup id')
+    .option('--concurrency <n>', 'ranged GETs in flight', positiveInt('--concurrency'), 8)
+    .action(async (opts: CommonOptions & { backup: string; concurrency: number }) => {
+      const repo = await openRepository(opts)
+      const bar = progressBar('verify ', opts.progress && !opts.json)
+      try {
+        const r = await verify(repo, { backupId: opts.backup, concurrency: opts.concurrency, onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal), signal })
+        bar.stop()
+        print([`backup ${r.backupId} is intact: ${r.chunksVerified} chunks verified, ${formatBytes(r.bytesFetched)} read`], { ...r })
+      } finally {
+        bar.stop()
+      }
+    })
+
+  common(program.command('list').description('list the backups in a repository'))
+    .action(async (opts: CommonOptions) => {
+      const repo = await openRepository(opts)
+      const backups = await repo.listBackups()
+      const lines = backups.map((b) =>
+        `${b.id}  ${formatBytes(b.size).padStart(10)}  ${(b.source.volumeId ?? b.source.device).padEnd(24)} ${b.parent ? `parent ${b.parent}` : 'full'}`)
+      print(lines.length ? lines : ['no backups'], { repository: repo.url, backups })
+    })
+
+  return program
+}
+
+/** Runs the CLI; resolves to the exit status. */
+export async function main(argv: string[]): Promise<number> {
+  const json = argv.includes('--json')
+  const controller = new AbortController()
+  const onSignal = (): void => controller.abort()
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  const print: Printer = (human, obj) => {
+    if (json) process.stdout.write(JSON.stringify({ ok: true, ...obj }) + '\n')
+    else process.stdout.write(human.join('\n') + '\n')
+  }
+  const program = buildProgram(print, controller.signal)
+  program.exitOverride()
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+    return ExitStatus.ok
+  } catch (err) {
+    const commanderCode = (err as { code?: string }).code
+    if (commanderCode === 'commander.helpDisplayed' || commanderCode === 'commander.version') return ExitStatus.ok
+    if (typeof commanderCode === 'string' && commanderCode.startsWith('commander.')) {
+      if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code: ErrorCode.BadInput, message: describe(err) } }) + '\n')
+      return ExitStatus.badInput
+    }
+    const code = err instanceof EbsWorkerError ? err.code : 'INTERNAL'
+    process.stderr.write(`ebs-worker: error [${code}]: ${describe(err)}\n`)
+    if (!(err instanceof EbsWorkerError) && err instanceof Error && err.stack) process.stderr.write(err.stack + '\n')
+    if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code, message: describe(err) } }) + '\n')
+    return exitStatusFor(err)
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+}

@@ -1,0 +1,79 @@
+// Turns a stream of encoded chunk blobs into uploaded packs, with a bounded number of packs in
+// flight (memory = (concurrency + 1) × pack size). Each pack's index is written as soon as the
+// pack is durable, so a backup killed midway leaves packs the next backup finds and reuses;
+// finish() folds those per-pack indexes into one index file per backup.
+import type { IndexEntry } from './chunk-index.ts'
+import { PackBuilder } from './pack.ts'
+import type { Repository } from './repository.ts'
+
+export interface PackWriterOptions {
+  /** A pack is sealed once its blobs reach this many bytes. */
+  packSize: number
+  /** Packs uploading at once. */
+  concurrency: number
+}
+
+export class PackWriter {
+  readonly #repo: Repository
+  readonly #options: PackWriterOptions
+  readonly #inflight = new Set<Promise<void>>()
+  readonly #entries: IndexEntry[] = []
+  readonly #packIndexes: string[] = []
+  #builder = new PackBuilder()
+  #failure: unknown = null
+  bytesStored = 0
+  packsWritten = 0
+
+  constructor(repo: Repository, options: PackWriterOptions) {
+    this.#repo = repo
+    this.#options = options
+  }
+
+  /** Adds a blob; waits while too many packs are uploading (backpressure on the readers). */
+  async add(id: Buffer, blob: Buffer, rawLength: number): Promise<void> {
+    this.#throwIfFailed()
+    this.#builder.add(id, blob, rawLength)
+    if (this.#builder.bytes >= this.#options.packSize) this.#seal()
+    while (this.#inflight.size > this.#options.concurrency) await Promise.race(this.#inflight)
+    this.#throwIfFailed()
+  }
+
+  /** Uploads what is left and writes this backup's index; entries are durable afterwards. */
+  async finish(indexName: string): Promise<void> {
+    if (this.#builder.count > 0) this.#seal()
+    await this.settle()
+    this.#throwIfFailed()
+    if (this.#entries.length === 0) return
+    await this.#repo.saveIndex(indexName, this.#entries)
+    // The per-pack indexes are now redundant; if deleting fails they are merely duplicates.
+    await Promise.allSettled(this.#packIndexes.map((name) => this.#repo.deleteIndex(name)))
+  }
+
+  /** Waits for every upload to end, successfully or not (before giving up on a backup). */
+  async settle(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight])
+  }
+
+  #seal(): void {
+    const builder = this.#builder
+    this.#builder = new PackBuilder()
+    const upload = (async () => {
+      const data = await this.#repo.savePack(builder)
+      const indexName = `pack-${builder.id}`
+      await this.#repo.saveIndex(indexName, builder.entries)
+      this.#packIndexes.push(indexName)
+      for (const entry of builder.entries) this.#entries.push(entry)
+      this.bytesStored += data.length
+      this.packsWritten++
+    })()
+      .catch((err: unknown) => {
+        this.#failure ??= err
+      })
+      .finally(() => this.#inflight.delete(upload))
+    this.#inflight.add(upload)
+  }
+
+  #throwIfFailed(): void {
+    if (this.#failure !== null) throw this.#failure
+  }
+}

@@ -1,0 +1,56 @@
+// Progress on a terminal: one bar on stderr with bytes, rate and time left. Silent when stderr
+// is not a TTY or when output is JSON, so logs and pipes stay clean.
+import cliProgress from 'cli-progress'
+
+export interface ProgressReporter {
+  update(done: number, total: number): void
+  stop(): void
+}
+
+const silent: ProgressReporter = { update() {}, stop() {} }
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let i = 0
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024
+    i++
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
+}
+
+export function progressBar(label: string, enabled: boolean): ProgressReporter {
+  if (!enabled || !process.stderr.isTTY) return silent
+  const started = performance.now()
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      format: `${label} {bar} {percentage}% | {doneBytes} / {totalBytes} | {rate}/s | ETA {eta_formatted}`,
+      hideCursor: true,
+      etaBuffer: 50,
+      fps: 5,
+    },
+    cliProgress.Presets.shades_classic,
+  )
+  let started_ = false
+  let last = 0
+  return {
+    update(done, total) {
+      const now = performance.now()
+      if (started_ && now - last < 100 && done < total) return
+      last = now
+      const rate = formatBytes(done / Math.max(0.001, (now - started) / 1000))
+      const payload = { doneBytes: formatBytes(done), totalBytes: formatBytes(total), rate }
+      if (!started_) {
+        bar.start(total, done, payload)
+        started_ = true
+      } else {
+        bar.setTotal(total)
+        bar.update(done, payload)
+      }
+    },
+    stop() {
+      if (started_) bar.stop()
+    },
+  }
+}
