@@ -76,7 +76,9 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
   const program = new Command('ebs-worker')
     .description('Back up block devices (EBS volumes) into a deduplicated, compressed, encrypted repository, and restore them')
     .version(VERSION)
-    .showHelpAfterError()
+    .showHelpAfterError('(run with --help for usage)')
+    // Set before the subcommands are added, so they inherit it: errors come back to main().
+    .exitOverride()
 
   common(program.command('init').description('create a repository'))
     .option('--encrypt', 'encrypt with a key kept in --key-file (created if missing)')
@@ -218,7 +220,6 @@ export async function main(argv: string[]): Promise<number> {
     else process.stdout.write(human.join('\n') + '\n')
   }
   const program = buildProgram(print, controller.signal)
-  program.exitOverride()
   try {
     await program.parseAsync(argv, { from: 'user' })
     return ExitStatus.ok

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite (what `npm test` runs): type check, start a real S3 test bed (Ceph RGW,
+# scripts/testbed.sh) for this run only, run every tap test, stop the test bed.
+# Extra arguments go to tap, e.g. `npm test -- test/loop.test.ts`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || echo "warning: the loop-device tests need root" >&2
+command -v mkfs.ext4 >/dev/null || { echo "mkfs.ext4 is missing: apt-get install e2fsprogs" >&2; exit 1; }
+echo "# type check (tsc --noEmit)" >&2
+tsc -p .
+eval "$(scripts/testbed.sh start)"
+trap 'scripts/testbed.sh stop "$TESTBED_DIR" >/dev/null 2>&1 || true' EXIT
+tap "$@"

@@ -1,0 +1,136 @@
+// Shared test fixtures: real image files, loop devices, the CLI as a child process, and
+// repositories on the local file system or on the test bed's S3 (Ceph RGW, scripts/testbed.sh).
+import { execFileSync, spawn } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { mkdtemp, open, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
+
+export const ROOT = new URL('..', import.meta.url).pathname
+export const CLI = join(ROOT, 'agent/bin/ebs-worker.ts')
+export const MiB = 1024 * 1024
+
+export interface Teardown {
+  teardown(fn: () => unknown): void
+}
+
+export async function tempDir(t: Teardown, label = 'ebs-worker-test'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), `${label}-`))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+export type Region =
+  | { kind: 'random'; offset: number; length: number }
+  | { kind: 'text'; offset: number; length: number }
+  | { kind: 'bytes'; offset: number; data: Buffer }
+
+/** A sparse image of `size` bytes with the given regions written (the rest reads as zeros). */
+export async function makeImage(path: string, size: number, regions: Region[]): Promise<void> {
+  const handle = await open(path, 'w')
+  try {
+    await handle.truncate(size)
+    for (const r of regions) {
+      if (r.kind === 'bytes') {
+        await handle.write(r.data, 0, r.data.length, r.offset)
+        continue
+      }
+      for (let done = 0; done < r.length; ) {
+        const n = Math.min(4 * MiB, r.length - done)
+        const data = r.kind === 'random' ? randomBytes(n) : Buffer.from(loremAt(r.offset + done, n))
+        await handle.write(data, 0, n, r.offset + done)
+        done += n
+      }
+    }
+  } finally {
+    await handle.close()
+  }
+}
+
+const LOREM = 'Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore. '
+function loremAt(position: number, n: number): string {
+  const start = position % LOREM.length
+  return LOREM.repeat(Math.ceil((n + start) / LOREM.length) + 1).slice(start, start + n)
+}
+
+/** An ext4 filesystem image built from a directory of real files (mkfs.ext4 -d). */
+export async function makeExt4Image(dir: string, size: number): Promise<string> {
+  const content = join(dir, 'ext4-content')
+  execFileSync('mkdir', ['-p', join(content, 'etc'), join(content, 'var/data')])
+  await makeImage(join(content, 'var/data/random.bin'), 3 * MiB + 12345, [{ kind: 'random', offset: 0, length: 3 * MiB + 12345 }])
+  await makeImage(join(content, 'var/data/text.txt'), 2 * MiB, [{ kind: 'text', offset: 0, length: 2 * MiB }])
+  execFileSync('cp', ['-r', join(ROOT, 'agent'), join(content, 'etc/agent-sources')])
+  const image = join(dir, 'ext4.img')
+  execFileSync('truncate', ['-s', String(size), image])
+  execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0', '-d', content, image])
+  return image
+}
+
+export async function sha256File(path: string, length?: number): Promise<string> {
+  const hash = createHash('sha256')
+  const stream = createReadStream(path, length === undefined ? {} : { start: 0, end: length - 1 })
+  for await (const chunk of stream) hash.update(chunk as Buffer)
+  return hash.digest('hex')
+}
+
+export interface CliResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  /** The JSON object on the last line of stdout, when there is one. */
+  json: Record<string, any> | null
+}
+
+/** Runs the real CLI as a child process, as a user or the daemon would. */
+export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.on('error', reject)
+    child.on('close', (code, signal) => {
+      const last = stdout.trim().split('\n').pop() ?? ''
+      let json = null
+      try {
+        json = last.startsWith('{') ? JSON.parse(last) : null
+      } catch {
+        json = null
+      }
+      resolve({ code, signal, stdout, stderr, json })
+    })
+  })
+}
+
+/** Runs the CLI and fails loudly unless it succeeds; returns the JSON result. */
+export async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Record<string, any>> {
+  const r = await runCli([...args, '--json'], env)
+  if (r.code !== 0 || !r.json) throw new Error(`ebs-worker ${args.join(' ')} exited ${r.code}: ${r.stderr}`)
+  return r.json
+}
+
+/** A loop device over an image file, detached when the test ends. */
+export function attachLoop(t: Teardown, image: string): string {
+  const dev = execFileSync('losetup', ['--find', '--show', image], { encoding: 'utf8' }).trim()
+  t.teardown(() => {
+    execFileSync('losetup', ['-d', dev])
+  })
+  return dev
+}
+
+export const s3Available = Boolean(process.env.AWS_ENDPOINT_URL_S3)
+
+let bucketCounter = 0
+/** A fresh bucket on the test bed's S3, as an s3:// repository URL. */
+export async function s3RepoUrl(prefix = 'repo'): Promise<string> {
+  if (!s3Available) throw new Error('no S3 test bed: run the tests with "npm test", which starts one (scripts/testbed.sh)')
+  const bucket = `t-${process.pid}-${Date.now().toString(36)}-${bucketCounter++}`
+  const client = new S3Client({ forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' })
+  await client.send(new CreateBucketCommand({ Bucket: bucket }))
+  client.destroy()
+  return `s3://${bucket}/${prefix}`
+}
