@@ -2,121 +2,122 @@
 # A real S3 (Ceph RADOS Gateway, Pacific) on 127.0.0.1 for ebs-worker's tests and benchmarks:
 # 1 mon + 1 memstore OSD (data in RAM) + radosgw, no mgr/systemd/cephx.  Self-contained on purpose
 # (adapted from a shared reference) so that the test command works on a fresh Debian machine.
-#
-#   scripts/testbed.sh deps          install radosgw ceph-mon ceph-osd if missing (needs root + apt)
+#   scripts/testbed.sh deps              install radosgw ceph-mon ceph-osd if missing (root + apt)
 #   eval "$(scripts/testbed.sh start)"   start one; STDOUT is only `export ...` lines, logs on STDERR
-#   scripts/testbed.sh stop [DIR]    stop the one in DIR (default $TESTBED_DIR); KEEP_DATA=1 keeps DIR
-#
-# Environment for start: CLUSTER_DIR, RGW_PORT, MON_PORT_V2, MON_PORT_V1 (free ones are picked so
-# several test beds, or a developer's own RGW, can coexist), MEMSTORE_BYTES, S3_ACCESS_KEY/SECRET_KEY.
+#   scripts/testbed.sh stop [DIR]        stop the one in DIR (default $TESTBED_DIR); KEEP_DATA=1 keeps it
+# start reads CLUSTER_DIR, RGW_PORT, MON_PORT_V2, MON_PORT_V1 (else free ones are picked, so that test
+# beds and a developer's own RGW coexist), MEMSTORE_BYTES, S3_ACCESS_KEY, S3_SECRET_KEY.
 set -euo pipefail
-
 PKGS=(radosgw ceph-mon ceph-osd)
 export PATH="$PATH:/usr/bin:/usr/sbin"   # minimal PATHs (sudo, CI) may miss the Debian binaries
-
 log() { echo "[testbed $(date +%T.%N | cut -c1-12)] $*" >&2; }
+die() { echo "testbed: $*" >&2; exit 1; }
 
 cmd_deps() {
   local missing=() b out
   for b in "${PKGS[@]}"; do command -v "$b" >/dev/null || missing+=("$b"); done
   [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "testbed: missing ${missing[*]}; needs Debian packages: ${PKGS[*]}" >&2
-    echo "  install with: apt-get install -y --no-install-recommends ${PKGS[*]}" >&2
-    return 1
-  fi
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing ${missing[*]}; as root, run:" \
+    "apt-get install -y --no-install-recommends ${PKGS[*]}  (Debian/Ubuntu packages)"
   export DEBIAN_FRONTEND=noninteractive
   # Try without `apt-get update` first: it is slow and the package lists are often fresh enough.
-  out=$(apt-get install -y --no-install-recommends "${PKGS[@]}" 2>&1) || {
-    out=$( { apt-get update -qq && apt-get install -y --no-install-recommends "${PKGS[@]}"; } 2>&1) || {
-      echo "$out" | tail -n 20 >&2; echo "testbed: failed to install ${PKGS[*]}" >&2; return 1; }
-  }
+  out=$(apt-get install -y --no-install-recommends "${PKGS[@]}" 2>&1) ||
+    out=$( { apt-get update -qq && apt-get install -y --no-install-recommends "${PKGS[@]}"; } 2>&1) ||
+    { echo "$out" | tail -n 20 >&2; die "failed to install ${PKGS[*]}"; }
 }
 
-# Stop daemons by the PIDs saved in DIR/pids, newest first (rgw, osd, mon), and only if the PID
-# still belongs to a ceph daemon (guards against PID reuse after a reboot or a crash).
+# A daemon that died while this script (its parent) runs stays a zombie, which `kill -0` still sees.
+running() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
+# Stop by the PIDs saved in DIR/pids, newest first (rgw, osd, mon: clients before what they need),
+# only if a PID still belongs to a ceph daemon (PID reuse); TERM, KILL after 5 s.  Takes ~0.3 s.
 stop_bed() {
   local dir=$1 name pid i
-  if [ -f "$dir/pids" ]; then
-    while read -r name pid; do
-      kill -0 "$pid" 2>/dev/null || continue
-      case "$(cat "/proc/$pid/comm" 2>/dev/null)" in ceph-mon|ceph-osd|radosgw) ;; *) continue ;; esac
-      kill -TERM "$pid" 2>/dev/null || true
-      for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-      log "stopped $name ($pid)"
-    done < <(tac "$dir/pids")
-    rm -f "$dir/pids"
-  fi
-  [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$dir"
+  while read -r name pid; do
+    case "$(cat "/proc/$pid/comm" 2>/dev/null)" in ceph-mon|ceph-osd|radosgw) ;; *) continue ;; esac
+    running "$pid" && kill -TERM "$pid" 2>/dev/null || continue
+    for i in $(seq 1 100); do running "$pid" || break; sleep 0.05; done
+    if running "$pid"; then kill -KILL "$pid"; log "killed $name ($pid)"; else log "stopped $name ($pid)"; fi
+  done < <(tac "$dir/pids" 2>/dev/null || true)
+  rm -f "$dir/pids"; [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$dir"
 }
-
 cmd_stop() {
   local dir=${1:-${TESTBED_DIR:-}}
-  [ -n "$dir" ] || { echo "usage: testbed.sh stop DIR (or set TESTBED_DIR)" >&2; return 1; }
+  [ -n "$dir" ] || die "usage: testbed.sh stop DIR (or set TESTBED_DIR)"
   [ -d "$dir" ] || { log "no test bed at $dir"; return 0; }
-  # Refuse to rm -rf a directory that is not a test bed (a mistyped DIR must not cost data).
-  [ -f "$dir/ceph.conf" ] || { echo "testbed: $dir is not a test bed (no ceph.conf)" >&2; return 1; }
+  [ -f "$dir/ceph.conf" ] || die "$dir is not a test bed (no ceph.conf); not deleting it"
   stop_bed "$dir"
 }
 
-# Pick N distinct free TCP ports on 127.0.0.1 below the kernel's ephemeral range (32768+), so an
-# outgoing connection cannot grab one between the probe and the daemon's bind; random, so that
-# concurrent starts are very unlikely to pick the same one.  OSDs use 6800-7300: avoid those too.
+# Print the given ports, 0 replaced by a random free one.  Random picks stay below the ephemeral
+# range (32768+, so no outgoing connection grabs one before the daemon binds) and above the OSDs'
+# 6800-7300; randomness keeps concurrent starts apart.  A given port that is in use is an error
+# (rather than a 30 s wait); SO_REUSEADDR so that a just-stopped test bed's TIME_WAIT is no clash.
 free_ports() {
-  python3 - "$1" <<'PY'
+  python3 - "$@" <<'PY'
 import random, socket, sys
-got = []
-while len(got) < int(sys.argv[1]):
-    p = random.randint(20000, 32000)
-    if p in got: continue
-    s = socket.socket()
-    try: s.bind(("127.0.0.1", p)); got.append(p)
-    except OSError: pass
+def free(p):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try: s.bind(("127.0.0.1", p)); return True
+    except OSError: return False
     finally: s.close()
+got = []
+for p in map(int, sys.argv[1:]):
+    while not p: p = random.randint(20000, 32000); p = p if p not in got and free(p) else 0
+    if not free(p): sys.exit(f"testbed: port {p} is in use")
+    got.append(p)
 print(*got)
 PY
 }
 
-wait_for() {  # wait_for TRIES CMD...: poll every 0.1 s (keeps the whole start at ~1-2 s)
-  local n=$1; shift
-  for _ in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  return 1
+# Start a daemon in the background, PID to $D/pids.  It must keep no inherited fd above 2 (fd 3 is
+# the caller's stdout, others may be a CI runner's pipes): `eval "$(testbed.sh start)"` or a pipeline
+# would otherwise wait for EOF on that pipe as long as the daemon lives.
+daemon() {
+  local name=$1; shift
+  ( for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -le 2 ] || eval "exec $fd>&-"; done; exec "$@" ) \
+    </dev/null >"$D/log/$name.stdout" 2>&1 &
+  echo "$name $!" >> "$D/pids"
 }
-s3_ok() {  # $1 = extra curl args (empty = anonymous); ListBuckets must answer 200
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$RGW_PORT/")" = 200 ]
+# wait_for TRIES CMD...: poll every 0.1 s (keeps the whole start at ~1 s); give up at once if one of
+# our daemons died (e.g. a port taken after all) instead of polling a dead daemon for 30 s.
+wait_for() {
+  local n=$1 name pid; shift
+  for _ in $(seq 1 "$n"); do
+    "$@" >/dev/null 2>&1 && return 0
+    while read -r name pid; do running "$pid" || die "$name exited"; done < "$D/pids"; sleep 0.1
+  done; return 1
+}
+s3_ok() {  # ListBuckets answers 200 (args: extra curl options); time-limited, a port may not answer
+  [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$RGW_PORT/")" = 200 ]
 }
 
 cmd_start() {
   exec 3>&1 1>&2   # everything goes to stderr; only the final export lines go to the real stdout (fd 3)
   cmd_deps
-  read -r p1 p2 p3 < <(free_ports 3)
-  RGW_PORT=${RGW_PORT:-$p1}; MON_PORT_V2=${MON_PORT_V2:-$p2}; MON_PORT_V1=${MON_PORT_V1:-$p3}
+  local ports; ports=$(free_ports "${RGW_PORT:-0}" "${MON_PORT_V2:-0}" "${MON_PORT_V1:-0}") || exit 1
+  read -r RGW_PORT MON_PORT_V2 MON_PORT_V1 <<< "$ports"
   MEMSTORE_BYTES=${MEMSTORE_BYTES:-8589934592}   # 8 GiB; RAM is only used as objects are written
   S3_ACCESS_KEY=${S3_ACCESS_KEY:-testaccesskey}; S3_SECRET_KEY=${S3_SECRET_KEY:-testsecretkey}
   # glibc malloc: give freed memstore buffers back to the OS, or the OSD's RSS only ever grows
   export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-131072} MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
-
-  if [ -n "${CLUSTER_DIR:-}" ]; then
-    [ ! -f "$CLUSTER_DIR/pids" ] || { echo "testbed: $CLUSTER_DIR/pids exists; stop it first" >&2; return 1; }
+  if [ -n "${CLUSTER_DIR:-}" ]; then   # reuse only an empty dir or a stopped test bed: we rm -rf it
+    [ ! -f "$CLUSTER_DIR/pids" ] || die "$CLUSTER_DIR/pids exists; stop that test bed first"
     [ -z "$(ls -A "$CLUSTER_DIR" 2>/dev/null)" ] || [ -f "$CLUSTER_DIR/ceph.conf" ] ||
-      { echo "testbed: $CLUSTER_DIR is not empty and not a test bed" >&2; return 1; }
+      die "$CLUSTER_DIR is not empty and not a test bed"
     rm -rf "$CLUSTER_DIR"; mkdir -p "$CLUSTER_DIR"
-  else
-    CLUSTER_DIR=$(mktemp -d /tmp/ebs-worker-testbed-XXXXXX)
-  fi
-  D=$CLUSTER_DIR CONF=$CLUSTER_DIR/ceph.conf   # global: the EXIT trap needs D
+  else CLUSTER_DIR=$(mktemp -d /tmp/ebs-worker-testbed-XXXXXX); fi
+  D=$CLUSTER_DIR; export CEPH_CONF=$D/ceph.conf   # D global: the EXIT trap needs it
   mkdir -p "$D"/{mon,osd,rgw,log,run}
-  # On any failure from here: show the logs and stop what was started, so nothing is left running.
-  trap 'rc=$?; if [ $rc != 0 ]; then tail -n 20 "$D"/log/* >&2 2>/dev/null || true;
-        KEEP_DATA=${KEEP_DATA:-0} stop_bed "$D"; echo "testbed: start FAILED" >&2; fi' EXIT
-  local FSID; FSID=$(cat /proc/sys/kernel/random/uuid)
-  export CEPH_CONF=$CONF
-  local MON_ADDR="[v2:127.0.0.1:$MON_PORT_V2,v1:127.0.0.1:$MON_PORT_V1]"
-  # Single-node settings: replica size 1, few PGs, fast paxos; everything (sockets, logs) inside $D
-  # so that test beds never share state.  gc settings: memstore holds deleted data in RAM until RGW
-  # garbage collection runs, so run it every 10 s instead of hours.
-  cat > "$CONF" <<CONF
+  # On any failure from here: show the logs (not mon-cluster.log: *[^r].log) and stop what was started.
+  trap '[ $? = 0 ] || { tail -n 12 "$D"/log/*[^r].log "$D"/log/*.stdout >&2 2>/dev/null
+        stop_bed "$D"; echo "testbed: start FAILED" >&2; }' EXIT
+  local FSID MON_ADDR="[v2:127.0.0.1:$MON_PORT_V2,v1:127.0.0.1:$MON_PORT_V1]"
+  FSID=$(cat /proc/sys/kernel/random/uuid)
+  # Single node: replica size 1, few PGs, fast paxos; sockets, logs and data all inside $D so that
+  # test beds share nothing.  gc: memstore holds deleted objects in RAM until RGW's garbage
+  # collection runs, so run it every 10 s instead of hours.  No lifecycle threads: they make radosgw
+  # take 2-10 s to exit on TERM (lifecycle rules are still accepted, just never executed).
+  cat > "$CEPH_CONF" <<CONF
 [global]
 fsid = $FSID
 mon host = $MON_ADDR
@@ -164,37 +165,29 @@ osd op num threads per shard = 1
 rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
 rgw data = $D/rgw
 rgw thread pool size = 64
+rgw enable lc threads = false
 rgw crypt require ssl = false
 rgw gc obj min wait = 10
 rgw gc processor period = 10
 rgw gc processor max time = 10
 CONF
-
   log "dir $D, mon :$MON_PORT_V2/:$MON_PORT_V1, rgw :$RGW_PORT"
   monmaptool --create --fsid "$FSID" --addv a "$MON_ADDR" "$D/monmap" >/dev/null
   ceph-mon -i a --mkfs --monmap "$D/monmap" --keyring /dev/null
-  ceph-mon -i a -f >"$D/log/mon.a.stdout" 2>&1 &
-  echo "mon.a $!" >> "$D/pids"
-  wait_for 100 ceph --connect-timeout 2 mon stat || { echo "testbed: mon not up" >&2; return 1; }
-  log "mon up"
-
+  daemon mon.a ceph-mon -i a -f
+  wait_for 100 ceph --connect-timeout 2 mon stat || die "mon not up"; log "mon up"
   local OSD_UUID OSD_ID; OSD_UUID=$(cat /proc/sys/kernel/random/uuid)
   OSD_ID=$(ceph osd new "$OSD_UUID")
   ceph-osd -i "$OSD_ID" --mkfs --osd-uuid "$OSD_UUID" >"$D/log/osd-mkfs.log" 2>&1
-  ceph-osd -i "$OSD_ID" -f >"$D/log/osd.$OSD_ID.stdout" 2>&1 &
-  echo "osd.$OSD_ID $!" >> "$D/pids"
-  wait_for 150 bash -c "ceph osd dump | grep -q '^osd.$OSD_ID up'" || { echo "testbed: osd not up" >&2; return 1; }
-  log "osd.$OSD_ID up"
-
-  radosgw -n client.rgw.a -f >"$D/log/rgw.a.stdout" 2>&1 &
-  echo "rgw.a $!" >> "$D/pids"
-  wait_for 300 s3_ok || { echo "testbed: rgw not answering on :$RGW_PORT" >&2; return 1; }
+  daemon "osd.$OSD_ID" ceph-osd -i "$OSD_ID" -f
+  wait_for 150 bash -c "ceph osd dump | grep -q '^osd.$OSD_ID up'" || die "osd not up"; log "osd.$OSD_ID up"
+  daemon rgw.a radosgw -n client.rgw.a -f
+  wait_for 300 s3_ok || die "rgw not answering on :$RGW_PORT"
   radosgw-admin user create --uid=test --display-name="Test User" \
     --access-key="$S3_ACCESS_KEY" --secret-key="$S3_SECRET_KEY" >"$D/log/user-create.json"
   # The new user can take a moment to be visible to RGW: wait for an authenticated ListBuckets.
-  wait_for 100 s3_ok -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
-    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" ||
-    { echo "testbed: authenticated S3 request failed" >&2; return 1; }
+  wait_for 100 s3_ok -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:us-east-1:s3" \
+    --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" || die "authenticated S3 request failed"
   log "ready at http://127.0.0.1:$RGW_PORT (stop: scripts/testbed.sh stop $D)"
   trap - EXIT
   # Pacific rejects aws-chunked bodies (411), hence SDK checksums only when required.
