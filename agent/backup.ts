@@ -51,7 +51,7 @@ export interface BackupResult {
   stats: BackupStats
 }
 
-export const DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 
 export async function backup(repo: Repository, options: BackupOptions): Promise<BackupResult> {
   const started = performance.now()
@@ -75,6 +75,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const writer = new PackWriter(repo, {
       packSize: options.packSize ?? DEFAULT_PACK_SIZE,
       concurrency: options.uploadConcurrency ?? 4,
+      maxBlobBytes: chunkSize + 64,
     })
     let bytesDone = 0
     const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: size, bytesStored: writer.bytesStored })
@@ -99,34 +100,41 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       for (let i = 0; i < count; i++) if (toRead[i]) yield i
     }
     try {
+      // Read buffers are reused: one per reader, so memory does not depend on the volume size.
+      const buffers: Buffer[] = []
       await forEachConcurrent(indices(), options.readConcurrency ?? 16, async (i) => {
         const offset = i * chunkSize
         const length = Math.min(chunkSize, size - offset)
-        const buf = Buffer.allocUnsafe(length)
-        const got = await readAt(device.handle, buf, offset)
-        if (got !== length) {
-          throw new EbsWorkerError(ErrorCode.DeviceUnusable, `short read from ${options.device} at offset ${offset + got}: the device shrank?`)
-        }
-        stats.bytesRead += length
-        let id: Buffer
-        if (buf.equals(length === chunkSize ? zeroChunk : zeroChunk.subarray(0, length))) {
-          id = ZERO_ID
-          stats.chunksZero++
-        } else {
-          id = repo.chunkId(buf)
-          const key = id.toString('hex')
-          if (index.has(id) || session.has(key)) {
-            stats.chunksReused++
-          } else {
-            session.add(key)
-            stats.chunksNew++
-            stats.bytesNew += length
-            await writer.add(id, await repo.codec.encode('chunk', buf), length)
+        const whole = buffers.pop() ?? Buffer.allocUnsafeSlow(chunkSize)
+        try {
+          const buf = whole.subarray(0, length)
+          const got = await readAt(device.handle, buf, offset)
+          if (got !== length) {
+            throw new EbsWorkerError(ErrorCode.DeviceUnusable, `short read from ${options.device} at offset ${offset + got}: the device shrank?`)
           }
+          stats.bytesRead += length
+          let id: Buffer
+          if (buf.equals(length === chunkSize ? zeroChunk : zeroChunk.subarray(0, length))) {
+            id = ZERO_ID
+            stats.chunksZero++
+          } else {
+            id = await repo.chunkId(buf)
+            const key = id.toString('hex')
+            if (index.has(id) || session.has(key)) {
+              stats.chunksReused++
+            } else {
+              session.add(key)
+              stats.chunksNew++
+              stats.bytesNew += length
+              await writer.add(id, await repo.codec.encodeParts('chunk', buf), length)
+            }
+          }
+          id.copy(chunks, i * ID_BYTES)
+          bytesDone += length
+          report()
+        } finally {
+          buffers.push(whole)
         }
-        id.copy(chunks, i * ID_BYTES)
-        bytesDone += length
-        report()
       }, options.signal)
       await writer.finish(`backup-${backupId}`)
     } catch (err) {

@@ -8,13 +8,20 @@
 // The kind of blob ("chunk", "index", "manifest") is GCM additional data, so a blob cannot be
 // passed off as another kind. Compression runs on libuv's thread pool (zlib's async API), which
 // is what spreads the CPU work of a backup over all cores.
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto'
+import { availableParallelism } from 'node:os'
 import { promisify } from 'node:util'
+import pLimit from 'p-limit'
 import zlib from 'node:zlib'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 
 const zstdCompress = promisify(zlib.zstdCompress)
 const zstdDecompress = promisify(zlib.zstdDecompress)
+
+// zstd runs on libuv's thread pool, which is also sized for many reads in flight. More
+// compressions at once than cores gains nothing and costs a compression context (and output
+// buffer) each, so they are capped per process.
+const compressions = pLimit(availableParallelism())
 
 const FLAG_ZSTD = 1
 const FLAG_AES_GCM = 2
@@ -44,38 +51,48 @@ export class BlobCodec {
     return this.#key !== null
   }
 
+  /** Encodes into one buffer (indexes, manifests). */
   async encode(kind: BlobKind, plain: Buffer): Promise<Buffer> {
+    return Buffer.concat(await this.encodeParts(kind, plain))
+  }
+
+  /**
+   * Encodes into the blob's consecutive parts (header, body, tag), so the caller can copy
+   * them straight into a pack instead of joining them first. A part may be `plain` itself.
+   */
+  async encodeParts(kind: BlobKind, plain: Buffer): Promise<Buffer[]> {
     let flags = 0
     let payload = plain
-    const compressed = await zstdCompress(plain, {
-      params: {
-        [zlib.constants.ZSTD_c_compressionLevel]: this.#level,
-        [zlib.constants.ZSTD_c_checksumFlag]: 1,
-      },
-    })
+    const compressed = await compressions(() =>
+      zstdCompress(plain, {
+        // One output buffer: the default 16 KiB would mean a callback and a copy per 16 KiB.
+        chunkSize: plain.length + 1024,
+        params: {
+          [zlib.constants.ZSTD_c_compressionLevel]: this.#level,
+          [zlib.constants.ZSTD_c_checksumFlag]: 1,
+        },
+      }),
+    )
     // Incompressible data (already compressed or encrypted files on the volume) is stored raw:
     // it saves the decompression on restore and never costs more than one byte.
     if (compressed.length < plain.length) {
       flags |= FLAG_ZSTD
       payload = compressed
     }
-    if (!this.#key) return Buffer.concat([Buffer.of(flags), payload])
+    if (!this.#key) return [Buffer.of(flags), payload]
     flags |= FLAG_AES_GCM
-    const nonce = randomBytes(NONCE_BYTES)
-    const cipher = createCipheriv('aes-256-gcm', this.#key, nonce)
+    const header = Buffer.allocUnsafe(1 + NONCE_BYTES)
+    header[0] = flags
+    randomFillSync(header, 1, NONCE_BYTES)
+    const cipher = createCipheriv('aes-256-gcm', this.#key, header.subarray(1))
     cipher.setAAD(Buffer.from(kind))
-    const out = Buffer.allocUnsafe(1 + NONCE_BYTES + payload.length + TAG_BYTES)
-    out[0] = flags
-    nonce.copy(out, 1)
-    let at = 1 + NONCE_BYTES
-    at += cipher.update(payload).copy(out, at)
-    at += cipher.final().copy(out, at)
-    cipher.getAuthTag().copy(out, at)
-    return out
+    const body = cipher.update(payload)
+    const tail = cipher.final()
+    return tail.length ? [header, body, tail, cipher.getAuthTag()] : [header, body, cipher.getAuthTag()]
   }
 
   /** Decodes a blob; throws CHUNK_CORRUPT (or WRONG_KEY-like auth failures as CHUNK_CORRUPT) on damage. */
-  async decode(kind: BlobKind, blob: Buffer): Promise<Buffer> {
+  async decode(kind: BlobKind, blob: Buffer, expectedLength?: number): Promise<Buffer> {
     if (blob.length < 1) throw corrupt(kind, 'empty blob')
     const flags = blob[0]!
     if (flags & ~(FLAG_ZSTD | FLAG_AES_GCM)) throw corrupt(kind, `unknown flags 0x${flags.toString(16)}`)
@@ -101,7 +118,7 @@ export class BlobCodec {
     }
     if (!(flags & FLAG_ZSTD)) return payload
     try {
-      return await zstdDecompress(payload)
+      return await zstdDecompress(payload, { chunkSize: Math.max(64 * 1024, expectedLength ?? 0) })
     } catch (err) {
       throw corrupt(kind, `zstd: ${describe(err)}`)
     }

@@ -8,7 +8,7 @@ import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { LocalKeyFileProvider } from './keys.ts'
 import { parseChangedRanges } from './plan.ts'
 import { formatBytes, progressBar } from './progress.ts'
-import { DEFAULT_CHUNK_SIZE, Repository } from './repository.ts'
+import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from './repository.ts'
 import { restore, verify } from './restore.ts'
 
 export const VERSION = '0.1.0'
@@ -103,7 +103,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .option('--read-concurrency <n>', 'chunk reads in flight', positiveInt('--read-concurrency'), 16)
     .option('--upload-concurrency <n>', 'packs uploading at once', positiveInt('--upload-concurrency'), 4)
     .option('--pack-size <size>', 'target pack size', parseSize, DEFAULT_PACK_SIZE)
-    .option('--compression-level <n>', 'zstd level', positiveInt('--compression-level'), 3)
+    .option('--compression-level <n>', 'zstd level (1-19)', positiveInt('--compression-level'), DEFAULT_COMPRESSION_LEVEL)
     .action(async (opts: CommonOptions & {
       device: string; parent?: string; changedRanges?: string; volumeId?: string; snapshotId?: string; tag?: string[]
       readConcurrency: number; uploadConcurrency: number; packSize: number; compressionLevel: number

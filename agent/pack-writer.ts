@@ -1,16 +1,18 @@
 // Turns a stream of encoded chunk blobs into uploaded packs, with a bounded number of packs in
-// flight (memory = (concurrency + 1) × pack size). Each pack's index is written as soon as the
-// pack is durable, so a backup killed midway leaves packs the next backup finds and reuses;
-// finish() folds those per-pack indexes into one index file per backup.
+// flight: memory is (concurrency + 2) pack buffers, whatever the volume size. Each pack's index
+// is written as soon as the pack is durable, so a backup killed midway leaves packs the next
+// backup finds and reuses; finish() folds those per-pack indexes into one index per backup.
 import type { IndexEntry } from './chunk-index.ts'
 import { PackBuilder } from './pack.ts'
 import type { Repository } from './repository.ts'
 
 export interface PackWriterOptions {
-  /** A pack is sealed once its blobs reach this many bytes. */
+  /** A pack is sealed once it reaches this many bytes. */
   packSize: number
   /** Packs uploading at once. */
   concurrency: number
+  /** The largest blob that will be added (a chunk plus its encoding overhead). */
+  maxBlobBytes: number
 }
 
 export class PackWriter {
@@ -19,7 +21,8 @@ export class PackWriter {
   readonly #inflight = new Set<Promise<void>>()
   readonly #entries: IndexEntry[] = []
   readonly #packIndexes: string[] = []
-  #builder = new PackBuilder()
+  readonly #free: Buffer[] = []
+  #builder: PackBuilder
   #failure: unknown = null
   bytesStored = 0
   packsWritten = 0
@@ -27,13 +30,17 @@ export class PackWriter {
   constructor(repo: Repository, options: PackWriterOptions) {
     this.#repo = repo
     this.#options = options
+    this.#builder = this.#newBuilder()
   }
 
-  /** Adds a blob; waits while too many packs are uploading (backpressure on the readers). */
-  async add(id: Buffer, blob: Buffer, rawLength: number): Promise<void> {
+  /**
+   * Copies a blob into the current pack (the parts may be reused once this returns or throws);
+   * then waits while too many packs are uploading: backpressure on the readers.
+   */
+  async add(id: Buffer, parts: readonly Buffer[], rawLength: number): Promise<void> {
     this.#throwIfFailed()
-    this.#builder.add(id, blob, rawLength)
-    if (this.#builder.bytes >= this.#options.packSize) this.#seal()
+    this.#builder.add(id, parts, rawLength)
+    if (this.#builder.sealedBound >= this.#options.packSize) this.#seal()
     while (this.#inflight.size > this.#options.concurrency) await Promise.race(this.#inflight)
     this.#throwIfFailed()
   }
@@ -54,16 +61,24 @@ export class PackWriter {
     while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight])
   }
 
+  #newBuilder(): PackBuilder {
+    const capacity = this.#options.packSize + this.#options.maxBlobBytes + 64 * 1024
+    return new PackBuilder(this.#free.pop() ?? Buffer.allocUnsafeSlow(capacity))
+  }
+
   #seal(): void {
     const builder = this.#builder
-    this.#builder = new PackBuilder()
+    this.#builder = this.#newBuilder()
     const upload = (async () => {
-      const data = await this.#repo.savePack(builder)
+      const stored = await this.#repo.savePack(builder)
+      // Only a pack whose upload ended well gives its buffer back: after a failure the SDK
+      // may still be sending parts of it.
+      this.#free.push(builder.buffer)
       const indexName = `pack-${builder.id}`
       await this.#repo.saveIndex(indexName, builder.entries)
       this.#packIndexes.push(indexName)
       for (const entry of builder.entries) this.#entries.push(entry)
-      this.bytesStored += data.length
+      this.bytesStored += stored
       this.packsWritten++
     })()
       .catch((err: unknown) => {

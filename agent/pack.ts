@@ -9,6 +9,8 @@ import { encodeIndex, type IndexEntry, PACK_ID_BYTES } from './chunk-index.ts'
 export const PACK_MAGIC = Buffer.from('EBWPACK1')
 /** Offsets in indexes are u32. */
 export const MAX_PACK_BYTES = 2 ** 32 - 1
+/** Upper bound of the trailer's size per chunk (a 60-byte index entry, stored raw at worst). */
+export const TRAILER_BYTES_PER_CHUNK = 60
 
 export function newPackId(): string {
   return randomBytes(PACK_ID_BYTES).toString('hex')
@@ -18,12 +20,19 @@ export function packObjectName(packId: string): string {
   return `packs/${packId.slice(0, 2)}/${packId}`
 }
 
-/** Collects blobs for one pack; pure bookkeeping, no I/O. */
+/**
+ * Assembles one pack in a buffer it is lent (packs are pooled, so memory stays flat and the
+ * allocator is not asked for 32 MiB a few times a second). Pure bookkeeping, no I/O.
+ */
 export class PackBuilder {
   readonly id = newPackId()
   readonly entries: IndexEntry[] = []
-  readonly #blobs: Buffer[] = []
+  readonly buffer: Buffer
   #bytes = 0
+
+  constructor(buffer: Buffer) {
+    this.buffer = buffer
+  }
 
   get bytes(): number {
     return this.#bytes
@@ -33,20 +42,37 @@ export class PackBuilder {
     return this.entries.length
   }
 
-  add(id: Buffer, blob: Buffer, rawLength: number): void {
-    this.entries.push({ id, pack: this.id, offset: this.#bytes, length: blob.length, rawLength })
-    this.#blobs.push(blob)
-    this.#bytes += blob.length
+  /** Bytes the pack would take if sealed now, at most (blobs + trailer + tail). */
+  get sealedBound(): number {
+    return this.#bytes + TRAILER_BYTES_PER_CHUNK * this.entries.length + 64
   }
 
-  /** The pack's bytes, given the already encoded trailer blob. */
-  finish(trailerBlob: Buffer): Buffer {
-    const tail = Buffer.allocUnsafe(4)
-    tail.writeUInt32LE(trailerBlob.length)
-    return Buffer.concat([...this.#blobs, trailerBlob, tail, PACK_MAGIC])
+  /** Copies a blob, given as consecutive parts, into the pack. */
+  add(id: Buffer, parts: readonly Buffer[], rawLength: number): void {
+    const start = this.#bytes
+    for (const part of parts) {
+      if (this.#bytes + part.length > this.buffer.length) throw new Error('pack buffer overflow')
+      this.#bytes += part.copy(this.buffer, this.#bytes)
+    }
+    this.entries.push({ id, pack: this.id, offset: start, length: this.#bytes - start, rawLength })
   }
 
   trailerPlaintext(): Buffer {
     return encodeIndex(this.entries)
+  }
+
+  /** The pack's bytes, given the already encoded trailer blob: a view of the lent buffer. */
+  finish(trailerBlob: Buffer): Buffer {
+    const tail = Buffer.allocUnsafe(4)
+    tail.writeUInt32LE(trailerBlob.length)
+    const end = this.#bytes + trailerBlob.length + 4 + PACK_MAGIC.length
+    if (end > this.buffer.length) {
+      return Buffer.concat([this.buffer.subarray(0, this.#bytes), trailerBlob, tail, PACK_MAGIC])
+    }
+    let at = this.#bytes
+    at += trailerBlob.copy(this.buffer, at)
+    at += tail.copy(this.buffer, at)
+    PACK_MAGIC.copy(this.buffer, at)
+    return this.buffer.subarray(0, end)
   }
 }

@@ -132,7 +132,7 @@ async function fetchChunks(
       const blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
       let plain: Buffer
       try {
-        plain = await repo.decodeChunk(blob, chunk.id)
+        plain = await repo.decodeChunk(blob, chunk.id, chunk.rawLength)
       } catch (err) {
         throw atChunk(manifest, chunk, err)
       }
