@@ -230,6 +230,9 @@ export async function main(argv: string[]): Promise<number> {
       if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code: ErrorCode.BadInput, message: describe(err) } }) + '\n')
       return ExitStatus.badInput
     }
+    if (controller.signal.aborted && !(err instanceof EbsWorkerError && err.code === ErrorCode.Interrupted)) {
+      err = new EbsWorkerError(ErrorCode.Interrupted, `interrupted by a signal: ${describe(err)}`, { cause: err })
+    }
     const code = err instanceof EbsWorkerError ? err.code : 'INTERNAL'
     process.stderr.write(`ebs-worker: error [${code}]: ${describe(err)}\n`)
     if (!(err instanceof EbsWorkerError) && err instanceof Error && err.stack) process.stderr.write(err.stack + '\n')

@@ -160,3 +160,22 @@ t.test('a backup killed with SIGKILL leaves no backup, and the next one reuses i
   t.equal(await sha256File(restored), await sha256File(image), 'the backup after the crash restores exactly')
   await cli(['verify', '--repo', repo, '--backup', again.backupId])
 })
+
+t.test('SIGTERM stops a backup cleanly: exit 130, nothing recorded', async (t) => {
+  const dir = await tempDir(t)
+  const repo = join(dir, 'repo')
+  await cli(['init', '--repo', repo])
+  const image = join(dir, 'vol.img')
+  await makeImage(image, 32 * MiB, [{ kind: 'random', offset: 0, length: 32 * MiB }])
+  const child = spawn(process.execPath, [CLI, 'backup', '--repo', repo, '--device', image, '--pack-size', '4MiB',
+    '--read-concurrency', '1', '--upload-concurrency', '1', '--compression-level', '19', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  child.stdout.on('data', (d) => (stdout += d))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  while (!(await readdir(join(repo, 'index')).catch(() => [])).length) await new Promise((r) => setTimeout(r, 20))
+  child.kill('SIGTERM')
+  t.equal(await exited, 130, 'exit status 130')
+  const result = JSON.parse(stdout.trim().split('\n').pop()!)
+  t.equal(result.error.code, 'INTERRUPTED', 'JSON says INTERRUPTED')
+  t.same((await cli(['list', '--repo', repo])).backups, [], 'no backup recorded')
+})

@@ -8,7 +8,16 @@ import { join } from 'node:path'
 import { cli, makeImage, MiB, runCli, s3RepoUrl, sha256File, tempDir } from './helpers.ts'
 
 /** A TCP proxy to the test bed that can cut connections: a network that fails for real. */
-async function flakyProxy(t: { teardown(fn: () => unknown): void }, mode: { dropFirst?: number; dropAll?: boolean; afterBytes: number }) {
+interface ProxyMode {
+  /** Cut the first N connections (or all), once they carry `afterBytes` in the chosen direction. */
+  dropFirst?: number
+  dropAll?: boolean
+  afterBytes: number
+  /** "up": client to S3 (uploads); "down": S3 to client (downloads). */
+  direction?: 'up' | 'down'
+}
+
+async function flakyProxy(t: { teardown(fn: () => unknown): void }, mode: ProxyMode) {
   const upstream = new URL(process.env.AWS_ENDPOINT_URL_S3!)
   const sockets = new Set<Socket>()
   const state = { connections: 0, dropped: 0 }
@@ -18,17 +27,20 @@ async function flakyProxy(t: { teardown(fn: () => unknown): void }, mode: { drop
     const server = connect(Number(upstream.port), upstream.hostname)
     sockets.add(client).add(server)
     let seen = 0
-    client.on('data', (d: Buffer) => {
-      seen += d.length
-      if (drop && seen >= mode.afterBytes) {
-        state.dropped++
-        client.destroy()
-        server.destroy()
-        return
-      }
-      server.write(d)
-    })
-    server.on('data', (d: Buffer) => client.write(d))
+    const forward = (from: Socket, to: Socket, counted: boolean) =>
+      from.on('data', (d: Buffer) => {
+        if (counted) seen += d.length
+        if (drop && counted && seen >= mode.afterBytes) {
+          if (!client.destroyed) state.dropped++
+          client.destroy()
+          server.destroy()
+          return
+        }
+        to.write(d)
+      })
+    const down = mode.direction === 'down'
+    forward(client, server, !down)
+    forward(server, client, down)
     for (const s of [client, server]) s.on('error', () => {}).on('close', () => { client.destroy(); server.destroy() })
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -78,6 +90,20 @@ t.test('connections dropped mid-upload are retried and the backup completes', as
   t.equal(await sha256File(r), await sha256File(image), 'the backup made through the drops restores exactly')
 })
 
+t.test('connections dropped mid-download are retried and the restore completes', async (t) => {
+  const dir = await tempDir(t)
+  const repo = await s3RepoUrl()
+  await cli(['init', '--repo', repo])
+  const image = join(dir, 'vol.img')
+  await makeImage(image, 24 * MiB, [{ kind: 'random', offset: 0, length: 24 * MiB }])
+  const b = await cli(['backup', '--repo', repo, '--device', image])
+  const proxy = await flakyProxy(t, { dropFirst: 3, afterBytes: MiB, direction: 'down' })
+  const r = join(dir, 'r.img')
+  await cli(['restore', '--repo', `${repo}?endpoint=${proxy.endpoint}`, '--backup', b.backupId, '--device', r])
+  t.equal(proxy.state.dropped, 3, 'three downloads were cut midway')
+  t.equal(await sha256File(r), await sha256File(image), 'the restore made through the drops is exact')
+})
+
 t.test('a network that stays down fails clearly after bounded attempts; nothing half-made is visible', async (t) => {
   const dir = await tempDir(t)
   const repo = await s3RepoUrl()
@@ -99,4 +125,13 @@ t.test('a missing bucket is named', async (t) => {
   const r = await runCli(['list', '--repo', 's3://ebs-worker-no-such-bucket/x', '--json'])
   t.equal(r.json?.error.code, 'REPO_NOT_FOUND')
   t.match(r.json?.error.message, /NoSuchBucket/)
+})
+
+t.test('credentials that S3 refuses fail at once, with the reason', async (t) => {
+  const repo = await s3RepoUrl()
+  await cli(['init', '--repo', repo])
+  const r = await runCli(['list', '--repo', repo, '--json'], { AWS_SECRET_ACCESS_KEY: 'not-the-secret' })
+  t.equal(r.code, 1)
+  t.equal(r.json?.error.code, 'STORAGE_ERROR')
+  t.match(r.json?.error.message, /SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId/, r.json?.error.message)
 })

@@ -40,6 +40,7 @@ export interface S3BackendOptions {
 }
 
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024
+export const DEFAULT_MAX_ATTEMPTS = 5
 const MIN_PART_SIZE = 5 * 1024 * 1024
 
 export class S3Backend implements Backend {
@@ -49,6 +50,7 @@ export class S3Backend implements Backend {
   readonly #prefix: string
   readonly #partSize: number
   readonly #partConcurrency: number
+  readonly #maxAttempts: number
 
   constructor(options: S3BackendOptions) {
     this.#bucket = options.bucket
@@ -71,8 +73,8 @@ export class S3Backend implements Backend {
     else if (endpoint && !process.env.AWS_REGION && !process.env.AWS_DEFAULT_REGION) config.region = 'us-east-1'
     if (endpoint) config.endpoint = endpoint
     config.forcePathStyle = options.forcePathStyle ?? endpoint !== undefined
-    if (options.maxAttempts) config.maxAttempts = options.maxAttempts
-    else if (!process.env.AWS_MAX_ATTEMPTS) config.maxAttempts = 5
+    this.#maxAttempts = options.maxAttempts ?? (Number(process.env.AWS_MAX_ATTEMPTS) || DEFAULT_MAX_ATTEMPTS)
+    config.maxAttempts = this.#maxAttempts
     if (options.checksums === 'when-required') {
       config.requestChecksumCalculation = 'WHEN_REQUIRED'
       config.responseChecksumValidation = 'WHEN_REQUIRED'
@@ -86,8 +88,10 @@ export class S3Backend implements Backend {
 
   async get(name: string): Promise<Buffer | null> {
     try {
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: this.#key(name) }))
-      return Buffer.from(await out.Body!.transformToByteArray())
+      return await this.#retryBody(async () => {
+        const out = await this.client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: this.#key(name) }))
+        return await readBody(out.Body, out.ContentLength)
+      })
     } catch (err) {
       if (isNotFound(err)) return null
       throw this.#error('GetObject', name, err)
@@ -97,14 +101,16 @@ export class S3Backend implements Backend {
   async getRange(name: string, offset: number, length: number): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0)
     try {
-      const out = await this.client.send(
-        new GetObjectCommand({
-          Bucket: this.#bucket,
-          Key: this.#key(name),
-          Range: `bytes=${offset}-${offset + length - 1}`,
-        }),
-      )
-      return Buffer.from(await out.Body!.transformToByteArray())
+      return await this.#retryBody(async () => {
+        const out = await this.client.send(
+          new GetObjectCommand({
+            Bucket: this.#bucket,
+            Key: this.#key(name),
+            Range: `bytes=${offset}-${offset + length - 1}`,
+          }),
+        )
+        return await readBody(out.Body, out.ContentLength)
+      })
     } catch (err) {
       if (status(err) === 416) return Buffer.alloc(0)
       if (isNotFound(err)) {
@@ -160,6 +166,22 @@ export class S3Backend implements Backend {
     }
   }
 
+  /**
+   * The SDK retries a request until its response headers arrive; a connection that drops while
+   * the body streams surfaces afterwards, as a plain network error. Those are retried here, with
+   * the same bound and a similar backoff.
+   */
+  async #retryBody<T>(fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn()
+      } catch (err) {
+        if (err instanceof S3ServiceException || attempt >= this.#maxAttempts) throw err
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * 100 * 2 ** attempt))
+      }
+    }
+  }
+
   #error(op: string, name: string, err: unknown): EbsWorkerError {
     const attempts = (err as { $metadata?: { attempts?: number } }).$metadata?.attempts
     const where = `s3://${this.#bucket}/${this.#key(name)}`
@@ -169,6 +191,27 @@ export class S3Backend implements Backend {
       cause: err,
     })
   }
+}
+
+/**
+ * Reads a response body into one buffer of the announced length as the bytes arrive: one copy,
+ * where the SDK's transformToByteArray() collects the pieces and joins them afterwards.
+ */
+async function readBody(body: unknown, length: number | undefined): Promise<Buffer> {
+  const stream = body as AsyncIterable<Buffer>
+  if (length === undefined) {
+    const pieces: Buffer[] = []
+    for await (const piece of stream) pieces.push(piece)
+    return Buffer.concat(pieces)
+  }
+  const out = Buffer.allocUnsafe(length)
+  let at = 0
+  for await (const piece of stream) {
+    if (at + piece.length > length) throw new Error(`response body longer than its Content-Length (${length})`)
+    at += piece.copy(out, at)
+  }
+  if (at !== length) throw new Error(`response body ended after ${at} of ${length} bytes`)
+  return out
 }
 
 function status(err: unknown): number | undefined {
