@@ -129,15 +129,19 @@ t.test('a damaged manifest is reported', async (t) => {
   t.equal(r.json?.error.code, 'REPO_FORMAT')
 })
 
+/** A backup slow enough to be caught midway: one read at a time, zstd at its slowest level. */
+function slowBackup(repo: string, image: string) {
+  return spawn(process.execPath, [CLI, 'backup', '--repo', repo, '--device', image, '--pack-size', '4MiB',
+    '--read-concurrency', '1', '--upload-concurrency', '1', '--compression-level', '19', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] })
+}
+
 t.test('a backup killed with SIGKILL leaves no backup, and the next one reuses its packs', async (t) => {
   const dir = await tempDir(t)
   const repo = join(dir, 'repo')
   await cli(['init', '--repo', repo])
   const image = join(dir, 'vol.img')
   await makeImage(image, 64 * MiB, [{ kind: 'random', offset: 0, length: 64 * MiB }])
-  // Slow enough to be caught midway: one read at a time, zstd at its slowest level.
-  const child = spawn(process.execPath, [CLI, 'backup', '--repo', repo, '--device', image, '--pack-size', '4MiB',
-    '--read-concurrency', '1', '--upload-concurrency', '1', '--compression-level', '19', '--json'], { stdio: 'ignore' })
+  const child = slowBackup(repo, image)
   const exited = new Promise<string | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)))
   const deadline = Date.now() + 60_000
   let indexes: string[] = []
@@ -167,8 +171,7 @@ t.test('SIGTERM stops a backup cleanly: exit 130, nothing recorded', async (t) =
   await cli(['init', '--repo', repo])
   const image = join(dir, 'vol.img')
   await makeImage(image, 32 * MiB, [{ kind: 'random', offset: 0, length: 32 * MiB }])
-  const child = spawn(process.execPath, [CLI, 'backup', '--repo', repo, '--device', image, '--pack-size', '4MiB',
-    '--read-concurrency', '1', '--upload-concurrency', '1', '--compression-level', '19', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = slowBackup(repo, image)
   let stdout = ''
   child.stdout.on('data', (d) => (stdout += d))
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
