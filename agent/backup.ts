@@ -118,7 +118,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
             id = ZERO_ID
             stats.chunksZero++
           } else {
-            id = await repo.chunkId(buf)
+            id = repo.chunkId(buf)
             const key = id.toString('hex')
             if (index.has(id) || session.has(key)) {
               stats.chunksReused++

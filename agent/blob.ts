@@ -35,16 +35,20 @@ export interface BlobCodecOptions {
   key: Buffer | null
   /** zstd level; 1–3 keeps up with EBS throughput on small instances. */
   compressionLevel: number
+  /** The chunk size: decompression output buffers are sized for it. */
+  maxChunkBytes?: number
 }
 
 export class BlobCodec {
   readonly #key: Buffer | null
   readonly #level: number
+  readonly #maxChunkBytes: number
 
   constructor(options: BlobCodecOptions) {
     if (options.key && options.key.length !== 32) throw new Error('AES-256-GCM needs a 32-byte key')
     this.#key = options.key
     this.#level = options.compressionLevel
+    this.#maxChunkBytes = options.maxChunkBytes ?? 0
   }
 
   get encrypted(): boolean {
@@ -118,7 +122,7 @@ export class BlobCodec {
     }
     if (!(flags & FLAG_ZSTD)) return payload
     try {
-      return await zstdDecompress(payload, { chunkSize: Math.max(64 * 1024, expectedLength ?? 0) })
+      return await zstdDecompress(payload, { chunkSize: Math.max(64 * 1024, (expectedLength ?? this.#maxChunkBytes) + 1024) })
     } catch (err) {
       throw corrupt(kind, `zstd: ${describe(err)}`)
     }

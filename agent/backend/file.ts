@@ -33,7 +33,7 @@ export class FileBackend implements Backend {
     }
   }
 
-  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+  async getRange(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const path = this.#path(name)
     let handle
     try {
@@ -45,7 +45,7 @@ export class FileBackend implements Backend {
       throw storageError('open', path, err)
     }
     try {
-      const buf = Buffer.allocUnsafe(length)
+      const buf = into ? into.subarray(0, length) : Buffer.allocUnsafe(length)
       let filled = 0
       while (filled < length) {
         const { bytesRead } = await handle.read(buf, filled, length - filled, offset + filled)

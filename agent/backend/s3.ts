@@ -98,7 +98,7 @@ export class S3Backend implements Backend {
     }
   }
 
-  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+  async getRange(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0)
     try {
       return await this.#retryBody(async () => {
@@ -109,7 +109,7 @@ export class S3Backend implements Backend {
             Range: `bytes=${offset}-${offset + length - 1}`,
           }),
         )
-        return await readBody(out.Body, out.ContentLength)
+        return await readBody(out.Body, out.ContentLength, into)
       })
     } catch (err) {
       if (status(err) === 416) return Buffer.alloc(0)
@@ -197,14 +197,14 @@ export class S3Backend implements Backend {
  * Reads a response body into one buffer of the announced length as the bytes arrive: one copy,
  * where the SDK's transformToByteArray() collects the pieces and joins them afterwards.
  */
-async function readBody(body: unknown, length: number | undefined): Promise<Buffer> {
+async function readBody(body: unknown, length: number | undefined, into?: Buffer): Promise<Buffer> {
   const stream = body as AsyncIterable<Buffer>
   if (length === undefined) {
     const pieces: Buffer[] = []
     for await (const piece of stream) pieces.push(piece)
     return Buffer.concat(pieces)
   }
-  const out = Buffer.allocUnsafe(length)
+  const out = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length)
   let at = 0
   for await (const piece of stream) {
     if (at + piece.length > length) throw new Error(`response body longer than its Content-Length (${length})`)

@@ -17,8 +17,11 @@ export interface Backend {
   readonly url: string
   /** The whole object, or null when there is none. */
   get(name: string): Promise<Buffer | null>
-  /** Up to `length` bytes from `offset`; fewer only when the object is shorter. */
-  getRange(name: string, offset: number, length: number): Promise<Buffer>
+  /**
+   * Up to `length` bytes from `offset`; fewer only when the object is shorter. With `into`
+   * (at least `length` bytes), the bytes land there and the result is a view of it.
+   */
+  getRange(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer>
   /** Stores an object; large ones go up as multipart uploads with the backend's part size. */
   put(name: string, data: Buffer, options?: PutOptions): Promise<void>
   /** Every object whose name starts with `prefix`, in no particular order. */
