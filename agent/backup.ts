@@ -96,12 +96,30 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     // Ids stored by this backup so far: two identical chunks in flight are stored once.
     const session = new Set<string>()
     const zeroChunk = Buffer.alloc(chunkSize)
+    /** Zero, known, or new (then encoded into a pack); returns the chunk's id. */
+    const storeChunk = async (buf: Buffer): Promise<Buffer> => {
+      if (buf.equals(buf.length === chunkSize ? zeroChunk : zeroChunk.subarray(0, buf.length))) {
+        stats.chunksZero++
+        return ZERO_ID
+      }
+      const id = repo.chunkId(buf)
+      const key = id.toString('hex')
+      if (index.has(id) || session.has(key)) {
+        stats.chunksReused++
+        return id
+      }
+      session.add(key)
+      stats.chunksNew++
+      stats.bytesNew += buf.length
+      await writer.add(id, await repo.codec.encodeParts('chunk', buf), buf.length)
+      return id
+    }
     const indices = function* (): Generator<number> {
       for (let i = 0; i < count; i++) if (toRead[i]) yield i
     }
+    // Read buffers are reused: one per reader, so memory does not depend on the volume size.
+    const buffers: Buffer[] = []
     try {
-      // Read buffers are reused: one per reader, so memory does not depend on the volume size.
-      const buffers: Buffer[] = []
       await forEachConcurrent(indices(), options.readConcurrency ?? 16, async (i) => {
         const offset = i * chunkSize
         const length = Math.min(chunkSize, size - offset)
@@ -113,22 +131,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
             throw new EbsWorkerError(ErrorCode.DeviceUnusable, `short read from ${options.device} at offset ${offset + got}: the device shrank?`)
           }
           stats.bytesRead += length
-          let id: Buffer
-          if (buf.equals(length === chunkSize ? zeroChunk : zeroChunk.subarray(0, length))) {
-            id = ZERO_ID
-            stats.chunksZero++
-          } else {
-            id = repo.chunkId(buf)
-            const key = id.toString('hex')
-            if (index.has(id) || session.has(key)) {
-              stats.chunksReused++
-            } else {
-              session.add(key)
-              stats.chunksNew++
-              stats.bytesNew += length
-              await writer.add(id, await repo.codec.encodeParts('chunk', buf), length)
-            }
-          }
+          const id = await storeChunk(buf)
           id.copy(chunks, i * ID_BYTES)
           bytesDone += length
           report()
