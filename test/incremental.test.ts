@@ -4,7 +4,7 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { open, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { cli, makeImage, MiB, runCli, sha256File, tempDir } from './helpers.ts'
+import { cli, makeImage, MiB, runCli, s3RepoUrl, sha256File, tempDir } from './helpers.ts'
 
 async function patch(path: string, offset: number, data: Buffer): Promise<void> {
   const h = await open(path, 'r+')
@@ -15,9 +15,9 @@ async function patch(path: string, offset: number, data: Buffer): Promise<void> 
   }
 }
 
-t.test('changed ranges: only changed chunks are read, the rest comes from the parent', async (t) => {
+for (const backend of ['file', 's3'] as const) t.test(`changed ranges on ${backend}: only changed chunks are read, the rest comes from the parent`, async (t) => {
   const dir = await tempDir(t)
-  const repo = join(dir, 'repo')
+  const repo = backend === 's3' ? await s3RepoUrl() : join(dir, 'repo')
   const key = join(dir, 'key')
   await cli(['init', '--repo', repo, '--encrypt', '--key-file', key])
   const image = join(dir, 'vol.img')
