@@ -110,10 +110,9 @@ export class BlobCodec {
       decipher.setAAD(Buffer.from(kind))
       decipher.setAuthTag(tag)
       try {
-        payload = Buffer.concat([
-          decipher.update(payload.subarray(NONCE_BYTES, payload.length - TAG_BYTES)),
-          decipher.final(),
-        ])
+        const body = decipher.update(payload.subarray(NONCE_BYTES, payload.length - TAG_BYTES))
+        const tail = decipher.final() // empty for GCM; checks the tag
+        payload = tail.length ? Buffer.concat([body, tail]) : body
       } catch {
         throw corrupt(kind, 'authentication failed (damaged data or a different key)')
       }
