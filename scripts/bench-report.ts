@@ -1,6 +1,7 @@
 // Helpers for scripts/bench.sh (`npm run bench`), run with the project's Node 24:
 //   node scripts/bench-report.ts image PATH GIB       write the mixed-content benchmark image
 //   node scripts/bench-report.ts report RESULTS.tsv   print the markdown tables of a run
+//   node scripts/bench-report.ts ebs-note GIB B.json R.json   one line on ebs-worker's own stats
 //
 // The image cycles 64 MiB segments random / text / zero / zero: 25 % incompressible, 25 %
 // compressible, 50 % zeros, interleaved like the used and unused parts of a real volume. Every
@@ -74,6 +75,8 @@ interface Row {
   maxRssKiB: number
   /** CPU seconds of the test bed's daemons during the command. */
   serverCpu: number
+  /** CPU seconds used on the machine by neither the tool nor the test bed (other load). */
+  otherCpu: number
   /** Bytes the tool left in its bucket (backup rows); -1 if unknown. */
   stored: number
   /** "ok", "MISMATCH" or "-" (restore rows). */
@@ -92,10 +95,10 @@ function parseRows(tsv: string): Row[] {
     .split('\n')
     .filter((line) => line.trim() && !line.startsWith('#'))
     .map((line) => {
-      const [gib, tool, op, wall, user, sys, rss, server, stored, check] = line.split('\t')
+      const [gib, tool, op, wall, user, sys, rss, server, other, stored, check] = line.split('\t')
       return {
         gib: Number(gib), tool: tool!, op: op as Row['op'], wall: Number(wall), user: Number(user),
-        sys: Number(sys), maxRssKiB: Number(rss), serverCpu: Number(server), stored: Number(stored), check: check ?? '-',
+        sys: Number(sys), maxRssKiB: Number(rss), serverCpu: Number(server), otherCpu: Number(other), stored: Number(stored), check: check ?? '-',
       }
     })
 }
@@ -138,7 +141,28 @@ function report(rows: Row[]): string {
     }
     out.push('')
   }
+  // Someone else's CPU use during a measurement (more than a tenth of a core on average) makes
+  // that row suspect: say so rather than let it pass as the tool's own result.
+  const busy = rows.filter((r) => r.otherCpu > Math.max(1, 0.1 * r.wall))
+  for (const r of busy) {
+    out.push(`- **Other load** during ${r.gib} GiB ${r.tool} ${r.op}: ${f(r.otherCpu)} CPU-s used by other processes ` +
+      `(${f((100 * r.otherCpu) / r.wall, 0)} % of one core over ${f(r.wall)} s); treat that row with care.`)
+  }
+  if (busy.length) out.push('')
   return out.join('\n')
+}
+
+/** One line on ebs-worker's run from its --json results (the last line of each output). */
+async function ebsNote(gib: string, backupJson: string, restoreJson: string): Promise<string> {
+  const last = async (path: string): Promise<Record<string, number>> =>
+    JSON.parse((await readFile(path, 'utf8')).trim().split('\n').pop()!)
+  const b = await last(backupJson)
+  const r = await last(restoreJson)
+  const mib = (n: number): string => f(n / MiB, 0)
+  return `- ${gib} GiB, ebs-worker: backup ${f(b.durationMs! / 1000)} s by its own timer (${b.chunksTotal} chunks: ` +
+    `${b.chunksNew} new, ${b.chunksZero} zero, ${b.chunksReused} reused; ${mib(b.bytesStored!)} MiB stored); restore ` +
+    `${f(r.durationMs! / 1000)} s by its own timer (${mib(r.bytesFetched!)} MiB fetched in ${r.requests} requests, ` +
+    `${r.zeroChunksSkipped} zero chunks skipped)\n`
 }
 
 const [cmd, ...args] = process.argv.slice(2)
@@ -146,7 +170,9 @@ if (cmd === 'image' && args.length === 2) {
   await writeImage(args[0]!, Number(args[1]))
 } else if (cmd === 'report' && args.length === 1) {
   process.stdout.write(report(parseRows(await readFile(args[0]!, 'utf8'))))
+} else if (cmd === 'ebs-note' && args.length === 3) {
+  process.stdout.write(await ebsNote(args[0]!, args[1]!, args[2]!))
 } else {
-  process.stderr.write('usage: bench-report.ts image PATH GIB | report RESULTS.tsv\n')
+  process.stderr.write('usage: bench-report.ts image PATH GIB | report RESULTS.tsv | ebs-note GIB BACKUP.json RESTORE.json\n')
   process.exit(2)
 }

@@ -66,7 +66,7 @@ trap 'exit 130' INT TERM
 max_gib=$(printf '%s\n' $SIZES | sort -g | tail -n 1)
 # Buckets are emptied after each tool, but a large image still needs room for one full copy plus
 # what RGW's garbage collection has not handed back yet.
-export MEMSTORE_BYTES=${MEMSTORE_BYTES:-$(awk -v g="$max_gib" 'BEGIN { printf "%d", (2 * g + 4) * 2^30 }')}
+export MEMSTORE_BYTES=${MEMSTORE_BYTES:-$(awk -v g="$max_gib" 'BEGIN { printf "%.0f", (2 * g + 4) * 2^30 }')}
 eval "$(scripts/testbed.sh start)"
 ENDPOINT=$AWS_ENDPOINT_URL_S3
 export CEPH_CONF=$TESTBED_DIR/ceph.conf   # for radosgw-admin gc below
@@ -82,6 +82,17 @@ export RCLONE_CONFIG=$WORK/rclone.conf
 export RCLONE_CONFIG_RGW_TYPE=s3 RCLONE_CONFIG_RGW_PROVIDER=Ceph RCLONE_CONFIG_RGW_ENDPOINT=$ENDPOINT \
   RCLONE_CONFIG_RGW_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_RGW_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 export RESTIC_PASSWORD=bench-password RESTIC_CACHE_DIR=$WORK/restic-cache
+# ebs-worker runs from a copy of agent/ taken now, committed or not: the run takes minutes, and
+# edits made meanwhile must not give its rows a mix of code versions.  Fingerprinted, so the
+# report can tell which code it measured and whether agent/ moved on during the run.
+agent_hash() { (cd "$1" && find agent -type f -name '*.ts' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12); }
+mkdir -p "$WORK/ebs-worker"
+cp -r agent package.json "$WORK/ebs-worker/"
+ln -s "$ROOT/node_modules" "$WORK/ebs-worker/node_modules"
+EBS_WORKER=$WORK/ebs-worker/agent/bin/ebs-worker.ts
+AGENT_HASH=$(agent_hash "$WORK/ebs-worker")
+AGENT_DESC="git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- agent 2>/dev/null &&
+  [ -z "$(git ls-files --others --exclude-standard agent 2>/dev/null)" ] || echo ' + uncommitted changes'), agent/*.ts sha256 $AGENT_HASH"
 EBS_KEY=() EBS_INIT=()
 if [ "$ENCRYPT" = 1 ]; then EBS_KEY=(--key-file "$WORK/ebs-worker.key") EBS_INIT=(--encrypt); fi
 
@@ -93,30 +104,34 @@ drop_caches() {
   sync
   echo 3 2>/dev/null > /proc/sys/vm/drop_caches || : > "$WORK/cache-not-dropped"
 }
-# CPU seconds the test bed's daemons (mon, osd, radosgw) have used: the server side of each run
+# CPU ticks the test bed's daemons (mon, osd, radosgw) have used: the server side of each run
 # costs CPU on the same cores as the tool, so it is reported next to the tool's own.
 CLK_TCK=$(getconf CLK_TCK)
-server_cpu() {
-  local total=0 name pid t
+server_ticks() {
+  local total=0 name pid
   while read -r name pid; do
-    t=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
   done < "$TESTBED_DIR/pids"
-  awk -v t="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t / hz }'
+  echo "$total"
 }
+# Busy CPU ticks of the whole machine: what is neither the tool nor the test bed is someone else's
+# load (another test run, a build), which would skew the numbers; the report flags it.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }  # user nice system irq softirq
 # measure NAME COMMAND: run COMMAND (a bash command line; pipelines count as a whole) under GNU
 # time.  Its %M is the largest max-RSS of any single process of the pipeline, not their sum.
-# Appends "wall user sys maxrss_kib server_cpu_s" to $WORK/NAME.time; stderr goes to logs/NAME.log.
+# Prints "wall user sys maxrss_kib server_cpu_s other_cpu_s"; stderr goes to logs/NAME.log.
 measure() {
-  local name=$1 cmd=$2 before after
+  local name=$1 cmd=$2 s0 m0 s1 m1
   drop_caches
-  before=$(server_cpu)
+  s0=$(server_ticks) m0=$(machine_ticks)
   if ! "$TIME" -f '%e %U %S %M' -o "$WORK/$name.time" bash -c "set -euo pipefail; $cmd" 2>"$WORK/logs/$name.log"; then
     tail -n 20 "$WORK/logs/$name.log" >&2
     die "$name failed: $cmd"
   fi
-  after=$(server_cpu)
-  echo "$(tail -n 1 "$WORK/$name.time") $(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.1f", a - b }')"
+  s1=$(server_ticks) m1=$(machine_ticks)
+  read -r wall user sys rss < <(tail -n 1 "$WORK/$name.time")
+  awk -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v srv=$((s1 - s0)) -v all=$((m1 - m0)) -v hz="$CLK_TCK" \
+    'BEGIN { o = (all - srv) / hz - u - s; printf "%s %s %s %s %.1f %.1f\n", w, u, s, r, srv / hz, o < 0 ? 0 : o }'
 }
 stored_bytes() {  # what the tool left in its bucket
   "$AWS" --endpoint-url "$ENDPOINT" s3 ls "s3://$1" --recursive --summarize | awk '/Total Size:/ { print $3 }'
@@ -130,9 +145,9 @@ drop_bucket() {  # and make RGW free the memory now rather than at its next gc p
 # Each sets BACKUP_CMD and RESTORE_CMD (run by measure) after its untimed setup (bucket, repository).
 setup_ebs-worker() {
   "$AWS" --endpoint-url "$ENDPOINT" s3 mb "s3://$BUCKET" >/dev/null
-  "$NODE" agent/bin/ebs-worker.ts init --repo "s3://$BUCKET/repo" ${EBS_KEY[@]+"${EBS_KEY[@]}"} \
+  "$NODE" "$EBS_WORKER" init --repo "s3://$BUCKET/repo" ${EBS_KEY[@]+"${EBS_KEY[@]}"} \
     ${EBS_INIT[@]+"${EBS_INIT[@]}"} --json >/dev/null
-  local ebs="$(printf '%q ' "$NODE" "$ROOT/agent/bin/ebs-worker.ts")"
+  local ebs="$(printf '%q ' "$NODE" "$EBS_WORKER")"
   local key=""
   [ ${#EBS_KEY[@]} = 0 ] || key="$(printf '%q ' "${EBS_KEY[@]}")"
   BACKUP_CMD="$ebs backup --repo s3://$BUCKET/repo $key--device $(printf %q "$IMG") --json > $WORK/$NAME-backup.json"
@@ -178,13 +193,17 @@ run_tool() {  # run_tool TOOL GIB: appends two rows to results.tsv
   fi
   rm -f "$OUT"
   drop_bucket "$BUCKET"
-  read -r bw bu bs bm bsrv <<< "$b"; read -r rw ru rs rm_ rsrv <<< "$r"
-  printf '%s\t%s\tbackup\t%s\t%s\t%s\t%s\t%s\t%s\t-\n' "$gib" "$tool" "$bw" "$bu" "$bs" "$bm" "$bsrv" "$stored" >> "$WORK/results.tsv"
-  printf '%s\t%s\trestore\t%s\t%s\t%s\t%s\t%s\t-1\t%s\n' "$gib" "$tool" "$rw" "$ru" "$rs" "$rm_" "$rsrv" "$check" >> "$WORK/results.tsv"
+  read -r bw bu bs bm bsrv both <<< "$b"; read -r rw ru rs rm_ rsrv roth <<< "$r"
+  printf '%s\t%s\tbackup\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\n' "$gib" "$tool" "$bw" "$bu" "$bs" "$bm" "$bsrv" "$both" "$stored" >> "$WORK/results.tsv"
+  printf '%s\t%s\trestore\t%s\t%s\t%s\t%s\t%s\t%s\t-1\t%s\n' "$gib" "$tool" "$rw" "$ru" "$rs" "$rm_" "$rsrv" "$roth" "$check" >> "$WORK/results.tsv"
   log "$gib GiB, $tool: backup ${bw}s, restore ${rw}s, $check"
 }
 
 # --- the run --------------------------------------------------------------------------------
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# A first hint only (the load average lags by a minute); each measurement checks for other load itself.
+awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }' &&
+  log "WARNING: load average $LOAD_BEFORE on $(nproc) CPUs: if something else is running, numbers will be skewed"
 MISMATCHES=()
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 : > "$WORK/results.tsv"
@@ -197,16 +216,9 @@ for gib in $SIZES; do
   for tool in $TOOLS; do
     declare -F "setup_$tool" >/dev/null || die "BENCH_TOOLS: unknown tool $tool"
     run_tool "$tool" "$gib"
-    if [ "$tool" = ebs-worker ]; then  # its own timers tell process start-up from the work itself
-      jb=$(tail -n 1 "$WORK/$gib-ebs-worker-backup.json"); jr=$(tail -n 1 "$WORK/$gib-ebs-worker-restore.json")
-      "$NODE" -e '
-        const [gib, b, r] = process.argv.slice(1).map((s, i) => i ? JSON.parse(s) : s)
-        const mib = (n) => (n / 2 ** 20).toFixed(0)
-        console.log(`- ${gib} GiB, ebs-worker: backup ${(b.durationMs / 1000).toFixed(1)} s by its own timer ` +
-          `(${b.chunksTotal} chunks: ${b.chunksNew} new, ${b.chunksZero} zero, ${b.chunksReused} reused; ${mib(b.bytesStored)} MiB stored); ` +
-          `restore ${(r.durationMs / 1000).toFixed(1)} s by its own timer (${mib(r.bytesFetched)} MiB fetched in ${r.requests} requests, ` +
-          `${r.zeroChunksSkipped} zero chunks skipped)`)' "$gib" "$jb" "$jr" >> "$WORK/notes.md"
-    fi
+    # ebs-worker's own timers and counters tell process start-up from the work itself
+    [ "$tool" != ebs-worker ] || "$NODE" scripts/bench-report.ts ebs-note "$gib" \
+      "$WORK/$gib-ebs-worker-backup.json" "$WORK/$gib-ebs-worker-restore.json" >> "$WORK/notes.md"
   done
   rm -f "$IMG"
 done
@@ -221,14 +233,16 @@ ver() { "$@" 2>&1 | head -n 1; }
   echo "- Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), \
 $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 2^20 }' /proc/meminfo) RAM, Linux $(uname -r), \
 BENCH_DIR on $(df -T "$BASE" | awk 'NR == 2 { print $2 }') ($(df "$BASE" | awk 'NR == 2 { print $1 }'))"
-  echo "- ebs-worker $("$NODE" agent/bin/ebs-worker.ts --version) (git $(git rev-parse --short HEAD 2>/dev/null || echo '?')\
-$(git diff --quiet HEAD -- agent 2>/dev/null || echo ', agent/ modified')), Node $("$NODE" --version), \
-repository $([ "$ENCRYPT" = 1 ] && echo 'encrypted (AES-256-GCM)' || echo 'not encrypted'), zstd level 3, 1 MiB chunks (defaults)"
+  echo "- ebs-worker $("$NODE" "$EBS_WORKER" --version) ($AGENT_DESC\
+$([ "$(agent_hash .)" = "$AGENT_HASH" ] || echo '; agent/ was edited during the run: measured is the copy taken at its start')), \
+Node $("$NODE" --version), repository $([ "$ENCRYPT" = 1 ] && echo 'encrypted (AES-256-GCM)' || echo 'not encrypted'), \
+otherwise default settings"
   echo "- $(ver "$AWS" --version | cut -d' ' -f1-2); $(ver rclone version); $(ver restic version | cut -d' ' -f1-2); \
 S3: Ceph RGW $(ver radosgw --version | awk '{ print $3 }') (scripts/testbed.sh, memstore OSD: objects in RAM); \
 GNU time $(dpkg-query -W -f '${Version}' time 2>/dev/null || echo '?')"
-  echo "- Image: 64 MiB segments cycling random / text-like (zstd -3 ≈ 2.9x) / zero / zero, every segment distinct."
+  echo "- Image: 64 MiB segments cycling random / text-like (\`zstd -3\` compresses it ≈ 2.9x) / zero / zero, every segment distinct."
   echo "- Page cache dropped before every timed command: $([ -e "$WORK/cache-not-dropped" ] && echo 'NO (not root?)' || echo yes)."
+  echo "- Load average before / after the run: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
   "$NODE" scripts/bench-report.ts report "$WORK/results.tsv"
   echo
@@ -245,6 +259,9 @@ GNU time $(dpkg-query -W -f '${Version}' time 2>/dev/null || echo '?')"
 } > "$WORK/report.md"
 OUTFILE="bench-results/$(date -u +%Y%m%dT%H%M%SZ).md"
 cp "$WORK/report.md" "$OUTFILE"
+# The raw numbers too (user and sys apart, other load), for comparing runs later.
+{ printf '# gib\ttool\top\twall_s\tuser_s\tsys_s\tmaxrss_kib\tserver_cpu_s\tother_cpu_s\tstored_bytes\tsha256\n'
+  cat "$WORK/results.tsv"; } > "${OUTFILE%.md}.tsv"
 cat "$WORK/report.md"
 log "saved $OUTFILE"
 if [ ${#MISMATCHES[@]} -gt 0 ]; then
