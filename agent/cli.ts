@@ -154,8 +154,9 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .requiredOption('--backup <id>', 'backup id')
     .requiredOption('--device <path>', 'target block device or image file (an image file is created if missing)')
     .option('--fresh-target', 'the target is a new empty volume: skip writing zero chunks')
+    .option('--volume-id <id>', 'refuse unless the device is this attached EBS volume (by its NVMe serial)')
     .option('--concurrency <n>', 'ranged GETs in flight', positiveInt('--concurrency'), 8)
-    .action(async (opts: CommonOptions & { backup: string; device: string; freshTarget?: boolean; concurrency: number }) => {
+    .action(async (opts: CommonOptions & { backup: string; device: string; freshTarget?: boolean; volumeId?: string; concurrency: number }) => {
       const repo = await openRepository(opts)
       const bar = progressBar('restore', opts.progress && !opts.json)
       try {
@@ -163,6 +164,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
           backupId: opts.backup,
           device: opts.device,
           freshTarget: opts.freshTarget === true,
+          ...(opts.volumeId ? { volumeId: opts.volumeId } : {}),
           concurrency: opts.concurrency,
           onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
           signal,

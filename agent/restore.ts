@@ -3,6 +3,7 @@
 // and re-hashed against its id before a byte of it is written.
 import type { ChunkIndex, ChunkLocation } from './chunk-index.ts'
 import { openForWrite, writeAt } from './device.ts'
+import { assertVolumeDevice, type DeviceRoots } from './ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { chunkCount, chunkIdAt, ZERO_ID, type Manifest } from './manifest.ts'
 import { forEachConcurrent } from './pool.ts'
@@ -25,6 +26,12 @@ export interface RestoreOptions extends FetchOptions {
    * Otherwise they are written, since the device may hold old data.
    */
   freshTarget?: boolean
+  /**
+   * The EBS volume the target must be: its NVMe serial is checked against the device before
+   * anything is opened for writing (the daemon always sets it).
+   */
+  volumeId?: string
+  deviceRoots?: DeviceRoots
 }
 
 export interface RestoreProgress {
@@ -169,6 +176,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   const started = performance.now()
   const manifest = await repo.loadManifest(options.backupId)
   const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_MAX_REQUEST)
+  if (options.volumeId) await assertVolumeDevice(options.device, options.volumeId, options.deviceRoots)
   // An image file may be created; a missing path under /dev is a typo or a device not there yet.
   const device = await openForWrite(options.device, { minSize: manifest.size, create: !options.device.startsWith('/dev/') })
   const fresh = options.freshTarget === true || device.created
