@@ -9,7 +9,10 @@ import { cli, makeImage, MiB, runCli, s3RepoUrl, sha256File, tempDir } from './h
 
 /** A TCP proxy to the test bed that can cut connections: a network that fails for real. */
 interface ProxyMode {
-  /** Cut the first N connections (or all), once they carry `afterBytes` in the chosen direction. */
+  /**
+   * Cut connections once they have carried `afterBytes` in the chosen direction: the first
+   * `dropFirst` such connections (whichever they are: the client picks its sockets), or all.
+   */
   dropFirst?: number
   dropAll?: boolean
   afterBytes: number
@@ -22,16 +25,16 @@ async function flakyProxy(t: { teardown(fn: () => unknown): void }, mode: ProxyM
   const sockets = new Set<Socket>()
   const state = { connections: 0, dropped: 0 }
   const server: Server = createServer((client) => {
-    const n = state.connections++
-    const drop = mode.dropAll || n < (mode.dropFirst ?? 0)
+    state.connections++
     const server = connect(Number(upstream.port), upstream.hostname)
     sockets.add(client).add(server)
     let seen = 0
     const forward = (from: Socket, to: Socket, counted: boolean) =>
       from.on('data', (d: Buffer) => {
         if (counted) seen += d.length
-        if (drop && counted && seen >= mode.afterBytes) {
-          if (!client.destroyed) state.dropped++
+        const drop = mode.dropAll || state.dropped < (mode.dropFirst ?? 0)
+        if (drop && counted && seen >= mode.afterBytes && !client.destroyed) {
+          state.dropped++
           client.destroy()
           server.destroy()
           return
