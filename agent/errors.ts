@@ -19,6 +19,7 @@ export const ErrorCode = {
   ChecksumMismatch: 'CHECKSUM_MISMATCH',
   Storage: 'STORAGE_ERROR',
   Interrupted: 'INTERRUPTED',
+  ImdsUnavailable: 'IMDS_UNAVAILABLE',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 

@@ -1,0 +1,55 @@
+// Who am I: this worker's instance id, account, Region and Availability Zone, from IMDSv2 (the
+// SDK's MetadataService fetches and uses the session token; IMDSv1 is never used). The endpoint
+// is the SDK's: AWS_EC2_METADATA_SERVICE_ENDPOINT, or the link-local default.
+import { MetadataService } from '@aws-sdk/ec2-metadata-service'
+import { z } from 'zod'
+import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+
+const documentSchema = z.object({
+  accountId: z.string().regex(/^\d{12}$/),
+  instanceId: z.string().regex(/^i-[0-9a-f]{8,17}$/),
+  region: z.string().min(1),
+  availabilityZone: z.string().min(1),
+  instanceType: z.string().optional(),
+})
+
+export type WorkerIdentity = z.infer<typeof documentSchema>
+
+export interface IdentityOptions {
+  endpoint?: string
+  timeoutMs?: number
+  retries?: number
+}
+
+export async function whoAmI(options: IdentityOptions = {}): Promise<WorkerIdentity> {
+  const service = new MetadataService({
+    ...(options.endpoint ? { endpoint: options.endpoint } : {}),
+    httpOptions: { timeout: options.timeoutMs ?? 2000 },
+    retries: options.retries ?? 3,
+    backoff: 0.2,
+    ec2MetadataV1Disabled: true,
+  })
+  let text: string
+  try {
+    // No leading slash: the SDK appends the path to the endpoint's pathname ("/"), and a
+    // "//latest/…" request is not what IMDS documents.
+    text = await service.request('latest/dynamic/instance-identity/document', {})
+  } catch (err) {
+    throw new EbsWorkerError(
+      ErrorCode.ImdsUnavailable,
+      `cannot read this instance's identity from IMDS (is this an EC2 instance with IMDSv2 enabled?): ${describe(err)}`,
+      { cause: err },
+    )
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    throw new EbsWorkerError(ErrorCode.ImdsUnavailable, 'IMDS returned an instance identity document that is not JSON')
+  }
+  const parsed = documentSchema.safeParse(json)
+  if (!parsed.success) {
+    throw new EbsWorkerError(ErrorCode.ImdsUnavailable, `IMDS identity document is incomplete: ${z.prettifyError(parsed.error)}`)
+  }
+  return parsed.data
+}
