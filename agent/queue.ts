@@ -1,0 +1,155 @@
+// The task queue consumer, in the manner of bbc's sqs-consumer: long-poll SQS, run up to N
+// messages at once, keep each message invisible while its handler runs (a heartbeat extends the
+// visibility), delete it only once the handler says its outcome is durable, and on stop hand
+// unfinished messages back at once (visibility 0) instead of making them wait out their timeout.
+// A handler that throws leaves its message to reappear: SQS redelivers it, and the queue's
+// redrive policy moves it to the dead-letter queue after maxReceiveCount attempts.
+import {
+  ChangeMessageVisibilityCommand,
+  DeleteMessageCommand,
+  ReceiveMessageCommand,
+  type Message,
+  type SQSClient,
+} from '@aws-sdk/client-sqs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { describe } from './errors.ts'
+
+export interface ReceivedMessage {
+  messageId: string
+  body: string
+  /** 1 on first delivery; SQS's ApproximateReceiveCount. */
+  receiveCount: number
+}
+
+export interface QueueConsumerOptions {
+  client: SQSClient
+  queueUrl: string
+  /** Messages handled at once. */
+  concurrency: number
+  /** Runs one message. Resolving means its outcome is durable: the message is then deleted. */
+  handler: (message: ReceivedMessage, signal: AbortSignal) => Promise<void>
+  /** Long-poll wait, 0–20 s. */
+  waitTimeSeconds?: number
+  /** Visibility set on receipt and on each heartbeat, seconds. */
+  visibilityTimeout?: number
+  /** How often the visibility is extended, seconds (default: a third of the timeout). */
+  heartbeatSeconds?: number
+  /** Problems the loop survives (a failed receive, a failed heartbeat). */
+  onError?: (err: unknown, context: string) => void
+}
+
+export class QueueConsumer {
+  readonly #options: Required<Omit<QueueConsumerOptions, 'onError'>> & Pick<QueueConsumerOptions, 'onError'>
+  readonly #running = new Map<string, { receipt: string; abort: AbortController; done: Promise<void> }>()
+  #polling: AbortController | null = null
+  #loop: Promise<void> | null = null
+
+  constructor(options: QueueConsumerOptions) {
+    const visibilityTimeout = options.visibilityTimeout ?? 300
+    this.#options = {
+      waitTimeSeconds: 20,
+      heartbeatSeconds: Math.max(1, Math.floor(visibilityTimeout / 3)),
+      ...options,
+      visibilityTimeout,
+    }
+  }
+
+  get active(): number {
+    return this.#running.size
+  }
+
+  start(): void {
+    if (this.#loop) return
+    this.#polling = new AbortController()
+    this.#loop = this.#poll(this.#polling.signal)
+  }
+
+  /**
+   * Stops receiving; running handlers get `graceMs` to finish, then are aborted, and every
+   * message not finished is made visible again at once for another worker.
+   */
+  async stop(graceMs: number): Promise<void> {
+    this.#polling?.abort()
+    await this.#loop
+    this.#loop = null
+    const all = Promise.allSettled([...this.#running.values()].map((r) => r.done))
+    const timer = sleep(graceMs, 'timeout' as const)
+    if ((await Promise.race([all.then(() => 'done' as const), timer])) === 'timeout') {
+      for (const r of this.#running.values()) r.abort.abort(new Error('worker stopping'))
+    }
+    await Promise.allSettled([...this.#running.values()].map((r) => r.done))
+  }
+
+  async #poll(signal: AbortSignal): Promise<void> {
+    const o = this.#options
+    while (!signal.aborted) {
+      const free = o.concurrency - this.#running.size
+      if (free <= 0) {
+        // Wait for a slot, or for stop(): it must not wait on handlers that wait on it.
+        let onAbort = (): void => {}
+        const stopped = new Promise<void>((resolve) => {
+          onAbort = resolve
+          signal.addEventListener('abort', onAbort, { once: true })
+        })
+        await Promise.race([stopped, ...[...this.#running.values()].map((r) => r.done)])
+        signal.removeEventListener('abort', onAbort)
+        continue
+      }
+      let messages: Message[] = []
+      try {
+        const out = await o.client.send(
+          new ReceiveMessageCommand({
+            QueueUrl: o.queueUrl,
+            MaxNumberOfMessages: Math.min(free, 10),
+            WaitTimeSeconds: o.waitTimeSeconds,
+            VisibilityTimeout: o.visibilityTimeout,
+            MessageSystemAttributeNames: ['ApproximateReceiveCount'],
+          }),
+          { abortSignal: signal },
+        )
+        messages = out.Messages ?? []
+      } catch (err) {
+        if (signal.aborted) break
+        o.onError?.(err, 'receive')
+        await sleep(1000, undefined, { signal }).catch(() => {})
+        continue
+      }
+      for (const m of messages) this.#run(m)
+    }
+  }
+
+  #run(m: Message): void {
+    const o = this.#options
+    const id = m.MessageId!
+    const receipt = m.ReceiptHandle!
+    const abort = new AbortController()
+    const message: ReceivedMessage = {
+      messageId: id,
+      body: m.Body ?? '',
+      receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 1),
+    }
+    const setVisibility = (seconds: number): Promise<unknown> =>
+      o.client.send(new ChangeMessageVisibilityCommand({ QueueUrl: o.queueUrl, ReceiptHandle: receipt, VisibilityTimeout: seconds }))
+    const heartbeat = setInterval(() => {
+      setVisibility(o.visibilityTimeout).catch((err: unknown) => o.onError?.(err, `heartbeat of ${id}`))
+    }, o.heartbeatSeconds * 1000)
+    const done = (async () => {
+      let succeeded = false
+      try {
+        await o.handler(message, abort.signal)
+        succeeded = true
+      } catch (err) {
+        o.onError?.(err, `handler of ${id}: ${describe(err)}`)
+      } finally {
+        clearInterval(heartbeat)
+      }
+      try {
+        if (succeeded) await o.client.send(new DeleteMessageCommand({ QueueUrl: o.queueUrl, ReceiptHandle: receipt }))
+        else if (abort.signal.aborted) await setVisibility(0) // stopping: let another worker have it now
+      } catch (err) {
+        o.onError?.(err, `settling ${id}`)
+      }
+    })().finally(() => this.#running.delete(id))
+    this.#running.set(id, { receipt, abort, done })
+  }
+}
