@@ -4,6 +4,8 @@ import { readFile } from 'node:fs/promises'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import { openBackend } from './backend/open.ts'
 import { backup, DEFAULT_PACK_SIZE } from './backup.ts'
+import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts'
+import { Daemon } from './daemon.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { LocalKeyFileProvider } from './keys.ts'
 import { parseChangedRanges } from './plan.ts'
@@ -205,6 +207,18 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
       const lines = backups.map((b) =>
         `${b.id}  ${formatBytes(b.size).padStart(10)}  ${(b.source.volumeId ?? b.source.device).padEnd(24)} ${b.parent ? `parent ${b.parent}` : 'full'}`)
       print(lines.length ? lines : ['no backups'], { repository: repo.url, backups })
+    })
+
+  program
+    .command('daemon')
+    .description('run the worker: take tasks from SQS and answer on the reply queue (docs/TASKS.md)')
+    .addOption(new Option('--config <path>', 'configuration file').env('EBS_WORKER_CONFIG').default(DEFAULT_CONFIG_PATH))
+    .action(async (opts: { config: string }) => {
+      const daemon = new Daemon(await loadConfig(opts.config))
+      await daemon.start()
+      // SIGTERM/SIGINT: stop taking tasks, give running ones their grace, hand the rest back.
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
+      await daemon.stop()
     })
 
   return program

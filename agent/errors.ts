@@ -20,6 +20,7 @@ export const ErrorCode = {
   Storage: 'STORAGE_ERROR',
   Interrupted: 'INTERRUPTED',
   ImdsUnavailable: 'IMDS_UNAVAILABLE',
+  NotImplemented: 'NOT_IMPLEMENTED',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 

@@ -1,0 +1,52 @@
+// The daemon's configuration: a JSON file (default /etc/ebs-worker/config.json, or
+// EBS_WORKER_CONFIG), validated strictly so that a typo is an error at start, not a surprise later.
+import { readFile } from 'node:fs/promises'
+import { z } from 'zod'
+import { SYSTEM_ROOTS } from './ebs-device.ts'
+import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+
+export const DEFAULT_CONFIG_PATH = '/etc/ebs-worker/config.json'
+
+const configSchema = z.strictObject({
+  /** SQS queue the tasks arrive on. */
+  queueUrl: z.url(),
+  /** SQS queue results are sent to. */
+  replyQueueUrl: z.url(),
+  /** Default repository for tasks that name none. */
+  repository: z.string().regex(/^(s3|file):\/\//, 'repository is s3://bucket/prefix or file:///path'),
+  /** Key file of an encrypted repository. */
+  keyFile: z.string().optional(),
+  /** Tasks run at once. */
+  concurrency: z.number().int().min(1).max(64).default(2),
+  waitTimeSeconds: z.number().int().min(0).max(20).default(20),
+  visibilityTimeoutSeconds: z.number().int().min(30).max(43200).default(300),
+  /** On SIGTERM: how long running tasks get before they are stopped and handed back. */
+  shutdownGraceSeconds: z.number().int().min(0).max(3600).default(60),
+  /** How long to wait for an attached volume's device to appear. */
+  deviceTimeoutSeconds: z.number().int().min(1).max(3600).default(120),
+  deviceRoots: z.strictObject({ sysBlock: z.string(), devDir: z.string(), byIdDir: z.string() }).default(SYSTEM_ROOTS),
+  /** IMDS endpoint (default: the SDK's, AWS_EC2_METADATA_SERVICE_ENDPOINT or 169.254.169.254). */
+  imdsEndpoint: z.url().optional(),
+})
+
+export type DaemonConfig = z.infer<typeof configSchema>
+
+export async function loadConfig(path = process.env.EBS_WORKER_CONFIG ?? DEFAULT_CONFIG_PATH): Promise<DaemonConfig> {
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    throw new EbsWorkerError(ErrorCode.BadInput, `cannot read the configuration ${path}: ${describe(err)}`)
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    throw new EbsWorkerError(ErrorCode.BadInput, `the configuration ${path} is not JSON`)
+  }
+  const parsed = configSchema.safeParse(json)
+  if (!parsed.success) {
+    throw new EbsWorkerError(ErrorCode.BadInput, `the configuration ${path} is invalid:\n${z.prettifyError(parsed.error)}`)
+  }
+  return parsed.data
+}

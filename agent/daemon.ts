@@ -1,0 +1,154 @@
+// `ebs-worker daemon`: takes tasks from SQS and answers on the reply queue. Each message ends in
+// exactly one of: a result (succeeded, failed permanently, or rejected as not a valid task) and
+// its deletion; or, for a transient failure, no deletion, so SQS redelivers it and the queue's
+// redrive policy eventually parks it in the dead-letter queue.
+import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { openBackend } from './backend/open.ts'
+import { backup } from './backup.ts'
+import type { DaemonConfig } from './config.ts'
+import { waitForEbsDevice } from './ebs-device.ts'
+import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from './errors.ts'
+import { whoAmI, type WorkerIdentity } from './identity.ts'
+import { LocalKeyFileProvider } from './keys.ts'
+import { QueueConsumer, type ReceivedMessage } from './queue.ts'
+import { Repository } from './repository.ts'
+import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
+
+/** Tag that binds a backup (and, later, a volume) to the task that made it: idempotency. */
+export const TASK_ID_TAG = 'ebs-worker:task-id'
+
+/** Failures that another attempt cannot fix: reported once, never retried. */
+const PERMANENT = new Set<string>([
+  ErrorCode.BadInput, ErrorCode.DeviceNotFound, ErrorCode.DeviceUnusable, ErrorCode.TargetTooSmall,
+  ErrorCode.RepoNotFound, ErrorCode.RepoFormat, ErrorCode.RepoVersion, ErrorCode.KeyRequired, ErrorCode.WrongKey,
+  ErrorCode.BackupNotFound, ErrorCode.BackupIncompatible, ErrorCode.ChunkMissing, ErrorCode.ChunkCorrupt,
+  ErrorCode.ChecksumMismatch, ErrorCode.NotImplemented,
+])
+
+export interface DaemonLog {
+  info(msg: string, fields?: Record<string, unknown>): void
+  error(msg: string, fields?: Record<string, unknown>): void
+}
+
+/** One JSON object per line on stderr: what journald and the CloudWatch agent pick up. */
+export const jsonLog: DaemonLog = {
+  info: (msg, fields) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: 'info', msg, ...fields }) + '\n'),
+  error: (msg, fields) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: 'error', msg, ...fields }) + '\n'),
+}
+
+export class Daemon {
+  readonly #config: DaemonConfig
+  readonly #log: DaemonLog
+  readonly #sqs: SQSClient
+  #identity: WorkerIdentity | null = null
+  #consumer: QueueConsumer | null = null
+  #repos = new Map<string, Promise<Repository>>()
+
+  constructor(config: DaemonConfig, log: DaemonLog = jsonLog) {
+    this.#config = config
+    this.#log = log
+    // With an endpoint override (AWS_ENDPOINT_URL_SQS, a local SQS), it must win over the host in
+    // the queue URL, which the SDK would otherwise use.
+    const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
+    this.#sqs = new SQSClient(override ? { useQueueUrlAsEndpoint: false } : {})
+  }
+
+  async start(): Promise<void> {
+    this.#identity = await whoAmI(this.#config.imdsEndpoint ? { endpoint: this.#config.imdsEndpoint } : {})
+    this.#consumer = new QueueConsumer({
+      client: this.#sqs,
+      queueUrl: this.#config.queueUrl,
+      concurrency: this.#config.concurrency,
+      waitTimeSeconds: this.#config.waitTimeSeconds,
+      visibilityTimeout: this.#config.visibilityTimeoutSeconds,
+      handler: (m, signal) => this.#handle(m, signal),
+      onError: (err, context) => this.#log.error(context, { error: describe(err) }),
+    })
+    this.#consumer.start()
+    this.#log.info('started', { instanceId: this.#identity.instanceId, region: this.#identity.region, queueUrl: this.#config.queueUrl })
+  }
+
+  /** Stops taking tasks; running ones get the configured grace, then are handed back. */
+  async stop(): Promise<void> {
+    this.#log.info('stopping', { running: this.#consumer?.active ?? 0 })
+    await this.#consumer?.stop(this.#config.shutdownGraceSeconds * 1000)
+    this.#sqs.destroy()
+    this.#log.info('stopped')
+  }
+
+  async #handle(message: ReceivedMessage, signal: AbortSignal): Promise<void> {
+    const startedAt = new Date().toISOString()
+    const parsed = parseTask(message.body)
+    if (!parsed.ok) {
+      this.#log.error('task rejected', { messageId: message.messageId, code: parsed.code, reason: parsed.reason })
+      await this.#reply({
+        taskId: parsed.taskId ?? `message:${message.messageId}`, type: 'unknown', status: 'rejected', startedAt,
+        error: { code: parsed.code, message: parsed.reason, retryable: false },
+      })
+      return
+    }
+    const task = parsed.task
+    this.#log.info('task started', { taskId: task.taskId, type: task.type, receiveCount: message.receiveCount })
+    try {
+      const result = await this.#run(task, signal)
+      await this.#reply({ taskId: task.taskId, type: task.type, status: 'succeeded', startedAt, result })
+      this.#log.info('task succeeded', { taskId: task.taskId, type: task.type, ...result })
+    } catch (err) {
+      const code = isEbsWorkerError(err) ? err.code : 'INTERNAL'
+      if (!PERMANENT.has(code) || signal.aborted) {
+        // Transient: no reply yet; SQS redelivers the message (and parks it in the DLQ at last).
+        this.#log.error('task failed, will be retried', { taskId: task.taskId, code, error: describe(err), receiveCount: message.receiveCount })
+        throw err
+      }
+      this.#log.error('task failed', { taskId: task.taskId, code, error: describe(err) })
+      await this.#reply({ taskId: task.taskId, type: task.type, status: 'failed', startedAt, error: { code, message: describe(err), retryable: false } })
+    }
+  }
+
+  async #run(task: Task, signal: AbortSignal): Promise<Record<string, unknown>> {
+    switch (task.type) {
+      case 'read': {
+        const repo = await this.#repository(task.repository ?? this.#config.repository)
+        // A redelivered task finds the backup its earlier attempt completed.
+        const previous = (await repo.listBackups()).find((b) => b.tags[TASK_ID_TAG] === task.taskId)
+        if (previous) return { backupId: previous.id, volumeId: task.volumeId, reused: true, ...previous.stats }
+        const device = await waitForEbsDevice(task.volumeId, {
+          roots: this.#config.deviceRoots,
+          timeoutMs: this.#config.deviceTimeoutSeconds * 1000,
+          signal,
+        })
+        const result = await backup(repo, {
+          device: device.path,
+          ...(task.parentBackupId ? { parent: task.parentBackupId } : {}),
+          source: { volumeId: task.volumeId, ...(task.snapshotId ? { snapshotId: task.snapshotId } : {}) },
+          tags: { ...task.tags, [TASK_ID_TAG]: task.taskId },
+          signal,
+        })
+        return { backupId: result.id, volumeId: task.volumeId, device: device.path, ...result.stats }
+      }
+      default:
+        // attach, restore, detach and backup need EC2 volume operations, which come next.
+        throw new EbsWorkerError(ErrorCode.NotImplemented, `task type "${task.type}" is not supported by this worker yet`)
+    }
+  }
+
+  #repository(url: string): Promise<Repository> {
+    let repo = this.#repos.get(url)
+    if (!repo) {
+      repo = (async () => {
+        const keyProvider = this.#config.keyFile ? await LocalKeyFileProvider.open(this.#config.keyFile) : undefined
+        return Repository.open(openBackend(url), keyProvider ? { keyProvider } : {})
+      })()
+      repo.catch(() => this.#repos.delete(url))
+      this.#repos.set(url, repo)
+    }
+    return repo
+  }
+
+  async #reply(r: Omit<TaskResult, 'version' | 'worker' | 'finishedAt'>): Promise<void> {
+    const result: TaskResult = {
+      version: TASK_PROTOCOL_VERSION, worker: this.#identity?.instanceId ?? 'unknown', finishedAt: new Date().toISOString(), ...r,
+    }
+    await this.#sqs.send(new SendMessageCommand({ QueueUrl: this.#config.replyQueueUrl, MessageBody: JSON.stringify(result) }))
+  }
+}
