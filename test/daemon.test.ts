@@ -3,11 +3,11 @@
 // tree of the test's own), results on the reply queue.
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { mkdir, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
-import { attachLoop, cli, CLI, makeImage, MiB, sha256File, tempDir } from './helpers.ts'
+import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, sha256File, tempDir } from './helpers.ts'
 import { startImds } from './standin/imds.ts'
 
 const VOL = 'vol-0123456789abcdef0'
@@ -28,12 +28,8 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
   await makeImage(image, 24 * MiB, [{ kind: 'random', offset: 2 * MiB, length: 5 * MiB }, { kind: 'text', offset: 12 * MiB, length: 3 * MiB }])
   const loop = attachLoop(t, image)
   const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
-  await mkdir(join(roots.sysBlock, 'nvme1n1/device'), { recursive: true })
   await mkdir(roots.byIdDir, { recursive: true })
-  await writeFile(join(roots.sysBlock, 'nvme1n1/device/serial'), 'vol0123456789abcdef0\n')
-  await writeFile(join(roots.sysBlock, 'nvme1n1/device/model'), 'Amazon Elastic Block Store\n')
-  await writeFile(join(roots.sysBlock, 'nvme1n1/size'), `${(24 * MiB) / 512}\n`)
-  await symlink(loop, join(roots.devDir, 'nvme1n1'))
+  await fakeNvme(roots, 'nvme1n1', loop, 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 24 * MiB)
 
   const repo = `file://${join(dir, 'repo')}`
   await cli(['init', '--repo', repo])

@@ -1,26 +1,18 @@
 // Finding an attached EBS volume's device by its NVMe serial, in a sysfs/dev tree of the test's
 // own whose device nodes are real loop devices (what the local AWS stand-in will provide).
 import t from 'tap'
-import { mkdir, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, symlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { FileBackend } from '../agent/backend/file.ts'
 import { backup } from '../agent/backup.ts'
 import { Repository } from '../agent/repository.ts'
 import { restore } from '../agent/restore.ts'
 import { assertVolumeDevice, findEbsDevice, serialOf, waitForEbsDevice, type DeviceRoots } from '../agent/ebs-device.ts'
-import { attachLoop, makeImage, MiB, sha256File, tempDir, type Teardown } from './helpers.ts'
+import { attachLoop, fakeNvme, makeImage, MiB, sha256File, tempDir, type Teardown } from './helpers.ts'
 
 const VOL = 'vol-0123456789abcdef0'
 const OTHER = 'vol-0fedcba9876543210'
 
-async function fakeNvme(roots: DeviceRoots, name: string, loop: string, serial: string, model: string, size: number): Promise<void> {
-  await mkdir(join(roots.sysBlock, name, 'device'), { recursive: true })
-  // Padded as the kernel pads NVMe identify strings.
-  await writeFile(join(roots.sysBlock, name, 'device', 'serial'), serial.padEnd(20) + '\n')
-  await writeFile(join(roots.sysBlock, name, 'device', 'model'), model.padEnd(40) + '\n')
-  await writeFile(join(roots.sysBlock, name, 'size'), `${size / 512}\n`)
-  await symlink(loop, join(roots.devDir, name))
-}
 
 async function setup(t: Teardown) {
   const dir = await tempDir(t)

@@ -3,7 +3,7 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { mkdtemp, open, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, open, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
@@ -133,4 +133,24 @@ export async function s3RepoUrl(prefix = 'repo'): Promise<string> {
   await client.send(new CreateBucketCommand({ Bucket: bucket }))
   client.destroy()
   return `s3://${bucket}/${prefix}`
+}
+
+export interface DeviceTree {
+  sysBlock: string
+  devDir: string
+  byIdDir: string
+}
+
+/**
+ * Gives a loop device an NVMe identity in a device tree of the test's own: sysfs serial, model
+ * and size, and a node under devDir that is the loop device (what the AWS stand-in provides).
+ */
+export async function fakeNvme(roots: DeviceTree, name: string, loop: string, serial: string, model: string, size: number): Promise<void> {
+  await mkdir(join(roots.sysBlock, name, 'device'), { recursive: true })
+  await mkdir(roots.devDir, { recursive: true })
+  // Padded as the kernel pads NVMe identify strings.
+  await writeFile(join(roots.sysBlock, name, 'device', 'serial'), serial.padEnd(20) + '\n')
+  await writeFile(join(roots.sysBlock, name, 'device', 'model'), model.padEnd(40) + '\n')
+  await writeFile(join(roots.sysBlock, name, 'size'), `${size / 512}\n`)
+  await symlink(loop, join(roots.devDir, name))
 }
