@@ -104,7 +104,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       }
       const id = repo.chunkId(buf)
       const key = id.toString('hex')
-      if (index.has(id) || session.has(key)) {
+      if (index.hasKey(key) || session.has(key)) {
         stats.chunksReused++
         return id
       }

@@ -51,10 +51,6 @@ export class BlobCodec {
     this.#maxChunkBytes = options.maxChunkBytes ?? 0
   }
 
-  get encrypted(): boolean {
-    return this.#key !== null
-  }
-
   /** Encodes into one buffer (indexes, manifests). */
   async encode(kind: BlobKind, plain: Buffer): Promise<Buffer> {
     return Buffer.concat(await this.encodeParts(kind, plain))

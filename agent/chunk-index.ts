@@ -83,6 +83,11 @@ export class ChunkIndex {
     return this.#map.has(id.toString('hex'))
   }
 
+  /** `has` for an id already in hex (saves converting it twice on the backup's hot path). */
+  hasKey(hexId: string): boolean {
+    return this.#map.has(hexId)
+  }
+
   get(id: Buffer): ChunkLocation | undefined {
     return this.#map.get(id.toString('hex'))
   }
