@@ -1,7 +1,7 @@
 // Backup: device → chunks → (zero? known?) → zstd + AES-GCM → packs → repository, then the
 // manifest. Many positional reads are in flight at once (volumes restored from snapshots are
 // hydrated lazily and only deliver throughput at high queue depth); packs upload in parallel.
-import { EbsWorkerError, ErrorCode } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { ID_BYTES } from './chunk-index.ts'
 import { openForRead, readAt } from './device.ts'
 import {
@@ -126,7 +126,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
         const whole = buffers.pop() ?? Buffer.allocUnsafeSlow(chunkSize)
         try {
           const buf = whole.subarray(0, length)
-          const got = await readAt(device.handle, buf, offset)
+          const got = await readAt(device.handle, buf, offset).catch((err: unknown) => {
+            throw new EbsWorkerError(ErrorCode.DeviceUnusable, `cannot read ${options.device} at offset ${offset}: ${describe(err)}`, { cause: err })
+          })
           if (got !== length) {
             throw new EbsWorkerError(ErrorCode.DeviceUnusable, `short read from ${options.device} at offset ${offset + got}: the device shrank?`)
           }

@@ -184,10 +184,14 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   let bytesWritten = 0
   const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: manifest.size })
   const chunkLength = (i: number): number => Math.min(manifest.chunkSize, manifest.size - i * manifest.chunkSize)
+  const write = (data: Buffer, offset: number): Promise<void> =>
+    writeAt(device.handle, data, offset).catch((err: unknown) => {
+      throw new EbsWorkerError(ErrorCode.DeviceUnusable, `cannot write ${options.device} at offset ${offset}: ${describe(err)}`, { cause: err })
+    })
   try {
     const fetched = await fetchChunks(repo, manifest, requests, options, async (chunk, plain) => {
       for (const i of chunk.targets) {
-        await writeAt(device.handle, plain, i * manifest.chunkSize)
+        await write(plain, i * manifest.chunkSize)
         bytesWritten += plain.length
         bytesDone += plain.length
       }
@@ -199,7 +203,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
       const zeros = Buffer.alloc(manifest.chunkSize)
       await forEachConcurrent(zero, 8, async (i) => {
         const length = chunkLength(i)
-        await writeAt(device.handle, zeros.subarray(0, length), i * manifest.chunkSize)
+        await write(zeros.subarray(0, length), i * manifest.chunkSize)
         bytesWritten += length
         bytesDone += length
         report()

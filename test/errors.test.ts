@@ -1,8 +1,8 @@
 // Bad input gets a clear error and a nonzero exit, and damage or a crash loses nothing.
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { open, readdir, readFile, truncate, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { cli, CLI, type Teardown, makeImage, MiB, runCli, sha256File, tempDir } from './helpers.ts'
 
@@ -181,4 +181,23 @@ t.test('SIGTERM stops a backup cleanly: exit 130, nothing recorded', async (t) =
   const result = JSON.parse(stdout.trim().split('\n').pop()!)
   t.equal(result.error.code, 'INTERRUPTED', 'JSON says INTERRUPTED')
   t.same((await cli(['list', '--repo', repo])).backups, [], 'no backup recorded')
+})
+
+t.test('a target that fails mid-restore (a full filesystem) is reported with the offset', async (t) => {
+  const dir = await tempDir(t)
+  const repo = join(dir, 'repo')
+  await cli(['init', '--repo', repo])
+  const image = join(dir, 'vol.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 0, length: 16 * MiB }])
+  const b = await cli(['backup', '--repo', repo, '--device', image])
+  const small = join(dir, 'small-fs')
+  await mkdir(small)
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', small])
+  t.teardown(() => {
+    execFileSync('umount', [small])
+  })
+  const r = await runCli(['restore', '--repo', repo, '--backup', b.backupId, '--device', join(small, 'out.img'), '--json'])
+  t.equal(r.code, 1, 'nonzero exit')
+  t.equal(r.json?.error.code, 'DEVICE_UNUSABLE', 'DEVICE_UNUSABLE')
+  t.match(r.json?.error.message, /cannot write .*out\.img at offset \d+: .*(ENOSPC|no space)/i, r.json?.error.message)
 })
