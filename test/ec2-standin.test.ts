@@ -1,0 +1,72 @@
+// The EC2 stand-in (test/standin/ec2.ts) driven by the real @aws-sdk/client-ec2: what the
+// worker will rely on, and the AWS rules the seeds' flows depend on.
+import t from 'tap'
+import {
+  AttachVolumeCommand, CreateVolumeCommand, DeleteVolumeCommand, DescribeVolumesCommand, DetachVolumeCommand, EC2Client,
+  waitUntilVolumeAvailable, waitUntilVolumeInUse,
+} from '@aws-sdk/client-ec2'
+import { join } from 'node:path'
+import { findEbsDevice, waitForEbsDevice } from '../agent/ebs-device.ts'
+import { makeImage, MiB, sha256File, tempDir } from './helpers.ts'
+import { Ec2StandIn } from './standin/ec2.ts'
+
+const instance = { instanceId: 'i-0123456789abcdef0', accountId: '111122223333', region: 'eu-west-1', availabilityZone: 'eu-west-1a' }
+
+async function setup(t: { teardown(fn: () => unknown): void }) {
+  const dir = await tempDir(t)
+  const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
+  const ec2 = await new Ec2StandIn({ instance, dir: join(dir, 'volumes'), roots, bytesPerGiB: 4 * MiB, delayMs: 50 }).start()
+  t.teardown(() => ec2.close())
+  const client = new EC2Client({ endpoint: ec2.endpoint, region: instance.region, credentials: { accessKeyId: 'a', secretAccessKey: 'b' } })
+  t.teardown(() => client.destroy())
+  return { dir, roots, ec2, client }
+}
+
+t.test('volume from a snapshot: create, attach, see its device and data, detach, delete', async (t) => {
+  const { dir, roots, ec2, client } = await setup(t)
+  const image = join(dir, 'snap.img')
+  await makeImage(image, 8 * MiB, [{ kind: 'random', offset: MiB, length: 3 * MiB }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, kmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:key/source' })
+
+  const create = () => client.send(new CreateVolumeCommand({
+    AvailabilityZone: instance.availabilityZone, SnapshotId: snapshotId, VolumeType: 'gp3', ClientToken: 'task-1',
+    TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: 'ebs-worker:task-id', Value: 'task-1' }] }],
+  }))
+  const v = await create()
+  t.match(v, { State: 'creating', Size: 2, Encrypted: true, KmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:key/source', VolumeType: 'gp3' })
+  t.equal((await create()).VolumeId, v.VolumeId, 'the same ClientToken returns the same volume')
+  await waitUntilVolumeAvailable({ client, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [v.VolumeId!] })
+  const byTag = await client.send(new DescribeVolumesCommand({ Filters: [{ Name: 'tag:ebs-worker:task-id', Values: ['task-1'] }] }))
+  t.same(byTag.Volumes?.map((x) => x.VolumeId), [v.VolumeId], 'found again by its task tag')
+
+  const att = await client.send(new AttachVolumeCommand({ VolumeId: v.VolumeId!, InstanceId: instance.instanceId, Device: '/dev/sdf' }))
+  t.equal(att.State, 'attaching')
+  await waitUntilVolumeInUse({ client, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [v.VolumeId!] })
+  const device = await waitForEbsDevice(v.VolumeId!, { roots, timeoutMs: 5000, intervalMs: 20 })
+  t.equal(device.size, 8 * MiB, 'the device has the volume size')
+  t.equal(await sha256File(device.path), await sha256File(image), 'the device holds the snapshot data')
+  await t.rejects(client.send(new DeleteVolumeCommand({ VolumeId: v.VolumeId! })), { name: 'VolumeInUse' }, 'an attached volume cannot be deleted')
+  await t.rejects(client.send(new AttachVolumeCommand({ VolumeId: v.VolumeId!, InstanceId: instance.instanceId, Device: '/dev/sdg' })), { name: 'VolumeInUse' })
+
+  await client.send(new DetachVolumeCommand({ VolumeId: v.VolumeId! }))
+  await waitUntilVolumeAvailable({ client, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [v.VolumeId!] })
+  t.equal(await findEbsDevice(v.VolumeId!, roots), null, 'the device is gone')
+  await client.send(new DeleteVolumeCommand({ VolumeId: v.VolumeId! }))
+  await t.rejects(client.send(new DescribeVolumesCommand({ VolumeIds: [v.VolumeId!] })), { name: 'InvalidVolume.NotFound' })
+})
+
+t.test('the AWS rules the flows depend on', async (t) => {
+  const { dir, ec2, client } = await setup(t)
+  const image = join(dir, 'snap.img')
+  await makeImage(image, 4 * MiB, [])
+  const foreign = ec2.addSnapshot({ image, sizeGiB: 1, encrypted: true, kmsKeyId: 'arn:aws:kms:eu-west-1:444455556666:key/src', ownerId: '444455556666', sharedWith: ['111122223333'] })
+  const unshared = ec2.addSnapshot({ image, sizeGiB: 1, encrypted: true, ownerId: '444455556666' })
+  const shared = await client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', SnapshotId: foreign }))
+  t.match(shared, { Encrypted: true, KmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:alias/aws/ebs' }, 'from a shared snapshot: this Region\'s default key')
+  await t.rejects(client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', SnapshotId: unshared })), { name: 'InvalidSnapshot.NotFound' }, 'an unshared snapshot is invisible')
+  await t.rejects(client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, KmsKeyId: 'k' })), { name: 'InvalidParameterDependency' }, 'KmsKeyId needs Encrypted')
+  const other = await client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1b', Size: 1 }))
+  await waitUntilVolumeAvailable({ client, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [other.VolumeId!] })
+  await t.rejects(client.send(new AttachVolumeCommand({ VolumeId: other.VolumeId!, InstanceId: instance.instanceId, Device: '/dev/sdf' })), { name: 'InvalidVolume.ZoneMismatch' }, 'another AZ cannot attach')
+  await t.rejects(client.send(new CreateVolumeCommand({ AvailabilityZone: 'us-east-1a', Size: 1 })), { name: 'InvalidParameterValue' }, 'an AZ of another Region')
+})
