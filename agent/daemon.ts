@@ -2,6 +2,7 @@
 // exactly one of: a result (succeeded, failed permanently, or rejected as not a valid task) and
 // its deletion; or, for a transient failure, no deletion, so SQS redelivers it and the queue's
 // redrive policy eventually parks it in the dead-letter queue.
+import { EC2Client } from '@aws-sdk/client-ec2'
 import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { openBackend } from './backend/open.ts'
 import { backup } from './backup.ts'
@@ -13,16 +14,16 @@ import { LocalKeyFileProvider } from './keys.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { Repository } from './repository.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
+import { TASK_ID_TAG, Volumes } from './volumes.ts'
 
-/** Tag that binds a backup (and, later, a volume) to the task that made it: idempotency. */
-export const TASK_ID_TAG = 'ebs-worker:task-id'
 
 /** Failures that another attempt cannot fix: reported once, never retried. */
 const PERMANENT = new Set<string>([
   ErrorCode.BadInput, ErrorCode.DeviceNotFound, ErrorCode.DeviceUnusable, ErrorCode.TargetTooSmall,
   ErrorCode.RepoNotFound, ErrorCode.RepoFormat, ErrorCode.RepoVersion, ErrorCode.KeyRequired, ErrorCode.WrongKey,
   ErrorCode.BackupNotFound, ErrorCode.BackupIncompatible, ErrorCode.ChunkMissing, ErrorCode.ChunkCorrupt,
-  ErrorCode.ChecksumMismatch, ErrorCode.NotImplemented,
+  ErrorCode.ChecksumMismatch, ErrorCode.NotImplemented, ErrorCode.VolumeNotFound, ErrorCode.SnapshotNotFound,
+  ErrorCode.AccessDenied,
 ])
 
 export interface DaemonLog {
@@ -41,6 +42,7 @@ export class Daemon {
   readonly #log: DaemonLog
   readonly #sqs: SQSClient
   #identity: WorkerIdentity | null = null
+  #volumes: Volumes | null = null
   #consumer: QueueConsumer | null = null
   #repos = new Map<string, Promise<Repository>>()
 
@@ -55,6 +57,12 @@ export class Daemon {
 
   async start(): Promise<void> {
     this.#identity = await whoAmI(this.#config.imdsEndpoint ? { endpoint: this.#config.imdsEndpoint } : {})
+    this.#volumes = new Volumes({
+      client: new EC2Client({ region: this.#identity.region }),
+      identity: this.#identity,
+      roots: this.#config.deviceRoots,
+      deviceTimeoutMs: this.#config.deviceTimeoutSeconds * 1000,
+    })
     this.#consumer = new QueueConsumer({
       client: this.#sqs,
       queueUrl: this.#config.queueUrl,
@@ -106,30 +114,58 @@ export class Daemon {
   }
 
   async #run(task: Task, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const volumes = this.#volumes!
     switch (task.type) {
-      case 'read': {
-        const repo = await this.#repository(task.repository ?? this.#config.repository)
-        // A redelivered task finds the backup its earlier attempt completed.
-        const previous = (await repo.listBackups()).find((b) => b.tags[TASK_ID_TAG] === task.taskId)
-        if (previous) return { backupId: previous.id, volumeId: task.volumeId, reused: true, ...previous.stats }
-        const device = await waitForEbsDevice(task.volumeId, {
-          roots: this.#config.deviceRoots,
-          timeoutMs: this.#config.deviceTimeoutSeconds * 1000,
-          signal,
-        })
-        const result = await backup(repo, {
-          device: device.path,
-          ...(task.parentBackupId ? { parent: task.parentBackupId } : {}),
-          source: { volumeId: task.volumeId, ...(task.snapshotId ? { snapshotId: task.snapshotId } : {}) },
-          tags: { ...task.tags, [TASK_ID_TAG]: task.taskId },
-          signal,
-        })
-        return { backupId: result.id, volumeId: task.volumeId, device: device.path, ...result.stats }
+      case 'read':
+        return this.#read(task.taskId, task.volumeId, task, signal)
+      case 'attach': {
+        const volumeId = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
+        const device = await volumes.attachHere(volumeId, signal)
+        return { volumeId, device: device.path, size: device.size }
+      }
+      case 'detach':
+        return { volumeId: task.volumeId, ...(await volumes.release(task.volumeId, { delete: task.delete })) }
+      case 'backup': {
+        // attach + read + detach; the volume is released whatever the read's outcome, and a
+        // redelivered task finds its volume (by tag) and its backup (by tag) again.
+        const volumeId = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
+        try {
+          await volumes.attachHere(volumeId, signal)
+          return await this.#read(task.taskId, volumeId, { ...task, snapshotId: task.snapshotId }, signal)
+        } finally {
+          await volumes.release(volumeId, { delete: true }).catch((err: unknown) =>
+            this.#log.error('could not release volume', { taskId: task.taskId, volumeId, error: describe(err) }))
+        }
       }
       default:
-        // attach, restore, detach and backup need EC2 volume operations, which come next.
+        // restore needs empty volumes and snapshots, which come next.
         throw new EbsWorkerError(ErrorCode.NotImplemented, `task type "${task.type}" is not supported by this worker yet`)
     }
+  }
+
+  /** Backs up an attached volume; a redelivered task finds the backup it already made. */
+  async #read(
+    taskId: string,
+    volumeId: string,
+    task: { repository?: string | undefined; parentBackupId?: string | undefined; snapshotId?: string | undefined; tags?: Record<string, string> | undefined },
+    signal: AbortSignal,
+  ): Promise<Record<string, unknown>> {
+    const repo = await this.#repository(task.repository ?? this.#config.repository)
+    const previous = (await repo.listBackups()).find((b) => b.tags[TASK_ID_TAG] === taskId)
+    if (previous) return { backupId: previous.id, volumeId, reused: true, ...previous.stats }
+    const device = await waitForEbsDevice(volumeId, {
+      roots: this.#config.deviceRoots,
+      timeoutMs: this.#config.deviceTimeoutSeconds * 1000,
+      signal,
+    })
+    const result = await backup(repo, {
+      device: device.path,
+      ...(task.parentBackupId ? { parent: task.parentBackupId } : {}),
+      source: { volumeId, ...(task.snapshotId ? { snapshotId: task.snapshotId } : {}) },
+      tags: { ...task.tags, [TASK_ID_TAG]: taskId },
+      signal,
+    })
+    return { backupId: result.id, volumeId, device: device.path, ...result.stats }
   }
 
   #repository(url: string): Promise<Repository> {

@@ -21,6 +21,10 @@ export const ErrorCode = {
   Interrupted: 'INTERRUPTED',
   ImdsUnavailable: 'IMDS_UNAVAILABLE',
   NotImplemented: 'NOT_IMPLEMENTED',
+  VolumeNotFound: 'VOLUME_NOT_FOUND',
+  SnapshotNotFound: 'SNAPSHOT_NOT_FOUND',
+  AccessDenied: 'ACCESS_DENIED',
+  Ec2Error: 'EC2_ERROR',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 

@@ -7,29 +7,32 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
-import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, sha256File, tempDir } from './helpers.ts'
+import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, sha256File, tempDir, type Teardown } from './helpers.ts'
+import { Ec2StandIn } from './standin/ec2.ts'
 import { startImds } from './standin/imds.ts'
 
 const VOL = 'vol-0123456789abcdef0'
 
-t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', async (t) => {
+const INSTANCE = { instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', accountId: '111122223333' }
+
+/**
+ * Everything around a daemon: fauxqs with a task and a reply queue, the IMDS and EC2 stand-ins,
+ * a device tree, a file:// repository, and the daemon itself as a child process.
+ */
+async function world(t: Teardown) {
   const dir = await tempDir(t)
   const fauxqs = await startFauxqs({ port: 0, logger: false })
   t.teardown(() => fauxqs.stop())
-  const imds = await startImds({ instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', accountId: '111122223333' })
+  const imds = await startImds(INSTANCE)
   t.teardown(() => imds.close())
   const sqs = new SQSClient({ endpoint: fauxqs.address, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
   t.teardown(() => sqs.destroy())
   const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'tasks' }))).QueueUrl!
   const replyQueueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'replies' }))).QueueUrl!
-
-  // The "attached volume": a loop device with an NVMe identity in the test's device tree.
-  const image = join(dir, 'volume.img')
-  await makeImage(image, 24 * MiB, [{ kind: 'random', offset: 2 * MiB, length: 5 * MiB }, { kind: 'text', offset: 12 * MiB, length: 3 * MiB }])
-  const loop = attachLoop(t, image)
   const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
   await mkdir(roots.byIdDir, { recursive: true })
-  await fakeNvme(roots, 'nvme1n1', loop, 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 24 * MiB)
+  const ec2 = await new Ec2StandIn({ instance: INSTANCE, dir: join(dir, 'volumes'), roots, bytesPerGiB: 8 * MiB, delayMs: 50 }).start()
+  t.teardown(() => ec2.close())
 
   const repo = `file://${join(dir, 'repo')}`
   await cli(['init', '--repo', repo])
@@ -39,27 +42,30 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
     shutdownGraceSeconds: 5, deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint,
   }))
   const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
-    env: { ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test' },
+    env: {
+      ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint,
+      AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
+    },
     stdio: ['ignore', 'ignore', 'pipe'],
   })
-  let log = ''
-  daemon.stderr.on('data', (d) => (log += d))
+  const state = { log: '' }
+  daemon.stderr.on('data', (d) => (state.log += d))
   const exited = new Promise<number | null>((resolve) => daemon.on('exit', (code) => resolve(code)))
   t.teardown(() => {
     daemon.kill('SIGKILL')
   })
 
   const replies = new Map<string, Record<string, any>>()
-  async function send(body: string): Promise<void> {
+  const send = async (body: string): Promise<void> => {
     await sqs.send(new SendMessageCommand({ QueueUrl: queueUrl, MessageBody: body }))
   }
   /** Polls the reply queue until a reply satisfies `match`. */
-  async function replyWhere(what: string, match: (r: Record<string, any>) => boolean): Promise<Record<string, any>> {
+  const replyWhere = async (what: string, match: (r: Record<string, any>) => boolean): Promise<Record<string, any>> => {
     const deadline = Date.now() + 30_000
     for (;;) {
       const found = [...replies.values()].find(match)
       if (found) return found
-      if (Date.now() > deadline) throw new Error(`no reply for ${what}; daemon log:\n${log}`)
+      if (Date.now() > deadline) throw new Error(`no reply for ${what}; daemon log:\n${state.log}`)
       const out = await sqs.send(new ReceiveMessageCommand({ QueueUrl: replyQueueUrl, WaitTimeSeconds: 1, MaxNumberOfMessages: 10 }))
       for (const m of out.Messages ?? []) {
         const r = JSON.parse(m.Body!)
@@ -69,6 +75,16 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
     }
   }
   const reply = (taskId: string) => replyWhere(taskId, (r) => r.taskId === taskId)
+  return { dir, sqs, queueUrl, roots, ec2, repo, daemon, exited, state, replies, send, replyWhere, reply }
+}
+
+t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', async (t) => {
+  const { dir, sqs, queueUrl, roots, repo, daemon, exited, state, replies, send, replyWhere, reply } = await world(t)
+  // The "attached volume": a loop device with an NVMe identity in the test's device tree.
+  const image = join(dir, 'volume.img')
+  await makeImage(image, 24 * MiB, [{ kind: 'random', offset: 2 * MiB, length: 5 * MiB }, { kind: 'text', offset: 12 * MiB, length: 3 * MiB }])
+  const loop = attachLoop(t, image)
+  await fakeNvme(roots, 'nvme1n1', loop, 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 24 * MiB)
 
   const read = { version: 1, type: 'read', taskId: 'read-1', volumeId: VOL, tags: { instance: 'i-0abc' } }
   await send(JSON.stringify(read))
@@ -102,5 +118,39 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
 
   daemon.kill('SIGTERM')
   t.equal(await exited, 0, 'SIGTERM: the daemon stops cleanly')
-  t.match(log, /"msg":"stopped"/, 'and says so')
+  t.match(state.log, /"msg":"stopped"/, 'and says so')
+})
+
+t.test('backup, attach and detach tasks: volumes from snapshots on the worker, cleaned up after', async (t) => {
+  const { dir, ec2, repo, send, reply, exited, daemon } = await world(t)
+  const image = join(dir, 'snapshot.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }, { kind: 'text', offset: 9 * MiB, length: 2 * MiB }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:key/src' })
+
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'policy-1/i-0abc/xvdf', snapshotId }))
+  const b = await reply('policy-1/i-0abc/xvdf')
+  t.equal(b.status, 'succeeded', `backup succeeded ${JSON.stringify(b.error ?? '')}`)
+  const volume = ec2.volumes.get(b.result.volumeId)!
+  t.match(volume, { snapshotId, encrypted: true, kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:key/src', availabilityZone: 'us-east-1a' }, 'the volume came from the snapshot, in the worker\'s AZ, with its key')
+  t.equal(volume.tags['ebs-worker:task-id'], 'policy-1/i-0abc/xvdf', 'tagged with the task')
+  t.equal(volume.state, 'deleted', 'and deleted after the backup')
+  const restored = join(dir, 'restored.img')
+  await cli(['restore', '--repo', repo, '--backup', b.result.backupId, '--device', restored])
+  t.equal(await sha256File(restored), await sha256File(image), 'the backup holds the snapshot, byte for byte')
+
+  const shared = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, ownerId: '444455556666', sharedWith: ['111122223333'] })
+  await send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-1', snapshotId: shared, sharedFromAccount: '444455556666' }))
+  const a = await reply('att-1')
+  t.equal(a.status, 'succeeded', `attach succeeded ${JSON.stringify(a.error ?? '')}`)
+  t.match(ec2.volumes.get(a.result.volumeId), { state: 'in-use', kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:alias/aws/ebs' }, 'a shared snapshot becomes a volume under this Region\'s default key')
+  t.equal(await sha256File(a.result.device), await sha256File(image), 'its device holds the snapshot')
+  await send(JSON.stringify({ version: 1, type: 'detach', taskId: 'det-1', volumeId: a.result.volumeId }))
+  t.match(await reply('det-1'), { status: 'succeeded', result: { deleted: true } }, 'detach deletes it')
+  t.equal(ec2.volumes.get(a.result.volumeId)!.state, 'deleted')
+
+  await send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-2', snapshotId: 'snap-00000000000000000' }))
+  t.match(await reply('att-2'), { status: 'failed', error: { code: 'SNAPSHOT_NOT_FOUND', retryable: false } }, 'a missing snapshot fails for good')
+
+  daemon.kill('SIGTERM')
+  t.equal(await exited, 0, 'stops cleanly')
 })

@@ -1,0 +1,160 @@
+// The worker's own EBS volumes: create one from a snapshot in this instance's Availability Zone,
+// attach it here and find its device, detach and delete it. Every volume is tagged with the task
+// that made it, which is what makes a redelivered task find it again instead of making another,
+// and what limits detaching and deleting to volumes this agent created.
+import {
+  AttachVolumeCommand,
+  CreateVolumeCommand,
+  DeleteVolumeCommand,
+  DescribeVolumesCommand,
+  DetachVolumeCommand,
+  waitUntilVolumeAvailable,
+  waitUntilVolumeInUse,
+  type EC2Client,
+  type Volume,
+  type VolumeType,
+} from '@aws-sdk/client-ec2'
+import { createHash } from 'node:crypto'
+import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from './ebs-device.ts'
+import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import type { WorkerIdentity } from './identity.ts'
+
+export const TASK_ID_TAG = 'ebs-worker:task-id'
+
+export interface VolumeSpec {
+  volumeType?: string
+  iops?: number
+  throughput?: number
+  /** Encrypt with this key; otherwise the snapshot's key, or the Region's default EBS key. */
+  kmsKeyId?: string
+}
+
+export interface VolumesOptions {
+  client: EC2Client
+  identity: WorkerIdentity
+  roots?: DeviceRoots
+  deviceTimeoutMs?: number
+  /** Longest wait for a volume state change. */
+  stateTimeoutSeconds?: number
+}
+
+// Device names this agent may use for attachments; the kernel's NVMe name is what counts.
+const DEVICE_NAMES = 'fghijklmnop'.split('').map((c) => `/dev/sd${c}`)
+
+export class Volumes {
+  readonly #o: VolumesOptions
+
+  constructor(options: VolumesOptions) {
+    this.#o = options
+  }
+
+  /** The volume a task made, if any (not deleted). */
+  async findByTask(taskId: string): Promise<Volume | null> {
+    const out = await this.#ec2('DescribeVolumes', () =>
+      this.#o.client.send(new DescribeVolumesCommand({ Filters: [{ Name: `tag:${TASK_ID_TAG}`, Values: [taskId] }] })))
+    return out.Volumes?.find((v) => v.State !== 'deleting' && v.State !== 'deleted') ?? null
+  }
+
+  /** Creates (or finds again) the task's volume from a snapshot and waits until it is available. */
+  async createFromSnapshot(taskId: string, snapshotId: string, spec: VolumeSpec = {}, shared = false): Promise<string> {
+    const existing = await this.findByTask(taskId)
+    const volumeId = existing?.VolumeId ?? (await this.#ec2('CreateVolume', () =>
+      this.#o.client.send(new CreateVolumeCommand({
+        AvailabilityZone: this.#o.identity.availabilityZone,
+        SnapshotId: snapshotId,
+        VolumeType: (spec.volumeType ?? 'gp3') as VolumeType,
+        ...(spec.iops ? { Iops: spec.iops } : {}),
+        ...(spec.throughput ? { Throughput: spec.throughput } : {}),
+        // A shared encrypted snapshot must become a volume under a key of this account: the
+        // given one, or (Encrypted without a key) the Region's default EBS key.
+        ...(spec.kmsKeyId || shared ? { Encrypted: true } : {}),
+        ...(spec.kmsKeyId ? { KmsKeyId: spec.kmsKeyId } : {}),
+        // EC2's own idempotency for the create itself; the tag finds it across restarts.
+        ClientToken: createHash('sha256').update(taskId).digest('hex').slice(0, 64),
+        TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
+      })))).VolumeId!
+    if (existing?.State !== 'in-use') await this.#waitAvailable(volumeId)
+    return volumeId
+  }
+
+  /** Attaches the volume to this instance (unless it already is) and finds its device. */
+  async attachHere(volumeId: string, signal?: AbortSignal): Promise<EbsDevice> {
+    const volume = await this.#describe(volumeId)
+    const mine = volume.Attachments?.find((a) => a.InstanceId === this.#o.identity.instanceId)
+    if (!mine) {
+      if (volume.Attachments?.length) {
+        throw new EbsWorkerError(ErrorCode.DeviceUnusable, `volume ${volumeId} is attached to ${volume.Attachments[0]!.InstanceId}`)
+      }
+      const used = await this.#usedDeviceNames()
+      const device = DEVICE_NAMES.find((d) => !used.has(d))
+      if (!device) throw new EbsWorkerError(ErrorCode.DeviceUnusable, 'no free device name left on this instance')
+      await this.#ec2('AttachVolume', () =>
+        this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
+      await this.#ec2('wait for in-use', () =>
+        waitUntilVolumeInUse({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
+    }
+    return waitForEbsDevice(volumeId, {
+      ...(this.#o.roots ? { roots: this.#o.roots } : {}),
+      timeoutMs: this.#o.deviceTimeoutMs ?? 120_000,
+      ...(signal ? { signal } : {}),
+    })
+  }
+
+  /** Detaches (and deletes) a volume this agent created; refuses any other volume. */
+  async release(volumeId: string, options: { delete: boolean }): Promise<{ deleted: boolean }> {
+    let volume: Volume
+    try {
+      volume = await this.#describe(volumeId)
+    } catch (err) {
+      // Already gone: a redelivered detach that had finished.
+      if (options.delete && err instanceof EbsWorkerError && err.code === ErrorCode.VolumeNotFound) return { deleted: true }
+      throw err
+    }
+    if (!volume.Tags?.some((t) => t.Key === TASK_ID_TAG)) {
+      throw new EbsWorkerError(ErrorCode.DeviceUnusable, `volume ${volumeId} was not created by ebs-worker: refusing to detach or delete it`)
+    }
+    if (volume.Attachments?.length) {
+      await this.#ec2('DetachVolume', () => this.#o.client.send(new DetachVolumeCommand({ VolumeId: volumeId })))
+      await this.#waitAvailable(volumeId)
+    }
+    if (!options.delete) return { deleted: false }
+    await this.#ec2('DeleteVolume', () => this.#o.client.send(new DeleteVolumeCommand({ VolumeId: volumeId })))
+    return { deleted: true }
+  }
+
+  async #describe(volumeId: string): Promise<Volume> {
+    const out = await this.#ec2('DescribeVolumes', () => this.#o.client.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] })))
+    const v = out.Volumes?.[0]
+    if (!v) throw new EbsWorkerError(ErrorCode.VolumeNotFound, `volume ${volumeId} does not exist`)
+    return v
+  }
+
+  async #usedDeviceNames(): Promise<Set<string>> {
+    const out = await this.#ec2('DescribeVolumes', () => this.#o.client.send(new DescribeVolumesCommand({
+      Filters: [{ Name: 'attachment.instance-id', Values: [this.#o.identity.instanceId] }],
+    })))
+    return new Set((out.Volumes ?? []).flatMap((v) => (v.Attachments ?? []).map((a) => a.Device!)))
+  }
+
+  async #waitAvailable(volumeId: string): Promise<void> {
+    await this.#ec2('wait for available', () =>
+      waitUntilVolumeAvailable({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
+  }
+
+  /** EC2 errors as stable codes: what is permanent (not found, denied, wrong zone) says so. */
+  async #ec2<T>(what: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call()
+    } catch (err) {
+      if (err instanceof EbsWorkerError) throw err
+      const name = (err as { name?: string }).name ?? 'Error'
+      const code =
+        name === 'InvalidVolume.NotFound' ? ErrorCode.VolumeNotFound
+        : name === 'InvalidSnapshot.NotFound' ? ErrorCode.SnapshotNotFound
+        : name === 'UnauthorizedOperation' || name === 'AccessDenied' || name.startsWith('KMS.') ? ErrorCode.AccessDenied
+        : name.startsWith('Invalid') || name === 'IncorrectState' || name === 'VolumeInUse' ? ErrorCode.BadInput
+        : ErrorCode.Ec2Error
+      throw new EbsWorkerError(code, `EC2 ${what} failed: ${name}: ${describe(err)}`, { cause: err })
+    }
+  }
+}
