@@ -6,6 +6,7 @@ import { EC2Client } from '@aws-sdk/client-ec2'
 import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { openBackend } from './backend/open.ts'
 import { backup } from './backup.ts'
+import { restore } from './restore.ts'
 import type { DaemonConfig } from './config.ts'
 import { waitForEbsDevice } from './ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from './errors.ts'
@@ -119,7 +120,7 @@ export class Daemon {
       case 'read':
         return this.#read(task.taskId, task.volumeId, task, signal)
       case 'attach': {
-        const volumeId = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
+        const { volumeId } = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
         const device = await volumes.attachHere(volumeId, signal)
         return { volumeId, device: device.path, size: device.size }
       }
@@ -128,7 +129,7 @@ export class Daemon {
       case 'backup': {
         // attach + read + detach; the volume is released whatever the read's outcome, and a
         // redelivered task finds its volume (by tag) and its backup (by tag) again.
-        const volumeId = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
+        const { volumeId } = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
         try {
           await volumes.attachHere(volumeId, signal)
           return await this.#read(task.taskId, volumeId, { ...task, snapshotId: task.snapshotId }, signal)
@@ -137,9 +138,41 @@ export class Daemon {
             this.#log.error('could not release volume', { taskId: task.taskId, volumeId, error: describe(err) }))
         }
       }
-      default:
-        // restore needs empty volumes and snapshots, which come next.
-        throw new EbsWorkerError(ErrorCode.NotImplemented, `task type "${task.type}" is not supported by this worker yet`)
+      case 'restore':
+        return this.#restore(task, signal)
+    }
+  }
+
+  /** A new encrypted volume holding a backup, detached and ready for the controller. */
+  async #restore(task: Extract<Task, { type: 'restore' }>, signal: AbortSignal): Promise<Record<string, unknown>> {
+    if (task.snapshot) {
+      // Checked before anything is created: nothing to clean up.
+      throw new EbsWorkerError(ErrorCode.NotImplemented, 'restore with a snapshot (the cross-account path) is not supported by this worker yet')
+    }
+    const volumes = this.#volumes!
+    const repo = await this.#repository(task.repository ?? this.#config.repository)
+    const manifest = await repo.loadManifest(task.backupId)
+    const sizeGiB = task.sizeGiB ?? Math.ceil(manifest.size / 1024 ** 3)
+    if (sizeGiB * 1024 ** 3 < manifest.size) {
+      throw new EbsWorkerError(ErrorCode.TargetTooSmall, `a ${sizeGiB} GiB volume cannot hold backup ${task.backupId} (${manifest.size} bytes)`)
+    }
+    const { volumeId, created } = await volumes.createEmpty(task.taskId, sizeGiB, task.volume ?? {})
+    let done = false
+    try {
+      const device = await volumes.attachHere(volumeId, signal)
+      // Zero chunks are skipped only on a volume this attempt created: one left by an earlier
+      // attempt may hold part of the data already.
+      const result = await restore(repo, {
+        backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
+      })
+      await volumes.release(volumeId, { delete: false })
+      done = true
+      return { volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs }
+    } finally {
+      // A failed restore leaves no half-written volume attached; it is kept (detached) for a retry
+      // of the same task, which finds it by its tag.
+      if (!done) await volumes.release(volumeId, { delete: false }).catch((err: unknown) =>
+        this.#log.error('could not detach volume', { taskId: task.taskId, volumeId, error: describe(err) }))
     }
   }
 

@@ -14,7 +14,6 @@ import {
   type Volume,
   type VolumeType,
 } from '@aws-sdk/client-ec2'
-import { createHash } from 'node:crypto'
 import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from './ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import type { WorkerIdentity } from './identity.ts'
@@ -56,25 +55,33 @@ export class Volumes {
   }
 
   /** Creates (or finds again) the task's volume from a snapshot and waits until it is available. */
-  async createFromSnapshot(taskId: string, snapshotId: string, spec: VolumeSpec = {}, shared = false): Promise<string> {
+  async createFromSnapshot(taskId: string, snapshotId: string, spec: VolumeSpec = {}, shared = false): Promise<{ volumeId: string; created: boolean }> {
+    // A shared encrypted snapshot must become a volume under a key of this account: the given
+    // one, or (Encrypted without a key) the Region's default EBS key.
+    return this.#create(taskId, { SnapshotId: snapshotId, ...(spec.kmsKeyId || shared ? { Encrypted: true } : {}) }, spec)
+  }
+
+  /** Creates (or finds again) the task's empty, encrypted volume for a restore. */
+  async createEmpty(taskId: string, sizeGiB: number, spec: VolumeSpec = {}): Promise<{ volumeId: string; created: boolean }> {
+    return this.#create(taskId, { Size: sizeGiB, Encrypted: true }, spec)
+  }
+
+  async #create(taskId: string, source: { SnapshotId?: string; Size?: number; Encrypted?: boolean }, spec: VolumeSpec): Promise<{ volumeId: string; created: boolean }> {
+    // The tag, set atomically at creation, is what finds the volume again after a crash or a
+    // redelivery (no ClientToken: EC2 would answer a retry with a volume since deleted).
     const existing = await this.findByTask(taskId)
     const volumeId = existing?.VolumeId ?? (await this.#ec2('CreateVolume', () =>
       this.#o.client.send(new CreateVolumeCommand({
         AvailabilityZone: this.#o.identity.availabilityZone,
-        SnapshotId: snapshotId,
+        ...source,
         VolumeType: (spec.volumeType ?? 'gp3') as VolumeType,
         ...(spec.iops ? { Iops: spec.iops } : {}),
         ...(spec.throughput ? { Throughput: spec.throughput } : {}),
-        // A shared encrypted snapshot must become a volume under a key of this account: the
-        // given one, or (Encrypted without a key) the Region's default EBS key.
-        ...(spec.kmsKeyId || shared ? { Encrypted: true } : {}),
-        ...(spec.kmsKeyId ? { KmsKeyId: spec.kmsKeyId } : {}),
-        // EC2's own idempotency for the create itself; the tag finds it across restarts.
-        ClientToken: createHash('sha256').update(taskId).digest('hex').slice(0, 64),
+        ...(spec.kmsKeyId ? { Encrypted: true, KmsKeyId: spec.kmsKeyId } : {}),
         TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
       })))).VolumeId!
     if (existing?.State !== 'in-use') await this.#waitAvailable(volumeId)
-    return volumeId
+    return { volumeId, created: !existing }
   }
 
   /** Attaches the volume to this instance (unless it already is) and finds its device. */

@@ -121,7 +121,7 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
   t.match(state.log, /"msg":"stopped"/, 'and says so')
 })
 
-t.test('backup, attach and detach tasks: volumes from snapshots on the worker, cleaned up after', async (t) => {
+t.test('backup, restore, attach and detach tasks through the EC2 stand-in', async (t) => {
   const { dir, ec2, repo, send, reply, exited, daemon } = await world(t)
   const image = join(dir, 'snapshot.img')
   await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }, { kind: 'text', offset: 9 * MiB, length: 2 * MiB }])
@@ -137,6 +137,17 @@ t.test('backup, attach and detach tasks: volumes from snapshots on the worker, c
   const restored = join(dir, 'restored.img')
   await cli(['restore', '--repo', repo, '--backup', b.result.backupId, '--device', restored])
   t.equal(await sha256File(restored), await sha256File(image), 'the backup holds the snapshot, byte for byte')
+
+  // Restore: a new, empty, encrypted volume in the worker's AZ receives the backup, detached after.
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-1', backupId: b.result.backupId, sizeGiB: 2, volume: { volumeType: 'gp3' } }))
+  const r = await reply('rst-1')
+  t.equal(r.status, 'succeeded', `restore succeeded ${JSON.stringify(r.error ?? '')}`)
+  const target = ec2.volumes.get(r.result.volumeId)!
+  t.match(target, { state: 'available', encrypted: true, snapshotId: null, attachment: null }, 'a new encrypted volume, detached after')
+  t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'the new volume holds the backup, byte for byte')
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-2', backupId: b.result.backupId, snapshot: { shareWithAccount: '444455556666' } }))
+  t.match(await reply('rst-2'), { status: 'failed', error: { code: 'NOT_IMPLEMENTED' } }, 'the snapshot path is refused before anything is created')
+  t.notOk([...ec2.volumes.values()].some((v) => v.tags['ebs-worker:task-id'] === 'rst-2'), 'no volume made for it')
 
   const shared = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, ownerId: '444455556666', sharedWith: ['111122223333'] })
   await send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-1', snapshotId: shared, sharedFromAccount: '444455556666' }))
