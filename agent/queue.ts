@@ -14,6 +14,14 @@ import {
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe } from './errors.ts'
 
+/** The abort reason when a message nears SQS's 12-hour visibility cap. */
+export class VisibilityCapReached extends Error {
+  constructor(messageId: string) {
+    super(`message ${messageId} is near SQS's 12-hour visibility limit: handed back to run again`)
+    this.name = 'VisibilityCapReached'
+  }
+}
+
 export interface ReceivedMessage {
   messageId: string
   body: string
@@ -34,6 +42,13 @@ export interface QueueConsumerOptions {
   visibilityTimeout?: number
   /** How often the visibility is extended, seconds (default: a third of the timeout). */
   heartbeatSeconds?: number
+  /**
+   * SQS's cap on a message's total invisibility from its receipt: 12 hours. A handler still
+   * running when less than one heartbeat is left is aborted with a VisibilityCapReached reason
+   * and its message handed back at once; the task then runs again under a new receipt (for a
+   * backup, every pack already stored is reused). Lower only in tests.
+   */
+  maxVisibilitySeconds?: number
   /** Problems the loop survives (a failed receive, a failed heartbeat). */
   onError?: (err: unknown, context: string) => void
 }
@@ -49,6 +64,7 @@ export class QueueConsumer {
     this.#options = {
       waitTimeSeconds: 20,
       heartbeatSeconds: Math.max(1, Math.floor(visibilityTimeout / 3)),
+      maxVisibilitySeconds: 12 * 60 * 60,
       ...options,
       visibilityTimeout,
     }
@@ -130,8 +146,16 @@ export class QueueConsumer {
     }
     const setVisibility = (seconds: number): Promise<unknown> =>
       o.client.send(new ChangeMessageVisibilityCommand({ QueueUrl: o.queueUrl, ReceiptHandle: receipt, VisibilityTimeout: seconds }))
+    const received = Date.now()
     const heartbeat = setInterval(() => {
-      setVisibility(o.visibilityTimeout).catch((err: unknown) => o.onError?.(err, `heartbeat of ${id}`))
+      const left = o.maxVisibilitySeconds - (Date.now() - received) / 1000
+      if (left < 2 * o.heartbeatSeconds) {
+        // Asking for more than the cap fails; hand the message back while it is still ours.
+        clearInterval(heartbeat)
+        abort.abort(new VisibilityCapReached(id))
+        return
+      }
+      setVisibility(Math.min(o.visibilityTimeout, Math.floor(left))).catch((err: unknown) => o.onError?.(err, `heartbeat of ${id}`))
     }, o.heartbeatSeconds * 1000)
     const done = (async () => {
       let succeeded = false

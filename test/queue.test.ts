@@ -5,7 +5,7 @@ import t from 'tap'
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { QueueConsumer, type ReceivedMessage } from '../agent/queue.ts'
+import { QueueConsumer, VisibilityCapReached, type ReceivedMessage } from '../agent/queue.ts'
 
 const server = await startFauxqs({ port: 0, logger: false })
 t.teardown(() => server.stop())
@@ -121,4 +121,28 @@ t.test('stop hands an unfinished message back at once', async (t) => {
   t.ok(Date.now() - started < 5000, 'stop returned promptly (the long poll was cancelled)')
   const again = await client.send(new ReceiveMessageCommand({ QueueUrl: url, WaitTimeSeconds: 1 }))
   t.equal(again.Messages?.[0]?.Body, 'interrupted', 'visible again right away, not after 600 s')
+})
+
+t.test('a task that reaches the visibility cap is stopped and its message handed back', async (t) => {
+  const url = await queue()
+  await client.send(new SendMessageCommand({ QueueUrl: url, MessageBody: 'very long' }))
+  const reasons: unknown[] = []
+  const deliveries: number[] = []
+  const consumer = new QueueConsumer({
+    client, queueUrl: url, concurrency: 1, waitTimeSeconds: 1, visibilityTimeout: 2, heartbeatSeconds: 0.2, maxVisibilitySeconds: 1.5,
+    handler: (m, signal) => new Promise((resolve, reject) => {
+      deliveries.push(m.receiveCount)
+      if (m.receiveCount > 1) return resolve() // the second run finishes
+      signal.addEventListener('abort', () => {
+        reasons.push(signal.reason)
+        reject(signal.reason)
+      })
+    }),
+  })
+  consumer.start()
+  await until(() => deliveries.length === 2, 15_000)
+  await until(async () => (await depth(url)).visible + (await depth(url)).inFlight === 0)
+  await consumer.stop(1000)
+  t.ok(reasons[0] instanceof VisibilityCapReached, 'the first run was stopped at the cap')
+  t.same(deliveries, [1, 2], 'the message came back right away and the task ran again')
 })
