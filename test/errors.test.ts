@@ -4,7 +4,7 @@ import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, readdir, readFile, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { cli, CLI, type Teardown, makeImage, MiB, runCli, sha256File, tempDir } from './helpers.ts'
+import { backedUpImage, cli, CLI, type Teardown, makeImage, MiB, repoWithImage, runCli, sha256File, tempDir } from './helpers.ts'
 
 async function walk(dir: string): Promise<string[]> {
   const out: string[] = []
@@ -137,10 +137,7 @@ function slowBackup(repo: string, image: string) {
 
 t.test('a backup killed with SIGKILL leaves no backup, and the next one reuses its packs', async (t) => {
   const dir = await tempDir(t)
-  const repo = join(dir, 'repo')
-  await cli(['init', '--repo', repo])
-  const image = join(dir, 'vol.img')
-  await makeImage(image, 64 * MiB, [{ kind: 'random', offset: 0, length: 64 * MiB }])
+  const { repo, image } = await repoWithImage(dir, 64 * MiB)
   const child = slowBackup(repo, image)
   const exited = new Promise<string | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)))
   const deadline = Date.now() + 60_000
@@ -166,11 +163,7 @@ t.test('a backup killed with SIGKILL leaves no backup, and the next one reuses i
 })
 
 t.test('SIGTERM stops a backup cleanly: exit 130, nothing recorded', async (t) => {
-  const dir = await tempDir(t)
-  const repo = join(dir, 'repo')
-  await cli(['init', '--repo', repo])
-  const image = join(dir, 'vol.img')
-  await makeImage(image, 32 * MiB, [{ kind: 'random', offset: 0, length: 32 * MiB }])
+  const { repo, image } = await repoWithImage(await tempDir(t), 32 * MiB)
   const child = slowBackup(repo, image)
   let stdout = ''
   child.stdout.on('data', (d) => (stdout += d))
@@ -185,18 +178,14 @@ t.test('SIGTERM stops a backup cleanly: exit 130, nothing recorded', async (t) =
 
 t.test('a target that fails mid-restore (a full filesystem) is reported with the offset', async (t) => {
   const dir = await tempDir(t)
-  const repo = join(dir, 'repo')
-  await cli(['init', '--repo', repo])
-  const image = join(dir, 'vol.img')
-  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 0, length: 16 * MiB }])
-  const b = await cli(['backup', '--repo', repo, '--device', image])
+  const { repo, backupId } = await backedUpImage(dir, 16 * MiB)
   const small = join(dir, 'small-fs')
   await mkdir(small)
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', small])
   t.teardown(() => {
     execFileSync('umount', [small])
   })
-  const r = await runCli(['restore', '--repo', repo, '--backup', b.backupId, '--device', join(small, 'out.img'), '--json'])
+  const r = await runCli(['restore', '--repo', repo, '--backup', backupId, '--device', join(small, 'out.img'), '--json'])
   t.equal(r.code, 1, 'nonzero exit')
   t.equal(r.json?.error.code, 'DEVICE_UNUSABLE', 'DEVICE_UNUSABLE')
   t.match(r.json?.error.message, /cannot write .*out\.img at offset \d+: .*(ENOSPC|no space)/i, r.json?.error.message)

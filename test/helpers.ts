@@ -154,3 +154,19 @@ export async function fakeNvme(roots: DeviceTree, name: string, loop: string, se
   await writeFile(join(roots.sysBlock, name, 'size'), `${size / 512}\n`)
   await symlink(loop, join(roots.devDir, name))
 }
+
+/** A new file:// repository in `dir` and an image of `size` random bytes beside it. */
+export async function repoWithImage(dir: string, size: number): Promise<{ repo: string; image: string }> {
+  const repo = join(dir, 'repo')
+  await cli(['init', '--repo', repo])
+  const image = join(dir, 'vol.img')
+  await makeImage(image, size, [{ kind: 'random', offset: 0, length: size }])
+  return { repo, image }
+}
+
+/** repoWithImage, then a backup of the image: what restore tests start from. */
+export async function backedUpImage(dir: string, size: number): Promise<{ repo: string; image: string; backupId: string }> {
+  const { repo, image } = await repoWithImage(dir, size)
+  const b = await cli(['backup', '--repo', repo, '--device', image])
+  return { repo, image, backupId: b.backupId as string }
+}

@@ -4,7 +4,7 @@ import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { attachLoop, cli, makeExt4Image, makeImage, MiB, runCli, sha256File, tempDir } from './helpers.ts'
+import { attachLoop, backedUpImage, cli, makeExt4Image, makeImage, MiB, runCli, sha256File, tempDir } from './helpers.ts'
 
 t.test('backup from a loop device, restore onto loop devices', async (t) => {
   const dir = await tempDir(t)
@@ -62,16 +62,12 @@ t.test('a mounted device is refused and left untouched', async (t) => {
 
 t.test('a device smaller than the backup is refused and left untouched', async (t) => {
   const dir = await tempDir(t)
-  const repo = join(dir, 'repo')
-  await cli(['init', '--repo', repo])
-  const image = join(dir, 'vol.img')
-  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 0, length: 16 * MiB }])
-  const b = await cli(['backup', '--repo', repo, '--device', image])
+  const { repo, backupId } = await backedUpImage(dir, 16 * MiB)
   const smallImage = join(dir, 'small.img')
   await makeImage(smallImage, 8 * MiB, [{ kind: 'text', offset: 0, length: 8 * MiB }])
   const small = attachLoop(t, smallImage)
   const before = await sha256File(small)
-  const r = await runCli(['restore', '--repo', repo, '--backup', b.backupId, '--device', small, '--json'])
+  const r = await runCli(['restore', '--repo', repo, '--backup', backupId, '--device', small, '--json'])
   t.equal(r.json?.error.code, 'TARGET_TOO_SMALL')
   t.equal(await sha256File(small), before, 'the device is untouched')
 })
