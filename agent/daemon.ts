@@ -3,6 +3,7 @@
 // its deletion; or, for a transient failure, no deletion, so SQS redelivers it and the queue's
 // redrive policy eventually parks it in the dead-letter queue.
 import { EC2Client } from '@aws-sdk/client-ec2'
+import { KMSClient } from '@aws-sdk/client-kms'
 import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { openBackend } from './backend/open.ts'
 import { backup } from './backup.ts'
@@ -12,6 +13,7 @@ import { waitForEbsDevice } from './ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from './errors.ts'
 import { whoAmI, type WorkerIdentity } from './identity.ts'
 import { LocalKeyFileProvider } from './keys.ts'
+import { assertShareableKey } from './kms.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { Repository } from './repository.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
@@ -24,7 +26,7 @@ const PERMANENT = new Set<string>([
   ErrorCode.RepoNotFound, ErrorCode.RepoFormat, ErrorCode.RepoVersion, ErrorCode.KeyRequired, ErrorCode.WrongKey,
   ErrorCode.BackupNotFound, ErrorCode.BackupIncompatible, ErrorCode.ChunkMissing, ErrorCode.ChunkCorrupt,
   ErrorCode.ChecksumMismatch, ErrorCode.NotImplemented, ErrorCode.VolumeNotFound, ErrorCode.SnapshotNotFound,
-  ErrorCode.AccessDenied,
+  ErrorCode.AccessDenied, ErrorCode.DefaultKeyNotShareable,
 ])
 
 export interface DaemonLog {
@@ -44,6 +46,7 @@ export class Daemon {
   readonly #sqs: SQSClient
   #identity: WorkerIdentity | null = null
   #volumes: Volumes | null = null
+  #kms: KMSClient | null = null
   #consumer: QueueConsumer | null = null
   #repos = new Map<string, Promise<Repository>>()
 
@@ -58,6 +61,7 @@ export class Daemon {
 
   async start(): Promise<void> {
     this.#identity = await whoAmI(this.#config.imdsEndpoint ? { endpoint: this.#config.imdsEndpoint } : {})
+    this.#kms = new KMSClient({ region: this.#identity.region })
     this.#volumes = new Volumes({
       client: new EC2Client({ region: this.#identity.region }),
       identity: this.#identity,
@@ -145,11 +149,12 @@ export class Daemon {
 
   /** A new encrypted volume holding a backup, detached and ready for the controller. */
   async #restore(task: Extract<Task, { type: 'restore' }>, signal: AbortSignal): Promise<Record<string, unknown>> {
-    if (task.snapshot) {
-      // Checked before anything is created: nothing to clean up.
-      throw new EbsWorkerError(ErrorCode.NotImplemented, 'restore with a snapshot (the cross-account path) is not supported by this worker yet')
-    }
     const volumes = this.#volumes!
+    const shareWith = task.snapshot?.shareWithAccount
+    if (shareWith) {
+      // Checked before anything is created: a snapshot under aws/ebs could never be shared.
+      await assertShareableKey(this.#kms!, task.volume?.kmsKeyId ?? (await volumes.defaultKmsKeyId()))
+    }
     const repo = await this.#repository(task.repository ?? this.#config.repository)
     const manifest = await repo.loadManifest(task.backupId)
     const sizeGiB = task.sizeGiB ?? Math.ceil(manifest.size / 1024 ** 3)
@@ -167,7 +172,12 @@ export class Daemon {
       })
       await volumes.release(volumeId, { delete: false })
       done = true
-      return { volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs }
+      const figures = { volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs }
+      if (!task.snapshot) return figures
+      // The cross-account path: the controller builds the instance from this shared snapshot.
+      const snapshotId = await volumes.snapshot(task.taskId, volumeId)
+      if (shareWith) await volumes.share(snapshotId, shareWith)
+      return { ...figures, snapshotId, ...(shareWith ? { sharedWith: shareWith } : {}) }
     } finally {
       // A failed restore leaves no half-written volume attached; it is kept (detached) for a retry
       // of the same task, which finds it by its tag.

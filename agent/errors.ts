@@ -25,6 +25,7 @@ export const ErrorCode = {
   SnapshotNotFound: 'SNAPSHOT_NOT_FOUND',
   AccessDenied: 'ACCESS_DENIED',
   Ec2Error: 'EC2_ERROR',
+  DefaultKeyNotShareable: 'DEFAULT_KEY_NOT_SHAREABLE',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 

@@ -4,7 +4,12 @@
 // and what limits detaching and deleting to volumes this agent created.
 import {
   AttachVolumeCommand,
+  CreateSnapshotCommand,
   CreateVolumeCommand,
+  DescribeSnapshotsCommand,
+  GetEbsDefaultKmsKeyIdCommand,
+  ModifySnapshotAttributeCommand,
+  waitUntilSnapshotCompleted,
   DeleteVolumeCommand,
   DescribeVolumesCommand,
   DetachVolumeCommand,
@@ -127,6 +132,34 @@ export class Volumes {
     if (!options.delete) return { deleted: false }
     await this.#ec2('DeleteVolume', () => this.#o.client.send(new DeleteVolumeCommand({ VolumeId: volumeId })))
     return { deleted: true }
+  }
+
+  /** The key EBS uses in this Region when a volume is encrypted without a key being named. */
+  async defaultKmsKeyId(): Promise<string> {
+    const out = await this.#ec2('GetEbsDefaultKmsKeyId', () => this.#o.client.send(new GetEbsDefaultKmsKeyIdCommand({})))
+    return out.KmsKeyId!
+  }
+
+  /** Snapshots the task's volume (or finds the snapshot an earlier attempt made) and waits for it. */
+  async snapshot(taskId: string, volumeId: string): Promise<string> {
+    const found = await this.#ec2('DescribeSnapshots', () => this.#o.client.send(new DescribeSnapshotsCommand({
+      OwnerIds: ['self'], Filters: [{ Name: `tag:${TASK_ID_TAG}`, Values: [taskId] }],
+    })))
+    const snapshotId = found.Snapshots?.[0]?.SnapshotId ?? (await this.#ec2('CreateSnapshot', () => this.#o.client.send(new CreateSnapshotCommand({
+      VolumeId: volumeId,
+      Description: `ebs-worker restore ${taskId}`,
+      TagSpecifications: [{ ResourceType: 'snapshot', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
+    })))).SnapshotId!
+    await this.#ec2('wait for snapshot', () =>
+      waitUntilSnapshotCompleted({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 3600, minDelay: 1, maxDelay: 15 }, { SnapshotIds: [snapshotId] }))
+    return snapshotId
+  }
+
+  /** Lets another account create volumes from the snapshot (createVolumePermission). */
+  async share(snapshotId: string, accountId: string): Promise<void> {
+    await this.#ec2('ModifySnapshotAttribute', () => this.#o.client.send(new ModifySnapshotAttributeCommand({
+      SnapshotId: snapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { Add: [{ UserId: accountId }] },
+    })))
   }
 
   async #describe(volumeId: string): Promise<Volume> {

@@ -9,6 +9,7 @@ import { CreateQueueCommand, DeleteMessageCommand, GetQueueAttributesCommand, Re
 import { startFauxqs } from 'fauxqs'
 import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, sha256File, tempDir, type Teardown } from './helpers.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
+import { KmsStandIn } from './standin/kms.ts'
 import { startImds } from './standin/imds.ts'
 
 const VOL = 'vol-0123456789abcdef0'
@@ -31,7 +32,16 @@ async function world(t: Teardown) {
   const replyQueueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'replies' }))).QueueUrl!
   const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
   await mkdir(roots.byIdDir, { recursive: true })
-  const ec2 = await new Ec2StandIn({ instance: INSTANCE, dir: join(dir, 'volumes'), roots, bytesPerGiB: 8 * MiB, delayMs: 50 }).start()
+  // This Region's default EBS key is the AWS managed aws/ebs key; a customer key exists too.
+  const kms = await new KmsStandIn([
+    { keyId: 'aws-ebs-0000', accountId: INSTANCE.accountId, region: INSTANCE.region, keyManager: 'AWS', aliases: ['alias/aws/ebs'] },
+    { keyId: 'cmk-restore-1', accountId: INSTANCE.accountId, region: INSTANCE.region, keyManager: 'CUSTOMER' },
+  ]).start()
+  t.teardown(() => kms.close())
+  const ec2 = await new Ec2StandIn({
+    instance: INSTANCE, dir: join(dir, 'volumes'), roots, bytesPerGiB: 8 * MiB, delayMs: 50,
+    isAwsManagedKey: (ref) => kms.resolve(ref)?.keyManager === 'AWS',
+  }).start()
   t.teardown(() => ec2.close())
 
   const repo = `file://${join(dir, 'repo')}`
@@ -43,7 +53,7 @@ async function world(t: Teardown) {
   }))
   const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
     env: {
-      ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint,
+      ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint,
       AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
     },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -145,9 +155,16 @@ t.test('backup, restore, attach and detach tasks through the EC2 stand-in', asyn
   const target = ec2.volumes.get(r.result.volumeId)!
   t.match(target, { state: 'available', encrypted: true, snapshotId: null, attachment: null }, 'a new encrypted volume, detached after')
   t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'the new volume holds the backup, byte for byte')
-  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-2', backupId: b.result.backupId, snapshot: { shareWithAccount: '444455556666' } }))
-  t.match(await reply('rst-2'), { status: 'failed', error: { code: 'NOT_IMPLEMENTED' } }, 'the snapshot path is refused before anything is created')
-  t.notOk([...ec2.volumes.values()].some((v) => v.tags['ebs-worker:task-id'] === 'rst-2'), 'no volume made for it')
+  // Cross-account restore: the result must end as a snapshot shared with the target account.
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-2', backupId: b.result.backupId, sizeGiB: 2, snapshot: { shareWithAccount: '444455556666' } }))
+  t.match(await reply('rst-2'), { status: 'failed', error: { code: 'DEFAULT_KEY_NOT_SHAREABLE', message: /aws\/ebs.*customer managed key/, retryable: false } },
+    'under the AWS managed default key it fails, saying why and what to do')
+  t.notOk([...ec2.volumes.values()].some((v) => v.tags['ebs-worker:task-id'] === 'rst-2'), 'and before any volume was made')
+  const cmk = 'arn:aws:kms:us-east-1:111122223333:key/cmk-restore-1'
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-3', backupId: b.result.backupId, sizeGiB: 2, volume: { kmsKeyId: cmk }, snapshot: { shareWithAccount: '444455556666' } }))
+  const r3 = await reply('rst-3')
+  t.equal(r3.status, 'succeeded', `with a customer managed key it succeeds ${JSON.stringify(r3.error ?? '')}`)
+  t.match(ec2.snapshots.get(r3.result.snapshotId), { encrypted: true, kmsKeyId: cmk, sharedWith: ['444455556666'], state: 'completed' }, 'a completed snapshot under that key, shared with the target account')
 
   const shared = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, ownerId: '444455556666', sharedWith: ['111122223333'] })
   await send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-1', snapshotId: shared, sharedFromAccount: '444455556666' }))

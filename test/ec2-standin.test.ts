@@ -2,8 +2,8 @@
 // worker will rely on, and the AWS rules the seeds' flows depend on.
 import t from 'tap'
 import {
-  AttachVolumeCommand, CreateVolumeCommand, DeleteVolumeCommand, DescribeVolumesCommand, DetachVolumeCommand, EC2Client,
-  waitUntilVolumeAvailable, waitUntilVolumeInUse,
+  AttachVolumeCommand, CreateSnapshotCommand, CreateVolumeCommand, DeleteVolumeCommand, DescribeVolumesCommand, DetachVolumeCommand, EC2Client,
+  GetEbsDefaultKmsKeyIdCommand, ModifySnapshotAttributeCommand, waitUntilSnapshotCompleted, waitUntilVolumeAvailable, waitUntilVolumeInUse,
 } from '@aws-sdk/client-ec2'
 import { join } from 'node:path'
 import { findEbsDevice, waitForEbsDevice } from '../agent/ebs-device.ts'
@@ -69,4 +69,19 @@ t.test('the AWS rules the flows depend on', async (t) => {
   await waitUntilVolumeAvailable({ client, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [other.VolumeId!] })
   await t.rejects(client.send(new AttachVolumeCommand({ VolumeId: other.VolumeId!, InstanceId: instance.instanceId, Device: '/dev/sdf' })), { name: 'InvalidVolume.ZoneMismatch' }, 'another AZ cannot attach')
   await t.rejects(client.send(new CreateVolumeCommand({ AvailabilityZone: 'us-east-1a', Size: 1 })), { name: 'InvalidParameterValue' }, 'an AZ of another Region')
+
+  // Snapshots keep the volume's key; only those under a customer managed key can be shared.
+  t.equal((await client.send(new GetEbsDefaultKmsKeyIdCommand({}))).KmsKeyId, 'arn:aws:kms:eu-west-1:111122223333:alias/aws/ebs')
+  const share = (SnapshotId: string) => client.send(new ModifySnapshotAttributeCommand({
+    SnapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { Add: [{ UserId: '444455556666' }] },
+  }))
+  const underDefault = await client.send(new CreateSnapshotCommand({ VolumeId: shared.VolumeId! }))
+  t.match(underDefault, { State: 'pending', Encrypted: true, KmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:alias/aws/ebs' })
+  await waitUntilSnapshotCompleted({ client, maxWaitTime: 10, minDelay: 1 }, { SnapshotIds: [underDefault.SnapshotId!] })
+  await t.rejects(share(underDefault.SnapshotId!), { name: 'InvalidParameter', message: /AWS Managed CMK can't be shared/ }, 'aws/ebs: not shareable')
+  const cmkVolume = await client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, Encrypted: true, KmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:key/cmk' }))
+  await waitUntilVolumeAvailable({ client, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [cmkVolume.VolumeId!] })
+  const underCmk = await client.send(new CreateSnapshotCommand({ VolumeId: cmkVolume.VolumeId! }))
+  await share(underCmk.SnapshotId!)
+  t.same(ec2.snapshots.get(underCmk.SnapshotId!)!.sharedWith, ['444455556666'], 'a customer managed key: shared')
 })

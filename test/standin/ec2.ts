@@ -3,7 +3,9 @@
 // @aws-sdk/client-ec2 runs against it unchanged. No EC2 emulator can be installed here.
 //
 // It follows the EC2 API Reference (CreateVolume, DescribeVolumes, AttachVolume, DetachVolume,
-// DeleteVolume; "Common client error codes") and the EBS User Guide ("Amazon EBS encryption"):
+// DeleteVolume, CreateSnapshot, DescribeSnapshots, ModifySnapshotAttribute, GetEbsDefaultKmsKeyId;
+// "Common client error codes") and the EBS User Guide ("Amazon EBS encryption", "Share an Amazon
+// EBS snapshot"):
 //   - a volume from an encrypted snapshot is encrypted; KmsKeyId requires Encrypted=true;
 //   - without KmsKeyId it takes the snapshot's key when the snapshot is this account's, and the
 //     Region's default EBS key when it was shared from another account;
@@ -11,7 +13,9 @@
 //   - CreateVolume with a ClientToken already used returns the volume it made then;
 //   - creating → available, then in-use while attached (attaching → attached), with delays;
 //   - a volume attaches to one instance, in its own Availability Zone; an attached volume cannot
-//     be deleted.
+//     be deleted;
+//   - a snapshot of a volume keeps its encryption and key; one encrypted with an AWS managed key
+//     (aws/ebs) cannot be shared with another account.
 // Volumes are sparse files; an attached volume becomes a loop device with an NVMe identity
 // (serial = volume id without the dash) in a device tree of the test's own, which is what the
 // agent's device discovery reads. Sizes are in GiB as in the API, each "GiB" being
@@ -43,6 +47,10 @@ export interface SnapshotSpec {
 interface Snapshot extends Required<Omit<SnapshotSpec, 'kmsKeyId'>> {
   snapshotId: string
   kmsKeyId: string | null
+  state: 'pending' | 'completed'
+  volumeId: string | null
+  tags: Record<string, string>
+  startTime: string
 }
 
 export interface Volume {
@@ -70,6 +78,14 @@ export interface Ec2StandInOptions {
   delayMs?: number
   /** The Region's default EBS key (an AWS-managed key unless a customer key is configured). */
   defaultKmsKeyId?: string
+  /** Whether a key reference names an AWS managed key (default: it mentions alias/aws/ebs). */
+  isAwsManagedKey?: (ref: string) => boolean
+}
+
+export interface SnapshotState {
+  snapshotId: string
+  volumeId: string
+  state: 'pending' | 'completed'
 }
 
 class Ec2Error extends Error {
@@ -95,7 +111,9 @@ export class Ec2StandIn {
 
   constructor(options: Ec2StandInOptions) {
     const defaultKey = `arn:aws:kms:${options.instance.region}:${options.instance.accountId}:alias/aws/ebs`
-    this.#options = { bytesPerGiB: 1024 ** 3, delayMs: 100, defaultKmsKeyId: defaultKey, ...options }
+    this.#options = {
+      bytesPerGiB: 1024 ** 3, delayMs: 100, defaultKmsKeyId: defaultKey, isAwsManagedKey: (ref) => ref.includes('alias/aws/ebs'), ...options,
+    }
   }
 
   async start(): Promise<this> {
@@ -141,6 +159,10 @@ export class Ec2StandIn {
       kmsKeyId: spec.encrypted ? (spec.kmsKeyId ?? `arn:aws:kms:${this.#options.instance.region}:${spec.ownerId ?? this.#options.instance.accountId}:alias/aws/ebs`) : null,
       ownerId: spec.ownerId ?? this.#options.instance.accountId,
       sharedWith: spec.sharedWith ?? [],
+      state: 'completed',
+      volumeId: null,
+      tags: {},
+      startTime: new Date().toISOString(),
     })
     return snapshotId
   }
@@ -157,6 +179,15 @@ export class Ec2StandIn {
         return this.#attachmentXml(this.#detach(p))
       case 'DeleteVolume':
         await this.#delete(p)
+        return '<return>true</return>'
+      case 'GetEbsDefaultKmsKeyId':
+        return el('kmsKeyId', this.#options.defaultKmsKeyId)
+      case 'CreateSnapshot':
+        return this.#snapshotXml(await this.#createSnapshot(p))
+      case 'DescribeSnapshots':
+        return `<snapshotSet>${this.#describeSnapshots(p).map((x) => `<item>${this.#snapshotXml(x)}</item>`).join('')}</snapshotSet>`
+      case 'ModifySnapshotAttribute':
+        this.#share(p)
         return '<return>true</return>'
       default:
         throw new Ec2Error('InvalidAction', `The action ${action} is not valid for this web service.`)
@@ -197,13 +228,7 @@ export class Ec2StandIn {
     const shared = snapshot !== null && snapshot.ownerId !== instance.accountId
     const key = !encrypted ? null : (kmsKeyId ?? (snapshot?.encrypted && !shared ? snapshot.kmsKeyId : this.#options.defaultKmsKeyId))
     const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`
-    const tags: Record<string, string> = {}
-    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
-      if (p.get(`TagSpecification.${i}.ResourceType`) !== 'volume') continue
-      for (let j = 1; p.has(`TagSpecification.${i}.Tag.${j}.Key`); j++) {
-        tags[p.get(`TagSpecification.${i}.Tag.${j}.Key`)!] = p.get(`TagSpecification.${i}.Tag.${j}.Value`) ?? ''
-      }
-    }
+    const tags = this.#tagsOf(p, 'volume')
     const file = join(this.#options.dir, `${volumeId}.img`)
     if (snapshot) await copyFile(snapshot.image, file)
     const handle = await open(file, snapshot ? 'r+' : 'w')
@@ -308,6 +333,75 @@ export class Ec2StandIn {
     if (v.attachment || v.state === 'in-use') throw new Ec2Error('VolumeInUse', `Volume ${v.volumeId} is currently attached to ${v.attachment?.instanceId}`)
     v.state = 'deleted'
     await rm(v.file, { force: true })
+  }
+
+  #tagsOf(p: URLSearchParams, resourceType: string): Record<string, string> {
+    const tags: Record<string, string> = {}
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      if (p.get(`TagSpecification.${i}.ResourceType`) !== resourceType) continue
+      for (let j = 1; p.has(`TagSpecification.${i}.Tag.${j}.Key`); j++) {
+        tags[p.get(`TagSpecification.${i}.Tag.${j}.Key`)!] = p.get(`TagSpecification.${i}.Tag.${j}.Value`) ?? ''
+      }
+    }
+    return tags
+  }
+
+  async #createSnapshot(p: URLSearchParams): Promise<Snapshot> {
+    const v = this.#volume(p.get('VolumeId'))
+    const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`
+    const image = join(this.#options.dir, `${snapshotId}.img`)
+    await copyFile(v.file, image)
+    const snap: Snapshot = {
+      snapshotId, image, sizeGiB: v.sizeGiB, encrypted: v.encrypted, kmsKeyId: v.kmsKeyId, ownerId: this.#options.instance.accountId,
+      sharedWith: [], state: 'pending', volumeId: v.volumeId, tags: this.#tagsOf(p, 'snapshot'), startTime: new Date().toISOString(),
+    }
+    this.snapshots.set(snapshotId, snap)
+    setTimeout(() => (snap.state = 'completed'), this.#options.delayMs)
+    return snap
+  }
+
+  #describeSnapshots(p: URLSearchParams): Snapshot[] {
+    const ids: string[] = []
+    for (let i = 1; p.has(`SnapshotId.${i}`); i++) ids.push(p.get(`SnapshotId.${i}`)!)
+    const account = this.#options.instance.accountId
+    const visible = [...this.snapshots.values()].filter((x) => x.ownerId === account || x.sharedWith.includes(account))
+    for (const id of ids) {
+      if (!visible.some((x) => x.snapshotId === id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    }
+    const filters: Array<{ name: string; values: string[] }> = []
+    for (let i = 1; p.has(`Filter.${i}.Name`); i++) {
+      const values: string[] = []
+      for (let j = 1; p.has(`Filter.${i}.Value.${j}`); j++) values.push(p.get(`Filter.${i}.Value.${j}`)!)
+      filters.push({ name: p.get(`Filter.${i}.Name`)!, values })
+    }
+    return visible.filter((x) => (!ids.length || ids.includes(x.snapshotId)) && filters.every((f) => {
+      if (f.name.startsWith('tag:')) return f.values.includes(x.tags[f.name.slice(4)] ?? '\u0000')
+      throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
+    }))
+  }
+
+  /** ModifySnapshotAttribute createVolumePermission add: sharing, refused for AWS managed keys. */
+  #share(p: URLSearchParams): void {
+    const id = p.get('SnapshotId')
+    const snap = id ? this.snapshots.get(id) : undefined
+    if (!snap || snap.ownerId !== this.#options.instance.accountId) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    const accounts: string[] = []
+    for (let i = 1; p.has(`CreateVolumePermission.Add.${i}.UserId`); i++) accounts.push(p.get(`CreateVolumePermission.Add.${i}.UserId`)!)
+    for (let i = 1; p.has(`UserId.${i}`); i++) accounts.push(p.get(`UserId.${i}`)!)
+    if (!accounts.length) throw new Ec2Error('MissingParameter', 'no account to share with')
+    if (snap.encrypted && snap.kmsKeyId && this.#options.isAwsManagedKey(snap.kmsKeyId)) {
+      throw new Ec2Error('InvalidParameter', 'Snapshots encrypted with the AWS Managed CMK can\'t be shared. Try again with a customer managed CMK.')
+    }
+    for (const a of accounts) if (!snap.sharedWith.includes(a)) snap.sharedWith.push(a)
+  }
+
+  #snapshotXml(x: Snapshot): string {
+    const tags = Object.entries(x.tags).map(([k, val]) => `<item>${el('key', k)}${el('value', val)}</item>`).join('')
+    return (
+      el('snapshotId', x.snapshotId) + el('volumeId', x.volumeId ?? '') + el('status', x.state) + el('startTime', x.startTime) +
+      el('progress', x.state === 'completed' ? '100%' : '0%') + el('ownerId', x.ownerId) + el('volumeSize', x.sizeGiB) +
+      el('encrypted', x.encrypted) + el('kmsKeyId', x.kmsKeyId) + (tags ? `<tagSet>${tags}</tagSet>` : '')
+    )
   }
 
   #attachmentXml(v: Volume): string {

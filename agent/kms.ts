@@ -1,0 +1,24 @@
+// KMS checks the flows need before they create anything. The one rule so far: an EBS snapshot
+// encrypted with an AWS managed key (aws/ebs) cannot be shared with another account, so a
+// cross-account restore under such a key must fail before any volume is made, and say why.
+import { DescribeKeyCommand, type KMSClient } from '@aws-sdk/client-kms'
+import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+
+export async function assertShareableKey(kms: KMSClient, keyRef: string): Promise<void> {
+  let manager: string | undefined
+  try {
+    manager = (await kms.send(new DescribeKeyCommand({ KeyId: keyRef }))).KeyMetadata?.KeyManager
+  } catch (err) {
+    const name = (err as { name?: string }).name ?? 'Error'
+    const code = name === 'NotFoundException' ? ErrorCode.BadInput : name === 'AccessDeniedException' ? ErrorCode.AccessDenied : ErrorCode.Ec2Error
+    throw new EbsWorkerError(code, `KMS DescribeKey ${keyRef} failed: ${name}: ${describe(err)}`, { cause: err })
+  }
+  if (manager === 'AWS') {
+    throw new EbsWorkerError(
+      ErrorCode.DefaultKeyNotShareable,
+      `the volume would be encrypted with ${keyRef}, an AWS managed key (aws/ebs), and snapshots encrypted with it ` +
+        'cannot be shared with another account. Restore with a customer managed key (volume.kmsKeyId), make a ' +
+        "customer managed key this Region's default EBS key, or run the worker in the target account.",
+    )
+  }
+}
