@@ -19,7 +19,7 @@ const configSchema = z.strictObject({
   /** Tasks run at once. */
   concurrency: z.number().int().min(1).max(64).default(2),
   waitTimeSeconds: z.number().int().min(0).max(20).default(20),
-  visibilityTimeoutSeconds: z.number().int().min(30).max(43200).default(300),
+  visibilityTimeoutSeconds: z.number().int().min(5).max(43200).default(300),
   /** On SIGTERM: how long running tasks get before they are stopped and handed back. */
   shutdownGraceSeconds: z.number().int().min(0).max(3600).default(60),
   /** How long to wait for an attached volume's device to appear. */

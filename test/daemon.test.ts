@@ -2,7 +2,7 @@
 // the IMDS stand-in, a volume whose device is found by NVMe serial (a loop device in a device
 // tree of the test's own), results on the reply queue.
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
@@ -48,22 +48,27 @@ async function world(t: Teardown) {
   await cli(['init', '--repo', repo])
   const config = join(dir, 'config.json')
   await writeFile(config, JSON.stringify({
-    queueUrl, replyQueueUrl, repository: repo, concurrency: 2, waitTimeSeconds: 1, visibilityTimeoutSeconds: 30,
+    queueUrl, replyQueueUrl, repository: repo, concurrency: 2, waitTimeSeconds: 1, visibilityTimeoutSeconds: 5,
     shutdownGraceSeconds: 5, deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint,
   }))
-  const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
-    env: {
-      ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint,
-      AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
-    },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  })
   const state = { log: '' }
-  daemon.stderr.on('data', (d) => (state.log += d))
-  const exited = new Promise<number | null>((resolve) => daemon.on('exit', (code) => resolve(code)))
-  t.teardown(() => {
-    daemon.kill('SIGKILL')
-  })
+  /** Starts a daemon process on this world's config; killed when the test ends. */
+  const spawnDaemon = () => {
+    const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
+      env: {
+        ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint,
+        AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    daemon.stderr.on('data', (d) => (state.log += d))
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => daemon.on('exit', (code, signal) => resolve({ code, signal })))
+    t.teardown(() => {
+      daemon.kill('SIGKILL')
+    })
+    return { daemon, exited }
+  }
+  const { daemon, exited } = spawnDaemon()
 
   const replies = new Map<string, Record<string, any>>()
   const send = async (body: string): Promise<void> => {
@@ -85,7 +90,7 @@ async function world(t: Teardown) {
     }
   }
   const reply = (taskId: string) => replyWhere(taskId, (r) => r.taskId === taskId)
-  return { dir, sqs, queueUrl, roots, ec2, repo, daemon, exited, state, replies, send, replyWhere, reply }
+  return { dir, sqs, queueUrl, roots, ec2, repo, daemon, exited, spawnDaemon, state, replies, send, replyWhere, reply }
 }
 
 t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', async (t) => {
@@ -127,7 +132,7 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
   t.equal(Number(attrs.ApproximateNumberOfMessages) + Number(attrs.ApproximateNumberOfMessagesNotVisible), 0, 'every task message was settled and deleted')
 
   daemon.kill('SIGTERM')
-  t.equal(await exited, 0, 'SIGTERM: the daemon stops cleanly')
+  t.equal((await exited).code, 0, 'SIGTERM: the daemon stops cleanly')
   t.match(state.log, /"msg":"stopped"/, 'and says so')
 })
 
@@ -180,5 +185,37 @@ t.test('backup, restore, attach and detach tasks through the EC2 stand-in', asyn
   t.match(await reply('att-2'), { status: 'failed', error: { code: 'SNAPSHOT_NOT_FOUND', retryable: false } }, 'a missing snapshot fails for good')
 
   daemon.kill('SIGTERM')
-  t.equal(await exited, 0, 'stops cleanly')
+  t.equal((await exited).code, 0, 'stops cleanly')
+})
+
+t.test('a daemon killed mid-backup: the redelivered task finishes once, nothing duplicated or leaked', async (t) => {
+  const { dir, ec2, repo, send, reply, daemon, exited, spawnDaemon, state } = await world(t)
+  const image = join(dir, 'big.img')
+  await makeImage(image, 160 * MiB, [{ kind: 'random', offset: 0, length: 160 * MiB }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 20 })
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'crash-1', snapshotId }))
+  // Kill it once its volume is attached and being read.
+  const deadline = Date.now() + 30_000
+  while (![...ec2.volumes.values()].some((v) => v.attachment?.state === 'attached') || !state.log.includes('task started')) {
+    if (Date.now() > deadline) throw new Error(`the backup never started:\n${state.log}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  daemon.kill('SIGKILL')
+  t.equal((await exited).signal, 'SIGKILL', 'killed mid-task')
+  t.notMatch(state.log, /task succeeded/, 'before the task had finished')
+
+  const second = spawnDaemon()
+  const r = await reply('crash-1')
+  t.equal(r.status, 'succeeded', `the redelivered task succeeded ${JSON.stringify(r.error ?? '')}`)
+  const made = [...ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'crash-1')
+  t.equal(made.length, 1, 'one volume for the task: the second attempt found the first one')
+  t.equal(made[0]!.state, 'deleted', 'and deleted it at the end')
+  const backups = (await cli(['list', '--repo', repo])).backups
+  t.equal(backups.length, 1, 'one backup')
+  const restored = join(dir, 'restored.img')
+  await cli(['restore', '--repo', repo, '--backup', r.result.backupId, '--device', restored])
+  t.equal(await sha256File(restored, 160 * MiB), await sha256File(image), 'which holds the snapshot')
+  second.daemon.kill('SIGTERM')
+  t.equal((await second.exited).code, 0)
+  t.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(join(dir, 'volumes')), false, 'no loop device left behind')
 })
