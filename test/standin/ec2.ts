@@ -22,9 +22,11 @@
 // `bytesPerGiB` bytes (default 1 GiB) so tests can keep volumes small: a documented departure.
 import { execFileSync } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { copyFile, mkdir, open, rm, symlink, unlink, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
+import { EBS_MODEL, serialOf } from '../../agent/ebs-device.ts'
+import { fakeNvme } from '../helpers.ts'
 
 export interface StandInInstance {
   instanceId: string
@@ -86,6 +88,17 @@ export interface SnapshotState {
   snapshotId: string
   volumeId: string
   state: 'pending' | 'completed'
+}
+
+/** Filter.N.Name / Filter.N.Value.M of a Describe* request. */
+function filtersOf(p: URLSearchParams): Array<{ name: string; values: string[] }> {
+  const filters: Array<{ name: string; values: string[] }> = []
+  for (let i = 1; p.has(`Filter.${i}.Name`); i++) {
+    const values: string[] = []
+    for (let j = 1; p.has(`Filter.${i}.Value.${j}`); j++) values.push(p.get(`Filter.${i}.Value.${j}`)!)
+    filters.push({ name: p.get(`Filter.${i}.Name`)!, values })
+  }
+  return filters
 }
 
 class Ec2Error extends Error {
@@ -250,12 +263,7 @@ export class Ec2StandIn {
     const ids: string[] = []
     for (let i = 1; p.has(`VolumeId.${i}`); i++) ids.push(p.get(`VolumeId.${i}`)!)
     for (const id of ids) this.#volume(id)
-    const filters: Array<{ name: string; values: string[] }> = []
-    for (let i = 1; p.has(`Filter.${i}.Name`); i++) {
-      const values: string[] = []
-      for (let j = 1; p.has(`Filter.${i}.Value.${j}`); j++) values.push(p.get(`Filter.${i}.Value.${j}`)!)
-      filters.push({ name: p.get(`Filter.${i}.Name`)!, values })
-    }
+    const filters = filtersOf(p)
     return [...this.volumes.values()].filter((v) => {
       if (v.state === 'deleted' || (ids.length && !ids.includes(v.volumeId))) return false
       return filters.every((f) => {
@@ -290,12 +298,8 @@ export class Ec2StandIn {
     const { roots } = this.#options
     const loop = execFileSync('losetup', ['--find', '--show', v.file], { encoding: 'utf8' }).trim()
     const name = `nvme${this.#nvmeIndex++}n1`
-    const serial = v.volumeId.replace('-', '')
-    await mkdir(join(roots.sysBlock, name, 'device'), { recursive: true })
-    await writeFile(join(roots.sysBlock, name, 'device', 'serial'), serial.padEnd(20) + '\n')
-    await writeFile(join(roots.sysBlock, name, 'device', 'model'), 'Amazon Elastic Block Store'.padEnd(40) + '\n')
-    await writeFile(join(roots.sysBlock, name, 'size'), `${(v.sizeGiB * this.#options.bytesPerGiB) / 512}\n`)
-    await symlink(loop, join(roots.devDir, name))
+    const serial = serialOf(v.volumeId)
+    await fakeNvme(roots, name, loop, serial, EBS_MODEL, v.sizeGiB * this.#options.bytesPerGiB)
     await symlink(join(roots.devDir, name), join(roots.byIdDir, `nvme-Amazon_Elastic_Block_Store_${serial}`))
     v.attachment.loop = loop
     v.attachment.name = name
@@ -368,12 +372,7 @@ export class Ec2StandIn {
     for (const id of ids) {
       if (!visible.some((x) => x.snapshotId === id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     }
-    const filters: Array<{ name: string; values: string[] }> = []
-    for (let i = 1; p.has(`Filter.${i}.Name`); i++) {
-      const values: string[] = []
-      for (let j = 1; p.has(`Filter.${i}.Value.${j}`); j++) values.push(p.get(`Filter.${i}.Value.${j}`)!)
-      filters.push({ name: p.get(`Filter.${i}.Name`)!, values })
-    }
+    const filters = filtersOf(p)
     return visible.filter((x) => (!ids.length || ids.includes(x.snapshotId)) && filters.every((f) => {
       if (f.name.startsWith('tag:')) return f.values.includes(x.tags[f.name.slice(4)] ?? '\u0000')
       throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
