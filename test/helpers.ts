@@ -170,3 +170,12 @@ export async function backedUpImage(dir: string, size: number): Promise<{ repo: 
   const b = await cli(['backup', '--repo', repo, '--device', image])
   return { repo, image, backupId: b.backupId as string }
 }
+
+/** Polls `what` until it holds; throws after `ms`. For outcomes another process settles a little later. */
+export async function until(what: () => boolean | Promise<boolean>, ms = 10_000, label = 'a condition'): Promise<void> {
+  const end = Date.now() + ms
+  while (!(await what())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${label}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}

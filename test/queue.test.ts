@@ -6,6 +6,7 @@ import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, S
 import { startFauxqs } from 'fauxqs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { QueueConsumer, VisibilityCapReached, type ReceivedMessage } from '../agent/queue.ts'
+import { until } from './helpers.ts'
 
 const server = await startFauxqs({ port: 0, logger: false })
 t.teardown(() => server.stop())
@@ -23,13 +24,6 @@ async function depth(url: string): Promise<{ visible: number; inFlight: number }
   return { visible: Number(a.ApproximateNumberOfMessages), inFlight: Number(a.ApproximateNumberOfMessagesNotVisible) }
 }
 
-async function until(what: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms
-  while (!(await what())) {
-    if (Date.now() > end) throw new Error('timed out waiting')
-    await sleep(20)
-  }
-}
 
 t.test('runs up to N at once and deletes each message when its handler succeeds', async (t) => {
   const url = await queue()
