@@ -12,6 +12,7 @@ import { parseChangedRanges } from './plan.ts'
 import { formatBytes, progressBar } from './progress.ts'
 import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from './repository.ts'
 import { restore, verify } from './restore.ts'
+import { systemdNotifier } from './systemd.ts'
 
 export const VERSION = '0.1.0'
 
@@ -215,10 +216,14 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .addOption(new Option('--config <path>', 'configuration file').env('EBS_WORKER_CONFIG').default(DEFAULT_CONFIG_PATH))
     .action(async (opts: { config: string }) => {
       const daemon = new Daemon(await loadConfig(opts.config))
+      const systemd = systemdNotifier() // does nothing outside a Type=notify unit
       await daemon.start()
+      systemd.ready('polling for tasks')
       // SIGTERM/SIGINT: stop taking tasks, give running ones their grace, hand the rest back.
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
+      systemd.stopping()
       await daemon.stop()
+      systemd.close()
     })
 
   return program

@@ -1,0 +1,160 @@
+// The systemd unit, checked by systemd's own tools against a root of the test's own: `verify`
+// (syntax, directives, the ExecStart binary), `security` (its sandbox), sysusers (its user); and
+// the readiness/watchdog messages the daemon sends through systemd-notify, received on a real
+// unix datagram socket the way the service manager receives them.
+import t from 'tap'
+import { execFile, spawn } from 'node:child_process'
+import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { z } from 'zod'
+import { ROOT, tempDir, until } from './helpers.ts'
+import { systemdNotifier } from '../agent/systemd.ts'
+
+const run = promisify(execFile)
+const UNIT = join(ROOT, 'systemd/ebs-worker.service')
+const unitText = await readFile(UNIT, 'utf8')
+
+/** The unit's [Service] settings, key -> values (a key may repeat). */
+function settings(text: string): Map<string, string[]> {
+  const out = new Map<string, string[]>()
+  for (const line of text.split('\n')) {
+    const m = /^([A-Za-z]+)=(.*)$/.exec(line.trim())
+    if (m) out.set(m[1]!, [...(out.get(m[1]!) ?? []), m[2]!])
+  }
+  return out
+}
+
+/** A root with systemd's own units, the unit under test, and an executable where ExecStart points. */
+async function unitRoot(t: Parameters<typeof tempDir>[0], unit: string): Promise<string> {
+  const root = await tempDir(t, 'unit-root')
+  await mkdir(join(root, 'usr/lib/systemd'), { recursive: true })
+  await cp('/usr/lib/systemd/system', join(root, 'usr/lib/systemd/system'), { recursive: true })
+  await mkdir(join(root, 'etc/systemd/system'), { recursive: true })
+  await writeFile(join(root, 'etc/systemd/system/ebs-worker.service'), unit)
+  const exec = settings(unit).get('ExecStart')![0]!.split(' ')[0]!
+  await mkdir(join(root, exec, '..'), { recursive: true })
+  await writeFile(join(root, exec), '#!/bin/sh\n')
+  await chmod(join(root, exec), 0o755)
+  return root
+}
+
+async function verify(root: string): Promise<{ ok: boolean; stderr: string }> {
+  try {
+    const r = await run('systemd-analyze', ['verify', `--root=${root}`, '/etc/systemd/system/ebs-worker.service'])
+    return { ok: r.stderr.trim() === '', stderr: r.stderr }
+  } catch (err) {
+    return { ok: false, stderr: String((err as { stderr?: string }).stderr ?? err) }
+  }
+}
+
+t.test('systemd-analyze verify passes the unit, and fails a broken one', async (t) => {
+  const good = await verify(await unitRoot(t, unitText))
+  t.ok(good.ok, `verify is clean: ${good.stderr}`)
+  const typo = await verify(await unitRoot(t, unitText.replace('ProtectSystem=strict', 'ProtectSytem=strict')))
+  t.notOk(typo.ok, 'a misspelt directive is reported')
+  t.match(typo.stderr, /ProtectSytem/)
+})
+
+t.test('the unit runs the release launcher as the dedicated user, sandboxed', async (t) => {
+  const s = settings(unitText)
+  t.equal(s.get('ExecStart')?.[0], '/opt/ebs-worker/bin/ebs-worker daemon --config /etc/ebs-worker/config.json', 'where scripts/release.sh puts the launcher')
+  t.same(s.get('User'), ['ebs-worker'])
+  t.same(s.get('SupplementaryGroups'), ['disk'], 'block devices are root:disk')
+  t.same(s.get('DevicePolicy'), ['closed'])
+  t.same(s.get('DeviceAllow'), ['block-blkext rw'], 'NVMe namespaces (major 259) only, no loop devices')
+  t.same(s.get('CapabilityBoundingSet'), [''], 'no capabilities')
+  for (const key of ['NoNewPrivileges', 'PrivateTmp']) t.same(s.get(key), ['yes'], key)
+  t.same(s.get('ProtectSystem'), ['strict'])
+  t.same(s.get('Restart'), ['on-failure'])
+  t.ok(s.get('StartLimitBurst') && s.get('StartLimitIntervalSec'), 'restarts are rate limited')
+  t.same(s.get('Type'), ['notify'])
+  t.ok(Number(s.get('WatchdogSec')?.[0]) > 0, 'a watchdog')
+
+  // The stop timeout covers the daemon's default SIGTERM grace (agent/config.ts) plus the hand-back.
+  const configTs = await readFile(join(ROOT, 'agent/config.ts'), 'utf8')
+  const grace = Number(/shutdownGraceSeconds: z\.number\(\)[^\n]*\.default\((\d+)\)/.exec(configTs)?.[1])
+  t.ok(grace > 0, `default shutdownGraceSeconds found (${grace})`)
+  const stop = Number(s.get('TimeoutStopSec')?.[0])
+  t.ok(stop >= grace + 15 && stop <= grace + 60, `TimeoutStopSec ${stop} = grace ${grace} + time to hand messages back`)
+
+  const root = await unitRoot(t, unitText)
+  const { stdout } = await run('systemd-analyze', ['security', '--offline=true', `--root=${root}`, '/etc/systemd/system/ebs-worker.service'])
+  const exposure = Number(/Overall exposure level for ebs-worker\.service: ([\d.]+)/.exec(stdout)?.[1])
+  t.ok(exposure > 0 && exposure <= 3, `systemd-analyze security exposure ${exposure} (0 = locked down, 10 = none)`)
+})
+
+t.test('sysusers.d creates the user in the disk group', async (t) => {
+  const root = await tempDir(t, 'sysusers-root')
+  await mkdir(join(root, 'etc'), { recursive: true })
+  await writeFile(join(root, 'etc/group'), 'root:x:0:\ndisk:x:6:\n')
+  await writeFile(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/bash\n')
+  await mkdir(join(root, 'usr/lib/sysusers.d'), { recursive: true })
+  await cp(join(ROOT, 'systemd/ebs-worker.sysusers'), join(root, 'usr/lib/sysusers.d/ebs-worker.conf'))
+  await run('systemd-sysusers', [`--root=${root}`])
+  const passwd = await readFile(join(root, 'etc/passwd'), 'utf8')
+  const group = await readFile(join(root, 'etc/group'), 'utf8')
+  t.match(passwd, /^ebs-worker:x:\d+:\d+:ebs-worker agent:\/var\/lib\/ebs-worker:\/sbin\/nologin$/m, 'a system user without a login shell')
+  t.match(group, /^disk:x:6:ebs-worker$/m, 'a member of disk')
+})
+
+/** A datagram socket where the service manager's would be, printing each message (python3). */
+async function notifySocket(t: Parameters<typeof tempDir>[0]): Promise<{ path: string; messages: string[] }> {
+  const path = join(await tempDir(t, 'notify'), 'notify.sock')
+  // Like PID 1: receive each datagram with its ancillary fds and close them, which releases the
+  // barrier systemd-notify waits on.
+  const script = [
+    'import socket, sys, os, array',
+    's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1]); print("", flush=True)',
+    'while True:',
+    '  msg, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(64))',
+    '  for level, kind, data in anc:',
+    '    fds = array.array("i"); fds.frombytes(data[:len(data) - len(data) % 4]); [os.close(fd) for fd in fds]',
+    '  print(" ".join(msg.decode().split()), flush=True)',
+  ].join('\n')
+  const child = spawn('python3', ['-c', script, path], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => {
+    child.kill()
+  })
+  const messages: string[] = []
+  let buffered = ''
+  let listening = false
+  child.stdout.on('data', (d: Buffer) => {
+    buffered += d
+    const lines = buffered.split('\n')
+    buffered = lines.pop()!
+    for (const line of lines) {
+      if (!listening) listening = true
+      else messages.push(line)
+    }
+  })
+  await until(() => listening, 10_000, 'the notify socket')
+  return { path, messages }
+}
+
+t.test('readiness, watchdog and stopping reach the notify socket through systemd-notify', async (t) => {
+  const { path, messages } = await notifySocket(t)
+  const errors: unknown[] = []
+  const notifier = systemdNotifier({ env: { NOTIFY_SOCKET: path, WATCHDOG_USEC: '300000' }, onError: (e) => errors.push(e) })
+  t.teardown(() => notifier.close())
+  notifier.ready('polling')
+  await until(() => messages.some((m) => m.startsWith('READY=1')), 10_000, 'READY=1')
+  t.ok(messages.some((m) => /READY=1 STATUS=polling/.test(m)), 'READY=1 with a status')
+  await until(() => messages.filter((m) => m === 'WATCHDOG=1').length >= 2, 10_000, 'two watchdog pings')
+  notifier.close()
+  notifier.stopping()
+  await until(() => messages.includes('STOPPING=1'), 10_000, 'STOPPING=1')
+  t.same(errors, [], 'no send failed')
+  t.ok(messages.every((m) => z.enum(['READY=1 STATUS=polling', 'WATCHDOG=1', 'STOPPING=1', 'BARRIER=1']).safeParse(m).success), `only the expected messages: ${messages.join(' | ')}`)
+})
+
+t.test('outside systemd the notifier does nothing, and a WATCHDOG_PID of another process is not ours', async (t) => {
+  const { path, messages } = await notifySocket(t)
+  const other = systemdNotifier({ env: { NOTIFY_SOCKET: path, WATCHDOG_USEC: '150000', WATCHDOG_PID: String(process.pid + 1) } })
+  systemdNotifier({ env: {} }).ready()
+  other.ready()
+  await until(() => messages.some((m) => m.startsWith('READY=1')), 10_000, 'READY=1')
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  other.close()
+  t.notOk(messages.includes('WATCHDOG=1'), 'no pings for a watchdog meant for another process')
+})
