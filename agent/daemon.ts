@@ -13,6 +13,7 @@ import { waitForEbsDevice } from './ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from './errors.ts'
 import { whoAmI, type WorkerIdentity } from './identity.ts'
 import { LocalKeyFileProvider } from './keys.ts'
+import { MetricsEmitter } from './metrics.ts'
 import { assertShareableKey } from './kms.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { Repository } from './repository.ts'
@@ -49,6 +50,7 @@ export class Daemon {
   #kms: KMSClient | null = null
   #consumer: QueueConsumer | null = null
   #repos = new Map<string, Promise<Repository>>()
+  readonly #metrics = new MetricsEmitter()
 
   constructor(config: DaemonConfig, log: DaemonLog = jsonLog) {
     this.#config = config
@@ -78,6 +80,7 @@ export class Daemon {
       onError: (err, context) => this.#log.error(context, { error: describe(err) }),
     })
     this.#consumer.start()
+    this.#metrics.start(this.#identity.instanceId, () => this.#consumer?.active ?? 0)
     this.#log.info('started', { instanceId: this.#identity.instanceId, region: this.#identity.region, queueUrl: this.#config.queueUrl })
   }
 
@@ -85,12 +88,14 @@ export class Daemon {
   async stop(): Promise<void> {
     this.#log.info('stopping', { running: this.#consumer?.active ?? 0 })
     await this.#consumer?.stop(this.#config.shutdownGraceSeconds * 1000)
+    this.#metrics.stop()
     this.#sqs.destroy()
     this.#log.info('stopped')
   }
 
   async #handle(message: ReceivedMessage, signal: AbortSignal): Promise<void> {
     const startedAt = new Date().toISOString()
+    this.#metrics.taskStarted(message)
     const parsed = parseTask(message.body)
     if (!parsed.ok) {
       this.#log.error('task rejected', { messageId: message.messageId, code: parsed.code, reason: parsed.reason })
@@ -111,6 +116,7 @@ export class Daemon {
       if (!PERMANENT.has(code) || signal.aborted) {
         // Transient: no reply yet; SQS redelivers the message (and parks it in the DLQ at last).
         this.#log.error('task failed, will be retried', { taskId: task.taskId, code, error: describe(err), receiveCount: message.receiveCount })
+        this.#metrics.taskEnded({ taskId: task.taskId, type: task.type, status: 'retrying', startedAt, finishedAt: new Date().toISOString(), errorCode: code })
         throw err
       }
       this.#log.error('task failed', { taskId: task.taskId, code, error: describe(err) })
@@ -229,5 +235,6 @@ export class Daemon {
       version: TASK_PROTOCOL_VERSION, worker: this.#identity?.instanceId ?? 'unknown', finishedAt: new Date().toISOString(), ...r,
     }
     await this.#sqs.send(new SendMessageCommand({ QueueUrl: this.#config.replyQueueUrl, MessageBody: JSON.stringify(result) }))
+    this.#metrics.taskEnded({ ...result, errorCode: result.error?.code })
   }
 }

@@ -27,6 +27,8 @@ export interface ReceivedMessage {
   body: string
   /** 1 on first delivery; SQS's ApproximateReceiveCount. */
   receiveCount: number
+  /** When it was sent (ms since the epoch; SQS's SentTimestamp), for the queue wait metric. */
+  sentAt?: number
 }
 
 export interface QueueConsumerOptions {
@@ -119,7 +121,7 @@ export class QueueConsumer {
             MaxNumberOfMessages: Math.min(free, 10),
             WaitTimeSeconds: o.waitTimeSeconds,
             VisibilityTimeout: o.visibilityTimeout,
-            MessageSystemAttributeNames: ['ApproximateReceiveCount'],
+            MessageSystemAttributeNames: ['ApproximateReceiveCount', 'SentTimestamp'],
           }),
           { abortSignal: signal },
         )
@@ -143,6 +145,7 @@ export class QueueConsumer {
       messageId: id,
       body: m.Body ?? '',
       receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 1),
+      ...(m.Attributes?.SentTimestamp ? { sentAt: Number(m.Attributes.SentTimestamp) } : {}),
     }
     const setVisibility = (seconds: number): Promise<unknown> =>
       o.client.send(new ChangeMessageVisibilityCommand({ QueueUrl: o.queueUrl, ReceiptHandle: receipt, VisibilityTimeout: seconds }))

@@ -1,0 +1,151 @@
+// CloudWatch metrics in Embedded Metric Format (EMF): one JSON object per line that CloudWatch
+// Logs turns into metrics when the line reaches it (the CloudWatch agent ships the daemon's log
+// file, packaging/cloudwatch-agent.json). Spec: "Specification: Embedded metric format" in the
+// CloudWatch User Guide: a root object with `_aws: { Timestamp, CloudWatchMetrics: [MetricDirective] }`,
+// each directive a Namespace, DimensionSets (arrays of member names whose values are strings) and
+// Metrics ({ Name, Unit }) whose values are numeric members of the same root object. Members that
+// are neither (the task id, the instance id) stay searchable in CloudWatch Logs Insights.
+//
+// Every metric carries the dimension Fleet (EBS_WORKER_FLEET, "default"), so several fleets can
+// share an account; task outcomes are also split by task type, outcome and error code.
+import type { ReceivedMessage } from './queue.ts'
+import type { TaskResult } from './task.ts'
+
+export const NAMESPACE = 'EbsWorker'
+
+export type EmfUnit = 'Seconds' | 'Bytes' | 'Bytes/Second' | 'Count'
+
+export interface EmfDocument {
+  _aws: {
+    Timestamp: number
+    CloudWatchMetrics: Array<{ Namespace: string; Dimensions: string[][]; Metrics: Array<{ Name: string; Unit: EmfUnit }> }>
+  }
+  [member: string]: unknown
+}
+
+/** One EMF document: `metrics` (name -> [value, unit]) under `dimensionSets` of the `dimensions`. */
+export function emf(
+  time: number,
+  dimensions: Record<string, string>,
+  dimensionSets: string[][],
+  metrics: Record<string, [number, EmfUnit]>,
+  properties: Record<string, unknown> = {},
+): EmfDocument {
+  for (const set of dimensionSets) {
+    for (const d of set) if (!(d in dimensions)) throw new Error(`EMF dimension ${d} has no value`)
+  }
+  const values: Record<string, number> = {}
+  for (const [name, [value]] of Object.entries(metrics)) values[name] = value
+  return {
+    ...properties,
+    ...dimensions,
+    ...values,
+    _aws: {
+      Timestamp: time,
+      CloudWatchMetrics: [{
+        Namespace: NAMESPACE,
+        Dimensions: dimensionSets,
+        Metrics: Object.entries(metrics).map(([Name, [, Unit]]) => ({ Name, Unit })),
+      }],
+    },
+  }
+}
+
+/** The figures of a finished task, from its reply (or, for a transient failure, what is known). */
+export interface TaskEnd {
+  taskId: string
+  type: string
+  /** succeeded, failed, rejected; `retrying` for a transient failure left to SQS to redeliver. */
+  status: TaskResult['status'] | 'retrying'
+  startedAt: string
+  finishedAt: string
+  errorCode?: string | undefined
+  result?: Record<string, unknown> | undefined
+}
+
+const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0)
+
+/** The EMF document for a finished task: count, duration, bytes, throughput. */
+export function taskEndMetrics(fleet: string, instanceId: string, end: TaskEnd): EmfDocument {
+  const finished = Date.parse(end.finishedAt)
+  const seconds = Math.max(0, (finished - Date.parse(end.startedAt)) / 1000)
+  const r = end.result ?? {}
+  // A reused backup (a redelivered task finding its earlier backup) read nothing this time.
+  const reused = r.reused === true
+  const bytesRead = reused ? 0 : num(r.bytesRead)
+  const bytesStored = reused ? 0 : num(r.bytesStored)
+  const bytesWritten = num(r.bytesWritten)
+  const moved = bytesRead + bytesWritten
+  return emf(
+    finished,
+    { Fleet: fleet, TaskType: end.type, Outcome: end.status, ErrorCode: end.errorCode ?? 'none' },
+    [['Fleet'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']],
+    {
+      Tasks: [1, 'Count'],
+      TaskDuration: [seconds, 'Seconds'],
+      BytesRead: [bytesRead, 'Bytes'],
+      BytesStored: [bytesStored, 'Bytes'],
+      BytesWritten: [bytesWritten, 'Bytes'],
+      Throughput: [seconds > 0 ? moved / seconds : 0, 'Bytes/Second'],
+    },
+    { event: 'metrics', taskId: end.taskId, instanceId },
+  )
+}
+
+/** The EMF document when a task starts: how long it waited in the queue. */
+export function taskStartMetrics(fleet: string, instanceId: string, message: ReceivedMessage, now: number): EmfDocument {
+  // Without SQS's SentTimestamp the wait is unknown: no QueueWait rather than a made-up 0.
+  const wait: Record<string, [number, EmfUnit]> = message.sentAt !== undefined ? { QueueWait: [Math.max(0, (now - message.sentAt) / 1000), 'Seconds'] } : {}
+  return emf(now, { Fleet: fleet }, [['Fleet']], { TasksStarted: [1, 'Count'], ...wait }, {
+    event: 'metrics', messageId: message.messageId, receiveCount: message.receiveCount, instanceId,
+  })
+}
+
+/** The periodic heartbeat: this worker is alive, and how many tasks it runs. */
+export function heartbeatMetrics(fleet: string, instanceId: string, running: number, now: number): EmfDocument {
+  return emf(now, { Fleet: fleet, InstanceId: instanceId }, [['Fleet'], ['Fleet', 'InstanceId']], {
+    Heartbeat: [1, 'Count'],
+    TasksRunning: [running, 'Count'],
+  }, { event: 'metrics' })
+}
+
+export const HEARTBEAT_SECONDS = 60
+
+/** Writes EMF lines (stdout by default: the unit appends it to the log file the agent ships). */
+export class MetricsEmitter {
+  readonly #write: (line: string) => void
+  readonly #fleet: string
+  #instanceId = 'unknown'
+  #heartbeat: NodeJS.Timeout | null = null
+
+  constructor(options: { write?: (line: string) => void; fleet?: string } = {}) {
+    this.#write = options.write ?? ((line) => process.stdout.write(line))
+    this.#fleet = options.fleet ?? (process.env.EBS_WORKER_FLEET || 'default')
+  }
+
+  #emit(doc: EmfDocument): void {
+    this.#write(JSON.stringify(doc) + '\n')
+  }
+
+  /** Starts the heartbeat (one now, then every HEARTBEAT_SECONDS). */
+  start(instanceId: string, running: () => number, everyMs = HEARTBEAT_SECONDS * 1000): void {
+    this.#instanceId = instanceId
+    const beat = (): void => this.#emit(heartbeatMetrics(this.#fleet, instanceId, running(), Date.now()))
+    beat()
+    this.#heartbeat = setInterval(beat, everyMs)
+    this.#heartbeat.unref()
+  }
+
+  stop(): void {
+    if (this.#heartbeat) clearInterval(this.#heartbeat)
+    this.#heartbeat = null
+  }
+
+  taskStarted(message: ReceivedMessage): void {
+    this.#emit(taskStartMetrics(this.#fleet, this.#instanceId, message, Date.now()))
+  }
+
+  taskEnded(end: TaskEnd): void {
+    this.#emit(taskEndMetrics(this.#fleet, this.#instanceId, end))
+  }
+}
