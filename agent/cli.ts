@@ -6,6 +6,7 @@ import { openBackend } from './backend/open.ts'
 import { backup, DEFAULT_PACK_SIZE } from './backup.ts'
 import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts'
 import { Daemon } from './daemon.ts'
+import { CHECK_NAMES, doctor, formatCheck } from './doctor.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { LocalKeyFileProvider } from './keys.ts'
 import { parseChangedRanges } from './plan.ts'
@@ -226,8 +227,25 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
       systemd.close()
     })
 
+  program
+    .command('doctor')
+    .description('check that this worker can work: IMDS, identity, queues, repository, KMS keys, devices, memory, disk')
+    .addOption(new Option('--config <path>', 'configuration file').env('EBS_WORKER_CONFIG').default(DEFAULT_CONFIG_PATH))
+    .addOption(new Option('--only <check...>', 'run only these checks').choices(CHECK_NAMES))
+    .option('--kms-key <id...>', 'KMS keys tasks will use (the Region\'s default EBS key is always checked)')
+    .option('--json', 'print one JSON object as the last line of stdout')
+    .action(async (opts: { config: string; only?: string[]; kmsKey?: string[] }) => {
+      const checks = await doctor({ configPath: opts.config, ...(opts.only ? { only: opts.only } : {}), ...(opts.kmsKey ? { kmsKeys: opts.kmsKey } : {}) })
+      const problems = checks.filter((c) => c.status === 'problem').length
+      print([...checks.map(formatCheck), problems ? `${problems} problem(s)` : 'no problems'], { ok: problems === 0, checks })
+      if (problems) throw new ChecksFailed()
+    })
+
   return program
 }
+
+/** `doctor` found problems: its lines say which; the exit status is 1, with no error message. */
+class ChecksFailed extends Error {}
 
 /** Runs the CLI; resolves to the exit status. */
 export async function main(argv: string[]): Promise<number> {
@@ -245,6 +263,7 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' })
     return ExitStatus.ok
   } catch (err) {
+    if (err instanceof ChecksFailed) return ExitStatus.failure
     const commanderCode = (err as { code?: string }).code
     if (commanderCode === 'commander.helpDisplayed' || commanderCode === 'commander.version') return ExitStatus.ok
     if (typeof commanderCode === 'string' && commanderCode.startsWith('commander.')) {

@@ -1,0 +1,293 @@
+// `ebs-worker doctor`: is this worker able to work? One line per check, each ok, warn or problem,
+// and for a problem how to fix it. The checks use the daemon's own configuration, clients and
+// code paths (loadConfig, whoAmI, Repository.open, the device scan), so what passes here is
+// what the daemon will find.
+import { readdir, readFile, statfs, access, constants } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { EC2Client, GetEbsDefaultKmsKeyIdCommand } from '@aws-sdk/client-ec2'
+import { DescribeKeyCommand, KMSClient } from '@aws-sdk/client-kms'
+import { GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { openBackend } from './backend/open.ts'
+import { loadConfig, type DaemonConfig } from './config.ts'
+import { EBS_MODEL } from './ebs-device.ts'
+import { describe, isEbsWorkerError, ErrorCode } from './errors.ts'
+import { whoAmI, type WorkerIdentity } from './identity.ts'
+import { LocalKeyFileProvider } from './keys.ts'
+import { Repository } from './repository.ts'
+
+export type CheckStatus = 'ok' | 'warn' | 'problem' | 'skipped'
+
+export interface Check {
+  name: string
+  status: CheckStatus
+  detail: string
+  /** For a problem (or a warning): what to do about it. */
+  fix?: string
+}
+
+export const CHECK_NAMES = ['config', 'imds', 'identity', 'queue', 'reply-queue', 'repository', 'kms', 'devices', 'memory', 'disk'] as const
+export type CheckName = (typeof CHECK_NAMES)[number]
+
+/** What the machine has; the real one reads /proc/meminfo and statfs. */
+export interface SystemFacts {
+  memAvailable(): Promise<number>
+  freeDisk(path: string): Promise<number>
+}
+
+export const MiB = 1024 * 1024
+/**
+ * Memory a task needs at the defaults (README, "How it works"): a backup holds 16 reads × 1 MiB
+ * chunks + (4 uploads + 2) × 16 MiB packs = 112 MiB, a restore 8 GETs × 16 MiB = 128 MiB; with
+ * the SDK's and zstd's buffers, 160 MiB. The process itself: 256 MiB.
+ */
+export const MEMORY_PER_TASK = 160 * MiB
+export const MEMORY_BASE = 256 * MiB
+/** Free space the log directory needs: logrotate keeps 7 files of up to 100 MiB. */
+export const DISK_FOR_LOGS = 1024 * MiB
+
+export interface DoctorOptions {
+  configPath: string
+  only?: readonly string[]
+  /** KMS keys tasks will use (volume.kmsKeyId); the Region's default EBS key is always checked. */
+  kmsKeys?: readonly string[]
+  /** Where the daemon's log goes (its free space is checked). */
+  logDir?: string
+  system?: SystemFacts
+}
+
+const realSystem: SystemFacts = {
+  async memAvailable() {
+    const m = /^MemAvailable:\s+(\d+) kB$/m.exec(await readFile('/proc/meminfo', 'utf8'))
+    if (!m) throw new Error('no MemAvailable in /proc/meminfo')
+    return Number(m[1]) * 1024
+  },
+  async freeDisk(path) {
+    const s = await statfs(path)
+    return s.bavail * s.bsize
+  },
+}
+
+const fmt = (bytes: number): string => (bytes >= 1024 * MiB ? `${(bytes / 1024 / MiB).toFixed(1)} GiB` : `${Math.round(bytes / MiB)} MiB`)
+const errName = (err: unknown): string => (err as { name?: string }).name ?? 'Error'
+const denied = (err: unknown): boolean => /AccessDenied|UnauthorizedOperation|NotAuthorized|Forbidden/i.test(errName(err))
+
+export async function doctor(options: DoctorOptions): Promise<Check[]> {
+  const wanted = (name: CheckName): boolean => !options.only?.length || options.only.includes(name)
+  const system = options.system ?? realSystem
+  const checks: Check[] = []
+  const add = (c: Check): void => {
+    checks.push(c)
+  }
+
+  // config: the daemon's own loader and schema.
+  let config: DaemonConfig | null = null
+  try {
+    config = await loadConfig(options.configPath)
+    if (wanted('config')) {
+      add({ name: 'config', status: 'ok', detail: `${options.configPath}: queue ${config.queueUrl}, repository ${config.repository}, concurrency ${config.concurrency}` })
+    }
+  } catch (err) {
+    add({ name: 'config', status: 'problem', detail: describe(err), fix: `correct ${options.configPath} (fields: README, "The daemon"; on EC2 the user-data writes it)` })
+  }
+  const skip = (name: CheckName, why: string): void => {
+    if (wanted(name)) add({ name, status: 'skipped', detail: why })
+  }
+  if (!config) {
+    for (const name of CHECK_NAMES) if (name !== 'config') skip(name, 'needs a valid configuration')
+    return checks
+  }
+
+  // imds: the IMDSv2 token, then identity: the document the daemon reads.
+  const endpoint = config.imdsEndpoint ?? process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? 'http://169.254.169.254'
+  let identity: WorkerIdentity | null = null
+  let imdsOk = false
+  if (wanted('imds') || wanted('identity')) {
+    try {
+      const res = await fetch(new URL('/latest/api/token', endpoint), {
+        method: 'PUT', headers: { 'X-aws-ec2-metadata-token-ttl-seconds': '60' }, signal: AbortSignal.timeout(3000),
+      })
+      if (!res.ok) throw new Error(`token request answered ${res.status}`)
+      imdsOk = true
+      if (wanted('imds')) add({ name: 'imds', status: 'ok', detail: `IMDSv2 at ${endpoint}` })
+    } catch (err) {
+      if (wanted('imds')) {
+        add({
+          name: 'imds', status: 'problem', detail: `no IMDSv2 token from ${endpoint}: ${describe(err)}`,
+          fix: 'run on EC2 with the metadata service enabled (launch template MetadataOptions: HttpEndpoint enabled, HttpTokens required, HttpPutResponseHopLimit ≥ 1)',
+        })
+      }
+    }
+  }
+  if (wanted('identity') || wanted('kms')) {
+    if (!imdsOk) skip('identity', 'needs IMDS')
+    else {
+      try {
+        identity = await whoAmI({ endpoint, retries: 1, timeoutMs: 3000 })
+        if (wanted('identity')) {
+          add({ name: 'identity', status: 'ok', detail: `${identity.instanceId} in account ${identity.accountId}, ${identity.availabilityZone} (${identity.region})` })
+        }
+      } catch (err) {
+        if (wanted('identity')) add({ name: 'identity', status: 'problem', detail: describe(err), fix: 'IMDS must serve the instance identity document (IMDSv2)' })
+      }
+    }
+  }
+
+  // queue and reply-queue: the SQS client built as the daemon builds it.
+  const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
+  const sqs = new SQSClient({ ...(override ? { useQueueUrlAsEndpoint: false } : {}), maxAttempts: 2 })
+  try {
+    for (const [name, url, needs] of [
+      ['queue', config.queueUrl, 'sqs:ReceiveMessage, sqs:ChangeMessageVisibility, sqs:DeleteMessage, sqs:GetQueueAttributes'],
+      ['reply-queue', config.replyQueueUrl, 'sqs:SendMessage, sqs:GetQueueAttributes'],
+    ] as const) {
+      if (!wanted(name)) continue
+      try {
+        const out = await sqs.send(new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['All'] }))
+        const a = out.Attributes ?? {}
+        const waiting = `${a.ApproximateNumberOfMessages ?? '?'} waiting, ${a.ApproximateNumberOfMessagesNotVisible ?? '?'} in flight`
+        if (name === 'queue' && !a.RedrivePolicy) {
+          add({ name, status: 'warn', detail: `${url}: ${waiting}, no dead-letter queue`, fix: 'give the queue a redrive policy, or a task that always fails is retried forever (packaging/cloudformation/fleet.yaml does)' })
+        } else add({ name, status: 'ok', detail: `${url}: ${waiting}` })
+      } catch (err) {
+        const n = errName(err)
+        const fix = denied(err) ? `the instance role needs ${needs} on ${url} (packaging/iam/worker-policy.json)`
+          : /NonExistentQueue|QueueDoesNotExist/.test(n) ? `no such queue: correct ${name === 'queue' ? 'queueUrl' : 'replyQueueUrl'} in ${options.configPath}`
+          : /Region is missing/i.test(describe(err)) ? 'set AWS_REGION (in /etc/ebs-worker/environment; the user-data writes it)'
+          : 'check the network path to SQS (VPC endpoint or NAT) and the queue URL'
+        add({ name, status: 'problem', detail: `${url}: ${n}: ${describe(err)}`, fix })
+      }
+    }
+  } finally {
+    sqs.destroy()
+  }
+
+  // repository: opened as the daemon opens it (key file, format version), backups listed.
+  if (wanted('repository')) {
+    try {
+      const keyProvider = config.keyFile ? await LocalKeyFileProvider.open(config.keyFile) : undefined
+      const repo = await Repository.open(openBackend(config.repository), keyProvider ? { keyProvider } : {})
+      const backups = await repo.listBackups()
+      add({
+        name: 'repository', status: 'ok',
+        detail: `${repo.url}: format ${repo.config.version}, ${repo.config.encryption ? 'encrypted' : 'not encrypted'}, ${backups.length} backup(s)`,
+      })
+    } catch (err) {
+      const code = isEbsWorkerError(err) ? err.code : errName(err)
+      const fix = code === ErrorCode.RepoNotFound ? `create it once: ebs-worker init --repo ${config.repository}${config.keyFile ? ` --encrypt --key-file ${config.keyFile}` : ''}`
+        : code === ErrorCode.KeyRequired || code === ErrorCode.WrongKey || code === ErrorCode.BadInput ? 'keyFile must be the key the repository was created with, readable by the ebs-worker user'
+        : code === ErrorCode.RepoVersion ? 'upgrade ebs-worker to a release that reads this repository format'
+        : denied(err) || /AccessDenied|403/.test(describe(err)) ? 'the instance role needs s3:GetObject, s3:PutObject, s3:ListBucket, s3:DeleteObject and s3:AbortMultipartUpload on the repository prefix'
+        : 'check the repository URL and the network path to S3'
+      add({ name: 'repository', status: 'problem', detail: `${config.repository}: [${code}] ${describe(err)}`, fix })
+    }
+  }
+
+  // kms: the Region's default EBS key (volumes for cross-account backups and restores use it) and
+  // the keys named on the command line.
+  if (wanted('kms')) {
+    const region = identity?.region ?? process.env.AWS_REGION
+    if (!region) skip('kms', 'needs the Region (IMDS identity or AWS_REGION)')
+    else {
+      const ec2 = new EC2Client({ region, maxAttempts: 2 })
+      const kms = new KMSClient({ region, maxAttempts: 2 })
+      try {
+        const keys: Array<{ ref: string; isDefault: boolean }> = []
+        try {
+          const id = (await ec2.send(new GetEbsDefaultKmsKeyIdCommand({}))).KmsKeyId
+          if (id) keys.push({ ref: id, isDefault: true })
+        } catch (err) {
+          add({ name: 'kms', status: 'problem', detail: `GetEbsDefaultKmsKeyId: ${errName(err)}: ${describe(err)}`, fix: 'the instance role needs ec2:GetEbsDefaultKmsKeyId' })
+        }
+        for (const ref of options.kmsKeys ?? []) keys.push({ ref, isDefault: false })
+        for (const { ref, isDefault } of keys) {
+          const label = isDefault ? `default EBS key ${ref}` : `key ${ref}`
+          try {
+            const meta = (await kms.send(new DescribeKeyCommand({ KeyId: ref }))).KeyMetadata
+            if (meta?.KeyState && meta.KeyState !== 'Enabled') {
+              add({ name: 'kms', status: 'problem', detail: `${label} is ${meta.KeyState}`, fix: 'enable the key, or use another one' })
+            } else if (isDefault && meta?.KeyManager === 'AWS') {
+              add({
+                name: 'kms', status: 'warn', detail: `${label} is the AWS managed aws/ebs: cross-account restores fail (DEFAULT_KEY_NOT_SHAREABLE)`,
+                fix: "make a customer managed key this Region's default EBS key (ec2 modify-ebs-default-kms-key-id), or give restores volume.kmsKeyId",
+              })
+            } else add({ name: 'kms', status: 'ok', detail: `${label}: ${meta?.KeyManager === 'AWS' ? 'AWS' : 'customer'} managed, ${meta?.KeyState ?? 'state unknown'}` })
+          } catch (err) {
+            const n = errName(err)
+            add({
+              name: 'kms', status: 'problem', detail: `${label}: ${n}: ${describe(err)}`,
+              fix: n === 'NotFoundException' ? 'no such key in this Region: correct the key id'
+                : 'the instance role (and the key policy) must allow kms:DescribeKey, kms:CreateGrant, kms:Decrypt, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt* on it',
+            })
+          }
+        }
+      } finally {
+        ec2.destroy()
+        kms.destroy()
+      }
+    }
+  }
+
+  // devices: the sysfs scan volumes are found by, and access to the device nodes.
+  if (wanted('devices')) {
+    const roots = config.deviceRoots
+    try {
+      const names = (await readdir(roots.sysBlock)).filter((n) => /^nvme\d+n\d+$/.test(n))
+      let ebs = 0
+      const unreadable: string[] = []
+      for (const name of names) {
+        const model = await readFile(join(roots.sysBlock, name, 'device', 'model'), 'utf8').then((s) => s.trim(), () => '')
+        if (model !== EBS_MODEL) continue
+        ebs++
+        await access(join(roots.devDir, name), constants.R_OK | constants.W_OK).catch(() => unreadable.push(join(roots.devDir, name)))
+      }
+      if (unreadable.length) {
+        add({ name: 'devices', status: 'problem', detail: `cannot read and write ${unreadable.join(', ')}`, fix: 'run as a member of the disk group (the unit sets SupplementaryGroups=disk) with DeviceAllow=block-blkext rw' })
+      } else if (names.length === 0) {
+        add({ name: 'devices', status: 'warn', detail: `no NVMe block devices in ${roots.sysBlock}`, fix: 'EBS volumes appear as NVMe devices on Nitro instances: use a Nitro instance type' })
+      } else add({ name: 'devices', status: 'ok', detail: `${roots.sysBlock}: ${names.length} NVMe device(s), ${ebs} EBS volume(s) attached, device nodes accessible` })
+    } catch (err) {
+      add({ name: 'devices', status: 'problem', detail: `cannot list ${roots.sysBlock}: ${describe(err)}`, fix: 'the daemon finds volumes by NVMe serial in sysfs: /sys must be readable (deviceRoots in the configuration is for tests only)' })
+    }
+  }
+
+  // memory and disk for the configured concurrency.
+  if (wanted('memory')) {
+    const need = MEMORY_BASE + config.concurrency * MEMORY_PER_TASK
+    try {
+      const available = await system.memAvailable()
+      const fits = Math.max(0, Math.floor((available - MEMORY_BASE) / MEMORY_PER_TASK))
+      if (available >= need) add({ name: 'memory', status: 'ok', detail: `${fmt(available)} available, ${fmt(need)} needed for concurrency ${config.concurrency}` })
+      else add({ name: 'memory', status: 'problem', detail: `${fmt(available)} available, ${fmt(need)} needed for concurrency ${config.concurrency}`, fix: `lower concurrency to ${fits} or use an instance type with more memory` })
+    } catch (err) {
+      add({ name: 'memory', status: 'problem', detail: describe(err), fix: '/proc/meminfo must be readable' })
+    }
+  }
+  if (wanted('disk')) {
+    let dir = options.logDir ?? '/var/log/ebs-worker'
+    try {
+      // The nearest existing directory: before the first start the log directory may not exist.
+      for (;;) {
+        try {
+          await access(dir)
+          break
+        } catch {
+          if (dirname(dir) === dir) throw new Error('no existing directory')
+          dir = dirname(dir)
+        }
+      }
+      const free = await system.freeDisk(dir)
+      if (free >= DISK_FOR_LOGS) add({ name: 'disk', status: 'ok', detail: `${fmt(free)} free for logs at ${dir}` })
+      else add({ name: 'disk', status: 'problem', detail: `${fmt(free)} free at ${dir}, ${fmt(DISK_FOR_LOGS)} needed for the logs`, fix: 'grow the root volume (the AMI\'s launch template sets its size) or free space' })
+    } catch (err) {
+      add({ name: 'disk', status: 'problem', detail: `${dir}: ${describe(err)}`, fix: 'the log directory must exist' })
+    }
+  }
+  return checks
+}
+
+/** One line: status, check, what was found, and for a problem the fix. */
+export function formatCheck(c: Check): string {
+  const status = c.status === 'problem' ? 'PROBLEM' : c.status
+  const line = (s: string): string => s.replace(/\s*\n\s*/g, '; ')
+  return `${status.padEnd(8)}${c.name.padEnd(12)} ${line(c.detail)}${c.fix ? ` -> fix: ${line(c.fix)}` : ''}`
+}
