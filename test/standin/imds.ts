@@ -23,7 +23,13 @@ export interface ImdsStandIn {
   close(): Promise<void>
 }
 
-export async function startImds(identity: InstanceIdentity): Promise<ImdsStandIn> {
+/**
+ * `tags`: the instance's tags as IMDS serves them when instance metadata tags are enabled
+ * (EC2 User Guide, "View tags for your EC2 instances using instance metadata"):
+ * /latest/meta-data/tags/instance lists the keys one a line, /latest/meta-data/tags/instance/KEY
+ * is the value. Without tags those paths are 404, as when the option is off.
+ */
+export async function startImds(identity: InstanceIdentity, options: { tags?: Record<string, string> } = {}): Promise<ImdsStandIn> {
   const tokens = new Map<string, number>() // token -> expiry (ms)
   const requests: ImdsStandIn['requests'] = []
   const document = {
@@ -44,6 +50,10 @@ export async function startImds(identity: InstanceIdentity): Promise<ImdsStandIn
     '/latest/meta-data/placement/availability-zone': identity.availabilityZone,
     '/latest/meta-data/placement/region': identity.region,
     '/latest/dynamic/instance-identity/document': JSON.stringify(document, null, 2),
+  }
+  if (options.tags) {
+    values['/latest/meta-data/tags/instance'] = Object.keys(options.tags).join('\n')
+    for (const [key, value] of Object.entries(options.tags)) values[`/latest/meta-data/tags/instance/${key}`] = value
   }
   const reply = (res: ServerResponse, status: number, body = ''): void => {
     res.writeHead(status, { 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) })
