@@ -1,0 +1,218 @@
+// The fleet's CloudFormation template (packaging/cloudformation/fleet.yaml): it parses (with the
+// short-form intrinsic tags), every Ref, GetAtt, Sub placeholder, condition and DependsOn
+// resolves, the instance role's policy is packaging/iam/worker-policy.json and allows every AWS
+// call the agent's code makes (and little else), the dashboard is packaging/dashboard.json, the
+// user-data hands user-data.sh every setting it requires, and the alarms watch the metrics the
+// agent emits. cfn-lint, when the machine has it, checks the resource schemas too.
+import t from 'tap'
+import { execFile } from 'node:child_process'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { parse, type Tags } from 'yaml'
+import { HEARTBEAT_SECONDS, NAMESPACE } from '../agent/metrics.ts'
+import { ROOT, tempDir } from './helpers.ts'
+
+const run = promisify(execFile)
+const TEMPLATE = join(ROOT, 'packaging/cloudformation/fleet.yaml')
+const PSEUDO = new Set(['AWS::AccountId', 'AWS::NotificationARNs', 'AWS::NoValue', 'AWS::Partition', 'AWS::Region', 'AWS::StackId', 'AWS::StackName', 'AWS::URLSuffix'])
+
+/** CloudFormation's short forms (!Ref, !Sub, …) as the long forms they stand for. */
+const FUNCTIONS = ['Base64', 'Cidr', 'FindInMap', 'GetAtt', 'GetAZs', 'ImportValue', 'Join', 'Select', 'Split', 'Sub', 'And', 'Equals', 'If', 'Not', 'Or']
+const longForm = (name: string, value: unknown): Record<string, unknown> =>
+  name === 'Ref' || name === 'Condition' ? { [name]: value }
+    : name === 'GetAtt' && typeof value === 'string' ? { 'Fn::GetAtt': value.split(/\.(.*)/s).slice(0, 2) }
+    : { [`Fn::${name}`]: value }
+const cfnTags: Tags = [...FUNCTIONS, 'Ref', 'Condition'].flatMap((name) => [
+  { tag: `!${name}`, resolve: (value: string) => longForm(name, value) },
+  { tag: `!${name}`, collection: 'seq' as const, resolve: (seq: { toJSON(): unknown }) => longForm(name, seq.toJSON()) },
+  { tag: `!${name}`, collection: 'map' as const, resolve: (map: { toJSON(): unknown }) => longForm(name, map.toJSON()) },
+]) as Tags
+
+type Template = { Parameters: Record<string, any>; Conditions?: Record<string, any>; Resources: Record<string, any>; Outputs?: Record<string, any> }
+const parseTemplate = (text: string): Template => parse(text, { customTags: cfnTags }) as Template
+const tpl = parseTemplate(await readFile(TEMPLATE, 'utf8'))
+
+/** Every reference in the template that names nothing. */
+function unresolved(tpl: Template): string[] {
+  const params = new Set(Object.keys(tpl.Parameters ?? {}))
+  const resources = new Set(Object.keys(tpl.Resources))
+  const conditions = new Set(Object.keys(tpl.Conditions ?? {}))
+  const bad: string[] = []
+  const name = (n: string, where: string, vars: Set<string> = new Set()): void => {
+    if (n.includes('.')) {
+      if (!resources.has(n.split('.')[0]!)) bad.push(`${where}: \${${n}} names no resource`)
+    } else if (!params.has(n) && !resources.has(n) && !PSEUDO.has(n) && !vars.has(n)) bad.push(`${where}: ${n} is not a parameter, resource or pseudo parameter`)
+  }
+  const walk = (node: unknown, where: string): void => {
+    if (Array.isArray(node)) return node.forEach((n, i) => walk(n, `${where}[${i}]`))
+    if (node === null || typeof node !== 'object') return
+    const o = node as Record<string, unknown>
+    const keys = Object.keys(o)
+    if (keys.length === 1 && keys[0] === 'Ref') return name(String(o.Ref), where)
+    if (keys.length === 1 && keys[0] === 'Fn::GetAtt') {
+      const [res] = o['Fn::GetAtt'] as string[]
+      if (!resources.has(res!)) bad.push(`${where}: GetAtt of ${res}, no such resource`)
+      return
+    }
+    if (keys.length === 1 && keys[0] === 'Fn::Sub') {
+      const v = o['Fn::Sub']
+      const [text, vars] = Array.isArray(v) ? [String(v[0]), (v[1] ?? {}) as Record<string, unknown>] : [String(v), {}]
+      for (const m of text.matchAll(/\$\{([^}]*)\}/g)) if (!m[1]!.startsWith('!')) name(m[1]!, where, new Set(Object.keys(vars)))
+      return walk(vars, where)
+    }
+    if (keys.length === 1 && keys[0] === 'Fn::If') {
+      const [cond, ...rest] = o['Fn::If'] as unknown[]
+      if (!conditions.has(String(cond))) bad.push(`${where}: condition ${String(cond)} is not defined`)
+      return walk(rest, where)
+    }
+    if (keys.length === 1 && keys[0] === 'Condition' && typeof o.Condition === 'string') {
+      if (!conditions.has(o.Condition)) bad.push(`${where}: condition ${o.Condition} is not defined`)
+      return
+    }
+    for (const [k, v] of Object.entries(o)) walk(v, `${where}.${k}`)
+  }
+  for (const [id, r] of Object.entries(tpl.Resources)) {
+    if (!/^AWS::\w+::\w+$/.test(r.Type)) bad.push(`${id}: type ${r.Type}`)
+    if (r.Condition && !conditions.has(r.Condition)) bad.push(`${id}: condition ${r.Condition} is not defined`)
+    for (const d of [r.DependsOn ?? []].flat()) if (!resources.has(d)) bad.push(`${id}: DependsOn ${d}, no such resource`)
+    walk(r.Properties, `${id}.Properties`)
+    walk(r.UpdatePolicy, `${id}.UpdatePolicy`)
+  }
+  walk(tpl.Conditions, 'Conditions')
+  walk(tpl.Outputs, 'Outputs')
+  return bad
+}
+
+/** The template's form of a value back to the file's: !Sub "x" -> "x", !Ref P -> "${P}". */
+function unsub(node: unknown): unknown {
+  if (Array.isArray(node)) return node.map(unsub)
+  if (node === null || typeof node !== 'object') return node
+  const o = node as Record<string, unknown>
+  if (Object.keys(o).length === 1 && typeof o['Fn::Sub'] === 'string') return o['Fn::Sub']
+  if (Object.keys(o).length === 1 && typeof o.Ref === 'string') return `\${${o.Ref}}`
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, unsub(v)]))
+}
+
+t.test('every reference resolves', async (t) => {
+  t.same(unresolved(tpl), [], 'no dangling Ref, GetAtt, Sub placeholder, condition or DependsOn')
+  for (const r of ['TaskQueue', 'TaskDeadLetterQueue', 'ReplyQueue', 'WorkerLaunchTemplate', 'WorkerInstanceProfile', 'WorkerGroup', 'BacklogScaling', 'DeadLetterAlarm', 'MissingHeartbeatAlarm', 'Dashboard']) {
+    t.ok(tpl.Resources[r], `${r} is there`)
+  }
+  // The check itself can fail: a template with a typo in each kind of reference.
+  const broken = parseTemplate((await readFile(TEMPLATE, 'utf8'))
+    .replace('!GetAtt TaskDeadLetterQueue.Arn', '!GetAtt TaskDeadLeterQueue.Arn')
+    .replace("export EBS_WORKER_FLEET='${AWS::StackName}'", "export EBS_WORKER_FLEET='${StackNam}'")
+    .replace('Roles: [!Ref WorkerRole]', 'Roles: [!Ref WorkerRol]'))
+  t.equal(unresolved(broken).length, 3, `typos are caught: ${unresolved(broken).join('; ')}`)
+})
+
+t.test('the task queue redrives into the dead-letter queue', async (t) => {
+  const q = tpl.Resources.TaskQueue.Properties
+  t.same(q.RedrivePolicy, { deadLetterTargetArn: { 'Fn::GetAtt': ['TaskDeadLetterQueue', 'Arn'] }, maxReceiveCount: { Ref: 'MaxReceiveCount' } })
+  t.same(q.VisibilityTimeout, { Ref: 'VisibilityTimeoutSeconds' })
+})
+
+t.test('the instance role carries packaging/iam/worker-policy.json, unchanged', async (t) => {
+  const file = JSON.parse(await readFile(join(ROOT, 'packaging/iam/worker-policy.json'), 'utf8'))
+  const role = tpl.Resources.WorkerRole.Properties
+  const embedded = role.Policies.find((p: any) => p.PolicyName === 'ebs-worker').PolicyDocument
+  t.same(unsub(embedded), file, 'same statements, actions, resources and conditions')
+  t.same(tpl.Resources.WorkerInstanceProfile.Properties.Roles, [{ Ref: 'WorkerRole' }])
+  t.same(tpl.Resources.WorkerLaunchTemplate.Properties.LaunchTemplateData.IamInstanceProfile, { Arn: { 'Fn::GetAtt': ['WorkerInstanceProfile', 'Arn'] } })
+})
+
+/** The IAM actions the agent's code calls, from its AWS SDK imports. */
+async function actionsInCode(): Promise<Map<string, string>> {
+  const S3: Record<string, string[]> = {
+    GetObject: ['s3:GetObject'], HeadObject: ['s3:GetObject'], PutObject: ['s3:PutObject'], DeleteObject: ['s3:DeleteObject'],
+    ListObjectsV2: ['s3:ListBucket'], Upload: ['s3:PutObject', 's3:AbortMultipartUpload'],
+  }
+  const WAITERS: Record<string, string> = { VolumeInUse: 'DescribeVolumes', VolumeAvailable: 'DescribeVolumes', VolumeDeleted: 'DescribeVolumes', SnapshotCompleted: 'DescribeSnapshots' }
+  const needed = new Map<string, string>()
+  const files = (await readdir(join(ROOT, 'agent'), { recursive: true })).filter((f) => f.endsWith('.ts'))
+  for (const f of files) {
+    const text = await readFile(join(ROOT, 'agent', f), 'utf8')
+    for (const m of text.matchAll(/import\s*\{([^}]*)\}\s*from\s*'@aws-sdk\/(client-[a-z0-9-]+|lib-storage)'/g)) {
+      const service = m[2] === 'lib-storage' ? 's3' : m[2]!.slice('client-'.length)
+      for (const raw of m[1]!.split(',')) {
+        const id = raw.trim().replace(/^type\s+/, '').split(/\s+as\s+/)[0]!
+        const op = /^(\w+)Command$/.exec(id)?.[1] ?? /^paginate(\w+)$/.exec(id)?.[1] ?? (id === 'Upload' ? 'Upload' : undefined)
+        const waiter = /^waitUntil(\w+)$/.exec(id)?.[1]
+        const action = op ?? (waiter ? WAITERS[waiter] ?? `unknown waiter ${waiter}` : undefined)
+        if (!action) continue
+        for (const a of service === 's3' ? S3[action] ?? [`s3:unmapped ${action}`] : [`${service}:${action}`]) needed.set(a, f)
+      }
+    }
+  }
+  return needed
+}
+
+const grants = (pattern: string, action: string): boolean =>
+  new RegExp(`^${pattern.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*')}$`, 'i').test(action)
+
+t.test('the policy allows every AWS call in the agent, and grants little else', async (t) => {
+  const file = JSON.parse(await readFile(join(ROOT, 'packaging/iam/worker-policy.json'), 'utf8'))
+  const allowed: string[] = file.Statement.flatMap((s: any) => [s.Action].flat())
+  t.ok(file.Statement.every((s: any) => s.Effect === 'Allow' && !s.NotAction && !s.NotResource), 'plain Allow statements')
+  t.notOk(allowed.some((a) => a === '*' || a.endsWith(':*')), 'no service-wide wildcard')
+  const needed = await actionsInCode()
+  t.ok(needed.has('ec2:CreateVolume') && needed.has('sqs:ReceiveMessage') && needed.has('s3:PutObject'), `the scan finds the calls (${[...needed.keys()].join(', ')})`)
+  for (const [action, where] of needed) t.ok(allowed.some((p) => grants(p, action)), `${action} (agent/${where}) is allowed`)
+  // Granted without a direct call, and why.
+  const indirect: Record<string, string> = {
+    'ec2:CreateTags': 'TagSpecifications on CreateVolume and CreateSnapshot',
+    'kms:Decrypt': 'EBS uses the key on the caller\'s behalf for encrypted volumes',
+    'kms:GenerateDataKeyWithoutPlaintext': 'same', 'kms:ReEncryptFrom': 'same', 'kms:ReEncryptTo': 'same', 'kms:CreateGrant': 'same, for AWS resources only',
+    'ebs:ListChangedBlocks': 'EBS direct APIs, being added to read', 'ebs:ListSnapshotBlocks': 'same',
+  }
+  for (const a of allowed) t.ok(needed.has(a) || a in indirect, `${a} is needed (${needed.get(a) ?? indirect[a] ?? 'by nothing'})`)
+  const sensitive = file.Statement.filter((s: any) => [s.Action].flat().some((a: string) => ['ec2:DeleteVolume', 'ec2:DetachVolume', 'ec2:ModifySnapshotAttribute'].includes(a)))
+  t.ok(sensitive.every((s: any) => s.Condition), 'deleting, detaching and sharing are limited by tag conditions')
+})
+
+t.test('the dashboard is packaging/dashboard.json', async (t) => {
+  const body = tpl.Resources.Dashboard.Properties.DashboardBody['Fn::Sub']
+  t.same(JSON.parse(body), JSON.parse(await readFile(join(ROOT, 'packaging/dashboard.json'), 'utf8')))
+  const metrics = JSON.stringify(JSON.parse(body))
+  for (const m of ['BytesRead', 'BytesStored', 'Throughput', 'TaskDuration', 'Tasks', 'TasksRunning', 'QueueWait', 'Heartbeat']) {
+    t.match(metrics, new RegExp(`"${NAMESPACE}","${m}"|MetricName=\\\\"${m}\\\\"`), `it shows ${m}`)
+  }
+})
+
+t.test('the user-data gives user-data.sh what it requires, from the stack', async (t) => {
+  const script = tpl.Resources.WorkerLaunchTemplate.Properties.LaunchTemplateData.UserData['Fn::Base64']['Fn::Sub'] as string
+  t.match(script, /^#!\/bin\/bash\n/)
+  t.match(script, /^exec \/opt\/ebs-worker\/share\/user-data\.sh$/m, 'runs the script the release installs (share/user-data.sh)')
+  const userData = await readFile(join(ROOT, 'packaging/user-data.sh'), 'utf8')
+  const required = [...userData.matchAll(/^(\w+)=\$\(setting "\$\{(EBS_WORKER_\w+):-\}" [\w:-]+ ""\)$/gm)].map((m) => m[2]!)
+  t.same(required.sort(), ['EBS_WORKER_QUEUE_URL', 'EBS_WORKER_REPLY_QUEUE_URL', 'EBS_WORKER_REPOSITORY', 'EBS_WORKER_KEY_FILE'].sort(), 'the settings without a default')
+  for (const v of required.filter((v) => v !== 'EBS_WORKER_KEY_FILE')) t.match(script, new RegExp(`^export ${v}='[^']+'$`, 'm'), `${v} set`)
+  t.match(script, /^export EBS_WORKER_FLEET='\$\{AWS::StackName\}'$/m, 'the fleet name the alarms and dashboard use')
+  const md = tpl.Resources.WorkerLaunchTemplate.Properties.LaunchTemplateData.MetadataOptions
+  t.same(md, { HttpEndpoint: 'enabled', HttpTokens: 'required', HttpPutResponseHopLimit: 1, InstanceMetadataTags: 'enabled' }, 'IMDSv2 only, tags readable')
+})
+
+t.test('alarms watch the dead-letter queue and the agent\'s heartbeat', async (t) => {
+  const dlq = tpl.Resources.DeadLetterAlarm.Properties
+  t.same(dlq.Dimensions, [{ Name: 'QueueName', Value: { 'Fn::GetAtt': ['TaskDeadLetterQueue', 'QueueName'] } }])
+  t.match(dlq, { MetricName: 'ApproximateNumberOfMessagesVisible', Threshold: 0, ComparisonOperator: 'GreaterThanThreshold' })
+  const hb = tpl.Resources.MissingHeartbeatAlarm.Properties
+  const beats = hb.Metrics.find((m: any) => m.Id === 'beats').MetricStat
+  t.match(beats.Metric, { Namespace: NAMESPACE, MetricName: 'Heartbeat', Dimensions: [{ Name: 'Fleet', Value: { Ref: 'AWS::StackName' } }] })
+  const expected = beats.Period / HEARTBEAT_SECONDS
+  t.match(hb.Metrics.find((m: any) => m.ReturnData).Expression, new RegExp(`\\(workers \\* ${expected}\\)`), `${expected} heartbeats per worker per period`)
+  t.equal(hb.TreatMissingData, 'breaching', 'no data at all is an alarm')
+})
+
+const cfnLint = await run('cfn-lint', ['--version']).then(() => true, () => false)
+t.test('cfn-lint finds nothing (resource schemas, properties, types)', { skip: cfnLint ? false : 'cfn-lint is not on this machine' }, async (t) => {
+  const r = await run('cfn-lint', [TEMPLATE]).then(() => ({ ok: true, out: '' }), (e: { stdout: string }) => ({ ok: false, out: e.stdout }))
+  t.ok(r.ok, r.out)
+  const dir = await tempDir(t, 'cfn-lint')
+  const broken = join(dir, 'broken.yaml')
+  await writeFile(broken, (await readFile(TEMPLATE, 'utf8')).replace('HttpTokens: required', 'HttpTokens: sometimes'))
+  const b = await run('cfn-lint', [broken]).then(() => ({ ok: true, out: '' }), (e: { stdout: string }) => ({ ok: false, out: e.stdout }))
+  t.notOk(b.ok, 'and it does find a bad value')
+  t.match(b.out, /sometimes/)
+})
