@@ -3,7 +3,7 @@
 // PATH: --version, then a backup and restore round trip (file://, and S3 on the test bed).
 import t from 'tap'
 import { execFile, spawn } from 'node:child_process'
-import { access, mkdir, readdir, readFile, symlink } from 'node:fs/promises'
+import { access, mkdir, readdir, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { makeImage, MiB, ROOT, s3Available, s3RepoUrl, sha256File, tempDir } from './helpers.ts'
@@ -33,6 +33,7 @@ for (const tool of ['sh', 'dirname', 'readlink']) {
 }
 const env: NodeJS.ProcessEnv = { ...process.env, PATH: bin }
 delete env.NODE_OPTIONS
+const hasPacker = await run('packer', ['version']).then(() => true, () => false)
 
 function ebsWorker(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -103,4 +104,46 @@ t.test('backup and restore round trip with the unpacked release against S3', { s
   const restored = join(dir, 'restored.img')
   await json(['restore', '--repo', repo, '--backup', b.backupId, '--device', restored])
   t.equal(await sha256File(restored), await sha256File(image), 'restored byte for byte from S3')
+})
+
+t.test('packaging/install-worker.sh installs the release as the AMI build does (into a temporary root)', async (t) => {
+  const root = await tempDir(t, 'install-root')
+  await mkdir(join(root, 'etc'), { recursive: true })
+  await writeFile(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/bash\n')
+  await writeFile(join(root, 'etc/group'), 'root:x:0:\ndisk:x:6:\n')
+  const calls = join(root, 'systemctl.log')
+  const systemctl = join(work, 'systemctl')
+  await writeFile(systemctl, `#!/bin/sh\necho "$@" >> "${calls}"\n`, { mode: 0o755 })
+  await run('bash', [join(ROOT, 'packaging/install-worker.sh'), tarball], { env: { ...process.env, INSTALL_ROOT: root, SYSTEMCTL: systemctl } })
+  t.equal(await readlink(join(root, 'opt/ebs-worker')), `ebs-worker-${version}`, '/opt/ebs-worker points at the version (relative: the same inside the image)')
+  const { stdout } = await run(join(root, 'opt/ebs-worker/bin/ebs-worker'), ['--version'], { env })
+  t.equal(stdout.trim(), version, 'runs from /opt/ebs-worker')
+  const unit = await readFile(join(root, 'etc/systemd/system/ebs-worker.service'), 'utf8')
+  t.equal(unit, await readFile(join(ROOT, 'systemd/ebs-worker.service'), 'utf8'), 'the unit')
+  t.same(JSON.parse(await readFile(join(root, 'opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json'), 'utf8')),
+    JSON.parse(await readFile(join(ROOT, 'packaging/cloudwatch-agent.json'), 'utf8')), 'the CloudWatch agent config')
+  await access(join(root, 'etc/logrotate.d/ebs-worker'))
+  const user = /^ebs-worker:x:(\d+):(\d+):/m.exec(await readFile(join(root, 'etc/passwd'), 'utf8'))
+  t.ok(user, 'the ebs-worker user')
+  t.match(await readFile(join(root, 'etc/group'), 'utf8'), /^disk:x:6:ebs-worker$/m, 'in the disk group')
+  const log = await stat(join(root, 'var/log/ebs-worker'))
+  t.equal(log.uid, Number(user![1]), 'the log directory belongs to it')
+  t.equal(await readFile(calls, 'utf8'), 'daemon-reload\nenable amazon-cloudwatch-agent.service\n', 'the CloudWatch agent enabled; the worker waits for the user-data')
+})
+
+t.test('the Packer template validates and names only files that exist', { skip: hasPacker ? false : 'packer is not installed (.ci/run installs it)' }, async (t) => {
+  const template = JSON.parse(await readFile(join(ROOT, 'packaging/ebs-worker.pkr.json'), 'utf8'))
+  const files = template.build.provisioner.flatMap((p: any) => (p.file ? [p.file.source] : []))
+  t.same(files, ['${var.tarball}', 'packaging/install-worker.sh'])
+  const inline = template.build.provisioner.find((p: any) => p.shell).shell.inline.join('\n')
+  t.match(inline, /dnf install -y amazon-cloudwatch-agent logrotate/)
+  t.match(inline, /install-worker\.sh \/tmp\/ebs-worker\.tar\.gz/)
+  t.match(template.source['amazon-ebs'].worker.source_ami_filter.filters.name, /^al2023-ami-/, 'Amazon Linux 2023')
+  const validate = (tb: string) => run('packer', ['validate', '-var', `tarball=${tb}`, '-var', `version=${version}`, 'packaging/ebs-worker.pkr.json'], { cwd: ROOT })
+    .then(() => ({ ok: true, out: '' }), (e: { stdout: string; stderr: string }) => ({ ok: false, out: e.stdout + e.stderr }))
+  const good = await validate(tarball)
+  t.ok(good.ok, `packer validate passes: ${good.out}`)
+  const bad = await validate(join(work, 'missing.tar.gz'))
+  t.notOk(bad.ok, 'and fails on a missing tarball')
+  t.match(bad.out, /missing\.tar\.gz/)
 })
