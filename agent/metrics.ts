@@ -119,7 +119,8 @@ export class MetricsEmitter {
   #heartbeat: NodeJS.Timeout | null = null
 
   constructor(options: { write?: (line: string) => void; fleet?: string } = {}) {
-    this.#write = options.write ?? ((line) => process.stdout.write(line))
+    // EBS_WORKER_METRICS=off: no metric lines (a daemon run by hand on a terminal, say).
+    this.#write = options.write ?? (process.env.EBS_WORKER_METRICS === 'off' ? () => {} : (line) => process.stdout.write(line))
     this.#fleet = options.fleet ?? (process.env.EBS_WORKER_FLEET || 'default')
   }
 

@@ -46,7 +46,7 @@ exec "$here/node/bin/node" "$here/lib/agent/bin/ebs-worker.js" "$@"
 LAUNCHER
 chmod 755 "$root/bin/ebs-worker"
 
-cp systemd/ebs-worker.service systemd/ebs-worker.sysusers packaging/cloudwatch-agent.json packaging/logrotate.conf packaging/user-data.sh "$root/share/"
+cp systemd/ebs-worker.service systemd/ebs-worker.sysusers packaging/cloudwatch-agent.json packaging/logrotate.conf packaging/user-data.sh packaging/install-worker.sh "$root/share/"
 cp docs/OPERATIONS.md README.md "$root/share/"
 echo "$version" > "$root/VERSION"
 
