@@ -101,7 +101,7 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   const endpoint = config.imdsEndpoint ?? process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? 'http://169.254.169.254'
   let identity: WorkerIdentity | null = null
   let imdsOk = false
-  if (wanted('imds') || wanted('identity')) {
+  if (wanted('imds') || wanted('identity') || wanted('kms')) {
     try {
       const res = await fetch(new URL('/latest/api/token', endpoint), {
         method: 'PUT', headers: { 'X-aws-ec2-metadata-token-ttl-seconds': '60' }, signal: AbortSignal.timeout(3000),

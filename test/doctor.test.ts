@@ -85,6 +85,9 @@ t.test('a healthy worker: every check ok, exit 0', async (t) => {
   t.match(r.byName('devices')[0]!.detail, /1 NVMe device\(s\), 1 EBS volume/)
   t.equal(r.byName('kms').length, 2, 'the default EBS key and the named key')
   t.ok(r.byName('kms').every((c) => /customer managed/.test(c.detail)))
+  const kmsOnly = await run({}, ['--only', 'kms'])
+  t.equal(kmsOnly.code, 0, kmsOnly.stdout)
+  t.same((kmsOnly.json!.checks as Check[]).map((c) => `${c.name} ${c.status}`), ['kms ok'], '--only kms: just that line (the Region still from IMDS)')
 })
 
 t.test('each problem, with its fix', async (t) => {
