@@ -14,7 +14,7 @@ import {
   type Manifest,
 } from './manifest.ts'
 import { PackWriter } from './pack-writer.ts'
-import { chunksToRead, type ByteRange } from './plan.ts'
+import { chunksToRead, chunksWritten, type ByteRange } from './plan.ts'
 import { forEachConcurrent } from './pool.ts'
 import type { Repository } from './repository.ts'
 
@@ -23,7 +23,9 @@ export interface BackupOptions {
   /** Backup id of a previous backup of the same volume. */
   parent?: string
   /** With a parent: only these byte ranges changed since it; the rest is the parent's. */
-  changedRanges?: ByteRange[]
+  changedRanges?: Iterable<ByteRange>
+  /** Only these byte ranges were ever written; the rest reads as zeros and is not read. */
+  writtenRanges?: Iterable<ByteRange>
   source?: { volumeId?: string; snapshotId?: string }
   tags?: Record<string, string>
   /** Chunk reads in flight. */
@@ -59,13 +61,18 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   if (options.changedRanges && !options.parent) {
     throw new EbsWorkerError(ErrorCode.BadInput, 'changed ranges need a parent backup to take the unchanged chunks from')
   }
+  if (options.writtenRanges && options.changedRanges) {
+    throw new EbsWorkerError(ErrorCode.BadInput, 'give changed ranges (against the parent) or written ranges (against zeros), not both')
+  }
   const parent = options.parent ? await repo.loadManifest(options.parent) : null
   const backupId = newBackupId()
   const device = await openForRead(options.device)
   try {
     const size = device.size
     const count = chunkCount(size, chunkSize)
-    const toRead = chunksToRead(size, chunkSize, parent, options.changedRanges ?? null)
+    const toRead = options.writtenRanges
+      ? chunksWritten(size, chunkSize, options.writtenRanges)
+      : chunksToRead(size, chunkSize, parent, options.changedRanges ?? null)
     const index = await repo.loadIndex()
     const chunks = Buffer.alloc(count * ID_BYTES)
     const stats: BackupStats = {
@@ -82,11 +89,17 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
     // Chunks taken from the parent cost no I/O; their presence in the index is still checked,
     // so an incremental backup never refers to a chunk the repository has lost track of.
+    // With written ranges, a chunk not read is one never written: zeros.
     for (let i = 0; i < count; i++) {
       if (toRead[i]) continue
-      const id = chunkIdAt(parent!.chunks, i)
+      if (!parent || options.writtenRanges) {
+        stats.chunksZero++
+        bytesDone += Math.min(chunkSize, size - i * chunkSize)
+        continue
+      }
+      const id = chunkIdAt(parent.chunks, i)
       if (!id.equals(ZERO_ID) && !index.has(id)) {
-        throw new EbsWorkerError(ErrorCode.ChunkMissing, `parent backup ${parent!.id} refers to chunk ${i} which no index lists`)
+        throw new EbsWorkerError(ErrorCode.ChunkMissing, `parent backup ${parent.id} refers to chunk ${i} which no index lists`)
       }
       id.copy(chunks, i * ID_BYTES)
       stats.chunksFromParent++

@@ -2,6 +2,7 @@
 // exactly one of: a result (succeeded, failed permanently, or rejected as not a valid task) and
 // its deletion; or, for a transient failure, no deletion, so SQS redelivers it and the queue's
 // redrive policy eventually parks it in the dead-letter queue.
+import { EBSClient } from '@aws-sdk/client-ebs'
 import { EC2Client } from '@aws-sdk/client-ec2'
 import { KMSClient } from '@aws-sdk/client-kms'
 import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
@@ -13,6 +14,8 @@ import { waitForEbsDevice } from './ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from './errors.ts'
 import { whoAmI, type WorkerIdentity } from './identity.ts'
 import { LocalKeyFileProvider } from './keys.ts'
+import { listBlocks, type BlockQuery } from './snapshot-blocks.ts'
+import type { ByteRange } from './plan.ts'
 import { assertShareableKey } from './kms.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { Repository } from './repository.ts'
@@ -40,6 +43,16 @@ export const jsonLog: DaemonLog = {
   error: (msg, fields) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: 'error', msg, ...fields }) + '\n'),
 }
 
+/** What a read needs to know, from a `read` task or the read step of a `backup` task. */
+interface ReadSpec {
+  repository?: string | undefined
+  parentBackupId?: string | undefined
+  /** The snapshot the volume was made from, and the parent backup's: EBS lists the blocks to read. */
+  snapshotId?: string | undefined
+  parentSnapshotId?: string | undefined
+  tags?: Record<string, string> | undefined
+}
+
 export class Daemon {
   readonly #config: DaemonConfig
   readonly #log: DaemonLog
@@ -47,6 +60,7 @@ export class Daemon {
   #identity: WorkerIdentity | null = null
   #volumes: Volumes | null = null
   #kms: KMSClient | null = null
+  #ebs: EBSClient | null = null
   #consumer: QueueConsumer | null = null
   #repos = new Map<string, Promise<Repository>>()
 
@@ -62,6 +76,7 @@ export class Daemon {
   async start(): Promise<void> {
     this.#identity = await whoAmI(this.#config.imdsEndpoint ? { endpoint: this.#config.imdsEndpoint } : {})
     this.#kms = new KMSClient({ region: this.#identity.region })
+    this.#ebs = new EBSClient({ region: this.#identity.region })
     this.#volumes = new Volumes({
       client: new EC2Client({ region: this.#identity.region }),
       identity: this.#identity,
@@ -133,6 +148,7 @@ export class Daemon {
       case 'backup': {
         // attach + read + detach; the volume is released whatever the read's outcome, and a
         // redelivered task finds its volume (by tag) and its backup (by tag) again.
+        await this.#checkParent(task)
         const { volumeId } = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
         try {
           await volumes.attachHere(volumeId, signal)
@@ -190,25 +206,68 @@ export class Daemon {
   async #read(
     taskId: string,
     volumeId: string,
-    task: { repository?: string | undefined; parentBackupId?: string | undefined; snapshotId?: string | undefined; tags?: Record<string, string> | undefined },
+    task: ReadSpec,
     signal: AbortSignal,
   ): Promise<Record<string, unknown>> {
     const repo = await this.#repository(task.repository ?? this.#config.repository)
     const previous = (await repo.listBackups()).find((b) => b.tags[TASK_ID_TAG] === taskId)
     if (previous) return { backupId: previous.id, volumeId, reused: true, ...previous.stats }
+    await this.#checkParent(task)
     const device = await waitForEbsDevice(volumeId, {
       roots: this.#config.deviceRoots,
       timeoutMs: this.#config.deviceTimeoutSeconds * 1000,
       signal,
     })
+    const listing = await this.#blockListing(taskId, task, device.size, signal)
     const result = await backup(repo, {
       device: device.path,
       ...(task.parentBackupId ? { parent: task.parentBackupId } : {}),
+      ...listing.ranges,
       source: { volumeId, ...(task.snapshotId ? { snapshotId: task.snapshotId } : {}) },
       tags: { ...task.tags, [TASK_ID_TAG]: taskId },
       signal,
     })
-    return { backupId: result.id, volumeId, device: device.path, ...result.stats }
+    return { backupId: result.id, volumeId, device: device.path, ...listing.figures, ...result.stats }
+  }
+
+  /** A parent snapshot must be the one the parent backup was taken from; checked before any work. */
+  async #checkParent(task: ReadSpec): Promise<void> {
+    if (!task.parentSnapshotId) return
+    if (!task.parentBackupId || !task.snapshotId) {
+      throw new EbsWorkerError(ErrorCode.BadInput, 'parentSnapshotId needs parentBackupId (its backup) and snapshotId (the snapshot this volume holds)')
+    }
+    // Changed blocks are only as good as the claim that the parent backup holds that snapshot.
+    const repo = await this.#repository(task.repository ?? this.#config.repository)
+    const parent = await repo.loadManifest(task.parentBackupId)
+    if (parent.source.snapshotId !== task.parentSnapshotId) {
+      throw new EbsWorkerError(ErrorCode.BadInput,
+        `parent backup ${parent.id} was taken from ${parent.source.snapshotId ?? 'no snapshot'}, not ${task.parentSnapshotId}: its changed blocks would not apply`)
+    }
+  }
+
+  /**
+   * Which blocks to read, from EBS: those changed since the parent snapshot, or those the
+   * snapshot holds at all. Without a snapshot id, or when EBS cannot say (no permission, another
+   * lineage…), every block is read: slower, never wrong.
+   */
+  async #blockListing(taskId: string, task: ReadSpec, deviceSize: number, signal: AbortSignal): Promise<{
+    ranges: { changedRanges?: Iterable<ByteRange>; writtenRanges?: Iterable<ByteRange> }
+    figures: Record<string, unknown>
+  }> {
+    if (!task.snapshotId) return { ranges: {}, figures: { blockListing: 'none' } }
+    const query: BlockQuery = task.parentSnapshotId
+      ? { kind: 'changed', firstSnapshotId: task.parentSnapshotId, secondSnapshotId: task.snapshotId }
+      : { kind: 'written', snapshotId: task.snapshotId }
+    const api = query.kind === 'changed' ? 'ListChangedBlocks' : 'ListSnapshotBlocks'
+    try {
+      const blocks = await listBlocks(this.#ebs!, query, deviceSize, signal)
+      const figures = { blockListing: api, blocksListed: blocks.count, blockSize: blocks.blockSize }
+      return { ranges: query.kind === 'changed' ? { changedRanges: blocks.ranges() } : { writtenRanges: blocks.ranges() }, figures }
+    } catch (err) {
+      if (signal.aborted) throw err
+      this.#log.error('no block list from EBS; reading the whole volume', { taskId, api, error: describe(err) })
+      return { ranges: {}, figures: { blockListing: 'none', blockListingError: `${api}: ${describe(err)}` } }
+    }
   }
 
   #repository(url: string): Promise<Repository> {

@@ -3,11 +3,13 @@
 // tree of the test's own), results on the reply queue.
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, open, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
 import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, sha256File, tempDir, type Teardown, until } from './helpers.ts'
+import { EbsStandIn } from './standin/ebs.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { KmsStandIn } from './standin/kms.ts'
 import { startImds } from './standin/imds.ts'
@@ -43,6 +45,9 @@ async function world(t: Teardown) {
     isAwsManagedKey: (ref) => kms.resolve(ref)?.keyManager === 'AWS',
   }).start()
   t.teardown(() => ec2.close())
+  const ebsCalls: Array<{ api: string; params: Record<string, string> }> = []
+  const ebs = await new EbsStandIn({ ec2, onCall: (api, params) => ebsCalls.push({ api, params }) }).start()
+  t.teardown(() => ebs.close())
 
   const repo = `file://${join(dir, 'repo')}`
   await cli(['init', '--repo', repo])
@@ -56,7 +61,7 @@ async function world(t: Teardown) {
   const spawnDaemon = () => {
     const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
       env: {
-        ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint,
+        ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint,
         AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
       },
       stdio: ['ignore', 'ignore', 'pipe'],
@@ -90,7 +95,7 @@ async function world(t: Teardown) {
     }
   }
   const reply = (taskId: string) => replyWhere(taskId, (r) => r.taskId === taskId)
-  return { dir, sqs, queueUrl, roots, ec2, repo, daemon, exited, spawnDaemon, state, replies, send, replyWhere, reply }
+  return { dir, sqs, queueUrl, roots, ec2, ebsCalls, repo, daemon, exited, spawnDaemon, state, replies, send, replyWhere, reply }
 }
 
 t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', async (t) => {
@@ -224,4 +229,56 @@ t.test('a daemon killed mid-backup: the redelivered task finishes once, nothing 
   second.daemon.kill('SIGTERM')
   t.equal((await second.exited).code, 0)
   t.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(join(dir, 'volumes')), false, 'no loop device left behind')
+})
+
+t.test('backups read only the blocks EBS lists: those written for a full one, those changed for an incremental one', async (t) => {
+  const { dir, ec2, ebsCalls, repo, send, reply, daemon, exited } = await world(t)
+  const size = 48 * MiB // 6 "GiB" of 8 MiB
+  const v1 = join(dir, 'v1.img')
+  await makeImage(v1, size, [{ kind: 'random', offset: 4 * MiB, length: 2 * MiB }, { kind: 'text', offset: 30 * MiB, length: MiB }])
+  // The same volume a day later: one chunk rewritten, one written for the first time.
+  const v2 = join(dir, 'v2.img')
+  await copyFile(v1, v2)
+  const h = await open(v2, 'r+')
+  await h.write(randomBytes(1000), 0, 1000, 5 * MiB + 100)
+  await h.write(randomBytes(MiB), 0, MiB, 40 * MiB)
+  await h.close()
+  const lineage = 'vol-0feedfeedfeedfeed'
+  const s1 = ec2.addSnapshot({ image: v1, sizeGiB: 6, volumeId: lineage })
+  const s2 = ec2.addSnapshot({ image: v2, sizeGiB: 6, volumeId: lineage })
+  const restoredEquals = async (backupId: string, image: string): Promise<boolean> => {
+    const out = join(dir, `restored-${backupId}.img`)
+    await cli(['restore', '--repo', repo, '--backup', backupId, '--device', out])
+    return (await sha256File(out)) === (await sha256File(image))
+  }
+
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'full', snapshotId: s1 }))
+  const full = await reply('full')
+  t.equal(full.status, 'succeeded', `full backup ${JSON.stringify(full.error ?? '')}`)
+  t.match(full.result, { blockListing: 'ListSnapshotBlocks', bytesRead: 3 * MiB, chunksZero: 45 }, 'a full backup reads the 3 chunks that hold data, not 48')
+  t.ok(await restoredEquals(full.result.backupId, v1), 'and holds the snapshot, byte for byte')
+
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'incr', snapshotId: s2, parentBackupId: full.result.backupId, parentSnapshotId: s1 }))
+  const incr = await reply('incr')
+  t.equal(incr.status, 'succeeded', `incremental backup ${JSON.stringify(incr.error ?? '')}`)
+  t.match(incr.result, { blockListing: 'ListChangedBlocks', blocksListed: 3, bytesRead: 2 * MiB, chunksFromParent: 46 }, 'an incremental one reads the 2 changed chunks')
+  t.ok(ebsCalls.some((c) => c.api === 'ListChangedBlocks' && c.params.snapshotId === s2 && c.params.firstSnapshotId === s1), 'asking EBS for the changes from the parent snapshot')
+  t.ok(await restoredEquals(incr.result.backupId, v2), 'and holds the new snapshot, byte for byte')
+
+  // The parent backup is not of the parent snapshot: changed blocks would be applied to the wrong data.
+  const volumesBefore = ec2.volumes.size
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'wrong-parent', snapshotId: s2, parentBackupId: incr.result.backupId, parentSnapshotId: s1 }))
+  t.match(await reply('wrong-parent'), { status: 'failed', error: { code: 'BAD_INPUT', message: /taken from snap-.*not snap-/, retryable: false } }, 'a parent backup of another snapshot is refused')
+  t.equal(ec2.volumes.size, volumesBefore, 'before any volume was made')
+
+  // Snapshots of two lineages: EBS refuses to compare them, so the whole volume is read.
+  const s3 = ec2.addSnapshot({ image: v2, sizeGiB: 6 })
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'unrelated', snapshotId: s3, parentBackupId: full.result.backupId, parentSnapshotId: s1 }))
+  const unrelated = await reply('unrelated')
+  t.equal(unrelated.status, 'succeeded', `a backup EBS cannot help with still succeeds ${JSON.stringify(unrelated.error ?? '')}`)
+  t.match(unrelated.result, { blockListing: 'none', blockListingError: /UNRELATED_SNAPSHOTS/, bytesRead: size }, 'reading everything, and saying why')
+  t.ok(await restoredEquals(unrelated.result.backupId, v2), 'and holds its snapshot, byte for byte')
+
+  daemon.kill('SIGTERM')
+  t.equal((await exited).code, 0)
 })

@@ -44,9 +44,11 @@ export interface SnapshotSpec {
   /** Account that owns it (default: the instance's); another account's must be shared. */
   ownerId?: string
   sharedWith?: string[]
+  /** The volume it was taken of, if it is to share a lineage with other snapshots of it. */
+  volumeId?: string
 }
 
-interface Snapshot extends Required<Omit<SnapshotSpec, 'kmsKeyId'>> {
+interface Snapshot extends Required<Omit<SnapshotSpec, 'kmsKeyId' | 'volumeId'>> {
   snapshotId: string
   kmsKeyId: string | null
   state: 'pending' | 'completed'
@@ -129,6 +131,16 @@ export class Ec2StandIn {
     }
   }
 
+  /** Bytes per "GiB" of volume and snapshot sizes. */
+  get bytesPerGiB(): number {
+    return this.#options.bytesPerGiB
+  }
+
+  /** The account the worker instance runs in. */
+  get accountId(): string {
+    return this.#options.instance.accountId
+  }
+
   async start(): Promise<this> {
     await mkdir(this.#options.dir, { recursive: true })
     for (const d of Object.values(this.#options.roots)) await mkdir(d, { recursive: true })
@@ -173,7 +185,7 @@ export class Ec2StandIn {
       ownerId: spec.ownerId ?? this.#options.instance.accountId,
       sharedWith: spec.sharedWith ?? [],
       state: 'completed',
-      volumeId: null,
+      volumeId: spec.volumeId ?? null,
       tags: {},
       startTime: new Date().toISOString(),
     })
