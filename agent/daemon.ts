@@ -5,7 +5,7 @@
 import { EBSClient } from '@aws-sdk/client-ebs'
 import { EC2Client } from '@aws-sdk/client-ec2'
 import { KMSClient } from '@aws-sdk/client-kms'
-import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { GetQueueAttributesCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { openBackend } from './backend/open.ts'
 import { backup } from './backup.ts'
 import { restore } from './restore.ts'
@@ -63,6 +63,8 @@ export class Daemon {
   #ebs: EBSClient | null = null
   #consumer: QueueConsumer | null = null
   #repos = new Map<string, Promise<Repository>>()
+  /** The task queue's maxReceiveCount, when it has a dead-letter queue. */
+  #maxReceiveCount: number | null = null
 
   constructor(config: DaemonConfig, log: DaemonLog = jsonLog) {
     this.#config = config
@@ -83,6 +85,7 @@ export class Daemon {
       roots: this.#config.deviceRoots,
       deviceTimeoutMs: this.#config.deviceTimeoutSeconds * 1000,
     })
+    this.#maxReceiveCount = await this.#readMaxReceiveCount()
     this.#consumer = new QueueConsumer({
       client: this.#sqs,
       queueUrl: this.#config.queueUrl,
@@ -93,7 +96,9 @@ export class Daemon {
       onError: (err, context) => this.#log.error(context, { error: describe(err) }),
     })
     this.#consumer.start()
-    this.#log.info('started', { instanceId: this.#identity.instanceId, region: this.#identity.region, queueUrl: this.#config.queueUrl })
+    this.#log.info('started', {
+      instanceId: this.#identity.instanceId, region: this.#identity.region, queueUrl: this.#config.queueUrl, maxReceiveCount: this.#maxReceiveCount,
+    })
   }
 
   /** Stops taking tasks; running ones get the configured grace, then are handed back. */
@@ -124,12 +129,35 @@ export class Daemon {
     } catch (err) {
       const code = isEbsWorkerError(err) ? err.code : 'INTERNAL'
       if (!PERMANENT.has(code) || signal.aborted) {
-        // Transient: no reply yet; SQS redelivers the message (and parks it in the DLQ at last).
-        this.#log.error('task failed, will be retried', { taskId: task.taskId, code, error: describe(err), receiveCount: message.receiveCount })
+        // Transient: SQS redelivers the message, and parks it in the DLQ after maxReceiveCount
+        // receives. The last attempt tells the controller, which would otherwise wait for ever.
+        const last = !signal.aborted && this.#maxReceiveCount !== null && message.receiveCount >= this.#maxReceiveCount
+        this.#log.error(last ? 'task failed on its last attempt' : 'task failed, will be retried', {
+          taskId: task.taskId, code, error: describe(err), receiveCount: message.receiveCount,
+        })
+        if (last) {
+          await this.#reply({
+            taskId: task.taskId, type: task.type, status: 'failed', startedAt,
+            error: { code, message: `${describe(err)} (attempt ${message.receiveCount} of ${this.#maxReceiveCount}; the task goes to the dead-letter queue)`, retryable: false },
+          })
+        }
         throw err
       }
       this.#log.error('task failed', { taskId: task.taskId, code, error: describe(err) })
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'failed', startedAt, error: { code, message: describe(err), retryable: false } })
+    }
+  }
+
+  /** The redrive policy's maxReceiveCount (null without a DLQ, or when it cannot be read). */
+  async #readMaxReceiveCount(): Promise<number | null> {
+    try {
+      const out = await this.#sqs.send(new GetQueueAttributesCommand({ QueueUrl: this.#config.queueUrl, AttributeNames: ['RedrivePolicy'] }))
+      const policy = out.Attributes?.RedrivePolicy
+      const max = policy ? Number((JSON.parse(policy) as { maxReceiveCount?: unknown }).maxReceiveCount) : NaN
+      return Number.isInteger(max) && max > 0 ? max : null
+    } catch (err) {
+      this.#log.error('cannot read the task queue\'s redrive policy: the last attempt of a failing task will not be reported', { error: describe(err) })
+      return null
     }
   }
 
@@ -179,6 +207,7 @@ export class Daemon {
     }
     const { volumeId, created } = await volumes.createEmpty(task.taskId, sizeGiB, task.volume ?? {})
     let done = false
+    let permanent = false
     try {
       const device = await volumes.attachHere(volumeId, signal)
       // Zero chunks are skipped only on a volume this attempt created: one left by an earlier
@@ -194,11 +223,15 @@ export class Daemon {
       const snapshotId = await volumes.snapshot(task.taskId, volumeId)
       if (shareWith) await volumes.share(snapshotId, shareWith)
       return { ...figures, snapshotId, ...(shareWith ? { sharedWith: shareWith } : {}) }
+    } catch (err) {
+      permanent = isEbsWorkerError(err) && PERMANENT.has(err.code) && !signal.aborted
+      throw err
     } finally {
-      // A failed restore leaves no half-written volume attached; it is kept (detached) for a retry
-      // of the same task, which finds it by its tag.
-      if (!done) await volumes.release(volumeId, { delete: false }).catch((err: unknown) =>
-        this.#log.error('could not detach volume', { taskId: task.taskId, volumeId, error: describe(err) }))
+      // A failed restore leaves no half-written volume attached. After a transient failure it is
+      // kept (detached) for the retry, which finds it by its tag; after a permanent one no retry
+      // comes, so it is deleted.
+      if (!done) await volumes.release(volumeId, { delete: permanent }).catch((err: unknown) =>
+        this.#log.error('could not release volume', { taskId: task.taskId, volumeId, error: describe(err) }))
     }
   }
 
