@@ -92,6 +92,7 @@ export class Daemon {
       concurrency: this.#config.concurrency,
       waitTimeSeconds: this.#config.waitTimeSeconds,
       visibilityTimeout: this.#config.visibilityTimeoutSeconds,
+      maxVisibilitySeconds: this.#config.maxVisibilitySeconds,
       handler: (m, signal) => this.#handle(m, signal),
       onError: (err, context) => this.#log.error(context, { error: describe(err) }),
     })
@@ -121,7 +122,7 @@ export class Daemon {
       return
     }
     const task = parsed.task
-    this.#log.info('task started', { taskId: task.taskId, type: task.type, receiveCount: message.receiveCount })
+    this.#log.info('task started', { taskId: task.taskId, type: task.type, receiveCount: message.receiveCount, continuation: message.continuation })
     try {
       const result = await this.#run(task, signal)
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'succeeded', startedAt, result })
@@ -258,9 +259,14 @@ export class Daemon {
       ...listing.ranges,
       source: { volumeId, ...(task.snapshotId ? { snapshotId: task.snapshotId } : {}) },
       tags: { ...task.tags, [TASK_ID_TAG]: taskId },
+      // A task cut short (the visibility cap, SIGTERM, a crash) goes on from here next time.
+      checkpoint: { key: `task:${taskId}`, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
       signal,
     })
-    return { backupId: result.id, volumeId, device: device.path, ...listing.figures, ...result.stats }
+    return {
+      backupId: result.id, volumeId, device: device.path, ...listing.figures, ...result.stats,
+      ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
+    }
   }
 
   /** A parent snapshot must be the one the parent backup was taken from; checked before any work. */

@@ -7,6 +7,8 @@ import { copyFile, mkdir, open, stat, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { CreateVolumeCommand, EC2Client } from '@aws-sdk/client-ec2'
 import { devNumber } from '../agent/device.ts'
+import { Repository } from '../agent/repository.ts'
+import { existsSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
@@ -32,6 +34,8 @@ interface WorldOptions {
   exposeDevice?: ConstructorParameters<typeof Ec2StandIn>[0]['exposeDevice']
   /** Extra environment for the daemon. */
   env?: Record<string, string>
+  /** Daemon configuration that differs from this world's. */
+  config?: Record<string, unknown>
 }
 
 async function world(t: Teardown, options: WorldOptions = {}) {
@@ -74,7 +78,7 @@ async function world(t: Teardown, options: WorldOptions = {}) {
   const config = join(dir, 'config.json')
   await writeFile(config, JSON.stringify({
     queueUrl, replyQueueUrl, repository: repo, concurrency: 2, waitTimeSeconds: 1, visibilityTimeoutSeconds: 5,
-    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint,
+    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint, ...options.config,
   }))
   const state = { log: '' }
   /** Starts a daemon process on this world's config; killed when the test ends. */
@@ -374,4 +378,31 @@ t.test('safety: a restore whose device node is not the volume it attached is ref
   t.match([...ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'liar').map((v) => v.state), ['deleted'], 'the volume made for it is gone')
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'stops cleanly')
+})
+
+t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes on from there', async (t) => {
+  const { dir, ec2, repo, send, reply, daemon, exited, spawnDaemon, state } = await world(t, { config: { shutdownGraceSeconds: 0, checkpointIntervalSeconds: 1 } })
+  const image = join(dir, 'big.img')
+  const size = 320 * MiB
+  await makeImage(image, size, [{ kind: 'random', offset: 0, length: size }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 40 })
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'long-1', snapshotId }))
+  // Stop the worker once the backup has saved a checkpoint of its own.
+  const checkpoint = join(dir, 'repo', Repository.checkpointName('task:long-1'))
+  await until(() => existsSync(checkpoint) || state.log.includes('task succeeded'), 60_000, 'a checkpoint')
+  daemon.kill('SIGTERM')
+  t.equal((await exited).code, 0, 'the worker stops at once (no grace)')
+  t.match(state.log, /"msg":"task failed, will be retried".*checkpointed/, 'saying the backup was checkpointed')
+
+  const second = spawnDaemon()
+  const r = await reply('long-1')
+  t.equal(r.status, 'succeeded', `the task succeeds on the next worker ${JSON.stringify(r.error ?? '')}`)
+  t.ok(r.result.resumedFrom, `going on from the checkpoint of ${r.result.resumedFrom}`)
+  t.equal((await cli(['list', '--repo', repo])).backups.length, 1, 'one backup')
+  const restored = join(dir, 'restored.img')
+  await cli(['restore', '--repo', repo, '--backup', r.result.backupId, '--device', restored])
+  t.equal(await sha256File(restored, size), await sha256File(image), 'which holds the snapshot, byte for byte')
+  t.notOk(existsSync(checkpoint), 'and the checkpoint is gone')
+  second.daemon.kill('SIGTERM')
+  t.equal((await second.exited).code, 0)
 })
