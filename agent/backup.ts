@@ -3,7 +3,7 @@
 // hydrated lazily and only deliver throughput at high queue depth); packs upload in parallel.
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { ID_BYTES, type ChunkIndex } from './chunk-index.ts'
-import { isDone, markDone, type Checkpoint } from './checkpoint.ts'
+import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, isDone, markDone, type Checkpoint } from './checkpoint.ts'
 import { openForRead, readAt } from './device.ts'
 import {
   backupChecksum,
@@ -62,7 +62,6 @@ export interface BackupResult {
 }
 
 export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024
-export const DEFAULT_CHECKPOINT_INTERVAL_MS = 5 * 60 * 1000
 
 /** The checkpoint under `key` if it belongs to this backup (same volume size, chunking, parent) and its chunks are all indexed. */
 async function usableCheckpoint(
@@ -72,7 +71,7 @@ async function usableCheckpoint(
   index: ChunkIndex,
 ): Promise<Checkpoint | null> {
   const c = await repo.loadCheckpoint(key).catch(() => null)
-  if (!c || c.size !== expect.size || c.chunkSize !== expect.chunkSize || c.parent !== expect.parent) return null
+  if (!c || c.kind !== 'backup' || c.size !== expect.size || c.chunkSize !== expect.chunkSize || c.parent !== expect.parent) return null
   for (let i = 0; i < chunkCount(c.size, c.chunkSize); i++) {
     if (!isDone(c.done, i)) continue
     const id = chunkIdAt(c.chunks, i)
@@ -105,7 +104,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     // Chunks done by an earlier attempt (durable when its checkpoint was saved) are not redone.
     const done = resumed?.done ?? new Uint8Array(Math.ceil(count / 8))
     const chunks = resumed?.chunks ?? Buffer.alloc(count * ID_BYTES)
-    const earlier = resumed?.stats
+    const earlier = resumed?.stats as BackupStats | undefined
     const stats: BackupStats = {
       bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksTotal: count, chunksZero: 0,
       chunksNew: 0, chunksReused: 0, chunksFromParent: 0, durationMs: 0,
@@ -142,29 +141,15 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
     // Checkpoints: every interval, readers pause at a chunk boundary, the pack being filled is
     // uploaded, and what is done is saved; so is it when the backup is interrupted.
-    const interval = options.checkpoint?.intervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS
-    let lastCheckpoint = performance.now()
-    let inflight = 0
-    let gate: Promise<void> | null = null
-    const idleWaiters: Array<() => void> = []
     const saveCheckpoint = async (): Promise<void> => {
       await writer.flush()
       await repo.saveCheckpoint(checkpointKey!, {
-        backupId, size, chunkSize, parent: parent?.id ?? null, savedAt: new Date().toISOString(),
+        kind: 'backup', target: null, backupId, size, chunkSize, parent: parent?.id ?? null, savedAt: new Date().toISOString(),
         stats: { ...stats, bytesStored: storedBefore + writer.bytesStored, durationMs: (earlier?.durationMs ?? 0) + Math.round(performance.now() - started) },
         done, chunks,
       })
-      lastCheckpoint = performance.now()
     }
-    const maybeCheckpoint = (): void => {
-      if (!checkpointKey || gate || performance.now() - lastCheckpoint < interval) return
-      gate = (async () => {
-        while (inflight > 0) await new Promise<void>((resolve) => idleWaiters.push(resolve))
-        await saveCheckpoint()
-      })().finally(() => {
-        gate = null
-      })
-    }
+    const gate = checkpointKey ? new CheckpointGate(options.checkpoint?.intervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS, saveCheckpoint) : null
 
     // Ids stored by this backup so far: two identical chunks in flight are stored once.
     const session = new Set<string>()
@@ -194,9 +179,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const buffers: Buffer[] = []
     try {
       await forEachConcurrent(indices(), options.readConcurrency ?? 16, async (i) => {
-        maybeCheckpoint()
-        while (gate) await gate
-        inflight++
+        await gate?.enter()
         const offset = i * chunkSize
         const length = Math.min(chunkSize, size - offset)
         const whole = buffers.pop() ?? Buffer.allocUnsafeSlow(chunkSize)
@@ -216,7 +199,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
           report()
         } finally {
           buffers.push(whole)
-          if (--inflight === 0) for (const wake of idleWaiters.splice(0)) wake()
+          gate?.leave()
         }
       }, options.signal)
       await writer.finish(`backup-${backupId}`)
@@ -227,7 +210,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       }
       // Every reader has stopped: what is marked done is what the next attempt can skip.
       let saved = false
-      if (checkpointKey) saved = await saveCheckpoint().then(() => true, () => false)
+      if (gate) saved = await gate.saveNow().then(() => true, () => false)
       await writer.settle()
       throw new EbsWorkerError(ErrorCode.Interrupted,
         saved ? 'backup interrupted; its progress is checkpointed and the next attempt goes on from there' : 'backup interrupted; nothing was recorded',

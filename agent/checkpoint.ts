@@ -1,19 +1,25 @@
-// A backup's checkpoint: how far a backup that has not finished got, so that the next attempt of
-// the same task (after SQS's 12-hour visibility cap, a SIGTERM or a crash) reads only what is
-// left. Pure: encoding and decoding. A checkpoint is written only when every chunk it marks done
-// is durable (its pack uploaded and indexed), so trusting it never loses data.
+// Checkpoints: how far a backup or a restore that has not finished got, so that the next attempt
+// of the same task (after SQS's 12-hour visibility cap, a SIGTERM or a crash) does only what is
+// left. Encoding and decoding are pure; CheckpointGate picks the quiet moments to save one. A
+// checkpoint is written only when every chunk it marks done is durable (a backup's: its pack
+// uploaded and indexed; a restore's: written and fdatasync'ed), so trusting it never loses data.
 //
 // Layout (before the blob codec): u32 header length, the JSON header, a bitmap of done chunks
-// (bit i of byte i>>3), then the chunk ids of the whole volume (zero ids where not done).
+// (bit i of byte i>>3), then for a backup the chunk ids of the whole volume (zero ids where not
+// done); a restore's has no ids.
 import { z } from 'zod'
 import { ID_BYTES } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode } from './errors.ts'
-import { chunkCount, type BackupStats } from './manifest.ts'
+import { chunkCount } from './manifest.ts'
 
 export const CHECKPOINT_VERSION = 1
+export const DEFAULT_CHECKPOINT_INTERVAL_MS = 5 * 60 * 1000
 
 const headerSchema = z.strictObject({
   version: z.literal(CHECKPOINT_VERSION),
+  kind: z.enum(['backup', 'restore']),
+  /** A restore's target: the volume id (or device) it writes, which must be the same to go on. */
+  target: z.string().nullable(),
   backupId: z.string(),
   size: z.number().int().nonnegative(),
   chunkSize: z.number().int().positive(),
@@ -23,16 +29,19 @@ const headerSchema = z.strictObject({
 })
 
 export interface Checkpoint {
+  kind: 'backup' | 'restore'
+  target: string | null
+  /** The backup being made, or being restored. */
   backupId: string
   size: number
   chunkSize: number
   parent: string | null
   savedAt: string
   /** Figures of the attempts so far (added up by the next one). */
-  stats: BackupStats
+  stats: Record<string, number>
   /** One bit per chunk: done. */
   done: Uint8Array
-  /** Chunk ids, ID_BYTES each, for the whole volume. */
+  /** A backup's chunk ids, ID_BYTES each, for the whole volume; empty for a restore. */
   chunks: Buffer
 }
 
@@ -52,7 +61,7 @@ export function doneCount(done: Uint8Array, count: number): number {
 
 export function encodeCheckpoint(c: Checkpoint): Buffer {
   const header = Buffer.from(JSON.stringify({
-    version: CHECKPOINT_VERSION, backupId: c.backupId, size: c.size, chunkSize: c.chunkSize, parent: c.parent, savedAt: c.savedAt, stats: c.stats,
+    version: CHECKPOINT_VERSION, kind: c.kind, target: c.target, backupId: c.backupId, size: c.size, chunkSize: c.chunkSize, parent: c.parent, savedAt: c.savedAt, stats: c.stats,
   }))
   const length = Buffer.alloc(4)
   length.writeUInt32BE(header.length)
@@ -75,12 +84,55 @@ export function decodeCheckpoint(buf: Buffer, what: string): Checkpoint {
   const h = parsed.data
   const count = chunkCount(h.size, h.chunkSize)
   const bitmapBytes = Math.ceil(count / 8)
-  if (buf.length !== 4 + headerLength + bitmapBytes + count * ID_BYTES) throw bad('wrong length for its volume size')
+  const idBytes = h.kind === 'backup' ? count * ID_BYTES : 0
+  if (buf.length !== 4 + headerLength + bitmapBytes + idBytes) throw bad('wrong length for its volume size')
   const body = 4 + headerLength
   return {
-    backupId: h.backupId, size: h.size, chunkSize: h.chunkSize, parent: h.parent, savedAt: h.savedAt,
-    stats: h.stats as unknown as BackupStats,
+    kind: h.kind, target: h.target, backupId: h.backupId, size: h.size, chunkSize: h.chunkSize, parent: h.parent, savedAt: h.savedAt,
+    stats: h.stats,
     done: new Uint8Array(buf.subarray(body, body + bitmapBytes)),
     chunks: Buffer.from(buf.subarray(body + bitmapBytes)),
+  }
+}
+
+/**
+ * Picks quiet moments for checkpoints: workers call enter() before a unit of work and leave()
+ * after it. Once `intervalMs` has passed, the next worker to enter holds the others back, waits
+ * until none is working, runs `save`, and lets everyone go on.
+ */
+export class CheckpointGate {
+  readonly #intervalMs: number
+  readonly #save: () => Promise<void>
+  #inflight = 0
+  #gate: Promise<void> | null = null
+  readonly #idle: Array<() => void> = []
+  #last = performance.now()
+
+  constructor(intervalMs: number, save: () => Promise<void>) {
+    this.#intervalMs = intervalMs
+    this.#save = save
+  }
+
+  async enter(): Promise<void> {
+    if (!this.#gate && performance.now() - this.#last >= this.#intervalMs) {
+      this.#gate = (async () => {
+        while (this.#inflight > 0) await new Promise<void>((resolve) => this.#idle.push(resolve))
+        await this.saveNow()
+      })().finally(() => {
+        this.#gate = null
+      })
+    }
+    while (this.#gate) await this.#gate
+    this.#inflight++
+  }
+
+  leave(): void {
+    if (--this.#inflight === 0) for (const wake of this.#idle.splice(0)) wake()
+  }
+
+  /** Saves at once; the caller makes sure no work is in flight (e.g. after an interruption). */
+  async saveNow(): Promise<void> {
+    await this.#save()
+    this.#last = performance.now()
   }
 }

@@ -215,10 +215,15 @@ export class Daemon {
       // attempt may hold part of the data already.
       const result = await restore(repo, {
         backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
+        // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
+        checkpoint: { key: `task:${task.taskId}`, target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
       })
       await volumes.release(volumeId, { delete: false })
       done = true
-      const figures = { volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs }
+      const figures = {
+        volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs,
+        ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
+      }
       if (!task.snapshot) return figures
       // The cross-account path: the controller builds the instance from this shared snapshot.
       const snapshotId = await volumes.snapshot(task.taskId, volumeId)

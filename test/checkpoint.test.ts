@@ -3,7 +3,7 @@
 // go would make. Real files and a real file:// repository.
 import t from 'tap'
 import { existsSync } from 'node:fs'
-import { writeFile } from 'node:fs/promises'
+import { copyFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { FileBackend } from '../agent/backend/file.ts'
 import { backup } from '../agent/backup.ts'
@@ -21,7 +21,7 @@ t.test('checkpoint encoding', async (t) => {
   markDone(done, 0)
   markDone(done, 9)
   const c: Checkpoint = {
-    backupId: '20261123T000000Z-0a0b0c0d', size: 10 * MiB - 5, chunkSize: MiB, parent: null, savedAt: new Date().toISOString(), stats,
+    kind: 'backup', target: null, backupId: '20261123T000000Z-0a0b0c0d', size: 10 * MiB - 5, chunkSize: MiB, parent: null, savedAt: new Date().toISOString(), stats,
     done, chunks: Buffer.alloc(10 * ID_BYTES, 7),
   }
   const encoded = encodeCheckpoint(c)
@@ -106,4 +106,53 @@ t.test('a checkpoint that does not fit is not used', async (t) => {
   const c = await backup(repo, { device: image, checkpoint: { key: 'task:t2' } })
   t.equal(c.resumedFrom, null, 'a damaged checkpoint: started afresh')
   t.ok(await holdsImage(c.id), 'and the backup is right')
+})
+
+t.test('an interrupted restore checkpoints; the next attempt writes only the rest, onto the same target', async (t) => {
+  const { dir, repo, image, size } = await setup(t)
+  const { id } = await backup(repo, { device: image })
+  const target = join(dir, 'target.img')
+  const abort = new AbortController()
+  const first = await restore(repo, {
+    backupId: id, device: target, concurrency: 2, maxRequestBytes: 2 * MiB, signal: abort.signal,
+    checkpoint: { key: 'task:r1', target: 'vol-0aaaaaaaaaaaaaaaa', intervalMs: 3_600_000 },
+    onProgress: (p) => p.bytesDone >= 20 * MiB && abort.abort(),
+  }).then(() => null, (err: unknown) => err)
+  t.ok(isEbsWorkerError(first) && first.code === 'INTERRUPTED' && /checkpointed/.test(first.message), `interrupted, and says it checkpointed: ${String(first)}`)
+  const checkpointFile = join(dir, 'repo', Repository.checkpointName('task:r1'))
+  t.ok(existsSync(checkpointFile), 'the checkpoint is in the repository')
+
+  // Another target (a new volume): the checkpoint does not apply to it.
+  await copyFile(checkpointFile, `${checkpointFile}.saved`)
+  const elsewhere = join(dir, 'elsewhere.img')
+  const other = await restore(repo, { backupId: id, device: elsewhere, checkpoint: { key: 'task:r1', target: 'vol-0bbbbbbbbbbbbbbbb' } })
+  t.equal(other.resumedFrom, null, 'another volume starts afresh')
+  t.equal(await sha256File(elsewhere, size), await sha256File(image), 'and is restored whole')
+
+  // Put the checkpoint back (the restore above finished and removed it) and go on on the first target.
+  await rename(`${checkpointFile}.saved`, checkpointFile)
+  const second = await restore(repo, {
+    backupId: id, device: target, concurrency: 2, maxRequestBytes: 2 * MiB,
+    checkpoint: { key: 'task:r1', target: 'vol-0aaaaaaaaaaaaaaaa' },
+  })
+  t.ok(second.resumedFrom, 'the second attempt went on from the checkpoint, and succeeded')
+  t.equal(await sha256File(target, size), await sha256File(image), 'the target holds the backup, byte for byte')
+  t.notOk(existsSync(checkpointFile), 'and the checkpoint is gone')
+})
+
+t.test('a restore resumed from its checkpoint fetches only what was not written', async (t) => {
+  const { dir, repo, image, size } = await setup(t)
+  const { id } = await backup(repo, { device: image })
+  const target = join(dir, 'target.img')
+  const abort = new AbortController()
+  const checkpoint = { key: 'task:r2', target: 'vol-0cccccccccccccccc' }
+  await restore(repo, {
+    backupId: id, device: target, concurrency: 1, maxRequestBytes: MiB, signal: abort.signal, checkpoint,
+    onProgress: (p) => p.bytesDone >= 30 * MiB && abort.abort(),
+  }).catch(() => {})
+  const second = await restore(repo, { backupId: id, device: target, checkpoint })
+  t.ok(second.resumedFrom, 'went on from the checkpoint')
+  const full = await restore(repo, { backupId: id, device: join(dir, 'whole.img') })
+  t.ok(second.requests < full.requests, `fewer requests than a whole restore (${second.requests} < ${full.requests})`)
+  t.equal(await sha256File(target, size), await sha256File(image), 'and the target holds the backup, byte for byte')
 })
