@@ -2,7 +2,8 @@
 // manifest. Many positional reads are in flight at once (volumes restored from snapshots are
 // hydrated lazily and only deliver throughput at high queue depth); packs upload in parallel.
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
-import { ID_BYTES } from './chunk-index.ts'
+import { ID_BYTES, type ChunkIndex } from './chunk-index.ts'
+import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, isDone, markDone, type Checkpoint } from './checkpoint.ts'
 import { openForRead, readAt } from './device.ts'
 import {
   backupChecksum,
@@ -14,7 +15,7 @@ import {
   type Manifest,
 } from './manifest.ts'
 import { PackWriter } from './pack-writer.ts'
-import { chunksToRead, type ByteRange } from './plan.ts'
+import { chunksToRead, chunksWritten, type ByteRange } from './plan.ts'
 import { forEachConcurrent } from './pool.ts'
 import type { Repository } from './repository.ts'
 
@@ -23,7 +24,9 @@ export interface BackupOptions {
   /** Backup id of a previous backup of the same volume. */
   parent?: string
   /** With a parent: only these byte ranges changed since it; the rest is the parent's. */
-  changedRanges?: ByteRange[]
+  changedRanges?: Iterable<ByteRange>
+  /** Only these byte ranges were ever written; the rest reads as zeros and is not read. */
+  writtenRanges?: Iterable<ByteRange>
   source?: { volumeId?: string; snapshotId?: string }
   tags?: Record<string, string>
   /** Chunk reads in flight. */
@@ -31,6 +34,11 @@ export interface BackupOptions {
   /** Packs uploading at once. */
   uploadConcurrency?: number
   packSize?: number
+  /**
+   * Go on from the checkpoint saved under this key, if it fits, and save one every `intervalMs`
+   * and when interrupted (the daemon uses the task id).
+   */
+  checkpoint?: { key: string; intervalMs?: number }
   onProgress?: (progress: BackupProgress) => void
   signal?: AbortSignal
 }
@@ -49,9 +57,28 @@ export interface BackupResult {
   parent: string | null
   checksum: string
   stats: BackupStats
+  /** When it went on from an earlier attempt's checkpoint: when that was saved. */
+  resumedFrom: string | null
 }
 
 export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+
+/** The checkpoint under `key` if it belongs to this backup (same volume size, chunking, parent) and its chunks are all indexed. */
+async function usableCheckpoint(
+  repo: Repository,
+  key: string,
+  expect: { size: number; chunkSize: number; parent: string | null },
+  index: ChunkIndex,
+): Promise<Checkpoint | null> {
+  const c = await repo.loadCheckpoint(key).catch(() => null)
+  if (!c || c.kind !== 'backup' || c.size !== expect.size || c.chunkSize !== expect.chunkSize || c.parent !== expect.parent) return null
+  for (let i = 0; i < chunkCount(c.size, c.chunkSize); i++) {
+    if (!isDone(c.done, i)) continue
+    const id = chunkIdAt(c.chunks, i)
+    if (!id.equals(ZERO_ID) && !index.has(id)) return null
+  }
+  return c
+}
 
 export async function backup(repo: Repository, options: BackupOptions): Promise<BackupResult> {
   const started = performance.now()
@@ -59,39 +86,70 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   if (options.changedRanges && !options.parent) {
     throw new EbsWorkerError(ErrorCode.BadInput, 'changed ranges need a parent backup to take the unchanged chunks from')
   }
+  if (options.writtenRanges && options.changedRanges) {
+    throw new EbsWorkerError(ErrorCode.BadInput, 'give changed ranges (against the parent) or written ranges (against zeros), not both')
+  }
   const parent = options.parent ? await repo.loadManifest(options.parent) : null
-  const backupId = newBackupId()
   const device = await openForRead(options.device)
   try {
     const size = device.size
     const count = chunkCount(size, chunkSize)
-    const toRead = chunksToRead(size, chunkSize, parent, options.changedRanges ?? null)
+    const toRead = options.writtenRanges
+      ? chunksWritten(size, chunkSize, options.writtenRanges)
+      : chunksToRead(size, chunkSize, parent, options.changedRanges ?? null)
     const index = await repo.loadIndex()
-    const chunks = Buffer.alloc(count * ID_BYTES)
+    const checkpointKey = options.checkpoint?.key ?? null
+    const resumed = checkpointKey ? await usableCheckpoint(repo, checkpointKey, { size, chunkSize, parent: parent?.id ?? null }, index) : null
+    const backupId = resumed?.backupId ?? newBackupId()
+    // Chunks done by an earlier attempt (durable when its checkpoint was saved) are not redone.
+    const done = resumed?.done ?? new Uint8Array(Math.ceil(count / 8))
+    const chunks = resumed?.chunks ?? Buffer.alloc(count * ID_BYTES)
+    const earlier = resumed?.stats as BackupStats | undefined
     const stats: BackupStats = {
       bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksTotal: count, chunksZero: 0,
       chunksNew: 0, chunksReused: 0, chunksFromParent: 0, durationMs: 0,
+      ...earlier,
     }
     const writer = new PackWriter(repo, {
       packSize: options.packSize ?? DEFAULT_PACK_SIZE,
       concurrency: options.uploadConcurrency ?? 4,
       maxBlobBytes: chunkSize + 64,
     })
+    const storedBefore = earlier?.bytesStored ?? 0
     let bytesDone = 0
-    const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: size, bytesStored: writer.bytesStored })
+    const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: size, bytesStored: storedBefore + writer.bytesStored })
+    for (let i = 0; i < count; i++) if (isDone(done, i)) bytesDone += Math.min(chunkSize, size - i * chunkSize)
 
     // Chunks taken from the parent cost no I/O; their presence in the index is still checked,
     // so an incremental backup never refers to a chunk the repository has lost track of.
+    // With written ranges, a chunk not read is one never written: zeros.
     for (let i = 0; i < count; i++) {
-      if (toRead[i]) continue
-      const id = chunkIdAt(parent!.chunks, i)
+      if (toRead[i] || isDone(done, i)) continue
+      markDone(done, i)
+      bytesDone += Math.min(chunkSize, size - i * chunkSize)
+      if (!parent || options.writtenRanges) {
+        stats.chunksZero++
+        continue
+      }
+      const id = chunkIdAt(parent.chunks, i)
       if (!id.equals(ZERO_ID) && !index.has(id)) {
-        throw new EbsWorkerError(ErrorCode.ChunkMissing, `parent backup ${parent!.id} refers to chunk ${i} which no index lists`)
+        throw new EbsWorkerError(ErrorCode.ChunkMissing, `parent backup ${parent.id} refers to chunk ${i} which no index lists`)
       }
       id.copy(chunks, i * ID_BYTES)
       stats.chunksFromParent++
-      bytesDone += Math.min(chunkSize, size - i * chunkSize)
     }
+
+    // Checkpoints: every interval, readers pause at a chunk boundary, the pack being filled is
+    // uploaded, and what is done is saved; so is it when the backup is interrupted.
+    const saveCheckpoint = async (): Promise<void> => {
+      await writer.flush()
+      await repo.saveCheckpoint(checkpointKey!, {
+        kind: 'backup', target: null, backupId, size, chunkSize, parent: parent?.id ?? null, savedAt: new Date().toISOString(),
+        stats: { ...stats, bytesStored: storedBefore + writer.bytesStored, durationMs: (earlier?.durationMs ?? 0) + Math.round(performance.now() - started) },
+        done, chunks,
+      })
+    }
+    const gate = checkpointKey ? new CheckpointGate(options.checkpoint?.intervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS, saveCheckpoint) : null
 
     // Ids stored by this backup so far: two identical chunks in flight are stored once.
     const session = new Set<string>()
@@ -115,12 +173,13 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       return id
     }
     const indices = function* (): Generator<number> {
-      for (let i = 0; i < count; i++) if (toRead[i]) yield i
+      for (let i = 0; i < count; i++) if (toRead[i] && !isDone(done, i)) yield i
     }
     // Read buffers are reused: one per reader, so memory does not depend on the volume size.
     const buffers: Buffer[] = []
     try {
       await forEachConcurrent(indices(), options.readConcurrency ?? 16, async (i) => {
+        await gate?.enter()
         const offset = i * chunkSize
         const length = Math.min(chunkSize, size - offset)
         const whole = buffers.pop() ?? Buffer.allocUnsafeSlow(chunkSize)
@@ -135,20 +194,30 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
           stats.bytesRead += length
           const id = await storeChunk(buf)
           id.copy(chunks, i * ID_BYTES)
+          markDone(done, i)
           bytesDone += length
           report()
         } finally {
           buffers.push(whole)
+          gate?.leave()
         }
       }, options.signal)
       await writer.finish(`backup-${backupId}`)
     } catch (err) {
+      if (!options.signal?.aborted) {
+        await writer.settle()
+        throw err
+      }
+      // Every reader has stopped: what is marked done is what the next attempt can skip.
+      let saved = false
+      if (gate) saved = await gate.saveNow().then(() => true, () => false)
       await writer.settle()
-      if (options.signal?.aborted) throw new EbsWorkerError(ErrorCode.Interrupted, 'backup interrupted; nothing was recorded', { cause: err })
-      throw err
+      throw new EbsWorkerError(ErrorCode.Interrupted,
+        saved ? 'backup interrupted; its progress is checkpointed and the next attempt goes on from there' : 'backup interrupted; nothing was recorded',
+        { cause: err })
     }
-    stats.bytesStored = writer.bytesStored
-    stats.durationMs = Math.round(performance.now() - started)
+    stats.bytesStored = storedBefore + writer.bytesStored
+    stats.durationMs = (earlier?.durationMs ?? 0) + Math.round(performance.now() - started)
     const manifest: Manifest = {
       id: backupId,
       createdAt: new Date().toISOString(),
@@ -162,8 +231,10 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       tags: options.tags ?? {},
     }
     await repo.saveManifest(manifest)
+    // The manifest is what counts now; a checkpoint left behind is only ignored garbage.
+    if (checkpointKey) await repo.deleteCheckpoint(checkpointKey).catch(() => {})
     report()
-    return { id: manifest.id, size, chunkSize, parent: manifest.parent, checksum: manifest.checksum, stats }
+    return { id: manifest.id, size, chunkSize, parent: manifest.parent, checksum: manifest.checksum, stats, resumedFrom: resumed?.savedAt ?? null }
   } finally {
     await device.handle.close()
   }

@@ -20,6 +20,10 @@ const configSchema = z.strictObject({
   concurrency: z.number().int().min(1).max(64).default(2),
   waitTimeSeconds: z.number().int().min(0).max(20).default(20),
   visibilityTimeoutSeconds: z.number().int().min(5).max(43200).default(300),
+  /** SQS's cap on a message's invisibility; a task still running near it carries on under a new message. Lower only in tests. */
+  maxVisibilitySeconds: z.number().int().min(3).max(43200).default(43200),
+  /** How often a running backup saves a checkpoint the next attempt of its task can go on from. */
+  checkpointIntervalSeconds: z.number().int().min(1).max(86400).default(300),
   /** On SIGTERM: how long running tasks get before they are stopped and handed back. */
   shutdownGraceSeconds: z.number().int().min(0).max(3600).default(60),
   /** How long to wait for an attached volume's device to appear. */

@@ -2,9 +2,10 @@
 // exactly one of: a result (succeeded, failed permanently, or rejected as not a valid task) and
 // its deletion; or, for a transient failure, no deletion, so SQS redelivers it and the queue's
 // redrive policy eventually parks it in the dead-letter queue.
+import { EBSClient } from '@aws-sdk/client-ebs'
 import { EC2Client } from '@aws-sdk/client-ec2'
 import { KMSClient } from '@aws-sdk/client-kms'
-import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { GetQueueAttributesCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { openBackend } from './backend/open.ts'
 import { backup } from './backup.ts'
 import { restore } from './restore.ts'
@@ -14,6 +15,8 @@ import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from './errors.
 import { whoAmI, type WorkerIdentity } from './identity.ts'
 import { LocalKeyFileProvider } from './keys.ts'
 import { MetricsEmitter } from './metrics.ts'
+import { listBlocks, type BlockQuery } from './snapshot-blocks.ts'
+import type { ByteRange } from './plan.ts'
 import { assertShareableKey } from './kms.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { Repository } from './repository.ts'
@@ -41,6 +44,16 @@ export const jsonLog: DaemonLog = {
   error: (msg, fields) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: 'error', msg, ...fields }) + '\n'),
 }
 
+/** What a read needs to know, from a `read` task or the read step of a `backup` task. */
+interface ReadSpec {
+  repository?: string | undefined
+  parentBackupId?: string | undefined
+  /** The snapshot the volume was made from, and the parent backup's: EBS lists the blocks to read. */
+  snapshotId?: string | undefined
+  parentSnapshotId?: string | undefined
+  tags?: Record<string, string> | undefined
+}
+
 export class Daemon {
   readonly #config: DaemonConfig
   readonly #log: DaemonLog
@@ -48,8 +61,11 @@ export class Daemon {
   #identity: WorkerIdentity | null = null
   #volumes: Volumes | null = null
   #kms: KMSClient | null = null
+  #ebs: EBSClient | null = null
   #consumer: QueueConsumer | null = null
   #repos = new Map<string, Promise<Repository>>()
+  /** The task queue's maxReceiveCount, when it has a dead-letter queue. */
+  #maxReceiveCount: number | null = null
   readonly #metrics = new MetricsEmitter()
 
   constructor(config: DaemonConfig, log: DaemonLog = jsonLog) {
@@ -64,24 +80,29 @@ export class Daemon {
   async start(): Promise<void> {
     this.#identity = await whoAmI(this.#config.imdsEndpoint ? { endpoint: this.#config.imdsEndpoint } : {})
     this.#kms = new KMSClient({ region: this.#identity.region })
+    this.#ebs = new EBSClient({ region: this.#identity.region })
     this.#volumes = new Volumes({
       client: new EC2Client({ region: this.#identity.region }),
       identity: this.#identity,
       roots: this.#config.deviceRoots,
       deviceTimeoutMs: this.#config.deviceTimeoutSeconds * 1000,
     })
+    this.#maxReceiveCount = await this.#readMaxReceiveCount()
     this.#consumer = new QueueConsumer({
       client: this.#sqs,
       queueUrl: this.#config.queueUrl,
       concurrency: this.#config.concurrency,
       waitTimeSeconds: this.#config.waitTimeSeconds,
       visibilityTimeout: this.#config.visibilityTimeoutSeconds,
+      maxVisibilitySeconds: this.#config.maxVisibilitySeconds,
       handler: (m, signal) => this.#handle(m, signal),
       onError: (err, context) => this.#log.error(context, { error: describe(err) }),
     })
     this.#consumer.start()
     this.#metrics.start(this.#identity.instanceId, () => this.#consumer?.active ?? 0)
-    this.#log.info('started', { instanceId: this.#identity.instanceId, region: this.#identity.region, queueUrl: this.#config.queueUrl })
+    this.#log.info('started', {
+      instanceId: this.#identity.instanceId, region: this.#identity.region, queueUrl: this.#config.queueUrl, maxReceiveCount: this.#maxReceiveCount,
+    })
   }
 
   /** Stops taking tasks; running ones get the configured grace, then are handed back. */
@@ -106,7 +127,7 @@ export class Daemon {
       return
     }
     const task = parsed.task
-    this.#log.info('task started', { taskId: task.taskId, type: task.type, receiveCount: message.receiveCount })
+    this.#log.info('task started', { taskId: task.taskId, type: task.type, receiveCount: message.receiveCount, continuation: message.continuation })
     try {
       const result = await this.#run(task, signal)
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'succeeded', startedAt, result })
@@ -114,13 +135,37 @@ export class Daemon {
     } catch (err) {
       const code = isEbsWorkerError(err) ? err.code : 'INTERNAL'
       if (!PERMANENT.has(code) || signal.aborted) {
-        // Transient: no reply yet; SQS redelivers the message (and parks it in the DLQ at last).
-        this.#log.error('task failed, will be retried', { taskId: task.taskId, code, error: describe(err), receiveCount: message.receiveCount })
-        this.#metrics.taskEnded({ taskId: task.taskId, type: task.type, status: 'retrying', startedAt, finishedAt: new Date().toISOString(), errorCode: code })
+        // Transient: SQS redelivers the message, and parks it in the DLQ after maxReceiveCount
+        // receives. The last attempt tells the controller, which would otherwise wait for ever.
+        const last = !signal.aborted && this.#maxReceiveCount !== null && message.receiveCount >= this.#maxReceiveCount
+        this.#log.error(last ? 'task failed on its last attempt' : 'task failed, will be retried', {
+          taskId: task.taskId, code, error: describe(err), receiveCount: message.receiveCount,
+        })
+        if (last) {
+          await this.#reply({
+            taskId: task.taskId, type: task.type, status: 'failed', startedAt,
+            error: { code, message: `${describe(err)} (attempt ${message.receiveCount} of ${this.#maxReceiveCount}; the task goes to the dead-letter queue)`, retryable: false },
+          })
+        } else {
+          this.#metrics.taskEnded({ taskId: task.taskId, type: task.type, status: 'retrying', startedAt, finishedAt: new Date().toISOString(), errorCode: code })
+        }
         throw err
       }
       this.#log.error('task failed', { taskId: task.taskId, code, error: describe(err) })
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'failed', startedAt, error: { code, message: describe(err), retryable: false } })
+    }
+  }
+
+  /** The redrive policy's maxReceiveCount (null without a DLQ, or when it cannot be read). */
+  async #readMaxReceiveCount(): Promise<number | null> {
+    try {
+      const out = await this.#sqs.send(new GetQueueAttributesCommand({ QueueUrl: this.#config.queueUrl, AttributeNames: ['RedrivePolicy'] }))
+      const policy = out.Attributes?.RedrivePolicy
+      const max = policy ? Number((JSON.parse(policy) as { maxReceiveCount?: unknown }).maxReceiveCount) : NaN
+      return Number.isInteger(max) && max > 0 ? max : null
+    } catch (err) {
+      this.#log.error('cannot read the task queue\'s redrive policy: the last attempt of a failing task will not be reported', { error: describe(err) })
+      return null
     }
   }
 
@@ -139,6 +184,7 @@ export class Daemon {
       case 'backup': {
         // attach + read + detach; the volume is released whatever the read's outcome, and a
         // redelivered task finds its volume (by tag) and its backup (by tag) again.
+        await this.#checkParent(task)
         const { volumeId } = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
         try {
           await volumes.attachHere(volumeId, signal)
@@ -169,26 +215,36 @@ export class Daemon {
     }
     const { volumeId, created } = await volumes.createEmpty(task.taskId, sizeGiB, task.volume ?? {})
     let done = false
+    let permanent = false
     try {
       const device = await volumes.attachHere(volumeId, signal)
       // Zero chunks are skipped only on a volume this attempt created: one left by an earlier
       // attempt may hold part of the data already.
       const result = await restore(repo, {
         backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
+        // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
+        checkpoint: { key: `task:${task.taskId}`, target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
       })
       await volumes.release(volumeId, { delete: false })
       done = true
-      const figures = { volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs }
+      const figures = {
+        volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs,
+        ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
+      }
       if (!task.snapshot) return figures
       // The cross-account path: the controller builds the instance from this shared snapshot.
       const snapshotId = await volumes.snapshot(task.taskId, volumeId)
       if (shareWith) await volumes.share(snapshotId, shareWith)
       return { ...figures, snapshotId, ...(shareWith ? { sharedWith: shareWith } : {}) }
+    } catch (err) {
+      permanent = isEbsWorkerError(err) && PERMANENT.has(err.code) && !signal.aborted
+      throw err
     } finally {
-      // A failed restore leaves no half-written volume attached; it is kept (detached) for a retry
-      // of the same task, which finds it by its tag.
-      if (!done) await volumes.release(volumeId, { delete: false }).catch((err: unknown) =>
-        this.#log.error('could not detach volume', { taskId: task.taskId, volumeId, error: describe(err) }))
+      // A failed restore leaves no half-written volume attached. After a transient failure it is
+      // kept (detached) for the retry, which finds it by its tag; after a permanent one no retry
+      // comes, so it is deleted.
+      if (!done) await volumes.release(volumeId, { delete: permanent }).catch((err: unknown) =>
+        this.#log.error('could not release volume', { taskId: task.taskId, volumeId, error: describe(err) }))
     }
   }
 
@@ -196,25 +252,73 @@ export class Daemon {
   async #read(
     taskId: string,
     volumeId: string,
-    task: { repository?: string | undefined; parentBackupId?: string | undefined; snapshotId?: string | undefined; tags?: Record<string, string> | undefined },
+    task: ReadSpec,
     signal: AbortSignal,
   ): Promise<Record<string, unknown>> {
     const repo = await this.#repository(task.repository ?? this.#config.repository)
     const previous = (await repo.listBackups()).find((b) => b.tags[TASK_ID_TAG] === taskId)
     if (previous) return { backupId: previous.id, volumeId, reused: true, ...previous.stats }
+    await this.#checkParent(task)
     const device = await waitForEbsDevice(volumeId, {
       roots: this.#config.deviceRoots,
       timeoutMs: this.#config.deviceTimeoutSeconds * 1000,
       signal,
     })
+    const listing = await this.#blockListing(taskId, task, device.size, signal)
     const result = await backup(repo, {
       device: device.path,
       ...(task.parentBackupId ? { parent: task.parentBackupId } : {}),
+      ...listing.ranges,
       source: { volumeId, ...(task.snapshotId ? { snapshotId: task.snapshotId } : {}) },
       tags: { ...task.tags, [TASK_ID_TAG]: taskId },
+      // A task cut short (the visibility cap, SIGTERM, a crash) goes on from here next time.
+      checkpoint: { key: `task:${taskId}`, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
       signal,
     })
-    return { backupId: result.id, volumeId, device: device.path, ...result.stats }
+    return {
+      backupId: result.id, volumeId, device: device.path, ...listing.figures, ...result.stats,
+      ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
+    }
+  }
+
+  /** A parent snapshot must be the one the parent backup was taken from; checked before any work. */
+  async #checkParent(task: ReadSpec): Promise<void> {
+    if (!task.parentSnapshotId) return
+    if (!task.parentBackupId || !task.snapshotId) {
+      throw new EbsWorkerError(ErrorCode.BadInput, 'parentSnapshotId needs parentBackupId (its backup) and snapshotId (the snapshot this volume holds)')
+    }
+    // Changed blocks are only as good as the claim that the parent backup holds that snapshot.
+    const repo = await this.#repository(task.repository ?? this.#config.repository)
+    const parent = await repo.loadManifest(task.parentBackupId)
+    if (parent.source.snapshotId !== task.parentSnapshotId) {
+      throw new EbsWorkerError(ErrorCode.BadInput,
+        `parent backup ${parent.id} was taken from ${parent.source.snapshotId ?? 'no snapshot'}, not ${task.parentSnapshotId}: its changed blocks would not apply`)
+    }
+  }
+
+  /**
+   * Which blocks to read, from EBS: those changed since the parent snapshot, or those the
+   * snapshot holds at all. Without a snapshot id, or when EBS cannot say (no permission, another
+   * lineage…), every block is read: slower, never wrong.
+   */
+  async #blockListing(taskId: string, task: ReadSpec, deviceSize: number, signal: AbortSignal): Promise<{
+    ranges: { changedRanges?: Iterable<ByteRange>; writtenRanges?: Iterable<ByteRange> }
+    figures: Record<string, unknown>
+  }> {
+    if (!task.snapshotId) return { ranges: {}, figures: { blockListing: 'none' } }
+    const query: BlockQuery = task.parentSnapshotId
+      ? { kind: 'changed', firstSnapshotId: task.parentSnapshotId, secondSnapshotId: task.snapshotId }
+      : { kind: 'written', snapshotId: task.snapshotId }
+    const api = query.kind === 'changed' ? 'ListChangedBlocks' : 'ListSnapshotBlocks'
+    try {
+      const blocks = await listBlocks(this.#ebs!, query, deviceSize, signal)
+      const figures = { blockListing: api, blocksListed: blocks.count, blockSize: blocks.blockSize }
+      return { ranges: query.kind === 'changed' ? { changedRanges: blocks.ranges() } : { writtenRanges: blocks.ranges() }, figures }
+    } catch (err) {
+      if (signal.aborted) throw err
+      this.#log.error('no block list from EBS; reading the whole volume', { taskId, api, error: describe(err) })
+      return { ranges: {}, figures: { blockListing: 'none', blockListingError: `${api}: ${describe(err)}` } }
+    }
   }
 
   #repository(url: string): Promise<Repository> {

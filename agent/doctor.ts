@@ -137,7 +137,7 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   const sqs = new SQSClient({ ...(override ? { useQueueUrlAsEndpoint: false } : {}), maxAttempts: 2 })
   try {
     for (const [name, url, needs] of [
-      ['queue', config.queueUrl, 'sqs:ReceiveMessage, sqs:ChangeMessageVisibility, sqs:DeleteMessage, sqs:GetQueueAttributes'],
+      ['queue', config.queueUrl, 'sqs:ReceiveMessage, sqs:ChangeMessageVisibility, sqs:DeleteMessage, sqs:GetQueueAttributes, sqs:SendMessage (carry-over at the 12-hour cap)'],
       ['reply-queue', config.replyQueueUrl, 'sqs:SendMessage, sqs:GetQueueAttributes'],
     ] as const) {
       if (!wanted(name)) continue

@@ -13,7 +13,7 @@ import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 export const EBS_MODEL = 'Amazon Elastic Block Store'
 
 export interface DeviceRoots {
-  /** sysfs block directory: <sysBlock>/<name>/device/{serial,model}. */
+  /** sysfs block directory: <sysBlock>/<name>/device/{serial,model}, <sysBlock>/<name>/{dev,size}. */
   sysBlock: string
   /** Where device nodes are: <devDir>/<name>. */
   devDir: string
@@ -75,8 +75,19 @@ export async function findEbsDevice(volumeId: string, roots: DeviceRoots = SYSTE
   for (const name of candidates) {
     const id = await identify(roots, name)
     if (id.serial === serial && id.model === EBS_MODEL) {
+      // The node must be the very kernel device whose serial matched: its major:minor is the
+      // one sysfs gives. udev makes the node a moment after the kernel: until then, not found.
+      const path = join(roots.devDir, name)
+      const [devno, node] = await Promise.all([readAttr(join(roots.sysBlock, name, 'dev')), stat(path).catch(() => null)])
+      if (!devno || !node) return null
+      if (!node.isBlockDevice() || devNumber(node.rdev) !== devno) {
+        throw new EbsWorkerError(
+          ErrorCode.DeviceUnusable,
+          `${path} is ${node.isBlockDevice() ? `block device ${devNumber(node.rdev)}` : 'not a block device'}, but volume ${volumeId} is ${name} (${devno}): refusing to use it`,
+        )
+      }
       const sectors = Number(await readAttr(join(roots.sysBlock, name, 'size')))
-      return { volumeId, name, path: join(roots.devDir, name), size: sectors * 512 }
+      return { volumeId, name, path, size: sectors * 512 }
     }
   }
   return null

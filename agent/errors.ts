@@ -22,6 +22,8 @@ export const ErrorCode = {
   ImdsUnavailable: 'IMDS_UNAVAILABLE',
   NotImplemented: 'NOT_IMPLEMENTED',
   VolumeNotFound: 'VOLUME_NOT_FOUND',
+  /** The task's volume is busy elsewhere (another zone, another instance): a later attempt may succeed. */
+  VolumeBusy: 'VOLUME_BUSY',
   SnapshotNotFound: 'SNAPSHOT_NOT_FOUND',
   AccessDenied: 'ACCESS_DENIED',
   Ec2Error: 'EC2_ERROR',

@@ -56,6 +56,13 @@ export class PackWriter {
     await Promise.allSettled(this.#packIndexes.map((name) => this.#repo.deleteIndex(name)))
   }
 
+  /** Uploads the pack being filled and waits for every upload: all blobs added so far are durable. */
+  async flush(): Promise<void> {
+    if (this.#builder.count > 0) this.#seal()
+    await this.settle()
+    this.#throwIfFailed()
+  }
+
   /** Waits for every upload to end, successfully or not (before giving up on a backup). */
   async settle(): Promise<void> {
     while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight])

@@ -44,7 +44,7 @@ export function chunksToRead(
   size: number,
   chunkSize: number,
   parent: ParentInfo | null,
-  changed: readonly ByteRange[] | null,
+  changed: Iterable<ByteRange> | null,
 ): Uint8Array {
   const count = chunkCount(size, chunkSize)
   const read = new Uint8Array(count).fill(1)
@@ -54,16 +54,30 @@ export function chunksToRead(
   }
   const reusable = Math.min(Math.floor(parent.size / chunkSize), Math.floor(size / chunkSize), count)
   read.fill(0, 0, reusable)
-  for (const range of changed) {
+  mark(read, size, chunkSize, changed, 'changed')
+  return read
+}
+
+/**
+ * Without a parent, given the byte ranges that were ever written (EBS ListSnapshotBlocks): one
+ * byte per chunk, 1 = read it, 0 = it reads as zeros, so it is recorded as a zero chunk unread.
+ */
+export function chunksWritten(size: number, chunkSize: number, written: Iterable<ByteRange>): Uint8Array {
+  const read = new Uint8Array(chunkCount(size, chunkSize))
+  mark(read, size, chunkSize, written, 'written')
+  return read
+}
+
+function mark(read: Uint8Array, size: number, chunkSize: number, ranges: Iterable<ByteRange>, what: string): void {
+  for (const range of ranges) {
     if (range.offset + range.length > size) {
       throw new EbsWorkerError(
         ErrorCode.BadInput,
-        `changed range ${range.offset}+${range.length} ends beyond the ${size}-byte device`,
+        `${what} range ${range.offset}+${range.length} ends beyond the ${size}-byte device`,
       )
     }
     const first = Math.floor(range.offset / chunkSize)
     const last = Math.floor((range.offset + range.length - 1) / chunkSize)
     read.fill(1, first, last + 1)
   }
-  return read
 }

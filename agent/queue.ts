@@ -8,6 +8,7 @@ import {
   ChangeMessageVisibilityCommand,
   DeleteMessageCommand,
   ReceiveMessageCommand,
+  SendMessageCommand,
   type Message,
   type SQSClient,
 } from '@aws-sdk/client-sqs'
@@ -17,7 +18,7 @@ import { describe } from './errors.ts'
 /** The abort reason when a message nears SQS's 12-hour visibility cap. */
 export class VisibilityCapReached extends Error {
   constructor(messageId: string) {
-    super(`message ${messageId} is near SQS's 12-hour visibility limit: handed back to run again`)
+    super(`message ${messageId} is near SQS's 12-hour visibility limit: the task carries on under a new message`)
     this.name = 'VisibilityCapReached'
   }
 }
@@ -27,9 +28,14 @@ export interface ReceivedMessage {
   body: string
   /** 1 on first delivery; SQS's ApproximateReceiveCount. */
   receiveCount: number
+  /** 0, or how many times the task was carried over to a new message at the visibility cap. */
+  continuation: number
   /** When it was sent (ms since the epoch; SQS's SentTimestamp), for the queue wait metric. */
   sentAt?: number
 }
+
+/** Message attribute counting carry-overs at the visibility cap. */
+export const CONTINUATION_ATTRIBUTE = 'ebs-worker-continuation'
 
 export interface QueueConsumerOptions {
   client: SQSClient
@@ -46,9 +52,10 @@ export interface QueueConsumerOptions {
   heartbeatSeconds?: number
   /**
    * SQS's cap on a message's total invisibility from its receipt: 12 hours. A handler still
-   * running when less than one heartbeat is left is aborted with a VisibilityCapReached reason
-   * and its message handed back at once; the task then runs again under a new receipt (for a
-   * backup, every pack already stored is reused). Lower only in tests.
+   * running when less than two heartbeats are left is aborted with a VisibilityCapReached reason
+   * (a backup then checkpoints), and the task carries on under a new message: the same body is
+   * sent again and the old message deleted, so the carry-over does not count as a failed receive
+   * towards the dead-letter queue. Lower only in tests.
    */
   maxVisibilitySeconds?: number
   /** Problems the loop survives (a failed receive, a failed heartbeat). */
@@ -122,6 +129,7 @@ export class QueueConsumer {
             WaitTimeSeconds: o.waitTimeSeconds,
             VisibilityTimeout: o.visibilityTimeout,
             MessageSystemAttributeNames: ['ApproximateReceiveCount', 'SentTimestamp'],
+            MessageAttributeNames: [CONTINUATION_ATTRIBUTE],
           }),
           { abortSignal: signal },
         )
@@ -136,6 +144,17 @@ export class QueueConsumer {
     }
   }
 
+  /** The task goes on under a new message; the old one goes only once the new one is queued. */
+  async #carryOver(message: ReceivedMessage, receipt: string): Promise<void> {
+    const o = this.#options
+    await o.client.send(new SendMessageCommand({
+      QueueUrl: o.queueUrl,
+      MessageBody: message.body,
+      MessageAttributes: { [CONTINUATION_ATTRIBUTE]: { DataType: 'Number', StringValue: String(message.continuation + 1) } },
+    }))
+    await o.client.send(new DeleteMessageCommand({ QueueUrl: o.queueUrl, ReceiptHandle: receipt }))
+  }
+
   #run(m: Message): void {
     const o = this.#options
     const id = m.MessageId!
@@ -145,6 +164,7 @@ export class QueueConsumer {
       messageId: id,
       body: m.Body ?? '',
       receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 1),
+      continuation: Number(m.MessageAttributes?.[CONTINUATION_ATTRIBUTE]?.StringValue ?? 0) || 0,
       ...(m.Attributes?.SentTimestamp ? { sentAt: Number(m.Attributes.SentTimestamp) } : {}),
     }
     const setVisibility = (seconds: number): Promise<unknown> =>
@@ -152,7 +172,9 @@ export class QueueConsumer {
     const received = Date.now()
     const heartbeat = setInterval(() => {
       const left = o.maxVisibilitySeconds - (Date.now() - received) / 1000
-      if (left < 2 * o.heartbeatSeconds) {
+      // Whole seconds only: with under 2 s left the next extension could only be 0 s, which
+      // would hand the message back behind the task's back.
+      if (left < Math.max(2 * o.heartbeatSeconds, 2)) {
         // Asking for more than the cap fails; hand the message back while it is still ours.
         clearInterval(heartbeat)
         abort.abort(new VisibilityCapReached(id))
@@ -172,6 +194,7 @@ export class QueueConsumer {
       }
       try {
         if (succeeded) await o.client.send(new DeleteMessageCommand({ QueueUrl: o.queueUrl, ReceiptHandle: receipt }))
+        else if (abort.signal.reason instanceof VisibilityCapReached) await this.#carryOver(message, receipt).catch(() => setVisibility(0))
         else if (abort.signal.aborted) await setVisibility(0) // stopping: let another worker have it now
       } catch (err) {
         o.onError?.(err, `settling ${id}`)

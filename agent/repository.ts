@@ -10,6 +10,7 @@ import pLimit from 'p-limit'
 import { z } from 'zod'
 import { BlobCodec } from './blob.ts'
 import { AlreadyExistsError, type Backend } from './backend/types.ts'
+import { decodeCheckpoint, encodeCheckpoint, type Checkpoint } from './checkpoint.ts'
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys } from './keys.ts'
@@ -265,7 +266,30 @@ export class Repository {
     return all.sort((a, b) => a.id.localeCompare(b.id))
   }
 
-  async #decodeMeta(kind: 'index' | 'manifest', blob: Buffer, what: string): Promise<Buffer> {
+  // ---- checkpoints -------------------------------------------------------------------------
+
+  /** Where a task's checkpoint lives: task ids may hold "/", so the name is their hash. */
+  static checkpointName(key: string): string {
+    return `checkpoints/${createHash('sha256').update(key).digest('hex')}`
+  }
+
+  async saveCheckpoint(key: string, checkpoint: Checkpoint): Promise<void> {
+    await this.backend.put(Repository.checkpointName(key), await this.codec.encode('checkpoint', encodeCheckpoint(checkpoint)))
+  }
+
+  /** The checkpoint saved under `key`, or null. */
+  async loadCheckpoint(key: string): Promise<Checkpoint | null> {
+    const name = Repository.checkpointName(key)
+    const blob = await this.backend.get(name)
+    if (!blob) return null
+    return decodeCheckpoint(await this.#decodeMeta('checkpoint', blob, name), name)
+  }
+
+  async deleteCheckpoint(key: string): Promise<void> {
+    await this.backend.delete(Repository.checkpointName(key))
+  }
+
+  async #decodeMeta(kind: 'index' | 'manifest' | 'checkpoint', blob: Buffer, what: string): Promise<Buffer> {
     try {
       return await this.codec.decode(kind, blob)
     } catch (err) {

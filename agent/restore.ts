@@ -1,6 +1,7 @@
 // Restore and verify: manifest → chunk locations → coalesced ranged GETs → verified chunks →
 // device. Every chunk is decrypted (GCM authenticates it), decompressed (zstd checks its frame)
 // and re-hashed against its id before a byte of it is written.
+import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, isDone, markDone } from './checkpoint.ts'
 import type { ChunkIndex, ChunkLocation } from './chunk-index.ts'
 import { openForWrite, writeAt } from './device.ts'
 import { assertVolumeDevice, type DeviceRoots } from './ebs-device.ts'
@@ -32,6 +33,11 @@ export interface RestoreOptions extends FetchOptions {
    */
   volumeId?: string
   deviceRoots?: DeviceRoots
+  /**
+   * Go on from the checkpoint saved under `key` if it is of this backup onto this `target` (the
+   * volume id), and save one every `intervalMs` and when interrupted (the daemon uses the task id).
+   */
+  checkpoint?: { key: string; target: string; intervalMs?: number }
 }
 
 export interface RestoreProgress {
@@ -44,13 +50,15 @@ export interface RestoreResult {
   size: number
   bytesWritten: number
   bytesFetched: number
+  /** When it went on from an earlier attempt's checkpoint: when that was saved. */
+  resumedFrom: string | null
   chunksVerified: number
   zeroChunksSkipped: number
   requests: number
   durationMs: number
 }
 
-export type VerifyResult = Omit<RestoreResult, 'bytesWritten' | 'zeroChunksSkipped'>
+export type VerifyResult = Omit<RestoreResult, 'bytesWritten' | 'zeroChunksSkipped' | 'resumedFrom'>
 
 /** One stored chunk as the restore needs it: where it is and where it goes. */
 interface ChunkFetch extends ChunkLocation {
@@ -71,11 +79,18 @@ const DEFAULT_MAX_REQUEST = 16 * 1024 * 1024
 const MAX_GAP = 256 * 1024
 
 /** Pure: groups the backup's stored chunks into as few ranged reads as the limits allow. */
-export function planRequests(manifest: Manifest, index: ChunkIndex, maxRequestBytes: number): { requests: RangeRequest[]; zero: number[] } {
+export function planRequests(
+  manifest: Manifest,
+  index: ChunkIndex,
+  maxRequestBytes: number,
+  /** Chunks already restored (a checkpoint's): left out. */
+  done?: Uint8Array,
+): { requests: RangeRequest[]; zero: number[] } {
   const count = chunkCount(manifest.size, manifest.chunkSize)
   const byLocation = new Map<string, ChunkFetch>()
   const zero: number[] = []
   for (let i = 0; i < count; i++) {
+    if (done && isDone(done, i)) continue
     const id = chunkIdAt(manifest.chunks, i)
     if (id.equals(ZERO_ID)) {
       zero.push(i)
@@ -124,6 +139,7 @@ async function fetchChunks(
   requests: RangeRequest[],
   options: FetchOptions,
   sink: (chunk: ChunkFetch, plain: Buffer) => Promise<void>,
+  gate?: CheckpointGate | null,
 ): Promise<{ bytesFetched: number; chunksVerified: number }> {
   let bytesFetched = 0
   let chunksVerified = 0
@@ -132,11 +148,13 @@ async function fetchChunks(
   const buffers: Buffer[] = []
   const bufferBytes = requests.reduce((max, r) => Math.max(max, r.length), 0)
   await forEachConcurrent(requests, options.concurrency ?? 8, async (req) => {
+    await gate?.enter()
     const buffer = buffers.pop() ?? Buffer.allocUnsafeSlow(bufferBytes)
     try {
       await fetchRequest(req, buffer)
     } finally {
       buffers.push(buffer)
+      gate?.leave()
     }
   }, options.signal)
   return { bytesFetched, chunksVerified }
@@ -175,52 +193,103 @@ function atChunk(manifest: Manifest, chunk: ChunkFetch, err: unknown): EbsWorker
 export async function restore(repo: Repository, options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now()
   const manifest = await repo.loadManifest(options.backupId)
-  const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_MAX_REQUEST)
+  const count = chunkCount(manifest.size, manifest.chunkSize)
+  const key = options.checkpoint?.key ?? null
+  const saved = key ? await repo.loadCheckpoint(key).catch(() => null) : null
+  const resumed = saved && saved.kind === 'restore' && saved.backupId === manifest.id && saved.size === manifest.size &&
+    saved.chunkSize === manifest.chunkSize && saved.target === options.checkpoint!.target ? saved : null
+  // Chunks an earlier attempt wrote and synced before its checkpoint are on the target already.
+  const done = resumed?.done ?? new Uint8Array(Math.ceil(count / 8))
+  const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_MAX_REQUEST, done)
   if (options.volumeId) await assertVolumeDevice(options.device, options.volumeId, options.deviceRoots)
   // An image file may be created; a missing path under /dev is a typo or a device not there yet.
   const device = await openForWrite(options.device, { minSize: manifest.size, create: !options.device.startsWith('/dev/') })
   const fresh = options.freshTarget === true || device.created
-  let bytesDone = 0
-  let bytesWritten = 0
-  const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: manifest.size })
+  const earlier: Record<string, number> = resumed?.stats ?? {}
   const chunkLength = (i: number): number => Math.min(manifest.chunkSize, manifest.size - i * manifest.chunkSize)
+  let bytesDone = 0
+  for (let i = 0; i < count; i++) if (isDone(done, i)) bytesDone += chunkLength(i)
+  let bytesWritten = earlier.bytesWritten ?? 0
+  let bytesFetched = 0
+  let chunksVerified = 0
+  const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: manifest.size })
   const write = (data: Buffer, offset: number): Promise<void> =>
     writeAt(device.handle, data, offset).catch((err: unknown) => {
       throw new EbsWorkerError(ErrorCode.DeviceUnusable, `cannot write ${options.device} at offset ${offset}: ${describe(err)}`, { cause: err })
     })
-  try {
-    const fetched = await fetchChunks(repo, manifest, requests, options, async (chunk, plain) => {
-      for (const i of chunk.targets) {
-        await write(plain, i * manifest.chunkSize)
-        bytesWritten += plain.length
-        bytesDone += plain.length
-      }
-      report()
+  const sync = (): Promise<void> => device.handle.datasync().catch((err: unknown) => {
+    throw new EbsWorkerError(ErrorCode.DeviceUnusable, `cannot flush ${options.device}: ${describe(err)}`, { cause: err })
+  })
+  const figures = (): Record<string, number> => ({
+    bytesWritten,
+    bytesFetched: (earlier.bytesFetched ?? 0) + bytesFetched,
+    chunksVerified: (earlier.chunksVerified ?? 0) + chunksVerified,
+    durationMs: (earlier.durationMs ?? 0) + Math.round(performance.now() - started),
+  })
+  // A checkpoint marks done only what is on the device for good: written, then fdatasync'ed.
+  const gate = key
+    ? new CheckpointGate(options.checkpoint!.intervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS, async () => {
+      await sync()
+      await repo.saveCheckpoint(key, {
+        kind: 'restore', target: options.checkpoint!.target, backupId: manifest.id, size: manifest.size, chunkSize: manifest.chunkSize,
+        parent: null, savedAt: new Date().toISOString(), stats: figures(), done, chunks: Buffer.alloc(0),
+      })
     })
+    : null
+  try {
+    // A fresh target reads as zeros where the backup has zero chunks: nothing to write there.
     if (fresh) {
-      for (const i of zero) bytesDone += chunkLength(i)
-    } else {
-      const zeros = Buffer.alloc(manifest.chunkSize)
-      await forEachConcurrent(zero, 8, async (i) => {
-        const length = chunkLength(i)
-        await write(zeros.subarray(0, length), i * manifest.chunkSize)
-        bytesWritten += length
-        bytesDone += length
+      for (const i of zero) {
+        markDone(done, i)
+        bytesDone += chunkLength(i)
+      }
+    }
+    try {
+      const fetched = await fetchChunks(repo, manifest, requests, options, async (chunk, plain) => {
+        for (const i of chunk.targets) {
+          await write(plain, i * manifest.chunkSize)
+          markDone(done, i)
+          bytesWritten += plain.length
+          bytesDone += plain.length
+        }
         report()
-      }, options.signal)
+      }, gate)
+      bytesFetched = fetched.bytesFetched
+      chunksVerified = fetched.chunksVerified
+      if (!fresh) {
+        const zeros = Buffer.alloc(manifest.chunkSize)
+        await forEachConcurrent(zero, 8, async (i) => {
+          const length = chunkLength(i)
+          await write(zeros.subarray(0, length), i * manifest.chunkSize)
+          markDone(done, i)
+          bytesWritten += length
+          bytesDone += length
+          report()
+        }, options.signal)
+      }
+    } catch (err) {
+      if (!options.signal?.aborted) throw err
+      // Every request has stopped: what is marked done is what the next attempt can skip.
+      const checkpointed = gate ? await gate.saveNow().then(() => true, () => false) : false
+      throw new EbsWorkerError(ErrorCode.Interrupted,
+        checkpointed ? 'restore interrupted; its progress is checkpointed and the next attempt goes on from there' : 'restore interrupted',
+        { cause: err })
     }
     // Durable before success is reported: the caller may detach and snapshot the volume next.
-    await device.handle.datasync()
+    await sync()
+    if (key) await repo.deleteCheckpoint(key).catch(() => {})
     report()
+    const total = figures()
     return {
       backupId: manifest.id,
       size: manifest.size,
       bytesWritten,
-      bytesFetched: fetched.bytesFetched,
-      chunksVerified: fetched.chunksVerified,
+      bytesFetched: total.bytesFetched!,
+      chunksVerified: total.chunksVerified!,
       zeroChunksSkipped: fresh ? zero.length : 0,
       requests: requests.length,
-      durationMs: Math.round(performance.now() - started),
+      durationMs: total.durationMs!,
+      resumedFrom: resumed?.savedAt ?? null,
     }
   } finally {
     await device.handle.close()

@@ -74,7 +74,18 @@ export class Volumes {
   async #create(taskId: string, source: { SnapshotId?: string; Size?: number; Encrypted?: boolean }, spec: VolumeSpec): Promise<{ volumeId: string; created: boolean }> {
     // The tag, set atomically at creation, is what finds the volume again after a crash or a
     // redelivery (no ClientToken: EC2 would answer a retry with a volume since deleted).
-    const existing = await this.findByTask(taskId)
+    let existing = await this.findByTask(taskId)
+    if (existing && existing.AvailabilityZone !== this.#o.identity.availabilityZone) {
+      // An earlier attempt ran on a worker in another zone, and a volume attaches only in its own.
+      // Detached, it is a leftover of ours: delete it and start here. Otherwise it may still be
+      // in use over there: try again later (SQS redelivers).
+      if (existing.State !== 'available') {
+        throw new EbsWorkerError(ErrorCode.VolumeBusy,
+          `volume ${existing.VolumeId} of task ${taskId} is ${existing.State} in ${existing.AvailabilityZone}, not this worker's ${this.#o.identity.availabilityZone}: retrying later`)
+      }
+      await this.#ec2('DeleteVolume', () => this.#o.client.send(new DeleteVolumeCommand({ VolumeId: existing!.VolumeId! })))
+      existing = null
+    }
     const volumeId = existing?.VolumeId ?? (await this.#ec2('CreateVolume', () =>
       this.#o.client.send(new CreateVolumeCommand({
         AvailabilityZone: this.#o.identity.availabilityZone,

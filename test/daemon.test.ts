@@ -3,11 +3,18 @@
 // tree of the test's own), results on the reply queue.
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, open, stat, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { CreateVolumeCommand, EC2Client } from '@aws-sdk/client-ec2'
+import { devNumber } from '../agent/device.ts'
+import { Repository } from '../agent/repository.ts'
+import { existsSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
 import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, sha256File, tempDir, type Teardown, until } from './helpers.ts'
+import { EbsStandIn } from './standin/ebs.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { KmsStandIn } from './standin/kms.ts'
 import { startImds } from './standin/imds.ts'
@@ -20,7 +27,18 @@ const INSTANCE = { instanceId: 'i-0123456789abcdef0', region: 'us-east-1', avail
  * Everything around a daemon: fauxqs with a task and a reply queue, the IMDS and EC2 stand-ins,
  * a device tree, a file:// repository, and the daemon itself as a child process.
  */
-async function world(t: Teardown) {
+interface WorldOptions {
+  /** Give the task queue a dead-letter queue after this many receives. */
+  maxReceiveCount?: number
+  /** How attached volumes appear in the device tree (the EC2 stand-in's hook). */
+  exposeDevice?: ConstructorParameters<typeof Ec2StandIn>[0]['exposeDevice']
+  /** Extra environment for the daemon. */
+  env?: Record<string, string>
+  /** Daemon configuration that differs from this world's. */
+  config?: Record<string, unknown>
+}
+
+async function world(t: Teardown, options: WorldOptions = {}) {
   const dir = await tempDir(t)
   const fauxqs = await startFauxqs({ port: 0, logger: false })
   t.teardown(() => fauxqs.stop())
@@ -28,7 +46,14 @@ async function world(t: Teardown) {
   t.teardown(() => imds.close())
   const sqs = new SQSClient({ endpoint: fauxqs.address, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
   t.teardown(() => sqs.destroy())
-  const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'tasks' }))).QueueUrl!
+  let redrive: Record<string, string> = {}
+  let dlqUrl = ''
+  if (options.maxReceiveCount) {
+    dlqUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'tasks-dlq' }))).QueueUrl!
+    const arn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: dlqUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!
+    redrive = { RedrivePolicy: JSON.stringify({ deadLetterTargetArn: arn, maxReceiveCount: options.maxReceiveCount }) }
+  }
+  const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'tasks', Attributes: redrive }))).QueueUrl!
   const replyQueueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'replies' }))).QueueUrl!
   const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
   await mkdir(roots.byIdDir, { recursive: true })
@@ -41,23 +66,27 @@ async function world(t: Teardown) {
   const ec2 = await new Ec2StandIn({
     instance: INSTANCE, dir: join(dir, 'volumes'), roots, bytesPerGiB: 8 * MiB, delayMs: 50,
     isAwsManagedKey: (ref) => kms.resolve(ref)?.keyManager === 'AWS',
+    ...(options.exposeDevice ? { exposeDevice: options.exposeDevice } : {}),
   }).start()
   t.teardown(() => ec2.close())
+  const ebsCalls: Array<{ api: string; params: Record<string, string> }> = []
+  const ebs = await new EbsStandIn({ ec2, onCall: (api, params) => ebsCalls.push({ api, params }) }).start()
+  t.teardown(() => ebs.close())
 
   const repo = `file://${join(dir, 'repo')}`
   await cli(['init', '--repo', repo])
   const config = join(dir, 'config.json')
   await writeFile(config, JSON.stringify({
     queueUrl, replyQueueUrl, repository: repo, concurrency: 2, waitTimeSeconds: 1, visibilityTimeoutSeconds: 5,
-    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint,
+    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint, ...options.config,
   }))
   const state = { log: '' }
   /** Starts a daemon process on this world's config; killed when the test ends. */
   const spawnDaemon = () => {
     const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
       env: {
-        ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint,
-        AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
+        ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint,
+        AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', ...options.env,
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     })
@@ -90,7 +119,7 @@ async function world(t: Teardown) {
     }
   }
   const reply = (taskId: string) => replyWhere(taskId, (r) => r.taskId === taskId)
-  return { dir, sqs, queueUrl, roots, ec2, repo, daemon, exited, spawnDaemon, state, replies, send, replyWhere, reply }
+  return { dir, sqs, queueUrl, dlqUrl, roots, ec2, ebsCalls, repo, daemon, exited, spawnDaemon, state, replies, send, replyWhere, reply }
 }
 
 t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', async (t) => {
@@ -224,4 +253,156 @@ t.test('a daemon killed mid-backup: the redelivered task finishes once, nothing 
   second.daemon.kill('SIGTERM')
   t.equal((await second.exited).code, 0)
   t.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(join(dir, 'volumes')), false, 'no loop device left behind')
+})
+
+t.test('backups read only the blocks EBS lists: those written for a full one, those changed for an incremental one', async (t) => {
+  const { dir, ec2, ebsCalls, repo, send, reply, daemon, exited } = await world(t)
+  const size = 48 * MiB // 6 "GiB" of 8 MiB
+  const v1 = join(dir, 'v1.img')
+  await makeImage(v1, size, [{ kind: 'random', offset: 4 * MiB, length: 2 * MiB }, { kind: 'text', offset: 30 * MiB, length: MiB }])
+  // The same volume a day later: one chunk rewritten, one written for the first time.
+  const v2 = join(dir, 'v2.img')
+  await copyFile(v1, v2)
+  const h = await open(v2, 'r+')
+  await h.write(randomBytes(1000), 0, 1000, 5 * MiB + 100)
+  await h.write(randomBytes(MiB), 0, MiB, 40 * MiB)
+  await h.close()
+  const lineage = 'vol-0feedfeedfeedfeed'
+  const s1 = ec2.addSnapshot({ image: v1, sizeGiB: 6, volumeId: lineage })
+  const s2 = ec2.addSnapshot({ image: v2, sizeGiB: 6, volumeId: lineage })
+  const restoredEquals = async (backupId: string, image: string): Promise<boolean> => {
+    const out = join(dir, `restored-${backupId}.img`)
+    await cli(['restore', '--repo', repo, '--backup', backupId, '--device', out])
+    return (await sha256File(out)) === (await sha256File(image))
+  }
+
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'full', snapshotId: s1 }))
+  const full = await reply('full')
+  t.equal(full.status, 'succeeded', `full backup ${JSON.stringify(full.error ?? '')}`)
+  t.match(full.result, { blockListing: 'ListSnapshotBlocks', bytesRead: 3 * MiB, chunksZero: 45 }, 'a full backup reads the 3 chunks that hold data, not 48')
+  t.ok(await restoredEquals(full.result.backupId, v1), 'and holds the snapshot, byte for byte')
+
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'incr', snapshotId: s2, parentBackupId: full.result.backupId, parentSnapshotId: s1 }))
+  const incr = await reply('incr')
+  t.equal(incr.status, 'succeeded', `incremental backup ${JSON.stringify(incr.error ?? '')}`)
+  t.match(incr.result, { blockListing: 'ListChangedBlocks', blocksListed: 3, bytesRead: 2 * MiB, chunksFromParent: 46 }, 'an incremental one reads the 2 changed chunks')
+  t.ok(ebsCalls.some((c) => c.api === 'ListChangedBlocks' && c.params.snapshotId === s2 && c.params.firstSnapshotId === s1), 'asking EBS for the changes from the parent snapshot')
+  t.ok(await restoredEquals(incr.result.backupId, v2), 'and holds the new snapshot, byte for byte')
+
+  // The parent backup is not of the parent snapshot: changed blocks would be applied to the wrong data.
+  const volumesBefore = ec2.volumes.size
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'wrong-parent', snapshotId: s2, parentBackupId: incr.result.backupId, parentSnapshotId: s1 }))
+  t.match(await reply('wrong-parent'), { status: 'failed', error: { code: 'BAD_INPUT', message: /taken from snap-.*not snap-/, retryable: false } }, 'a parent backup of another snapshot is refused')
+  t.equal(ec2.volumes.size, volumesBefore, 'before any volume was made')
+
+  // Snapshots of two lineages: EBS refuses to compare them, so the whole volume is read.
+  const s3 = ec2.addSnapshot({ image: v2, sizeGiB: 6 })
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'unrelated', snapshotId: s3, parentBackupId: full.result.backupId, parentSnapshotId: s1 }))
+  const unrelated = await reply('unrelated')
+  t.equal(unrelated.status, 'succeeded', `a backup EBS cannot help with still succeeds ${JSON.stringify(unrelated.error ?? '')}`)
+  t.match(unrelated.result, { blockListing: 'none', blockListingError: /UNRELATED_SNAPSHOTS/, bytesRead: size }, 'reading everything, and saying why')
+  t.ok(await restoredEquals(unrelated.result.backupId, v2), 'and holds its snapshot, byte for byte')
+
+  daemon.kill('SIGTERM')
+  t.equal((await exited).code, 0)
+})
+
+t.test('the daemon survives what goes wrong: a poison message, a leftover volume in another zone, a target too small', async (t) => {
+  // A port nothing listens on: the poison task's S3 repository is unreachable, every time.
+  const dead = createServer()
+  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
+  const deadPort = (dead.address() as { port: number }).port
+  await new Promise((resolve) => dead.close(resolve))
+  const { dir, sqs, dlqUrl, ec2, send, reply, daemon, exited, state } = await world(t, {
+    maxReceiveCount: 2, env: { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${deadPort}`, AWS_MAX_ATTEMPTS: '2' },
+  })
+  const image = join(dir, 'snap.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 3 * MiB, length: 4 * MiB }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2 })
+
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'poison', backupId: '20261123T000000Z-00000000', repository: 's3://nowhere/repo' }))
+  const poison = await reply('poison')
+  t.match(poison, { status: 'failed', error: { code: 'STORAGE_ERROR', message: /attempt 2 of 2; the task goes to the dead-letter queue/, retryable: false } },
+    'a task failing every time is reported once, on its last attempt')
+  t.equal((state.log.match(/"msg":"task failed, will be retried".*"taskId":"poison"/g) ?? []).length, 1, 'after one retry')
+  const inDlq = async (): Promise<number> =>
+    Number((await sqs.send(new GetQueueAttributesCommand({ QueueUrl: dlqUrl, AttributeNames: ['ApproximateNumberOfMessages'] }))).Attributes!.ApproximateNumberOfMessages)
+  await until(async () => (await inDlq()) === 1, 30_000, 'the poison message in the DLQ')
+  t.pass('and the message ends in the dead-letter queue')
+
+  // A redelivered task whose first attempt ran on a worker in another zone left its volume there.
+  const ec2Client = new EC2Client({ endpoint: ec2.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
+  t.teardown(() => ec2Client.destroy())
+  const stray = await ec2Client.send(new CreateVolumeCommand({
+    AvailabilityZone: 'us-east-1b', SnapshotId: snapshotId,
+    TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: 'ebs-worker:task-id', Value: 'az-1' }] }],
+  }))
+  await until(() => ec2.volumes.get(stray.VolumeId!)?.state === 'available', 10_000, 'the stray volume')
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'az-1', snapshotId }))
+  const az = await reply('az-1')
+  t.equal(az.status, 'succeeded', `the daemon is still working, and the task succeeds here ${JSON.stringify(az.error ?? '')}`)
+  t.equal(ec2.volumes.get(stray.VolumeId!)!.state, 'deleted', 'the leftover in the other zone was deleted')
+  t.match(ec2.volumes.get(az.result.volumeId), { availabilityZone: 'us-east-1a', state: 'deleted' }, 'and the work done with a volume of this zone')
+
+  // 1 "GiB" here is 8 MiB: too small for the 16 MiB backup, which only the device can tell.
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'small', backupId: az.result.backupId, sizeGiB: 1 }))
+  t.match(await reply('small'), { status: 'failed', error: { code: 'TARGET_TOO_SMALL', retryable: false } }, 'a target too small fails for good')
+  t.match([...ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'small').map((v) => v.state), ['deleted'], 'and its volume is not left behind')
+
+  daemon.kill('SIGTERM')
+  t.equal((await exited).code, 0, 'stops cleanly')
+})
+
+t.test('safety: a restore whose device node is not the volume it attached is refused, and the device is untouched', async (t) => {
+  const victimDir = await tempDir(t)
+  const victimImage = join(victimDir, 'victim.img')
+  await makeImage(victimImage, 16 * MiB, [{ kind: 'text', offset: 0, length: 16 * MiB }])
+  const victim = attachLoop(t, victimImage)
+  const before = await sha256File(victimImage)
+  // The device tree lies for new empty volumes: sysfs names the volume's own loop device, but
+  // the node the agent would open is another disk.
+  const { dir, ec2, repo, send, reply, daemon, exited } = await world(t, {
+    exposeDevice: async (v, name, loop) => {
+      const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
+      if (v.snapshotId) return fakeNvme(roots, name, loop, v.volumeId.replace('-', ''), 'Amazon Elastic Block Store', v.sizeGiB * 8 * MiB)
+      await fakeNvme(roots, name, victim, v.volumeId.replace('-', ''), 'Amazon Elastic Block Store', v.sizeGiB * 8 * MiB)
+      await writeFile(join(roots.sysBlock, name, 'dev'), `${devNumber((await stat(loop)).rdev)}\n`)
+    },
+  })
+  const image = join(dir, 'source.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 0, length: 16 * MiB }])
+  const backupId = (await cli(['backup', '--repo', repo, '--device', image])).backupId
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'liar', backupId, sizeGiB: 2 }))
+  t.match(await reply('liar'), { status: 'failed', error: { code: 'DEVICE_UNUSABLE', message: /refusing to use it/, retryable: false } }, 'refused with a clear code')
+  t.equal(await sha256File(victimImage), before, 'the other disk was not written')
+  t.match([...ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'liar').map((v) => v.state), ['deleted'], 'the volume made for it is gone')
+  daemon.kill('SIGTERM')
+  t.equal((await exited).code, 0, 'stops cleanly')
+})
+
+t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes on from there', async (t) => {
+  const { dir, ec2, repo, send, reply, daemon, exited, spawnDaemon, state } = await world(t, { config: { shutdownGraceSeconds: 0, checkpointIntervalSeconds: 1 } })
+  const image = join(dir, 'big.img')
+  const size = 320 * MiB
+  await makeImage(image, size, [{ kind: 'random', offset: 0, length: size }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 40 })
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'long-1', snapshotId }))
+  // Stop the worker once the backup has saved a checkpoint of its own.
+  const checkpoint = join(dir, 'repo', Repository.checkpointName('task:long-1'))
+  await until(() => existsSync(checkpoint) || state.log.includes('task succeeded'), 60_000, 'a checkpoint')
+  daemon.kill('SIGTERM')
+  t.equal((await exited).code, 0, 'the worker stops at once (no grace)')
+  t.match(state.log, /"msg":"task failed, will be retried".*checkpointed/, 'saying the backup was checkpointed')
+
+  const second = spawnDaemon()
+  const r = await reply('long-1')
+  t.equal(r.status, 'succeeded', `the task succeeds on the next worker ${JSON.stringify(r.error ?? '')}`)
+  t.ok(r.result.resumedFrom, `going on from the checkpoint of ${r.result.resumedFrom}`)
+  t.equal((await cli(['list', '--repo', repo])).backups.length, 1, 'one backup')
+  const restored = join(dir, 'restored.img')
+  await cli(['restore', '--repo', repo, '--backup', r.result.backupId, '--device', restored])
+  t.equal(await sha256File(restored, size), await sha256File(image), 'which holds the snapshot, byte for byte')
+  t.notOk(existsSync(checkpoint), 'and the checkpoint is gone')
+  second.daemon.kill('SIGTERM')
+  t.equal((await second.exited).code, 0)
 })

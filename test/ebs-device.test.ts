@@ -1,7 +1,7 @@
 // Finding an attached EBS volume's device by its NVMe serial, in a sysfs/dev tree of the test's
 // own whose device nodes are real loop devices (what the local AWS stand-in will provide).
 import t from 'tap'
-import { mkdir, symlink } from 'node:fs/promises'
+import { mkdir, symlink, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { FileBackend } from '../agent/backend/file.ts'
 import { backup } from '../agent/backup.ts'
@@ -72,6 +72,18 @@ t.test('a device path is accepted for a volume only if it is that volume', async
   await t.rejects(assertVolumeDevice(join(roots.devDir, 'nvme2n1'), VOL, roots), { code: 'DEVICE_UNUSABLE' }, 'another volume')
   await t.rejects(assertVolumeDevice(loops[2]!, VOL, roots), { code: 'DEVICE_UNUSABLE' }, 'an unrelated device')
   await t.rejects(assertVolumeDevice(loops[0]!, 'vol-00000000000000000', roots), { code: 'DEVICE_NOT_FOUND' }, 'a volume not attached')
+})
+
+t.test('the device node must be the kernel device whose serial matched', async (t) => {
+  const { roots, loops } = await setup(t)
+  await fakeNvme(roots, 'nvme1n1', loops[0]!, serialOf(VOL), 'Amazon Elastic Block Store', 4 * MiB)
+  // sysfs says nvme1n1 is another block device than the node /dev/nvme1n1.
+  await writeFile(join(roots.sysBlock, 'nvme1n1', 'dev'), '259:7\n')
+  await t.rejects(findEbsDevice(VOL, roots), { code: 'DEVICE_UNUSABLE', message: /is block device 7:\d+, but volume .* is nvme1n1 \(259:7\): refusing/ })
+  // The kernel has the device but udev has not made its node yet: not there, so far.
+  await fakeNvme(roots, 'nvme2n1', loops[1]!, serialOf(OTHER), 'Amazon Elastic Block Store', 4 * MiB)
+  await unlink(join(roots.devDir, 'nvme2n1'))
+  t.equal(await findEbsDevice(OTHER, roots), null, 'no node yet: not found (waitForEbsDevice keeps waiting)')
 })
 
 t.test('a restore bound to a volume refuses another device and leaves it untouched', async (t) => {

@@ -3,10 +3,11 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { mkdir, mkdtemp, open, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, open, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
+import { devNumber } from '../agent/device.ts'
 
 export const ROOT = new URL('..', import.meta.url).pathname
 export const CLI = join(ROOT, 'agent/bin/ebs-worker.ts')
@@ -143,7 +144,7 @@ export interface DeviceTree {
 
 /**
  * Gives a loop device an NVMe identity in a device tree of the test's own: sysfs serial, model
- * and size, and a node under devDir that is the loop device (what the AWS stand-in provides).
+ * size and major:minor, and a node under devDir that is the loop device (what the AWS stand-in provides).
  */
 export async function fakeNvme(roots: DeviceTree, name: string, loop: string, serial: string, model: string, size: number): Promise<void> {
   await mkdir(join(roots.sysBlock, name, 'device'), { recursive: true })
@@ -152,6 +153,7 @@ export async function fakeNvme(roots: DeviceTree, name: string, loop: string, se
   await writeFile(join(roots.sysBlock, name, 'device', 'serial'), serial.padEnd(20) + '\n')
   await writeFile(join(roots.sysBlock, name, 'device', 'model'), model.padEnd(40) + '\n')
   await writeFile(join(roots.sysBlock, name, 'size'), `${size / 512}\n`)
+  await writeFile(join(roots.sysBlock, name, 'dev'), `${devNumber((await stat(loop)).rdev)}\n`)
   await symlink(loop, join(roots.devDir, name))
 }
 

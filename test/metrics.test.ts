@@ -91,10 +91,10 @@ t.test('failures by error code; a reused backup moved nothing; restores count by
 })
 
 t.test('queue wait and heartbeat', async (t) => {
-  const start = extract(JSON.stringify(taskStartMetrics('f', 'i-1', { messageId: 'm', body: '', receiveCount: 2, sentAt: 1_000_000 }, 1_030_500)))
+  const start = extract(JSON.stringify(taskStartMetrics('f', 'i-1', { messageId: 'm', body: '', receiveCount: 2, continuation: 0, sentAt: 1_000_000 }, 1_030_500)))
   t.match(pick(start, 'QueueWait', ['Fleet']), { value: 30.5, unit: 'Seconds', timestamp: 1_030_500 })
   t.match(pick(start, 'TasksStarted', ['Fleet']), { value: 1, unit: 'Count' })
-  const unknown = extract(JSON.stringify(taskStartMetrics('f', 'i-1', { messageId: 'm', body: '', receiveCount: 1 }, 1_030_500)))
+  const unknown = extract(JSON.stringify(taskStartMetrics('f', 'i-1', { messageId: 'm', body: '', receiveCount: 1, continuation: 0 }, 1_030_500)))
   t.equal(pick(unknown, 'QueueWait', ['Fleet']), undefined, 'no SentTimestamp, no QueueWait')
   const beat = extract(JSON.stringify(heartbeatMetrics('f', 'i-1', 3, 5000)))
   t.match(pick(beat, 'Heartbeat', ['Fleet', 'InstanceId']), { value: 1, dimensions: { Fleet: 'f', InstanceId: 'i-1' } })

@@ -117,16 +117,19 @@ t.test('stop hands an unfinished message back at once', async (t) => {
   t.equal(again.Messages?.[0]?.Body, 'interrupted', 'visible again right away, not after 600 s')
 })
 
-t.test('a task that reaches the visibility cap is stopped and its message handed back', async (t) => {
-  const url = await queue()
+t.test('a task that reaches the visibility cap is stopped and carries on under a new message', async (t) => {
+  const dlq = await queue()
+  const dlqArn = (await client.send(new GetQueueAttributesCommand({ QueueUrl: dlq, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!
+  // maxReceiveCount 1: a second receive of the same message would send it to the DLQ.
+  const url = await queue({ RedrivePolicy: JSON.stringify({ deadLetterTargetArn: dlqArn, maxReceiveCount: 1 }) })
   await client.send(new SendMessageCommand({ QueueUrl: url, MessageBody: 'very long' }))
   const reasons: unknown[] = []
-  const deliveries: number[] = []
+  const deliveries: Array<{ body: string; receiveCount: number; continuation: number }> = []
   const consumer = new QueueConsumer({
-    client, queueUrl: url, concurrency: 1, waitTimeSeconds: 1, visibilityTimeout: 2, heartbeatSeconds: 0.2, maxVisibilitySeconds: 1.5,
+    client, queueUrl: url, concurrency: 1, waitTimeSeconds: 1, visibilityTimeout: 3, heartbeatSeconds: 0.2, maxVisibilitySeconds: 2.5,
     handler: (m, signal) => new Promise((resolve, reject) => {
-      deliveries.push(m.receiveCount)
-      if (m.receiveCount > 1) return resolve() // the second run finishes
+      deliveries.push({ body: m.body, receiveCount: m.receiveCount, continuation: m.continuation })
+      if (m.continuation === 2) return resolve() // the third run finishes
       signal.addEventListener('abort', () => {
         reasons.push(signal.reason)
         reject(signal.reason)
@@ -134,9 +137,14 @@ t.test('a task that reaches the visibility cap is stopped and its message handed
     }),
   })
   consumer.start()
-  await until(() => deliveries.length === 2, 15_000)
+  await until(() => deliveries.length === 3, 20_000)
   await until(async () => (await depth(url)).visible + (await depth(url)).inFlight === 0)
   await consumer.stop(1000)
-  t.ok(reasons[0] instanceof VisibilityCapReached, 'the first run was stopped at the cap')
-  t.same(deliveries, [1, 2], 'the message came back right away and the task ran again')
+  t.ok(reasons.length === 2 && reasons.every((r) => r instanceof VisibilityCapReached), 'each run was stopped at the cap')
+  t.same(deliveries, [
+    { body: 'very long', receiveCount: 1, continuation: 0 },
+    { body: 'very long', receiveCount: 1, continuation: 1 },
+    { body: 'very long', receiveCount: 1, continuation: 2 },
+  ], 'and the task went on twice, each time as a new message received for the first time')
+  t.same(await depth(dlq), { visible: 0, inFlight: 0 }, 'so nothing counted towards the dead-letter queue')
 })

@@ -44,9 +44,11 @@ export interface SnapshotSpec {
   /** Account that owns it (default: the instance's); another account's must be shared. */
   ownerId?: string
   sharedWith?: string[]
+  /** The volume it was taken of, if it is to share a lineage with other snapshots of it. */
+  volumeId?: string
 }
 
-interface Snapshot extends Required<Omit<SnapshotSpec, 'kmsKeyId'>> {
+interface Snapshot extends Required<Omit<SnapshotSpec, 'kmsKeyId' | 'volumeId'>> {
   snapshotId: string
   kmsKeyId: string | null
   state: 'pending' | 'completed'
@@ -80,6 +82,11 @@ export interface Ec2StandInOptions {
   delayMs?: number
   /** The Region's default EBS key (an AWS-managed key unless a customer key is configured). */
   defaultKmsKeyId?: string
+  /**
+   * How an attached volume (as loop device `loop`) shows up as NVMe device `name` in the device
+   * tree (default: fakeNvme with its identity). Tests replace it to model a tree that lies.
+   */
+  exposeDevice?: (volume: Volume, name: string, loop: string) => Promise<void>
   /** Whether a key reference names an AWS managed key (default: it mentions alias/aws/ebs). */
   isAwsManagedKey?: (ref: string) => boolean
 }
@@ -125,8 +132,20 @@ export class Ec2StandIn {
   constructor(options: Ec2StandInOptions) {
     const defaultKey = `arn:aws:kms:${options.instance.region}:${options.instance.accountId}:alias/aws/ebs`
     this.#options = {
-      bytesPerGiB: 1024 ** 3, delayMs: 100, defaultKmsKeyId: defaultKey, isAwsManagedKey: (ref) => ref.includes('alias/aws/ebs'), ...options,
+      bytesPerGiB: 1024 ** 3, delayMs: 100, defaultKmsKeyId: defaultKey, isAwsManagedKey: (ref) => ref.includes('alias/aws/ebs'),
+      exposeDevice: (v, name, loop) => fakeNvme(options.roots, name, loop, serialOf(v.volumeId), EBS_MODEL, v.sizeGiB * this.bytesPerGiB),
+      ...options,
     }
+  }
+
+  /** Bytes per "GiB" of volume and snapshot sizes. */
+  get bytesPerGiB(): number {
+    return this.#options.bytesPerGiB
+  }
+
+  /** The account the worker instance runs in. */
+  get accountId(): string {
+    return this.#options.instance.accountId
   }
 
   async start(): Promise<this> {
@@ -173,7 +192,7 @@ export class Ec2StandIn {
       ownerId: spec.ownerId ?? this.#options.instance.accountId,
       sharedWith: spec.sharedWith ?? [],
       state: 'completed',
-      volumeId: null,
+      volumeId: spec.volumeId ?? null,
       tags: {},
       startTime: new Date().toISOString(),
     })
@@ -299,7 +318,7 @@ export class Ec2StandIn {
     const loop = execFileSync('losetup', ['--find', '--show', v.file], { encoding: 'utf8' }).trim()
     const name = `nvme${this.#nvmeIndex++}n1`
     const serial = serialOf(v.volumeId)
-    await fakeNvme(roots, name, loop, serial, EBS_MODEL, v.sizeGiB * this.#options.bytesPerGiB)
+    await this.#options.exposeDevice(v, name, loop)
     await symlink(join(roots.devDir, name), join(roots.byIdDir, `nvme-Amazon_Elastic_Block_Store_${serial}`))
     v.attachment.loop = loop
     v.attachment.name = name

@@ -1,0 +1,158 @@
+// Checkpoints: a backup cut short (interrupted, or failing after a periodic checkpoint) goes on
+// from what it had made durable, reads only the rest, and ends with the same backup a run in one
+// go would make. Real files and a real file:// repository.
+import t from 'tap'
+import { existsSync } from 'node:fs'
+import { copyFile, rename, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { FileBackend } from '../agent/backend/file.ts'
+import { backup } from '../agent/backup.ts'
+import { decodeCheckpoint, encodeCheckpoint, markDone, type Checkpoint } from '../agent/checkpoint.ts'
+import { ID_BYTES } from '../agent/chunk-index.ts'
+import { isEbsWorkerError } from '../agent/errors.ts'
+import { Repository } from '../agent/repository.ts'
+import { restore } from '../agent/restore.ts'
+import { makeImage, MiB, sha256File, tempDir, type Teardown } from './helpers.ts'
+
+const stats = { bytesRead: 1, bytesNew: 2, bytesStored: 3, chunksTotal: 10, chunksZero: 4, chunksNew: 5, chunksReused: 6, chunksFromParent: 7, durationMs: 8 }
+
+t.test('checkpoint encoding', async (t) => {
+  const done = new Uint8Array(2)
+  markDone(done, 0)
+  markDone(done, 9)
+  const c: Checkpoint = {
+    kind: 'backup', target: null, backupId: '20261123T000000Z-0a0b0c0d', size: 10 * MiB - 5, chunkSize: MiB, parent: null, savedAt: new Date().toISOString(), stats,
+    done, chunks: Buffer.alloc(10 * ID_BYTES, 7),
+  }
+  const encoded = encodeCheckpoint(c)
+  t.same(decodeCheckpoint(encoded, 'x'), c, 'round trip')
+  t.throws(() => decodeCheckpoint(encoded.subarray(0, encoded.length - 1), 'x'), { code: 'REPO_FORMAT', message: /wrong length/ })
+  t.throws(() => decodeCheckpoint(Buffer.from([0, 0, 0, 9, 1, 2]), 'x'), { code: 'REPO_FORMAT' })
+})
+
+async function setup(t: Teardown) {
+  const dir = await tempDir(t)
+  const repo = await Repository.init(new FileBackend(join(dir, 'repo')))
+  const image = join(dir, 'vol.img')
+  const size = 64 * MiB
+  await makeImage(image, size, [{ kind: 'random', offset: 0, length: 40 * MiB }, { kind: 'text', offset: 48 * MiB, length: 10 * MiB }])
+  const checkpointFile = join(dir, 'repo', Repository.checkpointName('task:t1'))
+  /** Restores `backupId` and compares it with the image. */
+  const holdsImage = async (backupId: string): Promise<boolean> => {
+    const out = join(dir, `restored-${backupId}.img`)
+    await restore(repo, { backupId, device: out })
+    return (await sha256File(out, size)) === (await sha256File(image))
+  }
+  return { dir, repo, image, size, checkpointFile, holdsImage }
+}
+
+t.test('an interrupted backup checkpoints; the next attempt reads only the rest', async (t) => {
+  const { repo, image, size, checkpointFile, holdsImage } = await setup(t)
+  const abort = new AbortController()
+  const first = await backup(repo, {
+    device: image, checkpoint: { key: 'task:t1', intervalMs: 3_600_000 }, signal: abort.signal, readConcurrency: 2,
+    onProgress: (p) => {
+      if (p.bytesDone >= 20 * MiB) abort.abort(new Error('visibility cap'))
+    },
+  }).then(() => null, (err: unknown) => err)
+  t.ok(isEbsWorkerError(first) && first.code === 'INTERRUPTED' && /checkpointed/.test(first.message), `interrupted, and says it checkpointed: ${String(first)}`)
+  t.ok(existsSync(checkpointFile), 'the checkpoint is in the repository')
+  t.same((await repo.listBackups()).length, 0, 'no backup is visible yet')
+
+  const second = await backup(repo, { device: image, checkpoint: { key: 'task:t1' } })
+  t.ok(second.resumedFrom, 'the second attempt went on from the checkpoint')
+  t.ok(second.stats.bytesRead >= size, `the figures add up both attempts (${second.stats.bytesRead} bytes read)`)
+  const repeated = second.stats.bytesRead - size
+  t.ok(repeated <= 4 * MiB, `at most the reads in flight at the cut were repeated (${repeated / MiB} MiB)`)
+  t.notOk(existsSync(checkpointFile), 'the checkpoint is gone once the backup is recorded')
+  t.ok(await holdsImage(second.id), 'the backup holds the image, byte for byte')
+  t.equal((await repo.listBackups()).length, 1, 'one backup')
+})
+
+t.test('a backup that fails after a periodic checkpoint goes on from it', async (t) => {
+  const { repo, image, checkpointFile, holdsImage } = await setup(t)
+  let sawCheckpoint = false
+  const first = await backup(repo, {
+    device: image, checkpoint: { key: 'task:t1', intervalMs: 0 }, readConcurrency: 2,
+    onProgress: (p) => {
+      sawCheckpoint ||= existsSync(checkpointFile)
+      // A crash, as far as the backup can tell: not an interruption, so no last checkpoint.
+      if (p.bytesDone >= 30 * MiB) throw new Error('the worker died')
+    },
+  }).then(() => null, (err: unknown) => err)
+  t.match(String(first), /the worker died/, 'the first attempt failed')
+  t.ok(sawCheckpoint, 'after saving checkpoints as it went')
+  const second = await backup(repo, { device: image, checkpoint: { key: 'task:t1' } })
+  t.ok(second.resumedFrom, 'the next attempt went on from the last one')
+  t.ok(await holdsImage(second.id), 'and the backup holds the image, byte for byte')
+})
+
+t.test('a checkpoint that does not fit is not used', async (t) => {
+  const { dir, repo, image, holdsImage } = await setup(t)
+  const abort = new AbortController()
+  await backup(repo, {
+    device: image, checkpoint: { key: 'task:t1' }, signal: abort.signal, readConcurrency: 2,
+    onProgress: (p) => p.bytesDone >= 20 * MiB && abort.abort(),
+  }).catch(() => {})
+  // The same task key, another device size: a fresh backup.
+  const other = join(dir, 'other.img')
+  await makeImage(other, 32 * MiB, [{ kind: 'random', offset: 0, length: 32 * MiB }])
+  const b = await backup(repo, { device: other, checkpoint: { key: 'task:t1' } })
+  t.equal(b.resumedFrom, null, 'another volume size: started afresh')
+  t.equal(b.stats.bytesRead, 32 * MiB)
+  // A damaged checkpoint is no reason to fail: it is ignored.
+  await backup(repo, { device: image, checkpoint: { key: 'task:t2', intervalMs: 0 }, signal: AbortSignal.abort() }).catch(() => {})
+  await writeFile(join(dir, 'repo', Repository.checkpointName('task:t2')), 'garbage')
+  const c = await backup(repo, { device: image, checkpoint: { key: 'task:t2' } })
+  t.equal(c.resumedFrom, null, 'a damaged checkpoint: started afresh')
+  t.ok(await holdsImage(c.id), 'and the backup is right')
+})
+
+t.test('an interrupted restore checkpoints; the next attempt writes only the rest, onto the same target', async (t) => {
+  const { dir, repo, image, size } = await setup(t)
+  const { id } = await backup(repo, { device: image })
+  const target = join(dir, 'target.img')
+  const abort = new AbortController()
+  const first = await restore(repo, {
+    backupId: id, device: target, concurrency: 2, maxRequestBytes: 2 * MiB, signal: abort.signal,
+    checkpoint: { key: 'task:r1', target: 'vol-0aaaaaaaaaaaaaaaa', intervalMs: 3_600_000 },
+    onProgress: (p) => p.bytesDone >= 20 * MiB && abort.abort(),
+  }).then(() => null, (err: unknown) => err)
+  t.ok(isEbsWorkerError(first) && first.code === 'INTERRUPTED' && /checkpointed/.test(first.message), `interrupted, and says it checkpointed: ${String(first)}`)
+  const checkpointFile = join(dir, 'repo', Repository.checkpointName('task:r1'))
+  t.ok(existsSync(checkpointFile), 'the checkpoint is in the repository')
+
+  // Another target (a new volume): the checkpoint does not apply to it.
+  await copyFile(checkpointFile, `${checkpointFile}.saved`)
+  const elsewhere = join(dir, 'elsewhere.img')
+  const other = await restore(repo, { backupId: id, device: elsewhere, checkpoint: { key: 'task:r1', target: 'vol-0bbbbbbbbbbbbbbbb' } })
+  t.equal(other.resumedFrom, null, 'another volume starts afresh')
+  t.equal(await sha256File(elsewhere, size), await sha256File(image), 'and is restored whole')
+
+  // Put the checkpoint back (the restore above finished and removed it) and go on on the first target.
+  await rename(`${checkpointFile}.saved`, checkpointFile)
+  const second = await restore(repo, {
+    backupId: id, device: target, concurrency: 2, maxRequestBytes: 2 * MiB,
+    checkpoint: { key: 'task:r1', target: 'vol-0aaaaaaaaaaaaaaaa' },
+  })
+  t.ok(second.resumedFrom, 'the second attempt went on from the checkpoint, and succeeded')
+  t.equal(await sha256File(target, size), await sha256File(image), 'the target holds the backup, byte for byte')
+  t.notOk(existsSync(checkpointFile), 'and the checkpoint is gone')
+})
+
+t.test('a restore resumed from its checkpoint fetches only what was not written', async (t) => {
+  const { dir, repo, image, size } = await setup(t)
+  const { id } = await backup(repo, { device: image })
+  const target = join(dir, 'target.img')
+  const abort = new AbortController()
+  const checkpoint = { key: 'task:r2', target: 'vol-0cccccccccccccccc' }
+  await restore(repo, {
+    backupId: id, device: target, concurrency: 1, maxRequestBytes: MiB, signal: abort.signal, checkpoint,
+    onProgress: (p) => p.bytesDone >= 30 * MiB && abort.abort(),
+  }).catch(() => {})
+  const second = await restore(repo, { backupId: id, device: target, checkpoint })
+  t.ok(second.resumedFrom, 'went on from the checkpoint')
+  const full = await restore(repo, { backupId: id, device: join(dir, 'whole.img') })
+  t.ok(second.requests < full.requests, `fewer requests than a whole restore (${second.requests} < ${full.requests})`)
+  t.equal(await sha256File(target, size), await sha256File(image), 'and the target holds the backup, byte for byte')
+})
