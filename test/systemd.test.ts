@@ -8,7 +8,10 @@ import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { z } from 'zod'
-import { ROOT, tempDir, until } from './helpers.ts'
+import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { startFauxqs } from 'fauxqs'
+import { cli, CLI, ROOT, tempDir, until } from './helpers.ts'
+import { startImds } from './standin/imds.ts'
 import { systemdNotifier } from '../agent/systemd.ts'
 
 const run = promisify(execFile)
@@ -157,4 +160,46 @@ t.test('outside systemd the notifier does nothing, and a WATCHDOG_PID of another
   await new Promise((resolve) => setTimeout(resolve, 500))
   other.close()
   t.notOk(messages.includes('WATCHDOG=1'), 'no pings for a watchdog meant for another process')
+})
+
+t.test('the daemon itself: READY=1 once it polls, watchdog pings, STOPPING=1 on SIGTERM', async (t) => {
+  const { path, messages } = await notifySocket(t)
+  const dir = await tempDir(t, 'notify-daemon')
+  const fauxqs = await startFauxqs({ port: 0, logger: false })
+  t.teardown(() => fauxqs.stop())
+  const imds = await startImds({ instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', accountId: '111122223333' })
+  t.teardown(() => imds.close())
+  const sqs = new SQSClient({ endpoint: fauxqs.address, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
+  t.teardown(() => sqs.destroy())
+  const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'tasks' }))).QueueUrl!
+  const replyQueueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'replies' }))).QueueUrl!
+  const repo = `file://${join(dir, 'repo')}`
+  await cli(['init', '--repo', repo])
+  const config = join(dir, 'config.json')
+  await writeFile(config, JSON.stringify({ queueUrl, replyQueueUrl, repository: repo, waitTimeSeconds: 1, shutdownGraceSeconds: 1, imdsEndpoint: imds.endpoint }))
+  const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
+    env: {
+      ...process.env, NOTIFY_SOCKET: path, WATCHDOG_USEC: '300000', EBS_WORKER_METRICS: 'off',
+      AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let log = ''
+  let stdout = ''
+  daemon.stderr.on('data', (d) => (log += d))
+  daemon.stdout.on('data', (d) => (stdout += d))
+  const exited = new Promise<number | null>((resolve) => daemon.on('exit', resolve))
+  t.teardown(() => {
+    daemon.kill('SIGKILL')
+  })
+  await until(() => messages.some((m) => m.startsWith('READY=1')), 30_000, `READY=1 (daemon log: ${log})`)
+  t.match(log, /"msg":"started"/, 'READY=1 comes after the daemon started')
+  t.ok(messages.some((m) => m === 'READY=1 STATUS=polling for tasks'))
+  await until(() => messages.filter((m) => m === 'WATCHDOG=1').length >= 2, 30_000, 'watchdog pings')
+  daemon.kill('SIGTERM')
+  t.equal(await exited, 0, 'stops cleanly')
+  // systemd-notify runs beside the daemon: its message may land just after the daemon exits.
+  await until(() => messages.includes('STOPPING=1'), 10_000, 'STOPPING=1')
+  t.pass('STOPPING=1 on SIGTERM')
+  t.equal(stdout, '', 'EBS_WORKER_METRICS=off: no metric lines')
 })
