@@ -177,6 +177,13 @@ export class Daemon {
       case 'backup': {
         // attach + read + detach; the volume is released whatever the read's outcome, and a
         // redelivered task finds its volume (by tag) and its backup (by tag) again.
+        // Redelivered after the backup was made: report it, and remove a volume left behind.
+        const made = await (await this.#repository(task.repository ?? this.#config.repository)).findTaskBackup(`task:${task.taskId}`)
+        if (made) {
+          const leftover = await volumes.findByTask(task.taskId)
+          if (leftover) await volumes.release(leftover.VolumeId!, { delete: true })
+          return { backupId: made.id, ...(leftover ? { volumeId: leftover.VolumeId } : {}), reused: true, ...made.stats }
+        }
         await this.#checkParent(task)
         const { volumeId } = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
         try {
@@ -249,7 +256,7 @@ export class Daemon {
     signal: AbortSignal,
   ): Promise<Record<string, unknown>> {
     const repo = await this.#repository(task.repository ?? this.#config.repository)
-    const previous = (await repo.listBackups()).find((b) => b.tags[TASK_ID_TAG] === taskId)
+    const previous = await repo.findTaskBackup(`task:${taskId}`)
     if (previous) return { backupId: previous.id, volumeId, reused: true, ...previous.stats }
     await this.#checkParent(task)
     const device = await waitForEbsDevice(volumeId, {

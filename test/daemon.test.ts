@@ -256,7 +256,7 @@ t.test('a daemon killed mid-backup: the redelivered task finishes once, nothing 
 })
 
 t.test('backups read only the blocks EBS lists: those written for a full one, those changed for an incremental one', async (t) => {
-  const { dir, ec2, ebsCalls, repo, send, reply, daemon, exited } = await world(t)
+  const { dir, ec2, ebsCalls, repo, send, reply, replies, daemon, exited } = await world(t)
   const size = 48 * MiB // 6 "GiB" of 8 MiB
   const v1 = join(dir, 'v1.img')
   await makeImage(v1, size, [{ kind: 'random', offset: 4 * MiB, length: 2 * MiB }, { kind: 'text', offset: 30 * MiB, length: MiB }])
@@ -281,6 +281,12 @@ t.test('backups read only the blocks EBS lists: those written for a full one, th
   t.equal(full.status, 'succeeded', `full backup ${JSON.stringify(full.error ?? '')}`)
   t.match(full.result, { blockListing: 'ListSnapshotBlocks', bytesRead: 3 * MiB, chunksZero: 45 }, 'a full backup reads the 3 chunks that hold data, not 48')
   t.ok(await restoredEquals(full.result.backupId, v1), 'and holds the snapshot, byte for byte')
+  // SQS may deliver the task again: its task record in the repository answers, no volume is made.
+  const volumesMade = ec2.volumes.size
+  replies.delete('full')
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'full', snapshotId: s1 }))
+  t.match(await reply('full'), { status: 'succeeded', result: { backupId: full.result.backupId, reused: true } }, 'a redelivered backup task reports its backup')
+  t.equal(ec2.volumes.size, volumesMade, 'without making a volume')
 
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'incr', snapshotId: s2, parentBackupId: full.result.backupId, parentSnapshotId: s1 }))
   const incr = await reply('incr')
