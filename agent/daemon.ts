@@ -22,6 +22,9 @@ import { Repository } from './repository.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
 import { TASK_ID_TAG, Volumes } from './volumes.ts'
 
+/** On a restored volume: the backup it holds, complete and synced (a redelivered task skips the restore). */
+const RESTORED_TAG = 'ebs-worker:restored-backup'
+
 
 /** Failures that another attempt cannot fix: reported once, never retried. */
 const PERMANENT = new Set<string>([
@@ -213,24 +216,31 @@ export class Daemon {
     if (sizeGiB * 1024 ** 3 < manifest.size) {
       throw new EbsWorkerError(ErrorCode.TargetTooSmall, `a ${sizeGiB} GiB volume cannot hold backup ${task.backupId} (${manifest.size} bytes)`)
     }
-    const { volumeId, created } = await volumes.createEmpty(task.taskId, sizeGiB, task.volume ?? {})
+    const { volumeId, created, tags } = await volumes.createEmpty(task.taskId, sizeGiB, task.volume ?? {})
     let done = false
     let permanent = false
     try {
-      const device = await volumes.attachHere(volumeId, signal)
-      // Zero chunks are skipped only on a volume this attempt created: one left by an earlier
-      // attempt may hold part of the data already.
-      const result = await restore(repo, {
-        backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
-        // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
-        checkpoint: { key: `task:${task.taskId}`, target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
-      })
+      let figures: Record<string, unknown>
+      if (tags[RESTORED_TAG] === task.backupId) {
+        // Redelivered after an earlier attempt restored the volume: only what came after is left.
+        figures = { volumeId, backupId: task.backupId, sizeGiB, reused: true }
+      } else {
+        const device = await volumes.attachHere(volumeId, signal)
+        // Zero chunks are skipped only on a volume this attempt created: one left by an earlier
+        // attempt may hold part of the data already (its checkpoint says which).
+        const result = await restore(repo, {
+          backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
+          // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
+          checkpoint: { key: `task:${task.taskId}`, target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
+        })
+        await volumes.tag(volumeId, { [RESTORED_TAG]: task.backupId })
+        figures = {
+          volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs,
+          ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
+        }
+      }
       await volumes.release(volumeId, { delete: false })
       done = true
-      const figures = {
-        volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs,
-        ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
-      }
       if (!task.snapshot) return figures
       // The cross-account path: the controller builds the instance from this shared snapshot.
       const snapshotId = await volumes.snapshot(task.taskId, volumeId)

@@ -172,7 +172,7 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
 })
 
 t.test('backup, restore, attach and detach tasks through the EC2 stand-in', async (t) => {
-  const { dir, ec2, repo, send, reply, exited, daemon } = await world(t)
+  const { dir, ec2, repo, send, reply, replies, exited, daemon } = await world(t)
   const image = join(dir, 'snapshot.img')
   await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }, { kind: 'text', offset: 9 * MiB, length: 2 * MiB }])
   const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:key/src' })
@@ -195,6 +195,12 @@ t.test('backup, restore, attach and detach tasks through the EC2 stand-in', asyn
   const target = ec2.volumes.get(r.result.volumeId)!
   t.match(target, { state: 'available', encrypted: true, snapshotId: null, attachment: null }, 'a new encrypted volume, detached after')
   t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'the new volume holds the backup, byte for byte')
+  t.equal(target.tags['ebs-worker:restored-backup'], b.result.backupId, 'and is tagged with the backup it holds')
+  // Delivered again: the tag says the work is done; the same volume is reported, not written again.
+  replies.delete('rst-1')
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-1', backupId: b.result.backupId, sizeGiB: 2, volume: { volumeType: 'gp3' } }))
+  t.match(await reply('rst-1'), { status: 'succeeded', result: { volumeId: r.result.volumeId, reused: true } }, 'a redelivered restore reports the same volume')
+  t.equal([...ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'rst-1').length, 1, 'and makes no other')
   // Cross-account restore: the result must end as a snapshot shared with the target account.
   await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-2', backupId: b.result.backupId, sizeGiB: 2, snapshot: { shareWithAccount: '444455556666' } }))
   t.match(await reply('rst-2'), { status: 'failed', error: { code: 'DEFAULT_KEY_NOT_SHAREABLE', message: /aws\/ebs.*customer managed key/, retryable: false } },
