@@ -232,6 +232,7 @@ export class Daemon {
           backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
           // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
           checkpoint: { key: `task:${task.taskId}`, target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
+          onProgress: this.#progressLog(task.taskId),
         })
         await volumes.tag(volumeId, { [RESTORED_TAG]: task.backupId })
         figures = {
@@ -283,6 +284,7 @@ export class Daemon {
       tags: { ...task.tags, [TASK_ID_TAG]: taskId },
       // A task cut short (the visibility cap, SIGTERM, a crash) goes on from here next time.
       checkpoint: { key: `task:${taskId}`, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
+      onProgress: this.#progressLog(taskId),
       signal,
     })
     return {
@@ -328,6 +330,24 @@ export class Daemon {
       if (signal.aborted) throw err
       this.#log.error('no block list from EBS; reading the whole volume', { taskId, api, error: describe(err) })
       return { ranges: {}, figures: { blockListing: 'none', blockListingError: `${api}: ${describe(err)}` } }
+    }
+  }
+
+  /** A progress callback that logs a line every progressLogSeconds: long tasks show they move. */
+  #progressLog(taskId: string): (p: { bytesDone: number; bytesTotal: number }) => void {
+    const started = Date.now()
+    let last = started
+    let first: number | null = null
+    return (p) => {
+      first ??= p.bytesDone // a resumed task starts part-way
+      const now = Date.now()
+      if (now - last < this.#config.progressLogSeconds * 1000) return
+      last = now
+      const rate = (p.bytesDone - first) / ((now - started) / 1000)
+      this.#log.info('task progress', {
+        taskId, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Math.floor((p.bytesDone / p.bytesTotal) * 1000) / 10,
+        bytesPerSecond: Math.round(rate), secondsLeft: rate > 0 ? Math.round((p.bytesTotal - p.bytesDone) / rate) : null,
+      })
     }
   }
 

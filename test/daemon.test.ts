@@ -393,7 +393,7 @@ t.test('safety: a restore whose device node is not the volume it attached is ref
 })
 
 t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes on from there', async (t) => {
-  const { dir, ec2, repo, send, reply, daemon, exited, spawnDaemon, state } = await world(t, { config: { shutdownGraceSeconds: 0, checkpointIntervalSeconds: 1 } })
+  const { dir, ec2, repo, send, reply, daemon, exited, spawnDaemon, state } = await world(t, { config: { shutdownGraceSeconds: 0, checkpointIntervalSeconds: 1, progressLogSeconds: 1 } })
   const image = join(dir, 'big.img')
   const size = 320 * MiB
   await makeImage(image, size, [{ kind: 'random', offset: 0, length: size }])
@@ -415,6 +415,9 @@ t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes 
   await cli(['restore', '--repo', repo, '--backup', r.result.backupId, '--device', restored])
   t.equal(await sha256File(restored, size), await sha256File(image), 'which holds the snapshot, byte for byte')
   t.notOk(existsSync(checkpoint), 'and the checkpoint is gone')
+  const progress = state.log.split('\n').filter((l) => l.includes('"msg":"task progress"')).map((l) => JSON.parse(l))
+  t.ok(progress.length > 0, `the long task logged its progress (${progress.length} lines)`)
+  t.match(progress[0], { taskId: 'long-1', bytesTotal: size, percent: Number, bytesPerSecond: Number }, 'with bytes, percent and rate')
   second.daemon.kill('SIGTERM')
   t.equal((await second.exited).code, 0)
 })
