@@ -36,7 +36,8 @@ export interface BackupOptions {
   packSize?: number
   /**
    * Go on from the checkpoint saved under this key, if it fits, and save one every `intervalMs`
-   * and when interrupted (the daemon uses the task id).
+   * and when interrupted; once done, record the backup under the key (the daemon uses the task
+   * id: Repository.findTaskBackup finds it again).
    */
   checkpoint?: { key: string; intervalMs?: number }
   onProgress?: (progress: BackupProgress) => void
@@ -231,8 +232,11 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       tags: options.tags ?? {},
     }
     await repo.saveManifest(manifest)
-    // The manifest is what counts now; a checkpoint left behind is only ignored garbage.
-    if (checkpointKey) await repo.deleteCheckpoint(checkpointKey).catch(() => {})
+    if (checkpointKey) {
+      // The task record before the checkpoint goes: a retry after a crash here finds one or the other.
+      await repo.saveTaskRecord(checkpointKey, backupId)
+      await repo.deleteCheckpoint(checkpointKey).catch(() => {})
+    }
     report()
     return { id: manifest.id, size, chunkSize, parent: manifest.parent, checksum: manifest.checksum, stats, resumedFrom: resumed?.savedAt ?? null }
   } finally {

@@ -24,6 +24,8 @@ const configSchema = z.strictObject({
   maxVisibilitySeconds: z.number().int().min(3).max(43200).default(43200),
   /** How often a running backup saves a checkpoint the next attempt of its task can go on from. */
   checkpointIntervalSeconds: z.number().int().min(1).max(86400).default(300),
+  /** How often a running backup or restore logs its progress. */
+  progressLogSeconds: z.number().int().min(1).max(86400).default(60),
   /** On SIGTERM: how long running tasks get before they are stopped and handed back. */
   shutdownGraceSeconds: z.number().int().min(0).max(3600).default(60),
   /** How long to wait for an attached volume's device to appear. */

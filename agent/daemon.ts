@@ -23,6 +23,9 @@ import { Repository } from './repository.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
 import { TASK_ID_TAG, Volumes } from './volumes.ts'
 
+/** On a restored volume: the backup it holds, complete and synced (a redelivered task skips the restore). */
+const RESTORED_TAG = 'ebs-worker:restored-backup'
+
 
 /** Failures that another attempt cannot fix: reported once, never retried. */
 const PERMANENT = new Set<string>([
@@ -184,6 +187,13 @@ export class Daemon {
       case 'backup': {
         // attach + read + detach; the volume is released whatever the read's outcome, and a
         // redelivered task finds its volume (by tag) and its backup (by tag) again.
+        // Redelivered after the backup was made: report it, and remove a volume left behind.
+        const made = await (await this.#repository(task.repository ?? this.#config.repository)).findTaskBackup(`task:${task.taskId}`)
+        if (made) {
+          const leftover = await volumes.findByTask(task.taskId)
+          if (leftover) await volumes.release(leftover.VolumeId!, { delete: true })
+          return { backupId: made.id, ...(leftover ? { volumeId: leftover.VolumeId } : {}), reused: true, ...made.stats }
+        }
         await this.#checkParent(task)
         const { volumeId } = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
         try {
@@ -213,24 +223,32 @@ export class Daemon {
     if (sizeGiB * 1024 ** 3 < manifest.size) {
       throw new EbsWorkerError(ErrorCode.TargetTooSmall, `a ${sizeGiB} GiB volume cannot hold backup ${task.backupId} (${manifest.size} bytes)`)
     }
-    const { volumeId, created } = await volumes.createEmpty(task.taskId, sizeGiB, task.volume ?? {})
+    const { volumeId, created, tags } = await volumes.createEmpty(task.taskId, sizeGiB, task.volume ?? {})
     let done = false
     let permanent = false
     try {
-      const device = await volumes.attachHere(volumeId, signal)
-      // Zero chunks are skipped only on a volume this attempt created: one left by an earlier
-      // attempt may hold part of the data already.
-      const result = await restore(repo, {
-        backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
-        // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
-        checkpoint: { key: `task:${task.taskId}`, target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
-      })
+      let figures: Record<string, unknown>
+      if (tags[RESTORED_TAG] === task.backupId) {
+        // Redelivered after an earlier attempt restored the volume: only what came after is left.
+        figures = { volumeId, backupId: task.backupId, sizeGiB, reused: true }
+      } else {
+        const device = await volumes.attachHere(volumeId, signal)
+        // Zero chunks are skipped only on a volume this attempt created: one left by an earlier
+        // attempt may hold part of the data already (its checkpoint says which).
+        const result = await restore(repo, {
+          backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
+          // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
+          checkpoint: { key: `task:${task.taskId}`, target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
+          onProgress: this.#progressLog(task.taskId),
+        })
+        await volumes.tag(volumeId, { [RESTORED_TAG]: task.backupId })
+        figures = {
+          volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs,
+          ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
+        }
+      }
       await volumes.release(volumeId, { delete: false })
       done = true
-      const figures = {
-        volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs,
-        ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
-      }
       if (!task.snapshot) return figures
       // The cross-account path: the controller builds the instance from this shared snapshot.
       const snapshotId = await volumes.snapshot(task.taskId, volumeId)
@@ -256,7 +274,7 @@ export class Daemon {
     signal: AbortSignal,
   ): Promise<Record<string, unknown>> {
     const repo = await this.#repository(task.repository ?? this.#config.repository)
-    const previous = (await repo.listBackups()).find((b) => b.tags[TASK_ID_TAG] === taskId)
+    const previous = await repo.findTaskBackup(`task:${taskId}`)
     if (previous) return { backupId: previous.id, volumeId, reused: true, ...previous.stats }
     await this.#checkParent(task)
     const device = await waitForEbsDevice(volumeId, {
@@ -273,6 +291,7 @@ export class Daemon {
       tags: { ...task.tags, [TASK_ID_TAG]: taskId },
       // A task cut short (the visibility cap, SIGTERM, a crash) goes on from here next time.
       checkpoint: { key: `task:${taskId}`, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
+      onProgress: this.#progressLog(taskId),
       signal,
     })
     return {
@@ -318,6 +337,24 @@ export class Daemon {
       if (signal.aborted) throw err
       this.#log.error('no block list from EBS; reading the whole volume', { taskId, api, error: describe(err) })
       return { ranges: {}, figures: { blockListing: 'none', blockListingError: `${api}: ${describe(err)}` } }
+    }
+  }
+
+  /** A progress callback that logs a line every progressLogSeconds: long tasks show they move. */
+  #progressLog(taskId: string): (p: { bytesDone: number; bytesTotal: number }) => void {
+    const started = Date.now()
+    let last = started
+    let first: number | null = null
+    return (p) => {
+      first ??= p.bytesDone // a resumed task starts part-way
+      const now = Date.now()
+      if (now - last < this.#config.progressLogSeconds * 1000) return
+      last = now
+      const rate = (p.bytesDone - first) / ((now - started) / 1000)
+      this.#log.info('task progress', {
+        taskId, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Math.floor((p.bytesDone / p.bytesTotal) * 1000) / 10,
+        bytesPerSecond: Math.round(rate), secondsLeft: rate > 0 ? Math.round((p.bytesTotal - p.bytesDone) / rate) : null,
+      })
     }
   }
 

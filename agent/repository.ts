@@ -289,7 +289,28 @@ export class Repository {
     await this.backend.delete(Repository.checkpointName(key))
   }
 
-  async #decodeMeta(kind: 'index' | 'manifest' | 'checkpoint', blob: Buffer, what: string): Promise<Buffer> {
+  // ---- task records ------------------------------------------------------------------------
+
+  /** Records that the backup for `key` (the daemon's task) is `backupId`: one GET finds it again. */
+  async saveTaskRecord(key: string, backupId: string): Promise<void> {
+    const record = Buffer.from(JSON.stringify({ version: 1, key, backupId, savedAt: new Date().toISOString() }))
+    await this.backend.put(`tasks/${createHash('sha256').update(key).digest('hex')}`, await this.codec.encode('task', record))
+  }
+
+  /** The backup recorded for `key`, if its manifest exists. */
+  async findTaskBackup(key: string): Promise<Manifest | null> {
+    const blob = await this.backend.get(`tasks/${createHash('sha256').update(key).digest('hex')}`)
+    if (!blob) return null
+    const parsed = z.object({ key: z.string(), backupId: z.string() })
+      .safeParse(JSON.parse((await this.#decodeMeta('task', blob, `task record of ${key}`)).toString('utf8')))
+    if (!parsed.success || parsed.data.key !== key) return null
+    return this.loadManifest(parsed.data.backupId).catch((err: unknown) => {
+      if (err instanceof EbsWorkerError && err.code === ErrorCode.BackupNotFound) return null
+      throw err
+    })
+  }
+
+  async #decodeMeta(kind: 'index' | 'manifest' | 'checkpoint' | 'task', blob: Buffer, what: string): Promise<Buffer> {
     try {
       return await this.codec.decode(kind, blob)
     } catch (err) {

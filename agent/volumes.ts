@@ -5,6 +5,7 @@
 import {
   AttachVolumeCommand,
   CreateSnapshotCommand,
+  CreateTagsCommand,
   CreateVolumeCommand,
   DescribeSnapshotsCommand,
   GetEbsDefaultKmsKeyIdCommand,
@@ -42,6 +43,13 @@ export interface VolumesOptions {
   stateTimeoutSeconds?: number
 }
 
+/** A task's volume, new or found again; `tags` are those an earlier attempt left. */
+export interface CreatedVolume {
+  volumeId: string
+  created: boolean
+  tags: Record<string, string>
+}
+
 // Device names this agent may use for attachments; the kernel's NVMe name is what counts.
 const DEVICE_NAMES = 'fghijklmnop'.split('').map((c) => `/dev/sd${c}`)
 
@@ -60,18 +68,18 @@ export class Volumes {
   }
 
   /** Creates (or finds again) the task's volume from a snapshot and waits until it is available. */
-  async createFromSnapshot(taskId: string, snapshotId: string, spec: VolumeSpec = {}, shared = false): Promise<{ volumeId: string; created: boolean }> {
+  async createFromSnapshot(taskId: string, snapshotId: string, spec: VolumeSpec = {}, shared = false): Promise<CreatedVolume> {
     // A shared encrypted snapshot must become a volume under a key of this account: the given
     // one, or (Encrypted without a key) the Region's default EBS key.
     return this.#create(taskId, { SnapshotId: snapshotId, ...(spec.kmsKeyId || shared ? { Encrypted: true } : {}) }, spec)
   }
 
   /** Creates (or finds again) the task's empty, encrypted volume for a restore. */
-  async createEmpty(taskId: string, sizeGiB: number, spec: VolumeSpec = {}): Promise<{ volumeId: string; created: boolean }> {
+  async createEmpty(taskId: string, sizeGiB: number, spec: VolumeSpec = {}): Promise<CreatedVolume> {
     return this.#create(taskId, { Size: sizeGiB, Encrypted: true }, spec)
   }
 
-  async #create(taskId: string, source: { SnapshotId?: string; Size?: number; Encrypted?: boolean }, spec: VolumeSpec): Promise<{ volumeId: string; created: boolean }> {
+  async #create(taskId: string, source: { SnapshotId?: string; Size?: number; Encrypted?: boolean }, spec: VolumeSpec): Promise<CreatedVolume> {
     // The tag, set atomically at creation, is what finds the volume again after a crash or a
     // redelivery (no ClientToken: EC2 would answer a retry with a volume since deleted).
     let existing = await this.findByTask(taskId)
@@ -97,7 +105,14 @@ export class Volumes {
         TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
       })))).VolumeId!
     if (existing?.State !== 'in-use') await this.#waitAvailable(volumeId)
-    return { volumeId, created: !existing }
+    return { volumeId, created: !existing, tags: Object.fromEntries((existing?.Tags ?? []).map((t) => [t.Key!, t.Value ?? ''])) }
+  }
+
+  /** Tags one of this agent's volumes (a restore marks the backup it now holds). */
+  async tag(volumeId: string, tags: Record<string, string>): Promise<void> {
+    await this.#ec2('CreateTags', () => this.#o.client.send(new CreateTagsCommand({
+      Resources: [volumeId], Tags: Object.entries(tags).map(([Key, Value]) => ({ Key, Value })),
+    })))
   }
 
   /** Attaches the volume to this instance (unless it already is) and finds its device. */

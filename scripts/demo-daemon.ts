@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { mkdir, open, rm, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, open, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
@@ -13,6 +13,7 @@ import { startFauxqs } from 'fauxqs'
 import { Ec2StandIn } from '../test/standin/ec2.ts'
 import { startImds } from '../test/standin/imds.ts'
 import { KmsStandIn } from '../test/standin/kms.ts'
+import { EbsStandIn } from '../test/standin/ebs.ts'
 
 const MiB = 1024 * 1024
 const root = new URL('..', import.meta.url).pathname
@@ -31,6 +32,7 @@ const fauxqs = await startFauxqs({ port: 0, logger: false })
 const imds = await startImds(instance)
 const kms = await new KmsStandIn([{ keyId: 'aws-ebs', accountId: instance.accountId, region: instance.region, keyManager: 'AWS', aliases: ['alias/aws/ebs'] }]).start()
 const ec2 = await new Ec2StandIn({ instance, dir: join(work, 'volumes'), roots, bytesPerGiB: 16 * MiB, delayMs: 200, isAwsManagedKey: (r) => kms.resolve(r)?.keyManager === 'AWS' }).start()
+const ebs = await new EbsStandIn({ ec2 }).start()
 const sqs = new SQSClient({ endpoint: fauxqs.address, region: instance.region, credentials: { accessKeyId: 'demo', secretAccessKey: 'demo' } })
 const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'ebs-worker-tasks' }))).QueueUrl!
 const replyQueueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'ebs-worker-results' }))).QueueUrl!
@@ -43,7 +45,15 @@ await h.write(randomBytes(24 * MiB), 0, 24 * MiB, 8 * MiB)
 const text = Buffer.from('ebs-worker daemon demo\n'.repeat(500_000))
 await h.write(text, 0, text.length, 64 * MiB)
 await h.close()
-const snapshotId = ec2.addSnapshot({ image, sizeGiB: 8, encrypted: true, kmsKeyId: `arn:aws:kms:${instance.region}:${instance.accountId}:key/prod` })
+const prodKey = `arn:aws:kms:${instance.region}:${instance.accountId}:key/prod`
+const snapshotId = ec2.addSnapshot({ image, sizeGiB: 8, encrypted: true, kmsKeyId: prodKey, volumeId: 'vol-0d0d0d0d0d0d0d0d0' })
+// The next day's snapshot of the same volume: 3 MiB rewritten.
+const image2 = join(work, 'snapshot-2.img')
+await copyFile(image, image2)
+const h2 = await open(image2, 'r+')
+await h2.write(randomBytes(3 * MiB), 0, 3 * MiB, 40 * MiB)
+await h2.close()
+const snapshot2 = ec2.addSnapshot({ image: image2, sizeGiB: 8, encrypted: true, kmsKeyId: prodKey, volumeId: 'vol-0d0d0d0d0d0d0d0d0' })
 
 const repo = `file://${join(work, 'repo')}`
 const run = (args: string[]) =>
@@ -53,7 +63,7 @@ await run(['init', '--repo', repo])
 const config = join(work, 'config.json')
 await writeFile(config, JSON.stringify({ queueUrl, replyQueueUrl, repository: repo, concurrency: 2, waitTimeSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint }, null, 2))
 const daemon = spawn(process.execPath, [join(root, 'agent/bin/ebs-worker.ts'), 'daemon', '--config', config], {
-  env: { ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_REGION: instance.region, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' },
+  env: { ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint, AWS_REGION: instance.region, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' },
   stdio: ['ignore', 'ignore', 'pipe'],
 })
 daemon.stderr.on('data', (d: Buffer) => {
@@ -91,13 +101,17 @@ let ok = false
 try {
   const b = await task({ version: 1, type: 'backup', taskId: 'demo/backup-1', snapshotId })
   if (b.status !== 'succeeded') throw new Error('the backup task failed')
+  // Incremental: EBS ListChangedBlocks between the two snapshots says what to read.
+  const i = await task({ version: 1, type: 'backup', taskId: 'demo/backup-2', snapshotId: snapshot2, parentBackupId: b.result.backupId, parentSnapshotId: snapshotId })
+  if (i.status !== 'succeeded') throw new Error('the incremental backup task failed')
   // sizeGiB as the API sees it (the stand-in's "GiB" is 16 MiB here).
   const r = await task({ version: 1, type: 'restore', taskId: 'demo/restore-1', backupId: b.result.backupId, sizeGiB: 8, volume: { volumeType: 'gp3' } })
   if (r.status !== 'succeeded') throw new Error('the restore task failed')
   const restored = ec2.volumes.get(r.result.volumeId)!
   ok = (await sha256(restored.file, 128 * MiB)) === (await sha256(image, 128 * MiB))
   console.log(`\nSummary
-  backup   ${b.result.backupId}: volume ${b.result.volumeId} from ${snapshotId}, read ${(b.result.bytesRead / MiB).toFixed(0)} MiB, stored ${(b.result.bytesStored / MiB).toFixed(1)} MiB; volume ${ec2.volumes.get(b.result.volumeId)!.state}
+  backup   ${b.result.backupId}: volume ${b.result.volumeId} from ${snapshotId}, read ${(b.result.bytesRead / MiB).toFixed(0)} of 128 MiB (${b.result.blockListing}), stored ${(b.result.bytesStored / MiB).toFixed(1)} MiB; volume ${ec2.volumes.get(b.result.volumeId)!.state}
+  backup   ${i.result.backupId}: incremental from ${snapshot2}, read ${(i.result.bytesRead / MiB).toFixed(0)} MiB (${i.result.blockListing}: ${i.result.blocksListed} blocks), stored ${(i.result.bytesStored / MiB).toFixed(1)} MiB
   restore  new volume ${r.result.volumeId} (${restored.state}, encrypted with ${restored.kmsKeyId})
   check    restored volume ${ok ? 'identical to the snapshot' : 'DIFFERS FROM THE SNAPSHOT'}
   files    ${work}`)
@@ -107,7 +121,7 @@ try {
   daemon.kill('SIGTERM')
   await new Promise((resolve) => daemon.on('exit', resolve))
   await ec2.close()
-  await Promise.all([kms.close(), imds.close(), fauxqs.stop()])
+  await Promise.all([kms.close(), ebs.close(), imds.close(), fauxqs.stop()])
   sqs.destroy()
 }
 process.exit(ok ? 0 : 1)

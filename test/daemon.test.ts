@@ -172,7 +172,7 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
 })
 
 t.test('backup, restore, attach and detach tasks through the EC2 stand-in', async (t) => {
-  const { dir, ec2, repo, send, reply, exited, daemon } = await world(t)
+  const { dir, ec2, repo, send, reply, replies, exited, daemon } = await world(t)
   const image = join(dir, 'snapshot.img')
   await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }, { kind: 'text', offset: 9 * MiB, length: 2 * MiB }])
   const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:key/src' })
@@ -195,6 +195,12 @@ t.test('backup, restore, attach and detach tasks through the EC2 stand-in', asyn
   const target = ec2.volumes.get(r.result.volumeId)!
   t.match(target, { state: 'available', encrypted: true, snapshotId: null, attachment: null }, 'a new encrypted volume, detached after')
   t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'the new volume holds the backup, byte for byte')
+  t.equal(target.tags['ebs-worker:restored-backup'], b.result.backupId, 'and is tagged with the backup it holds')
+  // Delivered again: the tag says the work is done; the same volume is reported, not written again.
+  replies.delete('rst-1')
+  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-1', backupId: b.result.backupId, sizeGiB: 2, volume: { volumeType: 'gp3' } }))
+  t.match(await reply('rst-1'), { status: 'succeeded', result: { volumeId: r.result.volumeId, reused: true } }, 'a redelivered restore reports the same volume')
+  t.equal([...ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'rst-1').length, 1, 'and makes no other')
   // Cross-account restore: the result must end as a snapshot shared with the target account.
   await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-2', backupId: b.result.backupId, sizeGiB: 2, snapshot: { shareWithAccount: '444455556666' } }))
   t.match(await reply('rst-2'), { status: 'failed', error: { code: 'DEFAULT_KEY_NOT_SHAREABLE', message: /aws\/ebs.*customer managed key/, retryable: false } },
@@ -256,7 +262,7 @@ t.test('a daemon killed mid-backup: the redelivered task finishes once, nothing 
 })
 
 t.test('backups read only the blocks EBS lists: those written for a full one, those changed for an incremental one', async (t) => {
-  const { dir, ec2, ebsCalls, repo, send, reply, daemon, exited } = await world(t)
+  const { dir, ec2, ebsCalls, repo, send, reply, replies, daemon, exited } = await world(t)
   const size = 48 * MiB // 6 "GiB" of 8 MiB
   const v1 = join(dir, 'v1.img')
   await makeImage(v1, size, [{ kind: 'random', offset: 4 * MiB, length: 2 * MiB }, { kind: 'text', offset: 30 * MiB, length: MiB }])
@@ -281,6 +287,12 @@ t.test('backups read only the blocks EBS lists: those written for a full one, th
   t.equal(full.status, 'succeeded', `full backup ${JSON.stringify(full.error ?? '')}`)
   t.match(full.result, { blockListing: 'ListSnapshotBlocks', bytesRead: 3 * MiB, chunksZero: 45 }, 'a full backup reads the 3 chunks that hold data, not 48')
   t.ok(await restoredEquals(full.result.backupId, v1), 'and holds the snapshot, byte for byte')
+  // SQS may deliver the task again: its task record in the repository answers, no volume is made.
+  const volumesMade = ec2.volumes.size
+  replies.delete('full')
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'full', snapshotId: s1 }))
+  t.match(await reply('full'), { status: 'succeeded', result: { backupId: full.result.backupId, reused: true } }, 'a redelivered backup task reports its backup')
+  t.equal(ec2.volumes.size, volumesMade, 'without making a volume')
 
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'incr', snapshotId: s2, parentBackupId: full.result.backupId, parentSnapshotId: s1 }))
   const incr = await reply('incr')
@@ -381,7 +393,7 @@ t.test('safety: a restore whose device node is not the volume it attached is ref
 })
 
 t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes on from there', async (t) => {
-  const { dir, ec2, repo, send, reply, daemon, exited, spawnDaemon, state } = await world(t, { config: { shutdownGraceSeconds: 0, checkpointIntervalSeconds: 1 } })
+  const { dir, ec2, repo, send, reply, daemon, exited, spawnDaemon, state } = await world(t, { config: { shutdownGraceSeconds: 0, checkpointIntervalSeconds: 1, progressLogSeconds: 1 } })
   const image = join(dir, 'big.img')
   const size = 320 * MiB
   await makeImage(image, size, [{ kind: 'random', offset: 0, length: size }])
@@ -403,6 +415,9 @@ t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes 
   await cli(['restore', '--repo', repo, '--backup', r.result.backupId, '--device', restored])
   t.equal(await sha256File(restored, size), await sha256File(image), 'which holds the snapshot, byte for byte')
   t.notOk(existsSync(checkpoint), 'and the checkpoint is gone')
+  const progress = state.log.split('\n').filter((l) => l.includes('"msg":"task progress"')).map((l) => JSON.parse(l))
+  t.ok(progress.length > 0, `the long task logged its progress (${progress.length} lines)`)
+  t.match(progress[0], { taskId: 'long-1', bytesTotal: size, percent: Number, bytesPerSecond: Number }, 'with bytes, percent and rate')
   second.daemon.kill('SIGTERM')
   t.equal((await second.exited).code, 0)
 })

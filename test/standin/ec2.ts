@@ -3,7 +3,8 @@
 // @aws-sdk/client-ec2 runs against it unchanged. No EC2 emulator can be installed here.
 //
 // It follows the EC2 API Reference (CreateVolume, DescribeVolumes, AttachVolume, DetachVolume,
-// DeleteVolume, CreateSnapshot, DescribeSnapshots, ModifySnapshotAttribute, GetEbsDefaultKmsKeyId;
+// DeleteVolume, CreateSnapshot, DescribeSnapshots, ModifySnapshotAttribute, GetEbsDefaultKmsKeyId,
+// CreateTags;
 // "Common client error codes") and the EBS User Guide ("Amazon EBS encryption", "Share an Amazon
 // EBS snapshot"):
 //   - a volume from an encrypted snapshot is encrypted; KmsKeyId requires Encrypted=true;
@@ -221,6 +222,9 @@ export class Ec2StandIn {
       case 'ModifySnapshotAttribute':
         this.#share(p)
         return '<return>true</return>'
+      case 'CreateTags':
+        this.#createTags(p)
+        return '<return>true</return>'
       default:
         throw new Ec2Error('InvalidAction', `The action ${action} is not valid for this web service.`)
     }
@@ -356,6 +360,21 @@ export class Ec2StandIn {
     if (v.attachment || v.state === 'in-use') throw new Ec2Error('VolumeInUse', `Volume ${v.volumeId} is currently attached to ${v.attachment?.instanceId}`)
     v.state = 'deleted'
     await rm(v.file, { force: true })
+  }
+
+  /** CreateTags on this account's volumes and snapshots; an unknown id fails the whole call. */
+  #createTags(p: URLSearchParams): void {
+    const ids: string[] = []
+    for (let i = 1; p.has(`ResourceId.${i}`); i++) ids.push(p.get(`ResourceId.${i}`)!)
+    const targets = ids.map((id) => {
+      if (id.startsWith('vol-')) return this.#volume(id)
+      const snap = this.snapshots.get(id)
+      if (!snap || snap.ownerId !== this.#options.instance.accountId) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+      return snap
+    })
+    for (const target of targets) {
+      for (let j = 1; p.has(`Tag.${j}.Key`); j++) target.tags[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    }
   }
 
   #tagsOf(p: URLSearchParams, resourceType: string): Record<string, string> {

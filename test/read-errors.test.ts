@@ -1,0 +1,43 @@
+// A disk that fails to read: a FUSE file with a bad region (test/fixtures/faulty-fs.py; EIO on
+// any read touching it) under a read-only loop device, since this machine has no device-mapper
+// for dm-error. The backup must stop with DEVICE_UNUSABLE naming the device and the offset, and
+// leave no backup behind.
+import t from 'tap'
+import { execFileSync, spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { MiB, ROOT, makeImage, runCli, tempDir, until } from './helpers.ts'
+
+const FAULTY_FS = join(ROOT, 'test/fixtures/faulty-fs.py')
+
+t.test('a read error is DEVICE_UNUSABLE, names the device and offset, and records nothing', async (t) => {
+  const dir = await tempDir(t)
+  const backing = join(dir, 'backing.img')
+  await makeImage(backing, 32 * MiB, [{ kind: 'random', offset: 0, length: 32 * MiB }])
+  const mnt = join(dir, 'mnt')
+  await mkdir(mnt)
+  const bad = 20 * MiB + 4096
+  const fs = spawn('/usr/bin/python3', [FAULTY_FS, backing, mnt, String(bad), String(bad + 4096)], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let fsLog = ''
+  fs.stderr.on('data', (d) => (fsLog += d))
+  t.teardown(() => {
+    try {
+      execFileSync('umount', [mnt])
+    } catch {
+      fs.kill()
+    }
+  })
+  await until(() => existsSync(join(mnt, 'disk.img')), 10_000, `the FUSE file system (python3-fusepy installed?) ${fsLog}`)
+  const loop = execFileSync('losetup', ['--find', '--show', '--read-only', join(mnt, 'disk.img')], { encoding: 'utf8' }).trim()
+  t.teardown(() => execFileSync('losetup', ['-d', loop]))
+
+  const repo = join(dir, 'repo')
+  await runCli(['init', '--repo', repo])
+  const r = await runCli(['backup', '--repo', repo, '--device', loop, '--json'])
+  t.not(r.code, 0, 'the backup fails')
+  t.equal(r.json?.error?.code, 'DEVICE_UNUSABLE', 'with DEVICE_UNUSABLE')
+  // The failing read is the chunk holding the bad region: 20 MiB with 1 MiB chunks.
+  t.match(r.json?.error?.message, new RegExp(`cannot read ${loop} at offset ${20 * MiB}`), 'naming the device and where')
+  t.equal((await runCli(['list', '--repo', repo, '--json'])).json?.backups?.length, 0, 'and no backup is recorded')
+})
