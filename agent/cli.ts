@@ -8,6 +8,7 @@ import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts'
 import { CHECK_NAMES, doctor, formatCheck } from './doctor.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { LocalKeyFileProvider } from './keys.ts'
+import { KmsKeyProvider } from './kms-key.ts'
 import { parseChangedRanges } from './plan.ts'
 import { formatBytes, progressBar } from './progress.ts'
 import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from './repository.ts'
@@ -84,11 +85,15 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .exitOverride()
 
   common(program.command('init').description('create a repository'))
-    .option('--encrypt', 'encrypt with a key kept in --key-file (created if missing)')
+    .option('--encrypt', 'encrypt, with a key kept in --key-file (created if missing) or wrapped by --kms-key')
+    .option('--kms-key <key>', 'KMS key (ARN, id or alias) that wraps the repository key: no key file to keep, IAM decides who opens it')
     .option('--chunk-size <size>', 'chunk size, a multiple of 512KiB', parseSize, DEFAULT_CHUNK_SIZE)
-    .action(async (opts: CommonOptions & { encrypt?: boolean; chunkSize: number }) => {
-      if (opts.encrypt && !opts.keyFile) throw new EbsWorkerError(ErrorCode.BadInput, '--encrypt needs --key-file')
-      const keyProvider = opts.encrypt ? await LocalKeyFileProvider.open(opts.keyFile!, { create: true }) : undefined
+    .action(async (opts: CommonOptions & { encrypt?: boolean; kmsKey?: string; chunkSize: number }) => {
+      if (opts.kmsKey && opts.keyFile) throw new EbsWorkerError(ErrorCode.BadInput, 'give --key-file or --kms-key, not both')
+      if (opts.encrypt && !opts.keyFile && !opts.kmsKey) throw new EbsWorkerError(ErrorCode.BadInput, '--encrypt needs --key-file or --kms-key')
+      const keyProvider = opts.kmsKey
+        ? new KmsKeyProvider({ keyId: opts.kmsKey })
+        : opts.encrypt ? await LocalKeyFileProvider.open(opts.keyFile!, { create: true }) : undefined
       const repo = await Repository.init(openBackend(opts.repo), keyProvider ? { chunkSize: opts.chunkSize, keyProvider } : { chunkSize: opts.chunkSize })
       const { id, chunkSize, encryption } = repo.config
       print([`created repository ${repo.url} (id ${id}, ${formatBytes(chunkSize)} chunks, ${encryption ? 'encrypted' : 'not encrypted'})`], {

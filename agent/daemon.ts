@@ -33,7 +33,7 @@ const PERMANENT = new Set<string>([
   ErrorCode.RepoNotFound, ErrorCode.RepoFormat, ErrorCode.RepoVersion, ErrorCode.KeyRequired, ErrorCode.WrongKey,
   ErrorCode.BackupNotFound, ErrorCode.BackupIncompatible, ErrorCode.ChunkMissing, ErrorCode.ChunkCorrupt,
   ErrorCode.ChecksumMismatch, ErrorCode.NotImplemented, ErrorCode.VolumeNotFound, ErrorCode.SnapshotNotFound,
-  ErrorCode.AccessDenied, ErrorCode.DefaultKeyNotShareable,
+  ErrorCode.AccessDenied, ErrorCode.DefaultKeyNotShareable, ErrorCode.KeyUnusable,
 ])
 
 export interface DaemonLog {

@@ -28,6 +28,10 @@ export const ErrorCode = {
   AccessDenied: 'ACCESS_DENIED',
   Ec2Error: 'EC2_ERROR',
   DefaultKeyNotShareable: 'DEFAULT_KEY_NOT_SHAREABLE',
+  /** A KMS key that cannot be used for this (disabled, deleted, of the wrong kind). */
+  KeyUnusable: 'KEY_UNUSABLE',
+  /** KMS did not answer (throttling, an outage): a later attempt may succeed. */
+  KmsError: 'KMS_ERROR',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 

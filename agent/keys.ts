@@ -1,6 +1,6 @@
 // Repository keys. A repository with encryption has one random 64-byte master secret. It is
-// stored only wrapped by a key provider (a local key file now, KMS later: the provider
-// interface is the seam), and two keys are derived from it with HKDF:
+// stored only wrapped by a key provider (a local key file here, AWS KMS in kms-key.ts), and two
+// keys are derived from it with HKDF:
 //   - the AES-256-GCM key for every blob,
 //   - the HMAC-SHA256 key for chunk ids, so an id reveals nothing about the plaintext.
 import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto'
@@ -8,7 +8,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 
 export interface WrappedKey {
-  /** Which provider can unwrap it, e.g. "local-file" (later "aws-kms"). */
+  /** Which provider can unwrap it: "local-file" or "aws-kms". */
   provider: string
   /** Provider-specific identity of the wrapping key (a fingerprint, a KMS key ARN). */
   keyId: string

@@ -10,6 +10,7 @@ import pLimit from 'p-limit'
 import { z } from 'zod'
 import { BlobCodec } from './blob.ts'
 import { AlreadyExistsError, type Backend } from './backend/types.ts'
+import { KMS_PROVIDER, KmsKeyProvider } from './kms-key.ts'
 import { decodeCheckpoint, encodeCheckpoint, type Checkpoint } from './checkpoint.ts'
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
@@ -152,10 +153,13 @@ export class Repository {
     validateChunkSize(config.chunkSize)
     let keys = null
     if (config.encryption) {
-      if (!options.keyProvider) {
+      // A KMS-wrapped key needs no key file: the caller's AWS credentials open it (or do not).
+      const provider = options.keyProvider ??
+        (config.encryption.key.provider === KMS_PROVIDER ? new KmsKeyProvider() : null)
+      if (!provider) {
         throw new EbsWorkerError(ErrorCode.KeyRequired, `repository ${backend.url} is encrypted: give its key (--key-file)`)
       }
-      keys = deriveKeys(await options.keyProvider.unwrap(config.encryption.key))
+      keys = deriveKeys(await provider.unwrap(config.encryption.key))
     }
     return new Repository(backend, config, keys, options.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL)
   }

@@ -1,0 +1,75 @@
+// A repository master secret wrapped by AWS KMS: the worker fleet opens an encrypted repository
+// with its IAM role alone, no key file on the AMI. The secret is encrypted with KMS Encrypt under
+// a customer managed key, with an encryption context naming the repository, and unwrapped with
+// KMS Decrypt (same context, same key id: KMS refuses any other). AWS KMS API Reference, Encrypt
+// and Decrypt; KMS Developer Guide, "Encryption context".
+import { DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms'
+import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import type { KeyProvider, WrappedKey } from './keys.ts'
+
+export const KMS_PROVIDER = 'aws-kms'
+
+/** Binds the wrapped secret to its purpose: KMS refuses to decrypt it under another context. */
+const CONTEXT = { purpose: 'ebs-worker-repository-key', format: 'ebs-worker/v1' }
+
+export class KmsKeyProvider implements KeyProvider {
+  readonly name = KMS_PROVIDER
+  readonly #keyId: string | null
+  readonly #client: KMSClient | null
+  readonly #clients = new Map<string, KMSClient>()
+
+  /**
+   * `keyId` (key id, ARN or alias) is needed to wrap; to unwrap, the key recorded in the
+   * repository is used. Without a client, one per Region is made, the Region being the key
+   * ARN's (else the SDK's default).
+   */
+  constructor(options: { keyId?: string; client?: KMSClient } = {}) {
+    this.#keyId = options.keyId ?? null
+    this.#client = options.client ?? null
+  }
+
+  #clientFor(keyId: string): KMSClient {
+    if (this.#client) return this.#client
+    const region = /^arn:aws[\w-]*:kms:([\w-]+):/.exec(keyId)?.[1] ?? ''
+    let client = this.#clients.get(region)
+    if (!client) {
+      client = new KMSClient(region ? { region } : {})
+      this.#clients.set(region, client)
+    }
+    return client
+  }
+
+  async wrap(secret: Buffer): Promise<WrappedKey> {
+    if (!this.#keyId) throw new EbsWorkerError(ErrorCode.BadInput, 'wrapping a repository key with KMS needs a KMS key (--kms-key)')
+    const out = await this.#call('Encrypt', this.#keyId, () =>
+      this.#clientFor(this.#keyId!).send(new EncryptCommand({ KeyId: this.#keyId!, Plaintext: secret, EncryptionContext: CONTEXT })))
+    // KMS answers with the key's ARN whatever alias named it: that is what Decrypt is held to.
+    return { provider: this.name, keyId: out.KeyId ?? this.#keyId, ciphertext: Buffer.from(out.CiphertextBlob!).toString('base64') }
+  }
+
+  async unwrap(wrapped: WrappedKey): Promise<Buffer> {
+    if (wrapped.provider !== this.name) {
+      throw new EbsWorkerError(ErrorCode.WrongKey, `repository key is wrapped by "${wrapped.provider}", not by AWS KMS`)
+    }
+    const out = await this.#call('Decrypt', wrapped.keyId, () => this.#clientFor(wrapped.keyId).send(new DecryptCommand({
+      KeyId: wrapped.keyId, CiphertextBlob: Buffer.from(wrapped.ciphertext, 'base64'), EncryptionContext: CONTEXT,
+    })))
+    return Buffer.from(out.Plaintext!)
+  }
+
+  /** KMS errors as ours: denied and wrong-key are permanent, throttling and outages are not. */
+  async #call<T>(action: string, keyId: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call()
+    } catch (err) {
+      const name = (err as { name?: string }).name ?? 'Error'
+      const code =
+        name === 'AccessDeniedException' ? ErrorCode.AccessDenied
+        : name === 'IncorrectKeyException' || name === 'InvalidCiphertextException' ? ErrorCode.WrongKey
+        : name === 'NotFoundException' || name === 'DisabledException' || name === 'KMSInvalidStateException' || name === 'InvalidKeyUsageException'
+          ? ErrorCode.KeyUnusable
+        : ErrorCode.KmsError
+      throw new EbsWorkerError(code, `KMS ${action} with ${keyId} failed: ${name}: ${describe(err)}`, { cause: err })
+    }
+  }
+}
