@@ -47,6 +47,7 @@ const DEVICE_NAMES = 'fghijklmnop'.split('').map((c) => `/dev/sd${c}`)
 
 export class Volumes {
   readonly #o: VolumesOptions
+  #attachLock: Promise<void> = Promise.resolve()
 
   constructor(options: VolumesOptions) {
     this.#o = options
@@ -125,11 +126,17 @@ export class Volumes {
       if (volume.Attachments?.length) {
         throw new EbsWorkerError(ErrorCode.DeviceUnusable, `volume ${volumeId} is attached to ${volume.Attachments[0]!.InstanceId}`)
       }
-      const used = await this.#usedDeviceNames()
-      const device = DEVICE_NAMES.find((d) => !used.has(d))
-      if (!device) throw new EbsWorkerError(ErrorCode.DeviceUnusable, 'no free device name left on this instance')
-      await this.#ec2('AttachVolume', () =>
-        this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
+      // Choosing a free device name and attaching is one step per process: two tasks attaching at
+      // once would otherwise pick the same name, and EC2 refuses the second ("already in use").
+      const attached = this.#attachLock.then(async () => {
+        const used = await this.#usedDeviceNames()
+        const device = DEVICE_NAMES.find((d) => !used.has(d))
+        if (!device) throw new EbsWorkerError(ErrorCode.DeviceUnusable, 'no free device name left on this instance')
+        await this.#ec2('AttachVolume', () =>
+          this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
+      })
+      this.#attachLock = attached.catch(() => {})
+      await attached
       await this.#ec2('wait for in-use', () =>
         waitUntilVolumeInUse({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
     }

@@ -121,7 +121,10 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       const defaultKey = (await call(`worker role ${o.workerRole}`, 'GetEbsDefaultKmsKeyId', () => worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
       const missing: string[] = []
       for (const key of keys) for (const a of ['CreateGrant', 'Decrypt'] as const) if (!(await kmsDryRun(worker, o.region, key, a)).ok) missing.push(`kms:${a} on ${key}`)
-      if (volumes.some((v) => v.encrypted)) {
+      // An AWS managed default key (aws/ebs) is usable through EBS by every principal of its
+      // account (its key policy, conditioned on kms:ViaService), so a direct DryRun would fail.
+      const defaultManaged = (await describeKey(worker.kms(o.region), `worker role ${o.workerRole}`, defaultKey)).KeyManager === 'AWS'
+      if (volumes.some((v) => v.encrypted) && !defaultManaged) {
         for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.region, defaultKey, a)).ok) missing.push(`kms:${a} on ${defaultKey} (its Region's default EBS key)`)
       }
       if (missing.length) {

@@ -145,7 +145,11 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
         if (!r.ok) checks.push({ role: o.workerRole, key: '-', action: 'ec2:GetEbsDefaultKmsKeyId', ok: false, ...(r.detail ? { detail: r.detail } : {}) })
         else {
           const def = (await worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({}))).KmsKeyId!
-          await keyChecks(worker, o.region, def, ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'], checks, `${def} (default EBS key)`)
+          const d = await describeKeyCheck(worker, o.region, def)
+          // aws/ebs is usable through EBS by every principal of its account (its key policy is
+          // conditioned on kms:ViaService, so a direct DryRun would be refused): DescribeKey only.
+          if (d.manager === 'AWS') checks.push({ role: o.workerRole, key: `${def} (default EBS key)`, action: 'kms:DescribeKey', ok: true, detail: 'AWS managed: usable through EBS by the account' })
+          else await keyChecks(worker, o.region, def, ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'], checks, `${def} (default EBS key)`)
         }
       }
       const r = await ec2DryRun(worker.ec2(o.region), (c) => c.send(new CreateVolumeCommand({ AvailabilityZone: `${o.region}a`, Size: 1, DryRun: true })))

@@ -47,3 +47,79 @@ t.test('same account: backup of an instance, then restore it with a chosen key',
   const restoreUses = w.world.keyUses.slice(usesBefore)
   t.same([...new Set(restoreUses.filter((u) => u.role === w.roles.worker.arn && u.allowed).map((u) => u.key))], [w.keys.backup], 'the worker used the chosen key, and only it')
 })
+
+t.test('another account: backup shared with the worker account, then restore into a third account', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }, { device: '/dev/sdf', kmsKeyId: 'alias/prod-ebs' }])
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn])
+  t.equal(b.code, 0, `backup-instance succeeds: ${b.stderr}`)
+  const rp = b.json!.restorePoint
+  t.match(rp, { instance: { instanceId, accountId: PROD }, worker: { accountId: BACKUP } })
+  const backupDefault = KmsStandIn.arn(w.kms.awsEbsKey(BACKUP, REGION))
+  // Seed: the worker role needs the source KMS keys and its Region's default key; the source role the source keys.
+  t.same(w.world.keysUsedBy(w.roles.worker.arn), [w.keys.prod, backupDefault].sort(), 'the worker used the source key and its Region\'s default key')
+  t.same(w.world.keysUsedBy(w.roles.source.arn), [w.keys.prod], 'the source role used the source key')
+  const workerVolumes = [...w.ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id']?.startsWith(rp.id))
+  t.equal(workerVolumes.length, 2, 'the worker made one volume per snapshot')
+  t.ok(workerVolumes.every((v) => v.ownerId === BACKUP && v.kmsKeyId === backupDefault && v.state === 'deleted'), 'in its account, under its default key, deleted after')
+  const leftover = [...w.ec2.snapshots.values()].filter((s) => s.ownerId === PROD && !s.deleted)
+  t.same(leftover, [], 'the shared snapshots were unshared and deleted')
+
+  // Restore into the target account: the worker account's default key must be a customer managed key it may share.
+  w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
+  const before = w.world.keyUses.length
+  const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', w.keys.target, '--restore-role', w.roles.restore.arn])
+  t.equal(r.code, 0, `restore-instance succeeds: ${r.stderr}`)
+  const restored = w.ec2.instances.get(r.json!.instanceId)!
+  t.match(restored, { ownerId: TARGET, instanceType: 'm6i.xlarge', state: 'running', availabilityZone: 'eu-west-1b' }, 'a running instance in the target account, in the original AZ')
+  await sameData(t, w, instanceId, restored.instanceId)
+  t.ok(w.ec2.attachedTo(restored.instanceId).every((v) => v.kmsKeyId === w.keys.target && v.ownerId === TARGET), 'its volumes are the target account\'s, under the target key')
+  const uses = w.world.keyUses.slice(before).filter((u) => u.allowed)
+  const keysOf = (role: string) => [...new Set(uses.filter((u) => u.role === role).map((u) => u.key))].sort()
+  // Seed "Restore to Another AWS Account": worker role: the default key of the target Region in the
+  // source account; restore role: that default key and the target key.
+  t.same(keysOf(w.roles.worker.arn), [w.keys.workerDefault], 'the worker used its default key for the target Region')
+  t.same(keysOf(w.roles.restore.arn), [w.keys.workerDefault, w.keys.target].sort(), 'the restore role used that default key and the target key')
+  t.same([...w.ec2.snapshots.values()].filter((s) => s.ownerId === BACKUP && !s.deleted), [], 'the intermediate snapshots are gone')
+  t.same([...w.ec2.volumes.values()].filter((v) => v.ownerId === BACKUP && v.state !== 'deleted'), [], 'and the worker-side volumes')
+  t.same([...w.ec2.volumes.values()].filter((v) => v.ownerId === TARGET && v.state !== 'deleted').length, 2, 'the target account holds the two volumes (the launch root was removed)')
+})
+
+t.test('the aws/ebs rule: refused before anything is created, for backup and for restore; --reencrypt-with', async (t) => {
+  const w = await controllerWorld(t)
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda' }, { device: '/dev/sdf', kmsKeyId: w.keys.prod }])
+  const rootVolume = w.ec2.attachedTo(instanceId)[0]!.volumeId
+  const snapshotsBefore = w.ec2.snapshots.size
+  const refused = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP])
+  t.equal(refused.code, 1, 'backup-instance fails')
+  t.equal(refused.json!.error.code, 'DEFAULT_KEY_NOT_SHAREABLE')
+  const message: string = refused.json!.error.message
+  t.match(message, rootVolume, 'naming the volume')
+  t.match(message, '/dev/xvda', 'and its device')
+  t.match(message, KmsStandIn.arn(w.kms.awsEbsKey(PROD, REGION)), 'the key')
+  t.match(message, `--worker-account ${PROD}`, 'the first way out: a worker in the production account')
+  t.match(message, '--reencrypt-with', 'the second: a re-encrypted copy')
+  t.equal(w.ec2.snapshots.size, snapshotsBefore, 'and nothing was created')
+
+  w.startWorker()
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--reencrypt-with', 'alias/prod-ebs'])
+  t.equal(b.code, 0, `with --reencrypt-with it succeeds: ${b.stderr}`)
+  const rp = b.json!.restorePoint
+  t.equal(rp.worker.reencryptedWith, w.keys.prod, 'the restore point says how')
+  const copies = [...w.ec2.snapshots.values()].filter((s) => s.description.includes('re-encrypted'))
+  t.equal(copies.length, 1, 'one copy: of the aws/ebs snapshot only')
+  t.match(copies[0], { kmsKeyId: w.keys.prod, deleted: true, sharedWith: [] }, 'under the customer managed key, unshared and deleted after')
+  t.notOk(w.world.keyUses.some((u) => u.role === w.roles.worker.arn && u.key === KmsStandIn.arn(w.kms.awsEbsKey(PROD, REGION))), 'the worker never touched the production aws/ebs key')
+
+  // Restore to the target account while the worker account's default key is aws/ebs: refused up front.
+  const volumesBefore = w.ec2.volumes.size
+  const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', w.keys.target, '--restore-role', w.roles.restore.arn])
+  t.equal(r.code, 1, 'restore-instance fails')
+  t.equal(r.json!.error.code, 'DEFAULT_KEY_NOT_SHAREABLE')
+  t.match(r.json!.error.message, KmsStandIn.arn(w.kms.awsEbsKey(BACKUP, REGION)), 'naming the key')
+  t.match(r.json!.error.message, /\/dev\/xvda.*\/dev\/sdf/, 'the volumes')
+  t.match(r.json!.error.message, /customer managed key the default EBS key.*or run a worker in the target account/, 'and both ways out')
+  t.equal(w.ec2.volumes.size, volumesBefore, 'before anything was created')
+  t.equal(w.ec2.instances.size, 2, 'no instance either')
+})
