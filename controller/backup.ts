@@ -208,6 +208,10 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
     return { restorePoint, cleanup: await cleanup.run() }
   } catch (err) {
     const report = await cleanup.run()
+    if (err instanceof ControllerError && err.code === ControllerCode.TaskTimeout) {
+      // A task message cannot be taken back from SQS: a worker may still run it later.
+      err.message += '. The unanswered task stays on the queue until a worker runs it or it reaches the dead-letter queue'
+    }
     if (err instanceof ControllerError) {
       err.notCleaned = report.failed
       if (report.failed.length) err.message += `. Could not clean up: ${report.failed.join('; ')}`

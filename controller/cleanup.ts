@@ -1,6 +1,6 @@
 // What a run created, undone in reverse order when it fails (and, for what is temporary, when it
 // succeeds). A step that fails is reported, never hidden: the caller says what could not be cleaned.
-import { describe } from './errors.ts'
+import { awsName, describe } from './errors.ts'
 
 export interface CleanupReport {
   done: string[]
@@ -34,7 +34,10 @@ export class Cleanup {
         await step.run()
         report.done.push(step.what)
       } catch (err) {
-        report.failed.push(`${step.what}: ${describe(err)}`)
+        const name = awsName(err)
+        // Already gone (a volume EBS rolled back, a snapshot deleted by hand): nothing left to undo.
+        if (name.endsWith('.NotFound')) report.done.push(`${step.what} (already gone)`)
+        else report.failed.push(`${step.what}: ${name === 'Error' ? '' : `${name}: `}${describe(err)}`)
       }
     }
     return report

@@ -175,6 +175,10 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     const a = await undo.run()
     const b = await temporary.run()
     const failed = [...a.failed, ...b.failed]
+    if (err instanceof ControllerError && err.code === ControllerCode.TaskTimeout) {
+      // A task message cannot be taken back from SQS: a worker may still run it later.
+      err.message += '. The unanswered task stays on the queue until a worker runs it or it reaches the dead-letter queue'
+    }
     if (err instanceof ControllerError) {
       err.notCleaned = failed
       if (failed.length) err.message += `. Could not clean up: ${failed.join('; ')}`

@@ -217,6 +217,8 @@ export class Ec2StandIn {
   readonly instances = new Map<string, Instance>()
   /** Default EBS key per "account/region" (ModifyEbsDefaultKmsKeyId). */
   readonly defaultKeys = new Map<string, string>()
+  /** While true, new snapshots stay pending (a snapshot that never completes). */
+  holdSnapshots = false
   readonly #clientTokens = new Map<string, string>()
   readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
   #server: Server | null = null
@@ -620,7 +622,7 @@ export class Ec2StandIn {
       sharedWith: [], state: 'pending', statusMessage: null, volumeId: v.volumeId, tags, startTime: new Date().toISOString(), description, deleted: false,
     }
     this.snapshots.set(snapshotId, snap)
-    setTimeout(() => (snap.state = 'completed'), this.#options.delayMs)
+    if (!this.holdSnapshots) setTimeout(() => (snap.state = 'completed'), this.#options.delayMs)
     return snap
   }
 
