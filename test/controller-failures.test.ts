@@ -102,6 +102,7 @@ t.test('restore: a key that does not exist there; a failure after the instance w
   t.same(r4.json!.error.notCleaned, [], 'and everything was cleaned up')
   const after = live(w)
   t.same(after.instances.map((i) => i.instanceId), before.instances.map((i) => i.instanceId), 'the new instance was terminated')
+  t.ok(w.world.calls.some((c) => c.role === w.roles.restore.arn && c.action === 'TerminateInstances' && c.allowed), 'by the restore role, as packaging/iam/restore-role-policy.json allows')
   t.same(after.snapshots.map((s) => s.snapshotId), before.snapshots.map((s) => s.snapshotId), 'the intermediate snapshots deleted')
   t.same(after.volumes.map((v) => v.volumeId).sort(), before.volumes.map((v) => v.volumeId).sort(), 'the worker and target volumes deleted')
 })

@@ -6,6 +6,21 @@ import t from 'tap'
 import { sha256File } from './helpers.ts'
 import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
 import { KmsStandIn } from './standin/kms.ts'
+import { evaluate, wildcard, type PolicyDocument } from './standin/iam.ts'
+import { iamDocument } from './controller-world.ts'
+
+/** What each role did across the flows of this file: its API calls and what EBS asked of KMS for it. */
+const seen = new Map<string, Set<string>>()
+function record(w: World): void {
+  const roles = { worker: w.roles.worker.arn, source: w.roles.source.arn, localSource: w.roles.localSource.arn, restore: w.roles.restore.arn, localRestore: w.roles.localRestore.arn, controller: `arn:aws:iam::${BACKUP}:user/ebs-controller` }
+  for (const [name, arn] of Object.entries(roles)) {
+    const label = name.replace(/^local(\w)/, (_, c: string) => c.toLowerCase())
+    const set = seen.get(label) ?? new Set<string>()
+    for (const a of w.world.actionsOf(arn)) set.add(a)
+    for (const u of w.world.keyUses.filter((x) => x.role === arn)) set.add(u.action)
+    seen.set(label, set)
+  }
+}
 
 type World = Awaited<ReturnType<typeof controllerWorld>>
 
@@ -46,6 +61,7 @@ t.test('same account: backup of an instance, then restore it with a chosen key',
   // Seed: "The IAM role must have permissions to access to the KMS key with which you want to encrypt EBS volumes of the restored EC2 instance."
   const restoreUses = w.world.keyUses.slice(usesBefore)
   t.same([...new Set(restoreUses.filter((u) => u.role === w.roles.worker.arn && u.allowed).map((u) => u.key))], [w.keys.backup], 'the worker used the chosen key, and only it')
+  record(w)
 })
 
 t.test('another account: backup shared with the worker account, then restore into a third account', async (t) => {
@@ -84,6 +100,7 @@ t.test('another account: backup shared with the worker account, then restore int
   t.same([...w.ec2.snapshots.values()].filter((s) => s.ownerId === BACKUP && !s.deleted), [], 'the intermediate snapshots are gone')
   t.same([...w.ec2.volumes.values()].filter((v) => v.ownerId === BACKUP && v.state !== 'deleted'), [], 'and the worker-side volumes')
   t.same([...w.ec2.volumes.values()].filter((v) => v.ownerId === TARGET && v.state !== 'deleted').length, 2, 'the target account holds the two volumes (the launch root was removed)')
+  record(w)
 })
 
 t.test('the aws/ebs rule: refused before anything is created, for backup and for restore; --reencrypt-with', async (t) => {
@@ -122,4 +139,25 @@ t.test('the aws/ebs rule: refused before anything is created, for backup and for
   t.match(r.json!.error.message, /customer managed key the default EBS key.*or run a worker in the target account/, 'and both ways out')
   t.equal(w.ec2.volumes.size, volumesBefore, 'before anything was created')
   t.equal(w.ec2.instances.size, 2, 'no instance either')
+  record(w)
+})
+
+t.test('packaging/iam/ matches what the code calls, exactly', async (t) => {
+  // Tagging on creation is authorized as ec2:CreateTags with ec2:CreateAction (EC2 User Guide,
+  // "Grant permission to tag resources during creation"); the stand-in folds it into the create
+  // call, so it is never recorded on its own. TerminateInstances is the restore's cleanup
+  // (test/controller-failures.test.ts).
+  const notRecorded = new Set(['ec2:CreateTags', 'ec2:TerminateInstances'])
+  const documents: Record<string, string> = { worker: 'worker-ebs-statements.json', source: 'source-role-policy.json', restore: 'restore-role-policy.json', controller: 'controller-policy.json' }
+  for (const [role, file] of Object.entries(documents)) {
+    const policy = iamDocument<PolicyDocument>(file)
+    const did = [...(seen.get(role) ?? [])].filter((a) => !a.startsWith('sts:GetCallerIdentity'))
+    t.ok(did.length > 0, `${role}: the flows ran`)
+    const refused = did.filter((a) => evaluate(policy, a, '*', {}) !== 'allow')
+    t.same(refused, [], `${role}: ${file} allows every call the code made`)
+    const granted = policy.Statement.filter((s) => s.Effect === 'Allow').flatMap((s) => [s.Action].flat())
+      .filter((a) => a.startsWith('ec2:') || a.startsWith('kms:') || a.startsWith('sts:')).filter((a) => !notRecorded.has(a))
+    const unused = granted.filter((g) => !did.some((a) => wildcard(g, a, true)))
+    t.same(unused, [], `${role}: ${file} allows nothing (EC2, KMS, STS) the code does not call`)
+  }
 })
