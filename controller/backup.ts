@@ -115,22 +115,28 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       if (meta.KeyManager === 'AWS') throw new ControllerError(ControllerCode.BadInput, `--reencrypt-with ${o.reencryptWith} is an AWS managed key: it must be a customer managed key`)
       reencryptArn = meta.Arn!
     }
-    if (o.workerRole) {
-      const worker = await assumeRole(o.workerRole, o.region, 'ebs-controller-check')
-      const keys = [...new Set(volumes.filter((v) => v.kmsKeyId).map((v) => (v.awsManaged ? reencryptArn! : v.kmsKeyId!)))]
-      const defaultKey = (await call(`worker role ${o.workerRole}`, 'GetEbsDefaultKmsKeyId', () => worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
-      const missing: string[] = []
-      for (const key of keys) for (const a of ['CreateGrant', 'Decrypt'] as const) if (!(await kmsDryRun(worker, o.region, key, a)).ok) missing.push(`kms:${a} on ${key}`)
+  }
+
+  if (o.workerRole) {
+    // The workers' keys, checked as the worker role before anything is created: the key of each
+    // snapshot it will read (aws/ebs ones only in its own account, where EBS lets every principal
+    // use them) and, across accounts, its Region's default key, which its volumes will be under.
+    const whoW = `worker role ${o.workerRole}`
+    const worker = await assumeRole(o.workerRole, o.region, 'ebs-controller-check')
+    const keys = [...new Set(volumes.filter((v) => v.kmsKeyId && (!v.awsManaged || cross)).map((v) => (v.awsManaged ? reencryptArn! : v.kmsKeyId!)))]
+    const missing: string[] = []
+    for (const key of keys) for (const a of ['CreateGrant', 'Decrypt'] as const) if (!(await kmsDryRun(worker, o.region, key, a)).ok) missing.push(`kms:${a} on ${key}`)
+    if (cross && volumes.some((v) => v.encrypted)) {
+      const defaultKey = (await call(whoW, 'GetEbsDefaultKmsKeyId', () => worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
       // An AWS managed default key (aws/ebs) is usable through EBS by every principal of its
       // account (its key policy, conditioned on kms:ViaService), so a direct DryRun would fail.
-      const defaultManaged = (await describeKey(worker.kms(o.region), `worker role ${o.workerRole}`, defaultKey)).KeyManager === 'AWS'
-      if (volumes.some((v) => v.encrypted) && !defaultManaged) {
+      if ((await describeKey(worker.kms(o.region), whoW, defaultKey)).KeyManager !== 'AWS') {
         for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.region, defaultKey, a)).ok) missing.push(`kms:${a} on ${defaultKey} (its Region's default EBS key)`)
       }
-      if (missing.length) {
-        throw new ControllerError(ControllerCode.AccessDenied, `the worker role ${o.workerRole} cannot use the keys the backup needs: ${missing.join('; ')}. ` +
-          'The key policies must allow the worker account (packaging/iam/key-policy-*.json) and the worker role\'s policy must allow the actions. Nothing was created.')
-      }
+    }
+    if (missing.length) {
+      throw new ControllerError(ControllerCode.AccessDenied, `the ${whoW} cannot use the keys the backup needs: ${missing.join('; ')}. ` +
+        'The key policies must allow the worker account (packaging/iam/key-policy-*.json) and the worker role\'s policy must allow the actions. Nothing was created.')
     }
   }
 

@@ -74,7 +74,7 @@ export async function waitVolumeAvailable(ec2: EC2Client, who: string, volumeId:
     try {
       state = (await ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] }))).Volumes?.[0]?.State
     } catch (err) {
-      if (awsName(err) !== 'InvalidVolume.NotFound') throw await call(who, 'DescribeVolumes', () => Promise.reject(err)).catch((e: unknown) => e)
+      if (awsName(err) !== 'InvalidVolume.NotFound') return call(who, 'DescribeVolumes', () => Promise.reject(err))
       state = 'deleted'
     }
     if (state === 'deleted' || state === 'error') {
