@@ -44,6 +44,8 @@ export interface ControllerRun {
   stdout: string
   stderr: string
   json: Record<string, any> | null
+  /** Empty when it succeeded; else its stderr and the worker's log, for assertion messages. */
+  said: string
 }
 
 export async function controllerWorld(t: Teardown) {
@@ -139,7 +141,8 @@ export async function controllerWorld(t: Teardown) {
       } catch {
         json = null
       }
-      resolve({ code, stdout, stderr: stderr + (workerRunning ? `\n--- worker log ---\n${log.worker}` : ''), json })
+      const all = stderr + (workerRunning ? `\n--- worker log ---\n${log.worker}` : '')
+      resolve({ code, stdout, stderr: all, json, said: code === 0 ? '' : `: ${all}` })
     })
   })
 

@@ -40,7 +40,7 @@ t.test('same account: backup of an instance, then restore it with a chosen key',
   // The instance lives in the worker's account, in another AZ; its root is under aws/ebs.
   const instanceId = await w.instance(BACKUP, 'eu-west-1b', [{ device: '/dev/xvda' }, { device: '/dev/sdf', kmsKeyId: w.keys.backup }])
   const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
-  t.equal(b.code, 0, `backup-instance succeeds: ${b.stderr}`)
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
   const rp = b.json!.restorePoint
   t.match(rp, { instance: { instanceId, accountId: BACKUP, instanceType: 'm6i.xlarge', rootDeviceName: '/dev/xvda', availabilityZone: 'eu-west-1b', tags: { Name: 'app-1' } } })
   t.same(rp.volumes.map((v: any) => v.deviceName), ['/dev/xvda', '/dev/sdf'], 'every volume, in device order')
@@ -53,7 +53,7 @@ t.test('same account: backup of an instance, then restore it with a chosen key',
 
   const usesBefore = w.world.keyUses.length
   const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', 'alias/backup-ebs', '--restore-role', w.roles.localRestore.arn])
-  t.equal(r.code, 0, `restore-instance succeeds: ${r.stderr}`)
+  t.equal(r.code, 0, `restore-instance succeeds${r.said}`)
   const restored = w.ec2.instances.get(r.json!.instanceId)!
   t.match(restored, { ownerId: BACKUP, instanceType: 'm6i.xlarge', state: 'running', availabilityZone: 'eu-west-1a' }, 'a running instance of the same type, in the workers\' AZ')
   await sameData(t, w, instanceId, restored.instanceId)
@@ -69,7 +69,7 @@ t.test('another account: backup shared with the worker account, then restore int
   w.startWorker()
   const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }, { device: '/dev/sdf', kmsKeyId: 'alias/prod-ebs' }])
   const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn])
-  t.equal(b.code, 0, `backup-instance succeeds: ${b.stderr}`)
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
   const rp = b.json!.restorePoint
   t.match(rp, { instance: { instanceId, accountId: PROD }, worker: { accountId: BACKUP } })
   const backupDefault = KmsStandIn.arn(w.kms.awsEbsKey(BACKUP, REGION))
@@ -86,7 +86,7 @@ t.test('another account: backup shared with the worker account, then restore int
   w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
   const before = w.world.keyUses.length
   const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', w.keys.target, '--restore-role', w.roles.restore.arn])
-  t.equal(r.code, 0, `restore-instance succeeds: ${r.stderr}`)
+  t.equal(r.code, 0, `restore-instance succeeds${r.said}`)
   const restored = w.ec2.instances.get(r.json!.instanceId)!
   t.match(restored, { ownerId: TARGET, instanceType: 'm6i.xlarge', state: 'running', availabilityZone: 'eu-west-1b' }, 'a running instance in the target account, in the original AZ')
   await sameData(t, w, instanceId, restored.instanceId)
@@ -121,7 +121,7 @@ t.test('the aws/ebs rule: refused before anything is created, for backup and for
 
   w.startWorker()
   const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--reencrypt-with', 'alias/prod-ebs'])
-  t.equal(b.code, 0, `with --reencrypt-with it succeeds: ${b.stderr}`)
+  t.equal(b.code, 0, `with --reencrypt-with it succeeds${b.said}`)
   const rp = b.json!.restorePoint
   t.equal(rp.worker.reencryptedWith, w.keys.prod, 'the restore point says how')
   const copies = [...w.ec2.snapshots.values()].filter((s) => s.description.includes('re-encrypted'))
