@@ -41,6 +41,12 @@
 // what the agent's device discovery reads; other instances only record their attachments. Sizes
 // are in GiB as in the API, each "GiB" being `bytesPerGiB` bytes (default 1 GiB) so tests can keep
 // volumes small: a documented departure.
+// Pages: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateVolume.html (KmsKeyId),
+//   …/API_CreateSnapshots.html, …/API_CopySnapshot.html, …/API_ModifySnapshotAttribute.html,
+//   …/API_GetEbsDefaultKmsKeyId.html, …/API_ModifyEbsDefaultKmsKeyId.html, …/API_RunInstances.html,
+//   …/errors-overview.html; https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
+//   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
+//   …/encryption-by-default.html.
 import { execFileSync } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'

@@ -16,6 +16,10 @@
 // Every call and every use of a KMS key is recorded, so tests can compare what the code did with
 // what the seeds and the IAM documents say it needs.
 
+// Pages: https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
+//   …/reference_policies_evaluation-logic-cross-account.html, …/reference_policies_elements.html,
+//   https://docs.aws.amazon.com/kms/latest/developerguide/key-policies.html.
+
 export interface PolicyStatement {
   Sid?: string
   Effect: 'Allow' | 'Deny'

@@ -15,6 +15,10 @@
 //     (Developer Guide, "Testing your permissions", programming-dryrun.html).
 // With an AwsWorld (test/standin/iam.ts) it checks callers and records every use of a key in
 // world.keyUses; without one (the older tests) every caller may do everything.
+// Pages: https://docs.aws.amazon.com/kms/latest/APIReference/API_DescribeKey.html,
+//   https://docs.aws.amazon.com/kms/latest/developerguide/programming-dryrun.html,
+//   …/developerguide/key-policy-modifying-external-accounts.html, …/developerguide/grants.html,
+//   …/developerguide/concepts.html#aws-managed-key.
 import { randomUUID } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import { evaluate as evaluateOne, type AwsWorld, type ConditionContext, type PolicyDocument, type Principal } from './iam.ts'

@@ -6,6 +6,8 @@
 // identity policy allows sts:AssumeRole on it; otherwise AccessDenied (HTTP 403). The credentials
 // returned belong to the role's account: every stand-in sharing the AwsWorld sees them as a
 // session of that role.
+// Pages: https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html,
+//   …/API_GetCallerIdentity.html, …/CommonErrors.html.
 import { randomUUID } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import type { AwsWorld } from './iam.ts'
