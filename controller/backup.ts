@@ -38,6 +38,8 @@ export interface BackupOptions {
   workerRole?: string
   reencryptWith?: string
   keepSnapshots?: boolean
+  /** Back up every volume in full, even when an earlier restore point of the instance exists. */
+  full?: boolean
   waits: Waits
 }
 
@@ -96,6 +98,15 @@ export function awsManagedRefusal(volumes: SourceVolume[], sourceAccount: string
     `snapshots re-encrypted with a key the worker account may use, and share the copies.`)
 }
 
+/** Volume id → backup id in the latest restore point of the instance, if any. */
+async function parentBackups(store: RestorePointStore, instanceId: string): Promise<Map<string, string>> {
+  for (const id of (await store.list()).reverse()) {
+    const rp = await store.load(id)
+    if (rp.instance.instanceId === instanceId) return new Map(rp.volumes.map((v) => [v.volumeId, v.backupId]))
+  }
+  return new Map()
+}
+
 export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Promise<BackupOutcome> {
   const source = await assumeRole(o.sourceRole, o.region, 'ebs-controller-backup')
   const who = `source role ${o.sourceRole}`
@@ -139,6 +150,11 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
         'The key policies must allow the worker account (packaging/iam/key-policy-*.json) and the worker role\'s policy must allow the actions. Nothing was created.')
     }
   }
+
+  // Incremental: each volume's backup in the instance's latest restore point is its parent (the
+  // worker then stores only the chunks that changed).
+  const store = new RestorePointStore(o.repo)
+  const parents = o.full ? new Map<string, string>() : await parentBackups(store, o.instanceId)
 
   const id = newRestorePointId()
   const cleanup = new Cleanup()
@@ -189,6 +205,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       const r = await tasks.run({
         version: 1, type: 'backup', taskId: `${id}/${v.volumeId}`, snapshotId: readFrom.get(v.volumeId)!,
         ...(cross ? { sharedFromAccount: sourceAccount } : {}), repository: o.repo,
+        ...(parents.has(v.volumeId) ? { parentBackupId: parents.get(v.volumeId)! } : {}),
         tags: { instance: o.instanceId, device: v.deviceName, 'restore-point': id },
       })
       return { v, figures: succeeded(r, `backup of ${v.volumeId} (${v.deviceName})`) }
@@ -210,7 +227,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       })),
       worker: { accountId: workerAccount, ...(reencryptArn ? { reencryptedWith: reencryptArn } : {}) },
     }
-    await new RestorePointStore(o.repo).save(restorePoint)
+    await store.save(restorePoint)
     return { restorePoint, cleanup: await cleanup.run() }
   } catch (err) {
     const report = await cleanup.run()

@@ -94,13 +94,14 @@ export async function main(argv: string[]): Promise<number> {
     .option('--worker-role <arn>', 'worker role to assume for the KMS checks before anything is created')
     .option('--reencrypt-with <key>', 'customer managed KMS key to copy aws/ebs-encrypted snapshots under before sharing them')
     .option('--keep-snapshots', 'keep the instance snapshots after the backup (default: delete them)')
-    .action(run(async (o: Common & { instance: string; sourceRole: string; repo: string; workerAccount?: string; workerRole?: string; reencryptWith?: string; keepSnapshots?: boolean }) => {
+    .option('--full', 'back up every volume in full (default: incremental from the instance\'s latest restore point)')
+    .action(run(async (o: Common & { instance: string; sourceRole: string; repo: string; workerAccount?: string; workerRole?: string; reencryptWith?: string; keepSnapshots?: boolean; full?: boolean }) => {
       const tasks = channel(o)
       try {
         const out = await backupInstance({
           instanceId: o.instance, sourceRole: o.sourceRole, repo: o.repo, region: region(o), waits: waitsOf(o),
           ...(o.workerAccount ? { workerAccount: o.workerAccount } : {}), ...(o.workerRole ? { workerRole: o.workerRole } : {}),
-          ...(o.reencryptWith ? { reencryptWith: o.reencryptWith } : {}), ...(o.keepSnapshots ? { keepSnapshots: true } : {}),
+          ...(o.reencryptWith ? { reencryptWith: o.reencryptWith } : {}), ...(o.keepSnapshots ? { keepSnapshots: true } : {}), ...(o.full ? { full: true } : {}),
         }, tasks)
         const rp = out.restorePoint
         const human = [`restore point ${rp.id} of ${rp.instance.instanceId} (${rp.instance.instanceType}):`,

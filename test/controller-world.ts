@@ -121,7 +121,7 @@ export async function controllerWorld(t: Teardown) {
 
   /** Runs ebs-controller as the controller's user would, against this world. */
   const controller = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<ControllerRun> => new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CONTROLLER_CLI, ...args, '--json', '--poll-ms', '50'], {
+    const child = spawn(process.execPath, [CONTROLLER_CLI, ...args, '--json', ...(args[0] === 'list' ? [] : ['--poll-ms', '50'])], {
       env: {
         ...process.env, ...endpoints, AWS_ACCESS_KEY_ID: 'AKIACONTROLLER', AWS_SECRET_ACCESS_KEY: 'x', AWS_SESSION_TOKEN: '',
         EBS_CONTROLLER_QUEUE_URL: queueUrl, EBS_CONTROLLER_REPLY_QUEUE_URL: replyQueueUrl, EBS_CONTROLLER_REPO: repo, ...env,

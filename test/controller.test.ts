@@ -3,7 +3,10 @@
 // the IAM documents of packaging/iam/. Each flow checks the restored instance's volumes byte for
 // byte against the source and the KMS keys each role used against the seed's list.
 import t from 'tap'
-import { sha256File } from './helpers.ts'
+import { randomBytes } from 'node:crypto'
+import { open } from 'node:fs/promises'
+import { join } from 'node:path'
+import { cli, MiB, sha256File } from './helpers.ts'
 import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
 import { KmsStandIn } from './standin/kms.ts'
 import { evaluate, wildcard, type PolicyDocument } from './standin/iam.ts'
@@ -61,6 +64,22 @@ t.test('same account: backup of an instance, then restore it with a chosen key',
   // Seed: "The IAM role must have permissions to access to the KMS key with which you want to encrypt EBS volumes of the restored EC2 instance."
   const restoreUses = w.world.keyUses.slice(usesBefore)
   t.same([...new Set(restoreUses.filter((u) => u.role === w.roles.worker.arn && u.allowed).map((u) => u.key))], [w.keys.backup], 'the worker used the chosen key, and only it')
+
+  // The next backup of the instance is incremental: each volume's parent is its backup in the
+  // latest restore point, and it holds the volume as it is now.
+  const changed = w.ec2.attachedTo(instanceId)[1]!
+  const fh = await open(changed.file, 'r+')
+  await fh.write(randomBytes(MiB), 0, MiB, 12 * MiB)
+  await fh.close()
+  const b2 = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
+  t.equal(b2.code, 0, `the second backup-instance succeeds${b2.said}`)
+  const rp2 = b2.json!.restorePoint
+  const backups = (await cli(['list', '--repo', w.repo])).backups as Array<{ id: string; parent: string | null }>
+  t.same(rp2.volumes.map((v: any) => backups.find((x) => x.id === v.backupId)?.parent), rp.volumes.map((v: any) => v.backupId), 'each volume\'s parent is its previous backup')
+  const out = join(w.dir, 'changed-restored.img')
+  await cli(['restore', '--repo', w.repo, '--backup', rp2.volumes[1].backupId, '--device', out])
+  t.equal(await sha256File(out), await sha256File(changed.file), 'the incremental backup holds the changed volume, byte for byte')
+  t.same((await w.controller(['list'])).json!.restorePoints, [rp.id, rp2.id].sort(), 'list shows both restore points')
   record(w)
 })
 
