@@ -4,7 +4,7 @@
 // once, after every volume's backup exists. It holds metadata only (no volume data), in clear,
 // so any controller can read it without the repository key.
 import { randomBytes } from 'node:crypto'
-import { mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises'
+import { link, mkdir, readFile, readdir, unlink, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
@@ -68,8 +68,14 @@ export class RestorePointStore {
       if (this.#url.startsWith('file://')) {
         const path = join(fileURLToPath(this.#url), 'restore-points', `${rp.id}.json`)
         await mkdir(dirname(path), { recursive: true })
-        await writeFile(`${path}.tmp`, body, { flag: 'wx' })
-        await rename(`${path}.tmp`, path)
+        // Written whole, then linked into place: link(2) refuses an existing name (never overwritten).
+        const tmp = `${path}.${process.pid}.tmp`
+        await writeFile(tmp, body, { flag: 'wx' })
+        try {
+          await link(tmp, path)
+        } finally {
+          await unlink(tmp)
+        }
         return
       }
       const { client, bucket, prefix } = this.#s3()
