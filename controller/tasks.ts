@@ -102,5 +102,6 @@ export function succeeded(r: TaskResult, what: string): Record<string, unknown> 
   if (r.status === 'succeeded') return r.result ?? {}
   const code = r.error?.code ?? 'UNKNOWN'
   const mapped = code === 'ACCESS_DENIED' ? ControllerCode.AccessDenied : code === 'DEFAULT_KEY_NOT_SHAREABLE' ? ControllerCode.DefaultKeyNotShareable : ControllerCode.TaskFailed
-  throw new ControllerError(mapped, `${what}: worker ${r.worker} ${r.status === 'rejected' ? 'rejected' : 'failed'} task ${r.taskId}: ${code}: ${r.error?.message ?? ''}`)
+  const whose = code === 'ACCESS_DENIED' ? ' (the worker role: its policy and the key policy, packaging/iam/worker-ebs-statements.json and key-policy-*.json)' : ''
+  throw new ControllerError(mapped, `${what}: worker ${r.worker} ${r.status === 'rejected' ? 'rejected' : 'failed'} task ${r.taskId}: ${code}: ${r.error?.message ?? ''}${whose}`)
 }

@@ -106,3 +106,20 @@ t.test('restore: a key that does not exist there; a failure after the instance w
   t.same(after.snapshots.map((s) => s.snapshotId), before.snapshots.map((s) => s.snapshotId), 'the intermediate snapshots deleted')
   t.same(after.volumes.map((v) => v.volumeId).sort(), before.volumes.map((v) => v.volumeId).sort(), 'the worker and target volumes deleted')
 })
+
+t.test('restore: a target key the worker may not use', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await w.instance(BACKUP, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.backup }])
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
+  // The key's policy names the restore role only: the workers' CreateVolume under it is rolled back.
+  const restoreOnly = w.kms.addKey({ accountId: BACKUP, region: REGION, policy: { Statement: [{ Effect: 'Allow', Principal: { AWS: w.roles.localRestore.arn }, Action: 'kms:*', Resource: '*' }] } })
+  const before = live(w)
+  const r = await w.controller(['restore-instance', '--backup', b.json!.restorePoint.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', restoreOnly, '--restore-role', w.roles.localRestore.arn])
+  t.equal(r.code, 1)
+  t.equal(r.json!.error.code, 'ACCESS_DENIED')
+  t.match(r.json!.error.message, new RegExp(`/dev/xvda.*rolled back.*${restoreOnly}.*worker role`), 'names the volume, the key and whose permission is missing')
+  t.same(r.json!.error.notCleaned, [], 'nothing left to clean')
+  t.same(live(w), before, 'and nothing left behind')
+})

@@ -82,5 +82,9 @@ t.test('restore: all there, then each missing permission found', async (t) => {
     `${w.roles.restore.arn} | ${w.keys.backup} (worker default EBS key) | kms:DescribeKey`, `${w.roles.restore.arn} | ${w.keys.backup} (worker default EBS key) | kms:CreateGrant`,
     `${w.roles.restore.arn} | ${w.keys.backup} (worker default EBS key) | kms:Decrypt`,
   ], 'a worker default key whose policy does not name the target account')
+  w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
+  w.roles.restore.policy = { Statement: [...w.roles.restore.policy!.Statement, { Effect: 'Deny', Action: 'ec2:RunInstances', Resource: '*' }] }
+  const p5 = await w.controller(args(w.keys.target))
+  t.same(missing(p5.json!.checks), [`${w.roles.restore.arn} | - | ec2:RunInstances`], 'a missing EC2 action of the restore role')
   t.same(counts(w), before, 'nothing was created')
 })
