@@ -12,7 +12,7 @@ import {
 import { CreateGrantCommand, DecryptCommand, DescribeKeyCommand, GenerateDataKeyWithoutPlaintextCommand } from '@aws-sdk/client-kms'
 import { assumeRole, ownSession, type Session } from './aws.ts'
 import { inspectInstance } from './backup.ts'
-import { awsName, ControllerError, describe } from './errors.ts'
+import { awsName, describe } from './errors.ts'
 import { RestorePointStore } from './restore-point.ts'
 
 export interface Check {
@@ -214,4 +214,3 @@ export function formatChecks(checks: Check[]): string {
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line), ...(missing.length ? ['', 'missing:', ...missing] : [])].join('\n')
 }
 
-export { ControllerError }
