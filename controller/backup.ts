@@ -201,7 +201,9 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       }
     }
 
-    const results = await Promise.all(volumes.map(async (v) => {
+    // Every task is waited for, even after one failed: cleanup must not pull a snapshot from under
+    // a worker still reading it, and no reply is left unread.
+    const settled = await Promise.allSettled(volumes.map(async (v) => {
       const r = await tasks.run({
         version: 1, type: 'backup', taskId: `${id}/${v.volumeId}`, snapshotId: readFrom.get(v.volumeId)!,
         ...(cross ? { sharedFromAccount: sourceAccount } : {}), repository: o.repo,
@@ -210,6 +212,9 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       })
       return { v, figures: succeeded(r, `backup of ${v.volumeId} (${v.deviceName})`) }
     }))
+    const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected')
+    if (failed) throw failed.reason
+    const results = settled.map((x) => (x as PromiseFulfilledResult<{ v: SourceVolume; figures: Record<string, unknown> }>).value)
 
     const restorePoint: RestorePoint = {
       format: 'ebs-worker-restore-point', version: 1, id, createdAt: new Date().toISOString(),

@@ -115,9 +115,18 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     const restored = settled.map((s) => (s as PromiseFulfilledResult<{ v: RestorePoint['volumes'][number]; volumeId: string; snapshotId: string | undefined }>).value)
 
     // 2. The instance, in the AZ its volumes can attach in.
-    const az = cross
-      ? (o.availabilityZone ?? (rp.instance.region === o.targetRegion ? rp.instance.availabilityZone : `${o.targetRegion}a`))
-      : (await describeVolumes(ec2, who, [restored[0]!.volumeId]))[0]!.AvailabilityZone!
+    let az: string
+    if (cross) {
+      az = o.availabilityZone ?? (rp.instance.region === o.targetRegion ? rp.instance.availabilityZone : `${o.targetRegion}a`)
+    } else {
+      // The workers made the volumes in their own AZs: one instance can attach them only if that is one AZ.
+      const zones = [...new Set((await describeVolumes(ec2, who, restored.map((r) => r.volumeId))).map((v) => v.AvailabilityZone!))]
+      if (zones.length !== 1) {
+        throw new ControllerError(ControllerCode.TaskFailed, `the workers restored the volumes in several Availability Zones (${zones.join(', ')}), ` +
+          'and one instance can only attach volumes of its own AZ: run the restore with workers of one AZ (a queue per AZ)')
+      }
+      az = zones[0]!
+    }
     const run = await call(who, 'RunInstances', () => ec2.send(new RunInstancesCommand({
       ImageId: o.imageId ?? rp.instance.imageId, InstanceType: (o.instanceType ?? rp.instance.instanceType) as _InstanceType, MinCount: 1, MaxCount: 1,
       Placement: { AvailabilityZone: az }, ClientToken: runId,
