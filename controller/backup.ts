@@ -18,9 +18,8 @@ import {
 } from '@aws-sdk/client-ec2'
 import { assumeRole, type Session } from './aws.ts'
 import { Cleanup, type CleanupReport } from './cleanup.ts'
-import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, type Waits } from './ec2.ts'
+import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, kmsDryRun, type Waits } from './ec2.ts'
 import { ControllerCode, ControllerError } from './errors.ts'
-import { kmsDryRun } from './preflight.ts'
 import { newRestorePointId, RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
 

@@ -121,16 +121,17 @@ export async function main(argv: string[]): Promise<number> {
     .requiredOption('--target-kms-key <key>', 'KMS key (in the target account and Region) for the restored volumes')
     .requiredOption('--restore-role <arn>', 'IAM role in the target account (instance, volumes)')
     .addOption(new Option('--repo <url>', 'repository holding the restore point').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .option('--worker-role <arn>', 'worker role to assume for the KMS check before anything is created')
     .option('--instance-type <type>', 'instance type (default: the original\'s)')
     .option('--image-id <ami>', 'image to launch from before the volumes are swapped in (default: the original\'s)')
     .option('--availability-zone <az>', 'AZ of the new instance (cross-account; default: the original\'s, in the target Region)')
     .option('--no-start', 'leave the instance stopped')
-    .action(run(async (o: Common & { backup: string; targetAccount: string; targetRegion: string; targetKmsKey: string; restoreRole: string; repo: string; instanceType?: string; imageId?: string; availabilityZone?: string; start: boolean }) => {
+    .action(run(async (o: Common & { backup: string; targetAccount: string; targetRegion: string; targetKmsKey: string; restoreRole: string; repo: string; workerRole?: string; instanceType?: string; imageId?: string; availabilityZone?: string; start: boolean }) => {
       const tasks = channel(o)
       try {
         const out = await restoreInstance({
           restorePointId: o.backup, repo: o.repo, targetAccount: o.targetAccount, targetRegion: o.targetRegion, targetKmsKey: o.targetKmsKey,
-          restoreRole: o.restoreRole, waits: waitsOf(o), noStart: !o.start,
+          restoreRole: o.restoreRole, waits: waitsOf(o), noStart: !o.start, ...(o.workerRole ? { workerRole: o.workerRole } : {}),
           ...(o.instanceType ? { instanceType: o.instanceType } : {}), ...(o.imageId ? { imageId: o.imageId } : {}), ...(o.availabilityZone ? { availabilityZone: o.availabilityZone } : {}),
         }, tasks)
         const human = [`instance ${out.instanceId} in ${o.targetAccount} ${o.targetRegion}:`, ...out.volumes.map((v) => `  ${v.deviceName}  ${v.volumeId}  ${v.kmsKeyId}`),

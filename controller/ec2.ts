@@ -4,7 +4,8 @@
 import {
   DescribeInstancesCommand, DescribeSnapshotsCommand, DescribeVolumesCommand, type EC2Client, type Instance, type Volume,
 } from '@aws-sdk/client-ec2'
-import { DescribeKeyCommand, type KMSClient, type KeyMetadata } from '@aws-sdk/client-kms'
+import { CreateGrantCommand, DecryptCommand, DescribeKeyCommand, GenerateDataKeyWithoutPlaintextCommand, type KMSClient, type KeyMetadata } from '@aws-sdk/client-kms'
+import type { Session } from './aws.ts'
 import { awsName, ControllerCode, ControllerError, describe } from './errors.ts'
 
 export interface Waits {
@@ -105,4 +106,19 @@ export async function waitInstanceState(ec2: EC2Client, who: string, instanceId:
 export async function describeKey(kms: KMSClient, who: string, keyRef: string): Promise<KeyMetadata> {
   const out = await call(who, `KMS DescribeKey ${keyRef}`, () => kms.send(new DescribeKeyCommand({ KeyId: keyRef })))
   return out.KeyMetadata!
+}
+
+/** KMS DryRun of a grant or cryptographic action on a key, as `session`. */
+export async function kmsDryRun(s: Session, region: string, key: string, action: 'CreateGrant' | 'Decrypt' | 'GenerateDataKeyWithoutPlaintext'): Promise<{ ok: boolean; detail?: string }> {
+  const kms = s.kms(region)
+  try {
+    if (action === 'CreateGrant') await kms.send(new CreateGrantCommand({ KeyId: key, GranteePrincipal: s.role.startsWith('arn:') ? s.role : `arn:aws:iam::${s.accountId}:root`, Operations: ['Decrypt'], DryRun: true }))
+    else if (action === 'Decrypt') await kms.send(new DecryptCommand({ KeyId: key, CiphertextBlob: new Uint8Array(32), DryRun: true }))
+    else await kms.send(new GenerateDataKeyWithoutPlaintextCommand({ KeyId: key, KeySpec: 'AES_256', DryRun: true }))
+    return { ok: true }
+  } catch (err) {
+    const name = awsName(err)
+    if (name === 'DryRunOperationException') return { ok: true }
+    return { ok: false, detail: `${name}: ${describe(err)}` }
+  }
 }

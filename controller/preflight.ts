@@ -9,9 +9,10 @@ import {
   CopySnapshotCommand, CreateSnapshotsCommand, CreateVolumeCommand, DeleteSnapshotCommand, GetEbsDefaultKmsKeyIdCommand, ModifySnapshotAttributeCommand,
   RunInstancesCommand, type EC2Client,
 } from '@aws-sdk/client-ec2'
-import { CreateGrantCommand, DecryptCommand, DescribeKeyCommand, GenerateDataKeyWithoutPlaintextCommand } from '@aws-sdk/client-kms'
+import { DescribeKeyCommand } from '@aws-sdk/client-kms'
 import { assumeRole, ownSession, type Session } from './aws.ts'
 import { inspectInstance } from './backup.ts'
+import { kmsDryRun } from './ec2.ts'
 import { awsName, describe } from './errors.ts'
 import { RestorePointStore } from './restore-point.ts'
 
@@ -24,21 +25,6 @@ export interface Check {
 }
 
 const PLACEHOLDER_SNAPSHOT = 'snap-00000000000000000'
-
-/** KMS DryRun of a grant or cryptographic action on a key, as `session`. */
-export async function kmsDryRun(s: Session, region: string, key: string, action: 'CreateGrant' | 'Decrypt' | 'GenerateDataKeyWithoutPlaintext'): Promise<{ ok: boolean; detail?: string }> {
-  const kms = s.kms(region)
-  try {
-    if (action === 'CreateGrant') await kms.send(new CreateGrantCommand({ KeyId: key, GranteePrincipal: s.role.startsWith('arn:') ? s.role : `arn:aws:iam::${s.accountId}:root`, Operations: ['Decrypt'], DryRun: true }))
-    else if (action === 'Decrypt') await kms.send(new DecryptCommand({ KeyId: key, CiphertextBlob: new Uint8Array(32), DryRun: true }))
-    else await kms.send(new GenerateDataKeyWithoutPlaintextCommand({ KeyId: key, KeySpec: 'AES_256', DryRun: true }))
-    return { ok: true }
-  } catch (err) {
-    const name = awsName(err)
-    if (name === 'DryRunOperationException') return { ok: true }
-    return { ok: false, detail: `${name}: ${describe(err)}` }
-  }
-}
 
 async function ec2DryRun(ec2: EC2Client, send: (ec2: EC2Client) => Promise<unknown>): Promise<{ ok: boolean; detail?: string }> {
   try {

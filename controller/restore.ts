@@ -17,7 +17,7 @@ import {
 import { randomBytes } from 'node:crypto'
 import { assumeRole, ownSession } from './aws.ts'
 import { Cleanup, type CleanupReport } from './cleanup.ts'
-import { call, describeKey, describeVolumes, waitInstanceState, waitVolumeAvailable, waitVolumeState, type Waits } from './ec2.ts'
+import { call, describeKey, describeVolumes, waitInstanceState, waitVolumeAvailable, waitVolumeState, kmsDryRun, type Waits } from './ec2.ts'
 import { ControllerCode, ControllerError } from './errors.ts'
 import { RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
@@ -31,6 +31,8 @@ export interface RestoreOptions {
   targetRegion: string
   targetKmsKey: string
   restoreRole: string
+  /** Assumed to check, before anything is made, that the workers can use the key their volumes will be under. */
+  workerRole?: string
   instanceType?: string
   imageId?: string
   availabilityZone?: string
@@ -71,10 +73,22 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   const targetKeyArn = targetKey.Arn!
   const cross = me.accountId !== o.targetAccount
   const mine = me.ec2(o.targetRegion)
+  // The key the workers' volumes will be under: the target key, or across accounts their default key.
+  let workerKey = targetKeyArn
   if (cross) {
     const def = (await call('controller', `GetEbsDefaultKmsKeyId ${o.targetRegion}`, () => mine.send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
     const meta = await describeKey(me.kms(o.targetRegion), 'controller', def)
     if (meta.KeyManager === 'AWS') throw defaultKeyRefusal(rp, meta.Arn ?? def, me.accountId, o)
+    workerKey = meta.Arn ?? def
+  }
+  if (o.workerRole) {
+    const worker = await assumeRole(o.workerRole, o.targetRegion, 'ebs-controller-check')
+    const missing: string[] = []
+    for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.targetRegion, workerKey, a)).ok) missing.push(`kms:${a}`)
+    if (missing.length) {
+      throw new ControllerError(ControllerCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${workerKey}, the key its volumes would be under: ` +
+        `${missing.join(', ')} refused. The worker role's policy and the key policy must allow them (packaging/iam/). Nothing was created.`)
+    }
   }
 
   const runId = `restore-${new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomBytes(4).toString('hex')}`

@@ -116,7 +116,13 @@ t.test('restore: a target key the worker may not use', async (t) => {
   // The key's policy names the restore role only: the workers' CreateVolume under it is rolled back.
   const restoreOnly = w.kms.addKey({ accountId: BACKUP, region: REGION, policy: { Statement: [{ Effect: 'Allow', Principal: { AWS: w.roles.localRestore.arn }, Action: 'kms:*', Resource: '*' }] } })
   const before = live(w)
-  const r = await w.controller(['restore-instance', '--backup', b.json!.restorePoint.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', restoreOnly, '--restore-role', w.roles.localRestore.arn])
+  const args = ['restore-instance', '--backup', b.json!.restorePoint.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', restoreOnly, '--restore-role', w.roles.localRestore.arn]
+  // With the worker role to check: refused up front, naming the role, the key and each action.
+  const checked = await w.controller([...args, '--worker-role', w.roles.worker.arn])
+  t.match(checked, { code: 1, json: { error: { code: 'ACCESS_DENIED', message: new RegExp(`${w.roles.worker.arn} cannot use ${restoreOnly}.*kms:CreateGrant, kms:GenerateDataKeyWithoutPlaintext refused.*Nothing was created`) } } })
+  t.same(live(w), before, 'nothing was created')
+  // Without it, the worker finds out.
+  const r = await w.controller(args)
   t.equal(r.code, 1)
   t.equal(r.json!.error.code, 'ACCESS_DENIED')
   t.match(r.json!.error.message, new RegExp(`/dev/xvda.*rolled back.*${restoreOnly}.*worker role`), 'names the volume, the key and whose permission is missing')
