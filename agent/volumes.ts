@@ -55,6 +55,7 @@ const DEVICE_NAMES = 'fghijklmnop'.split('').map((c) => `/dev/sd${c}`)
 
 export class Volumes {
   readonly #o: VolumesOptions
+  #attachLock: Promise<void> = Promise.resolve()
 
   constructor(options: VolumesOptions) {
     this.#o = options
@@ -104,7 +105,8 @@ export class Volumes {
         ...(spec.kmsKeyId ? { Encrypted: true, KmsKeyId: spec.kmsKeyId } : {}),
         TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
       })))).VolumeId!
-    if (existing?.State !== 'in-use') await this.#waitAvailable(volumeId)
+    if (existing?.State !== 'in-use') await this.#waitCreated(volumeId, spec.kmsKeyId
+      ?? (source.SnapshotId ? `the key of ${source.SnapshotId}${source.Encrypted ? " and this Region's default EBS key" : ''}` : "this Region's default EBS key"))
     return { volumeId, created: !existing, tags: Object.fromEntries((existing?.Tags ?? []).map((t) => [t.Key!, t.Value ?? ''])) }
   }
 
@@ -115,6 +117,33 @@ export class Volumes {
     })))
   }
 
+  /**
+   * Waits for a new volume to be available. EBS checks the KMS key only after CreateVolume has
+   * answered: when KMS refuses it, the volume is rolled back and DescribeVolumes no longer knows
+   * it (CreateVolume, KmsKeyId: "the action can appear to complete, but eventually fails"), which
+   * the SDK's waiter would retry until its timeout. That is access denied, said at once.
+   */
+  async #waitCreated(volumeId: string, keyOrigin: string): Promise<void> {
+    const deadline = Date.now() + (this.#o.stateTimeoutSeconds ?? 300) * 1000
+    for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+      let state: string | undefined
+      try {
+        state = (await this.#describe(volumeId)).State
+      } catch (err) {
+        if (!(err instanceof EbsWorkerError && err.code === ErrorCode.VolumeNotFound)) throw err
+        state = 'deleted'
+      }
+      if (state === 'available' || state === 'in-use') return
+      if (state === 'deleted' || state === 'error') {
+        throw new EbsWorkerError(ErrorCode.AccessDenied,
+          `volume ${volumeId} was rolled back while being created: EBS could not use the KMS key (${keyOrigin}). ` +
+          'The worker role, the key policy or a grant must allow kms:CreateGrant, kms:Decrypt, kms:DescribeKey and kms:GenerateDataKeyWithoutPlaintext on it')
+      }
+      if (Date.now() > deadline) throw new EbsWorkerError(ErrorCode.Ec2Error, `volume ${volumeId} is still ${state} after ${this.#o.stateTimeoutSeconds ?? 300} s`)
+      await new Promise((resolve) => setTimeout(resolve, delay))
+    }
+  }
+
   /** Attaches the volume to this instance (unless it already is) and finds its device. */
   async attachHere(volumeId: string, signal?: AbortSignal): Promise<EbsDevice> {
     const volume = await this.#describe(volumeId)
@@ -123,11 +152,17 @@ export class Volumes {
       if (volume.Attachments?.length) {
         throw new EbsWorkerError(ErrorCode.DeviceUnusable, `volume ${volumeId} is attached to ${volume.Attachments[0]!.InstanceId}`)
       }
-      const used = await this.#usedDeviceNames()
-      const device = DEVICE_NAMES.find((d) => !used.has(d))
-      if (!device) throw new EbsWorkerError(ErrorCode.DeviceUnusable, 'no free device name left on this instance')
-      await this.#ec2('AttachVolume', () =>
-        this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
+      // Choosing a free device name and attaching is one step per process: two tasks attaching at
+      // once would otherwise pick the same name, and EC2 refuses the second ("already in use").
+      const attached = this.#attachLock.then(async () => {
+        const used = await this.#usedDeviceNames()
+        const device = DEVICE_NAMES.find((d) => !used.has(d))
+        if (!device) throw new EbsWorkerError(ErrorCode.DeviceUnusable, 'no free device name left on this instance')
+        await this.#ec2('AttachVolume', () =>
+          this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
+      })
+      this.#attachLock = attached.catch(() => {})
+      await attached
       await this.#ec2('wait for in-use', () =>
         waitUntilVolumeInUse({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
     }

@@ -178,6 +178,19 @@ t.test('the policy allows every AWS call in the agent, and grants little else', 
   t.ok(sensitive.every((s: any) => s.Condition), 'deleting, detaching, sharing and tagging are limited by tag conditions')
 })
 
+t.test("worker-policy.json grants whatever the stand-in flows' worker statements grant", async (t) => {
+  // packaging/iam/worker-ebs-statements.json is what test/controller.test.ts enforces in the
+  // stand-ins (plain, without CloudFormation substitutions); the deployable policy must cover it.
+  const policy = JSON.parse(await readFile(join(ROOT, 'packaging/iam/worker-policy.json'), 'utf8'))
+  const statements = JSON.parse(await readFile(join(ROOT, 'packaging/iam/worker-ebs-statements.json'), 'utf8'))
+  const allowed: string[] = policy.Statement.flatMap((s: any) => [s.Action].flat())
+  const wanted: string[] = statements.Statement.flatMap((s: any) => [s.Action].flat())
+  for (const pattern of wanted) {
+    const actions = pattern.endsWith('*') ? allowed.filter((a) => grants(pattern, a)) : [pattern]
+    t.ok(actions.length > 0 && actions.every((a) => allowed.some((p) => grants(p, a))), `${pattern} is in worker-policy.json`)
+  }
+})
+
 t.test('the dashboard is packaging/dashboard.json', async (t) => {
   const body = tpl.Resources.Dashboard.Properties.DashboardBody['Fn::Sub']
   t.same(JSON.parse(body), JSON.parse(await readFile(join(ROOT, 'packaging/dashboard.json'), 'utf8')))

@@ -23,13 +23,17 @@ import { randomBytes } from 'node:crypto'
 import { open, type FileHandle } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { Ec2StandIn } from './ec2.ts'
+import type { AwsWorld } from './iam.ts'
 
 export const EBS_BLOCK_SIZE = 512 * 1024
 
 export interface EbsStandInOptions {
   ec2: Ec2StandIn
-  /** The account a request comes from, by its access key id (default: the EC2 stand-in's). */
-  accountOf?: (accessKeyId: string) => string
+  /**
+   * Callers and their identity policies (test/standin/iam.ts): each call is authorized as
+   * ebs:<Action> and recorded. Without it, every caller is the EC2 stand-in's account.
+   */
+  world?: AwsWorld
   /** Block indexes examined per page: small, so that paging (and empty pages) is exercised. */
   pageSpan?: number
   /** Called with each API call, for tests that count them. */
@@ -83,7 +87,8 @@ export class EbsStandIn {
     const url = new URL(req.url ?? '/', 'http://localhost')
     const match = /^\/snapshots\/([^/]+)\/(blocks|changedblocks)$/.exec(url.pathname)
     if (req.method !== 'GET' || !match) throw new EbsError(404, 'ResourceNotFoundException', '', `no such operation: ${req.method} ${url.pathname}`)
-    const account = this.#accountOf(req)
+    const api = match[2] === 'blocks' ? 'ListSnapshotBlocks' : 'ListChangedBlocks'
+    const account = this.#authorize(req, api)
     const params = Object.fromEntries(url.searchParams)
     const maxResults = url.searchParams.has('maxResults') ? Number(url.searchParams.get('maxResults')) : 10_000
     if (!Number.isInteger(maxResults) || maxResults < 100 || maxResults > 10_000) {
@@ -146,7 +151,7 @@ export class EbsStandIn {
 
   #snapshot(snapshotId: string, account: string): { snapshotId: string; image: string; sizeGiB: number; bytes: number } {
     const s = this.#options.ec2.snapshots.get(snapshotId)
-    if (!s || (s.ownerId !== account && !s.sharedWith.includes(account))) {
+    if (!s || s.deleted || (s.ownerId !== account && !s.sharedWith.includes(account))) {
       throw new EbsError(404, 'ResourceNotFoundException', 'SNAPSHOT_NOT_FOUND', `The snapshot '${snapshotId}' does not exist.`)
     }
     if (s.state !== 'completed') {
@@ -169,9 +174,15 @@ export class EbsStandIn {
     return root
   }
 
-  #accountOf(req: IncomingMessage): string {
-    const key = /Credential=([^/]+)\//.exec(req.headers.authorization ?? '')?.[1] ?? ''
-    return this.#options.accountOf?.(key) ?? this.#options.ec2.accountId
+  /** The caller's account, once its identity policy allows the call (AccessDeniedException otherwise). */
+  #authorize(req: IncomingMessage, api: string): string {
+    const { world, ec2 } = this.#options
+    if (!world) return ec2.accountId
+    const { principal, region } = world.callerOf(req.headers.authorization, 'us-east-1')
+    if (!world.authorize(principal, 'ebs', api, region)) {
+      throw new EbsError(403, 'AccessDeniedException', 'UNAUTHORIZED_ACCOUNT', `User: ${principal.arn} is not authorized to perform: ebs:${api}`)
+    }
+    return principal.accountId
   }
 
   #encodeToken(index: number): string {

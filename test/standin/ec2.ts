@@ -1,26 +1,52 @@
-// A stand-in for the part of Amazon EC2 the worker uses on its own volumes, speaking the EC2
-// Query protocol (form-encoded POST, XML answers, version 2016-11-15) so that the real
+// A stand-in for the part of Amazon EC2 the worker and the controller use, speaking the EC2 Query
+// protocol (form-encoded POST, XML answers, version 2016-11-15) so that the real
 // @aws-sdk/client-ec2 runs against it unchanged. No EC2 emulator can be installed here.
 //
 // It follows the EC2 API Reference (CreateVolume, DescribeVolumes, AttachVolume, DetachVolume,
-// DeleteVolume, CreateSnapshot, DescribeSnapshots, ModifySnapshotAttribute, GetEbsDefaultKmsKeyId,
-// CreateTags;
-// "Common client error codes") and the EBS User Guide ("Amazon EBS encryption", "Share an Amazon
-// EBS snapshot"):
+// DeleteVolume, CreateSnapshot, CreateSnapshots, CopySnapshot, DeleteSnapshot, DescribeSnapshots,
+// ModifySnapshotAttribute, CreateTags, GetEbsDefaultKmsKeyId, ModifyEbsDefaultKmsKeyId, RunInstances,
+// DescribeInstances, StopInstances, StartInstances, TerminateInstances; "Common client error
+// codes"; the DryRun parameter) and the EBS User Guide ("Amazon EBS encryption", "How Amazon EBS
+// encryption works", "Encryption by default", "Share an Amazon EBS snapshot", "Copy an Amazon EBS
+// snapshot"):
 //   - a volume from an encrypted snapshot is encrypted; KmsKeyId requires Encrypted=true;
 //   - without KmsKeyId it takes the snapshot's key when the snapshot is this account's, and the
-//     Region's default EBS key when it was shared from another account;
-//   - a snapshot neither owned by nor shared with this account does not exist for it;
+//     Region's default EBS key when it was shared from another account (or when it is new and
+//     Encrypted=true); the default key is aws/ebs until ModifyEbsDefaultKmsKeyId changes it;
+//   - a snapshot neither owned by nor shared with this account does not exist for it; resources
+//     belong to one account and one Region (the request's, from its SigV4 credential scope);
 //   - CreateVolume with a ClientToken already used returns the volume it made then;
 //   - creating → available, then in-use while attached (attaching → attached), with delays;
 //   - a volume attaches to one instance, in its own Availability Zone; an attached volume cannot
-//     be deleted;
+//     be deleted; the root volume of a running instance cannot be detached;
 //   - a snapshot of a volume keeps its encryption and key; one encrypted with an AWS managed key
-//     (aws/ebs) cannot be shared with another account.
-// Volumes are sparse files; an attached volume becomes a loop device with an NVMe identity
-// (serial = volume id without the dash) in a device tree of the test's own, which is what the
-// agent's device discovery reads. Sizes are in GiB as in the API, each "GiB" being
-// `bytesPerGiB` bytes (default 1 GiB) so tests can keep volumes small: a documented departure.
+//     (aws/ebs) cannot be shared with another account; CopySnapshot with KmsKeyId re-encrypts;
+//   - KMS is authenticated asynchronously: CreateVolume with a key the caller cannot use answers
+//     "creating" and the volume is then silently rolled back (DescribeVolumes: InvalidVolume.
+//     NotFound), as the CreateVolume KmsKeyId documentation says ("the action can appear to
+//     complete, but eventually fails") and as seen in aws/aws-cli#2604 and
+//     kubernetes-sigs/aws-ebs-csi-driver#3010; a CopySnapshot under such a key ends in state
+//     "error";
+//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation.
+// What EBS asks of KMS for the caller ("Amazon EBS encryption" / required KMS permissions:
+// kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext,
+// kms:ReEncrypt*): a new volume or copy under key K needs K's DescribeKey, CreateGrant and
+// GenerateDataKeyWithoutPlaintext; reading a snapshot under key S needs S's DescribeKey and
+// Decrypt (and ReEncryptFrom/ReEncryptTo when S and K differ). With a KMS stand-in and an AwsWorld
+// these are checked (key policies, grants, identity policies) and recorded; EC2 actions are checked
+// against the caller's identity policy and recorded.
+//
+// Volumes are sparse files; a volume attached to the worker instance becomes a loop device with an
+// NVMe identity (serial = volume id without the dash) in a device tree of the test's own, which is
+// what the agent's device discovery reads; other instances only record their attachments. Sizes
+// are in GiB as in the API, each "GiB" being `bytesPerGiB` bytes (default 1 GiB) so tests can keep
+// volumes small: a documented departure.
+// Pages: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateVolume.html (KmsKeyId),
+//   …/API_CreateSnapshots.html, …/API_CopySnapshot.html, …/API_ModifySnapshotAttribute.html,
+//   …/API_GetEbsDefaultKmsKeyId.html, …/API_ModifyEbsDefaultKmsKeyId.html, …/API_RunInstances.html,
+//   …/errors-overview.html; https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
+//   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
+//   …/encryption-by-default.html.
 import { execFileSync } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'
@@ -28,6 +54,8 @@ import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
 import { EBS_MODEL, serialOf } from '../../agent/ebs-device.ts'
 import { fakeNvme } from '../helpers.ts'
+import type { AwsWorld, Principal } from './iam.ts'
+import { KmsStandIn } from './kms.ts'
 
 export interface StandInInstance {
   instanceId: string
@@ -47,30 +75,77 @@ export interface SnapshotSpec {
   sharedWith?: string[]
   /** The volume it was taken of, if it is to share a lineage with other snapshots of it. */
   volumeId?: string
+  region?: string
 }
 
-interface Snapshot extends Required<Omit<SnapshotSpec, 'kmsKeyId' | 'volumeId'>> {
+export interface Snapshot {
   snapshotId: string
+  image: string
+  sizeGiB: number
+  encrypted: boolean
   kmsKeyId: string | null
-  state: 'pending' | 'completed'
+  ownerId: string
+  region: string
+  sharedWith: string[]
+  state: 'pending' | 'completed' | 'error'
+  statusMessage: string | null
   volumeId: string | null
   tags: Record<string, string>
   startTime: string
+  description: string
+  deleted: boolean
 }
 
 export interface Volume {
   volumeId: string
+  ownerId: string
+  region: string
   sizeGiB: number
   snapshotId: string | null
   availabilityZone: string
   state: 'creating' | 'available' | 'in-use' | 'deleting' | 'deleted'
+  /** Why a volume ended as it did (the KMS rollback), for tests; EC2 does not report it. */
+  stateReason: string | null
   volumeType: string
+  iops: number | null
+  throughput: number | null
   encrypted: boolean
   kmsKeyId: string | null
   tags: Record<string, string>
   createTime: string
   file: string
-  attachment: { instanceId: string; device: string; state: 'attaching' | 'attached' | 'detaching'; time: string; loop: string | null; name: string | null } | null
+  attachment: {
+    instanceId: string; device: string; state: 'attaching' | 'attached' | 'detaching'; time: string; loop: string | null; name: string | null
+    deleteOnTermination: boolean; seq: number
+  } | null
+}
+
+export interface Instance {
+  instanceId: string
+  ownerId: string
+  region: string
+  availabilityZone: string
+  instanceType: string
+  imageId: string
+  rootDeviceName: string
+  state: 'pending' | 'running' | 'stopping' | 'stopped' | 'shutting-down' | 'terminated'
+  tags: Record<string, string>
+  launchTime: string
+  architecture: string
+  /** Attachments become loop devices (the worker instance). */
+  plugged: boolean
+}
+
+export interface InstanceSpec {
+  accountId: string
+  region: string
+  availabilityZone: string
+  instanceType?: string
+  imageId?: string
+  rootDeviceName?: string
+  tags?: Record<string, string>
+  /** Attached in this order; the first whose device is rootDeviceName is the root volume. */
+  volumes: Array<{ device: string; image: string; sizeGiB: number; encrypted?: boolean; kmsKeyId?: string; volumeType?: string; deleteOnTermination?: boolean }>
 }
 
 export interface Ec2StandInOptions {
@@ -81,21 +156,31 @@ export interface Ec2StandInOptions {
   bytesPerGiB?: number
   /** Delay of each state change (creating → available, attaching → attached, detaching). */
   delayMs?: number
-  /** The Region's default EBS key (an AWS-managed key unless a customer key is configured). */
+  /** The worker Region's default EBS key (an AWS-managed key unless a customer key is configured). */
   defaultKmsKeyId?: string
+  /** Whether a key reference names an AWS managed key (default: the KMS stand-in's answer, or it mentions alias/aws/ebs). */
+  isAwsManagedKey?: (ref: string) => boolean
+  /** Callers, identity policies and the record of calls (without it, every caller is the instance's account). */
+  world?: AwsWorld
+  /** Keys EBS checks and records its use of (with `world`). */
+  kms?: KmsStandIn
   /**
    * How an attached volume (as loop device `loop`) shows up as NVMe device `name` in the device
    * tree (default: fakeNvme with its identity). Tests replace it to model a tree that lies.
    */
   exposeDevice?: (volume: Volume, name: string, loop: string) => Promise<void>
-  /** Whether a key reference names an AWS managed key (default: it mentions alias/aws/ebs). */
-  isAwsManagedKey?: (ref: string) => boolean
 }
 
 export interface SnapshotState {
   snapshotId: string
   volumeId: string
   state: 'pending' | 'completed'
+}
+
+interface Ctx {
+  principal: Principal
+  accountId: string
+  region: string
 }
 
 /** Filter.N.Name / Filter.N.Value.M of a Describe* request. */
@@ -109,6 +194,13 @@ function filtersOf(p: URLSearchParams): Array<{ name: string; values: string[] }
   return filters
 }
 
+/** Name.1, Name.2, … of a request. */
+function listOf(p: URLSearchParams, name: string): string[] {
+  const out: string[] = []
+  for (let i = 1; p.has(`${name}.${i}`); i++) out.push(p.get(`${name}.${i}`)!)
+  return out
+}
+
 class Ec2Error extends Error {
   readonly code: string
   constructor(code: string, message: string) {
@@ -120,23 +212,45 @@ class Ec2Error extends Error {
 const xmlEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
 const el = (name: string, value: string | number | boolean | null | undefined): string =>
   value === null || value === undefined ? '' : `<${name}>${xmlEscape(String(value))}</${name}>`
+const tagSet = (tags: Record<string, string>): string => {
+  const items = Object.entries(tags).map(([k, val]) => `<item>${el('key', k)}${el('value', val)}</item>`).join('')
+  return items ? `<tagSet>${items}</tagSet>` : ''
+}
+const hexId = (prefix: string): string => `${prefix}-${randomBytes(9).toString('hex').slice(0, 17)}`
+
+/** What EBS asks of KMS for the caller. */
+const NEW_KEY = ['kms:DescribeKey', 'kms:CreateGrant', 'kms:GenerateDataKeyWithoutPlaintext']
+const READ_KEY = ['kms:DescribeKey', 'kms:Decrypt']
 
 export class Ec2StandIn {
   readonly volumes = new Map<string, Volume>()
   readonly snapshots = new Map<string, Snapshot>()
+  readonly instances = new Map<string, Instance>()
+  /** Default EBS key per "account/region" (ModifyEbsDefaultKmsKeyId). */
+  readonly defaultKeys = new Map<string, string>()
+  /** While true, new snapshots stay pending (a snapshot that never completes). */
+  holdSnapshots = false
   readonly #clientTokens = new Map<string, string>()
-  readonly #options: Required<Ec2StandInOptions>
+  readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
   #server: Server | null = null
   #nvmeIndex = 1
+  #attachSeq = 0
   endpoint = ''
 
   constructor(options: Ec2StandInOptions) {
-    const defaultKey = `arn:aws:kms:${options.instance.region}:${options.instance.accountId}:alias/aws/ebs`
+    const { instance } = options
     this.#options = {
-      bytesPerGiB: 1024 ** 3, delayMs: 100, defaultKmsKeyId: defaultKey, isAwsManagedKey: (ref) => ref.includes('alias/aws/ebs'),
+      bytesPerGiB: 1024 ** 3, delayMs: 100, defaultKmsKeyId: `arn:aws:kms:${instance.region}:${instance.accountId}:alias/aws/ebs`,
+      isAwsManagedKey: (ref) => (options.kms ? options.kms.resolve(ref)?.keyManager === 'AWS' : ref.includes('alias/aws/ebs')),
       exposeDevice: (v, name, loop) => fakeNvme(options.roots, name, loop, serialOf(v.volumeId), EBS_MODEL, v.sizeGiB * this.bytesPerGiB),
       ...options,
     }
+    if (options.defaultKmsKeyId) this.defaultKeys.set(`${instance.accountId}/${instance.region}`, options.defaultKmsKeyId)
+    this.instances.set(instance.instanceId, {
+      instanceId: instance.instanceId, ownerId: instance.accountId, region: instance.region, availabilityZone: instance.availabilityZone,
+      instanceType: 'c6i.large', imageId: 'ami-0e0b0b0b0b0b0b0b0', rootDeviceName: '/dev/xvda', state: 'running', tags: {},
+      launchTime: new Date().toISOString(), architecture: 'x86_64', plugged: true,
+    })
   }
 
   /** Bytes per "GiB" of volume and snapshot sizes. */
@@ -159,7 +273,8 @@ export class Ec2StandIn {
         const params = new URLSearchParams(body)
         const action = params.get('Action') ?? ''
         const requestId = randomUUID()
-        this.#dispatch(action, params)
+        const ctx = this.#ctx(req.headers.authorization)
+        this.#run(action, params, ctx)
           .then((inner) => {
             const xml = `<?xml version="1.0" encoding="UTF-8"?>\n<${action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>${requestId}</requestId>${inner}</${action}Response>`
             res.writeHead(200, { 'Content-Type': 'text/xml;charset=UTF-8' }).end(xml)
@@ -167,7 +282,8 @@ export class Ec2StandIn {
           .catch((err: unknown) => {
             const e = err instanceof Ec2Error ? err : new Ec2Error('InternalError', String(err))
             const xml = `<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>${e.code}</Code><Message>${xmlEscape(e.message)}</Message></Error></Errors><RequestID>${requestId}</RequestID></Response>`
-            res.writeHead(e.code === 'InternalError' ? 500 : 400, { 'Content-Type': 'text/xml;charset=UTF-8' }).end(xml)
+            const status = e.code === 'InternalError' ? 500 : e.code === 'UnauthorizedOperation' || e.code === 'DryRunOperation' ? (e.code === 'DryRunOperation' ? 412 : 403) : 400
+            res.writeHead(status, { 'Content-Type': 'text/xml;charset=UTF-8' }).end(xml)
           })
       })
     })
@@ -182,113 +298,236 @@ export class Ec2StandIn {
     await new Promise<void>((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()))
   }
 
+  #ctx(authorization: string | undefined): Ctx {
+    const { instance, world } = this.#options
+    if (world) {
+      const { principal, region } = world.callerOf(authorization, instance.region)
+      return { principal, accountId: principal.accountId, region }
+    }
+    const region = /Credential=[^/]+\/\d{8}\/([^/]+)\//.exec(authorization ?? '')?.[1] ?? instance.region
+    return { principal: { arn: `arn:aws:iam::${instance.accountId}:root`, accountId: instance.accountId }, accountId: instance.accountId, region }
+  }
+
+  /** The key reference as the volume will show it: the key ARN when the KMS stand-in knows it. */
+  #keyArn(ref: string, ctx: { accountId: string; region: string }): string {
+    const key = this.#options.kms?.resolve(ref, ctx)
+    return key ? KmsStandIn.arn(key) : ref
+  }
+
+  #defaultKey(accountId: string, region: string): string {
+    return this.defaultKeys.get(`${accountId}/${region}`) ?? `arn:aws:kms:${region}:${accountId}:alias/aws/ebs`
+  }
+
+  /** EBS's use of keys for the caller: the actions refused, with their key (empty: all allowed). */
+  #useKeys(ctx: Ctx, uses: Array<{ ref: string; actions: string[] }>, via: string): string[] {
+    const { kms, world } = this.#options
+    if (!kms || !world) return []
+    const refused: string[] = []
+    for (const u of uses) {
+      const r = kms.check(ctx.principal, u.ref, u.actions, { region: ctx.region, via, viaService: `ec2.${ctx.region}.amazonaws.com` })
+      if (!r.key) refused.push(`${u.ref} (no such key in ${ctx.region})`)
+      else refused.push(...r.denied.map((a) => `${a} on ${KmsStandIn.arn(r.key!)}`))
+    }
+    return refused
+  }
+
+  /** Adds an instance with volumes made from images (the production instance of a test). */
+  async addInstance(spec: InstanceSpec): Promise<string> {
+    const instanceId = hexId('i')
+    const rootDeviceName = spec.rootDeviceName ?? spec.volumes[0]?.device ?? '/dev/xvda'
+    this.instances.set(instanceId, {
+      instanceId, ownerId: spec.accountId, region: spec.region, availabilityZone: spec.availabilityZone, instanceType: spec.instanceType ?? 'm6i.large',
+      imageId: spec.imageId ?? 'ami-0123456789abcdef0', rootDeviceName, state: 'running', tags: spec.tags ?? {}, launchTime: new Date().toISOString(),
+      architecture: 'x86_64', plugged: false,
+    })
+    for (const v of spec.volumes) {
+      const volumeId = hexId('vol')
+      const file = join(this.#options.dir, `${volumeId}.img`)
+      await copyFile(v.image, file)
+      const handle = await open(file, 'r+')
+      await handle.truncate(v.sizeGiB * this.#options.bytesPerGiB)
+      await handle.close()
+      const ctx = { accountId: spec.accountId, region: spec.region }
+      this.volumes.set(volumeId, {
+        volumeId, ownerId: spec.accountId, region: spec.region, sizeGiB: v.sizeGiB, snapshotId: null, availabilityZone: spec.availabilityZone,
+        state: 'in-use', stateReason: null, volumeType: v.volumeType ?? 'gp3', iops: null, throughput: null, encrypted: v.encrypted ?? false,
+        kmsKeyId: v.encrypted ? this.#keyArn(v.kmsKeyId ?? this.#defaultKey(spec.accountId, spec.region), ctx) : null, tags: {},
+        createTime: new Date().toISOString(), file,
+        attachment: { instanceId, device: v.device, state: 'attached', time: new Date().toISOString(), loop: null, name: null, deleteOnTermination: v.deleteOnTermination ?? true, seq: ++this.#attachSeq },
+      })
+    }
+    return instanceId
+  }
+
   addSnapshot(spec: SnapshotSpec): string {
     const snapshotId = `snap-${randomBytes(8).toString('hex').slice(0, 17)}`
+    const ownerId = spec.ownerId ?? this.#options.instance.accountId
+    const region = spec.region ?? this.#options.instance.region
     this.snapshots.set(snapshotId, {
-      snapshotId,
-      image: spec.image,
-      sizeGiB: spec.sizeGiB,
-      encrypted: spec.encrypted ?? false,
-      kmsKeyId: spec.encrypted ? (spec.kmsKeyId ?? `arn:aws:kms:${this.#options.instance.region}:${spec.ownerId ?? this.#options.instance.accountId}:alias/aws/ebs`) : null,
-      ownerId: spec.ownerId ?? this.#options.instance.accountId,
-      sharedWith: spec.sharedWith ?? [],
-      state: 'completed',
-      volumeId: spec.volumeId ?? null,
-      tags: {},
-      startTime: new Date().toISOString(),
+      snapshotId, image: spec.image, sizeGiB: spec.sizeGiB, encrypted: spec.encrypted ?? false,
+      kmsKeyId: spec.encrypted ? (spec.kmsKeyId ?? `arn:aws:kms:${region}:${ownerId}:alias/aws/ebs`) : null,
+      ownerId, region, sharedWith: spec.sharedWith ?? [], state: 'completed', statusMessage: null, volumeId: spec.volumeId ?? null,
+      tags: {}, startTime: new Date().toISOString(), description: '', deleted: false,
     })
     return snapshotId
   }
 
-  async #dispatch(action: string, p: URLSearchParams): Promise<string> {
+  /** The volumes attached to an instance, in the order they were attached (its block device mapping). */
+  attachedTo(instanceId: string): Volume[] {
+    return [...this.volumes.values()].filter((v) => v.attachment?.instanceId === instanceId && v.state !== 'deleted').sort((a, b) => a.attachment!.seq - b.attachment!.seq)
+  }
+
+  async #run(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
+    const { world } = this.#options
+    if (world && !world.authorize(ctx.principal, 'ec2', action, ctx.region)) {
+      throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ec2:${action} because no identity-based policy allows the ec2:${action} action`)
+    }
+    if (p.get('DryRun') === 'true') throw new Ec2Error('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.')
+    return this.#dispatch(action, p, ctx)
+  }
+
+  async #dispatch(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
     switch (action) {
       case 'CreateVolume':
-        return this.#volumeXml(await this.#createVolume(p), false)
+        return this.#volumeXml(await this.#createVolume(p, ctx), false)
       case 'DescribeVolumes':
-        return `<volumeSet>${this.#describe(p).map((v) => `<item>${this.#volumeXml(v, true)}</item>`).join('')}</volumeSet>`
+        return `<volumeSet>${this.#describe(p, ctx).map((v) => `<item>${this.#volumeXml(v, true)}</item>`).join('')}</volumeSet>`
       case 'AttachVolume':
-        return this.#attachmentXml(this.#attach(p))
+        return this.#attachmentXml(this.#attach(p, ctx))
       case 'DetachVolume':
-        return this.#attachmentXml(this.#detach(p))
+        return this.#attachmentXml(this.#detach(p, ctx))
       case 'DeleteVolume':
-        await this.#delete(p)
+        await this.#delete(p, ctx)
         return '<return>true</return>'
       case 'GetEbsDefaultKmsKeyId':
-        return el('kmsKeyId', this.#options.defaultKmsKeyId)
+        return el('kmsKeyId', this.#defaultKey(ctx.accountId, ctx.region))
+      case 'ModifyEbsDefaultKmsKeyId': {
+        const ref = p.get('KmsKeyId')
+        if (!ref) throw new Ec2Error('MissingParameter', 'The request must contain the parameter KmsKeyId')
+        const key = this.#options.kms?.resolve(ref, ctx) ?? this.#options.kms?.resolve(ref)
+        if (this.#options.kms && (!key || key.region !== ctx.region)) throw new Ec2Error('InvalidParameterValue', `Invalid KMS key: ${ref}`)
+        const arn = key ? KmsStandIn.arn(key) : ref
+        this.defaultKeys.set(`${ctx.accountId}/${ctx.region}`, arn)
+        return el('kmsKeyId', arn)
+      }
       case 'CreateSnapshot':
-        return this.#snapshotXml(await this.#createSnapshot(p))
+        return this.#snapshotXml(await this.#createSnapshot(this.#volume(p.get('VolumeId'), ctx), this.#tagsOf(p, 'snapshot'), p.get('Description') ?? '', ctx))
+      case 'CreateSnapshots':
+        return this.#createSnapshots(p, ctx)
+      case 'CopySnapshot':
+        return this.#copySnapshot(p, ctx)
+      case 'DeleteSnapshot':
+        this.#deleteSnapshot(p, ctx)
+        return '<return>true</return>'
       case 'DescribeSnapshots':
-        return `<snapshotSet>${this.#describeSnapshots(p).map((x) => `<item>${this.#snapshotXml(x)}</item>`).join('')}</snapshotSet>`
+        return `<snapshotSet>${this.#describeSnapshots(p, ctx).map((x) => `<item>${this.#snapshotXml(x)}</item>`).join('')}</snapshotSet>`
       case 'ModifySnapshotAttribute':
-        this.#share(p)
+        this.#share(p, ctx)
         return '<return>true</return>'
       case 'CreateTags':
-        this.#createTags(p)
+        this.#createTags(p, ctx)
         return '<return>true</return>'
+      case 'DescribeInstances':
+        return this.#describeInstances(p, ctx)
+      case 'RunInstances':
+        return this.#runInstances(p, ctx)
+      case 'StopInstances':
+      case 'StartInstances':
+      case 'TerminateInstances':
+        return this.#changeInstances(action, p, ctx)
       default:
         throw new Ec2Error('InvalidAction', `The action ${action} is not valid for this web service.`)
     }
   }
 
-  #volume(id: string | null): Volume {
+  #volume(id: string | null, ctx: Ctx): Volume {
     const v = id ? this.volumes.get(id) : undefined
-    if (!v || v.state === 'deleted') throw new Ec2Error('InvalidVolume.NotFound', `The volume '${id}' does not exist.`)
+    if (!v || v.state === 'deleted' || v.ownerId !== ctx.accountId || v.region !== ctx.region) throw new Ec2Error('InvalidVolume.NotFound', `The volume '${id}' does not exist.`)
     return v
   }
 
-  async #createVolume(p: URLSearchParams): Promise<Volume> {
+  #instance(id: string | null, ctx: Ctx): Instance {
+    const i = id ? this.instances.get(id) : undefined
+    if (!i || i.ownerId !== ctx.accountId || i.region !== ctx.region || i.state === 'terminated') {
+      throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`)
+    }
+    return i
+  }
+
+  #visibleSnapshot(id: string | null, ctx: { accountId: string; region: string }): Snapshot {
+    const s = id ? this.snapshots.get(id) : undefined
+    const visible = s && !s.deleted && s.region === ctx.region && (s.ownerId === ctx.accountId || s.sharedWith.includes(ctx.accountId))
+    if (!s || !visible) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    return s
+  }
+
+  async #createVolume(p: URLSearchParams, ctx: Ctx): Promise<Volume> {
     const token = p.get('ClientToken')
-    if (token && this.#clientTokens.has(token)) return this.volumes.get(this.#clientTokens.get(token)!)!
-    const { instance } = this.#options
+    if (token && this.#clientTokens.has(`${ctx.accountId}/${token}`)) return this.volumes.get(this.#clientTokens.get(`${ctx.accountId}/${token}`)!)!
     const az = p.get('AvailabilityZone')
     if (!az) throw new Ec2Error('MissingParameter', 'The request must contain the parameter AvailabilityZone')
-    if (!az.startsWith(instance.region)) throw new Ec2Error('InvalidParameterValue', `Invalid availability zone: [${az}]`)
+    if (!az.startsWith(ctx.region)) throw new Ec2Error('InvalidParameterValue', `Invalid availability zone: [${az}]`)
     const encryptedParam = p.get('Encrypted') === 'true'
     const kmsKeyId = p.get('KmsKeyId')
     if (kmsKeyId && !encryptedParam) {
       throw new Ec2Error('InvalidParameterDependency', 'The parameter KmsKeyId requires the parameter Encrypted to be set.')
     }
     const snapshotId = p.get('SnapshotId')
-    let snapshot: Snapshot | null = null
-    if (snapshotId) {
-      snapshot = this.snapshots.get(snapshotId) ?? null
-      const visible = snapshot && (snapshot.ownerId === instance.accountId || snapshot.sharedWith.includes(instance.accountId))
-      if (!snapshot || !visible) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${snapshotId}' does not exist.`)
-    }
+    const snapshot = snapshotId ? this.#visibleSnapshot(snapshotId, ctx) : null
+    if (snapshot && snapshot.state !== 'completed') throw new Ec2Error('IncorrectState', `Snapshot '${snapshotId}' is not 'completed'.`)
     const size = p.get('Size') ? Number(p.get('Size')) : snapshot?.sizeGiB
     if (!size) throw new Ec2Error('MissingParameter', 'The request must contain the parameter size or snapshotId')
     if (snapshot && size < snapshot.sizeGiB) {
       throw new Ec2Error('InvalidParameterValue', `Volume of ${size}GiB is too small; minimum is ${snapshot.sizeGiB}GiB.`)
     }
     const encrypted = encryptedParam || Boolean(snapshot?.encrypted)
-    const shared = snapshot !== null && snapshot.ownerId !== instance.accountId
-    const key = !encrypted ? null : (kmsKeyId ?? (snapshot?.encrypted && !shared ? snapshot.kmsKeyId : this.#options.defaultKmsKeyId))
-    const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`
+    const shared = snapshot !== null && snapshot.ownerId !== ctx.accountId
+    const keyRef = !encrypted ? null : (kmsKeyId ?? (snapshot?.encrypted && !shared ? snapshot.kmsKeyId! : this.#defaultKey(ctx.accountId, ctx.region)))
+    const key = keyRef ? this.#keyArn(keyRef, ctx) : null
+    // What EBS asks KMS for, on the caller's behalf: read the snapshot's key, write under the new one.
+    const uses: Array<{ ref: string; actions: string[] }> = []
+    if (snapshot?.encrypted && snapshot.kmsKeyId) {
+      const same = key === this.#keyArn(snapshot.kmsKeyId, { accountId: snapshot.ownerId, region: snapshot.region })
+      uses.push({ ref: snapshot.kmsKeyId, actions: same ? [...READ_KEY, 'kms:CreateGrant'] : [...READ_KEY, 'kms:ReEncryptFrom'] })
+      if (!same && keyRef) uses.push({ ref: keyRef, actions: [...NEW_KEY, 'kms:ReEncryptTo'] })
+    } else if (keyRef) {
+      uses.push({ ref: keyRef, actions: NEW_KEY })
+    }
+    const refused = this.#useKeys(ctx, uses, 'ec2:CreateVolume')
+    const volumeId = hexId('vol')
     const tags = this.#tagsOf(p, 'volume')
     const file = join(this.#options.dir, `${volumeId}.img`)
-    if (snapshot) await copyFile(snapshot.image, file)
-    const handle = await open(file, snapshot ? 'r+' : 'w')
-    await handle.truncate(size * this.#options.bytesPerGiB)
+    if (snapshot && !refused.length) await copyFile(snapshot.image, file)
+    const handle = await open(file, snapshot && !refused.length ? 'r+' : 'w')
+    await handle.truncate(refused.length ? 0 : size * this.#options.bytesPerGiB)
     await handle.close()
     const volume: Volume = {
-      volumeId, sizeGiB: size, snapshotId, availabilityZone: az, state: 'creating', volumeType: p.get('VolumeType') ?? 'gp2',
+      volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: size, snapshotId, availabilityZone: az, state: 'creating', stateReason: null,
+      volumeType: p.get('VolumeType') ?? 'gp2', iops: p.get('Iops') ? Number(p.get('Iops')) : null, throughput: p.get('Throughput') ? Number(p.get('Throughput')) : null,
       encrypted, kmsKeyId: key, tags, createTime: new Date().toISOString(), file, attachment: null,
     }
     this.volumes.set(volumeId, volume)
-    if (token) this.#clientTokens.set(token, volumeId)
+    if (token) this.#clientTokens.set(`${ctx.accountId}/${token}`, volumeId)
     setTimeout(() => {
-      if (volume.state === 'creating') volume.state = 'available'
+      if (volume.state !== 'creating') return
+      if (refused.length) {
+        // KMS refused EBS: the volume is rolled back and simply disappears.
+        volume.state = 'deleted'
+        volume.stateReason = `KMS refused: ${refused.join(', ')}`
+        void rm(file, { force: true })
+      } else {
+        volume.state = 'available'
+      }
     }, this.#options.delayMs)
     return volume
   }
 
-  #describe(p: URLSearchParams): Volume[] {
-    const ids: string[] = []
-    for (let i = 1; p.has(`VolumeId.${i}`); i++) ids.push(p.get(`VolumeId.${i}`)!)
-    for (const id of ids) this.#volume(id)
+  #describe(p: URLSearchParams, ctx: Ctx): Volume[] {
+    const ids = listOf(p, 'VolumeId')
+    for (const id of ids) this.#volume(id, ctx)
     const filters = filtersOf(p)
     return [...this.volumes.values()].filter((v) => {
-      if (v.state === 'deleted' || (ids.length && !ids.includes(v.volumeId))) return false
+      if (v.state === 'deleted' || v.ownerId !== ctx.accountId || v.region !== ctx.region || (ids.length && !ids.includes(v.volumeId))) return false
       return filters.every((f) => {
         if (f.name.startsWith('tag:')) return f.values.includes(v.tags[f.name.slice(4)] ?? '\u0000')
         if (f.name === 'status') return f.values.includes(v.state)
@@ -298,20 +537,30 @@ export class Ec2StandIn {
     })
   }
 
-  #attach(p: URLSearchParams): Volume {
-    const v = this.#volume(p.get('VolumeId'))
+  #attach(p: URLSearchParams, ctx: Ctx): Volume {
+    const v = this.#volume(p.get('VolumeId'), ctx)
     const instanceId = p.get('InstanceId')
     const device = p.get('Device')
     if (!device) throw new Ec2Error('MissingParameter', 'The request must contain the parameter device')
-    if (instanceId !== this.#options.instance.instanceId) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${instanceId}' does not exist`)
+    const instance = this.#instance(instanceId, ctx)
     if (v.attachment) throw new Ec2Error('VolumeInUse', `${v.volumeId} is already attached to an instance`)
     if (v.state !== 'available') throw new Ec2Error('IncorrectState', `The volume '${v.volumeId}' is '${v.state}'`)
-    if (v.availabilityZone !== this.#options.instance.availabilityZone) {
+    if (instance.state !== 'running' && instance.state !== 'stopped') throw new Ec2Error('IncorrectInstanceState', `The instance '${instanceId}' is not in a valid state for this operation.`)
+    if (v.availabilityZone !== instance.availabilityZone) {
       throw new Ec2Error('InvalidVolume.ZoneMismatch', `The volume '${v.volumeId}' is not in the same availability zone as instance '${instanceId}'`)
     }
+    if (this.attachedTo(instance.instanceId).some((x) => x.attachment!.device === device)) {
+      throw new Ec2Error('InvalidParameterValue', `Invalid value '${device}' for unixDevice. Attachment point ${device} is already in use`)
+    }
     v.state = 'in-use'
-    v.attachment = { instanceId, device, state: 'attaching', time: new Date().toISOString(), loop: null, name: null }
-    setTimeout(() => void this.#plug(v), this.#options.delayMs)
+    v.attachment = { instanceId: instance.instanceId, device, state: 'attaching', time: new Date().toISOString(), loop: null, name: null, deleteOnTermination: false, seq: ++this.#attachSeq }
+    setTimeout(() => {
+      if (!instance.plugged) {
+        if (v.attachment?.state === 'attaching') v.attachment.state = 'attached'
+        return
+      }
+      void this.#plug(v)
+    }, this.#options.delayMs)
     return v
   }
 
@@ -341,35 +590,43 @@ export class Ec2StandIn {
     a.name = null
   }
 
-  #detach(p: URLSearchParams): Volume {
-    const v = this.#volume(p.get('VolumeId'))
+  #detach(p: URLSearchParams, ctx: Ctx): Volume {
+    const v = this.#volume(p.get('VolumeId'), ctx)
     if (!v.attachment) throw new Ec2Error('IncorrectState', `Volume '${v.volumeId}' is in the 'available' state.`)
+    const instance = this.instances.get(v.attachment.instanceId)
+    if (instance && v.attachment.device === instance.rootDeviceName && instance.state !== 'stopped' && instance.state !== 'terminated') {
+      throw new Ec2Error('IncorrectState', `Unable to detach root volume '${v.volumeId}' from instance '${instance.instanceId}': the instance must be stopped`)
+    }
     v.attachment.state = 'detaching'
     const snapshot = { ...v, attachment: { ...v.attachment } }
-    setTimeout(() => {
-      void this.#unplug(v).then(() => {
-        v.attachment = null
-        v.state = 'available'
-      })
-    }, this.#options.delayMs)
+    setTimeout(() => this.#finishDetach(v), this.#options.delayMs)
     return snapshot
   }
 
-  async #delete(p: URLSearchParams): Promise<void> {
-    const v = this.#volume(p.get('VolumeId'))
+  #finishDetach(v: Volume): void {
+    void this.#unplug(v).then(() => {
+      v.attachment = null
+      if (v.state === 'in-use') v.state = 'available'
+    })
+  }
+
+  async #delete(p: URLSearchParams, ctx: Ctx): Promise<void> {
+    const v = this.#volume(p.get('VolumeId'), ctx)
     if (v.attachment || v.state === 'in-use') throw new Ec2Error('VolumeInUse', `Volume ${v.volumeId} is currently attached to ${v.attachment?.instanceId}`)
     v.state = 'deleted'
     await rm(v.file, { force: true })
   }
 
-  /** CreateTags on this account's volumes and snapshots; an unknown id fails the whole call. */
-  #createTags(p: URLSearchParams): void {
+  /** CreateTags on the caller's volumes and snapshots; an unknown id fails the whole call. */
+  #createTags(p: URLSearchParams, ctx: Ctx): void {
     const ids: string[] = []
     for (let i = 1; p.has(`ResourceId.${i}`); i++) ids.push(p.get(`ResourceId.${i}`)!)
     const targets = ids.map((id) => {
-      if (id.startsWith('vol-')) return this.#volume(id)
+      if (id.startsWith('vol-')) return this.#volume(id, ctx)
       const snap = this.snapshots.get(id)
-      if (!snap || snap.ownerId !== this.#options.instance.accountId) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+      if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region) {
+        throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+      }
       return snap
     })
     for (const target of targets) {
@@ -388,56 +645,207 @@ export class Ec2StandIn {
     return tags
   }
 
-  async #createSnapshot(p: URLSearchParams): Promise<Snapshot> {
-    const v = this.#volume(p.get('VolumeId'))
-    const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`
+  async #createSnapshot(v: Volume, tags: Record<string, string>, description: string, ctx: Ctx): Promise<Snapshot> {
+    const snapshotId = hexId('snap')
     const image = join(this.#options.dir, `${snapshotId}.img`)
     await copyFile(v.file, image)
     const snap: Snapshot = {
-      snapshotId, image, sizeGiB: v.sizeGiB, encrypted: v.encrypted, kmsKeyId: v.kmsKeyId, ownerId: this.#options.instance.accountId,
-      sharedWith: [], state: 'pending', volumeId: v.volumeId, tags: this.#tagsOf(p, 'snapshot'), startTime: new Date().toISOString(),
+      snapshotId, image, sizeGiB: v.sizeGiB, encrypted: v.encrypted, kmsKeyId: v.kmsKeyId, ownerId: ctx.accountId, region: ctx.region,
+      sharedWith: [], state: 'pending', statusMessage: null, volumeId: v.volumeId, tags, startTime: new Date().toISOString(), description, deleted: false,
     }
     this.snapshots.set(snapshotId, snap)
-    setTimeout(() => (snap.state = 'completed'), this.#options.delayMs)
+    if (!this.holdSnapshots) setTimeout(() => (snap.state = 'completed'), this.#options.delayMs)
     return snap
   }
 
-  #describeSnapshots(p: URLSearchParams): Snapshot[] {
-    const ids: string[] = []
-    for (let i = 1; p.has(`SnapshotId.${i}`); i++) ids.push(p.get(`SnapshotId.${i}`)!)
-    const account = this.#options.instance.accountId
-    const visible = [...this.snapshots.values()].filter((x) => x.ownerId === account || x.sharedWith.includes(account))
+  /** CreateSnapshots: crash-consistent snapshots of every EBS volume of an instance. */
+  async #createSnapshots(p: URLSearchParams, ctx: Ctx): Promise<string> {
+    const instance = this.#instance(p.get('InstanceSpecification.InstanceId'), ctx)
+    const excludeBoot = p.get('InstanceSpecification.ExcludeBootVolume') === 'true'
+    const tags = this.#tagsOf(p, 'snapshot')
+    const items: string[] = []
+    for (const v of this.attachedTo(instance.instanceId)) {
+      if (excludeBoot && v.attachment!.device === instance.rootDeviceName) continue
+      const s = await this.#createSnapshot(v, { ...(p.get('CopyTagsFromSource') === 'volume' ? v.tags : {}), ...tags }, p.get('Description') ?? '', ctx)
+      items.push(`<item>${el('description', s.description)}${tagSet(s.tags)}${el('encrypted', s.encrypted)}${el('volumeId', s.volumeId)}${el('state', s.state)}` +
+        `${el('volumeSize', s.sizeGiB)}${el('startTime', s.startTime)}${el('progress', '0%')}${el('ownerId', s.ownerId)}${el('snapshotId', s.snapshotId)}</item>`)
+    }
+    return `<snapshotSet>${items.join('')}</snapshotSet>`
+  }
+
+  /** CopySnapshot into the request's Region, re-encrypted with KmsKeyId when given. */
+  async #copySnapshot(p: URLSearchParams, ctx: Ctx): Promise<string> {
+    const source = this.#visibleSnapshot(p.get('SourceSnapshotId'), { accountId: ctx.accountId, region: p.get('SourceRegion') ?? ctx.region })
+    if (source.state !== 'completed') throw new Ec2Error('IncorrectState', `Snapshot '${source.snapshotId}' is not 'completed'.`)
+    const kmsKeyId = p.get('KmsKeyId')
+    const encryptedParam = p.get('Encrypted') === 'true'
+    if (kmsKeyId && !encryptedParam) throw new Ec2Error('InvalidParameterDependency', 'The parameter KmsKeyId requires the parameter Encrypted to be set.')
+    const encrypted = encryptedParam || source.encrypted
+    const shared = source.ownerId !== ctx.accountId
+    const keyRef = !encrypted ? null : (kmsKeyId ?? (source.encrypted && !shared ? source.kmsKeyId! : this.#defaultKey(ctx.accountId, ctx.region)))
+    const key = keyRef ? this.#keyArn(keyRef, ctx) : null
+    const uses: Array<{ ref: string; actions: string[] }> = []
+    if (source.encrypted && source.kmsKeyId) uses.push({ ref: source.kmsKeyId, actions: [...READ_KEY, 'kms:ReEncryptFrom'] })
+    if (keyRef) uses.push({ ref: keyRef, actions: [...NEW_KEY, 'kms:ReEncryptTo'] })
+    const refused = this.#useKeys(ctx, uses, 'ec2:CopySnapshot')
+    const snapshotId = hexId('snap')
+    const image = join(this.#options.dir, `${snapshotId}.img`)
+    await copyFile(source.image, image)
+    const snap: Snapshot = {
+      snapshotId, image, sizeGiB: source.sizeGiB, encrypted, kmsKeyId: key, ownerId: ctx.accountId, region: ctx.region, sharedWith: [],
+      state: 'pending', statusMessage: null, volumeId: source.volumeId, tags: this.#tagsOf(p, 'snapshot'), startTime: new Date().toISOString(),
+      description: p.get('Description') ?? `Copied for DestinationAmi from ${source.snapshotId}`, deleted: false,
+    }
+    this.snapshots.set(snapshotId, snap)
+    setTimeout(() => {
+      if (refused.length) {
+        snap.state = 'error'
+        snap.statusMessage = `Given key ID is not accessible: ${refused.join(', ')}`
+      } else {
+        snap.state = 'completed'
+      }
+    }, this.#options.delayMs)
+    return `${el('snapshotId', snapshotId)}${tagSet(snap.tags)}`
+  }
+
+  #deleteSnapshot(p: URLSearchParams, ctx: Ctx): void {
+    const s = this.#visibleSnapshot(p.get('SnapshotId'), ctx)
+    if (s.ownerId !== ctx.accountId) throw new Ec2Error('UnauthorizedOperation', `You do not own snapshot ${s.snapshotId}`)
+    s.deleted = true
+    void rm(s.image, { force: true }).catch(() => {})
+  }
+
+  #describeSnapshots(p: URLSearchParams, ctx: Ctx): Snapshot[] {
+    const ids = listOf(p, 'SnapshotId')
+    const owners = listOf(p, 'Owner').map((o) => (o === 'self' ? ctx.accountId : o))
+    const visible = [...this.snapshots.values()].filter((x) => !x.deleted && x.region === ctx.region && (x.ownerId === ctx.accountId || x.sharedWith.includes(ctx.accountId)))
     for (const id of ids) {
       if (!visible.some((x) => x.snapshotId === id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     }
     const filters = filtersOf(p)
-    return visible.filter((x) => (!ids.length || ids.includes(x.snapshotId)) && filters.every((f) => {
+    return visible.filter((x) => (!ids.length || ids.includes(x.snapshotId)) && (!owners.length || owners.includes(x.ownerId)) && filters.every((f) => {
       if (f.name.startsWith('tag:')) return f.values.includes(x.tags[f.name.slice(4)] ?? '\u0000')
+      if (f.name === 'status') return f.values.includes(x.state)
+      if (f.name === 'owner-id') return f.values.includes(x.ownerId)
       throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
     }))
   }
 
-  /** ModifySnapshotAttribute createVolumePermission add: sharing, refused for AWS managed keys. */
-  #share(p: URLSearchParams): void {
+  /** ModifySnapshotAttribute createVolumePermission add/remove: sharing, refused for AWS managed keys. */
+  #share(p: URLSearchParams, ctx: Ctx): void {
     const id = p.get('SnapshotId')
     const snap = id ? this.snapshots.get(id) : undefined
-    if (!snap || snap.ownerId !== this.#options.instance.accountId) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
-    const accounts: string[] = []
-    for (let i = 1; p.has(`CreateVolumePermission.Add.${i}.UserId`); i++) accounts.push(p.get(`CreateVolumePermission.Add.${i}.UserId`)!)
-    for (let i = 1; p.has(`UserId.${i}`); i++) accounts.push(p.get(`UserId.${i}`)!)
-    if (!accounts.length) throw new Ec2Error('MissingParameter', 'no account to share with')
-    if (snap.encrypted && snap.kmsKeyId && this.#options.isAwsManagedKey(snap.kmsKeyId)) {
+    if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    const adds: string[] = []
+    const removes: string[] = []
+    for (let i = 1; p.has(`CreateVolumePermission.Add.${i}.UserId`); i++) adds.push(p.get(`CreateVolumePermission.Add.${i}.UserId`)!)
+    for (let i = 1; p.has(`CreateVolumePermission.Remove.${i}.UserId`); i++) removes.push(p.get(`CreateVolumePermission.Remove.${i}.UserId`)!)
+    const userIds = listOf(p, 'UserId')
+    if (p.get('OperationType') === 'remove') removes.push(...userIds)
+    else adds.push(...userIds)
+    if (!adds.length && !removes.length) throw new Ec2Error('MissingParameter', 'no account to share with')
+    if (adds.length && snap.encrypted && snap.kmsKeyId && this.#options.isAwsManagedKey(snap.kmsKeyId)) {
       throw new Ec2Error('InvalidParameter', 'Snapshots encrypted with the AWS Managed CMK can\'t be shared. Try again with a customer managed CMK.')
     }
-    for (const a of accounts) if (!snap.sharedWith.includes(a)) snap.sharedWith.push(a)
+    for (const a of adds) if (!snap.sharedWith.includes(a)) snap.sharedWith.push(a)
+    snap.sharedWith = snap.sharedWith.filter((a) => !removes.includes(a))
+  }
+
+  #instanceXml(i: Instance): string {
+    const mappings = this.attachedTo(i.instanceId).map((v) => `<item>${el('deviceName', v.attachment!.device)}<ebs>${el('volumeId', v.volumeId)}` +
+      `${el('status', v.attachment!.state)}${el('attachTime', v.attachment!.time)}${el('deleteOnTermination', v.attachment!.deleteOnTermination)}</ebs></item>`).join('')
+    const codes: Record<Instance['state'], number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 }
+    return `<item>${el('instanceId', i.instanceId)}${el('imageId', i.imageId)}<instanceState>${el('code', codes[i.state])}${el('name', i.state)}</instanceState>` +
+      `${el('instanceType', i.instanceType)}${el('launchTime', i.launchTime)}<placement>${el('availabilityZone', i.availabilityZone)}${el('tenancy', 'default')}</placement>` +
+      `${el('architecture', i.architecture)}${el('rootDeviceType', 'ebs')}${el('rootDeviceName', i.rootDeviceName)}<blockDeviceMapping>${mappings}</blockDeviceMapping>` +
+      `${el('virtualizationType', 'hvm')}${tagSet(i.tags)}</item>`
+  }
+
+  #reservationXml(instances: Instance[], ownerId: string): string {
+    return `${el('reservationId', `r-${randomBytes(8).toString('hex').slice(0, 17)}`)}${el('ownerId', ownerId)}<groupSet/><instancesSet>${instances.map((i) => this.#instanceXml(i)).join('')}</instancesSet>`
+  }
+
+  #describeInstances(p: URLSearchParams, ctx: Ctx): string {
+    const ids = listOf(p, 'InstanceId')
+    for (const id of ids) this.#instance(id, ctx)
+    const filters = filtersOf(p)
+    const found = [...this.instances.values()].filter((i) => i.ownerId === ctx.accountId && i.region === ctx.region && (!ids.length || ids.includes(i.instanceId)) &&
+      filters.every((f) => {
+        if (f.name.startsWith('tag:')) return f.values.includes(i.tags[f.name.slice(4)] ?? '\u0000')
+        if (f.name === 'instance-state-name') return f.values.includes(i.state)
+        throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
+      }))
+    return `<reservationSet>${found.map((i) => `<item>${this.#reservationXml([i], i.ownerId)}</item>`).join('')}</reservationSet>`
+  }
+
+  /** RunInstances: one instance from an image (any ami-… id), with an empty root volume of the image's. */
+  async #runInstances(p: URLSearchParams, ctx: Ctx): Promise<string> {
+    const token = p.get('ClientToken')
+    if (token && this.#clientTokens.has(`${ctx.accountId}/run/${token}`)) {
+      return this.#reservationXml([this.instances.get(this.#clientTokens.get(`${ctx.accountId}/run/${token}`)!)!], ctx.accountId)
+    }
+    const imageId = p.get('ImageId')
+    if (!imageId || !/^ami-[0-9a-f]{8,17}$/.test(imageId)) throw new Ec2Error('InvalidAMIID.Malformed', `Invalid id: "${imageId}"`)
+    if (p.get('MinCount') !== '1' || p.get('MaxCount') !== '1') throw new Ec2Error('InvalidParameterValue', 'this stand-in launches one instance at a time (MinCount = MaxCount = 1)')
+    const az = p.get('Placement.AvailabilityZone') ?? `${ctx.region}a`
+    if (!az.startsWith(ctx.region)) throw new Ec2Error('InvalidParameterValue', `Invalid availability zone: [${az}]`)
+    const instanceId = hexId('i')
+    const instance: Instance = {
+      instanceId, ownerId: ctx.accountId, region: ctx.region, availabilityZone: az, instanceType: p.get('InstanceType') ?? 'm1.small', imageId,
+      rootDeviceName: '/dev/xvda', state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: 'x86_64', plugged: false,
+    }
+    this.instances.set(instanceId, instance)
+    if (token) this.#clientTokens.set(`${ctx.accountId}/run/${token}`, instanceId)
+    // The image's root volume: 1 "GiB", unencrypted, deleted on termination.
+    const volumeId = hexId('vol')
+    const file = join(this.#options.dir, `${volumeId}.img`)
+    const handle = await open(file, 'w')
+    await handle.truncate(this.#options.bytesPerGiB)
+    await handle.close()
+    this.volumes.set(volumeId, {
+      volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: 1, snapshotId: null, availabilityZone: az, state: 'in-use', stateReason: null,
+      volumeType: 'gp3', iops: null, throughput: null, encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
+      attachment: { instanceId, device: '/dev/xvda', state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
+    })
+    setTimeout(() => {
+      if (instance.state === 'pending') instance.state = 'running'
+    }, this.#options.delayMs)
+    return this.#reservationXml([instance], ctx.accountId)
+  }
+
+  #changeInstances(action: string, p: URLSearchParams, ctx: Ctx): string {
+    const ids = listOf(p, 'InstanceId')
+    const items = ids.map((id) => {
+      const i = this.#instance(id, ctx)
+      const previous = i.state
+      const [now, then] = action === 'StopInstances' ? (['stopping', 'stopped'] as const)
+        : action === 'StartInstances' ? (['pending', 'running'] as const)
+        : (['shutting-down', 'terminated'] as const)
+      if (action === 'StopInstances' && previous !== 'running' && previous !== 'pending') return { i, previous }
+      if (action === 'StartInstances' && previous !== 'stopped') return { i, previous }
+      i.state = now
+      setTimeout(() => {
+        i.state = then
+        if (then === 'terminated') {
+          for (const v of this.attachedTo(i.instanceId)) {
+            const doomed = v.attachment!.deleteOnTermination
+            this.#finishDetach(v)
+            if (doomed) setTimeout(() => { v.state = 'deleted'; void rm(v.file, { force: true }) }, 0)
+          }
+        }
+      }, this.#options.delayMs)
+      return { i, previous }
+    })
+    const codes: Record<string, number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 }
+    return `<instancesSet>${items.map(({ i, previous }) => `<item>${el('instanceId', i.instanceId)}<currentState>${el('code', codes[i.state])}${el('name', i.state)}</currentState>` +
+      `<previousState>${el('code', codes[previous])}${el('name', previous)}</previousState></item>`).join('')}</instancesSet>`
   }
 
   #snapshotXml(x: Snapshot): string {
-    const tags = Object.entries(x.tags).map(([k, val]) => `<item>${el('key', k)}${el('value', val)}</item>`).join('')
     return (
-      el('snapshotId', x.snapshotId) + el('volumeId', x.volumeId ?? '') + el('status', x.state) + el('startTime', x.startTime) +
-      el('progress', x.state === 'completed' ? '100%' : '0%') + el('ownerId', x.ownerId) + el('volumeSize', x.sizeGiB) +
-      el('encrypted', x.encrypted) + el('kmsKeyId', x.kmsKeyId) + (tags ? `<tagSet>${tags}</tagSet>` : '')
+      el('snapshotId', x.snapshotId) + el('volumeId', x.volumeId ?? '') + el('status', x.state) + el('statusMessage', x.statusMessage) + el('startTime', x.startTime) +
+      el('progress', x.state === 'completed' ? '100%' : '0%') + el('ownerId', x.ownerId) + el('volumeSize', x.sizeGiB) + el('description', x.description) +
+      el('encrypted', x.encrypted) + el('kmsKeyId', x.kmsKeyId) + tagSet(x.tags)
     )
   }
 
@@ -447,14 +855,13 @@ export class Ec2StandIn {
   }
 
   #volumeXml(v: Volume, withAttachments: boolean): string {
-    const tags = Object.entries(v.tags).map(([k, val]) => `<item>${el('key', k)}${el('value', val)}</item>`).join('')
     const attachments = withAttachments && v.attachment
-      ? `<attachmentSet><item>${this.#attachmentXml(v)}${el('deleteOnTermination', false)}</item></attachmentSet>`
+      ? `<attachmentSet><item>${this.#attachmentXml(v)}${el('deleteOnTermination', v.attachment.deleteOnTermination)}</item></attachmentSet>`
       : withAttachments ? '<attachmentSet/>' : ''
     return (
       el('volumeId', v.volumeId) + el('size', v.sizeGiB) + el('snapshotId', v.snapshotId ?? '') + el('availabilityZone', v.availabilityZone) +
-      el('status', v.state) + el('createTime', v.createTime) + attachments + el('volumeType', v.volumeType) +
-      el('encrypted', v.encrypted) + el('kmsKeyId', v.kmsKeyId) + (tags ? `<tagSet>${tags}</tagSet>` : '')
+      el('status', v.state) + el('createTime', v.createTime) + attachments + el('volumeType', v.volumeType) + el('iops', v.iops) + el('throughput', v.throughput) +
+      el('encrypted', v.encrypted) + el('kmsKeyId', v.kmsKeyId) + tagSet(v.tags)
     )
   }
 }

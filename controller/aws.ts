@@ -1,0 +1,75 @@
+// AWS clients for the controller: its own credentials (the default chain: environment, profile,
+// instance profile), and sessions of the roles it assumes in other accounts (STS AssumeRole,
+// refreshed before they expire). Endpoint overrides (AWS_ENDPOINT_URL_EC2, _KMS, _STS, _SQS) apply
+// as the SDK documents, which is how tests point the clients at the stand-ins.
+import { EC2Client } from '@aws-sdk/client-ec2'
+import { KMSClient } from '@aws-sdk/client-kms'
+import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts'
+import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types'
+import { awsName, ControllerCode, ControllerError, describe } from './errors.ts'
+
+export interface Session {
+  /** The role's ARN, or "controller" for the controller's own credentials. */
+  role: string
+  accountId: string
+  credentials?: AwsCredentialIdentityProvider
+  ec2(region: string): EC2Client
+  kms(region: string): KMSClient
+}
+
+const ROLE_ARN = /^arn:aws[\w-]*:iam::(\d{12}):role\/[\w+=,.@/-]+$/
+
+export function accountOfRole(roleArn: string): string {
+  const m = ROLE_ARN.exec(roleArn)
+  if (!m) throw new ControllerError(ControllerCode.BadInput, `${roleArn} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)`)
+  return m[1]!
+}
+
+function session(role: string, accountId: string, credentials?: AwsCredentialIdentityProvider): Session {
+  const ec2 = new Map<string, EC2Client>()
+  const kms = new Map<string, KMSClient>()
+  const opts = (region: string) => ({ region, ...(credentials ? { credentials } : {}) })
+  return {
+    role, accountId, ...(credentials ? { credentials } : {}),
+    ec2: (region) => ec2.get(region) ?? ec2.set(region, new EC2Client(opts(region))).get(region)!,
+    kms: (region) => kms.get(region) ?? kms.set(region, new KMSClient(opts(region))).get(region)!,
+  }
+}
+
+/** The controller's own session; its account from STS GetCallerIdentity (which needs no permission). */
+export async function ownSession(region: string): Promise<Session> {
+  const sts = new STSClient({ region })
+  try {
+    const me = await sts.send(new GetCallerIdentityCommand({}))
+    return session('controller', me.Account!)
+  } catch (err) {
+    throw new ControllerError(ControllerCode.Aws, `cannot tell which account the controller's credentials belong to: ${describe(err)}`, { cause: err })
+  } finally {
+    sts.destroy()
+  }
+}
+
+/** A session of `roleArn`, assumed with the controller's credentials; refreshed 5 minutes before expiry. */
+export async function assumeRole(roleArn: string, region: string, sessionName = 'ebs-controller'): Promise<Session> {
+  const accountId = accountOfRole(roleArn)
+  const sts = new STSClient({ region })
+  let current: AwsCredentialIdentity | null = null
+  const fetch = async (): Promise<AwsCredentialIdentity> => {
+    try {
+      const out = await sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: sessionName, DurationSeconds: 3600 }))
+      const c = out.Credentials!
+      return { accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: c.SessionToken!, ...(c.Expiration ? { expiration: c.Expiration } : {}) }
+    } catch (err) {
+      const name = awsName(err)
+      throw new ControllerError(ControllerCode.RoleNotAssumable,
+        `cannot assume the role ${roleArn}: ${name}: ${describe(err)}. Its trust policy must name the controller's account or role, ` +
+        'and the controller\'s identity policy must allow sts:AssumeRole on it (packaging/iam/)', { cause: err })
+    }
+  }
+  current = await fetch()
+  const provider: AwsCredentialIdentityProvider = async () => {
+    if (!current?.expiration || current.expiration.getTime() - Date.now() < 5 * 60_000) current = await fetch()
+    return current
+  }
+  return session(roleArn, accountId, provider)
+}

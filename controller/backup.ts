@@ -1,0 +1,248 @@
+// backup-instance: the seeds' two backup flows ("Creating Image-Level Backup in Same AWS Account"
+// and "… in Another AWS Account"; DESIGN.md §2).
+//   1. with the source role: the instance and its volumes; KMS DescribeKey of every volume key;
+//      for a worker in another account, the aws/ebs rule before anything is created (a snapshot
+//      under an AWS managed key cannot be shared: fail, naming the volumes, the key and the ways
+//      out, unless --reencrypt-with names a customer managed key to copy those snapshots under);
+//   2. CreateSnapshots of the instance; wait;
+//   3. another account: CopySnapshot re-encrypted where asked, then share each snapshot with the
+//      worker account (ModifySnapshotAttribute createVolumePermission add);
+//   4. one `backup` task per volume (the worker creates a volume from the snapshot in its AZ,
+//      under its Region's default key when the snapshot was shared, reads it into the repository,
+//      deletes the volume); results collected;
+//   5. the restore point (instance metadata, device order, one backup per volume) written to the
+//      repository; 6. cleanup: unshare, delete copies and (unless kept) the snapshots.
+// Every failure after step 2 undoes what was made and reports what could not be undone.
+import {
+  CopySnapshotCommand, CreateSnapshotsCommand, DeleteSnapshotCommand, GetEbsDefaultKmsKeyIdCommand, ModifySnapshotAttributeCommand,
+} from '@aws-sdk/client-ec2'
+import { assumeRole, type Session } from './aws.ts'
+import { Cleanup, type CleanupReport } from './cleanup.ts'
+import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, kmsDryRun, type Waits } from './ec2.ts'
+import { ControllerCode, ControllerError } from './errors.ts'
+import { newRestorePointId, RestorePointStore, type RestorePoint } from './restore-point.ts'
+import { succeeded, type TaskChannel } from './tasks.ts'
+
+export const CONTROLLER_TAG = 'ebs-controller:restore-point'
+
+export interface BackupOptions {
+  instanceId: string
+  sourceRole: string
+  repo: string
+  /** The instance's Region. */
+  region: string
+  /** The workers' account (default: the instance's). */
+  workerAccount?: string
+  /** Assumed to check, before anything is made, that the workers can use the keys they will need. */
+  workerRole?: string
+  reencryptWith?: string
+  keepSnapshots?: boolean
+  /** Back up every volume in full, even when an earlier restore point of the instance exists. */
+  full?: boolean
+  waits: Waits
+}
+
+export interface BackupOutcome {
+  restorePoint: RestorePoint
+  cleanup: CleanupReport
+}
+
+interface SourceVolume {
+  deviceName: string
+  volumeId: string
+  sizeGiB: number
+  volumeType: string
+  iops?: number
+  throughput?: number
+  encrypted: boolean
+  kmsKeyId?: string
+  deleteOnTermination: boolean
+  awsManaged: boolean
+}
+
+/** The instance and its volumes, in block device order, with each key's manager, as the source role sees them. */
+export async function inspectInstance(source: Session, region: string, instanceId: string) {
+  const who = `source role ${source.role}`
+  const ec2 = source.ec2(region)
+  const instance = await describeInstance(ec2, who, instanceId)
+  const mappings = (instance.BlockDeviceMappings ?? []).filter((m) => m.Ebs?.VolumeId)
+  const described = new Map((await describeVolumes(ec2, who, mappings.map((m) => m.Ebs!.VolumeId!))).map((v) => [v.VolumeId!, v]))
+  const managers = new Map<string, string>()
+  const volumes: SourceVolume[] = []
+  for (const m of mappings) {
+    const v = described.get(m.Ebs!.VolumeId!)
+    if (!v) throw new ControllerError(ControllerCode.Aws, `${who}: volume ${m.Ebs!.VolumeId} of ${instanceId} is not visible`)
+    if (v.KmsKeyId && !managers.has(v.KmsKeyId)) managers.set(v.KmsKeyId, (await describeKey(source.kms(region), who, v.KmsKeyId)).KeyManager ?? 'CUSTOMER')
+    volumes.push({
+      deviceName: m.DeviceName!, volumeId: v.VolumeId!, sizeGiB: v.Size!, volumeType: v.VolumeType ?? 'gp3',
+      ...(v.Iops ? { iops: v.Iops } : {}), ...(v.Throughput ? { throughput: v.Throughput } : {}),
+      encrypted: Boolean(v.Encrypted), ...(v.KmsKeyId ? { kmsKeyId: v.KmsKeyId } : {}), deleteOnTermination: Boolean(m.Ebs!.DeleteOnTermination),
+      awsManaged: Boolean(v.KmsKeyId && managers.get(v.KmsKeyId) === 'AWS'),
+    })
+  }
+  if (!volumes.length) throw new ControllerError(ControllerCode.BadInput, `instance ${instanceId} has no EBS volumes to back up`)
+  return { instance, volumes }
+}
+
+/** The aws/ebs rule of a cross-account backup, before anything is created. */
+export function awsManagedRefusal(volumes: SourceVolume[], sourceAccount: string, workerAccount: string, instanceId: string): ControllerError | null {
+  const managed = volumes.filter((v) => v.awsManaged)
+  if (!managed.length) return null
+  const keys = [...new Set(managed.map((v) => v.kmsKeyId!))]
+  return new ControllerError(ControllerCode.DefaultKeyNotShareable,
+    `cannot back up ${instanceId} with a worker in account ${workerAccount}: volume${managed.length > 1 ? 's' : ''} ` +
+    `${managed.map((v) => `${v.volumeId} (${v.deviceName})`).join(', ')} ${managed.length > 1 ? 'are' : 'is'} encrypted with the AWS managed key aws/ebs ` +
+    `(${keys.join(', ')}), and snapshots encrypted with it cannot be shared with another account. Nothing was created. Either run the worker in the ` +
+    `production account ${sourceAccount} (--worker-account ${sourceAccount}), or pass --reencrypt-with <customer managed key ARN> to copy those ` +
+    `snapshots re-encrypted with a key the worker account may use, and share the copies.`)
+}
+
+/** Volume id → backup id in the latest restore point of the instance, if any. */
+async function parentBackups(store: RestorePointStore, instanceId: string): Promise<Map<string, string>> {
+  for (const id of (await store.list()).reverse()) {
+    const rp = await store.load(id)
+    if (rp.instance.instanceId === instanceId) return new Map(rp.volumes.map((v) => [v.volumeId, v.backupId]))
+  }
+  return new Map()
+}
+
+export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Promise<BackupOutcome> {
+  const source = await assumeRole(o.sourceRole, o.region, 'ebs-controller-backup')
+  const who = `source role ${o.sourceRole}`
+  const sourceAccount = source.accountId
+  const workerAccount = o.workerAccount ?? sourceAccount
+  const cross = workerAccount !== sourceAccount
+  const ec2 = source.ec2(o.region)
+  const { instance, volumes } = await inspectInstance(source, o.region, o.instanceId)
+
+  // Before anything is created: the aws/ebs rule, the re-encryption key, and the worker's keys.
+  let reencryptArn: string | undefined
+  if (cross) {
+    const refusal = awsManagedRefusal(volumes, sourceAccount, workerAccount, o.instanceId)
+    if (refusal && !o.reencryptWith) throw refusal
+    if (refusal && o.reencryptWith) {
+      const meta = await describeKey(source.kms(o.region), who, o.reencryptWith)
+      if (meta.KeyManager === 'AWS') throw new ControllerError(ControllerCode.BadInput, `--reencrypt-with ${o.reencryptWith} is an AWS managed key: it must be a customer managed key`)
+      reencryptArn = meta.Arn!
+    }
+  }
+
+  if (o.workerRole) {
+    // The workers' keys, checked as the worker role before anything is created: the key of each
+    // snapshot it will read (aws/ebs ones only in its own account, where EBS lets every principal
+    // use them) and, across accounts, its Region's default key, which its volumes will be under.
+    const whoW = `worker role ${o.workerRole}`
+    const worker = await assumeRole(o.workerRole, o.region, 'ebs-controller-check')
+    const keys = [...new Set(volumes.filter((v) => v.kmsKeyId && (!v.awsManaged || cross)).map((v) => (v.awsManaged ? reencryptArn! : v.kmsKeyId!)))]
+    const missing: string[] = []
+    for (const key of keys) for (const a of ['CreateGrant', 'Decrypt'] as const) if (!(await kmsDryRun(worker, o.region, key, a)).ok) missing.push(`kms:${a} on ${key}`)
+    if (cross && volumes.some((v) => v.encrypted)) {
+      const defaultKey = (await call(whoW, 'GetEbsDefaultKmsKeyId', () => worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
+      // An AWS managed default key (aws/ebs) is usable through EBS by every principal of its
+      // account (its key policy, conditioned on kms:ViaService), so a direct DryRun would fail.
+      if ((await describeKey(worker.kms(o.region), whoW, defaultKey)).KeyManager !== 'AWS') {
+        for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.region, defaultKey, a)).ok) missing.push(`kms:${a} on ${defaultKey} (its Region's default EBS key)`)
+      }
+    }
+    if (missing.length) {
+      throw new ControllerError(ControllerCode.AccessDenied, `the ${whoW} cannot use the keys the backup needs: ${missing.join('; ')}. ` +
+        'The key policies must allow the worker account (packaging/iam/key-policy-*.json) and the worker role\'s policy must allow the actions. Nothing was created.')
+    }
+  }
+
+  // Incremental: each volume's backup in the instance's latest restore point is its parent (the
+  // worker then stores only the chunks that changed).
+  const store = new RestorePointStore(o.repo)
+  const parents = o.full ? new Map<string, string>() : await parentBackups(store, o.instanceId)
+
+  const id = newRestorePointId()
+  const cleanup = new Cleanup()
+  try {
+    const created = await call(who, `CreateSnapshots ${o.instanceId}`, () => ec2.send(new CreateSnapshotsCommand({
+      InstanceSpecification: { InstanceId: o.instanceId },
+      Description: `ebs-controller ${id}`,
+      CopyTagsFromSource: 'volume',
+      TagSpecifications: [{ ResourceType: 'snapshot', Tags: [{ Key: CONTROLLER_TAG, Value: id }] }],
+    })))
+    const snapshotOf = new Map<string, string>()
+    for (const s of created.Snapshots ?? []) {
+      snapshotOf.set(s.VolumeId!, s.SnapshotId!)
+      if (!o.keepSnapshots) cleanup.add(`delete snapshot ${s.SnapshotId}`, () => ec2.send(new DeleteSnapshotCommand({ SnapshotId: s.SnapshotId! })))
+    }
+    await waitSnapshots(ec2, who, [...snapshotOf.values()], o.waits)
+
+    // What the worker reads: the snapshot, or its re-encrypted copy; shared when the worker is elsewhere.
+    const readFrom = new Map<string, string>()
+    for (const v of volumes) {
+      let snapshotId = snapshotOf.get(v.volumeId)
+      if (!snapshotId) throw new ControllerError(ControllerCode.SnapshotFailed, `CreateSnapshots made no snapshot of ${v.volumeId} (${v.deviceName})`)
+      if (cross && v.awsManaged) {
+        const copy = await call(who, `CopySnapshot ${snapshotId} under ${reencryptArn}`, () => ec2.send(new CopySnapshotCommand({
+          SourceSnapshotId: snapshotId, SourceRegion: o.region, Encrypted: true, KmsKeyId: reencryptArn!, Description: `ebs-controller ${id} ${v.volumeId} re-encrypted`,
+          TagSpecifications: [{ ResourceType: 'snapshot', Tags: [{ Key: CONTROLLER_TAG, Value: id }] }],
+        })))
+        snapshotId = copy.SnapshotId!
+        const copyId = snapshotId
+        cleanup.add(`delete re-encrypted copy ${copyId}`, () => ec2.send(new DeleteSnapshotCommand({ SnapshotId: copyId })))
+      }
+      readFrom.set(v.volumeId, snapshotId)
+    }
+    const copies = volumes.filter((v) => cross && v.awsManaged).map((v) => readFrom.get(v.volumeId)!)
+    await waitSnapshots(ec2, who, copies, o.waits)
+    if (cross) {
+      for (const snapshotId of readFrom.values()) {
+        await call(who, `share ${snapshotId} with ${workerAccount}`, () => ec2.send(new ModifySnapshotAttributeCommand({
+          SnapshotId: snapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { Add: [{ UserId: workerAccount }] },
+        })))
+        cleanup.add(`unshare ${snapshotId} from ${workerAccount}`, () => ec2.send(new ModifySnapshotAttributeCommand({
+          SnapshotId: snapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { Remove: [{ UserId: workerAccount }] },
+        })))
+      }
+    }
+
+    // Every task is waited for, even after one failed: cleanup must not pull a snapshot from under
+    // a worker still reading it, and no reply is left unread.
+    const settled = await Promise.allSettled(volumes.map(async (v) => {
+      const r = await tasks.run({
+        version: 1, type: 'backup', taskId: `${id}/${v.volumeId}`, snapshotId: readFrom.get(v.volumeId)!,
+        ...(cross ? { sharedFromAccount: sourceAccount } : {}), repository: o.repo,
+        ...(parents.has(v.volumeId) ? { parentBackupId: parents.get(v.volumeId)! } : {}),
+        tags: { instance: o.instanceId, device: v.deviceName, 'restore-point': id },
+      })
+      return { v, figures: succeeded(r, `backup of ${v.volumeId} (${v.deviceName})`) }
+    }))
+    const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected')
+    if (failed) throw failed.reason
+    const results = settled.map((x) => (x as PromiseFulfilledResult<{ v: SourceVolume; figures: Record<string, unknown> }>).value)
+
+    const restorePoint: RestorePoint = {
+      format: 'ebs-worker-restore-point', version: 1, id, createdAt: new Date().toISOString(),
+      instance: {
+        instanceId: o.instanceId, accountId: sourceAccount, region: o.region, availabilityZone: instance.Placement?.AvailabilityZone ?? `${o.region}a`,
+        instanceType: instance.InstanceType ?? 'unknown', imageId: instance.ImageId ?? 'unknown', ...(instance.Architecture ? { architecture: instance.Architecture } : {}),
+        rootDeviceName: instance.RootDeviceName ?? volumes[0]!.deviceName,
+        tags: Object.fromEntries((instance.Tags ?? []).map((t) => [t.Key!, t.Value ?? ''])),
+      },
+      volumes: results.map(({ v, figures }) => ({
+        deviceName: v.deviceName, volumeId: v.volumeId, sizeGiB: v.sizeGiB, volumeType: v.volumeType,
+        ...(v.iops ? { iops: v.iops } : {}), ...(v.throughput ? { throughput: v.throughput } : {}),
+        encrypted: v.encrypted, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}), deleteOnTermination: v.deleteOnTermination,
+        snapshotId: snapshotOf.get(v.volumeId)!, backupId: String(figures.backupId),
+      })),
+      worker: { accountId: workerAccount, ...(reencryptArn ? { reencryptedWith: reencryptArn } : {}) },
+    }
+    await store.save(restorePoint)
+    return { restorePoint, cleanup: await cleanup.run() }
+  } catch (err) {
+    const report = await cleanup.run()
+    if (err instanceof ControllerError && err.code === ControllerCode.TaskTimeout) {
+      // A task message cannot be taken back from SQS: a worker may still run it later.
+      err.message += '. The unanswered task stays on the queue until a worker runs it or it reaches the dead-letter queue'
+    }
+    if (err instanceof ControllerError) {
+      err.notCleaned = report.failed
+      if (report.failed.length) err.message += `. Could not clean up: ${report.failed.join('; ')}`
+    }
+    throw err
+  }
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env node
+// Entry point of the controller (a separate program from the worker agent; they share only the
+// task protocol, agent/task.ts).
+const major = Number(process.versions.node.split('.')[0])
+if (major < 24) {
+  process.stderr.write(`ebs-controller needs Node.js 24 or later (this is ${process.version}); run it with "npx ebs-controller" from the checkout\n`)
+  process.exit(1)
+}
+const { main } = await import('../cli.ts')
+process.exitCode = await main(process.argv.slice(2))

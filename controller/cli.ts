@@ -1,0 +1,193 @@
+// The ebs-controller command line: backup-instance, restore-instance, preflight, list. Each prints
+// a short summary, or with --json one JSON object as the last line of stdout. Exit status: 0 ok,
+// 1 failure (code and message on stderr and in the JSON), 2 bad input or usage; preflight exits 1
+// when a permission is missing.
+import { Command, InvalidArgumentError, Option } from 'commander'
+import { backupInstance } from './backup.ts'
+import { ControllerCode, ControllerError, describe } from './errors.ts'
+import { formatChecks, preflightBackup, preflightRestore, type Check } from './preflight.ts'
+import { restoreInstance } from './restore.ts'
+import { RestorePointStore } from './restore-point.ts'
+import { TaskChannel } from './tasks.ts'
+import type { Waits } from './ec2.ts'
+
+const positiveInt = (name: string) => (value: string): number => {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`)
+  return n
+}
+const account = (value: string): string => {
+  if (!/^\d{12}$/.test(value)) throw new InvalidArgumentError('an AWS account id is 12 digits')
+  return value
+}
+
+interface Common {
+  json?: boolean
+  region?: string
+  queueUrl?: string
+  replyQueueUrl?: string
+  taskTimeout: number
+  snapshotTimeout: number
+  stateTimeout: number
+  pollMs: number
+}
+
+function withCommon(c: Command, queues = true): Command {
+  c.option('--json', 'print one JSON object as the last line of stdout')
+    .addOption(new Option('--region <region>', 'Region of the instance (backup) or of the AWS calls').env('AWS_REGION'))
+    .addOption(new Option('--snapshot-timeout <seconds>', 'longest wait for snapshots').argParser(positiveInt('--snapshot-timeout')).default(3600))
+    .addOption(new Option('--state-timeout <seconds>', 'longest wait for a volume or instance state change').argParser(positiveInt('--state-timeout')).default(600))
+    .addOption(new Option('--poll-ms <ms>', 'first poll interval of the waits').argParser(positiveInt('--poll-ms')).default(500).hideHelp())
+  if (queues) {
+    c.addOption(new Option('--queue-url <url>', 'SQS queue the workers take tasks from').env('EBS_CONTROLLER_QUEUE_URL'))
+      .addOption(new Option('--reply-queue-url <url>', 'SQS queue the workers answer on').env('EBS_CONTROLLER_REPLY_QUEUE_URL'))
+      .addOption(new Option('--task-timeout <seconds>', 'longest wait for a worker\'s answer to a task').argParser(positiveInt('--task-timeout')).default(6 * 3600))
+  }
+  return c
+}
+
+function waitsOf(o: Common): Waits {
+  return { snapshotTimeoutMs: o.snapshotTimeout * 1000, stateTimeoutMs: o.stateTimeout * 1000, pollMs: o.pollMs }
+}
+
+function channel(o: Common): TaskChannel {
+  if (!o.queueUrl || !o.replyQueueUrl) {
+    throw new ControllerError(ControllerCode.BadInput, 'the task and reply queues are needed: --queue-url and --reply-queue-url (or EBS_CONTROLLER_QUEUE_URL, EBS_CONTROLLER_REPLY_QUEUE_URL)')
+  }
+  return new TaskChannel({ queueUrl: o.queueUrl, replyQueueUrl: o.replyQueueUrl, timeoutMs: o.taskTimeout * 1000 })
+}
+
+function region(o: Common): string {
+  if (!o.region) throw new ControllerError(ControllerCode.BadInput, 'no Region: pass --region or set AWS_REGION')
+  return o.region
+}
+
+function print(json: boolean | undefined, human: string, obj: Record<string, unknown>): void {
+  process.stdout.write(json ? `${human}\n${JSON.stringify(obj)}\n` : `${human}\n`)
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let status = 0
+  const run = (fn: (...args: any[]) => Promise<void>) => async (...args: any[]): Promise<void> => {
+    const opts = args.at(-2) as Common
+    try {
+      await fn(...args)
+    } catch (err) {
+      const code = err instanceof ControllerError ? err.code : 'INTERNAL'
+      status = code === ControllerCode.BadInput ? 2 : 1
+      process.stderr.write(`ebs-controller: ${code}: ${describe(err)}\n`)
+      if (opts?.json) {
+        process.stdout.write(JSON.stringify({ ok: false, error: { code, message: describe(err), notCleaned: err instanceof ControllerError ? err.notCleaned : [] } }) + '\n')
+      }
+    }
+  }
+  const program = new Command('ebs-controller')
+    .description('Drives ebs-worker fleets through SQS: instance-level backups and restores, same or cross account, with KMS')
+    .exitOverride()
+    .showHelpAfterError()
+
+  withCommon(program.command('backup-instance').description('snapshot an instance, have workers back up every volume, record a restore point'))
+    .requiredOption('--instance <id>', 'the EC2 instance')
+    .requiredOption('--source-role <arn>', 'IAM role in the instance\'s account (snapshots, sharing, key checks)')
+    .addOption(new Option('--repo <url>', 'repository (s3://bucket/prefix or file:///path)').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .option('--worker-account <id>', 'account of the worker fleet (default: the instance\'s)', account)
+    .option('--worker-role <arn>', 'worker role to assume for the KMS checks before anything is created')
+    .option('--reencrypt-with <key>', 'customer managed KMS key to copy aws/ebs-encrypted snapshots under before sharing them')
+    .option('--keep-snapshots', 'keep the instance snapshots after the backup (default: delete them)')
+    .option('--full', 'back up every volume in full (default: incremental from the instance\'s latest restore point)')
+    .action(run(async (o: Common & { instance: string; sourceRole: string; repo: string; workerAccount?: string; workerRole?: string; reencryptWith?: string; keepSnapshots?: boolean; full?: boolean }) => {
+      const tasks = channel(o)
+      try {
+        const out = await backupInstance({
+          instanceId: o.instance, sourceRole: o.sourceRole, repo: o.repo, region: region(o), waits: waitsOf(o),
+          ...(o.workerAccount ? { workerAccount: o.workerAccount } : {}), ...(o.workerRole ? { workerRole: o.workerRole } : {}),
+          ...(o.reencryptWith ? { reencryptWith: o.reencryptWith } : {}), ...(o.keepSnapshots ? { keepSnapshots: true } : {}), ...(o.full ? { full: true } : {}),
+        }, tasks)
+        const rp = out.restorePoint
+        const human = [`restore point ${rp.id} of ${rp.instance.instanceId} (${rp.instance.instanceType}):`,
+          ...rp.volumes.map((v) => `  ${v.deviceName}  ${v.volumeId}  ${v.sizeGiB} GiB  backup ${v.backupId}`),
+          ...(out.cleanup.failed.length ? [`could not clean up: ${out.cleanup.failed.join('; ')}`] : [])].join('\n')
+        print(o.json, human, { ok: true, restorePoint: rp, cleanup: out.cleanup })
+        if (out.cleanup.failed.length) status = 1
+      } finally {
+        await tasks.close()
+      }
+    }))
+
+  withCommon(program.command('restore-instance').description('rebuild an instance from a restore point, in this or another account'))
+    .requiredOption('--backup <id>', 'restore point id (rp-…)')
+    .requiredOption('--target-account <id>', 'account to restore into', account)
+    .requiredOption('--target-region <region>', 'Region to restore into')
+    .requiredOption('--target-kms-key <key>', 'KMS key (in the target account and Region) for the restored volumes')
+    .requiredOption('--restore-role <arn>', 'IAM role in the target account (instance, volumes)')
+    .addOption(new Option('--repo <url>', 'repository holding the restore point').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .option('--worker-role <arn>', 'worker role to assume for the KMS check before anything is created')
+    .option('--instance-type <type>', 'instance type (default: the original\'s)')
+    .option('--image-id <ami>', 'image to launch from before the volumes are swapped in (default: the original\'s)')
+    .option('--availability-zone <az>', 'AZ of the new instance (cross-account; default: the original\'s, in the target Region)')
+    .option('--no-start', 'leave the instance stopped')
+    .action(run(async (o: Common & { backup: string; targetAccount: string; targetRegion: string; targetKmsKey: string; restoreRole: string; repo: string; workerRole?: string; instanceType?: string; imageId?: string; availabilityZone?: string; start: boolean }) => {
+      const tasks = channel(o)
+      try {
+        const out = await restoreInstance({
+          restorePointId: o.backup, repo: o.repo, targetAccount: o.targetAccount, targetRegion: o.targetRegion, targetKmsKey: o.targetKmsKey,
+          restoreRole: o.restoreRole, waits: waitsOf(o), noStart: !o.start, ...(o.workerRole ? { workerRole: o.workerRole } : {}),
+          ...(o.instanceType ? { instanceType: o.instanceType } : {}), ...(o.imageId ? { imageId: o.imageId } : {}), ...(o.availabilityZone ? { availabilityZone: o.availabilityZone } : {}),
+        }, tasks)
+        const human = [`instance ${out.instanceId} in ${o.targetAccount} ${o.targetRegion}:`, ...out.volumes.map((v) => `  ${v.deviceName}  ${v.volumeId}  ${v.kmsKeyId}`),
+          ...(out.cleanup.failed.length ? [`could not clean up: ${out.cleanup.failed.join('; ')}`] : [])].join('\n')
+        print(o.json, human, { ok: true, ...out })
+        if (out.cleanup.failed.length) status = 1
+      } finally {
+        await tasks.close()
+      }
+    }))
+
+  const preflight = program.command('preflight').description('check every permission a backup or restore needs, before anything is created')
+  const report = (o: Common, checks: Check[]): void => {
+    print(o.json, formatChecks(checks), { ok: checks.every((c) => c.ok), checks })
+    if (!checks.every((c) => c.ok)) status = 1
+  }
+  withCommon(preflight.command('backup-instance'), false)
+    .requiredOption('--instance <id>', 'the EC2 instance')
+    .requiredOption('--source-role <arn>', 'IAM role in the instance\'s account')
+    .option('--worker-account <id>', 'account of the worker fleet', account)
+    .option('--worker-role <arn>', 'worker role to assume for its KMS checks')
+    .option('--reencrypt-with <key>', 'customer managed key for aws/ebs snapshots')
+    .action(run(async (o: Common & { instance: string; sourceRole: string; workerAccount?: string; workerRole?: string; reencryptWith?: string }) => {
+      report(o, await preflightBackup({
+        instanceId: o.instance, sourceRole: o.sourceRole, region: region(o),
+        ...(o.workerAccount ? { workerAccount: o.workerAccount } : {}), ...(o.workerRole ? { workerRole: o.workerRole } : {}), ...(o.reencryptWith ? { reencryptWith: o.reencryptWith } : {}),
+      }))
+    }))
+  withCommon(preflight.command('restore-instance'), false)
+    .requiredOption('--backup <id>', 'restore point id')
+    .requiredOption('--target-account <id>', 'account to restore into', account)
+    .requiredOption('--target-region <region>', 'Region to restore into')
+    .requiredOption('--target-kms-key <key>', 'KMS key for the restored volumes')
+    .requiredOption('--restore-role <arn>', 'IAM role in the target account')
+    .addOption(new Option('--repo <url>', 'repository holding the restore point').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .option('--worker-role <arn>', 'worker role to assume for its KMS checks')
+    .action(run(async (o: Common & { backup: string; targetAccount: string; targetRegion: string; targetKmsKey: string; restoreRole: string; repo: string; workerRole?: string }) => {
+      report(o, await preflightRestore({
+        restorePointId: o.backup, repo: o.repo, targetAccount: o.targetAccount, targetRegion: o.targetRegion, targetKmsKey: o.targetKmsKey,
+        restoreRole: o.restoreRole, ...(o.workerRole ? { workerRole: o.workerRole } : {}),
+      }))
+    }))
+
+  program.command('list').description('list the restore points of a repository')
+    .addOption(new Option('--repo <url>', 'repository').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .option('--json', 'print one JSON object as the last line of stdout')
+    .action(run(async (o: { repo: string; json?: boolean }) => {
+      const ids = await new RestorePointStore(o.repo).list()
+      print(o.json, ids.join('\n'), { ok: true, restorePoints: ids })
+    }))
+
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+  } catch (err) {
+    const code = (err as { exitCode?: number }).exitCode
+    return code === 0 ? 0 : 2
+  }
+  return status
+}

@@ -1,0 +1,211 @@
+// restore-instance: the seeds' two restore flows ("Restore to Same AWS Account", "Restore to
+// Another AWS Account"; DESIGN.md §2). The worker account is the controller's own.
+//   Same account: `restore` tasks make empty volumes encrypted with the target key in the worker's
+//   AZ and restore into them; the restore role then launches an instance in that AZ, swaps its
+//   launch root volume for the restored ones, in the original device order, and starts it.
+//   Another account, all seed steps: before anything is created, the worker account's default EBS
+//   key in the target Region must not be aws/ebs (its snapshots could not be shared); `restore`
+//   tasks make empty volumes under that default key, restore, snapshot and share the snapshots
+//   with the target account; the restore role launches the instance, creates volumes from the
+//   shared snapshots encrypted with the target key, attaches them in the original order; the
+//   intermediate snapshots (unshared, deleted) and worker volumes (a `detach` task) are removed.
+// Any failure undoes what this run made (instance, volumes, snapshots) and says what it could not.
+import {
+  AttachVolumeCommand, CreateVolumeCommand, DeleteSnapshotCommand, DeleteVolumeCommand, DetachVolumeCommand, GetEbsDefaultKmsKeyIdCommand,
+  ModifySnapshotAttributeCommand, RunInstancesCommand, StartInstancesCommand, StopInstancesCommand, TerminateInstancesCommand, type VolumeType, type _InstanceType,
+} from '@aws-sdk/client-ec2'
+import { randomBytes } from 'node:crypto'
+import { assumeRole, ownSession } from './aws.ts'
+import { Cleanup, type CleanupReport } from './cleanup.ts'
+import { call, describeKey, describeVolumes, waitInstanceState, waitVolumeAvailable, waitVolumeState, kmsDryRun, type Waits } from './ec2.ts'
+import { ControllerCode, ControllerError } from './errors.ts'
+import { RestorePointStore, type RestorePoint } from './restore-point.ts'
+import { succeeded, type TaskChannel } from './tasks.ts'
+
+export const RESTORE_TAG = 'ebs-controller:restore'
+
+export interface RestoreOptions {
+  restorePointId: string
+  repo: string
+  targetAccount: string
+  targetRegion: string
+  targetKmsKey: string
+  restoreRole: string
+  /** Assumed to check, before anything is made, that the workers can use the key their volumes will be under. */
+  workerRole?: string
+  instanceType?: string
+  imageId?: string
+  availabilityZone?: string
+  /** Leave the instance stopped. */
+  noStart?: boolean
+  waits: Waits
+}
+
+export interface RestoreOutcome {
+  instanceId: string
+  volumes: Array<{ deviceName: string; volumeId: string; kmsKeyId: string }>
+  cleanup: CleanupReport
+}
+
+/** The aws/ebs rule of a cross-account restore, before anything is created. */
+function defaultKeyRefusal(rp: RestorePoint, key: string, workerAccount: string, o: RestoreOptions): ControllerError {
+  return new ControllerError(ControllerCode.DefaultKeyNotShareable,
+    `cannot restore ${rp.id} into account ${o.targetAccount}: the worker account ${workerAccount}'s default EBS key in ${o.targetRegion} is the AWS managed ` +
+    `key aws/ebs (${key}); the volumes ${rp.volumes.map((v) => `${v.deviceName} (from ${v.volumeId})`).join(', ')} would be restored under it, and ` +
+    'snapshots encrypted with it cannot be shared with another account. Nothing was created. Either make a customer managed key the default EBS key of ' +
+    `${o.targetRegion} in ${workerAccount} (ec2 modify-ebs-default-kms-key-id) whose key policy lets ${o.targetAccount} use it, or run a worker in the target account ${o.targetAccount}.`)
+}
+
+export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Promise<RestoreOutcome> {
+  const rp = await new RestorePointStore(o.repo).load(o.restorePointId)
+  const me = await ownSession(o.targetRegion)
+  const restore = await assumeRole(o.restoreRole, o.targetRegion, 'ebs-controller-restore')
+  const who = `restore role ${o.restoreRole}`
+  if (restore.accountId !== o.targetAccount) {
+    throw new ControllerError(ControllerCode.BadInput, `the restore role ${o.restoreRole} is in account ${restore.accountId}, not the target account ${o.targetAccount}`)
+  }
+  const targetKey = await describeKey(restore.kms(o.targetRegion), who, o.targetKmsKey).catch((err: unknown) => {
+    if (err instanceof ControllerError && err.code === ControllerCode.KeyNotFound) {
+      err.message = `the target KMS key ${o.targetKmsKey} does not exist in account ${o.targetAccount}, Region ${o.targetRegion} (${err.message}). Nothing was created.`
+    }
+    throw err
+  })
+  const targetKeyArn = targetKey.Arn!
+  const cross = me.accountId !== o.targetAccount
+  const mine = me.ec2(o.targetRegion)
+  // The key the workers' volumes will be under: the target key, or across accounts their default key.
+  let workerKey = targetKeyArn
+  if (cross) {
+    const def = (await call('controller', `GetEbsDefaultKmsKeyId ${o.targetRegion}`, () => mine.send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
+    const meta = await describeKey(me.kms(o.targetRegion), 'controller', def)
+    if (meta.KeyManager === 'AWS') throw defaultKeyRefusal(rp, meta.Arn ?? def, me.accountId, o)
+    workerKey = meta.Arn ?? def
+  }
+  if (o.workerRole) {
+    const worker = await assumeRole(o.workerRole, o.targetRegion, 'ebs-controller-check')
+    const missing: string[] = []
+    for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.targetRegion, workerKey, a)).ok) missing.push(`kms:${a}`)
+    if (missing.length) {
+      throw new ControllerError(ControllerCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${workerKey}, the key its volumes would be under: ` +
+        `${missing.join(', ')} refused. The worker role's policy and the key policy must allow them (packaging/iam/). Nothing was created.`)
+    }
+  }
+
+  const runId = `restore-${new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomBytes(4).toString('hex')}`
+  const temporary = new Cleanup() // undone whatever happens
+  const undo = new Cleanup() // undone only if the restore fails
+  const ec2 = restore.ec2(o.targetRegion)
+  try {
+    // 1. The workers: volumes holding the backups (and, across accounts, shared snapshots of them).
+    const settled = await Promise.allSettled(rp.volumes.map(async (v, i) => {
+      const r = await tasks.run({
+        version: 1, type: 'restore', taskId: `${runId}/${i}`, backupId: v.backupId, repository: o.repo, sizeGiB: v.sizeGiB,
+        volume: {
+          volumeType: v.volumeType as 'gp3', ...(v.iops ? { iops: v.iops } : {}), ...(v.throughput ? { throughput: v.throughput } : {}),
+          ...(cross ? {} : { kmsKeyId: targetKeyArn }),
+        },
+        ...(cross ? { snapshot: { shareWithAccount: o.targetAccount } } : {}),
+      })
+      const figures = succeeded(r, `restore of ${v.deviceName} from ${v.backupId}`)
+      const volumeId = String(figures.volumeId)
+      const release = `delete worker volume ${volumeId} (detach task)`
+      const releaseRun = async (): Promise<void> => {
+        succeeded(await tasks.run({ version: 1, type: 'detach', taskId: `${runId}/${i}/detach`, volumeId, delete: true }), `deleting worker volume ${volumeId}`)
+      }
+      if (cross) {
+        temporary.add(release, releaseRun)
+        const snapshotId = String(figures.snapshotId)
+        temporary.add(`delete snapshot ${snapshotId}`, () => mine.send(new DeleteSnapshotCommand({ SnapshotId: snapshotId })))
+        temporary.add(`unshare ${snapshotId} from ${o.targetAccount}`, () => mine.send(new ModifySnapshotAttributeCommand({
+          SnapshotId: snapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { Remove: [{ UserId: o.targetAccount }] },
+        })))
+        return { v, volumeId, snapshotId }
+      }
+      undo.add(release, releaseRun)
+      return { v, volumeId, snapshotId: undefined }
+    }))
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
+    if (failed) throw failed.reason
+    const restored = settled.map((s) => (s as PromiseFulfilledResult<{ v: RestorePoint['volumes'][number]; volumeId: string; snapshotId: string | undefined }>).value)
+
+    // 2. The instance, in the AZ its volumes can attach in.
+    let az: string
+    if (cross) {
+      az = o.availabilityZone ?? (rp.instance.region === o.targetRegion ? rp.instance.availabilityZone : `${o.targetRegion}a`)
+    } else {
+      // The workers made the volumes in their own AZs: one instance can attach them only if that is one AZ.
+      const zones = [...new Set((await describeVolumes(ec2, who, restored.map((r) => r.volumeId))).map((v) => v.AvailabilityZone!))]
+      if (zones.length !== 1) {
+        throw new ControllerError(ControllerCode.TaskFailed, `the workers restored the volumes in several Availability Zones (${zones.join(', ')}), ` +
+          'and one instance can only attach volumes of its own AZ: run the restore with workers of one AZ (a queue per AZ)')
+      }
+      az = zones[0]!
+    }
+    const run = await call(who, 'RunInstances', () => ec2.send(new RunInstancesCommand({
+      ImageId: o.imageId ?? rp.instance.imageId, InstanceType: (o.instanceType ?? rp.instance.instanceType) as _InstanceType, MinCount: 1, MaxCount: 1,
+      Placement: { AvailabilityZone: az }, ClientToken: runId,
+      TagSpecifications: [{ ResourceType: 'instance', Tags: [...Object.entries(rp.instance.tags).map(([Key, Value]) => ({ Key, Value })), { Key: RESTORE_TAG, Value: `${rp.id} ${runId}` }] }],
+    })))
+    const instanceId = run.Instances![0]!.InstanceId!
+    undo.add(`terminate instance ${instanceId}`, () => ec2.send(new TerminateInstancesCommand({ InstanceIds: [instanceId] })))
+    await waitInstanceState(ec2, who, instanceId, 'running', o.waits)
+    await call(who, `StopInstances ${instanceId}`, () => ec2.send(new StopInstancesCommand({ InstanceIds: [instanceId] })))
+    const stopped = await waitInstanceState(ec2, who, instanceId, 'stopped', o.waits)
+    // The launch's own volumes make way for the restored ones.
+    for (const m of stopped.BlockDeviceMappings ?? []) {
+      const id = m.Ebs?.VolumeId
+      if (!id) continue
+      await call(who, `DetachVolume ${id}`, () => ec2.send(new DetachVolumeCommand({ VolumeId: id })))
+      await waitVolumeState(ec2, who, id, 'available', o.waits)
+      await call(who, `DeleteVolume ${id}`, () => ec2.send(new DeleteVolumeCommand({ VolumeId: id })))
+    }
+
+    // 3. Across accounts: the target account's volumes, from the shared snapshots, under the target key.
+    const volumes: RestoreOutcome['volumes'] = []
+    for (const r of restored) {
+      let volumeId = r.volumeId
+      if (cross) {
+        const created = await call(who, `CreateVolume from ${r.snapshotId}`, () => ec2.send(new CreateVolumeCommand({
+          AvailabilityZone: az, SnapshotId: r.snapshotId!, Encrypted: true, KmsKeyId: targetKeyArn, VolumeType: r.v.volumeType as VolumeType,
+          ...(r.v.iops ? { Iops: r.v.iops } : {}), ...(r.v.throughput ? { Throughput: r.v.throughput } : {}),
+          TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: RESTORE_TAG, Value: `${rp.id} ${runId}` }] }],
+        })))
+        volumeId = created.VolumeId!
+        const id = volumeId
+        undo.add(`delete volume ${id}`, async () => {
+          await ec2.send(new DetachVolumeCommand({ VolumeId: id })).catch(() => {})
+          await waitVolumeState(ec2, who, id, 'available', o.waits).catch(() => {})
+          await ec2.send(new DeleteVolumeCommand({ VolumeId: id }))
+        })
+        await waitVolumeAvailable(ec2, who, volumeId, targetKeyArn, o.waits)
+      }
+      volumes.push({ deviceName: r.v.deviceName, volumeId, kmsKeyId: targetKeyArn })
+    }
+
+    // 4. Attached in the original device order; the original root goes where the instance boots from.
+    for (const v of volumes) {
+      const device = v.deviceName === rp.instance.rootDeviceName ? (stopped.RootDeviceName ?? v.deviceName) : v.deviceName
+      await call(who, `AttachVolume ${v.volumeId} ${device}`, () => ec2.send(new AttachVolumeCommand({ InstanceId: instanceId, VolumeId: v.volumeId, Device: device })))
+      await waitVolumeState(ec2, who, v.volumeId, 'in-use', o.waits)
+      v.deviceName = device
+    }
+    if (!o.noStart) {
+      await call(who, `StartInstances ${instanceId}`, () => ec2.send(new StartInstancesCommand({ InstanceIds: [instanceId] })))
+      await waitInstanceState(ec2, who, instanceId, 'running', o.waits)
+    }
+    return { instanceId, volumes, cleanup: await temporary.run() }
+  } catch (err) {
+    const a = await undo.run()
+    const b = await temporary.run()
+    const failed = [...a.failed, ...b.failed]
+    if (err instanceof ControllerError && err.code === ControllerCode.TaskTimeout) {
+      // A task message cannot be taken back from SQS: a worker may still run it later.
+      err.message += '. The unanswered task stays on the queue until a worker runs it or it reaches the dead-letter queue'
+    }
+    if (err instanceof ControllerError) {
+      err.notCleaned = failed
+      if (failed.length) err.message += `. Could not clean up: ${failed.join('; ')}`
+    }
+    throw err
+  }
+}

@@ -1,0 +1,107 @@
+// The controller's only way to the worker fleet: tasks on the task queue, results on the reply
+// queue (docs/TASKS.md, the schema in agent/task.ts, the one module the two programs share).
+// Replies for tasks this run did not send are left on the queue for whoever sent them.
+import { ChangeMessageVisibilityCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { task as taskSchema, taskResult, type Task, type TaskResult } from '../agent/task.ts'
+import { ControllerCode, ControllerError, describe } from './errors.ts'
+
+export interface TaskChannelOptions {
+  queueUrl: string
+  replyQueueUrl: string
+  /** How long a task may take before the controller gives up on it. */
+  timeoutMs: number
+  /** Long-poll wait of each receive (seconds). */
+  waitTimeSeconds?: number
+}
+
+/** A task as the controller writes it: the schema's input (defaults filled in by the worker). */
+export type TaskInput = Task
+
+export class TaskChannel {
+  readonly #o: TaskChannelOptions
+  readonly #sqs: SQSClient
+  readonly #pending = new Map<string, (r: TaskResult) => void>()
+  readonly #results = new Map<string, TaskResult>()
+  #polling: Promise<void> | null = null
+  #closed = false
+
+  constructor(options: TaskChannelOptions) {
+    this.#o = options
+    // With an endpoint override (a local SQS), it must win over the host in the queue URL.
+    const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
+    this.#sqs = new SQSClient(override ? { useQueueUrlAsEndpoint: false } : {})
+  }
+
+  /** Sends a task and resolves with its result (succeeded, failed or rejected); times out as configured. */
+  async run(task: TaskInput): Promise<TaskResult> {
+    const checked = taskSchema.safeParse(task)
+    if (!checked.success) throw new ControllerError(ControllerCode.BadInput, `the controller built an invalid task ${task.taskId}: ${checked.error.message}`)
+    const result = new Promise<TaskResult>((resolve) => this.#pending.set(task.taskId, resolve))
+    await this.#sqs.send(new SendMessageCommand({ QueueUrl: this.#o.queueUrl, MessageBody: JSON.stringify(task) }))
+    this.#polling ??= this.#poll()
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new ControllerError(ControllerCode.TaskTimeout,
+        `no worker answered task ${task.taskId} (${task.type}) within ${Math.round(this.#o.timeoutMs / 1000)} s: are workers running on ${this.#o.queueUrl}?`)), this.#o.timeoutMs)
+    })
+    try {
+      return await Promise.race([result, timeout])
+    } finally {
+      clearTimeout(timer)
+      this.#pending.delete(task.taskId)
+    }
+  }
+
+  async #poll(): Promise<void> {
+    while (!this.#closed) {
+      if (!this.#pending.size) {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+        continue
+      }
+      let messages
+      try {
+        messages = (await this.#sqs.send(new ReceiveMessageCommand({
+          QueueUrl: this.#o.replyQueueUrl, WaitTimeSeconds: this.#o.waitTimeSeconds ?? 5, MaxNumberOfMessages: 10,
+        }))).Messages ?? []
+      } catch (err) {
+        if (this.#closed) return
+        process.stderr.write(`ebs-controller: receiving replies failed, retrying: ${describe(err)}\n`)
+        await new Promise((resolve) => setTimeout(resolve, 1000))
+        continue
+      }
+      for (const m of messages) {
+        let parsed: TaskResult | null = null
+        try {
+          const r = taskResult.safeParse(JSON.parse(m.Body ?? ''))
+          parsed = r.success ? r.data : null
+        } catch {
+          parsed = null
+        }
+        const waiting = parsed ? this.#pending.get(parsed.taskId) : undefined
+        if (parsed && waiting) {
+          await this.#sqs.send(new DeleteMessageCommand({ QueueUrl: this.#o.replyQueueUrl, ReceiptHandle: m.ReceiptHandle! }))
+          this.#results.set(parsed.taskId, parsed)
+          waiting(parsed)
+        } else {
+          // Someone else's reply: visible again at once for its owner.
+          await this.#sqs.send(new ChangeMessageVisibilityCommand({ QueueUrl: this.#o.replyQueueUrl, ReceiptHandle: m.ReceiptHandle!, VisibilityTimeout: 0 })).catch(() => {})
+        }
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    await this.#polling?.catch(() => {})
+    this.#sqs.destroy()
+  }
+}
+
+/** The result's figures, or a ControllerError naming the task, the volume and the worker's error. */
+export function succeeded(r: TaskResult, what: string): Record<string, unknown> {
+  if (r.status === 'succeeded') return r.result ?? {}
+  const code = r.error?.code ?? 'UNKNOWN'
+  const mapped = code === 'ACCESS_DENIED' ? ControllerCode.AccessDenied : code === 'DEFAULT_KEY_NOT_SHAREABLE' ? ControllerCode.DefaultKeyNotShareable : ControllerCode.TaskFailed
+  const whose = code === 'ACCESS_DENIED' ? ' (the worker role: its policy and the key policy, packaging/iam/worker-ebs-statements.json and key-policy-*.json)' : ''
+  throw new ControllerError(mapped, `${what}: worker ${r.worker} ${r.status === 'rejected' ? 'rejected' : 'failed'} task ${r.taskId}: ${code}: ${r.error?.message ?? ''}${whose}`)
+}

@@ -1,0 +1,131 @@
+// The controller's bad input and failures (issue 5): an instance that does not exist, a role that
+// cannot be assumed, a KMS key the worker cannot use, a snapshot that never completes, a worker
+// that never answers, a key that does not exist where the restore goes, a failure after the
+// instance was built; each says what went wrong, undoes what it made and says what it could not.
+import t from 'tap'
+import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
+
+type World = Awaited<ReturnType<typeof controllerWorld>>
+
+const live = (w: World) => ({
+  snapshots: [...w.ec2.snapshots.values()].filter((s) => !s.deleted),
+  shared: [...w.ec2.snapshots.values()].filter((s) => !s.deleted && s.sharedWith.length),
+  volumes: [...w.ec2.volumes.values()].filter((v) => v.state !== 'deleted'),
+  instances: [...w.ec2.instances.values()].filter((i) => i.state !== 'terminated' && i.state !== 'shutting-down'),
+})
+
+t.test('bad input: no such instance, a role that cannot be assumed', async (t) => {
+  const w = await controllerWorld(t)
+  const missing = await w.controller(['backup-instance', '--instance', 'i-0123456789abcdef0', '--source-role', w.roles.source.arn])
+  t.match(missing, { code: 1, json: { error: { code: 'INSTANCE_NOT_FOUND', message: /i-0123456789abcdef0/ } } }, 'an instance that does not exist')
+  const untrusted = w.world.addRole({ accountId: PROD, name: 'locked', trust: ['999999999999'] })
+  const denied = await w.controller(['backup-instance', '--instance', 'i-0123456789abcdef0', '--source-role', untrusted.arn])
+  t.match(denied, { code: 1, json: { error: { code: 'ROLE_NOT_ASSUMABLE', message: new RegExp(`${untrusted.arn}.*trust policy`) } } }, 'a role that cannot be assumed, named')
+  const bad = await w.controller(['backup-instance', '--instance', 'i-0123456789abcdef0', '--source-role', 'not-an-arn'])
+  t.match(bad, { code: 2, json: { error: { code: 'BAD_INPUT' } } }, 'a role that is not an ARN is bad input')
+  t.same(live(w).snapshots, [], 'nothing was created')
+})
+
+t.test('a KMS key the worker account may not use', async (t) => {
+  const w = await controllerWorld(t)
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }, { device: '/dev/sdf', kmsKeyId: w.keys.prodPrivate }])
+  // With the worker role to check: refused before anything is created, naming role, key and actions.
+  const checked = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn])
+  t.equal(checked.code, 1)
+  t.equal(checked.json!.error.code, 'ACCESS_DENIED')
+  t.match(checked.json!.error.message, new RegExp(`${w.roles.worker.arn}.*kms:CreateGrant on ${w.keys.prodPrivate}.*kms:Decrypt on ${w.keys.prodPrivate}.*Nothing was created`), 'names the role, the key and each missing action')
+  t.same(live(w).snapshots, [], 'nothing was created')
+
+  // Without it, the worker finds out: EBS rolls its volume back; the controller cleans up.
+  w.startWorker()
+  const r = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP])
+  t.equal(r.code, 1)
+  t.equal(r.json!.error.code, 'ACCESS_DENIED', 'the worker\'s ACCESS_DENIED reaches the user')
+  t.match(r.json!.error.message, /\/dev\/sdf.*rolled back.*KMS key/, 'naming the volume and the key problem')
+  t.same(r.json!.error.notCleaned, [], 'everything was cleaned up')
+  t.same(live(w).shared, [], 'no snapshot is still shared')
+  t.same(live(w).snapshots.filter((s) => s.ownerId === PROD), [], 'the snapshots were deleted')
+  t.same(live(w).volumes.filter((v) => v.ownerId === BACKUP), [], 'the worker kept no volume')
+})
+
+t.test('a snapshot that never completes, and a cleanup step that fails', async (t) => {
+  const w = await controllerWorld(t)
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }])
+  w.ec2.holdSnapshots = true
+  // The source role may create snapshots but, here, not delete them.
+  w.roles.source.policy = { Statement: [...w.roles.source.policy!.Statement, { Effect: 'Deny', Action: 'ec2:DeleteSnapshot', Resource: '*' }] }
+  const r = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--snapshot-timeout', '1'])
+  t.equal(r.code, 1)
+  t.equal(r.json!.error.code, 'SNAPSHOT_TIMEOUT')
+  t.match(r.json!.error.notCleaned, [/delete snapshot snap-.*UnauthorizedOperation/], 'what could not be cleaned is said')
+  t.match(r.json!.error.message, /Could not clean up: delete snapshot snap-/)
+})
+
+t.test('a worker that never answers: timeout, then cleanup', async (t) => {
+  const w = await controllerWorld(t)
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }])
+  // No worker is running.
+  const r = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--task-timeout', '2'])
+  t.equal(r.code, 1)
+  t.equal(r.json!.error.code, 'TASK_TIMEOUT')
+  t.match(r.json!.error.message, /no worker answered.*stays on the queue/, 'says so, and that the task may still run')
+  t.same(live(w).shared, [], 'the snapshot was unshared')
+  t.same(live(w).snapshots, [], 'and deleted')
+})
+
+t.test('restore: a key that does not exist there; a failure after the instance was built', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }, { device: '/dev/sdf', kmsKeyId: w.keys.prod }])
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP])
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
+  const rp = b.json!.restorePoint.id
+  w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
+  const before = live(w)
+
+  const otherRegion = w.keys.target.replace(REGION, 'us-east-2')
+  const r1 = await w.controller(['restore-instance', '--backup', rp, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', 'alias/nope', '--restore-role', w.roles.restore.arn])
+  t.match(r1, { code: 1, json: { error: { code: 'KEY_NOT_FOUND', message: /alias\/nope does not exist in account 333333333333, Region eu-west-1.*Nothing was created/ } } }, 'a key that does not exist')
+  const r2 = await w.controller(['restore-instance', '--backup', rp, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', otherRegion, '--restore-role', w.roles.restore.arn])
+  t.match(r2, { code: 1, json: { error: { code: 'KEY_NOT_FOUND' } } }, 'a key of another Region')
+  const r3 = await w.controller(['restore-instance', '--backup', 'rp-20261123T000000Z-00000000', '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', w.keys.target, '--restore-role', w.roles.restore.arn])
+  t.match(r3, { code: 1, json: { error: { code: 'RESTORE_POINT_NOT_FOUND' } } }, 'a restore point that does not exist')
+  t.same(live(w), before, 'nothing was created')
+
+  // The target key lets the restore role describe it but not use it: the instance is built, the
+  // first volume is rolled back by EBS; everything made is undone.
+  const describeOnly = w.kms.addKey({ accountId: TARGET, region: REGION, policy: { Statement: [{ Effect: 'Allow', Principal: { AWS: w.roles.restore.arn }, Action: 'kms:DescribeKey', Resource: '*' }] } })
+  const r4 = await w.controller(['restore-instance', '--backup', rp, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', describeOnly, '--restore-role', w.roles.restore.arn])
+  t.equal(r4.code, 1)
+  t.equal(r4.json!.error.code, 'ACCESS_DENIED')
+  t.match(r4.json!.error.message, new RegExp(`${w.roles.restore.arn}.*rolled back.*${describeOnly}`), 'names the role and the key')
+  t.same(r4.json!.error.notCleaned, [], 'and everything was cleaned up')
+  const after = live(w)
+  t.same(after.instances.map((i) => i.instanceId), before.instances.map((i) => i.instanceId), 'the new instance was terminated')
+  t.ok(w.world.calls.some((c) => c.role === w.roles.restore.arn && c.action === 'TerminateInstances' && c.allowed), 'by the restore role, as packaging/iam/restore-role-policy.json allows')
+  t.same(after.snapshots.map((s) => s.snapshotId), before.snapshots.map((s) => s.snapshotId), 'the intermediate snapshots deleted')
+  t.same(after.volumes.map((v) => v.volumeId).sort(), before.volumes.map((v) => v.volumeId).sort(), 'the worker and target volumes deleted')
+})
+
+t.test('restore: a target key the worker may not use', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await w.instance(BACKUP, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.backup }])
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
+  // The key's policy names the restore role only: the workers' CreateVolume under it is rolled back.
+  const restoreOnly = w.kms.addKey({ accountId: BACKUP, region: REGION, policy: { Statement: [{ Effect: 'Allow', Principal: { AWS: w.roles.localRestore.arn }, Action: 'kms:*', Resource: '*' }] } })
+  const before = live(w)
+  const args = ['restore-instance', '--backup', b.json!.restorePoint.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', restoreOnly, '--restore-role', w.roles.localRestore.arn]
+  // With the worker role to check: refused up front, naming the role, the key and each action.
+  const checked = await w.controller([...args, '--worker-role', w.roles.worker.arn])
+  t.match(checked, { code: 1, json: { error: { code: 'ACCESS_DENIED', message: new RegExp(`${w.roles.worker.arn} cannot use ${restoreOnly}.*kms:CreateGrant, kms:GenerateDataKeyWithoutPlaintext refused.*Nothing was created`) } } })
+  t.same(live(w), before, 'nothing was created')
+  // Without it, the worker finds out.
+  const r = await w.controller(args)
+  t.equal(r.code, 1)
+  t.equal(r.json!.error.code, 'ACCESS_DENIED')
+  t.match(r.json!.error.message, new RegExp(`/dev/xvda.*rolled back.*${restoreOnly}.*worker role`), 'names the volume, the key and whose permission is missing')
+  t.same(r.json!.error.notCleaned, [], 'nothing left to clean')
+  t.same(live(w), before, 'and nothing left behind')
+})

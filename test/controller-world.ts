@@ -1,0 +1,167 @@
+// Three AWS accounts on this machine, for the controller's end-to-end tests: production (the
+// instance and the source role), backup (the worker fleet, the controller, the repository) and a
+// restore target. The EC2, KMS and STS stand-ins share one AwsWorld; the roles carry the IAM
+// policies of packaging/iam/ and the keys the key-policy statements there, so a flow that passes
+// proves those documents are enough. Workers are a real `ebs-worker daemon` child process on
+// fauxqs; the controller is the real `ebs-controller` child process.
+import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { startFauxqs } from 'fauxqs'
+import { cli, CLI, makeImage, MiB, ROOT, tempDir, type Teardown } from './helpers.ts'
+import { EbsStandIn } from './standin/ebs.ts'
+import { Ec2StandIn } from './standin/ec2.ts'
+import { AwsWorld, type PolicyDocument, type PolicyStatement } from './standin/iam.ts'
+import { startImds } from './standin/imds.ts'
+import { KmsStandIn } from './standin/kms.ts'
+import { StsStandIn } from './standin/sts.ts'
+
+export const PROD = '111111111111'
+export const BACKUP = '222222222222'
+export const TARGET = '333333333333'
+export const REGION = 'eu-west-1'
+export const BYTES_PER_GIB = 8 * MiB
+const WORKER = { instanceId: 'i-0b0b0b0b0b0b0b0b1', accountId: BACKUP, region: REGION, availabilityZone: 'eu-west-1a' }
+export const CONTROLLER_CLI = join(ROOT, 'controller/bin/ebs-controller.ts')
+
+const PLACEHOLDERS: Record<string, string> = { CONTROLLER_ACCOUNT_ID: BACKUP, WORKER_ACCOUNT_ID: BACKUP, TARGET_ACCOUNT_ID: TARGET, SOURCE_ACCOUNT_ID: PROD }
+
+/** A document of packaging/iam/ with its placeholders filled in. */
+export function iamDocument<T = PolicyDocument>(name: string): T {
+  let text = readFileSync(join(ROOT, 'packaging/iam', name), 'utf8')
+  for (const [k, v] of Object.entries(PLACEHOLDERS)) text = text.replaceAll(k, v)
+  return JSON.parse(text) as T
+}
+
+/** The principals a trust policy names. */
+function trusted(name: string): string[] {
+  return iamDocument(name).Statement.flatMap((s) => (s.Principal && s.Principal !== '*' ? [s.Principal.AWS].flat() : []))
+}
+
+export interface ControllerRun {
+  code: number | null
+  stdout: string
+  stderr: string
+  json: Record<string, any> | null
+  /** Empty when it succeeded; else its stderr and the worker's log, for assertion messages. */
+  said: string
+}
+
+export async function controllerWorld(t: Teardown) {
+  const dir = await tempDir(t)
+  const world = new AwsWorld(BACKUP)
+  world.addCredentials('AKIACONTROLLER', { arn: `arn:aws:iam::${BACKUP}:user/ebs-controller`, accountId: BACKUP, policy: iamDocument('controller-policy.json') })
+
+  const roles = {
+    worker: world.addRole({ accountId: BACKUP, name: 'ebs-worker', trust: [BACKUP], policy: iamDocument('worker-ebs-statements.json') }),
+    source: world.addRole({ accountId: PROD, name: 'ebs-backup-source', trust: trusted('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
+    localSource: world.addRole({ accountId: BACKUP, name: 'ebs-backup-source', trust: trusted('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
+    restore: world.addRole({ accountId: TARGET, name: 'ebs-restore', trust: trusted('restore-role-trust.json'), policy: iamDocument('restore-role-policy.json') }),
+    localRestore: world.addRole({ accountId: BACKUP, name: 'ebs-restore', trust: trusted('restore-role-trust.json'), policy: iamDocument('restore-role-policy.json') }),
+  }
+
+  const kms = await new KmsStandIn([], { world }).start()
+  t.teardown(() => kms.close())
+  const withStatement = (accountId: string, file: string): PolicyDocument => ({
+    Version: '2012-10-17', Statement: [...KmsStandIn.rootPolicy(accountId).Statement, iamDocument<PolicyStatement>(file)],
+  })
+  const keys = {
+    /** Production's customer managed key, usable by the worker account (key-policy-source-key.json). */
+    prod: kms.addKey({ accountId: PROD, region: REGION, aliases: ['alias/prod-ebs'], policy: withStatement(PROD, 'key-policy-source-key.json') }),
+    /** A production key the worker account may not use. */
+    prodPrivate: kms.addKey({ accountId: PROD, region: REGION, aliases: ['alias/prod-private'] }),
+    /** The backup account's own key (same-account flows). */
+    backup: kms.addKey({ accountId: BACKUP, region: REGION, aliases: ['alias/backup-ebs'] }),
+    /** A customer managed key the backup account can make its default EBS key (cross-account restore). */
+    workerDefault: kms.addKey({ accountId: BACKUP, region: REGION, aliases: ['alias/worker-default'], policy: withStatement(BACKUP, 'key-policy-worker-default-key.json') }),
+    /** The restore target's key. */
+    target: kms.addKey({ accountId: TARGET, region: REGION, aliases: ['alias/restored'] }),
+  }
+  const sts = await new StsStandIn(world).start()
+  t.teardown(() => sts.close())
+
+  const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
+  await mkdir(roots.byIdDir, { recursive: true })
+  const ec2 = await new Ec2StandIn({ instance: WORKER, dir: join(dir, 'volumes'), roots, bytesPerGiB: BYTES_PER_GIB, delayMs: 30, world, kms }).start()
+  t.teardown(() => ec2.close())
+  const ebs = await new EbsStandIn({ ec2, world }).start()
+  t.teardown(() => ebs.close())
+  const imds = await startImds(WORKER)
+  t.teardown(() => imds.close())
+
+  const fauxqs = await startFauxqs({ port: 0, logger: false })
+  t.teardown(() => fauxqs.stop())
+  const sqs = new SQSClient({ endpoint: fauxqs.address, region: REGION, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
+  t.teardown(() => sqs.destroy())
+  const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'tasks' }))).QueueUrl!
+  const replyQueueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'replies' }))).QueueUrl!
+
+  const repo = `file://${join(dir, 'repo')}`
+  await cli(['init', '--repo', repo])
+  const config = join(dir, 'worker.json')
+  await writeFile(config, JSON.stringify({
+    queueUrl, replyQueueUrl, repository: repo, concurrency: 4, waitTimeSeconds: 1, visibilityTimeoutSeconds: 30,
+    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 10, deviceRoots: roots, imdsEndpoint: imds.endpoint,
+  }))
+  const endpoints = { AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_STS: sts.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint, AWS_REGION: REGION }
+  const log = { worker: '' }
+  let workerRunning = false
+  /** The worker fleet: one daemon with the worker role's credentials (its instance profile). */
+  const startWorker = (): void => {
+    const session = world.sessionFor(roles.worker, WORKER.instanceId)
+    const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
+      env: { ...process.env, ...endpoints, AWS_ACCESS_KEY_ID: session.accessKeyId, AWS_SECRET_ACCESS_KEY: session.secretAccessKey, AWS_SESSION_TOKEN: session.sessionToken },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    workerRunning = true
+    daemon.stderr.on('data', (d) => (log.worker += d))
+    t.teardown(() => {
+      daemon.kill('SIGKILL')
+    })
+  }
+
+  /** Runs ebs-controller as the controller's user would, against this world. */
+  const controller = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<ControllerRun> => new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CONTROLLER_CLI, ...args, '--json', ...(args[0] === 'list' ? [] : ['--poll-ms', '50'])], {
+      env: {
+        ...process.env, ...endpoints, AWS_ACCESS_KEY_ID: 'AKIACONTROLLER', AWS_SECRET_ACCESS_KEY: 'x', AWS_SESSION_TOKEN: '',
+        EBS_CONTROLLER_QUEUE_URL: queueUrl, EBS_CONTROLLER_REPLY_QUEUE_URL: replyQueueUrl, EBS_CONTROLLER_REPO: repo, ...env,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.on('error', reject)
+    child.on('close', (code) => {
+      const last = stdout.trim().split('\n').pop() ?? ''
+      let json = null
+      try {
+        json = last.startsWith('{') ? JSON.parse(last) : null
+      } catch {
+        json = null
+      }
+      const all = stderr + (workerRunning ? `\n--- worker log ---\n${log.worker}` : '')
+      resolve({ code, stdout, stderr: all, json, said: code === 0 ? '' : `: ${all}` })
+    })
+  })
+
+  /** An instance whose volumes hold random data at distinct places (each one unique). */
+  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean }>) => {
+    const specs = []
+    for (const [i, v] of volumes.entries()) {
+      const image = join(dir, `src-${accountId}-${i}-${Math.random().toString(16).slice(2, 8)}.img`)
+      await makeImage(image, 2 * BYTES_PER_GIB, [
+        { kind: 'random', offset: (i + 1) * MiB, length: 3 * MiB },
+        { kind: 'text', offset: 9 * MiB, length: MiB + 4096 * (i + 1) },
+      ])
+      specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}) })
+    }
+    return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: 'ami-0abcdef0123456789', tags: { Name: 'app-1' }, volumes: specs })
+  }
+
+  return { dir, world, roles, kms, keys, ec2, repo, startWorker, controller, instance, log }
+}

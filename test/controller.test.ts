@@ -1,0 +1,182 @@
+// The seeds' four flows end to end (shared/seeds/, DESIGN.md §2): ebs-controller as a child
+// process, a real ebs-worker daemon on fauxqs, the EC2/KMS/STS stand-ins with three accounts and
+// the IAM documents of packaging/iam/. Each flow checks the restored instance's volumes byte for
+// byte against the source and the KMS keys each role used against the seed's list.
+import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import { open } from 'node:fs/promises'
+import { join } from 'node:path'
+import { cli, MiB, sha256File } from './helpers.ts'
+import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
+import { KmsStandIn } from './standin/kms.ts'
+import { evaluate, wildcard, type PolicyDocument } from './standin/iam.ts'
+import { iamDocument } from './controller-world.ts'
+
+/** What each role did across the flows of this file: its API calls and what EBS asked of KMS for it. */
+const seen = new Map<string, Set<string>>()
+function record(w: World): void {
+  const roles = { worker: w.roles.worker.arn, source: w.roles.source.arn, localSource: w.roles.localSource.arn, restore: w.roles.restore.arn, localRestore: w.roles.localRestore.arn, controller: `arn:aws:iam::${BACKUP}:user/ebs-controller` }
+  for (const [name, arn] of Object.entries(roles)) {
+    const label = name.replace(/^local(\w)/, (_, c: string) => c.toLowerCase())
+    const set = seen.get(label) ?? new Set<string>()
+    for (const a of w.world.actionsOf(arn)) set.add(a)
+    for (const u of w.world.keyUses.filter((x) => x.role === arn)) set.add(u.action)
+    seen.set(label, set)
+  }
+}
+
+type World = Awaited<ReturnType<typeof controllerWorld>>
+
+/** Each volume of the restored instance, in device order, holds the source volume's bytes. */
+async function sameData(t: any, w: World, sourceInstance: string, restoredInstance: string): Promise<void> {
+  const source = w.ec2.attachedTo(sourceInstance)
+  const restored = w.ec2.attachedTo(restoredInstance)
+  t.same(restored.map((v) => v.attachment!.device), source.map((v) => v.attachment!.device), 'the restored instance has the original devices, in order')
+  for (const [i, v] of source.entries()) {
+    t.equal(await sha256File(restored[i]!.file), await sha256File(v.file), `${v.attachment!.device}: the restored volume holds the source's bytes`)
+  }
+}
+
+t.test('same account: backup of an instance, then restore it with a chosen key', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  // The instance lives in the worker's account, in another AZ; its root is under aws/ebs.
+  const instanceId = await w.instance(BACKUP, 'eu-west-1b', [{ device: '/dev/xvda' }, { device: '/dev/sdf', kmsKeyId: w.keys.backup }])
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
+  const rp = b.json!.restorePoint
+  t.match(rp, { instance: { instanceId, accountId: BACKUP, instanceType: 'm6i.xlarge', rootDeviceName: '/dev/xvda', availabilityZone: 'eu-west-1b', tags: { Name: 'app-1' } } })
+  t.same(rp.volumes.map((v: any) => v.deviceName), ['/dev/xvda', '/dev/sdf'], 'every volume, in device order')
+  const awsEbs = KmsStandIn.arn(w.kms.awsEbsKey(BACKUP, REGION))
+  // Seed: "The IAM role [of the workers] must have permissions to access the KMS keys with which
+  // EBS volumes of the EC2 instance are encrypted (source KMS keys)."
+  t.same(w.world.keysUsedBy(w.roles.worker.arn), [awsEbs, w.keys.backup].sort(), 'the worker used the source keys, and only them')
+  t.same([...w.ec2.snapshots.values()].filter((s) => !s.deleted && s.ownerId === BACKUP).length, 0, 'the instance snapshots were deleted after the backup')
+  t.notOk([...w.ec2.volumes.values()].some((v) => v.tags['ebs-worker:task-id'] && v.state !== 'deleted'), 'and the worker\'s volumes')
+
+  const usesBefore = w.world.keyUses.length
+  const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', 'alias/backup-ebs', '--restore-role', w.roles.localRestore.arn])
+  t.equal(r.code, 0, `restore-instance succeeds${r.said}`)
+  const restored = w.ec2.instances.get(r.json!.instanceId)!
+  t.match(restored, { ownerId: BACKUP, instanceType: 'm6i.xlarge', state: 'running', availabilityZone: 'eu-west-1a' }, 'a running instance of the same type, in the workers\' AZ')
+  await sameData(t, w, instanceId, restored.instanceId)
+  t.ok(w.ec2.attachedTo(restored.instanceId).every((v) => v.kmsKeyId === w.keys.backup), 'every volume under the chosen key')
+  // Seed: "The IAM role must have permissions to access to the KMS key with which you want to encrypt EBS volumes of the restored EC2 instance."
+  const restoreUses = w.world.keyUses.slice(usesBefore)
+  t.same([...new Set(restoreUses.filter((u) => u.role === w.roles.worker.arn && u.allowed).map((u) => u.key))], [w.keys.backup], 'the worker used the chosen key, and only it')
+
+  // The next backup of the instance is incremental: each volume's parent is its backup in the
+  // latest restore point, and it holds the volume as it is now.
+  const changed = w.ec2.attachedTo(instanceId)[1]!
+  const fh = await open(changed.file, 'r+')
+  await fh.write(randomBytes(MiB), 0, MiB, 12 * MiB)
+  await fh.close()
+  const b2 = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
+  t.equal(b2.code, 0, `the second backup-instance succeeds${b2.said}`)
+  const rp2 = b2.json!.restorePoint
+  const backups = (await cli(['list', '--repo', w.repo])).backups as Array<{ id: string; parent: string | null }>
+  t.same(rp2.volumes.map((v: any) => backups.find((x) => x.id === v.backupId)?.parent), rp.volumes.map((v: any) => v.backupId), 'each volume\'s parent is its previous backup')
+  const out = join(w.dir, 'changed-restored.img')
+  await cli(['restore', '--repo', w.repo, '--backup', rp2.volumes[1].backupId, '--device', out])
+  t.equal(await sha256File(out), await sha256File(changed.file), 'the incremental backup holds the changed volume, byte for byte')
+  t.same((await w.controller(['list'])).json!.restorePoints, [rp.id, rp2.id].sort(), 'list shows both restore points')
+  record(w)
+})
+
+t.test('another account: backup shared with the worker account, then restore into a third account', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }, { device: '/dev/sdf', kmsKeyId: 'alias/prod-ebs' }])
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn])
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
+  const rp = b.json!.restorePoint
+  t.match(rp, { instance: { instanceId, accountId: PROD }, worker: { accountId: BACKUP } })
+  const backupDefault = KmsStandIn.arn(w.kms.awsEbsKey(BACKUP, REGION))
+  // Seed: the worker role needs the source KMS keys and its Region's default key; the source role the source keys.
+  t.same(w.world.keysUsedBy(w.roles.worker.arn), [w.keys.prod, backupDefault].sort(), 'the worker used the source key and its Region\'s default key')
+  t.same(w.world.keysUsedBy(w.roles.source.arn), [w.keys.prod], 'the source role used the source key')
+  const workerVolumes = [...w.ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id']?.startsWith(rp.id))
+  t.equal(workerVolumes.length, 2, 'the worker made one volume per snapshot')
+  t.ok(workerVolumes.every((v) => v.ownerId === BACKUP && v.kmsKeyId === backupDefault && v.state === 'deleted'), 'in its account, under its default key, deleted after')
+  const leftover = [...w.ec2.snapshots.values()].filter((s) => s.ownerId === PROD && !s.deleted)
+  t.same(leftover, [], 'the shared snapshots were unshared and deleted')
+
+  // Restore into the target account: the worker account's default key must be a customer managed key it may share.
+  w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
+  const before = w.world.keyUses.length
+  const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', w.keys.target, '--restore-role', w.roles.restore.arn])
+  t.equal(r.code, 0, `restore-instance succeeds${r.said}`)
+  const restored = w.ec2.instances.get(r.json!.instanceId)!
+  t.match(restored, { ownerId: TARGET, instanceType: 'm6i.xlarge', state: 'running', availabilityZone: 'eu-west-1b' }, 'a running instance in the target account, in the original AZ')
+  await sameData(t, w, instanceId, restored.instanceId)
+  t.ok(w.ec2.attachedTo(restored.instanceId).every((v) => v.kmsKeyId === w.keys.target && v.ownerId === TARGET), 'its volumes are the target account\'s, under the target key')
+  const uses = w.world.keyUses.slice(before).filter((u) => u.allowed)
+  const keysOf = (role: string) => [...new Set(uses.filter((u) => u.role === role).map((u) => u.key))].sort()
+  // Seed "Restore to Another AWS Account": worker role: the default key of the target Region in the
+  // source account; restore role: that default key and the target key.
+  t.same(keysOf(w.roles.worker.arn), [w.keys.workerDefault], 'the worker used its default key for the target Region')
+  t.same(keysOf(w.roles.restore.arn), [w.keys.workerDefault, w.keys.target].sort(), 'the restore role used that default key and the target key')
+  t.same([...w.ec2.snapshots.values()].filter((s) => s.ownerId === BACKUP && !s.deleted), [], 'the intermediate snapshots are gone')
+  t.same([...w.ec2.volumes.values()].filter((v) => v.ownerId === BACKUP && v.state !== 'deleted'), [], 'and the worker-side volumes')
+  t.same([...w.ec2.volumes.values()].filter((v) => v.ownerId === TARGET && v.state !== 'deleted').length, 2, 'the target account holds the two volumes (the launch root was removed)')
+  record(w)
+})
+
+t.test('the aws/ebs rule: refused before anything is created, for backup and for restore; --reencrypt-with', async (t) => {
+  const w = await controllerWorld(t)
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda' }, { device: '/dev/sdf', kmsKeyId: w.keys.prod }])
+  const rootVolume = w.ec2.attachedTo(instanceId)[0]!.volumeId
+  const snapshotsBefore = w.ec2.snapshots.size
+  const refused = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP])
+  t.equal(refused.code, 1, 'backup-instance fails')
+  t.equal(refused.json!.error.code, 'DEFAULT_KEY_NOT_SHAREABLE')
+  const message: string = refused.json!.error.message
+  t.match(message, rootVolume, 'naming the volume')
+  t.match(message, '/dev/xvda', 'and its device')
+  t.match(message, KmsStandIn.arn(w.kms.awsEbsKey(PROD, REGION)), 'the key')
+  t.match(message, `--worker-account ${PROD}`, 'the first way out: a worker in the production account')
+  t.match(message, '--reencrypt-with', 'the second: a re-encrypted copy')
+  t.equal(w.ec2.snapshots.size, snapshotsBefore, 'and nothing was created')
+
+  w.startWorker()
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--reencrypt-with', 'alias/prod-ebs'])
+  t.equal(b.code, 0, `with --reencrypt-with it succeeds${b.said}`)
+  const rp = b.json!.restorePoint
+  t.equal(rp.worker.reencryptedWith, w.keys.prod, 'the restore point says how')
+  const copies = [...w.ec2.snapshots.values()].filter((s) => s.description.includes('re-encrypted'))
+  t.equal(copies.length, 1, 'one copy: of the aws/ebs snapshot only')
+  t.match(copies[0], { kmsKeyId: w.keys.prod, deleted: true, sharedWith: [] }, 'under the customer managed key, unshared and deleted after')
+  t.notOk(w.world.keyUses.some((u) => u.role === w.roles.worker.arn && u.key === KmsStandIn.arn(w.kms.awsEbsKey(PROD, REGION))), 'the worker never touched the production aws/ebs key')
+
+  // Restore to the target account while the worker account's default key is aws/ebs: refused up front.
+  const volumesBefore = w.ec2.volumes.size
+  const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', w.keys.target, '--restore-role', w.roles.restore.arn])
+  t.equal(r.code, 1, 'restore-instance fails')
+  t.equal(r.json!.error.code, 'DEFAULT_KEY_NOT_SHAREABLE')
+  t.match(r.json!.error.message, KmsStandIn.arn(w.kms.awsEbsKey(BACKUP, REGION)), 'naming the key')
+  t.match(r.json!.error.message, /\/dev\/xvda.*\/dev\/sdf/, 'the volumes')
+  t.match(r.json!.error.message, /customer managed key the default EBS key.*or run a worker in the target account/, 'and both ways out')
+  t.equal(w.ec2.volumes.size, volumesBefore, 'before anything was created')
+  t.equal(w.ec2.instances.size, 2, 'no instance either')
+  record(w)
+})
+
+t.test('packaging/iam/ matches what the code calls, exactly', async (t) => {
+  // Tagging on creation is authorized as ec2:CreateTags with ec2:CreateAction (EC2 User Guide,
+  // "Grant permission to tag resources during creation"); the stand-in folds it into the create
+  // call, so it is never recorded on its own. TerminateInstances is the restore's cleanup
+  // (test/controller-failures.test.ts).
+  const notRecorded = new Set(['ec2:CreateTags', 'ec2:TerminateInstances'])
+  const documents: Record<string, string> = { worker: 'worker-ebs-statements.json', source: 'source-role-policy.json', restore: 'restore-role-policy.json', controller: 'controller-policy.json' }
+  for (const [role, file] of Object.entries(documents)) {
+    const policy = iamDocument<PolicyDocument>(file)
+    const did = [...(seen.get(role) ?? [])].filter((a) => !a.startsWith('sts:GetCallerIdentity'))
+    t.ok(did.length > 0, `${role}: the flows ran`)
+    const refused = did.filter((a) => evaluate(policy, a, '*', {}) !== 'allow')
+    t.same(refused, [], `${role}: ${file} allows every call the code made`)
+    const granted = policy.Statement.filter((s) => s.Effect === 'Allow').flatMap((s) => [s.Action].flat())
+      .filter((a) => a.startsWith('ec2:') || a.startsWith('kms:') || a.startsWith('sts:')).filter((a) => !notRecorded.has(a))
+    const unused = granted.filter((g) => !did.some((a) => wildcard(g, a, true)))
+    t.same(unused, [], `${role}: ${file} allows nothing (EC2, KMS, STS) the code does not call`)
+  }
+})
