@@ -12,14 +12,17 @@
 //   - who may use a key is its key policy, the caller's identity policy and grants (test/standin/
 //     iam.ts); DryRun on CreateGrant, Decrypt, Encrypt, GenerateDataKey(WithoutPlaintext) answers
 //     DryRunOperationException when the call would succeed and AccessDeniedException when not
-//     (Developer Guide, "Testing your permissions", programming-dryrun.html).
+//     (Developer Guide, "Testing your permissions", programming-dryrun.html);
+//   - Encrypt and Decrypt with symmetric keys: the ciphertext names its key, Decrypt with another
+//     KeyId is IncorrectKeyException, another encryption context InvalidCiphertextException, a
+//     disabled key DisabledException (API Reference, Encrypt, Decrypt).
 // With an AwsWorld (test/standin/iam.ts) it checks callers and records every use of a key in
 // world.keyUses; without one (the older tests) every caller may do everything.
 // Pages: https://docs.aws.amazon.com/kms/latest/APIReference/API_DescribeKey.html,
 //   https://docs.aws.amazon.com/kms/latest/developerguide/programming-dryrun.html,
 //   …/developerguide/key-policy-modifying-external-accounts.html, …/developerguide/grants.html,
 //   …/developerguide/concepts.html#aws-managed-key.
-import { randomUUID } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, randomBytes, randomUUID } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import { evaluate as evaluateOne, type AwsWorld, type ConditionContext, type PolicyDocument, type Principal } from './iam.ts'
 
@@ -168,7 +171,10 @@ export class KmsStandIn {
           res.writeHead(status, { 'Content-Type': 'application/x-amz-json-1.1', 'x-amzn-RequestId': randomUUID() }).end(JSON.stringify(obj))
         }
         const target = String(req.headers['x-amz-target'] ?? '')
-        let input: { KeyId?: string; DryRun?: boolean; GranteePrincipal?: string; Operations?: string[] }
+        let input: {
+          KeyId?: string; DryRun?: boolean; GranteePrincipal?: string; Operations?: string[]
+          Plaintext?: string; CiphertextBlob?: string; EncryptionContext?: Record<string, string>
+        }
         try {
           input = JSON.parse(body || '{}')
         } catch {
@@ -179,6 +185,8 @@ export class KmsStandIn {
         const principal: Principal = caller?.principal ?? { arn: 'arn:aws:iam::000000000000:root', accountId: '000000000000' }
         const region = caller?.region ?? 'us-east-1'
         const scope = caller ? { accountId: principal.accountId, region } : undefined
+        // Decrypt may leave the key out: a symmetric ciphertext names its key.
+        if (operation === 'Decrypt' && !input.KeyId && input.CiphertextBlob) input.KeyId = sealedKeyArn(Buffer.from(input.CiphertextBlob, 'base64')) ?? undefined
         const key = input.KeyId ? (this.resolve(input.KeyId, scope) ?? (scope ? undefined : this.resolve(input.KeyId))) : undefined
         if (!key) return this.world?.record(principal, 'kms', operation, region, true), send(400, { __type: 'NotFoundException', message: `Key '${input.KeyId}' does not exist` })
         const record = (allowed: boolean): void => this.world?.record(principal, 'kms', operation, region, allowed)
@@ -198,12 +206,30 @@ export class KmsStandIn {
           })
         }
         if (DRY_RUN_ACTIONS.has(operation)) {
+          // A disabled key is DisabledException (this stand-in says so before checking permissions).
+          if (key.enabled === false && !input.DryRun && (operation === 'Encrypt' || operation === 'Decrypt')) {
+            record(false)
+            return send(400, { __type: 'DisabledException', message: `${KmsStandIn.arn(key)} is disabled.` })
+          }
           const action = operation === 'ReEncrypt' ? 'kms:ReEncryptFrom' : `kms:${operation}`
           const refused = this.check(principal, input.KeyId!, [action], { region, via: `kms:${operation}${input.DryRun ? ' (DryRun)' : ''}` }).denied.length > 0
           if (refused) return denied(action)
           record(true)
           if (input.DryRun) return send(400, { __type: 'DryRunOperationException', message: 'The request would have succeeded, but the DryRun option is set.' })
-          return send(400, { __type: 'UnsupportedOperationException', message: `the KMS stand-in holds no key material: ${operation} only with DryRun` })
+          if (operation === 'Encrypt' && input.Plaintext !== undefined) {
+            const sealed = this.#seal(key, Buffer.from(input.Plaintext, 'base64'), input.EncryptionContext ?? {})
+            return send(200, { CiphertextBlob: sealed.toString('base64'), KeyId: KmsStandIn.arn(key), EncryptionAlgorithm: 'SYMMETRIC_DEFAULT' })
+          }
+          if (operation === 'Decrypt' && input.CiphertextBlob !== undefined) {
+            const blob = Buffer.from(input.CiphertextBlob, 'base64')
+            if (sealedKeyArn(blob) !== KmsStandIn.arn(key)) {
+              return send(400, { __type: 'IncorrectKeyException', message: 'The key ID in the request does not identify a CMK that can perform this operation.' })
+            }
+            const plain = this.#open(key, blob, input.EncryptionContext ?? {})
+            if (!plain) return send(400, { __type: 'InvalidCiphertextException', message: '' })
+            return send(200, { Plaintext: plain.toString('base64'), KeyId: KmsStandIn.arn(key), EncryptionAlgorithm: 'SYMMETRIC_DEFAULT' })
+          }
+          return send(400, { __type: 'UnsupportedOperationException', message: `the KMS stand-in does ${operation} only with DryRun` })
         }
         send(400, { __type: 'UnknownOperationException', message: target })
       })
@@ -213,7 +239,51 @@ export class KmsStandIn {
     return this
   }
 
+  // Key material: derived per key from a secret of this stand-in, never leaving it. A ciphertext
+  // is "SKMS" ‖ u16 length ‖ key ARN ‖ nonce ‖ AES-256-GCM(plaintext) ‖ tag, with the encryption
+  // context (sorted) as additional data: KMS binds it the same way ("Encryption context": the
+  // same context must be given to decrypt).
+  readonly #secret = randomBytes(32)
+
+  #material(key: StandInKey): Buffer {
+    return createHmac('sha256', this.#secret).update(KmsStandIn.arn(key)).digest()
+  }
+
+  #seal(key: StandInKey, plaintext: Buffer, context: Record<string, string>): Buffer {
+    const arn = Buffer.from(KmsStandIn.arn(key))
+    const nonce = randomBytes(12)
+    const cipher = createCipheriv('aes-256-gcm', this.#material(key), nonce)
+    cipher.setAAD(contextBytes(context))
+    const body = Buffer.concat([cipher.update(plaintext), cipher.final()])
+    const head = Buffer.alloc(6)
+    head.write('SKMS', 0)
+    head.writeUInt16BE(arn.length, 4)
+    return Buffer.concat([head, arn, nonce, body, cipher.getAuthTag()])
+  }
+
+  #open(key: StandInKey, blob: Buffer, context: Record<string, string>): Buffer | null {
+    const start = 6 + blob.readUInt16BE(4)
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', this.#material(key), blob.subarray(start, start + 12))
+      decipher.setAAD(contextBytes(context))
+      decipher.setAuthTag(blob.subarray(blob.length - 16))
+      return Buffer.concat([decipher.update(blob.subarray(start + 12, blob.length - 16)), decipher.final()])
+    } catch {
+      return null
+    }
+  }
+
   close(): Promise<void> {
     return new Promise((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()))
   }
+}
+
+/** The key ARN a stand-in ciphertext names, or null when it is not one. */
+function sealedKeyArn(blob: Buffer): string | null {
+  if (blob.length < 6 + 12 + 16 || blob.toString('latin1', 0, 4) !== 'SKMS') return null
+  return blob.toString('utf8', 6, 6 + blob.readUInt16BE(4))
+}
+
+function contextBytes(context: Record<string, string>): Buffer {
+  return Buffer.from(JSON.stringify(Object.entries(context).sort(([a], [b]) => a.localeCompare(b))))
 }
