@@ -8,6 +8,7 @@ import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts'
 import { CHECK_NAMES, doctor, formatCheck } from './doctor.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { LocalKeyFileProvider } from './keys.ts'
+import { VERSION } from './version.ts'
 import { KmsKeyProvider } from './kms-key.ts'
 import { parseChangedRanges } from './plan.ts'
 import { formatBytes, progressBar } from './progress.ts'
@@ -15,7 +16,7 @@ import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from './rep
 import { restore, verify } from './restore.ts'
 import { systemdNotifier } from './systemd.ts'
 
-export const VERSION = '0.1.0'
+export { VERSION }
 
 /** Exit statuses: scripts and the daemon tell "bad input" from "damaged data" from "try again". */
 export const ExitStatus = { ok: 0, failure: 1, badInput: 2, damaged: 3, interrupted: 130 } as const

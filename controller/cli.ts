@@ -10,6 +10,7 @@ import { restoreInstance } from './restore.ts'
 import { RestorePointStore } from './restore-point.ts'
 import { TaskChannel } from './tasks.ts'
 import type { Waits } from './ec2.ts'
+import { VERSION } from '../agent/version.ts'
 
 const positiveInt = (name: string) => (value: string): number => {
   const n = Number(value)
@@ -81,7 +82,7 @@ export async function main(argv: string[]): Promise<number> {
       }
     }
   }
-  const program = new Command('ebs-controller')
+  const program = new Command('ebs-controller').version(VERSION)
     .description('Drives ebs-worker fleets through SQS: instance-level backups and restores, same or cross account, with KMS')
     .exitOverride()
     .showHelpAfterError()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The release artifact: dist/ebs-worker-<version>-linux-x64.tar.gz, self-contained (docs/OPERATIONS.md):
 #   ebs-worker-<version>/bin/ebs-worker   the command; runs the bundled Node on the compiled agent
+#   ebs-worker-<version>/bin/ebs-controller  the controller (docs/CONTROLLER.md), same runtime
 #   ebs-worker-<version>/node/bin/node    the pinned Node 24 runtime (the npm package "node")
-#   ebs-worker-<version>/lib/             the agent compiled to JavaScript (tsc) and its
+#   ebs-worker-<version>/lib/             agent and controller compiled to JavaScript (tsc) and their
 #                                         production dependencies (npm ci --omit=dev)
 #   ebs-worker-<version>/share/           systemd unit, sysusers.d entry, CloudWatch agent config, docs
 # Usage: scripts/release.sh [OUTPUT_DIR]   (default: dist/). Prints the version, path and sha256.
@@ -13,8 +14,8 @@ node=node_modules/node/bin/node
 [ -x "$node" ] || { echo "release: $node is missing: run npm ci first" >&2; exit 1; }
 
 version=$("$node" -p 'require("./package.json").version')
-grep -q "^export const VERSION = '$version'$" agent/cli.ts \
-  || { echo "release: agent/cli.ts VERSION is not $version (package.json): update both" >&2; exit 1; }
+grep -q "^export const VERSION = '$version'$" agent/version.ts \
+  || { echo "release: agent/version.ts VERSION is not $version (package.json): update both" >&2; exit 1; }
 runtime=$("$node" --version)
 case "$runtime" in v24.*) ;; *) echo "release: bundled runtime is $runtime, expected Node 24" >&2; exit 1 ;; esac
 
@@ -24,8 +25,8 @@ trap 'rm -rf "$stage"' EXIT
 root=$stage/$name
 mkdir -p "$root/bin" "$root/node/bin" "$root/lib" "$root/share"
 
-echo "release: compiling the agent" >&2
-node_modules/.bin/tsc -p tsconfig.build.json --outDir "$root/lib/agent"
+echo "release: compiling the agent and the controller" >&2
+node_modules/.bin/tsc -p tsconfig.build.json --outDir "$root/lib"
 
 echo "release: production dependencies" >&2
 cp package.json package-lock.json "$root/lib/"
@@ -45,9 +46,16 @@ export UV_THREADPOOL_SIZE
 exec "$here/node/bin/node" "$here/lib/agent/bin/ebs-worker.js" "$@"
 LAUNCHER
 chmod 755 "$root/bin/ebs-worker"
+cat > "$root/bin/ebs-controller" <<'LAUNCHER'
+#!/bin/sh
+# ebs-controller with the bundled Node runtime (docs/CONTROLLER.md).
+here=$(dirname "$(readlink -f "$0")")/..
+exec "$here/node/bin/node" "$here/lib/controller/bin/ebs-controller.js" "$@"
+LAUNCHER
+chmod 755 "$root/bin/ebs-controller"
 
 cp systemd/ebs-worker.service systemd/ebs-worker.sysusers packaging/cloudwatch-agent.json packaging/logrotate.conf packaging/user-data.sh packaging/install-worker.sh "$root/share/"
-cp docs/OPERATIONS.md README.md "$root/share/"
+cp docs/OPERATIONS.md docs/CONTROLLER.md README.md "$root/share/"
 echo "$version" > "$root/VERSION"
 
 tarball=$out/$name-linux-x64.tar.gz

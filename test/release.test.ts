@@ -70,7 +70,8 @@ t.test('the tarball holds the runtime, the compiled agent and production depende
   for (const dev of ['tap', 'typescript', 'fauxqs', 'node', '@types']) t.notOk(modules.includes(dev), `${dev} is not`)
   const unit = await readFile(join(home, 'share/ebs-worker.service'), 'utf8')
   t.match(unit, /^ExecStart=\/opt\/ebs-worker\/bin\/ebs-worker daemon /m, 'the unit starts the launcher where the tarball puts it under /opt/ebs-worker')
-  for (const f of ['ebs-worker.sysusers', 'cloudwatch-agent.json', 'logrotate.conf', 'user-data.sh', 'install-worker.sh', 'OPERATIONS.md']) await access(join(home, 'share', f))
+  for (const f of ['ebs-worker.sysusers', 'cloudwatch-agent.json', 'logrotate.conf', 'user-data.sh', 'install-worker.sh', 'OPERATIONS.md', 'CONTROLLER.md']) await access(join(home, 'share', f))
+  await access(join(home, 'lib/controller/bin/ebs-controller.js'))
 })
 
 t.test('--version runs on the bundled runtime with no Node on PATH', async (t) => {
@@ -78,6 +79,8 @@ t.test('--version runs on the bundled runtime with no Node on PATH', async (t) =
   const r = await ebsWorker(['--version'])
   t.equal(r.code, 0, r.stderr)
   t.equal(r.stdout.trim(), version)
+  const c = await run(join(home, 'bin/ebs-controller'), ['--version'], { env })
+  t.equal(c.stdout.trim(), version, 'and so does the controller')
 })
 
 t.test('backup and restore round trip with the unpacked release (file://, encrypted)', async (t) => {
