@@ -14,7 +14,8 @@
 //      repository; 6. cleanup: unshare, delete copies and (unless kept) the snapshots.
 // Every failure after step 2 undoes what was made and reports what could not be undone.
 import {
-  CopySnapshotCommand, CreateSnapshotsCommand, DeleteSnapshotCommand, GetEbsDefaultKmsKeyIdCommand, ModifySnapshotAttributeCommand,
+  CopySnapshotCommand, CreateSnapshotsCommand, DeleteSnapshotCommand, DescribeSnapshotsCommand, GetEbsDefaultKmsKeyIdCommand, ModifySnapshotAttributeCommand,
+  type EC2Client,
 } from '@aws-sdk/client-ec2'
 import { assumeRole, type Session } from './aws.ts'
 import { Cleanup, type CleanupReport } from './cleanup.ts'
@@ -97,13 +98,27 @@ export function awsManagedRefusal(volumes: SourceVolume[], sourceAccount: string
     `snapshots re-encrypted with a key the worker account may use, and share the copies.`)
 }
 
-/** Volume id → backup id in the latest restore point of the instance, if any. */
-async function parentBackups(store: RestorePointStore, instanceId: string): Promise<Map<string, string>> {
+/** Volume id → its backup (and the snapshot it was read from) in the instance's latest restore point, if any. */
+async function parentBackups(store: RestorePointStore, instanceId: string): Promise<Map<string, { backupId: string; snapshotId: string }>> {
   for (const id of (await store.list()).reverse()) {
     const rp = await store.load(id)
-    if (rp.instance.instanceId === instanceId) return new Map(rp.volumes.map((v) => [v.volumeId, v.backupId]))
+    if (rp.instance.instanceId === instanceId) return new Map(rp.volumes.map((v) => [v.volumeId, { backupId: v.backupId, snapshotId: v.snapshotId }]))
   }
   return new Map()
+}
+
+/**
+ * Parents whose snapshot still exists (kept with --keep-snapshots), by volume: the worker can ask
+ * EBS ListChangedBlocks between it and the new snapshot and read only the changed blocks.
+ */
+async function keptParentSnapshots(ec2: EC2Client, who: string, parents: Map<string, { snapshotId: string }>): Promise<Map<string, string>> {
+  const ids = [...parents.values()].map((p) => p.snapshotId)
+  if (!ids.length) return new Map()
+  const out = await call(who, 'DescribeSnapshots of the parent backups', () => ec2.send(new DescribeSnapshotsCommand({
+    OwnerIds: ['self'], Filters: [{ Name: 'snapshot-id', Values: ids }, { Name: 'status', Values: ['completed'] }],
+  })))
+  const kept = new Set((out.Snapshots ?? []).map((s) => s.SnapshotId!))
+  return new Map([...parents].filter(([, p]) => kept.has(p.snapshotId)).map(([volumeId, p]) => [volumeId, p.snapshotId]))
 }
 
 export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Promise<BackupOutcome> {
@@ -153,7 +168,9 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
   // Incremental: each volume's backup in the instance's latest restore point is its parent (the
   // worker then stores only the chunks that changed).
   const store = new RestorePointStore(o.repo)
-  const parents = o.full ? new Map<string, string>() : await parentBackups(store, o.instanceId)
+  const parents = o.full ? new Map<string, { backupId: string; snapshotId: string }>() : await parentBackups(store, o.instanceId)
+  // A re-encrypted copy is not of the parent's lineage as the worker saw it: those read everything.
+  const parentSnapshots = await keptParentSnapshots(ec2, who, new Map([...parents].filter(([volumeId]) => !(cross && volumes.find((v) => v.volumeId === volumeId)?.awsManaged))))
 
   const id = newRestorePointId()
   const cleanup = new Cleanup()
@@ -190,7 +207,8 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
     const copies = volumes.filter((v) => cross && v.awsManaged).map((v) => readFrom.get(v.volumeId)!)
     await waitSnapshots(ec2, who, copies, o.waits)
     if (cross) {
-      for (const snapshotId of readFrom.values()) {
+      // The worker account needs the kept parent snapshots too, for ListChangedBlocks.
+      for (const snapshotId of [...readFrom.values(), ...parentSnapshots.values()]) {
         await call(who, `share ${snapshotId} with ${workerAccount}`, () => ec2.send(new ModifySnapshotAttributeCommand({
           SnapshotId: snapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { Add: [{ UserId: workerAccount }] },
         })))
@@ -206,7 +224,8 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       const r = await tasks.run({
         version: 1, type: 'backup', taskId: `${id}/${v.volumeId}`, snapshotId: readFrom.get(v.volumeId)!,
         ...(cross ? { sharedFromAccount: sourceAccount } : {}), repository: o.repo,
-        ...(parents.has(v.volumeId) ? { parentBackupId: parents.get(v.volumeId)! } : {}),
+        ...(parents.has(v.volumeId) ? { parentBackupId: parents.get(v.volumeId)!.backupId } : {}),
+        ...(parentSnapshots.has(v.volumeId) ? { parentSnapshotId: parentSnapshots.get(v.volumeId)! } : {}),
         tags: { instance: o.instanceId, device: v.deviceName, 'restore-point': id },
       })
       return { v, figures: succeeded(r, `backup of ${v.volumeId} (${v.deviceName})`) }

@@ -80,6 +80,24 @@ t.test('same account: backup of an instance, then restore it with a chosen key',
   await cli(['restore', '--repo', w.repo, '--backup', rp2.volumes[1].backupId, '--device', out])
   t.equal(await sha256File(out), await sha256File(changed.file), 'the incremental backup holds the changed volume, byte for byte')
   t.same((await w.controller(['list'])).json!.restorePoints, [rp.id, rp2.id].sort(), 'list shows both restore points')
+
+  // With --keep-snapshots the snapshots stay; the next backup then has the worker ask EBS
+  // ListChangedBlocks between the kept snapshot and the new one, and read only what changed.
+  const b3 = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn, '--keep-snapshots'])
+  t.equal(b3.code, 0, `a backup keeping its snapshots succeeds${b3.said}`)
+  const fh2 = await open(changed.file, 'r+')
+  await fh2.write(randomBytes(MiB), 0, MiB, 3 * MiB)
+  await fh2.close()
+  const b4 = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn, '--keep-snapshots'])
+  t.equal(b4.code, 0, `and the next one too${b4.said}`)
+  const rp4 = b4.json!.restorePoint
+  const listed = (await cli(['list', '--repo', w.repo])).backups as Array<{ id: string; stats: { bytesRead: number } }>
+  const readOf = (i: number): number | undefined => listed.find((x) => x.id === rp4.volumes[i].backupId)?.stats.bytesRead
+  t.equal(readOf(1), MiB, 'the changed volume: only the changed MiB was read')
+  t.equal(readOf(0), 0, 'the unchanged one: nothing')
+  const out4 = join(w.dir, 'changed-restored-4.img')
+  await cli(['restore', '--repo', w.repo, '--backup', rp4.volumes[1].backupId, '--device', out4])
+  t.equal(await sha256File(out4), await sha256File(changed.file), 'and the backup holds the volume as it is now, byte for byte')
   record(w)
 })
 

@@ -727,6 +727,7 @@ export class Ec2StandIn {
       if (f.name.startsWith('tag:')) return f.values.includes(x.tags[f.name.slice(4)] ?? '\u0000')
       if (f.name === 'status') return f.values.includes(x.state)
       if (f.name === 'owner-id') return f.values.includes(x.ownerId)
+      if (f.name === 'snapshot-id') return f.values.includes(x.snapshotId)
       throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
     }))
   }
