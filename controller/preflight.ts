@@ -15,6 +15,7 @@ import { inspectInstance } from './backup.ts'
 import { kmsDryRun } from './ec2.ts'
 import { awsName, describe } from './errors.ts'
 import { RestorePointStore } from './restore-point.ts'
+import type { RestoreOptions } from './restore.ts'
 
 export interface Check {
   role: string
@@ -141,15 +142,8 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
   return checks
 }
 
-export interface RestorePreflightOptions {
-  restorePointId: string
-  repo: string
-  targetAccount: string
-  targetRegion: string
-  targetKmsKey: string
-  restoreRole: string
-  workerRole?: string
-}
+/** What a restore-instance preflight checks: the restore's own options. */
+export type RestorePreflightOptions = Pick<RestoreOptions, 'restorePointId' | 'repo' | 'targetAccount' | 'targetRegion' | 'targetKmsKey' | 'restoreRole' | 'workerRole'>
 
 export async function preflightRestore(o: RestorePreflightOptions): Promise<Check[]> {
   const checks: Check[] = []

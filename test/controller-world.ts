@@ -10,7 +10,7 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
-import { cli, CLI, makeImage, MiB, ROOT, tempDir, type Teardown } from './helpers.ts'
+import { cli, CLI, lastJsonLine, makeImage, MiB, ROOT, tempDir, type Teardown } from './helpers.ts'
 import { EbsStandIn } from './standin/ebs.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { AwsWorld, type PolicyDocument, type PolicyStatement } from './standin/iam.ts'
@@ -137,13 +137,7 @@ export async function controllerWorld(t: Teardown) {
     child.stderr.on('data', (d) => (stderr += d))
     child.on('error', reject)
     child.on('close', (code) => {
-      const last = stdout.trim().split('\n').pop() ?? ''
-      let json = null
-      try {
-        json = last.startsWith('{') ? JSON.parse(last) : null
-      } catch {
-        json = null
-      }
+      const json = lastJsonLine(stdout)
       const all = stderr + (workerRunning ? `\n--- worker log ---\n${log.worker}` : '')
       resolve({ code, stdout, stderr: all, json, said: code === 0 ? '' : `: ${all}` })
     })

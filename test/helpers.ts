@@ -95,13 +95,7 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Cli
     child.stderr.on('data', (d) => (stderr += d))
     child.on('error', reject)
     child.on('close', (code, signal) => {
-      const last = stdout.trim().split('\n').pop() ?? ''
-      let json = null
-      try {
-        json = last.startsWith('{') ? JSON.parse(last) : null
-      } catch {
-        json = null
-      }
+      const json = lastJsonLine(stdout)
       resolve({ code, signal, stdout, stderr, json })
     })
   })
@@ -179,5 +173,15 @@ export async function until(what: () => boolean | Promise<boolean>, ms = 10_000,
   while (!(await what())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${label}`)
     await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** The JSON object on the last line of a command's stdout (what --json prints), or null. */
+export function lastJsonLine(stdout: string): Record<string, any> | null {
+  const last = stdout.trim().split('\n').pop() ?? ''
+  try {
+    return last.startsWith('{') ? JSON.parse(last) : null
+  } catch {
+    return null
   }
 }
