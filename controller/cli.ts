@@ -9,6 +9,7 @@ import { formatChecks, preflightBackup, preflightRestore, type Check } from './p
 import { restoreInstance } from './restore.ts'
 import { RestorePointStore } from './restore-point.ts'
 import { TaskChannel } from './tasks.ts'
+import { sweepSnapshots } from './sweep.ts'
 import type { Waits } from './ec2.ts'
 import { VERSION } from '../agent/version.ts'
 
@@ -174,6 +175,23 @@ export async function main(argv: string[]): Promise<number> {
         restorePointId: o.backup, repo: o.repo, targetAccount: o.targetAccount, targetRegion: o.targetRegion, targetKmsKey: o.targetKmsKey,
         restoreRole: o.restoreRole, ...(o.workerRole ? { workerRole: o.workerRole } : {}),
       }))
+    }))
+
+  withCommon(program.command('sweep-snapshots').description("delete the snapshots of backups that never finished (a controller that died mid-run)"), false)
+    .requiredOption('--source-role <arn>', 'IAM role in the instances\' account')
+    .addOption(new Option('--repo <url>', 'repository holding the restore points').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .option('--older-than-hours <n>', 'only snapshots started at least this long ago (a backup may still be running)', Number, 24)
+    .option('--dry-run', 'say what would be deleted, delete nothing')
+    .action(run(async (o: Common & { sourceRole: string; repo: string; olderThanHours: number; dryRun?: boolean }) => {
+      if (!Number.isFinite(o.olderThanHours) || o.olderThanHours < 0) throw new ControllerError(ControllerCode.BadInput, '--older-than-hours must be a number ≥ 0')
+      const out = await sweepSnapshots({
+        sourceRole: o.sourceRole, region: region(o), repo: o.repo, olderThanMs: o.olderThanHours * 3600_000, ...(o.dryRun ? { dryRun: true } : {}),
+      })
+      const verb = o.dryRun ? 'would delete' : 'deleted'
+      const human = [...out.deleted.map((d) => `${verb} ${d.snapshotId} (restore point ${d.restorePoint} never written)`),
+        ...out.kept.map((k) => `kept ${k.snapshotId}: ${k.why}`), ...out.failed.map((f) => `could not delete ${f}`)].join('\n') || 'no snapshots of ebs-controller'
+      print(o.json, human, { ok: out.failed.length === 0, dryRun: Boolean(o.dryRun), ...out })
+      if (out.failed.length) status = 1
     }))
 
   program.command('list').description('list the restore points of a repository')

@@ -129,3 +129,35 @@ t.test('restore: a target key the worker may not use', async (t) => {
   t.same(r.json!.error.notCleaned, [], 'nothing left to clean')
   t.same(live(w), before, 'and nothing left behind')
 })
+
+t.test('a controller that died mid-backup: sweep-snapshots deletes its orphans, and only those', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await w.instance(PROD, 'eu-west-1a', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }])
+  // A finished backup that kept its snapshots (its restore point exists).
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--keep-snapshots'])
+  t.equal(b.code, 0, `a backup keeping its snapshots${b.said}`)
+  const kept = live(w).snapshots.filter((s) => s.tags['ebs-controller:restore-point'] === b.json!.restorePoint.id).map((s) => s.snapshotId)
+  t.equal(kept.length, 1)
+  // What a controller that died left: a snapshot of a restore point never written, from yesterday,
+  // and one from a backup that may still be running.
+  const image = w.ec2.attachedTo(instanceId)[0]!.file
+  const orphan = w.ec2.addSnapshot({ image, sizeGiB: 2, ownerId: PROD, sharedWith: [BACKUP] })
+  Object.assign(w.ec2.snapshots.get(orphan)!, { tags: { 'ebs-controller:restore-point': 'rp-20261122T010000Z-0badc0de' }, startTime: new Date(Date.now() - 86_400_000).toISOString() })
+  const recent = w.ec2.addSnapshot({ image, sizeGiB: 2, ownerId: PROD })
+  w.ec2.snapshots.get(recent)!.tags['ebs-controller:restore-point'] = 'rp-20261123T080000Z-5ee5ee5e'
+  const untagged = w.ec2.addSnapshot({ image, sizeGiB: 2, ownerId: PROD })
+
+  const dry = await w.controller(['sweep-snapshots', '--source-role', w.roles.source.arn, '--older-than-hours', '1', '--dry-run'])
+  t.equal(dry.code, 0, `a dry run${dry.said}`)
+  t.same(dry.json!.deleted.map((d: any) => d.snapshotId), [orphan], 'names the orphan')
+  t.ok(live(w).snapshots.some((s) => s.snapshotId === orphan), 'and deletes nothing')
+
+  const swept = await w.controller(['sweep-snapshots', '--source-role', w.roles.source.arn, '--older-than-hours', '1'])
+  t.equal(swept.code, 0, `the sweep${swept.said}`)
+  t.same(swept.json!.deleted, [{ snapshotId: orphan, restorePoint: 'rp-20261122T010000Z-0badc0de' }], 'deletes the orphan')
+  t.same(swept.json!.kept.map((k: any) => k.snapshotId).sort(), [...kept, recent].sort(), 'keeps the kept snapshot and the recent one')
+  const left = live(w).snapshots.map((s) => s.snapshotId)
+  t.notOk(left.includes(orphan), 'the orphan is gone (and with it its sharing)')
+  t.ok([...kept, recent, untagged].every((id) => left.includes(id)), 'the others are there, and untagged snapshots are never looked at')
+})

@@ -728,6 +728,7 @@ export class Ec2StandIn {
       if (f.name === 'status') return f.values.includes(x.state)
       if (f.name === 'owner-id') return f.values.includes(x.ownerId)
       if (f.name === 'snapshot-id') return f.values.includes(x.snapshotId)
+      if (f.name === 'tag-key') return f.values.some((k) => k in x.tags)
       throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
     }))
   }
