@@ -16,6 +16,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import { EbsWorkerError, ErrorCode, describe } from '../errors.ts'
+import { RangeGetter, S3Status, UseSdk } from './s3-range.ts'
 import { AlreadyExistsError, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
 
 export interface S3BackendOptions {
@@ -51,6 +52,8 @@ export class S3Backend implements Backend {
   readonly #partSize: number
   readonly #partConcurrency: number
   readonly #maxAttempts: number
+  /** The lean ranged GET; null once it proved unusable here (then the SDK does every GET). */
+  #ranges: RangeGetter | null
 
   constructor(options: S3BackendOptions) {
     this.#bucket = options.bucket
@@ -60,14 +63,13 @@ export class S3Backend implements Backend {
     this.#partConcurrency = options.partConcurrency ?? 4
     const endpoint = options.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL
     const maxSockets = options.maxSockets ?? 64
+    const httpAgent = new HttpAgent({ keepAlive: true, maxSockets })
+    const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets })
+    const connectionTimeout = 10_000
+    // Socket inactivity, not total time: a large part may take long, a dead peer must not.
+    const socketTimeout = 60_000
     const config: S3ClientConfig = {
-      requestHandler: new NodeHttpHandler({
-        connectionTimeout: 10_000,
-        // Socket inactivity, not total time: a large part may take long, a dead peer must not.
-        socketTimeout: 60_000,
-        httpAgent: new HttpAgent({ keepAlive: true, maxSockets }),
-        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets }),
-      }),
+      requestHandler: new NodeHttpHandler({ connectionTimeout, socketTimeout, httpAgent, httpsAgent }),
     }
     if (options.region) config.region = options.region
     else if (endpoint && !process.env.AWS_REGION && !process.env.AWS_DEFAULT_REGION) config.region = 'us-east-1'
@@ -80,6 +82,9 @@ export class S3Backend implements Backend {
       config.responseChecksumValidation = 'WHEN_REQUIRED'
     }
     this.client = new S3Client(config)
+    this.#ranges = process.env.EBS_WORKER_S3_LEAN_GET === '0'
+      ? null
+      : new RangeGetter({ client: this.client, bucket: this.#bucket, httpAgent, httpsAgent, connectionTimeout, socketTimeout })
   }
 
   #key(name: string): string {
@@ -100,6 +105,24 @@ export class S3Backend implements Backend {
 
   async getRange(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0)
+    const ranges = this.#ranges
+    if (ranges) {
+      const out = into && into.length >= length ? into : Buffer.allocUnsafe(length)
+      try {
+        // Dropped connections and server errors are retried here like on the SDK path.
+        const got = await this.#retryBody(() => ranges.get(this.#key(name), offset, length, out))
+        return out.subarray(0, got)
+      } catch (err) {
+        if (!(err instanceof UseSdk)) {
+          if (status(err) === 416) return Buffer.alloc(0)
+          if (isNotFound(err)) throw new EbsWorkerError(ErrorCode.ChunkMissing, `object ${name} is missing from ${this.url}`)
+          throw this.#error('GetObject', name, err)
+        }
+        // Any other answer (a 403, a redirect, a clock skew…) goes through the SDK, which knows
+        // every shape of them and words the error; an endpoint it cannot serve, for good.
+        if (/^(auth scheme|protocol|endpoint)/.test(err.message)) this.#ranges = null
+      }
+    }
     try {
       return await this.#retryBody(async () => {
         const out = await this.client.send(
@@ -176,7 +199,7 @@ export class S3Backend implements Backend {
       try {
         return await fn()
       } catch (err) {
-        if (err instanceof S3ServiceException || attempt >= this.#maxAttempts) throw err
+        if (err instanceof S3ServiceException || err instanceof S3Status || err instanceof UseSdk || attempt >= this.#maxAttempts) throw err
         await new Promise((resolve) => setTimeout(resolve, Math.random() * 100 * 2 ** attempt))
       }
     }
