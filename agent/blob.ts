@@ -15,7 +15,6 @@ import pLimit from 'p-limit'
 import zlib from 'node:zlib'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 
-const zstdCompress = promisify(zlib.zstdCompress)
 const zstdDecompress = promisify(zlib.zstdDecompress)
 
 // zstd runs on libuv's thread pool, which is also sized for many reads in flight. More
@@ -43,6 +42,7 @@ export class BlobCodec {
   readonly #key: Buffer | null
   readonly #level: number
   readonly #maxChunkBytes: number
+  readonly #compressors: Compressor[] = []
 
   constructor(options: BlobCodecOptions) {
     if (options.key && options.key.length !== 32) throw new Error('AES-256-GCM needs a 32-byte key')
@@ -61,34 +61,43 @@ export class BlobCodec {
    * them straight into a pack instead of joining them first. A part may be `plain` itself.
    */
   async encodeParts(kind: BlobKind, plain: Buffer): Promise<Buffer[]> {
+    // The whole encoding holds a compressor (its zstd context and output buffer) from the pool:
+    // the compressed bytes are a view of that buffer until they are encrypted or copied.
+    return await compressions(async () => {
+      const compressor = this.#compressors.pop() ?? new Compressor(this.#level)
+      try {
+        return this.#seal(kind, plain, await compressor.compress(plain))
+      } finally {
+        if (!compressor.failure) this.#compressors.push(compressor)
+      }
+    })
+  }
+
+  #seal(kind: BlobKind, plain: Buffer, compressed: Buffer[]): Buffer[] {
     let flags = 0
-    let payload = plain
-    const compressed = await compressions(() =>
-      zstdCompress(plain, {
-        // One output buffer: the default 16 KiB would mean a callback and a copy per 16 KiB.
-        chunkSize: plain.length + 1024,
-        params: {
-          [zlib.constants.ZSTD_c_compressionLevel]: this.#level,
-          [zlib.constants.ZSTD_c_checksumFlag]: 1,
-        },
-      }),
-    )
+    let payload: Buffer[] = [plain]
     // Incompressible data (already compressed or encrypted files on the volume) is stored raw:
     // it saves the decompression on restore and never costs more than one byte.
-    if (compressed.length < plain.length) {
+    if (byteLength(compressed) < plain.length) {
       flags |= FLAG_ZSTD
       payload = compressed
     }
-    if (!this.#key) return [Buffer.of(flags), payload]
+    if (!this.#key) {
+      // The compressor's buffer is reused once this returns: compressed bytes are copied out.
+      return [Buffer.of(flags), payload === compressed ? Buffer.concat(compressed) : plain]
+    }
     flags |= FLAG_AES_GCM
     const header = Buffer.allocUnsafe(1 + NONCE_BYTES)
     header[0] = flags
     randomFillSync(header, 1, NONCE_BYTES)
     const cipher = createCipheriv('aes-256-gcm', this.#key, header.subarray(1))
     cipher.setAAD(Buffer.from(kind))
-    const body = cipher.update(payload)
+    const parts = [header]
+    for (const piece of payload) parts.push(cipher.update(piece))
     const tail = cipher.final()
-    return tail.length ? [header, body, tail, cipher.getAuthTag()] : [header, body, cipher.getAuthTag()]
+    if (tail.length) parts.push(tail)
+    parts.push(cipher.getAuthTag())
+    return parts
   }
 
   /** Decodes a blob; throws CHUNK_CORRUPT (or WRONG_KEY-like auth failures as CHUNK_CORRUPT) on damage. */
@@ -122,6 +131,80 @@ export class BlobCodec {
       throw corrupt(kind, `zstd: ${describe(err)}`)
     }
   }
+}
+
+function byteLength(parts: readonly Buffer[]): number {
+  let n = 0
+  for (const part of parts) n += part.length
+  return n
+}
+
+/**
+ * One zstd compression context and its output buffer, reused chunk after chunk. zlib's
+ * one-shot zstdCompress() makes a context, a chunk-sized output buffer and a joined copy of the
+ * result for every call: three allocations of about a chunk each, which at hundreds of chunks
+ * per second made V8 run a full garbage collection every ~20 chunks (external memory pressure).
+ * Here the stream's own processing writes each frame into the same buffer; the node:zlib
+ * internals this relies on (_processChunk, _outBuffer, push) are those of Node 24, which
+ * package.json pins, and a mismatch fails loudly in the tests rather than corrupting data: the
+ * frame carries its content checksum and every chunk is verified against its id on restore.
+ */
+class Compressor {
+  readonly #stream: zlib.ZstdCompress & ZlibInternals
+  #out = Buffer.allocUnsafeSlow(0)
+  #pieces: Buffer[] = []
+  #pending: ((err: Error | null) => void) | null = null
+  /** Set once the stream failed: it is then dropped from the pool. */
+  failure: Error | null = null
+
+  constructor(level: number) {
+    this.#stream = zlib.createZstdCompress({
+      params: {
+        [zlib.constants.ZSTD_c_compressionLevel]: level,
+        [zlib.constants.ZSTD_c_checksumFlag]: 1,
+      },
+    }) as zlib.ZstdCompress & ZlibInternals
+    // Output is collected here, not through the stream's readable side.
+    this.#stream.push = (piece: Buffer | null) => {
+      if (piece) this.#pieces.push(piece)
+      return true
+    }
+    // node:zlib reports a failure by destroying the stream, without calling back.
+    this.#stream.on('error', (err: Error) => {
+      this.failure = err
+      this.#pending?.(err)
+    })
+  }
+
+  /** One zstd frame of `plain`, as views of the compressor's buffer (valid until its next use). */
+  compress(plain: Buffer): Promise<Buffer[]> {
+    // zstd's bound for one frame, plus room for its header and checksum.
+    const bound = plain.length + (plain.length >> 7) + 1024
+    if (this.#out.length < bound) this.#out = Buffer.allocUnsafeSlow(bound)
+    const s = this.#stream
+    s._outBuffer = this.#out
+    s._outOffset = 0
+    s._chunkSize = this.#out.length
+    this.#pieces = []
+    return new Promise<Buffer[]>((resolve, reject) => {
+      if (this.failure) return reject(this.failure)
+      this.#pending = (err) => {
+        this.#pending = null
+        if (err) reject(err)
+        else resolve(this.#pieces)
+      }
+      s._processChunk(plain, zlib.constants.ZSTD_e_end, () => this.#pending?.(this.failure))
+    })
+  }
+}
+
+/** The parts of node:zlib's stream classes the pooled codecs use (Node 24). */
+interface ZlibInternals {
+  _outBuffer: Buffer
+  _outOffset: number
+  _chunkSize: number
+  _processChunk(chunk: Buffer, flushFlag: number, cb: () => void): void
+  push(chunk: Buffer | null): boolean
 }
 
 function corrupt(kind: BlobKind, why: string): EbsWorkerError {
