@@ -10,12 +10,10 @@
 // is what spreads the CPU work of a backup over all cores.
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto'
 import { availableParallelism } from 'node:os'
-import { promisify } from 'node:util'
 import pLimit from 'p-limit'
 import zlib from 'node:zlib'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 
-const zstdDecompress = promisify(zlib.zstdDecompress)
 
 // zstd runs on libuv's thread pool, which is also sized for many reads in flight. More
 // compressions at once than cores gains nothing and costs a compression context (and output
@@ -43,6 +41,7 @@ export class BlobCodec {
   readonly #level: number
   readonly #maxChunkBytes: number
   readonly #compressors: Compressor[] = []
+  readonly #decompressors: Decompressor[] = []
 
   constructor(options: BlobCodecOptions) {
     if (options.key && options.key.length !== 32) throw new Error('AES-256-GCM needs a 32-byte key')
@@ -100,8 +99,12 @@ export class BlobCodec {
     return parts
   }
 
-  /** Decodes a blob; throws CHUNK_CORRUPT (or WRONG_KEY-like auth failures as CHUNK_CORRUPT) on damage. */
-  async decode(kind: BlobKind, blob: Buffer, expectedLength?: number): Promise<Buffer> {
+  /**
+   * Decodes a blob; throws CHUNK_CORRUPT (or WRONG_KEY-like auth failures as CHUNK_CORRUPT) on
+   * damage. With `into` (a buffer the caller reuses), a compressed blob is decompressed there and
+   * the result is a view of it.
+   */
+  async decode(kind: BlobKind, blob: Buffer, expectedLength?: number, into?: Buffer): Promise<Buffer> {
     if (blob.length < 1) throw corrupt(kind, 'empty blob')
     const flags = blob[0]!
     if (flags & ~(FLAG_ZSTD | FLAG_AES_GCM)) throw corrupt(kind, `unknown flags 0x${flags.toString(16)}`)
@@ -125,11 +128,20 @@ export class BlobCodec {
       throw corrupt(kind, 'unencrypted blob in an encrypted repository')
     }
     if (!(flags & FLAG_ZSTD)) return payload
+    const size = Math.max(64 * 1024, (expectedLength ?? this.#maxChunkBytes) + 1024)
+    const decompressor = this.#decompressors.pop() ?? new Decompressor()
+    let pieces: Buffer[]
     try {
-      return await zstdDecompress(payload, { chunkSize: Math.max(64 * 1024, (expectedLength ?? this.#maxChunkBytes) + 1024) })
+      pieces = await decompressor.run(payload, into && into.length >= size ? into : null, size)
     } catch (err) {
       throw corrupt(kind, `zstd: ${describe(err)}`)
+    } finally {
+      if (!decompressor.failure) this.#decompressors.push(decompressor)
     }
+    // One piece in the caller's buffer: the usual case. Otherwise (no buffer given, or a frame
+    // larger than announced) the pieces are views of the decompressor's buffer: copied out.
+    if (into && pieces.length === 1 && pieces[0]!.buffer === into.buffer) return pieces[0]!
+    return Buffer.concat(pieces)
   }
 }
 
@@ -140,51 +152,51 @@ function byteLength(parts: readonly Buffer[]): number {
 }
 
 /**
- * One zstd compression context and its output buffer, reused chunk after chunk. zlib's
- * one-shot zstdCompress() makes a context, a chunk-sized output buffer and a joined copy of the
- * result for every call: three allocations of about a chunk each, which at hundreds of chunks
- * per second made V8 run a full garbage collection every ~20 chunks (external memory pressure).
- * Here the stream's own processing writes each frame into the same buffer; the node:zlib
- * internals this relies on (_processChunk, _outBuffer, push) are those of Node 24, which
- * package.json pins, and a mismatch fails loudly in the tests rather than corrupting data: the
- * frame carries its content checksum and every chunk is verified against its id on restore.
+ * One zstd context and its output buffer, reused chunk after chunk. zlib's one-shot
+ * zstdCompress()/zstdDecompress() make a context, a chunk-sized output buffer and a joined copy
+ * of the result for every call: three allocations of about a chunk each, which at hundreds of
+ * chunks per second made V8 run a full garbage collection every ~20 chunks (external memory
+ * pressure). Here the stream's own processing writes each frame into a buffer chosen per call;
+ * the node:zlib internals this relies on (_processChunk, _outBuffer, push) are those of Node 24,
+ * which package.json pins. A mismatch fails loudly rather than corrupting data: frames carry
+ * their content checksum and every chunk is checked against its id on restore.
  */
-class Compressor {
-  readonly #stream: zlib.ZstdCompress & ZlibInternals
-  #out = Buffer.allocUnsafeSlow(0)
+class ZstdRunner {
+  readonly #stream: ZlibInternals
+  #own = Buffer.allocUnsafeSlow(0)
   #pieces: Buffer[] = []
   #pending: ((err: Error | null) => void) | null = null
   /** Set once the stream failed: it is then dropped from the pool. */
   failure: Error | null = null
 
-  constructor(level: number) {
-    this.#stream = zlib.createZstdCompress({
-      params: {
-        [zlib.constants.ZSTD_c_compressionLevel]: level,
-        [zlib.constants.ZSTD_c_checksumFlag]: 1,
-      },
-    }) as zlib.ZstdCompress & ZlibInternals
+  constructor(stream: zlib.ZstdCompress | zlib.ZstdDecompress) {
+    this.#stream = stream as unknown as ZlibInternals
     // Output is collected here, not through the stream's readable side.
     this.#stream.push = (piece: Buffer | null) => {
       if (piece) this.#pieces.push(piece)
       return true
     }
-    // node:zlib reports a failure by destroying the stream, without calling back.
-    this.#stream.on('error', (err: Error) => {
+    // node:zlib reports a failure (a damaged frame) by destroying the stream, without calling back.
+    stream.on('error', (err: Error) => {
       this.failure = err
       this.#pending?.(err)
     })
   }
 
-  /** One zstd frame of `plain`, as views of the compressor's buffer (valid until its next use). */
-  compress(plain: Buffer): Promise<Buffer[]> {
-    // zstd's bound for one frame, plus room for its header and checksum.
-    const bound = plain.length + (plain.length >> 7) + 1024
-    if (this.#out.length < bound) this.#out = Buffer.allocUnsafeSlow(bound)
+  /**
+   * Runs one whole frame through the context: the output as views of `out` (or of the runner's
+   * own buffer of `size` bytes), valid until the runner's next use. More than one piece when the
+   * output did not fit (node:zlib then goes on in buffers of its own).
+   */
+  run(input: Buffer, out: Buffer | null, size: number): Promise<Buffer[]> {
+    if (!out) {
+      if (this.#own.length < size) this.#own = Buffer.allocUnsafeSlow(size)
+      out = this.#own
+    }
     const s = this.#stream
-    s._outBuffer = this.#out
+    s._outBuffer = out
     s._outOffset = 0
-    s._chunkSize = this.#out.length
+    s._chunkSize = out.length
     this.#pieces = []
     return new Promise<Buffer[]>((resolve, reject) => {
       if (this.failure) return reject(this.failure)
@@ -193,8 +205,31 @@ class Compressor {
         if (err) reject(err)
         else resolve(this.#pieces)
       }
-      s._processChunk(plain, zlib.constants.ZSTD_e_end, () => this.#pending?.(this.failure))
+      s._processChunk(input, zlib.constants.ZSTD_e_end, () => this.#pending?.(this.failure))
     })
+  }
+}
+
+class Compressor extends ZstdRunner {
+  constructor(level: number) {
+    super(zlib.createZstdCompress({
+      params: {
+        [zlib.constants.ZSTD_c_compressionLevel]: level,
+        [zlib.constants.ZSTD_c_checksumFlag]: 1,
+      },
+    }))
+  }
+
+  /** One zstd frame of `plain`, as views of the compressor's buffer (valid until its next use). */
+  compress(plain: Buffer): Promise<Buffer[]> {
+    // zstd's bound for one frame, plus room for its header and checksum.
+    return this.run(plain, null, plain.length + (plain.length >> 7) + 1024)
+  }
+}
+
+class Decompressor extends ZstdRunner {
+  constructor() {
+    super(zlib.createZstdDecompress())
   }
 }
 

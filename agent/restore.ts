@@ -129,19 +129,20 @@ async function fetchChunks(
   let chunksVerified = 0
   // Request buffers are reused (one per GET in flight): fresh 16 MiB buffers would cost a page
   // fault per 4 KiB and garbage collection, which is most of a restore's CPU besides the hashing.
-  const buffers: Buffer[] = []
+  const buffers: Array<[Buffer, Buffer]> = []
   const bufferBytes = requests.reduce((max, r) => Math.max(max, r.length), 0)
   await forEachConcurrent(requests, options.concurrency ?? 8, async (req) => {
-    const buffer = buffers.pop() ?? Buffer.allocUnsafeSlow(bufferBytes)
+    // With a reused buffer for decompressed chunks too.
+    const buffer = buffers.pop() ?? [Buffer.allocUnsafeSlow(bufferBytes), Buffer.allocUnsafeSlow(manifest.chunkSize + 1024)]
     try {
-      await fetchRequest(req, buffer)
+      await fetchRequest(req, buffer[0], buffer[1])
     } finally {
       buffers.push(buffer)
     }
   }, options.signal)
   return { bytesFetched, chunksVerified }
 
-  async function fetchRequest(req: RangeRequest, buffer: Buffer): Promise<void> {
+  async function fetchRequest(req: RangeRequest, buffer: Buffer, plainBuffer: Buffer): Promise<void> {
     let data: Buffer
     try {
       data = await repo.readPackRange(req.pack, req.offset, req.length, buffer)
@@ -153,14 +154,14 @@ async function fetchChunks(
       const blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
       let plain: Buffer
       try {
-        plain = await repo.decodeChunk(blob, chunk.id, chunk.rawLength)
+        plain = await repo.decodeChunk(blob, chunk.id, chunk.rawLength, plainBuffer)
       } catch (err) {
         throw atChunk(manifest, chunk, err)
       }
       const expected = Math.min(manifest.chunkSize, manifest.size - chunk.targets[0]! * manifest.chunkSize)
       if (plain.length !== expected) throw atChunk(manifest, chunk, new Error(`holds ${plain.length} bytes, expected ${expected}`))
       chunksVerified++
-      // A raw chunk is a view of the request buffer: the sink is done with it before reuse.
+      // A chunk is a view of the request buffer or of plainBuffer: the sink is done with it before reuse.
       await sink(chunk, plain)
     }
   }
