@@ -20,6 +20,9 @@ import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 // buffer) each, so they are capped per process.
 const compressions = pLimit(availableParallelism())
 
+/** Incompressible data is recognised from SAMPLES slices of SAMPLE_BYTES (see worthCompressing). */
+const SAMPLE_BYTES = 4096
+const SAMPLES = 8
 const FLAG_ZSTD = 1
 const FLAG_AES_GCM = 2
 const NONCE_BYTES = 12
@@ -41,6 +44,7 @@ export class BlobCodec {
   readonly #level: number
   readonly #maxChunkBytes: number
   readonly #compressors: Compressor[] = []
+  readonly #sample = Buffer.allocUnsafeSlow(SAMPLE_BYTES * SAMPLES)
   readonly #decompressors: Decompressor[] = []
 
   constructor(options: BlobCodecOptions) {
@@ -60,6 +64,7 @@ export class BlobCodec {
    * them straight into a pack instead of joining them first. A part may be `plain` itself.
    */
   async encodeParts(kind: BlobKind, plain: Buffer): Promise<Buffer[]> {
+    if (!this.#worthCompressing(plain)) return this.#seal(kind, plain, [])
     // The whole encoding holds a compressor (its zstd context and output buffer) from the pool:
     // the compressed bytes are a view of that buffer until they are encrypted or copied.
     return await compressions(async () => {
@@ -72,12 +77,29 @@ export class BlobCodec {
     })
   }
 
+  /**
+   * Whether zstd has a chance on this data: a large buffer is sampled first (SAMPLES slices of
+   * SAMPLE_BYTES spread over it, compressed together on the spot). Incompressible data (already
+   * compressed or encrypted files on the volume) costs zstd about as much CPU as text does, for
+   * nothing; a sample that saves less than 3 % sends the whole buffer raw, which the format
+   * allows (the blob's zstd flag is clear). A chunk whose compressible part the samples miss
+   * (less than an eighth of it, between them) is stored raw: a little space for a lot of CPU.
+   */
+  #worthCompressing(plain: Buffer): boolean {
+    if (plain.length < SAMPLE_BYTES * SAMPLES * 4) return true
+    const sample = this.#sample
+    const step = Math.floor((plain.length - SAMPLE_BYTES) / (SAMPLES - 1))
+    for (let i = 0; i < SAMPLES; i++) plain.copy(sample, i * SAMPLE_BYTES, i * step, i * step + SAMPLE_BYTES)
+    const compressed = zlib.zstdCompressSync(sample, { params: { [zlib.constants.ZSTD_c_compressionLevel]: this.#level } })
+    return compressed.length < sample.length * 0.97
+  }
+
   #seal(kind: BlobKind, plain: Buffer, compressed: Buffer[]): Buffer[] {
     let flags = 0
     let payload: Buffer[] = [plain]
-    // Incompressible data (already compressed or encrypted files on the volume) is stored raw:
-    // it saves the decompression on restore and never costs more than one byte.
-    if (byteLength(compressed) < plain.length) {
+    // Incompressible data is stored raw: it saves the decompression on restore and never costs
+    // more than one byte.
+    if (compressed.length && byteLength(compressed) < plain.length) {
       flags |= FLAG_ZSTD
       payload = compressed
     }
