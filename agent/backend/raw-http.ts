@@ -28,6 +28,14 @@ export class RawHttpError extends Error {
   }
 }
 
+/** A 2xx answer longer than asked for (a server that ignored the Range header). */
+export class UnexpectedLengthError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'UnexpectedLengthError'
+  }
+}
+
 interface Exchange {
   out: Buffer
   limit: number
@@ -148,7 +156,7 @@ class Connection {
     }
     ex.bodyLength = contentLength
     if (ok) {
-      if (contentLength > ex.limit) return this.#fail(new Error(`response of ${contentLength} bytes where at most ${ex.limit} were asked for`))
+      if (contentLength > ex.limit) return this.#fail(new UnexpectedLengthError(`response of ${contentLength} bytes where at most ${ex.limit} were asked for`))
       if (rest.length > contentLength) return this.#fail(new Error('more bytes than the Content-Length'))
       ex.phase = 'body'
       ex.bodyAt = rest.copy(ex.out, 0)

@@ -15,7 +15,7 @@ import { request as httpsRequest, type Agent as HttpsAgent } from 'node:https'
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import { getEndpointFromInstructions } from '@smithy/core/endpoints'
 import { SignatureV4 } from '@smithy/signature-v4'
-import { RawHttpPool } from './raw-http.ts'
+import { RawHttpPool, UnexpectedLengthError } from './raw-http.ts'
 
 /** sha256 of an empty body: a GET has none. */
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
@@ -144,7 +144,11 @@ export class RangeGetter {
 
   async #send(t: Target, path: string, headers: Record<string, string>, length: number, out: Buffer): Promise<number> {
     if (this.#raw && t.protocol === 'http:') {
-      const res = await this.#raw.get({ host: t.hostname, port: t.port ? Number(t.port) : 80, path, headers, out, limit: Math.min(length, out.length) })
+      const res = await this.#raw
+        .get({ host: t.hostname, port: t.port ? Number(t.port) : 80, path, headers, out, limit: Math.min(length, out.length) })
+        .catch((err: unknown) => {
+          throw err instanceof UnexpectedLengthError ? new UseSdk(err.message) : err
+        })
       if (res.status === 206 || res.status === 200) return res.received
       const code = /<Code>([^<]*)<\/Code>/.exec(res.errorBody)?.[1] ?? (res.status === 404 ? 'NotFound' : `HTTP${res.status}`)
       throw statusError(res.status, code)
