@@ -3,7 +3,7 @@
 // is written as soon as the pack is durable, so a backup killed midway leaves packs the next
 // backup finds and reuses; finish() folds those per-pack indexes into one index per backup.
 import type { IndexEntry } from './chunk-index.ts'
-import { PackBuilder, TRAILER_BYTES_PER_CHUNK } from './pack.ts'
+import { PackBuilder } from './pack.ts'
 import type { Repository } from './repository.ts'
 
 export interface PackWriterOptions {
@@ -39,11 +39,6 @@ export class PackWriter {
    */
   async add(id: Buffer, parts: readonly Buffer[], rawLength: number): Promise<void> {
     this.#throwIfFailed()
-    // Packs stay within packSize (unless one blob alone exceeds it): a 16 MiB pack is then two
-    // 8 MiB parts to upload and one ranged GET to restore, where one blob more made it three and two.
-    let blobBytes = 0
-    for (const part of parts) blobBytes += part.length
-    if (this.#builder.count > 0 && this.#builder.sealedBound + blobBytes + TRAILER_BYTES_PER_CHUNK > this.#options.packSize) this.#seal()
     this.#builder.add(id, parts, rawLength)
     if (this.#builder.sealedBound >= this.#options.packSize) this.#seal()
     while (this.#inflight.size > this.#options.concurrency) await Promise.race(this.#inflight)
