@@ -5,6 +5,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { RawHttpPool, UnexpectedLengthError } from '../agent/backend/raw-http.ts'
+import { partSizeFor } from '../agent/backend/s3.ts'
 import { BlobCodec } from '../agent/blob.ts'
 import type { Teardown } from './helpers.ts'
 
@@ -101,4 +102,14 @@ t.test('pooled zstd contexts: many blobs through few contexts, damage detected, 
   await t.rejects(plain.decode('chunk', damaged, text.length, into), { code: 'CHUNK_CORRUPT' }, 'a damaged frame is reported')
   await t.rejects(plain.decode('chunk', blob.subarray(0, blob.length - 100), text.length, into), { code: 'CHUNK_CORRUPT' }, 'a truncated frame is reported')
   t.ok((await plain.decode('chunk', blob, text.length, into)).equals(text), 'and the next blob decodes fine')
+})
+
+t.test('part sizes: no tiny last part', async (t) => {
+  const MiB = 1024 * 1024
+  const parts = (length: number): number => Math.ceil(length / partSizeFor(length, 8 * MiB))
+  t.equal(parts(16 * MiB + 300 * 1024), 2, 'a 16 MiB pack and a blob: two parts')
+  t.equal(parts(20 * MiB), 3, 'a real third part stays')
+  t.equal(parts(16 * MiB), 2)
+  t.equal(parts(24 * MiB + 100), 3)
+  t.ok(partSizeFor(16 * MiB + 300 * 1024, 8 * MiB) >= 5 * MiB, 'parts stay above S3 minimum')
 })

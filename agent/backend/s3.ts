@@ -157,7 +157,7 @@ export class S3Backend implements Backend {
       await new Upload({
         client: this.client,
         params,
-        partSize: this.#partSize,
+        partSize: partSizeFor(data.length, this.#partSize),
         queueSize: this.#partConcurrency,
         leavePartsOnError: false,
       }).done()
@@ -216,6 +216,19 @@ export class S3Backend implements Backend {
       cause: err,
     })
   }
+}
+
+/**
+ * The part size for an object of `length` bytes: `partSize`, unless that would leave a last part
+ * of less than an eighth of it, which is then spread over the others. Packs are sealed once they
+ * pass their target size, so a 16 MiB pack is 16 MiB and a blob: 8 + 8 + a few KiB with 8 MiB
+ * parts, one request and its server-side bookkeeping for nothing.
+ */
+export function partSizeFor(length: number, partSize: number): number {
+  const whole = Math.floor(length / partSize)
+  const tail = length - whole * partSize
+  if (whole === 0 || tail === 0 || tail >= partSize / 8) return partSize
+  return Math.ceil(length / whole)
 }
 
 /**
