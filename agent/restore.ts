@@ -127,22 +127,23 @@ async function fetchChunks(
 ): Promise<{ bytesFetched: number; chunksVerified: number }> {
   let bytesFetched = 0
   let chunksVerified = 0
+  // Decompressed chunks land in reused buffers too (one per GET in flight).
+  const plainBuffers: Buffer[] = []
   // Request buffers are reused (one per GET in flight): fresh 16 MiB buffers would cost a page
   // fault per 4 KiB and garbage collection, which is most of a restore's CPU besides the hashing.
-  const buffers: Array<[Buffer, Buffer]> = []
+  const buffers: Buffer[] = []
   const bufferBytes = requests.reduce((max, r) => Math.max(max, r.length), 0)
   await forEachConcurrent(requests, options.concurrency ?? 8, async (req) => {
-    // With a reused buffer for decompressed chunks too.
-    const buffer = buffers.pop() ?? [Buffer.allocUnsafeSlow(bufferBytes), Buffer.allocUnsafeSlow(manifest.chunkSize + 1024)]
+    const buffer = buffers.pop() ?? Buffer.allocUnsafeSlow(bufferBytes)
     try {
-      await fetchRequest(req, buffer[0], buffer[1])
+      await fetchRequest(req, buffer)
     } finally {
       buffers.push(buffer)
     }
   }, options.signal)
   return { bytesFetched, chunksVerified }
 
-  async function fetchRequest(req: RangeRequest, buffer: Buffer, plainBuffer: Buffer): Promise<void> {
+  async function fetchRequest(req: RangeRequest, buffer: Buffer): Promise<void> {
     let data: Buffer
     try {
       data = await repo.readPackRange(req.pack, req.offset, req.length, buffer)
@@ -150,6 +151,7 @@ async function fetchChunks(
       throw atChunk(manifest, req.chunks[0]!, err)
     }
     bytesFetched += data.length
+    const plainBuffer = plainBuffers.pop() ?? Buffer.allocUnsafeSlow(manifest.chunkSize + 1024)
     for (const chunk of req.chunks) {
       const blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
       let plain: Buffer
@@ -164,6 +166,7 @@ async function fetchChunks(
       // A chunk is a view of the request buffer or of plainBuffer: the sink is done with it before reuse.
       await sink(chunk, plain)
     }
+    plainBuffers.push(plainBuffer)
   }
 }
 
