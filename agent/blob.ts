@@ -10,19 +10,19 @@
 // is what spreads the CPU work of a backup over all cores.
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto'
 import { availableParallelism } from 'node:os'
-import { promisify } from 'node:util'
 import pLimit from 'p-limit'
 import zlib from 'node:zlib'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 
-const zstdCompress = promisify(zlib.zstdCompress)
-const zstdDecompress = promisify(zlib.zstdDecompress)
 
 // zstd runs on libuv's thread pool, which is also sized for many reads in flight. More
 // compressions at once than cores gains nothing and costs a compression context (and output
 // buffer) each, so they are capped per process.
 const compressions = pLimit(availableParallelism())
 
+/** Incompressible data is recognised from SAMPLES slices of SAMPLE_BYTES (see worthCompressing). */
+const SAMPLE_BYTES = 4096
+const SAMPLES = 8
 const FLAG_ZSTD = 1
 const FLAG_AES_GCM = 2
 const NONCE_BYTES = 12
@@ -43,6 +43,9 @@ export class BlobCodec {
   readonly #key: Buffer | null
   readonly #level: number
   readonly #maxChunkBytes: number
+  readonly #compressors: Compressor[] = []
+  readonly #sample = Buffer.allocUnsafeSlow(SAMPLE_BYTES * SAMPLES)
+  readonly #decompressors: Decompressor[] = []
 
   constructor(options: BlobCodecOptions) {
     if (options.key && options.key.length !== 32) throw new Error('AES-256-GCM needs a 32-byte key')
@@ -61,38 +64,69 @@ export class BlobCodec {
    * them straight into a pack instead of joining them first. A part may be `plain` itself.
    */
   async encodeParts(kind: BlobKind, plain: Buffer): Promise<Buffer[]> {
+    if (!this.#worthCompressing(plain)) return this.#seal(kind, plain, [])
+    // The whole encoding holds a compressor (its zstd context and output buffer) from the pool:
+    // the compressed bytes are a view of that buffer until they are encrypted or copied.
+    return await compressions(async () => {
+      const compressor = this.#compressors.pop() ?? new Compressor(this.#level)
+      try {
+        return this.#seal(kind, plain, await compressor.compress(plain))
+      } finally {
+        if (!compressor.failure) this.#compressors.push(compressor)
+      }
+    })
+  }
+
+  /**
+   * Whether zstd has a chance on this data: a large buffer is sampled first (SAMPLES slices of
+   * SAMPLE_BYTES spread over it, compressed together on the spot). Incompressible data (already
+   * compressed or encrypted files on the volume) costs zstd about as much CPU as text does, for
+   * nothing; a sample that saves less than 3 % sends the whole buffer raw, which the format
+   * allows (the blob's zstd flag is clear). A chunk whose compressible part the samples miss
+   * (less than an eighth of it, between them) is stored raw: a little space for a lot of CPU.
+   */
+  #worthCompressing(plain: Buffer): boolean {
+    if (plain.length < SAMPLE_BYTES * SAMPLES * 4) return true
+    const sample = this.#sample
+    const step = Math.floor((plain.length - SAMPLE_BYTES) / (SAMPLES - 1))
+    for (let i = 0; i < SAMPLES; i++) plain.copy(sample, i * SAMPLE_BYTES, i * step, i * step + SAMPLE_BYTES)
+    const compressed = zlib.zstdCompressSync(sample, { params: { [zlib.constants.ZSTD_c_compressionLevel]: this.#level } })
+    return compressed.length < sample.length * 0.97
+  }
+
+  #seal(kind: BlobKind, plain: Buffer, compressed: Buffer[]): Buffer[] {
     let flags = 0
-    let payload = plain
-    const compressed = await compressions(() =>
-      zstdCompress(plain, {
-        // One output buffer: the default 16 KiB would mean a callback and a copy per 16 KiB.
-        chunkSize: plain.length + 1024,
-        params: {
-          [zlib.constants.ZSTD_c_compressionLevel]: this.#level,
-          [zlib.constants.ZSTD_c_checksumFlag]: 1,
-        },
-      }),
-    )
-    // Incompressible data (already compressed or encrypted files on the volume) is stored raw:
-    // it saves the decompression on restore and never costs more than one byte.
-    if (compressed.length < plain.length) {
+    let payload: Buffer[] = [plain]
+    // Incompressible data is stored raw: it saves the decompression on restore and never costs
+    // more than one byte.
+    if (compressed.length && byteLength(compressed) < plain.length) {
       flags |= FLAG_ZSTD
       payload = compressed
     }
-    if (!this.#key) return [Buffer.of(flags), payload]
+    if (!this.#key) {
+      // The compressor's buffer is reused once this returns: compressed bytes are copied out.
+      return [Buffer.of(flags), payload === compressed ? Buffer.concat(compressed) : plain]
+    }
     flags |= FLAG_AES_GCM
     const header = Buffer.allocUnsafe(1 + NONCE_BYTES)
     header[0] = flags
     randomFillSync(header, 1, NONCE_BYTES)
     const cipher = createCipheriv('aes-256-gcm', this.#key, header.subarray(1))
     cipher.setAAD(Buffer.from(kind))
-    const body = cipher.update(payload)
+    const parts = [header]
+    for (const piece of payload) parts.push(cipher.update(piece))
     const tail = cipher.final()
-    return tail.length ? [header, body, tail, cipher.getAuthTag()] : [header, body, cipher.getAuthTag()]
+    if (tail.length) parts.push(tail)
+    parts.push(cipher.getAuthTag())
+    return parts
   }
 
-  /** Decodes a blob; throws CHUNK_CORRUPT (or WRONG_KEY-like auth failures as CHUNK_CORRUPT) on damage. */
-  async decode(kind: BlobKind, blob: Buffer, expectedLength?: number): Promise<Buffer> {
+  /**
+   * Decodes a blob; throws CHUNK_CORRUPT (or WRONG_KEY-like auth failures as CHUNK_CORRUPT) on
+   * damage. With `into` (a buffer the caller reuses), a compressed blob is decompressed there and
+   * the result is a view of it.
+   */
+  async decode(kind: BlobKind, blob: Buffer, expectedLength?: number, into?: Buffer): Promise<Buffer> {
     if (blob.length < 1) throw corrupt(kind, 'empty blob')
     const flags = blob[0]!
     if (flags & ~(FLAG_ZSTD | FLAG_AES_GCM)) throw corrupt(kind, `unknown flags 0x${flags.toString(16)}`)
@@ -116,12 +150,118 @@ export class BlobCodec {
       throw corrupt(kind, 'unencrypted blob in an encrypted repository')
     }
     if (!(flags & FLAG_ZSTD)) return payload
+    const size = Math.max(64 * 1024, (expectedLength ?? this.#maxChunkBytes) + 1024)
+    const decompressor = this.#decompressors.pop() ?? new Decompressor()
+    let pieces: Buffer[]
     try {
-      return await zstdDecompress(payload, { chunkSize: Math.max(64 * 1024, (expectedLength ?? this.#maxChunkBytes) + 1024) })
+      pieces = await decompressor.run(payload, into && into.length >= size ? into : null, size)
     } catch (err) {
       throw corrupt(kind, `zstd: ${describe(err)}`)
+    } finally {
+      if (!decompressor.failure) this.#decompressors.push(decompressor)
     }
+    // One piece in the caller's buffer: the usual case. Otherwise (no buffer given, or a frame
+    // larger than announced) the pieces are views of the decompressor's buffer: copied out.
+    if (into && pieces.length === 1 && pieces[0]!.buffer === into.buffer) return pieces[0]!
+    return Buffer.concat(pieces)
   }
+}
+
+function byteLength(parts: readonly Buffer[]): number {
+  let n = 0
+  for (const part of parts) n += part.length
+  return n
+}
+
+/**
+ * One zstd context and its output buffer, reused chunk after chunk. zlib's one-shot
+ * zstdCompress()/zstdDecompress() make a context, a chunk-sized output buffer and a joined copy
+ * of the result for every call: three allocations of about a chunk each, which at hundreds of
+ * chunks per second made V8 run a full garbage collection every ~20 chunks (external memory
+ * pressure). Here the stream's own processing writes each frame into a buffer chosen per call;
+ * the node:zlib internals this relies on (_processChunk, _outBuffer, push) are those of Node 24,
+ * which package.json pins. A mismatch fails loudly rather than corrupting data: frames carry
+ * their content checksum and every chunk is checked against its id on restore.
+ */
+class ZstdRunner {
+  readonly #stream: ZlibInternals
+  #own = Buffer.allocUnsafeSlow(0)
+  #pieces: Buffer[] = []
+  #pending: ((err: Error | null) => void) | null = null
+  /** Set once the stream failed: it is then dropped from the pool. */
+  failure: Error | null = null
+
+  constructor(stream: zlib.ZstdCompress | zlib.ZstdDecompress) {
+    this.#stream = stream as unknown as ZlibInternals
+    // Output is collected here, not through the stream's readable side.
+    this.#stream.push = (piece: Buffer | null) => {
+      if (piece) this.#pieces.push(piece)
+      return true
+    }
+    // node:zlib reports a failure (a damaged frame) by destroying the stream, without calling back.
+    stream.on('error', (err: Error) => {
+      this.failure = err
+      this.#pending?.(err)
+    })
+  }
+
+  /**
+   * Runs one whole frame through the context: the output as views of `out` (or of the runner's
+   * own buffer of `size` bytes), valid until the runner's next use. More than one piece when the
+   * output did not fit (node:zlib then goes on in buffers of its own).
+   */
+  run(input: Buffer, out: Buffer | null, size: number): Promise<Buffer[]> {
+    if (!out) {
+      if (this.#own.length < size) this.#own = Buffer.allocUnsafeSlow(size)
+      out = this.#own
+    }
+    const s = this.#stream
+    s._outBuffer = out
+    s._outOffset = 0
+    s._chunkSize = out.length
+    this.#pieces = []
+    return new Promise<Buffer[]>((resolve, reject) => {
+      if (this.failure) return reject(this.failure)
+      this.#pending = (err) => {
+        this.#pending = null
+        if (err) reject(err)
+        else resolve(this.#pieces)
+      }
+      s._processChunk(input, zlib.constants.ZSTD_e_end, () => this.#pending?.(this.failure))
+    })
+  }
+}
+
+class Compressor extends ZstdRunner {
+  constructor(level: number) {
+    super(zlib.createZstdCompress({
+      params: {
+        [zlib.constants.ZSTD_c_compressionLevel]: level,
+        [zlib.constants.ZSTD_c_checksumFlag]: 1,
+      },
+    }))
+  }
+
+  /** One zstd frame of `plain`, as views of the compressor's buffer (valid until its next use). */
+  compress(plain: Buffer): Promise<Buffer[]> {
+    // zstd's bound for one frame, plus room for its header and checksum.
+    return this.run(plain, null, plain.length + (plain.length >> 7) + 1024)
+  }
+}
+
+class Decompressor extends ZstdRunner {
+  constructor() {
+    super(zlib.createZstdDecompress())
+  }
+}
+
+/** The parts of node:zlib's stream classes the pooled codecs use (Node 24). */
+interface ZlibInternals {
+  _outBuffer: Buffer
+  _outOffset: number
+  _chunkSize: number
+  _processChunk(chunk: Buffer, flushFlag: number, cb: () => void): void
+  push(chunk: Buffer | null): boolean
 }
 
 function corrupt(kind: BlobKind, why: string): EbsWorkerError {

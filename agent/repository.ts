@@ -228,9 +228,9 @@ export class Repository {
     return buf
   }
 
-  /** Decodes one chunk blob and proves it is the chunk `id`. */
-  async decodeChunk(blob: Buffer, id: Buffer, rawLength: number): Promise<Buffer> {
-    const plain = await this.codec.decode('chunk', blob, rawLength)
+  /** Decodes one chunk blob and proves it is the chunk `id`; `into`: see BlobCodec.decode. */
+  async decodeChunk(blob: Buffer, id: Buffer, rawLength: number, into?: Buffer): Promise<Buffer> {
+    const plain = await this.codec.decode('chunk', blob, rawLength, into)
     if (!this.chunkId(plain).equals(id)) {
       throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `chunk ${id.toString('hex').slice(0, 16)}… does not match its id`)
     }

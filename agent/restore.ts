@@ -143,6 +143,8 @@ async function fetchChunks(
 ): Promise<{ bytesFetched: number; chunksVerified: number }> {
   let bytesFetched = 0
   let chunksVerified = 0
+  // Decompressed chunks land in reused buffers too (one per GET in flight).
+  const plainBuffers: Buffer[] = []
   // Request buffers are reused (one per GET in flight): fresh 16 MiB buffers would cost a page
   // fault per 4 KiB and garbage collection, which is most of a restore's CPU besides the hashing.
   const buffers: Buffer[] = []
@@ -167,20 +169,22 @@ async function fetchChunks(
       throw atChunk(manifest, req.chunks[0]!, err)
     }
     bytesFetched += data.length
+    const plainBuffer = plainBuffers.pop() ?? Buffer.allocUnsafeSlow(manifest.chunkSize + 1024)
     for (const chunk of req.chunks) {
       const blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
       let plain: Buffer
       try {
-        plain = await repo.decodeChunk(blob, chunk.id, chunk.rawLength)
+        plain = await repo.decodeChunk(blob, chunk.id, chunk.rawLength, plainBuffer)
       } catch (err) {
         throw atChunk(manifest, chunk, err)
       }
       const expected = Math.min(manifest.chunkSize, manifest.size - chunk.targets[0]! * manifest.chunkSize)
       if (plain.length !== expected) throw atChunk(manifest, chunk, new Error(`holds ${plain.length} bytes, expected ${expected}`))
       chunksVerified++
-      // A raw chunk is a view of the request buffer: the sink is done with it before reuse.
+      // A chunk is a view of the request buffer or of plainBuffer: the sink is done with it before reuse.
       await sink(chunk, plain)
     }
+    plainBuffers.push(plainBuffer)
   }
 }
 

@@ -395,9 +395,10 @@ t.test('safety: a restore whose device node is not the volume it attached is ref
 t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes on from there', async (t) => {
   const { dir, ec2, repo, send, reply, daemon, exited, spawnDaemon, state } = await world(t, { config: { shutdownGraceSeconds: 0, checkpointIntervalSeconds: 1, progressLogSeconds: 1 } })
   const image = join(dir, 'big.img')
-  const size = 320 * MiB
+  // Large enough that the backup outlasts the 1 s checkpoint interval (320 MiB took 0.7 s).
+  const size = 1024 * MiB
   await makeImage(image, size, [{ kind: 'random', offset: 0, length: size }])
-  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 40 })
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 128 })
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'long-1', snapshotId }))
   // Stop the worker once the backup has saved a checkpoint of its own.
   const checkpoint = join(dir, 'repo', Repository.checkpointName('task:long-1'))

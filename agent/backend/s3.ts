@@ -15,7 +15,9 @@ import {
 } from '@aws-sdk/client-s3'
 import { Upload } from '@aws-sdk/lib-storage'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
+import type { BuildMiddleware, MetadataBearer } from '@smithy/types'
 import { EbsWorkerError, ErrorCode, describe } from '../errors.ts'
+import { RangeGetter, S3Status, UseSdk } from './s3-range.ts'
 import { AlreadyExistsError, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
 
 export interface S3BackendOptions {
@@ -51,6 +53,8 @@ export class S3Backend implements Backend {
   readonly #partSize: number
   readonly #partConcurrency: number
   readonly #maxAttempts: number
+  /** The lean ranged GET; null once it proved unusable here (then the SDK does every GET). */
+  #ranges: RangeGetter | null
 
   constructor(options: S3BackendOptions) {
     this.#bucket = options.bucket
@@ -60,14 +64,13 @@ export class S3Backend implements Backend {
     this.#partConcurrency = options.partConcurrency ?? 4
     const endpoint = options.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL
     const maxSockets = options.maxSockets ?? 64
+    const httpAgent = new HttpAgent({ keepAlive: true, maxSockets })
+    const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets })
+    const connectionTimeout = 10_000
+    // Socket inactivity, not total time: a large part may take long, a dead peer must not.
+    const socketTimeout = 60_000
     const config: S3ClientConfig = {
-      requestHandler: new NodeHttpHandler({
-        connectionTimeout: 10_000,
-        // Socket inactivity, not total time: a large part may take long, a dead peer must not.
-        socketTimeout: 60_000,
-        httpAgent: new HttpAgent({ keepAlive: true, maxSockets }),
-        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets }),
-      }),
+      requestHandler: new NodeHttpHandler({ connectionTimeout, socketTimeout, httpAgent, httpsAgent }),
     }
     if (options.region) config.region = options.region
     else if (endpoint && !process.env.AWS_REGION && !process.env.AWS_DEFAULT_REGION) config.region = 'us-east-1'
@@ -80,6 +83,10 @@ export class S3Backend implements Backend {
       config.responseChecksumValidation = 'WHEN_REQUIRED'
     }
     this.client = new S3Client(config)
+    if (options.checksums !== 'when-required') this.client.middlewareStack.add(unsignedPayloadOverTls, UNSIGNED_PAYLOAD_STEP)
+    this.#ranges = process.env.EBS_WORKER_S3_LEAN_GET === '0'
+      ? null
+      : new RangeGetter({ client: this.client, bucket: this.#bucket, httpAgent, httpsAgent, connectionTimeout, socketTimeout })
   }
 
   #key(name: string): string {
@@ -100,6 +107,24 @@ export class S3Backend implements Backend {
 
   async getRange(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0)
+    const ranges = this.#ranges
+    if (ranges) {
+      const out = into && into.length >= length ? into : Buffer.allocUnsafe(length)
+      try {
+        // Dropped connections and server errors are retried here like on the SDK path.
+        const got = await this.#retryBody(() => ranges.get(this.#key(name), offset, length, out))
+        return out.subarray(0, got)
+      } catch (err) {
+        if (!(err instanceof UseSdk)) {
+          if (status(err) === 416) return Buffer.alloc(0)
+          if (isNotFound(err)) throw new EbsWorkerError(ErrorCode.ChunkMissing, `object ${name} is missing from ${this.url}`)
+          throw this.#error('GetObject', name, err)
+        }
+        // Any other answer (a 403, a redirect, a clock skew…) goes through the SDK, which knows
+        // every shape of them and words the error; an endpoint it cannot serve, for good.
+        if (/^(auth scheme|protocol|endpoint)/.test(err.message)) this.#ranges = null
+      }
+    }
     try {
       return await this.#retryBody(async () => {
         const out = await this.client.send(
@@ -132,7 +157,7 @@ export class S3Backend implements Backend {
       await new Upload({
         client: this.client,
         params,
-        partSize: this.#partSize,
+        partSize: partSizeFor(data.length, this.#partSize),
         queueSize: this.#partConcurrency,
         leavePartsOnError: false,
       }).done()
@@ -176,7 +201,7 @@ export class S3Backend implements Backend {
       try {
         return await fn()
       } catch (err) {
-        if (err instanceof S3ServiceException || attempt >= this.#maxAttempts) throw err
+        if (err instanceof S3ServiceException || err instanceof S3Status || err instanceof UseSdk || attempt >= this.#maxAttempts) throw err
         await new Promise((resolve) => setTimeout(resolve, Math.random() * 100 * 2 ** attempt))
       }
     }
@@ -192,6 +217,36 @@ export class S3Backend implements Backend {
     })
   }
 }
+
+/**
+ * The part size for an object of `length` bytes: `partSize`, unless that would leave a last part
+ * of less than an eighth of it, which is then spread over the others. Packs are sealed once they
+ * pass their target size, so a 16 MiB pack is 16 MiB and a blob: 8 + 8 + a few KiB with 8 MiB
+ * parts, one request and its server-side bookkeeping for nothing.
+ */
+export function partSizeFor(length: number, partSize: number): number {
+  const whole = Math.floor(length / partSize)
+  const tail = length - whole * partSize
+  if (whole === 0 || tail === 0 || tail >= partSize / 8) return partSize
+  return Math.ceil(length / whole)
+}
+
+/**
+ * Uploads over https are sent with x-amz-content-sha256: UNSIGNED-PAYLOAD instead of a SHA-256
+ * of the body, which the signature would otherwise need: one pass over every stored byte less
+ * (~0.6 CPU-s per GiB). The body is still protected: TLS guards it in transit and the SDK's
+ * default flexible checksum (CRC32, checked by S3) covers every PutObject and UploadPart, hence
+ * only with checksums left at their default. Over plain http (test beds) bodies stay signed.
+ */
+const unsignedPayloadOverTls: BuildMiddleware<object, MetadataBearer> = (next, context) => async (args) => {
+  const request = args.request as { protocol?: string; headers?: Record<string, string> } | undefined
+  const command = (context as { commandName?: string }).commandName
+  if (request?.headers && request.protocol === 'https:' && (command === 'PutObjectCommand' || command === 'UploadPartCommand')) {
+    request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD'
+  }
+  return next(args)
+}
+const UNSIGNED_PAYLOAD_STEP = { step: 'build', name: 'ebsWorkerUnsignedPayload', priority: 'low' } as const
 
 /**
  * Reads a response body into one buffer of the announced length as the bytes arrive: one copy,
