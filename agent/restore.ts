@@ -74,7 +74,8 @@ interface RangeRequest {
   chunks: ChunkFetch[]
 }
 
-const DEFAULT_MAX_REQUEST = 16 * 1024 * 1024
+// A pack is sealed once it reaches 16 MiB, so it may hold one more blob: 20 MiB takes a whole pack in one GET.
+const DEFAULT_MAX_REQUEST = 20 * 1024 * 1024
 // Bytes of unrelated blobs worth reading to save a request: ~1 ms of transfer at S3 speeds.
 const MAX_GAP = 256 * 1024
 

@@ -4,7 +4,7 @@ import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, readdir, readFile, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { backedUpImage, cli, CLI, type Teardown, makeImage, MiB, repoWithImage, runCli, sha256File, tempDir } from './helpers.ts'
+import { backedUpImage, cli, CLI, faultyFile, type Teardown, makeImage, MiB, repoWithImage, runCli, sha256File, tempDir } from './helpers.ts'
 
 async function walk(dir: string): Promise<string[]> {
   const out: string[] = []
@@ -130,15 +130,20 @@ t.test('a damaged manifest is reported', async (t) => {
 })
 
 /** A backup slow enough to be caught midway: one read at a time, zstd at its slowest level. */
-function slowBackup(repo: string, image: string) {
-  return spawn(process.execPath, [CLI, 'backup', '--repo', repo, '--device', image, '--pack-size', '4MiB',
-    '--read-concurrency', '1', '--upload-concurrency', '1', '--compression-level', '19', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] })
+/**
+ * A backup slow enough to be caught midway whatever the CPU: the image is read through a FUSE
+ * file whose every read takes 5 ms (one reader, 4 MiB packs), not through a slow compressor.
+ */
+async function slowBackup(t: Teardown, repo: string, image: string) {
+  const slow = await faultyFile(t, image, { delayMs: 5 })
+  return spawn(process.execPath, [CLI, 'backup', '--repo', repo, '--device', slow, '--pack-size', '4MiB',
+    '--read-concurrency', '1', '--upload-concurrency', '1', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] })
 }
 
 t.test('a backup killed with SIGKILL leaves no backup, and the next one reuses its packs', async (t) => {
   const dir = await tempDir(t)
   const { repo, image } = await repoWithImage(dir, 64 * MiB)
-  const child = slowBackup(repo, image)
+  const child = await slowBackup(t, repo, image)
   const exited = new Promise<string | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)))
   const deadline = Date.now() + 60_000
   let indexes: string[] = []
@@ -164,7 +169,7 @@ t.test('a backup killed with SIGKILL leaves no backup, and the next one reuses i
 
 t.test('SIGTERM stops a backup cleanly: exit 130, nothing recorded', async (t) => {
   const { repo, image } = await repoWithImage(await tempDir(t), 32 * MiB)
-  const child = slowBackup(repo, image)
+  const child = await slowBackup(t, repo, image)
   let stdout = ''
   child.stdout.on('data', (d) => (stdout += d))
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))

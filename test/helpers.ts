@@ -2,7 +2,7 @@
 // repositories on the local file system or on the test bed's S3 (Ceph RGW, scripts/testbed.sh).
 import { execFileSync, spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { createReadStream } from 'node:fs'
+import { createReadStream, existsSync } from 'node:fs'
 import { mkdir, mkdtemp, open, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -184,4 +184,27 @@ export function lastJsonLine(stdout: string): Record<string, any> | null {
   } catch {
     return null
   }
+}
+
+/**
+ * Mounts `image` as a FUSE file (test/fixtures/faulty-fs.py, Debian's python3-fusepy) that fails
+ * reads touching [badStart, badEnd) with EIO and makes every read take `delayMs`: a failing or a
+ * slow disk. Unmounted when the test ends. Returns the file's path.
+ */
+export async function faultyFile(t: Teardown, image: string, o: { badStart?: number; badEnd?: number; delayMs?: number }): Promise<string> {
+  const mnt = await tempDir(t, 'faulty-fs')
+  const fs = spawn('/usr/bin/python3', [join(ROOT, 'test/fixtures/faulty-fs.py'), image, mnt, String(o.badStart ?? 0), String(o.badEnd ?? 0), String(o.delayMs ?? 0)],
+    { stdio: ['ignore', 'ignore', 'pipe'] })
+  let log = ''
+  fs.stderr.on('data', (d) => (log += d))
+  t.teardown(() => {
+    try {
+      execFileSync('umount', ['--lazy', mnt]) // lazy: a loop device on the file may still hold it; it goes once released
+    } catch {
+      fs.kill()
+    }
+  })
+  const file = join(mnt, 'disk.img')
+  await until(() => existsSync(file), 10_000, `the FUSE file system (is python3-fusepy installed?) ${log}`)
+  return file
 }

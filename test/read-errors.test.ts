@@ -3,33 +3,17 @@
 // for dm-error. The backup must stop with DEVICE_UNUSABLE naming the device and the offset, and
 // leave no backup behind.
 import t from 'tap'
-import { execFileSync, spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { mkdir } from 'node:fs/promises'
+import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
-import { MiB, ROOT, makeImage, runCli, tempDir, until } from './helpers.ts'
-
-const FAULTY_FS = join(ROOT, 'test/fixtures/faulty-fs.py')
+import { MiB, faultyFile, makeImage, runCli, tempDir } from './helpers.ts'
 
 t.test('a read error is DEVICE_UNUSABLE, names the device and offset, and records nothing', async (t) => {
   const dir = await tempDir(t)
   const backing = join(dir, 'backing.img')
   await makeImage(backing, 32 * MiB, [{ kind: 'random', offset: 0, length: 32 * MiB }])
-  const mnt = join(dir, 'mnt')
-  await mkdir(mnt)
   const bad = 20 * MiB + 4096
-  const fs = spawn('/usr/bin/python3', [FAULTY_FS, backing, mnt, String(bad), String(bad + 4096)], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let fsLog = ''
-  fs.stderr.on('data', (d) => (fsLog += d))
-  t.teardown(() => {
-    try {
-      execFileSync('umount', [mnt])
-    } catch {
-      fs.kill()
-    }
-  })
-  await until(() => existsSync(join(mnt, 'disk.img')), 10_000, `the FUSE file system (python3-fusepy installed?) ${fsLog}`)
-  const loop = execFileSync('losetup', ['--find', '--show', '--read-only', join(mnt, 'disk.img')], { encoding: 'utf8' }).trim()
+  const file = await faultyFile(t, backing, { badStart: bad, badEnd: bad + 4096 })
+  const loop = execFileSync('losetup', ['--find', '--show', '--read-only', file], { encoding: 'utf8' }).trim()
   t.teardown(() => execFileSync('losetup', ['-d', loop]))
 
   const repo = join(dir, 'repo')
