@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || echo "warning: the loop-device tests need root" >&2
-command -v mkfs.ext4 >/dev/null || { echo "mkfs.ext4 is missing: apt-get install e2fsprogs" >&2; exit 1; }
+scripts/test-deps.sh
 echo "# type check (tsc --noEmit)" >&2
 tsc -p .
 eval "$(scripts/testbed.sh start)"
