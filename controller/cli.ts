@@ -34,6 +34,17 @@ interface Common {
   pollMs: number
 }
 
+/** What names a restore, for restore-instance and its preflight: the restore point and where it goes. */
+function withRestoreTarget(c: Command): Command {
+  return c.requiredOption('--backup <id>', 'restore point id (rp-…)')
+    .requiredOption('--target-account <id>', 'account to restore into', account)
+    .requiredOption('--target-region <region>', 'Region to restore into')
+    .requiredOption('--target-kms-key <key>', 'KMS key (in the target account and Region) for the restored volumes')
+    .requiredOption('--restore-role <arn>', 'IAM role in the target account (instance, volumes)')
+    .addOption(new Option('--repo <url>', 'repository holding the restore point').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .option('--worker-role <arn>', 'worker role to assume for the KMS checks before anything is created')
+}
+
 function withCommon(c: Command, queues = true): Command {
   c.option('--json', 'print one JSON object as the last line of stdout')
     .addOption(new Option('--region <region>', 'Region of the instance (backup) or of the AWS calls').env('AWS_REGION'))
@@ -116,14 +127,7 @@ export async function main(argv: string[]): Promise<number> {
       }
     }))
 
-  withCommon(program.command('restore-instance').description('rebuild an instance from a restore point, in this or another account'))
-    .requiredOption('--backup <id>', 'restore point id (rp-…)')
-    .requiredOption('--target-account <id>', 'account to restore into', account)
-    .requiredOption('--target-region <region>', 'Region to restore into')
-    .requiredOption('--target-kms-key <key>', 'KMS key (in the target account and Region) for the restored volumes')
-    .requiredOption('--restore-role <arn>', 'IAM role in the target account (instance, volumes)')
-    .addOption(new Option('--repo <url>', 'repository holding the restore point').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
-    .option('--worker-role <arn>', 'worker role to assume for the KMS check before anything is created')
+  withRestoreTarget(withCommon(program.command('restore-instance').description('rebuild an instance from a restore point, in this or another account')))
     .option('--instance-type <type>', 'instance type (default: the original\'s)')
     .option('--image-id <ami>', 'image to launch from before the volumes are swapped in (default: the original\'s)')
     .option('--availability-zone <az>', 'AZ of the new instance (cross-account; default: the original\'s, in the target Region)')
@@ -162,14 +166,7 @@ export async function main(argv: string[]): Promise<number> {
         ...(o.workerAccount ? { workerAccount: o.workerAccount } : {}), ...(o.workerRole ? { workerRole: o.workerRole } : {}), ...(o.reencryptWith ? { reencryptWith: o.reencryptWith } : {}),
       }))
     }))
-  withCommon(preflight.command('restore-instance'), false)
-    .requiredOption('--backup <id>', 'restore point id')
-    .requiredOption('--target-account <id>', 'account to restore into', account)
-    .requiredOption('--target-region <region>', 'Region to restore into')
-    .requiredOption('--target-kms-key <key>', 'KMS key for the restored volumes')
-    .requiredOption('--restore-role <arn>', 'IAM role in the target account')
-    .addOption(new Option('--repo <url>', 'repository holding the restore point').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
-    .option('--worker-role <arn>', 'worker role to assume for its KMS checks')
+  withRestoreTarget(withCommon(preflight.command('restore-instance'), false))
     .action(run(async (o: Common & { backup: string; targetAccount: string; targetRegion: string; targetKmsKey: string; restoreRole: string; repo: string; workerRole?: string }) => {
       report(o, await preflightRestore({
         restorePointId: o.backup, repo: o.repo, targetAccount: o.targetAccount, targetRegion: o.targetRegion, targetKmsKey: o.targetKmsKey,
