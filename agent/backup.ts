@@ -3,12 +3,13 @@
 // hydrated lazily and only deliver throughput at high queue depth); packs upload in parallel.
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
 import { ID_BYTES, type ChunkIndex } from './chunk-index.ts'
-import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, isDone, markDone, type Checkpoint } from './checkpoint.ts'
+import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, doneBytes, isDone, markDone, newDoneSet, type Checkpoint } from './checkpoint.ts'
 import { openForRead, readAt } from './device.ts'
 import {
   backupChecksum,
   chunkCount,
   chunkIdAt,
+  chunkLength,
   newBackupId,
   ZERO_ID,
   type BackupStats,
@@ -103,7 +104,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const resumed = checkpointKey ? await usableCheckpoint(repo, checkpointKey, { size, chunkSize, parent: parent?.id ?? null }, index) : null
     const backupId = resumed?.backupId ?? newBackupId()
     // Chunks done by an earlier attempt (durable when its checkpoint was saved) are not redone.
-    const done = resumed?.done ?? new Uint8Array(Math.ceil(count / 8))
+    const done = resumed?.done ?? newDoneSet(count)
     const chunks = resumed?.chunks ?? Buffer.alloc(count * ID_BYTES)
     const earlier = resumed?.stats as BackupStats | undefined
     const stats: BackupStats = {
@@ -117,9 +118,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       maxBlobBytes: chunkSize + 64,
     })
     const storedBefore = earlier?.bytesStored ?? 0
-    let bytesDone = 0
+    let bytesDone = doneBytes(done, size, chunkSize)
     const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: size, bytesStored: storedBefore + writer.bytesStored })
-    for (let i = 0; i < count; i++) if (isDone(done, i)) bytesDone += Math.min(chunkSize, size - i * chunkSize)
 
     // Chunks taken from the parent cost no I/O; their presence in the index is still checked,
     // so an incremental backup never refers to a chunk the repository has lost track of.
@@ -127,7 +127,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     for (let i = 0; i < count; i++) {
       if (toRead[i] || isDone(done, i)) continue
       markDone(done, i)
-      bytesDone += Math.min(chunkSize, size - i * chunkSize)
+      bytesDone += chunkLength(size, chunkSize, i)
       if (!parent || options.writtenRanges) {
         stats.chunksZero++
         continue
@@ -182,7 +182,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       await forEachConcurrent(indices(), options.readConcurrency ?? 16, async (i) => {
         await gate?.enter()
         const offset = i * chunkSize
-        const length = Math.min(chunkSize, size - offset)
+        const length = chunkLength(size, chunkSize, i)
         const whole = buffers.pop() ?? Buffer.allocUnsafeSlow(chunkSize)
         try {
           const buf = whole.subarray(0, length)

@@ -39,12 +39,16 @@ export interface BlobCodecOptions {
   maxChunkBytes?: number
 }
 
+/** The output buffer a decode of a chunk of `length` bytes needs: a caller's smaller one is not used. */
+export function decodeBufferSize(length: number): number {
+  return Math.max(64 * 1024, length + 1024)
+}
+
 export class BlobCodec {
   readonly #key: Buffer | null
   readonly #level: number
   readonly #maxChunkBytes: number
   readonly #compressors: Compressor[] = []
-  readonly #sample = Buffer.allocUnsafeSlow(SAMPLE_BYTES * SAMPLES)
   readonly #decompressors: Decompressor[] = []
 
   constructor(options: BlobCodecOptions) {
@@ -64,34 +68,17 @@ export class BlobCodec {
    * them straight into a pack instead of joining them first. A part may be `plain` itself.
    */
   async encodeParts(kind: BlobKind, plain: Buffer): Promise<Buffer[]> {
-    if (!this.#worthCompressing(plain)) return this.#seal(kind, plain, [])
     // The whole encoding holds a compressor (its zstd context and output buffer) from the pool:
     // the compressed bytes are a view of that buffer until they are encrypted or copied.
     return await compressions(async () => {
       const compressor = this.#compressors.pop() ?? new Compressor(this.#level)
       try {
+        if (!(await worthCompressing(plain, compressor))) return this.#seal(kind, plain, [])
         return this.#seal(kind, plain, await compressor.compress(plain))
       } finally {
         if (!compressor.failure) this.#compressors.push(compressor)
       }
     })
-  }
-
-  /**
-   * Whether zstd has a chance on this data: a large buffer is sampled first (SAMPLES slices of
-   * SAMPLE_BYTES spread over it, compressed together on the spot). Incompressible data (already
-   * compressed or encrypted files on the volume) costs zstd about as much CPU as text does, for
-   * nothing; a sample that saves less than 3 % sends the whole buffer raw, which the format
-   * allows (the blob's zstd flag is clear). A chunk whose compressible part the samples miss
-   * (less than an eighth of it, between them) is stored raw: a little space for a lot of CPU.
-   */
-  #worthCompressing(plain: Buffer): boolean {
-    if (plain.length < SAMPLE_BYTES * SAMPLES * 4) return true
-    const sample = this.#sample
-    const step = Math.floor((plain.length - SAMPLE_BYTES) / (SAMPLES - 1))
-    for (let i = 0; i < SAMPLES; i++) plain.copy(sample, i * SAMPLE_BYTES, i * step, i * step + SAMPLE_BYTES)
-    const compressed = zlib.zstdCompressSync(sample, { params: { [zlib.constants.ZSTD_c_compressionLevel]: this.#level } })
-    return compressed.length < sample.length * 0.97
   }
 
   #seal(kind: BlobKind, plain: Buffer, compressed: Buffer[]): Buffer[] {
@@ -150,7 +137,7 @@ export class BlobCodec {
       throw corrupt(kind, 'unencrypted blob in an encrypted repository')
     }
     if (!(flags & FLAG_ZSTD)) return payload
-    const size = Math.max(64 * 1024, (expectedLength ?? this.#maxChunkBytes) + 1024)
+    const size = decodeBufferSize(expectedLength ?? this.#maxChunkBytes)
     const decompressor = this.#decompressors.pop() ?? new Decompressor()
     let pieces: Buffer[]
     try {
@@ -232,7 +219,28 @@ class ZstdRunner {
   }
 }
 
+/**
+ * Whether zstd has a chance on this data: a large buffer is sampled first (SAMPLES slices of
+ * SAMPLE_BYTES spread over it, compressed together by the pooled compressor that would compress
+ * the whole, off the main thread). Incompressible data (already compressed or encrypted files on
+ * the volume) costs zstd about as much CPU as text does, for nothing; a sample that saves less
+ * than 3 % sends the whole buffer raw, which the format allows (the blob's zstd flag is clear). A
+ * chunk whose compressible part the samples miss (less than an eighth of it, between them) is
+ * stored raw: a little space for a lot of CPU.
+ */
+async function worthCompressing(plain: Buffer, compressor: Compressor): Promise<boolean> {
+  if (plain.length < SAMPLE_BYTES * SAMPLES * 4) return true
+  const sample = compressor.sample
+  const step = Math.floor((plain.length - SAMPLE_BYTES) / (SAMPLES - 1))
+  for (let i = 0; i < SAMPLES; i++) plain.copy(sample, i * SAMPLE_BYTES, i * step, i * step + SAMPLE_BYTES)
+  const parts = await compressor.compress(sample)
+  return parts.reduce((n, p) => n + p.length, 0) < sample.length * 0.97
+}
+
 class Compressor extends ZstdRunner {
+  /** Where worthCompressing gathers its sample (one per pooled compressor). */
+  readonly sample = Buffer.allocUnsafeSlow(SAMPLE_BYTES * SAMPLES)
+
   constructor(level: number) {
     super(zlib.createZstdCompress({
       params: {

@@ -10,7 +10,7 @@
 import { z } from 'zod'
 import { ID_BYTES } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode } from './errors.ts'
-import { chunkCount } from './manifest.ts'
+import { chunkCount, chunkLength } from './manifest.ts'
 
 export const CHECKPOINT_VERSION = 1
 export const DEFAULT_CHECKPOINT_INTERVAL_MS = 5 * 60 * 1000
@@ -53,10 +53,16 @@ export function markDone(done: Uint8Array, i: number): void {
   done[i >> 3]! |= 1 << (i & 7)
 }
 
-export function doneCount(done: Uint8Array, count: number): number {
-  let n = 0
-  for (let i = 0; i < count; i++) if (isDone(done, i)) n++
-  return n
+/** An empty done set for `count` chunks. */
+export function newDoneSet(count: number): Uint8Array {
+  return new Uint8Array(Math.ceil(count / 8))
+}
+
+/** Bytes of the volume the done chunks cover: where a resumed task's progress starts. */
+export function doneBytes(done: Uint8Array, size: number, chunkSize: number): number {
+  let bytes = 0
+  for (let i = 0; i < chunkCount(size, chunkSize); i++) if (isDone(done, i)) bytes += chunkLength(size, chunkSize, i)
+  return bytes
 }
 
 export function encodeCheckpoint(c: Checkpoint): Buffer {
@@ -83,7 +89,7 @@ export function decodeCheckpoint(buf: Buffer, what: string): Checkpoint {
   if (!parsed.success) throw bad(z.prettifyError(parsed.error))
   const h = parsed.data
   const count = chunkCount(h.size, h.chunkSize)
-  const bitmapBytes = Math.ceil(count / 8)
+  const bitmapBytes = newDoneSet(count).length
   const idBytes = h.kind === 'backup' ? count * ID_BYTES : 0
   if (buf.length !== 4 + headerLength + bitmapBytes + idBytes) throw bad('wrong length for its volume size')
   const body = 4 + headerLength

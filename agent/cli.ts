@@ -16,7 +16,6 @@ import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from './rep
 import { restore, verify } from './restore.ts'
 import { systemdNotifier } from './systemd.ts'
 
-export { VERSION }
 
 /** Exit statuses: scripts and the daemon tell "bad input" from "damaged data" from "try again". */
 export const ExitStatus = { ok: 0, failure: 1, badInput: 2, damaged: 3, interrupted: 130 } as const

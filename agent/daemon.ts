@@ -5,7 +5,7 @@
 import { EBSClient } from '@aws-sdk/client-ebs'
 import { EC2Client } from '@aws-sdk/client-ec2'
 import { KMSClient } from '@aws-sdk/client-kms'
-import { GetQueueAttributesCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { GetQueueAttributesCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs'
 import { openBackend } from './backend/open.ts'
 import { backup } from './backup.ts'
 import { restore } from './restore.ts'
@@ -18,10 +18,13 @@ import { MetricsEmitter } from './metrics.ts'
 import { listBlocks, type BlockQuery } from './snapshot-blocks.ts'
 import type { ByteRange } from './plan.ts'
 import { assertShareableKey } from './kms.ts'
-import { QueueConsumer, type ReceivedMessage } from './queue.ts'
+import { QueueConsumer, sqsClient, type ReceivedMessage } from './queue.ts'
 import { Repository } from './repository.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
 import { TASK_ID_TAG, Volumes } from './volumes.ts'
+
+/** What a task's checkpoint and task record are saved under in the repository. */
+const taskKey = (taskId: string): string => `task:${taskId}`
 
 /** On a restored volume: the backup it holds, complete and synced (a redelivered task skips the restore). */
 const RESTORED_TAG = 'ebs-worker:restored-backup'
@@ -74,10 +77,7 @@ export class Daemon {
   constructor(config: DaemonConfig, log: DaemonLog = jsonLog) {
     this.#config = config
     this.#log = log
-    // With an endpoint override (AWS_ENDPOINT_URL_SQS, a local SQS), it must win over the host in
-    // the queue URL, which the SDK would otherwise use.
-    const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
-    this.#sqs = new SQSClient(override ? { useQueueUrlAsEndpoint: false } : {})
+    this.#sqs = sqsClient()
   }
 
   async start(): Promise<void> {
@@ -175,8 +175,12 @@ export class Daemon {
   async #run(task: Task, signal: AbortSignal): Promise<Record<string, unknown>> {
     const volumes = this.#volumes!
     switch (task.type) {
-      case 'read':
+      case 'read': {
+        const made = await this.#madeBackup(task)
+        if (made) return { ...made, volumeId: task.volumeId }
+        await this.#checkParent(task)
         return this.#read(task.taskId, task.volumeId, task, signal)
+      }
       case 'attach': {
         const { volumeId } = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
         const device = await volumes.attachHere(volumeId, signal)
@@ -185,20 +189,20 @@ export class Daemon {
       case 'detach':
         return { volumeId: task.volumeId, ...(await volumes.release(task.volumeId, { delete: task.delete })) }
       case 'backup': {
-        // attach + read + detach; the volume is released whatever the read's outcome, and a
-        // redelivered task finds its volume (by tag) and its backup (by tag) again.
-        // Redelivered after the backup was made: report it, and remove a volume left behind.
-        const made = await (await this.#repository(task.repository ?? this.#config.repository)).findTaskBackup(`task:${task.taskId}`)
+        // attach + read + detach; the volume is released whatever the read's outcome. Redelivered
+        // after the backup was made, the task reports it and removes a volume left behind;
+        // before, it finds its volume (by tag) and its checkpoint again.
+        const made = await this.#madeBackup(task)
         if (made) {
           const leftover = await volumes.findByTask(task.taskId)
           if (leftover) await volumes.release(leftover.VolumeId!, { delete: true })
-          return { backupId: made.id, ...(leftover ? { volumeId: leftover.VolumeId } : {}), reused: true, ...made.stats }
+          return { ...made, ...(leftover ? { volumeId: leftover.VolumeId } : {}) }
         }
         await this.#checkParent(task)
         const { volumeId } = await volumes.createFromSnapshot(task.taskId, task.snapshotId, task.volume ?? {}, Boolean(task.sharedFromAccount))
         try {
           await volumes.attachHere(volumeId, signal)
-          return await this.#read(task.taskId, volumeId, { ...task, snapshotId: task.snapshotId }, signal)
+          return await this.#read(task.taskId, volumeId, task, signal)
         } finally {
           await volumes.release(volumeId, { delete: true }).catch((err: unknown) =>
             this.#log.error('could not release volume', { taskId: task.taskId, volumeId, error: describe(err) }))
@@ -238,7 +242,7 @@ export class Daemon {
         const result = await restore(repo, {
           backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
           // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
-          checkpoint: { key: `task:${task.taskId}`, target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
+          checkpoint: { key: taskKey(task.taskId), target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
           onProgress: this.#progressLog(task.taskId),
         })
         await volumes.tag(volumeId, { [RESTORED_TAG]: task.backupId })
@@ -266,7 +270,14 @@ export class Daemon {
     }
   }
 
-  /** Backs up an attached volume; a redelivered task finds the backup it already made. */
+  /** The backup an earlier attempt of this task made (its task record), as a reused result. */
+  async #madeBackup(task: { taskId: string } & ReadSpec): Promise<Record<string, unknown> | null> {
+    const repo = await this.#repository(task.repository ?? this.#config.repository)
+    const made = await repo.findTaskBackup(taskKey(task.taskId))
+    return made ? { backupId: made.id, reused: true, ...made.stats } : null
+  }
+
+  /** Backs up an attached volume (a task whose backup exists never gets here: #madeBackup). */
   async #read(
     taskId: string,
     volumeId: string,
@@ -274,9 +285,6 @@ export class Daemon {
     signal: AbortSignal,
   ): Promise<Record<string, unknown>> {
     const repo = await this.#repository(task.repository ?? this.#config.repository)
-    const previous = await repo.findTaskBackup(`task:${taskId}`)
-    if (previous) return { backupId: previous.id, volumeId, reused: true, ...previous.stats }
-    await this.#checkParent(task)
     const device = await waitForEbsDevice(volumeId, {
       roots: this.#config.deviceRoots,
       timeoutMs: this.#config.deviceTimeoutSeconds * 1000,
@@ -290,7 +298,7 @@ export class Daemon {
       source: { volumeId, ...(task.snapshotId ? { snapshotId: task.snapshotId } : {}) },
       tags: { ...task.tags, [TASK_ID_TAG]: taskId },
       // A task cut short (the visibility cap, SIGTERM, a crash) goes on from here next time.
-      checkpoint: { key: `task:${taskId}`, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
+      checkpoint: { key: taskKey(taskId), intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
       onProgress: this.#progressLog(taskId),
       signal,
     })

@@ -6,7 +6,8 @@ import { readdir, readFile, statfs, access, constants } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { EC2Client, GetEbsDefaultKmsKeyIdCommand } from '@aws-sdk/client-ec2'
 import { DescribeKeyCommand, KMSClient } from '@aws-sdk/client-kms'
-import { GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs'
+import { sqsClient } from './queue.ts'
 import { openBackend } from './backend/open.ts'
 import { loadConfig, type DaemonConfig } from './config.ts'
 import { EBS_MODEL } from './ebs-device.ts'
@@ -133,8 +134,7 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   }
 
   // queue and reply-queue: the SQS client built as the daemon builds it.
-  const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
-  const sqs = new SQSClient({ ...(override ? { useQueueUrlAsEndpoint: false } : {}), maxAttempts: 2 })
+  const sqs = sqsClient({ maxAttempts: 2 })
   try {
     for (const [name, url, needs] of [
       ['queue', config.queueUrl, 'sqs:ReceiveMessage, sqs:ChangeMessageVisibility, sqs:DeleteMessage, sqs:GetQueueAttributes, sqs:SendMessage (carry-over at the 12-hour cap)'],

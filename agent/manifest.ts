@@ -52,6 +52,11 @@ export function chunkCount(size: number, chunkSize: number): number {
   return Math.ceil(size / chunkSize)
 }
 
+/** Bytes of chunk `i` of a volume of `size` bytes: chunkSize, less for the last one. */
+export function chunkLength(size: number, chunkSize: number, i: number): number {
+  return Math.min(chunkSize, size - i * chunkSize)
+}
+
 export function chunkIdAt(chunks: Buffer, index: number): Buffer {
   return chunks.subarray(index * ID_BYTES, (index + 1) * ID_BYTES)
 }

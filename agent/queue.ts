@@ -10,7 +10,8 @@ import {
   ReceiveMessageCommand,
   SendMessageCommand,
   type Message,
-  type SQSClient,
+  SQSClient,
+  type SQSClientConfig,
 } from '@aws-sdk/client-sqs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe } from './errors.ts'
@@ -62,9 +63,18 @@ export interface QueueConsumerOptions {
   onError?: (err: unknown, context: string) => void
 }
 
+/**
+ * An SQS client for queue URLs. With an endpoint override (AWS_ENDPOINT_URL_SQS, a local SQS) the
+ * override must win over the host in the queue URL, which the SDK would otherwise use.
+ */
+export function sqsClient(config: SQSClientConfig = {}): SQSClient {
+  const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
+  return new SQSClient({ ...(override ? { useQueueUrlAsEndpoint: false } : {}), ...config })
+}
+
 export class QueueConsumer {
   readonly #options: Required<Omit<QueueConsumerOptions, 'onError'>> & Pick<QueueConsumerOptions, 'onError'>
-  readonly #running = new Map<string, { receipt: string; abort: AbortController; done: Promise<void> }>()
+  readonly #running = new Map<string, { abort: AbortController; done: Promise<void> }>()
   #polling: AbortController | null = null
   #loop: Promise<void> | null = null
 
@@ -200,6 +210,6 @@ export class QueueConsumer {
         o.onError?.(err, `settling ${id}`)
       }
     })().finally(() => this.#running.delete(id))
-    this.#running.set(id, { receipt, abort, done })
+    this.#running.set(id, { abort, done })
   }
 }

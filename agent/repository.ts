@@ -274,7 +274,7 @@ export class Repository {
 
   /** Where a task's checkpoint lives: task ids may hold "/", so the name is their hash. */
   static checkpointName(key: string): string {
-    return `checkpoints/${createHash('sha256').update(key).digest('hex')}`
+    return `checkpoints/${keyHash(key)}`
   }
 
   async saveCheckpoint(key: string, checkpoint: Checkpoint): Promise<void> {
@@ -298,12 +298,12 @@ export class Repository {
   /** Records that the backup for `key` (the daemon's task) is `backupId`: one GET finds it again. */
   async saveTaskRecord(key: string, backupId: string): Promise<void> {
     const record = Buffer.from(JSON.stringify({ version: 1, key, backupId, savedAt: new Date().toISOString() }))
-    await this.backend.put(`tasks/${createHash('sha256').update(key).digest('hex')}`, await this.codec.encode('task', record))
+    await this.backend.put(`tasks/${keyHash(key)}`, await this.codec.encode('task', record))
   }
 
   /** The backup recorded for `key`, if its manifest exists. */
   async findTaskBackup(key: string): Promise<Manifest | null> {
-    const blob = await this.backend.get(`tasks/${createHash('sha256').update(key).digest('hex')}`)
+    const blob = await this.backend.get(`tasks/${keyHash(key)}`)
     if (!blob) return null
     const parsed = z.object({ key: z.string(), backupId: z.string() })
       .safeParse(JSON.parse((await this.#decodeMeta('task', blob, `task record of ${key}`)).toString('utf8')))
@@ -321,4 +321,9 @@ export class Repository {
       throw new EbsWorkerError(ErrorCode.RepoFormat, `${what} cannot be read: ${describe(err)}`, { cause: err })
     }
   }
+}
+
+/** Object names keyed by a task: task ids may hold "/" and be long, so the name is their hash. */
+function keyHash(key: string): string {
+  return createHash('sha256').update(key).digest('hex')
 }

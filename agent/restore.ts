@@ -1,12 +1,13 @@
 // Restore and verify: manifest → chunk locations → coalesced ranged GETs → verified chunks →
 // device. Every chunk is decrypted (GCM authenticates it), decompressed (zstd checks its frame)
 // and re-hashed against its id before a byte of it is written.
-import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, isDone, markDone } from './checkpoint.ts'
+import { decodeBufferSize } from './blob.ts'
+import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, doneBytes, isDone, markDone, newDoneSet } from './checkpoint.ts'
 import type { ChunkIndex, ChunkLocation } from './chunk-index.ts'
 import { openForWrite, writeAt } from './device.ts'
 import { assertVolumeDevice, type DeviceRoots } from './ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
-import { chunkCount, chunkIdAt, ZERO_ID, type Manifest } from './manifest.ts'
+import { chunkCount, chunkIdAt, chunkLength, ZERO_ID, type Manifest } from './manifest.ts'
 import { forEachConcurrent } from './pool.ts'
 import type { Repository } from './repository.ts'
 
@@ -170,7 +171,7 @@ async function fetchChunks(
       throw atChunk(manifest, req.chunks[0]!, err)
     }
     bytesFetched += data.length
-    const plainBuffer = plainBuffers.pop() ?? Buffer.allocUnsafeSlow(manifest.chunkSize + 1024)
+    const plainBuffer = plainBuffers.pop() ?? Buffer.allocUnsafeSlow(decodeBufferSize(manifest.chunkSize))
     for (const chunk of req.chunks) {
       const blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
       let plain: Buffer
@@ -179,7 +180,7 @@ async function fetchChunks(
       } catch (err) {
         throw atChunk(manifest, chunk, err)
       }
-      const expected = Math.min(manifest.chunkSize, manifest.size - chunk.targets[0]! * manifest.chunkSize)
+      const expected = chunkLength(manifest.size, manifest.chunkSize, chunk.targets[0]!)
       if (plain.length !== expected) throw atChunk(manifest, chunk, new Error(`holds ${plain.length} bytes, expected ${expected}`))
       chunksVerified++
       // A chunk is a view of the request buffer or of plainBuffer: the sink is done with it before reuse.
@@ -204,16 +205,15 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   const resumed = saved && saved.kind === 'restore' && saved.backupId === manifest.id && saved.size === manifest.size &&
     saved.chunkSize === manifest.chunkSize && saved.target === options.checkpoint!.target ? saved : null
   // Chunks an earlier attempt wrote and synced before its checkpoint are on the target already.
-  const done = resumed?.done ?? new Uint8Array(Math.ceil(count / 8))
+  const done = resumed?.done ?? newDoneSet(count)
   const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_MAX_REQUEST, done)
   if (options.volumeId) await assertVolumeDevice(options.device, options.volumeId, options.deviceRoots)
   // An image file may be created; a missing path under /dev is a typo or a device not there yet.
   const device = await openForWrite(options.device, { minSize: manifest.size, create: !options.device.startsWith('/dev/') })
   const fresh = options.freshTarget === true || device.created
   const earlier: Record<string, number> = resumed?.stats ?? {}
-  const chunkLength = (i: number): number => Math.min(manifest.chunkSize, manifest.size - i * manifest.chunkSize)
-  let bytesDone = 0
-  for (let i = 0; i < count; i++) if (isDone(done, i)) bytesDone += chunkLength(i)
+  const lengthOf = (i: number): number => chunkLength(manifest.size, manifest.chunkSize, i)
+  let bytesDone = doneBytes(done, manifest.size, manifest.chunkSize)
   let bytesWritten = earlier.bytesWritten ?? 0
   let bytesFetched = 0
   let chunksVerified = 0
@@ -246,7 +246,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
     if (fresh) {
       for (const i of zero) {
         markDone(done, i)
-        bytesDone += chunkLength(i)
+        bytesDone += lengthOf(i)
       }
     }
     try {
@@ -264,7 +264,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
       if (!fresh) {
         const zeros = Buffer.alloc(manifest.chunkSize)
         await forEachConcurrent(zero, 8, async (i) => {
-          const length = chunkLength(i)
+          const length = lengthOf(i)
           await write(zeros.subarray(0, length), i * manifest.chunkSize)
           markDone(done, i)
           bytesWritten += length
@@ -306,7 +306,7 @@ export async function verify(repo: Repository, options: FetchOptions & { backupI
   const started = performance.now()
   const manifest = await repo.loadManifest(options.backupId)
   const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_MAX_REQUEST)
-  let bytesDone = zero.reduce((sum, i) => sum + Math.min(manifest.chunkSize, manifest.size - i * manifest.chunkSize), 0)
+  let bytesDone = zero.reduce((sum, i) => sum + chunkLength(manifest.size, manifest.chunkSize, i), 0)
   const fetched = await fetchChunks(repo, manifest, requests, options, async (chunk, plain) => {
     bytesDone += plain.length * chunk.targets.length
     options.onProgress?.({ bytesDone, bytesTotal: manifest.size })

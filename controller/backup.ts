@@ -21,7 +21,7 @@ import { assumeRole, type Session } from './aws.ts'
 import { Cleanup, type CleanupReport } from './cleanup.ts'
 import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, kmsDryRun, type Waits } from './ec2.ts'
 import { ControllerCode, ControllerError } from './errors.ts'
-import { newRestorePointId, RestorePointStore, type RestorePoint } from './restore-point.ts'
+import { newRestorePointId, RESTORE_POINT_VERSION, RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
 
 export const CONTROLLER_TAG = 'ebs-controller:restore-point'
@@ -235,7 +235,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
     const results = settled.map((x) => (x as PromiseFulfilledResult<{ v: SourceVolume; figures: Record<string, unknown> }>).value)
 
     const restorePoint: RestorePoint = {
-      format: 'ebs-worker-restore-point', version: 1, id, createdAt: new Date().toISOString(),
+      format: 'ebs-worker-restore-point', version: RESTORE_POINT_VERSION, id, createdAt: new Date().toISOString(),
       instance: {
         instanceId: o.instanceId, accountId: sourceAccount, region: o.region, availabilityZone: instance.Placement?.AvailabilityZone ?? `${o.region}a`,
         instanceType: instance.InstanceType ?? 'unknown', imageId: instance.ImageId ?? 'unknown', ...(instance.Architecture ? { architecture: instance.Architecture } : {}),

@@ -15,16 +15,6 @@ export class Cleanup {
     this.#steps.push({ what, run })
   }
 
-  /** Forgets a step (what it undoes is to be kept after all). */
-  drop(what: string): void {
-    const i = this.#steps.findIndex((s) => s.what === what)
-    if (i >= 0) this.#steps.splice(i, 1)
-  }
-
-  get pending(): string[] {
-    return this.#steps.map((s) => s.what)
-  }
-
   /** Runs every step, last registered first; each failure is reported with its reason. */
   async run(): Promise<CleanupReport> {
     const report: CleanupReport = { done: [], failed: [] }

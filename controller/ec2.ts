@@ -90,8 +90,7 @@ export async function waitVolumeAvailable(ec2: EC2Client, who: string, volumeId:
 export async function waitVolumeState(ec2: EC2Client, who: string, volumeId: string, wanted: string, waits: Waits): Promise<void> {
   await poll(waits, waits.stateTimeoutMs, async () => {
     const v = (await call(who, 'DescribeVolumes', () => ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] })))).Volumes?.[0]
-    const state = wanted === 'attached' ? v?.Attachments?.[0]?.State : v?.State
-    return state === wanted ? true : undefined
+    return v?.State === wanted ? true : undefined
   }, () => new ControllerError(ControllerCode.Aws, `${who}: volume ${volumeId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
 }
 

@@ -29,10 +29,7 @@ export class ControllerError extends Error {
   }
 }
 
-export function describe(err: unknown): string {
-  if (err instanceof Error) return err.message || err.name
-  return String(err)
-}
+export { describe } from '../agent/errors.ts'
 
 /** The AWS error name of an SDK failure ("AccessDenied", "InvalidVolume.NotFound", …). */
 export function awsName(err: unknown): string {

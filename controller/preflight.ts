@@ -124,10 +124,14 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
       const readKeys = cross ? keys.map((k) => (inspected.volumes.find((v) => v.kmsKeyId === k)!.awsManaged ? o.reencryptWith : k)).filter((k): k is string => Boolean(k)) : keys
       for (const key of [...new Set(readKeys)]) await keyChecks(worker, o.region, key, ['CreateGrant', 'Decrypt'], checks)
       if (cross && keys.length) {
-        const r = await ec2DryRun(worker.ec2(o.region), (c) => c.send(new GetEbsDefaultKmsKeyIdCommand({})))
-        if (!r.ok) checks.push({ role: o.workerRole, key: '-', action: 'ec2:GetEbsDefaultKmsKeyId', ok: false, ...(r.detail ? { detail: r.detail } : {}) })
-        else {
-          const def = (await worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({}))).KmsKeyId!
+        // One real call (GetEbsDefaultKmsKeyId has no DryRun): its answer is the key to check next.
+        let def: string | null = null
+        try {
+          def = (await worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({}))).KmsKeyId!
+        } catch (err) {
+          checks.push({ role: o.workerRole, key: '-', action: 'ec2:GetEbsDefaultKmsKeyId', ok: false, detail: `${awsName(err)}: ${describe(err)}` })
+        }
+        if (def) {
           const d = await describeKeyCheck(worker, o.region, def)
           // aws/ebs is usable through EBS by every principal of its account (its key policy is
           // conditioned on kms:ViaService, so a direct DryRun would be refused): DescribeKey only.

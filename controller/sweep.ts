@@ -18,7 +18,6 @@ export interface SweepOptions {
   /** Only snapshots started at least this long ago are orphans (a backup may still be running). */
   olderThanMs: number
   dryRun?: boolean
-  now?: Date
 }
 
 export interface SweepOutcome {
@@ -35,7 +34,7 @@ export async function sweepSnapshots(o: SweepOptions): Promise<SweepOutcome> {
   const out = await call(who, 'DescribeSnapshots tagged by ebs-controller', () => ec2.send(new DescribeSnapshotsCommand({
     OwnerIds: ['self'], Filters: [{ Name: 'tag-key', Values: [CONTROLLER_TAG] }],
   })))
-  const now = (o.now ?? new Date()).getTime()
+  const now = Date.now()
   const outcome: SweepOutcome = { deleted: [], kept: [], failed: [] }
   for (const s of out.Snapshots ?? []) {
     const restorePoint = s.Tags?.find((t) => t.Key === CONTROLLER_TAG)?.Value ?? ''

@@ -1,7 +1,8 @@
 // The controller's only way to the worker fleet: tasks on the task queue, results on the reply
 // queue (docs/TASKS.md, the schema in agent/task.ts, the one module the two programs share).
 // Replies for tasks this run did not send are left on the queue for whoever sent them.
-import { ChangeMessageVisibilityCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
+import { ChangeMessageVisibilityCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs'
+import { sqsClient } from '../agent/queue.ts'
 import { task as taskSchema, taskResult, type Task, type TaskResult } from '../agent/task.ts'
 import { ControllerCode, ControllerError, describe } from './errors.ts'
 
@@ -10,30 +11,22 @@ export interface TaskChannelOptions {
   replyQueueUrl: string
   /** How long a task may take before the controller gives up on it. */
   timeoutMs: number
-  /** Long-poll wait of each receive (seconds). */
-  waitTimeSeconds?: number
 }
-
-/** A task as the controller writes it: the schema's input (defaults filled in by the worker). */
-export type TaskInput = Task
 
 export class TaskChannel {
   readonly #o: TaskChannelOptions
   readonly #sqs: SQSClient
   readonly #pending = new Map<string, (r: TaskResult) => void>()
-  readonly #results = new Map<string, TaskResult>()
   #polling: Promise<void> | null = null
   #closed = false
 
   constructor(options: TaskChannelOptions) {
     this.#o = options
-    // With an endpoint override (a local SQS), it must win over the host in the queue URL.
-    const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
-    this.#sqs = new SQSClient(override ? { useQueueUrlAsEndpoint: false } : {})
+    this.#sqs = sqsClient()
   }
 
   /** Sends a task and resolves with its result (succeeded, failed or rejected); times out as configured. */
-  async run(task: TaskInput): Promise<TaskResult> {
+  async run(task: Task): Promise<TaskResult> {
     const checked = taskSchema.safeParse(task)
     if (!checked.success) throw new ControllerError(ControllerCode.BadInput, `the controller built an invalid task ${task.taskId}: ${checked.error.message}`)
     const result = new Promise<TaskResult>((resolve) => this.#pending.set(task.taskId, resolve))
@@ -61,7 +54,7 @@ export class TaskChannel {
       let messages
       try {
         messages = (await this.#sqs.send(new ReceiveMessageCommand({
-          QueueUrl: this.#o.replyQueueUrl, WaitTimeSeconds: this.#o.waitTimeSeconds ?? 5, MaxNumberOfMessages: 10,
+          QueueUrl: this.#o.replyQueueUrl, WaitTimeSeconds: 5, MaxNumberOfMessages: 10,
         }))).Messages ?? []
       } catch (err) {
         if (this.#closed) return
@@ -80,7 +73,6 @@ export class TaskChannel {
         const waiting = parsed ? this.#pending.get(parsed.taskId) : undefined
         if (parsed && waiting) {
           await this.#sqs.send(new DeleteMessageCommand({ QueueUrl: this.#o.replyQueueUrl, ReceiptHandle: m.ReceiptHandle! }))
-          this.#results.set(parsed.taskId, parsed)
           waiting(parsed)
         } else {
           // Someone else's reply: visible again at once for its owner.

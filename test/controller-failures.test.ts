@@ -18,10 +18,12 @@ t.test('bad input: no such instance, a role that cannot be assumed', async (t) =
   const w = await controllerWorld(t)
   const missing = await w.controller(['backup-instance', '--instance', 'i-0123456789abcdef0', '--source-role', w.roles.source.arn])
   t.match(missing, { code: 1, json: { error: { code: 'INSTANCE_NOT_FOUND', message: /i-0123456789abcdef0/ } } }, 'an instance that does not exist')
+  // A real instance, so that a flow that went on despite the refused role would leave snapshots.
+  const instanceId = await w.instance(PROD, 'eu-west-1a', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }])
   const untrusted = w.world.addRole({ accountId: PROD, name: 'locked', trust: ['999999999999'] })
-  const denied = await w.controller(['backup-instance', '--instance', 'i-0123456789abcdef0', '--source-role', untrusted.arn])
+  const denied = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', untrusted.arn])
   t.match(denied, { code: 1, json: { error: { code: 'ROLE_NOT_ASSUMABLE', message: new RegExp(`${untrusted.arn}.*trust policy`) } } }, 'a role that cannot be assumed, named')
-  const bad = await w.controller(['backup-instance', '--instance', 'i-0123456789abcdef0', '--source-role', 'not-an-arn'])
+  const bad = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', 'not-an-arn'])
   t.match(bad, { code: 2, json: { error: { code: 'BAD_INPUT' } } }, 'a role that is not an ARN is bad input')
   t.same(live(w).snapshots, [], 'nothing was created')
 })
@@ -146,7 +148,9 @@ t.test('a controller that died mid-backup: sweep-snapshots deletes its orphans, 
   Object.assign(w.ec2.snapshots.get(orphan)!, { tags: { 'ebs-controller:restore-point': 'rp-20261122T010000Z-0badc0de' }, startTime: new Date(Date.now() - 86_400_000).toISOString() })
   const recent = w.ec2.addSnapshot({ image, sizeGiB: 2, ownerId: PROD })
   w.ec2.snapshots.get(recent)!.tags['ebs-controller:restore-point'] = 'rp-20261123T080000Z-5ee5ee5e'
+  // Old enough to be swept, but not the controller's: the tag filter alone must keep it.
   const untagged = w.ec2.addSnapshot({ image, sizeGiB: 2, ownerId: PROD })
+  w.ec2.snapshots.get(untagged)!.startTime = new Date(Date.now() - 86_400_000).toISOString()
 
   const dry = await w.controller(['sweep-snapshots', '--source-role', w.roles.source.arn, '--older-than-hours', '1', '--dry-run'])
   t.equal(dry.code, 0, `a dry run${dry.said}`)

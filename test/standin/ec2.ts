@@ -171,12 +171,6 @@ export interface Ec2StandInOptions {
   exposeDevice?: (volume: Volume, name: string, loop: string) => Promise<void>
 }
 
-export interface SnapshotState {
-  snapshotId: string
-  volumeId: string
-  state: 'pending' | 'completed'
-}
-
 interface Ctx {
   principal: Principal
   accountId: string
