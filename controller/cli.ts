@@ -11,7 +11,7 @@ import { RestorePointStore } from './restore-point.ts'
 import { TaskChannel } from './tasks.ts'
 import { sweepSnapshots } from './sweep.ts'
 import type { Waits } from './ec2.ts'
-import { VERSION } from '../agent/version.ts'
+import { VERSION } from '../agent/core/version.ts'
 
 const positiveInt = (name: string) => (value: string): number => {
   const n = Number(value)

@@ -29,7 +29,7 @@ export class ControllerError extends Error {
   }
 }
 
-export { describe } from '../agent/errors.ts'
+export { describe } from '../agent/core/errors.ts'
 
 /** The AWS error name of an SDK failure ("AccessDenied", "InvalidVolume.NotFound", …). */
 export function awsName(err: unknown): string {

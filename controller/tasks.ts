@@ -1,9 +1,9 @@
 // The controller's only way to the worker fleet: tasks on the task queue, results on the reply
-// queue (docs/TASKS.md, the schema in agent/task.ts, the one module the two programs share).
+// queue (docs/TASKS.md, the schema in agent/daemon/task.ts, the one module the two programs share).
 // Replies for tasks this run did not send are left on the queue for whoever sent them.
 import { ChangeMessageVisibilityCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs'
-import { sqsClient } from '../agent/queue.ts'
-import { task as taskSchema, taskResult, type Task, type TaskResult } from '../agent/task.ts'
+import { sqsClient } from '../agent/daemon/queue.ts'
+import { task as taskSchema, taskResult, type Task, type TaskResult } from '../agent/daemon/task.ts'
 import { ControllerCode, ControllerError, describe } from './errors.ts'
 
 export interface TaskChannelOptions {

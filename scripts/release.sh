@@ -14,8 +14,8 @@ node=node_modules/node/bin/node
 [ -x "$node" ] || { echo "release: $node is missing: run npm ci first" >&2; exit 1; }
 
 version=$("$node" -p 'require("./package.json").version')
-grep -q "^export const VERSION = '$version'$" agent/version.ts \
-  || { echo "release: agent/version.ts VERSION is not $version (package.json): update both" >&2; exit 1; }
+grep -q "^export const VERSION = '$version'$" agent/core/version.ts \
+  || { echo "release: agent/core/version.ts VERSION is not $version (package.json): update both" >&2; exit 1; }
 runtime=$("$node" --version)
 case "$runtime" in v24.*) ;; *) echo "release: bundled runtime is $runtime, expected Node 24" >&2; exit 1 ;; esac
 

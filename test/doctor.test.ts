@@ -11,7 +11,7 @@ import { cli, fakeNvme, makeImage, MiB, runCli, tempDir, type Teardown } from '.
 import { startImds } from './standin/imds.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { KmsStandIn } from './standin/kms.ts'
-import { doctor, MEMORY_BASE, MEMORY_PER_TASK, type Check } from '../agent/doctor.ts'
+import { doctor, MEMORY_BASE, MEMORY_PER_TASK, type Check } from '../agent/daemon/doctor.ts'
 
 const INSTANCE = { instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', accountId: '111122223333' }
 

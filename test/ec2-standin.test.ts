@@ -6,7 +6,7 @@ import {
   GetEbsDefaultKmsKeyIdCommand, ModifySnapshotAttributeCommand, waitUntilSnapshotCompleted, waitUntilVolumeAvailable, waitUntilVolumeInUse,
 } from '@aws-sdk/client-ec2'
 import { join } from 'node:path'
-import { findEbsDevice, waitForEbsDevice } from '../agent/ebs-device.ts'
+import { findEbsDevice, waitForEbsDevice } from '../agent/device/ebs-device.ts'
 import { makeImage, MiB, sha256File, tempDir } from './helpers.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 

@@ -10,7 +10,7 @@ import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { parse, type Tags } from 'yaml'
-import { HEARTBEAT_SECONDS, NAMESPACE } from '../agent/metrics.ts'
+import { HEARTBEAT_SECONDS, NAMESPACE } from '../agent/daemon/metrics.ts'
 import { ROOT, tempDir } from './helpers.ts'
 
 const run = promisify(execFile)

@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, open, rm, stat, symlink, writeFile } from 'node:fs/prom
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
-import { devNumber } from '../agent/device.ts'
+import { devNumber } from '../agent/device/block-device.ts'
 
 export const ROOT = new URL('..', import.meta.url).pathname
 export const CLI = join(ROOT, 'agent/bin/ebs-worker.ts')

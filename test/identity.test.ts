@@ -1,7 +1,7 @@
 // Who am I: the SDK's IMDSv2 client against the IMDS stand-in (test/standin/imds.ts).
 import t from 'tap'
 import { createServer } from 'node:net'
-import { whoAmI } from '../agent/identity.ts'
+import { whoAmI } from '../agent/aws/identity.ts'
 import { startImds } from './standin/imds.ts'
 
 const identity = { instanceId: 'i-0123456789abcdef0', region: 'eu-west-1', availabilityZone: 'eu-west-1b', accountId: '111122223333' }

@@ -10,7 +10,7 @@ import { CreateQueueCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMe
 import { startFauxqs } from 'fauxqs'
 import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, tempDir, until } from './helpers.ts'
 import { startImds } from './standin/imds.ts'
-import { heartbeatMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics } from '../agent/metrics.ts'
+import { heartbeatMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics } from '../agent/daemon/metrics.ts'
 
 const UNITS = new Set(['Seconds', 'Microseconds', 'Milliseconds', 'Bytes', 'Kilobytes', 'Megabytes', 'Gigabytes', 'Terabytes', 'Bits',
   'Kilobits', 'Megabits', 'Gigabits', 'Terabits', 'Percent', 'Count', 'Bytes/Second', 'Kilobytes/Second', 'Megabytes/Second',

@@ -5,7 +5,7 @@ import t from 'tap'
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { QueueConsumer, VisibilityCapReached, type ReceivedMessage } from '../agent/queue.ts'
+import { QueueConsumer, VisibilityCapReached, type ReceivedMessage } from '../agent/daemon/queue.ts'
 import { until } from './helpers.ts'
 
 const server = await startFauxqs({ port: 0, logger: false })

@@ -1,12 +1,12 @@
-// The minimal HTTP/1.1 client of restores' ranged GETs (agent/backend/raw-http.ts), against a
+// The minimal HTTP/1.1 client of restores' ranged GETs (agent/storage/raw-http.ts), against a
 // local node:http server that misbehaves on purpose, and the blob codec's pooled zstd contexts.
 import t from 'tap'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { randomBytes } from 'node:crypto'
-import { RawHttpPool, UnexpectedLengthError } from '../agent/backend/raw-http.ts'
-import { partSizeFor } from '../agent/backend/s3.ts'
-import { BlobCodec } from '../agent/blob.ts'
+import { RawHttpPool, UnexpectedLengthError } from '../agent/storage/raw-http.ts'
+import { partSizeFor } from '../agent/storage/s3.ts'
+import { BlobCodec } from '../agent/repo/codec.ts'
 import type { Teardown } from './helpers.ts'
 
 const body = randomBytes(3 * 1024 * 1024 + 17)

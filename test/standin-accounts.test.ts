@@ -10,7 +10,7 @@ import {
 import { CreateGrantCommand, DescribeKeyCommand, KMSClient } from '@aws-sdk/client-kms'
 import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts'
 import { join } from 'node:path'
-import { Volumes } from '../agent/volumes.ts'
+import { Volumes } from '../agent/aws/volumes.ts'
 import { makeImage, MiB, sha256File, tempDir } from './helpers.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { AwsWorld } from './standin/iam.ts'

@@ -12,7 +12,7 @@ import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
 import { cli, CLI, ROOT, tempDir, until } from './helpers.ts'
 import { startImds } from './standin/imds.ts'
-import { systemdNotifier } from '../agent/systemd.ts'
+import { systemdNotifier } from '../agent/daemon/systemd.ts'
 
 const run = promisify(execFile)
 const UNIT = join(ROOT, 'systemd/ebs-worker.service')
@@ -74,8 +74,8 @@ t.test('the unit runs the release launcher as the dedicated user, sandboxed', as
   t.same(s.get('Type'), ['notify'])
   t.ok(Number(s.get('WatchdogSec')?.[0]) > 0, 'a watchdog')
 
-  // The stop timeout covers the daemon's default SIGTERM grace (agent/config.ts) plus the hand-back.
-  const configTs = await readFile(join(ROOT, 'agent/config.ts'), 'utf8')
+  // The stop timeout covers the daemon's default SIGTERM grace (agent/daemon/config.ts) plus the hand-back.
+  const configTs = await readFile(join(ROOT, 'agent/daemon/config.ts'), 'utf8')
   const grace = Number(/shutdownGraceSeconds: z\.number\(\)[^\n]*\.default\((\d+)\)/.exec(configTs)?.[1])
   t.ok(grace > 0, `default shutdownGraceSeconds found (${grace})`)
   const stop = Number(s.get('TimeoutStopSec')?.[0])

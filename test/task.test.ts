@@ -3,7 +3,7 @@
 import t from 'tap'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { parseTask, taskResult } from '../agent/task.ts'
+import { parseTask, taskResult } from '../agent/daemon/task.ts'
 import { ROOT } from './helpers.ts'
 
 t.test('the examples in docs/TASKS.md are what the code accepts', async (t) => {

@@ -2,13 +2,13 @@
 // request coalescing, manifest checksum, URL and size parsing.
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import { BlobCodec } from '../agent/blob.ts'
-import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from '../agent/chunk-index.ts'
-import { parseSize } from '../agent/cli.ts'
-import { parseS3Url } from '../agent/backend/open.ts'
-import { backupChecksum, decodeManifest, encodeManifest, newBackupId, ZERO_ID, type Manifest } from '../agent/manifest.ts'
-import { chunksToRead } from '../agent/plan.ts'
-import { planRequests } from '../agent/restore.ts'
+import { BlobCodec } from '../agent/repo/codec.ts'
+import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from '../agent/repo/chunk-index.ts'
+import { parseSize } from '../agent/cli/main.ts'
+import { parseS3Url } from '../agent/storage/open.ts'
+import { backupChecksum, decodeManifest, encodeManifest, newBackupId, ZERO_ID, type Manifest } from '../agent/repo/manifest.ts'
+import { chunksToRead } from '../agent/core/plan.ts'
+import { planRequests } from '../agent/pipeline/restore.ts'
 
 const MiB = 1024 * 1024
 

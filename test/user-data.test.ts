@@ -1,13 +1,13 @@
 // packaging/user-data.sh run as cloud-init would, but against a temporary root, the IMDS stand-in
 // (serving instance tags) and a systemctl that records what it is asked: the config it writes
-// must pass the daemon's own schema (agent/config.ts), and a bad setting must stop it before
+// must pass the daemon's own schema (agent/daemon/config.ts), and a bad setting must stop it before
 // anything is written or started.
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import { access, chmod, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { loadConfig } from '../agent/config.ts'
+import { loadConfig } from '../agent/daemon/config.ts'
 import { CLI, ROOT, tempDir, type Teardown } from './helpers.ts'
 import { startImds } from './standin/imds.ts'
 

@@ -7,5 +7,5 @@ if (major < 24) {
   process.stderr.write(`ebs-worker needs Node.js 24 or later (this is ${process.version}); run it with "npx ebs-worker" from the checkout\n`)
   process.exit(1)
 }
-const { main } = await import('../cli.ts')
+const { main } = await import('../cli/main.ts')
 process.exitCode = await main(process.argv.slice(2))

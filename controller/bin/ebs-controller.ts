@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Entry point of the controller (a separate program from the worker agent; they share only the
-// task protocol, agent/task.ts).
+// task protocol, agent/daemon/task.ts).
 const major = Number(process.versions.node.split('.')[0])
 if (major < 24) {
   process.stderr.write(`ebs-controller needs Node.js 24 or later (this is ${process.version}); run it with "npx ebs-controller" from the checkout\n`)

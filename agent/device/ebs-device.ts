@@ -7,8 +7,8 @@
 import { readdir, readFile, realpath, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { devNumber } from './device.ts'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { devNumber } from './block-device.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 
 export const EBS_MODEL = 'Amazon Elastic Block Store'
 

@@ -1,15 +1,15 @@
 // Restore and verify: manifest → chunk locations → coalesced ranged GETs → verified chunks →
 // device. Every chunk is decrypted (GCM authenticates it), decompressed (zstd checks its frame)
 // and re-hashed against its id before a byte of it is written.
-import { decodeBufferSize } from './blob.ts'
+import { decodeBufferSize } from '../repo/codec.ts'
 import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, doneBytes, isDone, markDone, newDoneSet } from './checkpoint.ts'
-import type { ChunkIndex, ChunkLocation } from './chunk-index.ts'
-import { openForWrite, writeAt } from './device.ts'
-import { assertVolumeDevice, type DeviceRoots } from './ebs-device.ts'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
-import { chunkCount, chunkIdAt, chunkLength, ZERO_ID, type Manifest } from './manifest.ts'
-import { forEachConcurrent } from './pool.ts'
-import type { Repository } from './repository.ts'
+import type { ChunkIndex, ChunkLocation } from '../repo/chunk-index.ts'
+import { openForWrite, writeAt } from '../device/block-device.ts'
+import { assertVolumeDevice, type DeviceRoots } from '../device/ebs-device.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { chunkCount, chunkIdAt, chunkLength, ZERO_ID, type Manifest } from '../repo/manifest.ts'
+import { forEachConcurrent } from '../core/concurrency.ts'
+import type { Repository } from '../repo/repository.ts'
 
 export interface FetchOptions {
   /** Ranged GETs in flight. */

@@ -3,7 +3,7 @@
 // EBS_WORKER_S3_CHECKSUMS=when-required does the same for every s3:// URL (test beds).
 import { isAbsolute, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { EbsWorkerError, ErrorCode } from '../errors.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { FileBackend } from './file.ts'
 import { S3Backend, type S3BackendOptions } from './s3.ts'
 import type { Backend } from './types.ts'

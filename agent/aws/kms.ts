@@ -2,7 +2,7 @@
 // encrypted with an AWS managed key (aws/ebs) cannot be shared with another account, so a
 // cross-account restore under such a key must fail before any volume is made, and say why.
 import { DescribeKeyCommand, type KMSClient } from '@aws-sdk/client-kms'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 
 export async function assertShareableKey(kms: KMSClient, keyRef: string): Promise<void> {
   let manager: string | undefined

@@ -3,7 +3,7 @@
 // chunk whether to read it from the device or take its id from the parent.
 import { z } from 'zod'
 import { EbsWorkerError, ErrorCode } from './errors.ts'
-import { chunkCount } from './manifest.ts'
+import { chunkCount } from '../repo/manifest.ts'
 
 export interface ByteRange {
   offset: number

@@ -4,8 +4,8 @@
 // KMS Decrypt (same context, same key id: KMS refuses any other). AWS KMS API Reference, Encrypt
 // and Decrypt; KMS Developer Guide, "Encryption context".
 import { DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
-import type { KeyProvider, WrappedKey } from './keys.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import type { KeyProvider, WrappedKey } from '../repo/keys.ts'
 
 export const KMS_PROVIDER = 'aws-kms'
 

@@ -5,7 +5,7 @@
 //   - the HMAC-SHA256 key for chunk ids, so an id reveals nothing about the plaintext.
 import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 
 export interface WrappedKey {
   /** Which provider can unwrap it: "local-file" or "aws-kms". */

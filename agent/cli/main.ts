@@ -2,19 +2,19 @@
 // one JSON object as the last line of stdout; the exit status says how it went (docs/CLI.md).
 import { readFile } from 'node:fs/promises'
 import { Command, InvalidArgumentError, Option } from 'commander'
-import { openBackend } from './backend/open.ts'
-import { backup, DEFAULT_PACK_SIZE } from './backup.ts'
-import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts'
-import { CHECK_NAMES, doctor, formatCheck } from './doctor.ts'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
-import { LocalKeyFileProvider } from './keys.ts'
-import { VERSION } from './version.ts'
-import { KmsKeyProvider } from './kms-key.ts'
-import { parseChangedRanges } from './plan.ts'
+import { openBackend } from '../storage/open.ts'
+import { backup, DEFAULT_PACK_SIZE } from '../pipeline/backup.ts'
+import { DEFAULT_CONFIG_PATH, loadConfig } from '../daemon/config.ts'
+import { CHECK_NAMES, doctor, formatCheck } from '../daemon/doctor.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { LocalKeyFileProvider } from '../repo/keys.ts'
+import { VERSION } from '../core/version.ts'
+import { KmsKeyProvider } from '../aws/kms-key-provider.ts'
+import { parseChangedRanges } from '../core/plan.ts'
 import { formatBytes, progressBar } from './progress.ts'
-import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from './repository.ts'
-import { restore, verify } from './restore.ts'
-import { systemdNotifier } from './systemd.ts'
+import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from '../repo/repository.ts'
+import { restore, verify } from '../pipeline/restore.ts'
+import { systemdNotifier } from '../daemon/systemd.ts'
 
 
 /** Exit statuses: scripts and the daemon tell "bad input" from "damaged data" from "try again". */
@@ -221,7 +221,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .addOption(new Option('--config <path>', 'configuration file').env('EBS_WORKER_CONFIG').default(DEFAULT_CONFIG_PATH))
     .action(async (opts: { config: string }) => {
       // Loaded only here: the EC2/SQS/KMS/EBS clients cost ~0.3 s of start-up the other commands do not need.
-      const { Daemon } = await import('./daemon.ts')
+      const { Daemon } = await import('../daemon/daemon.ts')
       const daemon = new Daemon(await loadConfig(opts.config))
       const systemd = systemdNotifier() // does nothing outside a Type=notify unit
       await daemon.start()

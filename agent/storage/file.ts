@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, opendir, readFile, rename, link, unlink, stat } from 'node:fs/promises'
 import { dirname, join, relative, sep } from 'node:path'
-import { EbsWorkerError, ErrorCode, describe } from '../errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { AlreadyExistsError, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
 
 const TMP_DIR = 'tmp'

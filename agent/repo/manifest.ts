@@ -3,7 +3,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { z } from 'zod'
 import { ID_BYTES } from './chunk-index.ts'
-import { EbsWorkerError, ErrorCode } from './errors.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 
 export const MANIFEST_VERSION = 1
 /** The id that stands for an all-zero chunk, which is recorded but never stored. */

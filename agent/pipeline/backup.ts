@@ -1,10 +1,10 @@
 // Backup: device → chunks → (zero? known?) → zstd + AES-GCM → packs → repository, then the
 // manifest. Many positional reads are in flight at once (volumes restored from snapshots are
 // hydrated lazily and only deliver throughput at high queue depth); packs upload in parallel.
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
-import { ID_BYTES, type ChunkIndex } from './chunk-index.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { ID_BYTES, type ChunkIndex } from '../repo/chunk-index.ts'
 import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, doneBytes, isDone, markDone, newDoneSet, type Checkpoint } from './checkpoint.ts'
-import { openForRead, readAt } from './device.ts'
+import { openForRead, readAt } from '../device/block-device.ts'
 import {
   backupChecksum,
   chunkCount,
@@ -14,11 +14,11 @@ import {
   ZERO_ID,
   type BackupStats,
   type Manifest,
-} from './manifest.ts'
-import { PackWriter } from './pack-writer.ts'
-import { chunksToRead, chunksWritten, type ByteRange } from './plan.ts'
-import { forEachConcurrent } from './pool.ts'
-import type { Repository } from './repository.ts'
+} from '../repo/manifest.ts'
+import { PackWriter } from '../repo/pack-writer.ts'
+import { chunksToRead, chunksWritten, type ByteRange } from '../core/plan.ts'
+import { forEachConcurrent } from '../core/concurrency.ts'
+import type { Repository } from '../repo/repository.ts'
 
 export interface BackupOptions {
   device: string

@@ -14,7 +14,7 @@ import {
   type SQSClientConfig,
 } from '@aws-sdk/client-sqs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { describe } from './errors.ts'
+import { describe } from '../core/errors.ts'
 
 /** The abort reason when a message nears SQS's 12-hour visibility cap. */
 export class VisibilityCapReached extends Error {

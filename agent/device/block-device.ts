@@ -2,7 +2,7 @@
 // from writing where it must not. Linux-only by nature (sysfs, O_EXCL on block devices).
 import { constants } from 'node:fs'
 import { open, readdir, readFile, realpath, stat, type FileHandle } from 'node:fs/promises'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 
 export interface Device {
   /** The path as given. */

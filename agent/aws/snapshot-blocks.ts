@@ -7,8 +7,8 @@
 // The lists only save reads; they never decide what the data is. The caller falls back to
 // reading the whole volume when EBS cannot answer, so a backup stays correct either way.
 import { EBSClient, ListChangedBlocksCommand, ListSnapshotBlocksCommand } from '@aws-sdk/client-ebs'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
-import type { ByteRange } from './plan.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import type { ByteRange } from '../core/plan.ts'
 
 /** The largest page EBS returns (MaxResults: 100–10000). */
 const PAGE = 10_000

@@ -3,7 +3,7 @@
 // is the SDK's: AWS_EC2_METADATA_SERVICE_ENDPOINT, or the link-local default.
 import { MetadataService } from '@aws-sdk/ec2-metadata-service'
 import { z } from 'zod'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 
 const documentSchema = z.object({
   accountId: z.string().regex(/^\d{12}$/),

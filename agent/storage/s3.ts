@@ -16,7 +16,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import type { BuildMiddleware, MetadataBearer } from '@smithy/types'
-import { EbsWorkerError, ErrorCode, describe } from '../errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { RangeGetter, S3Status, UseSdk } from './s3-range.ts'
 import { AlreadyExistsError, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
 

@@ -3,7 +3,7 @@
 //
 // Binary layout (before blob encoding), little-endian:
 //   "EBWIDX01" | u32 count | count × { id[32] | pack[16] | offset u32 | length u32 | rawLength u32 }
-import { EbsWorkerError, ErrorCode } from './errors.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 
 export const ID_BYTES = 32
 export const PACK_ID_BYTES = 16

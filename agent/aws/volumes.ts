@@ -20,8 +20,8 @@ import {
   type Volume,
   type VolumeType,
 } from '@aws-sdk/client-ec2'
-import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from './ebs-device.ts'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from '../device/ebs-device.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import type { WorkerIdentity } from './identity.ts'
 
 export const TASK_ID_TAG = 'ebs-worker:task-id'

@@ -12,7 +12,7 @@ import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 import pLimit from 'p-limit'
 import zlib from 'node:zlib'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 
 
 // zstd runs on libuv's thread pool, which is also sized for many reads in flight. More

@@ -2,8 +2,8 @@
 // EBS_WORKER_CONFIG), validated strictly so that a typo is an error at start, not a surprise later.
 import { readFile } from 'node:fs/promises'
 import { z } from 'zod'
-import { SYSTEM_ROOTS } from './ebs-device.ts'
-import { EbsWorkerError, ErrorCode, describe } from './errors.ts'
+import { SYSTEM_ROOTS } from '../device/ebs-device.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 
 export const DEFAULT_CONFIG_PATH = '/etc/ebs-worker/config.json'
 

@@ -8,9 +8,9 @@
 // (bit i of byte i>>3), then for a backup the chunk ids of the whole volume (zero ids where not
 // done); a restore's has no ids.
 import { z } from 'zod'
-import { ID_BYTES } from './chunk-index.ts'
-import { EbsWorkerError, ErrorCode } from './errors.ts'
-import { chunkCount, chunkLength } from './manifest.ts'
+import { ID_BYTES } from '../repo/chunk-index.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { chunkCount, chunkLength } from '../repo/manifest.ts'
 
 export const CHECKPOINT_VERSION = 1
 export const DEFAULT_CHECKPOINT_INTERVAL_MS = 5 * 60 * 1000
