@@ -6,7 +6,8 @@ import { EC2Client } from '@aws-sdk/client-ec2'
 import { KMSClient } from '@aws-sdk/client-kms'
 import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts'
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types'
-import { awsName, ControllerCode, ControllerError, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../agent/core/errors.ts'
+import { awsErrorName } from '../agent/aws/errors.ts'
 
 export interface Session {
   /** The role's ARN, or "controller" for the controller's own credentials. */
@@ -21,7 +22,7 @@ const ROLE_ARN = /^arn:aws[\w-]*:iam::(\d{12}):role\/[\w+=,.@/-]+$/
 
 export function accountOfRole(roleArn: string): string {
   const m = ROLE_ARN.exec(roleArn)
-  if (!m) throw new ControllerError(ControllerCode.BadInput, `${roleArn} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)`)
+  if (!m) throw new EbsWorkerError(ErrorCode.BadInput, `${roleArn} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)`)
   return m[1]!
 }
 
@@ -43,7 +44,7 @@ export async function ownSession(region: string): Promise<Session> {
     const me = await sts.send(new GetCallerIdentityCommand({}))
     return session('controller', me.Account!)
   } catch (err) {
-    throw new ControllerError(ControllerCode.Aws, `cannot tell which account the controller's credentials belong to: ${describe(err)}`, { cause: err })
+    throw new EbsWorkerError(ErrorCode.AwsError, `cannot tell which account the controller's credentials belong to: ${describe(err)}`, { cause: err })
   } finally {
     sts.destroy()
   }
@@ -60,8 +61,8 @@ export async function assumeRole(roleArn: string, region: string, sessionName = 
       const c = out.Credentials!
       return { accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: c.SessionToken!, ...(c.Expiration ? { expiration: c.Expiration } : {}) }
     } catch (err) {
-      const name = awsName(err)
-      throw new ControllerError(ControllerCode.RoleNotAssumable,
+      const name = awsErrorName(err)
+      throw new EbsWorkerError(ErrorCode.RoleNotAssumable,
         `cannot assume the role ${roleArn}: ${name}: ${describe(err)}. Its trust policy must name the controller's account or role, ` +
         'and the controller\'s identity policy must allow sts:AssumeRole on it (packaging/iam/)', { cause: err })
     }

@@ -18,9 +18,9 @@ import {
   type EC2Client,
 } from '@aws-sdk/client-ec2'
 import { assumeRole, type Session } from './aws.ts'
-import { Cleanup, type CleanupReport } from './cleanup.ts'
+import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
 import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, kmsDryRun, type Waits } from './ec2.ts'
-import { ControllerCode, ControllerError } from './errors.ts'
+import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
 import { newRestorePointId, RESTORE_POINT_VERSION, RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
 
@@ -72,7 +72,7 @@ export async function inspectInstance(source: Session, region: string, instanceI
   const volumes: SourceVolume[] = []
   for (const m of mappings) {
     const v = described.get(m.Ebs!.VolumeId!)
-    if (!v) throw new ControllerError(ControllerCode.Aws, `${who}: volume ${m.Ebs!.VolumeId} of ${instanceId} is not visible`)
+    if (!v) throw new EbsWorkerError(ErrorCode.AwsError, `${who}: volume ${m.Ebs!.VolumeId} of ${instanceId} is not visible`)
     if (v.KmsKeyId && !managers.has(v.KmsKeyId)) managers.set(v.KmsKeyId, (await describeKey(source.kms(region), who, v.KmsKeyId)).KeyManager ?? 'CUSTOMER')
     volumes.push({
       deviceName: m.DeviceName!, volumeId: v.VolumeId!, sizeGiB: v.Size!, volumeType: v.VolumeType ?? 'gp3',
@@ -81,16 +81,16 @@ export async function inspectInstance(source: Session, region: string, instanceI
       awsManaged: Boolean(v.KmsKeyId && managers.get(v.KmsKeyId) === 'AWS'),
     })
   }
-  if (!volumes.length) throw new ControllerError(ControllerCode.BadInput, `instance ${instanceId} has no EBS volumes to back up`)
+  if (!volumes.length) throw new EbsWorkerError(ErrorCode.BadInput, `instance ${instanceId} has no EBS volumes to back up`)
   return { instance, volumes }
 }
 
 /** The aws/ebs rule of a cross-account backup, before anything is created. */
-export function awsManagedRefusal(volumes: SourceVolume[], sourceAccount: string, workerAccount: string, instanceId: string): ControllerError | null {
+export function awsManagedRefusal(volumes: SourceVolume[], sourceAccount: string, workerAccount: string, instanceId: string): EbsWorkerError | null {
   const managed = volumes.filter((v) => v.awsManaged)
   if (!managed.length) return null
   const keys = [...new Set(managed.map((v) => v.kmsKeyId!))]
-  return new ControllerError(ControllerCode.DefaultKeyNotShareable,
+  return new EbsWorkerError(ErrorCode.DefaultKeyNotShareable,
     `cannot back up ${instanceId} with a worker in account ${workerAccount}: volume${managed.length > 1 ? 's' : ''} ` +
     `${managed.map((v) => `${v.volumeId} (${v.deviceName})`).join(', ')} ${managed.length > 1 ? 'are' : 'is'} encrypted with the AWS managed key aws/ebs ` +
     `(${keys.join(', ')}), and snapshots encrypted with it cannot be shared with another account. Nothing was created. Either run the worker in the ` +
@@ -137,7 +137,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
     if (refusal && !o.reencryptWith) throw refusal
     if (refusal && o.reencryptWith) {
       const meta = await describeKey(source.kms(o.region), who, o.reencryptWith)
-      if (meta.KeyManager === 'AWS') throw new ControllerError(ControllerCode.BadInput, `--reencrypt-with ${o.reencryptWith} is an AWS managed key: it must be a customer managed key`)
+      if (meta.KeyManager === 'AWS') throw new EbsWorkerError(ErrorCode.BadInput, `--reencrypt-with ${o.reencryptWith} is an AWS managed key: it must be a customer managed key`)
       reencryptArn = meta.Arn!
     }
   }
@@ -160,7 +160,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       }
     }
     if (missing.length) {
-      throw new ControllerError(ControllerCode.AccessDenied, `the ${whoW} cannot use the keys the backup needs: ${missing.join('; ')}. ` +
+      throw new EbsWorkerError(ErrorCode.AccessDenied, `the ${whoW} cannot use the keys the backup needs: ${missing.join('; ')}. ` +
         'The key policies must allow the worker account (packaging/iam/key-policy-*.json) and the worker role\'s policy must allow the actions. Nothing was created.')
     }
   }
@@ -192,7 +192,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
     const readFrom = new Map<string, string>()
     for (const v of volumes) {
       let snapshotId = snapshotOf.get(v.volumeId)
-      if (!snapshotId) throw new ControllerError(ControllerCode.SnapshotFailed, `CreateSnapshots made no snapshot of ${v.volumeId} (${v.deviceName})`)
+      if (!snapshotId) throw new EbsWorkerError(ErrorCode.SnapshotFailed, `CreateSnapshots made no snapshot of ${v.volumeId} (${v.deviceName})`)
       if (cross && v.awsManaged) {
         const copy = await call(who, `CopySnapshot ${snapshotId} under ${reencryptArn}`, () => ec2.send(new CopySnapshotCommand({
           SourceSnapshotId: snapshotId, SourceRegion: o.region, Encrypted: true, KmsKeyId: reencryptArn!, Description: `ebs-controller ${id} ${v.volumeId} re-encrypted`,
@@ -253,15 +253,6 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
     await store.save(restorePoint)
     return { restorePoint, cleanup: await cleanup.run() }
   } catch (err) {
-    const report = await cleanup.run()
-    if (err instanceof ControllerError && err.code === ControllerCode.TaskTimeout) {
-      // A task message cannot be taken back from SQS: a worker may still run it later.
-      err.message += '. The unanswered task stays on the queue until a worker runs it or it reaches the dead-letter queue'
-    }
-    if (err instanceof ControllerError) {
-      err.notCleaned = report.failed
-      if (report.failed.length) err.message += `. Could not clean up: ${report.failed.join('; ')}`
-    }
-    throw err
+    throw failedAfterCleanup(err, (await cleanup.run()).failed)
   }
 }

@@ -1,6 +1,7 @@
 // What a run created, undone in reverse order when it fails (and, for what is temporary, when it
 // succeeds). A step that fails is reported, never hidden: the caller says what could not be cleaned.
-import { awsName, describe } from './errors.ts'
+import { describe, EbsWorkerError, ErrorCode, withContext } from '../agent/core/errors.ts'
+import { awsErrorName } from '../agent/aws/errors.ts'
 
 export interface CleanupReport {
   done: string[]
@@ -24,7 +25,7 @@ export class Cleanup {
         await step.run()
         report.done.push(step.what)
       } catch (err) {
-        const name = awsName(err)
+        const name = awsErrorName(err)
         // Already gone (a volume EBS rolled back, a snapshot deleted by hand): nothing left to undo.
         if (name.endsWith('.NotFound')) report.done.push(`${step.what} (already gone)`)
         else report.failed.push(`${step.what}: ${name === 'Error' ? '' : `${name}: `}${describe(err)}`)
@@ -32,4 +33,18 @@ export class Cleanup {
     }
     return report
   }
+}
+
+/**
+ * A run's failure once its cleanup ran: the error says what could not be undone (context
+ * notCleaned, and in its message), and that a task no worker answered may still run later.
+ */
+export function failedAfterCleanup(err: unknown, failed: string[]): EbsWorkerError {
+  const e = withContext(err, { notCleaned: failed })
+  if (e.code === ErrorCode.TaskTimeout) {
+    // A task message cannot be taken back from SQS: a worker may still run it later.
+    e.message += '. The unanswered task stays on the queue until a worker runs it or it reaches the dead-letter queue'
+  }
+  if (failed.length) e.message += `. Could not clean up: ${failed.join('; ')}`
+  return e
 }

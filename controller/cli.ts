@@ -4,7 +4,7 @@
 // when a permission is missing.
 import { Command, InvalidArgumentError, Option } from 'commander'
 import { backupInstance } from './backup.ts'
-import { ControllerCode, ControllerError, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, toErrorJson } from '../agent/core/errors.ts'
 import { formatChecks, preflightBackup, preflightRestore, type Check } from './preflight.ts'
 import { restoreInstance } from './restore.ts'
 import { RestorePointStore } from './restore-point.ts'
@@ -65,13 +65,13 @@ function waitsOf(o: Common): Waits {
 
 function channel(o: Common): TaskChannel {
   if (!o.queueUrl || !o.replyQueueUrl) {
-    throw new ControllerError(ControllerCode.BadInput, 'the task and reply queues are needed: --queue-url and --reply-queue-url (or EBS_CONTROLLER_QUEUE_URL, EBS_CONTROLLER_REPLY_QUEUE_URL)')
+    throw new EbsWorkerError(ErrorCode.BadInput, 'the task and reply queues are needed: --queue-url and --reply-queue-url (or EBS_CONTROLLER_QUEUE_URL, EBS_CONTROLLER_REPLY_QUEUE_URL)')
   }
   return new TaskChannel({ queueUrl: o.queueUrl, replyQueueUrl: o.replyQueueUrl, timeoutMs: o.taskTimeout * 1000 })
 }
 
 function region(o: Common): string {
-  if (!o.region) throw new ControllerError(ControllerCode.BadInput, 'no Region: pass --region or set AWS_REGION')
+  if (!o.region) throw new EbsWorkerError(ErrorCode.BadInput, 'no Region: pass --region or set AWS_REGION')
   return o.region
 }
 
@@ -86,12 +86,10 @@ export async function main(argv: string[]): Promise<number> {
     try {
       await fn(...args)
     } catch (err) {
-      const code = err instanceof ControllerError ? err.code : 'INTERNAL'
-      status = code === ControllerCode.BadInput ? 2 : 1
-      process.stderr.write(`ebs-controller: ${code}: ${describe(err)}\n`)
-      if (opts?.json) {
-        process.stdout.write(JSON.stringify({ ok: false, error: { code, message: describe(err), notCleaned: err instanceof ControllerError ? err.notCleaned : [] } }) + '\n')
-      }
+      const error = toErrorJson(err)
+      status = error.code === ErrorCode.BadInput ? 2 : 1
+      process.stderr.write(`ebs-controller: ${error.code}: ${error.message}\n`)
+      if (opts?.json) process.stdout.write(JSON.stringify({ ok: false, error: { ...error, notCleaned: error.context?.notCleaned ?? [] } }) + '\n')
     }
   }
   const program = new Command('ebs-controller').version(VERSION)
@@ -180,7 +178,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--older-than-hours <n>', 'only snapshots started at least this long ago (a backup may still be running)', Number, 24)
     .option('--dry-run', 'say what would be deleted, delete nothing')
     .action(run(async (o: Common & { sourceRole: string; repo: string; olderThanHours: number; dryRun?: boolean }) => {
-      if (!Number.isFinite(o.olderThanHours) || o.olderThanHours < 0) throw new ControllerError(ControllerCode.BadInput, '--older-than-hours must be a number ≥ 0')
+      if (!Number.isFinite(o.olderThanHours) || o.olderThanHours < 0) throw new EbsWorkerError(ErrorCode.BadInput, '--older-than-hours must be a number ≥ 0')
       const out = await sweepSnapshots({
         sourceRole: o.sourceRole, region: region(o), repo: o.repo, olderThanMs: o.olderThanHours * 3600_000, ...(o.dryRun ? { dryRun: true } : {}),
       })

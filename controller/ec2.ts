@@ -6,7 +6,8 @@ import {
 } from '@aws-sdk/client-ec2'
 import { CreateGrantCommand, DecryptCommand, DescribeKeyCommand, GenerateDataKeyWithoutPlaintextCommand, type KMSClient, type KeyMetadata } from '@aws-sdk/client-kms'
 import type { Session } from './aws.ts'
-import { awsName, ControllerCode, ControllerError, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../agent/core/errors.ts'
+import { awsCall, awsErrorName } from '../agent/aws/errors.ts'
 
 export interface Waits {
   /** Longest wait for a snapshot to complete. */
@@ -17,22 +18,12 @@ export interface Waits {
   pollMs?: number
 }
 
-/** Runs an AWS call; its failure becomes a ControllerError that says who did what. */
-export async function call<T>(who: string, what: string, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn()
-  } catch (err) {
-    if (err instanceof ControllerError) throw err
-    const name = awsName(err)
-    const code = name === 'UnauthorizedOperation' || name === 'AccessDenied' || name === 'AccessDeniedException' ? ControllerCode.AccessDenied
-      : name === 'InvalidInstanceID.NotFound' || name === 'InvalidInstanceID.Malformed' ? ControllerCode.InstanceNotFound
-      : name === 'NotFoundException' ? ControllerCode.KeyNotFound
-      : ControllerCode.Aws
-    throw new ControllerError(code, `${who}: ${what} failed: ${name}: ${describe(err)}`, { cause: err })
-  }
+/** Runs an EC2 call as `who`; its failure becomes ours (agent/aws/errors.ts), saying who did what. */
+export function call<T>(who: string, what: string, fn: () => Promise<T>): Promise<T> {
+  return awsCall({ service: 'EC2', operation: what, who }, fn)
 }
 
-async function poll<T>(waits: Waits, timeoutMs: number, step: () => Promise<T | undefined>, onTimeout: () => ControllerError): Promise<T> {
+async function poll<T>(waits: Waits, timeoutMs: number, step: () => Promise<T | undefined>, onTimeout: () => EbsWorkerError): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (let delay = waits.pollMs ?? 500; ; delay = Math.min(delay * 2, 5000)) {
     const done = await step()
@@ -45,7 +36,7 @@ async function poll<T>(waits: Waits, timeoutMs: number, step: () => Promise<T | 
 export async function describeInstance(ec2: EC2Client, who: string, instanceId: string): Promise<Instance> {
   const out = await call(who, `DescribeInstances ${instanceId}`, () => ec2.send(new DescribeInstancesCommand({ InstanceIds: [instanceId] })))
   const instance = out.Reservations?.[0]?.Instances?.[0]
-  if (!instance) throw new ControllerError(ControllerCode.InstanceNotFound, `${who}: instance ${instanceId} does not exist`)
+  if (!instance) throw new EbsWorkerError(ErrorCode.InstanceNotFound, `${who}: instance ${instanceId} does not exist`)
   return instance
 }
 
@@ -62,10 +53,10 @@ export async function waitSnapshots(ec2: EC2Client, who: string, snapshotIds: st
     const out = await call(who, 'DescribeSnapshots', () => ec2.send(new DescribeSnapshotsCommand({ SnapshotIds: snapshotIds })))
     const failed = (out.Snapshots ?? []).filter((s) => s.State === 'error')
     if (failed.length) {
-      throw new ControllerError(ControllerCode.SnapshotFailed, `${who}: snapshot ${failed.map((s) => `${s.SnapshotId} (${s.StateMessage ?? 'error'})`).join(', ')} failed`)
+      throw new EbsWorkerError(ErrorCode.SnapshotFailed, `${who}: snapshot ${failed.map((s) => `${s.SnapshotId} (${s.StateMessage ?? 'error'})`).join(', ')} failed`)
     }
     return (out.Snapshots ?? []).length === snapshotIds.length && out.Snapshots!.every((s) => s.State === 'completed') ? true : undefined
-  }, () => new ControllerError(ControllerCode.SnapshotTimeout, `${who}: snapshots ${snapshotIds.join(', ')} did not complete within ${Math.round(waits.snapshotTimeoutMs / 1000)} s`))
+  }, () => new EbsWorkerError(ErrorCode.SnapshotTimeout, `${who}: snapshots ${snapshotIds.join(', ')} did not complete within ${Math.round(waits.snapshotTimeoutMs / 1000)} s`))
 }
 
 /** Waits for a new volume; one that disappears was rolled back because KMS refused EBS its key. */
@@ -75,35 +66,35 @@ export async function waitVolumeAvailable(ec2: EC2Client, who: string, volumeId:
     try {
       state = (await ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] }))).Volumes?.[0]?.State
     } catch (err) {
-      if (awsName(err) !== 'InvalidVolume.NotFound') return call(who, 'DescribeVolumes', () => Promise.reject(err))
+      if (awsErrorName(err) !== 'InvalidVolume.NotFound') return call(who, 'DescribeVolumes', () => Promise.reject(err))
       state = 'deleted'
     }
     if (state === 'deleted' || state === 'error') {
-      throw new ControllerError(ControllerCode.AccessDenied,
+      throw new EbsWorkerError(ErrorCode.AccessDenied,
         `${who}: volume ${volumeId} was rolled back while being created: EBS could not use the KMS key ${key}. ` +
         `${who} needs kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt* on it, in its identity policy and in the key policy (packaging/iam/)`)
     }
     return state === 'available' ? true : undefined
-  }, () => new ControllerError(ControllerCode.Aws, `${who}: volume ${volumeId} did not become available within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
+  }, () => new EbsWorkerError(ErrorCode.AwsError, `${who}: volume ${volumeId} did not become available within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
 }
 
 export async function waitVolumeState(ec2: EC2Client, who: string, volumeId: string, wanted: string, waits: Waits): Promise<void> {
   await poll(waits, waits.stateTimeoutMs, async () => {
     const v = (await call(who, 'DescribeVolumes', () => ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] })))).Volumes?.[0]
     return v?.State === wanted ? true : undefined
-  }, () => new ControllerError(ControllerCode.Aws, `${who}: volume ${volumeId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
+  }, () => new EbsWorkerError(ErrorCode.AwsError, `${who}: volume ${volumeId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
 }
 
 export async function waitInstanceState(ec2: EC2Client, who: string, instanceId: string, wanted: string, waits: Waits): Promise<Instance> {
   return poll(waits, waits.stateTimeoutMs, async () => {
     const i = await describeInstance(ec2, who, instanceId)
     return i.State?.Name === wanted ? i : undefined
-  }, () => new ControllerError(ControllerCode.Aws, `${who}: instance ${instanceId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
+  }, () => new EbsWorkerError(ErrorCode.AwsError, `${who}: instance ${instanceId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
 }
 
 /** KMS DescribeKey: the key's metadata (KeyManager says AWS managed or customer managed). */
 export async function describeKey(kms: KMSClient, who: string, keyRef: string): Promise<KeyMetadata> {
-  const out = await call(who, `KMS DescribeKey ${keyRef}`, () => kms.send(new DescribeKeyCommand({ KeyId: keyRef })))
+  const out = await awsCall({ service: 'KMS', operation: `DescribeKey ${keyRef}`, who }, () => kms.send(new DescribeKeyCommand({ KeyId: keyRef })), { kmsKeyId: keyRef })
   return out.KeyMetadata!
 }
 
@@ -116,7 +107,7 @@ export async function kmsDryRun(s: Session, region: string, key: string, action:
     else await kms.send(new GenerateDataKeyWithoutPlaintextCommand({ KeyId: key, KeySpec: 'AES_256', DryRun: true }))
     return { ok: true }
   } catch (err) {
-    const name = awsName(err)
+    const name = awsErrorName(err)
     if (name === 'DryRunOperationException') return { ok: true }
     return { ok: false, detail: `${name}: ${describe(err)}` }
   }

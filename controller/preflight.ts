@@ -13,7 +13,8 @@ import { DescribeKeyCommand } from '@aws-sdk/client-kms'
 import { assumeRole, ownSession, type Session } from './aws.ts'
 import { inspectInstance } from './backup.ts'
 import { kmsDryRun } from './ec2.ts'
-import { awsName, describe } from './errors.ts'
+import { describe } from '../agent/core/errors.ts'
+import { awsErrorName } from '../agent/aws/errors.ts'
 import { RestorePointStore } from './restore-point.ts'
 import type { RestoreOptions } from './restore.ts'
 
@@ -32,7 +33,7 @@ async function ec2DryRun(ec2: EC2Client, send: (ec2: EC2Client) => Promise<unkno
     await send(ec2)
     return { ok: true }
   } catch (err) {
-    const name = awsName(err)
+    const name = awsErrorName(err)
     if (name === 'DryRunOperation') return { ok: true }
     return { ok: false, detail: `${name}: ${describe(err)}` }
   }
@@ -43,7 +44,7 @@ async function describeKeyCheck(s: Session, region: string, key: string): Promis
     const meta = (await s.kms(region).send(new DescribeKeyCommand({ KeyId: key }))).KeyMetadata!
     return { ok: true, manager: meta.KeyManager!, arn: meta.Arn! }
   } catch (err) {
-    return { ok: false, detail: `${awsName(err)}: ${describe(err)}` }
+    return { ok: false, detail: `${awsErrorName(err)}: ${describe(err)}` }
   }
 }
 
@@ -129,7 +130,7 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
         try {
           def = (await worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({}))).KmsKeyId!
         } catch (err) {
-          checks.push({ role: o.workerRole, key: '-', action: 'ec2:GetEbsDefaultKmsKeyId', ok: false, detail: `${awsName(err)}: ${describe(err)}` })
+          checks.push({ role: o.workerRole, key: '-', action: 'ec2:GetEbsDefaultKmsKeyId', ok: false, detail: `${awsErrorName(err)}: ${describe(err)}` })
         }
         if (def) {
           const d = await describeKeyCheck(worker, o.region, def)

@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import { z } from 'zod'
-import { ControllerCode, ControllerError, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe } from '../agent/core/errors.ts'
 
 export const RESTORE_POINT_VERSION = 1
 const ID = /^rp-\d{8}T\d{6}Z-[0-9a-f]{8}$/
@@ -58,7 +58,7 @@ export class RestorePointStore {
   readonly #url: string
 
   constructor(url: string) {
-    if (!/^(s3|file):\/\//.test(url)) throw new ControllerError(ControllerCode.BadInput, `a repository URL is s3://bucket/prefix or file:///path, not ${url}`)
+    if (!/^(s3|file):\/\//.test(url)) throw new EbsWorkerError(ErrorCode.BadInput, `a repository URL is s3://bucket/prefix or file:///path, not ${url}`)
     this.#url = url
   }
 
@@ -85,7 +85,7 @@ export class RestorePointStore {
   }
 
   async load(id: string): Promise<RestorePoint> {
-    if (!ID.test(id)) throw new ControllerError(ControllerCode.BadInput, `${id} is not a restore point id (rp-20261123T071200Z-1a2b3c4d)`)
+    if (!ID.test(id)) throw new EbsWorkerError(ErrorCode.BadInput, `${id} is not a restore point id (rp-20261123T071200Z-1a2b3c4d)`)
     const text = await this.#io('read', async () => {
       try {
         if (this.#url.startsWith('file://')) return await readFile(join(fileURLToPath(this.#url), 'restore-points', `${id}.json`), 'utf8')
@@ -100,9 +100,9 @@ export class RestorePointStore {
         throw err
       }
     })
-    if (text === null) throw new ControllerError(ControllerCode.RestorePointNotFound, `restore point ${id} does not exist in ${this.#url}`)
+    if (text === null) throw new EbsWorkerError(ErrorCode.RestorePointNotFound, `restore point ${id} does not exist in ${this.#url}`)
     const parsed = restorePointSchema.safeParse(JSON.parse(text))
-    if (!parsed.success) throw new ControllerError(ControllerCode.Storage, `restore point ${id} in ${this.#url} is not valid: ${z.prettifyError(parsed.error)}`)
+    if (!parsed.success) throw new EbsWorkerError(ErrorCode.Storage, `restore point ${id} in ${this.#url} is not valid: ${z.prettifyError(parsed.error)}`)
     return parsed.data
   }
 
@@ -146,8 +146,8 @@ export class RestorePointStore {
     try {
       return await fn()
     } catch (err) {
-      if (err instanceof ControllerError) throw err
-      throw new ControllerError(ControllerCode.Storage, `cannot ${what} restore points in ${this.#url}: ${describe(err)}`, { cause: err })
+      if (err instanceof EbsWorkerError) throw err
+      throw new EbsWorkerError(ErrorCode.Storage, `cannot ${what} restore points in ${this.#url}: ${describe(err)}`, { cause: err })
     }
   }
 }

@@ -16,9 +16,9 @@ import {
 } from '@aws-sdk/client-ec2'
 import { randomBytes } from 'node:crypto'
 import { assumeRole, ownSession } from './aws.ts'
-import { Cleanup, type CleanupReport } from './cleanup.ts'
+import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
 import { call, describeKey, describeVolumes, waitInstanceState, waitVolumeAvailable, waitVolumeState, kmsDryRun, type Waits } from './ec2.ts'
-import { ControllerCode, ControllerError } from './errors.ts'
+import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
 import { RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
 
@@ -48,8 +48,8 @@ export interface RestoreOutcome {
 }
 
 /** The aws/ebs rule of a cross-account restore, before anything is created. */
-function defaultKeyRefusal(rp: RestorePoint, key: string, workerAccount: string, o: RestoreOptions): ControllerError {
-  return new ControllerError(ControllerCode.DefaultKeyNotShareable,
+function defaultKeyRefusal(rp: RestorePoint, key: string, workerAccount: string, o: RestoreOptions): EbsWorkerError {
+  return new EbsWorkerError(ErrorCode.DefaultKeyNotShareable,
     `cannot restore ${rp.id} into account ${o.targetAccount}: the worker account ${workerAccount}'s default EBS key in ${o.targetRegion} is the AWS managed ` +
     `key aws/ebs (${key}); the volumes ${rp.volumes.map((v) => `${v.deviceName} (from ${v.volumeId})`).join(', ')} would be restored under it, and ` +
     'snapshots encrypted with it cannot be shared with another account. Nothing was created. Either make a customer managed key the default EBS key of ' +
@@ -62,10 +62,10 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   const restore = await assumeRole(o.restoreRole, o.targetRegion, 'ebs-controller-restore')
   const who = `restore role ${o.restoreRole}`
   if (restore.accountId !== o.targetAccount) {
-    throw new ControllerError(ControllerCode.BadInput, `the restore role ${o.restoreRole} is in account ${restore.accountId}, not the target account ${o.targetAccount}`)
+    throw new EbsWorkerError(ErrorCode.BadInput, `the restore role ${o.restoreRole} is in account ${restore.accountId}, not the target account ${o.targetAccount}`)
   }
   const targetKey = await describeKey(restore.kms(o.targetRegion), who, o.targetKmsKey).catch((err: unknown) => {
-    if (err instanceof ControllerError && err.code === ControllerCode.KeyNotFound) {
+    if (err instanceof EbsWorkerError && err.code === ErrorCode.KeyNotFound) {
       err.message = `the target KMS key ${o.targetKmsKey} does not exist in account ${o.targetAccount}, Region ${o.targetRegion} (${err.message}). Nothing was created.`
     }
     throw err
@@ -86,7 +86,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     const missing: string[] = []
     for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.targetRegion, workerKey, a)).ok) missing.push(`kms:${a}`)
     if (missing.length) {
-      throw new ControllerError(ControllerCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${workerKey}, the key its volumes would be under: ` +
+      throw new EbsWorkerError(ErrorCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${workerKey}, the key its volumes would be under: ` +
         `${missing.join(', ')} refused. The worker role's policy and the key policy must allow them (packaging/iam/). Nothing was created.`)
     }
   }
@@ -136,7 +136,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       // The workers made the volumes in their own AZs: one instance can attach them only if that is one AZ.
       const zones = [...new Set((await describeVolumes(ec2, who, restored.map((r) => r.volumeId))).map((v) => v.AvailabilityZone!))]
       if (zones.length !== 1) {
-        throw new ControllerError(ControllerCode.TaskFailed, `the workers restored the volumes in several Availability Zones (${zones.join(', ')}), ` +
+        throw new EbsWorkerError(ErrorCode.TaskFailed, `the workers restored the volumes in several Availability Zones (${zones.join(', ')}), ` +
           'and one instance can only attach volumes of its own AZ: run the restore with workers of one AZ (a queue per AZ)')
       }
       az = zones[0]!
@@ -197,15 +197,6 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   } catch (err) {
     const a = await undo.run()
     const b = await temporary.run()
-    const failed = [...a.failed, ...b.failed]
-    if (err instanceof ControllerError && err.code === ControllerCode.TaskTimeout) {
-      // A task message cannot be taken back from SQS: a worker may still run it later.
-      err.message += '. The unanswered task stays on the queue until a worker runs it or it reaches the dead-letter queue'
-    }
-    if (err instanceof ControllerError) {
-      err.notCleaned = failed
-      if (failed.length) err.message += `. Could not clean up: ${failed.join('; ')}`
-    }
-    throw err
+    throw failedAfterCleanup(err, [...a.failed, ...b.failed])
   }
 }

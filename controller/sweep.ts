@@ -8,7 +8,7 @@ import { DeleteSnapshotCommand, DescribeSnapshotsCommand } from '@aws-sdk/client
 import { assumeRole } from './aws.ts'
 import { CONTROLLER_TAG } from './backup.ts'
 import { call } from './ec2.ts'
-import { describe } from './errors.ts'
+import { describe } from '../agent/core/errors.ts'
 import { RestorePointStore } from './restore-point.ts'
 
 export interface SweepOptions {

@@ -4,7 +4,7 @@
 import { ChangeMessageVisibilityCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs'
 import { sqsClient } from '../agent/daemon/queue.ts'
 import { task as taskSchema, taskResult, type Task, type TaskResult } from '../agent/daemon/task.ts'
-import { ControllerCode, ControllerError, describe } from './errors.ts'
+import { EbsWorkerError, ErrorCode, describe, isKnownCode, type ErrorContext } from '../agent/core/errors.ts'
 
 export interface TaskChannelOptions {
   queueUrl: string
@@ -28,13 +28,13 @@ export class TaskChannel {
   /** Sends a task and resolves with its result (succeeded, failed or rejected); times out as configured. */
   async run(task: Task): Promise<TaskResult> {
     const checked = taskSchema.safeParse(task)
-    if (!checked.success) throw new ControllerError(ControllerCode.BadInput, `the controller built an invalid task ${task.taskId}: ${checked.error.message}`)
+    if (!checked.success) throw new EbsWorkerError(ErrorCode.BadInput, `the controller built an invalid task ${task.taskId}: ${checked.error.message}`)
     const result = new Promise<TaskResult>((resolve) => this.#pending.set(task.taskId, resolve))
     await this.#sqs.send(new SendMessageCommand({ QueueUrl: this.#o.queueUrl, MessageBody: JSON.stringify(task) }))
     this.#polling ??= this.#poll()
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new ControllerError(ControllerCode.TaskTimeout,
+      timer = setTimeout(() => reject(new EbsWorkerError(ErrorCode.TaskTimeout,
         `no worker answered task ${task.taskId} (${task.type}) within ${Math.round(this.#o.timeoutMs / 1000)} s: are workers running on ${this.#o.queueUrl}?`)), this.#o.timeoutMs)
     })
     try {
@@ -89,11 +89,16 @@ export class TaskChannel {
   }
 }
 
-/** The result's figures, or a ControllerError naming the task, the volume and the worker's error. */
+/**
+ * The result's figures, or the worker's failure as ours: the same code (one error type for agent
+ * and controller, agent/core/errors.ts), its context, and the task, the worker and `what` failed.
+ */
 export function succeeded(r: TaskResult, what: string): Record<string, unknown> {
   if (r.status === 'succeeded') return r.result ?? {}
-  const code = r.error?.code ?? 'UNKNOWN'
-  const mapped = code === 'ACCESS_DENIED' ? ControllerCode.AccessDenied : code === 'DEFAULT_KEY_NOT_SHAREABLE' ? ControllerCode.DefaultKeyNotShareable : ControllerCode.TaskFailed
-  const whose = code === 'ACCESS_DENIED' ? ' (the worker role: its policy and the key policy, packaging/iam/worker-ebs-statements.json and key-policy-*.json)' : ''
-  throw new ControllerError(mapped, `${what}: worker ${r.worker} ${r.status === 'rejected' ? 'rejected' : 'failed'} task ${r.taskId}: ${code}: ${r.error?.message ?? ''}${whose}`)
+  const code = r.error && isKnownCode(r.error.code) ? r.error.code : ErrorCode.TaskFailed
+  // An access problem of the worker: whose policies to look at.
+  const whose = code === ErrorCode.AccessDenied ? ' (the worker role: its policy and the key policy, packaging/iam/worker-ebs-statements.json and key-policy-*.json)' : ''
+  throw new EbsWorkerError(code,
+    `${what}: worker ${r.worker} ${r.status === 'rejected' ? 'rejected' : 'failed'} task ${r.taskId}: ${r.error?.code ?? 'UNKNOWN'}: ${r.error?.message ?? ''}${whose}`,
+    { context: { ...(r.error?.context as ErrorContext | undefined), taskId: r.taskId, taskType: r.type, worker: r.worker } })
 }

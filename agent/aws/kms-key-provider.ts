@@ -4,7 +4,8 @@
 // KMS Decrypt (same context, same key id: KMS refuses any other). AWS KMS API Reference, Encrypt
 // and Decrypt; KMS Developer Guide, "Encryption context".
 import { DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms'
-import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { awsCall } from './errors.ts'
 import type { KeyProvider, WrappedKey } from '../repo/keys.ts'
 
 export const KMS_PROVIDER = 'aws-kms'
@@ -57,19 +58,8 @@ export class KmsKeyProvider implements KeyProvider {
     return Buffer.from(out.Plaintext!)
   }
 
-  /** KMS errors as ours: denied and wrong-key are permanent, throttling and outages are not. */
-  async #call<T>(action: string, keyId: string, call: () => Promise<T>): Promise<T> {
-    try {
-      return await call()
-    } catch (err) {
-      const name = (err as { name?: string }).name ?? 'Error'
-      const code =
-        name === 'AccessDeniedException' ? ErrorCode.AccessDenied
-        : name === 'IncorrectKeyException' || name === 'InvalidCiphertextException' ? ErrorCode.WrongKey
-        : name === 'NotFoundException' || name === 'DisabledException' || name === 'KMSInvalidStateException' || name === 'InvalidKeyUsageException'
-          ? ErrorCode.KeyUnusable
-        : ErrorCode.KmsError
-      throw new EbsWorkerError(code, `KMS ${action} with ${keyId} failed: ${name}: ${describe(err)}`, { cause: err })
-    }
+  /** KMS errors as ours (aws/errors.ts): denied and wrong-key are permanent, throttling and outages are not. */
+  #call<T>(action: string, keyId: string, call: () => Promise<T>): Promise<T> {
+    return awsCall({ service: 'KMS', operation: `${action} with ${keyId}` }, call, { kmsKeyId: keyId })
   }
 }

@@ -2,17 +2,12 @@
 // encrypted with an AWS managed key (aws/ebs) cannot be shared with another account, so a
 // cross-account restore under such a key must fail before any volume is made, and say why.
 import { DescribeKeyCommand, type KMSClient } from '@aws-sdk/client-kms'
-import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { awsCall } from './errors.ts'
 
 export async function assertShareableKey(kms: KMSClient, keyRef: string): Promise<void> {
-  let manager: string | undefined
-  try {
-    manager = (await kms.send(new DescribeKeyCommand({ KeyId: keyRef }))).KeyMetadata?.KeyManager
-  } catch (err) {
-    const name = (err as { name?: string }).name ?? 'Error'
-    const code = name === 'NotFoundException' ? ErrorCode.BadInput : name === 'AccessDeniedException' ? ErrorCode.AccessDenied : ErrorCode.Ec2Error
-    throw new EbsWorkerError(code, `KMS DescribeKey ${keyRef} failed: ${name}: ${describe(err)}`, { cause: err })
-  }
+  const out = await awsCall({ service: 'KMS', operation: `DescribeKey ${keyRef}` }, () => kms.send(new DescribeKeyCommand({ KeyId: keyRef })), { kmsKeyId: keyRef })
+  const manager = out.KeyMetadata?.KeyManager
   if (manager === 'AWS') {
     throw new EbsWorkerError(
       ErrorCode.DefaultKeyNotShareable,

@@ -7,7 +7,8 @@
 // The lists only save reads; they never decide what the data is. The caller falls back to
 // reading the whole volume when EBS cannot answer, so a backup stays correct either way.
 import { EBSClient, ListChangedBlocksCommand, ListSnapshotBlocksCommand } from '@aws-sdk/client-ebs'
-import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { awsError } from './errors.ts'
 import type { ByteRange } from '../core/plan.ts'
 
 /** The largest page EBS returns (MaxResults: 100–10000). */
@@ -80,13 +81,13 @@ export async function listBlocks(client: EBSClient, query: BlockQuery, deviceSiz
         page = { blockSize: out.BlockSize, indexes: (out.ChangedBlocks ?? []).map((b) => b.BlockIndex), nextToken: out.NextToken }
       }
     } catch (err) {
-      throw ebsError(err)
+      throw ebsError(err, query)
     }
-    if (!page.blockSize) throw new EbsWorkerError(ErrorCode.Ec2Error, 'EBS returned a block list without a block size')
+    if (!page.blockSize) throw new EbsWorkerError(ErrorCode.AwsError, 'EBS returned a block list without a block size')
     set ??= new BlockSet(page.blockSize, deviceSize)
-    if (page.blockSize !== set.blockSize) throw new EbsWorkerError(ErrorCode.Ec2Error, 'EBS changed its block size between pages')
+    if (page.blockSize !== set.blockSize) throw new EbsWorkerError(ErrorCode.AwsError, 'EBS changed its block size between pages')
     for (const index of page.indexes) {
-      if (index === undefined) throw new EbsWorkerError(ErrorCode.Ec2Error, 'EBS returned a block without an index')
+      if (index === undefined) throw new EbsWorkerError(ErrorCode.AwsError, 'EBS returned a block without an index')
       set.add(index)
     }
     nextToken = page.nextToken || undefined
@@ -94,14 +95,11 @@ export async function listBlocks(client: EBSClient, query: BlockQuery, deviceSiz
   return set!
 }
 
-/** An EBS direct error as one of ours, keeping EBS's reason (e.g. UNRELATED_SNAPSHOTS). */
-function ebsError(err: unknown): EbsWorkerError {
-  const e = err as { name?: string; Reason?: string }
-  const reason = e.Reason ? ` (${e.Reason})` : ''
-  const code =
-    e.name === 'ResourceNotFoundException' ? ErrorCode.SnapshotNotFound
-    : e.name === 'AccessDeniedException' ? ErrorCode.AccessDenied
-    : e.name === 'ValidationException' ? ErrorCode.BadInput
-    : ErrorCode.Ec2Error
-  return new EbsWorkerError(code, `EBS direct: ${describe(err)}${reason}`, { cause: err })
+/** An EBS direct error as one of ours (aws/errors.ts), keeping EBS's reason (e.g. UNRELATED_SNAPSHOTS). */
+function ebsError(err: unknown, query: BlockQuery): EbsWorkerError {
+  const reason = (err as { Reason?: string }).Reason
+  const operation = query.kind === 'written' ? 'ListSnapshotBlocks' : 'ListChangedBlocks'
+  const e = awsError(err, { service: 'EBS', operation }, { snapshotId: query.kind === 'written' ? query.snapshotId : query.secondSnapshotId })
+  if (reason) e.message += ` (${reason})`
+  return e
 }

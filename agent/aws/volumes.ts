@@ -21,7 +21,9 @@ import {
   type VolumeType,
 } from '@aws-sdk/client-ec2'
 import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from '../device/ebs-device.ts'
-import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { awsCall } from './errors.ts'
+import { waitVolumeCreated } from './waits.ts'
 import type { WorkerIdentity } from './identity.ts'
 
 export const TASK_ID_TAG = 'ebs-worker:task-id'
@@ -105,8 +107,13 @@ export class Volumes {
         ...(spec.kmsKeyId ? { Encrypted: true, KmsKeyId: spec.kmsKeyId } : {}),
         TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
       })))).VolumeId!
-    if (existing?.State !== 'in-use') await this.#waitCreated(volumeId, spec.kmsKeyId
-      ?? (source.SnapshotId ? `the key of ${source.SnapshotId}${source.Encrypted ? " and this Region's default EBS key" : ''}` : "this Region's default EBS key"))
+    if (existing?.State !== 'in-use') {
+      await waitVolumeCreated(this.#o.client, volumeId, {
+        timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000,
+        key: spec.kmsKeyId ?? (source.SnapshotId ? `of ${source.SnapshotId}${source.Encrypted ? " and this Region's default EBS key" : ''}` : "(this Region's default EBS key)"),
+        advice: 'The worker role, the key policy or a grant must allow kms:CreateGrant, kms:Decrypt, kms:DescribeKey and kms:GenerateDataKeyWithoutPlaintext on it',
+      })
+    }
     return { volumeId, created: !existing, tags: Object.fromEntries((existing?.Tags ?? []).map((t) => [t.Key!, t.Value ?? ''])) }
   }
 
@@ -115,33 +122,6 @@ export class Volumes {
     await this.#ec2('CreateTags', () => this.#o.client.send(new CreateTagsCommand({
       Resources: [volumeId], Tags: Object.entries(tags).map(([Key, Value]) => ({ Key, Value })),
     })))
-  }
-
-  /**
-   * Waits for a new volume to be available. EBS checks the KMS key only after CreateVolume has
-   * answered: when KMS refuses it, the volume is rolled back and DescribeVolumes no longer knows
-   * it (CreateVolume, KmsKeyId: "the action can appear to complete, but eventually fails"), which
-   * the SDK's waiter would retry until its timeout. That is access denied, said at once.
-   */
-  async #waitCreated(volumeId: string, keyOrigin: string): Promise<void> {
-    const deadline = Date.now() + (this.#o.stateTimeoutSeconds ?? 300) * 1000
-    for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
-      let state: string | undefined
-      try {
-        state = (await this.#describe(volumeId)).State
-      } catch (err) {
-        if (!(err instanceof EbsWorkerError && err.code === ErrorCode.VolumeNotFound)) throw err
-        state = 'deleted'
-      }
-      if (state === 'available' || state === 'in-use') return
-      if (state === 'deleted' || state === 'error') {
-        throw new EbsWorkerError(ErrorCode.AccessDenied,
-          `volume ${volumeId} was rolled back while being created: EBS could not use the KMS key (${keyOrigin}). ` +
-          'The worker role, the key policy or a grant must allow kms:CreateGrant, kms:Decrypt, kms:DescribeKey and kms:GenerateDataKeyWithoutPlaintext on it')
-      }
-      if (Date.now() > deadline) throw new EbsWorkerError(ErrorCode.Ec2Error, `volume ${volumeId} is still ${state} after ${this.#o.stateTimeoutSeconds ?? 300} s`)
-      await new Promise((resolve) => setTimeout(resolve, delay))
-    }
   }
 
   /** Attaches the volume to this instance (unless it already is) and finds its device. */
@@ -242,20 +222,8 @@ export class Volumes {
       waitUntilVolumeAvailable({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
   }
 
-  /** EC2 errors as stable codes: what is permanent (not found, denied, wrong zone) says so. */
-  async #ec2<T>(what: string, call: () => Promise<T>): Promise<T> {
-    try {
-      return await call()
-    } catch (err) {
-      if (err instanceof EbsWorkerError) throw err
-      const name = (err as { name?: string }).name ?? 'Error'
-      const code =
-        name === 'InvalidVolume.NotFound' ? ErrorCode.VolumeNotFound
-        : name === 'InvalidSnapshot.NotFound' ? ErrorCode.SnapshotNotFound
-        : name === 'UnauthorizedOperation' || name === 'AccessDenied' || name.startsWith('KMS.') ? ErrorCode.AccessDenied
-        : name.startsWith('Invalid') || name === 'IncorrectState' || name === 'VolumeInUse' ? ErrorCode.BadInput
-        : ErrorCode.Ec2Error
-      throw new EbsWorkerError(code, `EC2 ${what} failed: ${name}: ${describe(err)}`, { cause: err })
-    }
+  /** EC2 errors as stable codes (aws/errors.ts): what is permanent (not found, denied, invalid) says so. */
+  #ec2<T>(operation: string, call: () => Promise<T>): Promise<T> {
+    return awsCall({ service: 'EC2', operation }, call)
   }
 }

@@ -6,7 +6,7 @@ import { openBackend } from '../storage/open.ts'
 import { backup, DEFAULT_PACK_SIZE } from '../pipeline/backup.ts'
 import { DEFAULT_CONFIG_PATH, loadConfig } from '../daemon/config.ts'
 import { CHECK_NAMES, doctor, formatCheck } from '../daemon/doctor.ts'
-import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode, describe, toErrorJson } from '../core/errors.ts'
 import { LocalKeyFileProvider } from '../repo/keys.ts'
 import { VERSION } from '../core/version.ts'
 import { KmsKeyProvider } from '../aws/kms-key-provider.ts'
@@ -273,16 +273,16 @@ export async function main(argv: string[]): Promise<number> {
     const commanderCode = (err as { code?: string }).code
     if (commanderCode === 'commander.helpDisplayed' || commanderCode === 'commander.version') return ExitStatus.ok
     if (typeof commanderCode === 'string' && commanderCode.startsWith('commander.')) {
-      if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code: ErrorCode.BadInput, message: describe(err) } }) + '\n')
+      if (json) process.stdout.write(JSON.stringify({ ok: false, error: toErrorJson(new EbsWorkerError(ErrorCode.BadInput, describe(err))) }) + '\n')
       return ExitStatus.badInput
     }
     if (controller.signal.aborted && !(err instanceof EbsWorkerError && err.code === ErrorCode.Interrupted)) {
       err = new EbsWorkerError(ErrorCode.Interrupted, `interrupted by a signal: ${describe(err)}`, { cause: err })
     }
-    const code = err instanceof EbsWorkerError ? err.code : 'INTERNAL'
-    process.stderr.write(`ebs-worker: error [${code}]: ${describe(err)}\n`)
+    const error = toErrorJson(err)
+    process.stderr.write(`ebs-worker: error [${error.code}]: ${error.message}\n`)
     if (!(err instanceof EbsWorkerError) && err instanceof Error && err.stack) process.stderr.write(err.stack + '\n')
-    if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code, message: describe(err) } }) + '\n')
+    if (json) process.stdout.write(JSON.stringify({ ok: false, error }) + '\n')
     return exitStatusFor(err)
   } finally {
     process.off('SIGINT', onSignal)

@@ -11,7 +11,7 @@ import { backup } from '../pipeline/backup.ts'
 import { restore } from '../pipeline/restore.ts'
 import type { DaemonConfig } from './config.ts'
 import { waitForEbsDevice } from '../device/ebs-device.ts'
-import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError, toErrorJson, withContext } from '../core/errors.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { LocalKeyFileProvider } from '../repo/keys.ts'
 import { MetricsEmitter } from './metrics.ts'
@@ -29,15 +29,6 @@ const taskKey = (taskId: string): string => `task:${taskId}`
 /** On a restored volume: the backup it holds, complete and synced (a redelivered task skips the restore). */
 const RESTORED_TAG = 'ebs-worker:restored-backup'
 
-
-/** Failures that another attempt cannot fix: reported once, never retried. */
-const PERMANENT = new Set<string>([
-  ErrorCode.BadInput, ErrorCode.DeviceNotFound, ErrorCode.DeviceUnusable, ErrorCode.TargetTooSmall,
-  ErrorCode.RepoNotFound, ErrorCode.RepoFormat, ErrorCode.RepoVersion, ErrorCode.KeyRequired, ErrorCode.WrongKey,
-  ErrorCode.BackupNotFound, ErrorCode.BackupIncompatible, ErrorCode.ChunkMissing, ErrorCode.ChunkCorrupt,
-  ErrorCode.ChecksumMismatch, ErrorCode.NotImplemented, ErrorCode.VolumeNotFound, ErrorCode.SnapshotNotFound,
-  ErrorCode.AccessDenied, ErrorCode.DefaultKeyNotShareable, ErrorCode.KeyUnusable,
-])
 
 export interface DaemonLog {
   info(msg: string, fields?: Record<string, unknown>): void
@@ -135,27 +126,25 @@ export class Daemon {
       const result = await this.#run(task, signal)
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'succeeded', startedAt, result })
       this.#log.info('task succeeded', { taskId: task.taskId, type: task.type, ...result })
-    } catch (err) {
-      const code = isEbsWorkerError(err) ? err.code : 'INTERNAL'
-      if (!PERMANENT.has(code) || signal.aborted) {
+    } catch (caught) {
+      const err = withContext(caught, { taskId: task.taskId, taskType: task.type, messageId: message.messageId })
+      if (err.retryable || signal.aborted) {
         // Transient: SQS redelivers the message, and parks it in the DLQ after maxReceiveCount
         // receives. The last attempt tells the controller, which would otherwise wait for ever.
         const last = !signal.aborted && this.#maxReceiveCount !== null && message.receiveCount >= this.#maxReceiveCount
         this.#log.error(last ? 'task failed on its last attempt' : 'task failed, will be retried', {
-          taskId: task.taskId, code, error: describe(err), receiveCount: message.receiveCount,
+          taskId: task.taskId, code: err.code, error: describe(err), receiveCount: message.receiveCount, context: err.context,
         })
         if (last) {
-          await this.#reply({
-            taskId: task.taskId, type: task.type, status: 'failed', startedAt,
-            error: { code, message: `${describe(err)} (attempt ${message.receiveCount} of ${this.#maxReceiveCount}; the task goes to the dead-letter queue)`, retryable: false },
-          })
+          err.message += ` (attempt ${message.receiveCount} of ${this.#maxReceiveCount}; the task goes to the dead-letter queue)`
+          await this.#reply({ taskId: task.taskId, type: task.type, status: 'failed', startedAt, error: toErrorJson(err) })
         } else {
-          this.#metrics.taskEnded({ taskId: task.taskId, type: task.type, status: 'retrying', startedAt, finishedAt: new Date().toISOString(), errorCode: code })
+          this.#metrics.taskEnded({ taskId: task.taskId, type: task.type, status: 'retrying', startedAt, finishedAt: new Date().toISOString(), errorCode: err.code })
         }
         throw err
       }
-      this.#log.error('task failed', { taskId: task.taskId, code, error: describe(err) })
-      await this.#reply({ taskId: task.taskId, type: task.type, status: 'failed', startedAt, error: { code, message: describe(err), retryable: false } })
+      this.#log.error('task failed', { taskId: task.taskId, code: err.code, error: describe(err), context: err.context })
+      await this.#reply({ taskId: task.taskId, type: task.type, status: 'failed', startedAt, error: toErrorJson(err) })
     }
   }
 
@@ -259,7 +248,7 @@ export class Daemon {
       if (shareWith) await volumes.share(snapshotId, shareWith)
       return { ...figures, snapshotId, ...(shareWith ? { sharedWith: shareWith } : {}) }
     } catch (err) {
-      permanent = isEbsWorkerError(err) && PERMANENT.has(err.code) && !signal.aborted
+      permanent = isEbsWorkerError(err) && !err.retryable && !signal.aborted
       throw err
     } finally {
       // A failed restore leaves no half-written volume attached. After a transient failure it is

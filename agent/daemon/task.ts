@@ -119,6 +119,12 @@ export const taskResult = z.strictObject({
   /** Type-specific figures on success (volumeId, backupId, bytesRead…). */
   result: z.record(z.string(), z.unknown()).optional(),
   /** On failure or rejection: a stable code, a human message, and whether a retry may help. */
-  error: z.strictObject({ code: z.string(), message: z.string(), retryable: z.boolean() }).optional(),
+  error: z.strictObject({
+    code: z.string(),
+    message: z.string(),
+    retryable: z.boolean(),
+    /** Where it happened: taskId, volumeId, device, offset, pack, object, the AWS call… (agent/core/errors.ts ErrorContext). */
+    context: z.record(z.string(), z.unknown()).optional(),
+  }).optional(),
 })
 export type TaskResult = z.infer<typeof taskResult>

@@ -13,7 +13,7 @@ import { AlreadyExistsError, type Backend } from '../storage/types.ts'
 import { KMS_PROVIDER, KmsKeyProvider } from '../aws/kms-key-provider.ts'
 import { decodeCheckpoint, encodeCheckpoint, type Checkpoint } from '../pipeline/checkpoint.ts'
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from './chunk-index.ts'
-import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
 import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys } from './keys.ts'
 import { BACKUP_ID_PATTERN, decodeManifest, encodeManifest, type Manifest } from './manifest.ts'
 import { MAX_PACK_BYTES, PackBuilder, packObjectName } from './pack.ts'
@@ -218,11 +218,17 @@ export class Repository {
    * a short answer means the pack was truncated.
    */
   async readPackRange(pack: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    const buf = await this.backend.getRange(packObjectName(pack), offset, length, into)
+    const buf = await this.backend.getRange(packObjectName(pack), offset, length, into).catch((err: unknown) => {
+      if (isEbsWorkerError(err, ErrorCode.ObjectNotFound)) {
+        throw new EbsWorkerError(ErrorCode.ChunkMissing, `pack ${pack} is missing from ${this.url}`, { cause: err, context: { pack } })
+      }
+      throw err
+    })
     if (buf.length !== length) {
       throw new EbsWorkerError(
         ErrorCode.ChunkCorrupt,
         `pack ${pack} is truncated: wanted bytes ${offset}–${offset + length - 1}, got ${buf.length}`,
+        { context: { pack, offset } },
       )
     }
     return buf

@@ -40,7 +40,7 @@ export class FileBackend implements Backend {
       handle = await open(path, 'r')
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new EbsWorkerError(ErrorCode.ChunkMissing, `object ${name} is missing from ${this.url}`)
+        throw new EbsWorkerError(ErrorCode.ObjectNotFound, `object ${name} is missing from ${this.url}`, { context: { object: name } })
       }
       throw storageError('open', path, err)
     }
@@ -139,5 +139,5 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 function storageError(op: string, path: string, err: unknown): EbsWorkerError {
-  return new EbsWorkerError(ErrorCode.Storage, `cannot ${op} ${path}: ${describe(err)}`, { cause: err })
+  return new EbsWorkerError(ErrorCode.Storage, `cannot ${op} ${path}: ${describe(err)}`, { cause: err, context: { object: path } })
 }

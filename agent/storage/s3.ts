@@ -16,7 +16,8 @@ import {
 import { Upload } from '@aws-sdk/lib-storage'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import type { BuildMiddleware, MetadataBearer } from '@smithy/types'
-import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { awsError } from '../aws/errors.ts'
 import { RangeGetter, S3Status, UseSdk } from './s3-range.ts'
 import { AlreadyExistsError, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
 
@@ -117,7 +118,7 @@ export class S3Backend implements Backend {
       } catch (err) {
         if (!(err instanceof UseSdk)) {
           if (status(err) === 416) return Buffer.alloc(0)
-          if (isNotFound(err)) throw new EbsWorkerError(ErrorCode.ChunkMissing, `object ${name} is missing from ${this.url}`)
+          if (isNotFound(err)) throw this.#notFound(name)
           throw this.#error('GetObject', name, err)
         }
         // Any other answer (a 403, a redirect, a clock skew…) goes through the SDK, which knows
@@ -138,9 +139,7 @@ export class S3Backend implements Backend {
       })
     } catch (err) {
       if (status(err) === 416) return Buffer.alloc(0)
-      if (isNotFound(err)) {
-        throw new EbsWorkerError(ErrorCode.ChunkMissing, `object ${name} is missing from ${this.url}`)
-      }
+      if (isNotFound(err)) throw this.#notFound(name)
       throw this.#error('GetObject', name, err)
     }
   }
@@ -207,14 +206,13 @@ export class S3Backend implements Backend {
     }
   }
 
-  #error(op: string, name: string, err: unknown): EbsWorkerError {
-    const attempts = (err as { $metadata?: { attempts?: number } }).$metadata?.attempts
-    const where = `s3://${this.#bucket}/${this.#key(name)}`
-    const tries = attempts ? ` after ${attempts} attempt${attempts === 1 ? '' : 's'}` : ''
-    const code = errorName(err) === 'NoSuchBucket' ? ErrorCode.RepoNotFound : ErrorCode.Storage
-    return new EbsWorkerError(code, `S3 ${op} ${where} failed${tries}: ${errorName(err)}: ${describe(err)}`, {
-      cause: err,
-    })
+  #notFound(name: string): EbsWorkerError {
+    return new EbsWorkerError(ErrorCode.ObjectNotFound, `object ${name} is missing from ${this.url}`, { context: { object: name } })
+  }
+
+  /** S3 failures as ours (aws/errors.ts), naming the object. */
+  #error(operation: string, name: string, err: unknown): EbsWorkerError {
+    return awsError(err, { service: 'S3', operation: `${operation} s3://${this.#bucket}/${this.#key(name)}` }, { object: name })
   }
 }
 
