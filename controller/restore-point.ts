@@ -3,7 +3,7 @@
 // One JSON object per restore point at restore-points/<id>.json under the repository's root, written
 // once, after every volume's backup exists. It holds metadata only (no volume data), in clear,
 // so any controller can read it without the repository key.
-import { randomBytes } from 'node:crypto'
+import { TIMESTAMPED, timestampedId } from '../agent/core/ids.ts'
 import { link, mkdir, readFile, readdir, unlink, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -12,7 +12,7 @@ import { z } from 'zod'
 import { EbsWorkerError, ErrorCode, describe } from '../agent/core/errors.ts'
 
 export const RESTORE_POINT_VERSION = 1
-const ID = /^rp-\d{8}T\d{6}Z-[0-9a-f]{8}$/
+const ID = new RegExp(`^rp-${TIMESTAMPED}$`)
 
 export const restorePointSchema = z.strictObject({
   format: z.literal('ebs-worker-restore-point'),
@@ -50,7 +50,7 @@ export const restorePointSchema = z.strictObject({
 export type RestorePoint = z.infer<typeof restorePointSchema>
 
 export function newRestorePointId(now = new Date()): string {
-  return `rp-${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomBytes(4).toString('hex')}`
+  return timestampedId('rp', now)
 }
 
 /** Reads and writes restore points under a repository URL (file:// or s3://, as the agent names them). */

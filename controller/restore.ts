@@ -14,7 +14,7 @@ import {
   AttachVolumeCommand, CreateVolumeCommand, DeleteSnapshotCommand, DeleteVolumeCommand, DetachVolumeCommand, GetEbsDefaultKmsKeyIdCommand,
   ModifySnapshotAttributeCommand, RunInstancesCommand, StartInstancesCommand, StopInstancesCommand, TerminateInstancesCommand, type VolumeType, type _InstanceType,
 } from '@aws-sdk/client-ec2'
-import { randomBytes } from 'node:crypto'
+import { timestampedId } from '../agent/core/ids.ts'
 import { assumeRole, ownSession } from './aws.ts'
 import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
 import { call, describeKey, describeVolumes, waitInstanceState, waitVolumeAvailable, waitVolumeState, kmsDryRun, type Waits } from './ec2.ts'
@@ -91,7 +91,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     }
   }
 
-  const runId = `restore-${new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomBytes(4).toString('hex')}`
+  const runId = timestampedId('restore')
   const temporary = new Cleanup() // undone whatever happens
   const undo = new Cleanup() // undone only if the restore fails
   const ec2 = restore.ec2(o.targetRegion)

@@ -334,7 +334,9 @@ t.test('the daemon survives what goes wrong: a poison message, a leftover volume
 
   await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'poison', backupId: '20261123T000000Z-00000000', repository: 's3://nowhere/repo' }))
   const poison = await reply('poison')
-  t.match(poison, { status: 'failed', error: { code: 'STORAGE_ERROR', message: /attempt 2 of 2; the task goes to the dead-letter queue/, retryable: false } },
+  // retryable comes from the code: a storage failure may pass, so the sender may try again later
+  // (SQS will not: the message goes to the dead-letter queue).
+  t.match(poison, { status: 'failed', error: { code: 'STORAGE_ERROR', message: /attempt 2 of 2; the task goes to the dead-letter queue/, retryable: true } },
     'a task failing every time is reported once, on its last attempt')
   t.equal((state.log.match(/"msg":"task failed, will be retried".*"taskId":"poison"/g) ?? []).length, 1, 'after one retry')
   const inDlq = async (): Promise<number> =>

@@ -94,8 +94,13 @@ t.test('a restore bound to a volume refuses another device and leaves it untouch
   await makeImage(source, 4 * MiB, [{ kind: 'random', offset: 0, length: 4 * MiB }])
   const b = await backup(repo, { device: source })
   const before = await sha256File(loops[1]!)
-  await t.rejects(restore(repo, { backupId: b.id, device: loops[1]!, volumeId: VOL, deviceRoots: roots }), { code: 'DEVICE_UNUSABLE' })
+  // What the daemon and `restore --volume-id` do before a restore opens anything for writing.
+  const boundRestore = async (device: string) => {
+    await assertVolumeDevice(device, VOL, roots)
+    return restore(repo, { backupId: b.id, device })
+  }
+  await t.rejects(boundRestore(loops[1]!), { code: 'DEVICE_UNUSABLE' })
   t.equal(await sha256File(loops[1]!), before, 'the wrong device is untouched')
-  await restore(repo, { backupId: b.id, device: join(roots.devDir, 'nvme1n1'), volumeId: VOL, deviceRoots: roots })
+  await boundRestore(join(roots.devDir, 'nvme1n1'))
   t.equal(await sha256File(loops[0]!), await sha256File(source), 'the right device gets the data')
 })

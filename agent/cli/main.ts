@@ -12,6 +12,7 @@ import { VERSION } from '../core/version.ts'
 import { KmsKeyProvider } from '../aws/kms-key-provider.ts'
 import { parseChangedRanges } from '../core/plan.ts'
 import { formatBytes, progressBar } from './progress.ts'
+import { assertVolumeDevice } from '../device/ebs-device.ts'
 import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from '../repo/repository.ts'
 import { restore, verify } from '../pipeline/restore.ts'
 import { systemdNotifier } from '../daemon/systemd.ts'
@@ -166,13 +167,14 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .option('--concurrency <n>', 'ranged GETs in flight', positiveInt('--concurrency'), 8)
     .action(async (opts: CommonOptions & { backup: string; device: string; freshTarget?: boolean; volumeId?: string; concurrency: number }) => {
       const repo = await openRepository(opts)
+      // Before anything is opened for writing: the device must be that volume (its NVMe serial).
+      if (opts.volumeId) await assertVolumeDevice(opts.device, opts.volumeId)
       const bar = progressBar('restore', opts.progress && !opts.json)
       try {
         const r = await restore(repo, {
           backupId: opts.backup,
           device: opts.device,
           freshTarget: opts.freshTarget === true,
-          ...(opts.volumeId ? { volumeId: opts.volumeId } : {}),
           concurrency: opts.concurrency,
           onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
           signal,

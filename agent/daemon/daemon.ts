@@ -10,7 +10,7 @@ import { openBackend } from '../storage/open.ts'
 import { backup } from '../pipeline/backup.ts'
 import { restore } from '../pipeline/restore.ts'
 import type { DaemonConfig } from './config.ts'
-import { waitForEbsDevice } from '../device/ebs-device.ts'
+import { assertVolumeDevice, waitForEbsDevice } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError, toErrorJson, withContext } from '../core/errors.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { LocalKeyFileProvider } from '../repo/keys.ts'
@@ -226,10 +226,12 @@ export class Daemon {
         figures = { volumeId, backupId: task.backupId, sizeGiB, reused: true }
       } else {
         const device = await volumes.attachHere(volumeId, signal)
+        // Before anything is opened for writing: the device must be this volume (its NVMe serial).
+        await assertVolumeDevice(device.path, volumeId, this.#config.deviceRoots)
         // Zero chunks are skipped only on a volume this attempt created: one left by an earlier
         // attempt may hold part of the data already (its checkpoint says which).
         const result = await restore(repo, {
-          backupId: task.backupId, device: device.path, volumeId, deviceRoots: this.#config.deviceRoots, freshTarget: created, signal,
+          backupId: task.backupId, device: device.path, freshTarget: created, signal,
           // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
           checkpoint: { key: taskKey(task.taskId), target: volumeId, intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
           onProgress: this.#progressLog(task.taskId),

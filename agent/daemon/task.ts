@@ -2,13 +2,14 @@
 // worker answers on the reply queue. Pure: parsing and validation, no I/O. A message that is not
 // a valid task never throws: it becomes a rejection with a stable code and a readable reason.
 import { z } from 'zod'
+import { BACKUP_ID_PATTERN } from '../core/ids.ts'
 
 export const TASK_PROTOCOL_VERSION = 1
 
 const taskId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/, 'a task id is 1–128 letters, digits, . _ : / -')
 const snapshotId = z.string().regex(/^snap-[0-9a-f]{8,17}$/, 'not a snapshot id (snap-…)')
 const volumeId = z.string().regex(/^vol-[0-9a-f]{8,17}$/, 'not a volume id (vol-…)')
-const backupId = z.string().regex(/^\d{8}T\d{6}Z-[0-9a-f]{8}$/, 'not a backup id (20261123T043200Z-1a2b3c4d)')
+const backupId = z.string().regex(BACKUP_ID_PATTERN, 'not a backup id (20261123T043200Z-1a2b3c4d)')
 const accountId = z.string().regex(/^\d{12}$/, 'not an AWS account id (12 digits)')
 /** A KMS key id, ARN or alias; absent means the Region's default EBS key. */
 const kmsKeyId = z.string().min(1).max(2048)

@@ -5,7 +5,6 @@ import { decodeBufferSize } from '../repo/codec.ts'
 import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, doneBytes, isDone, markDone, newDoneSet } from './checkpoint.ts'
 import type { ChunkIndex, ChunkLocation } from '../repo/chunk-index.ts'
 import { openForWrite, writeAt } from '../device/block-device.ts'
-import { assertVolumeDevice, type DeviceRoots } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { chunkCount, chunkIdAt, chunkLength, ZERO_ID, type Manifest } from '../repo/manifest.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
@@ -28,12 +27,6 @@ export interface RestoreOptions extends FetchOptions {
    * Otherwise they are written, since the device may hold old data.
    */
   freshTarget?: boolean
-  /**
-   * The EBS volume the target must be: its NVMe serial is checked against the device before
-   * anything is opened for writing (the daemon always sets it).
-   */
-  volumeId?: string
-  deviceRoots?: DeviceRoots
   /**
    * Go on from the checkpoint saved under `key` if it is of this backup onto this `target` (the
    * volume id), and save one every `intervalMs` and when interrupted (the daemon uses the task id).
@@ -207,7 +200,6 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   // Chunks an earlier attempt wrote and synced before its checkpoint are on the target already.
   const done = resumed?.done ?? newDoneSet(count)
   const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_MAX_REQUEST, done)
-  if (options.volumeId) await assertVolumeDevice(options.device, options.volumeId, options.deviceRoots)
   // An image file may be created; a missing path under /dev is a typo or a device not there yet.
   const device = await openForWrite(options.device, { minSize: manifest.size, create: !options.device.startsWith('/dev/') })
   const fresh = options.freshTarget === true || device.created

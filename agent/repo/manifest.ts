@@ -1,9 +1,10 @@
 // A backup's manifest: what was backed up and the ordered list of its chunk ids. It is the last
 // object a backup writes; a backup without one does not exist. Pure: schema, encoding, checksum.
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { z } from 'zod'
 import { ID_BYTES } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { timestampedId } from '../core/ids.ts'
 
 export const MANIFEST_VERSION = 1
 /** The id that stands for an all-zero chunk, which is recorded but never stored. */
@@ -75,11 +76,9 @@ export function backupChecksum(size: number, chunkSize: number, chunks: Buffer):
 
 /** Time-ordered, readable backup ids: 20261123T043200Z-1a2b3c4d. */
 export function newBackupId(now = new Date()): string {
-  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
-  return `${stamp}-${randomBytes(4).toString('hex')}`
+  return timestampedId('', now)
 }
 
-export const BACKUP_ID_PATTERN = /^\d{8}T\d{6}Z-[0-9a-f]{8}$/
 
 export function encodeManifest(m: Manifest): Buffer {
   const doc: ManifestDocument = {

@@ -15,7 +15,8 @@ import { decodeCheckpoint, encodeCheckpoint, type Checkpoint } from '../pipeline
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
 import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys } from './keys.ts'
-import { BACKUP_ID_PATTERN, decodeManifest, encodeManifest, type Manifest } from './manifest.ts'
+import { decodeManifest, encodeManifest, type Manifest } from './manifest.ts'
+import { BACKUP_ID_PATTERN } from '../core/ids.ts'
 import { MAX_PACK_BYTES, PackBuilder, packObjectName } from './pack.ts'
 
 export const REPOSITORY_VERSION = 1
