@@ -9,7 +9,7 @@
 import { EBSClient, ListChangedBlocksCommand, ListSnapshotBlocksCommand } from '@aws-sdk/client-ebs'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsError } from './errors.ts'
-import type { ByteRange } from '../core/plan.ts'
+import type { ByteRange } from '../core/geometry.ts'
 
 /** The largest page EBS returns (MaxResults: 100–10000). */
 const PAGE = 10_000

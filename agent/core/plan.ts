@@ -3,12 +3,8 @@
 // chunk whether to read it from the device or take its id from the parent.
 import { z } from 'zod'
 import { EbsWorkerError, ErrorCode } from './errors.ts'
-import { chunkCount } from '../repo/manifest.ts'
-
-export interface ByteRange {
-  offset: number
-  length: number
-}
+import { chunkCount, type ByteRange } from '../core/geometry.ts'
+export type { ByteRange } from '../core/geometry.ts'
 
 const rangesSchema = z.array(z.strictObject({ offset: z.number().int().nonnegative(), length: z.number().int().positive() }))
 

@@ -3,20 +3,20 @@
 // hydrated lazily and only deliver throughput at high queue depth); packs upload in parallel.
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { ID_BYTES, type ChunkIndex } from '../repo/chunk-index.ts'
-import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, doneBytes, isDone, markDone, newDoneSet, type Checkpoint } from './checkpoint.ts'
+import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, type Checkpoint } from './checkpoint.ts'
+import { chunkCount, chunkLength, doneBytes, isDone, markDone, newDoneSet } from '../core/geometry.ts'
 import { openForRead, readAt } from '../device/block-device.ts'
 import {
   backupChecksum,
-  chunkCount,
   chunkIdAt,
-  chunkLength,
   newBackupId,
   ZERO_ID,
   type BackupStats,
   type Manifest,
 } from '../repo/manifest.ts'
 import { PackWriter } from '../repo/pack-writer.ts'
-import { chunksToRead, chunksWritten, type ByteRange } from '../core/plan.ts'
+import { chunksToRead, chunksWritten } from '../core/plan.ts'
+import type { ByteRange } from '../core/geometry.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
 import type { Repository } from '../repo/repository.ts'
 

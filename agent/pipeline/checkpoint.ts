@@ -10,7 +10,7 @@
 import { z } from 'zod'
 import { ID_BYTES } from '../repo/chunk-index.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
-import { chunkCount, chunkLength } from '../repo/manifest.ts'
+import { chunkCount, newDoneSet, type DoneSet } from '../core/geometry.ts'
 
 export const CHECKPOINT_VERSION = 1
 export const DEFAULT_CHECKPOINT_INTERVAL_MS = 5 * 60 * 1000
@@ -43,26 +43,6 @@ export interface Checkpoint {
   done: Uint8Array
   /** A backup's chunk ids, ID_BYTES each, for the whole volume; empty for a restore. */
   chunks: Buffer
-}
-
-export function isDone(done: Uint8Array, i: number): boolean {
-  return (done[i >> 3]! & (1 << (i & 7))) !== 0
-}
-
-export function markDone(done: Uint8Array, i: number): void {
-  done[i >> 3]! |= 1 << (i & 7)
-}
-
-/** An empty done set for `count` chunks. */
-export function newDoneSet(count: number): Uint8Array {
-  return new Uint8Array(Math.ceil(count / 8))
-}
-
-/** Bytes of the volume the done chunks cover: where a resumed task's progress starts. */
-export function doneBytes(done: Uint8Array, size: number, chunkSize: number): number {
-  let bytes = 0
-  for (let i = 0; i < chunkCount(size, chunkSize); i++) if (isDone(done, i)) bytes += chunkLength(size, chunkSize, i)
-  return bytes
 }
 
 export function encodeCheckpoint(c: Checkpoint): Buffer {

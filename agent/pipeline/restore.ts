@@ -2,11 +2,12 @@
 // device. Every chunk is decrypted (GCM authenticates it), decompressed (zstd checks its frame)
 // and re-hashed against its id before a byte of it is written.
 import { decodeBufferSize } from '../repo/codec.ts'
-import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS, doneBytes, isDone, markDone, newDoneSet } from './checkpoint.ts'
+import { CheckpointGate, DEFAULT_CHECKPOINT_INTERVAL_MS } from './checkpoint.ts'
+import { chunkCount, chunkLength, doneBytes, isDone, markDone, newDoneSet } from '../core/geometry.ts'
 import type { ChunkIndex, ChunkLocation } from '../repo/chunk-index.ts'
 import { openForWrite, writeAt } from '../device/block-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
-import { chunkCount, chunkIdAt, chunkLength, ZERO_ID, type Manifest } from '../repo/manifest.ts'
+import { chunkIdAt, ZERO_ID, type Manifest } from '../repo/manifest.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
 import type { Repository } from '../repo/repository.ts'
 

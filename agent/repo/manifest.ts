@@ -5,6 +5,7 @@ import { z } from 'zod'
 import { ID_BYTES } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { timestampedId } from '../core/ids.ts'
+import { chunkCount } from '../core/geometry.ts'
 
 export const MANIFEST_VERSION = 1
 /** The id that stands for an all-zero chunk, which is recorded but never stored. */
@@ -47,15 +48,6 @@ type ManifestDocument = z.infer<typeof manifestSchema>
 export interface Manifest extends Omit<ManifestDocument, 'chunks' | 'format' | 'version'> {
   /** chunkCount × 32 bytes. */
   chunks: Buffer
-}
-
-export function chunkCount(size: number, chunkSize: number): number {
-  return Math.ceil(size / chunkSize)
-}
-
-/** Bytes of chunk `i` of a volume of `size` bytes: chunkSize, less for the last one. */
-export function chunkLength(size: number, chunkSize: number, i: number): number {
-  return Math.min(chunkSize, size - i * chunkSize)
 }
 
 export function chunkIdAt(chunks: Buffer, index: number): Buffer {
