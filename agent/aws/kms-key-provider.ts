@@ -63,3 +63,8 @@ export class KmsKeyProvider implements KeyProvider {
     return awsCall({ service: 'KMS', operation: `${action} with ${keyId}` }, call, { kmsKeyId: keyId })
   }
 }
+
+/** The key provider for a repository key KMS wrapped (no key file: the caller's AWS credentials open it), else null. */
+export function kmsKeyProviderFor(wrapped: WrappedKey): KeyProvider | null {
+  return wrapped.provider === KMS_PROVIDER ? new KmsKeyProvider() : null
+}

@@ -9,7 +9,7 @@ import { CHECK_NAMES, doctor, formatCheck } from '../daemon/doctor.ts'
 import { EbsWorkerError, ErrorCode, describe, toErrorJson } from '../core/errors.ts'
 import { LocalKeyFileProvider } from '../repo/keys.ts'
 import { VERSION } from '../core/version.ts'
-import { KmsKeyProvider } from '../aws/kms-key-provider.ts'
+import { KmsKeyProvider, kmsKeyProviderFor } from '../aws/kms-key-provider.ts'
 import { parseChangedRanges } from '../core/plan.ts'
 import { formatBytes, progressBar } from './progress.ts'
 import { assertVolumeDevice } from '../device/ebs-device.ts'
@@ -61,7 +61,7 @@ interface CommonOptions {
 
 async function openRepository(opts: CommonOptions & { compressionLevel?: number }, tuning = {}): Promise<Repository> {
   const keyProvider = opts.keyFile ? await LocalKeyFileProvider.open(opts.keyFile) : undefined
-  const options: Parameters<typeof Repository.open>[1] = {}
+  const options: Parameters<typeof Repository.open>[1] = { keyProviderFor: kmsKeyProviderFor }
   if (keyProvider) options.keyProvider = keyProvider
   if (opts.compressionLevel !== undefined) options.compressionLevel = opts.compressionLevel
   return Repository.open(openBackend(opts.repo, tuning), options)

@@ -20,11 +20,11 @@ import type { ByteRange } from '../core/geometry.ts'
 import { assertShareableKey } from '../aws/kms.ts'
 import { QueueConsumer, sqsClient, type ReceivedMessage } from './queue.ts'
 import { Repository } from '../repo/repository.ts'
+import { kmsKeyProviderFor } from '../aws/kms-key-provider.ts'
+import { findTaskBackup, saveTaskRecord, taskKey } from './task-records.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
 import { TASK_ID_TAG, Volumes } from '../aws/volumes.ts'
 
-/** What a task's checkpoint and task record are saved under in the repository. */
-const taskKey = (taskId: string): string => `task:${taskId}`
 
 /** On a restored volume: the backup it holds, complete and synced (a redelivered task skips the restore). */
 const RESTORED_TAG = 'ebs-worker:restored-backup'
@@ -264,7 +264,7 @@ export class Daemon {
   /** The backup an earlier attempt of this task made (its task record), as a reused result. */
   async #madeBackup(task: { taskId: string } & ReadSpec): Promise<Record<string, unknown> | null> {
     const repo = await this.#repository(task.repository ?? this.#config.repository)
-    const made = await repo.findTaskBackup(taskKey(task.taskId))
+    const made = await findTaskBackup(repo, taskKey(task.taskId))
     return made ? { backupId: made.id, reused: true, ...made.stats } : null
   }
 
@@ -290,6 +290,8 @@ export class Daemon {
       tags: { ...task.tags, [TASK_ID_TAG]: taskId },
       // A task cut short (the visibility cap, SIGTERM, a crash) goes on from here next time.
       checkpoint: { key: taskKey(taskId), intervalMs: this.#config.checkpointIntervalSeconds * 1000 },
+      // Recorded before the checkpoint goes: a retry after a crash in between finds one or the other.
+      onCommitted: (manifest) => saveTaskRecord(repo, taskKey(taskId), manifest.id),
       onProgress: this.#progressLog(taskId),
       signal,
     })
@@ -362,7 +364,7 @@ export class Daemon {
     if (!repo) {
       repo = (async () => {
         const keyProvider = this.#config.keyFile ? await LocalKeyFileProvider.open(this.#config.keyFile) : undefined
-        return Repository.open(openBackend(url), keyProvider ? { keyProvider } : {})
+        return Repository.open(openBackend(url), { ...(keyProvider ? { keyProvider } : {}), keyProviderFor: kmsKeyProviderFor })
       })()
       repo.catch(() => this.#repos.delete(url))
       this.#repos.set(url, repo)

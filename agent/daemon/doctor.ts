@@ -15,6 +15,7 @@ import { describe, isEbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { LocalKeyFileProvider } from '../repo/keys.ts'
 import { Repository } from '../repo/repository.ts'
+import { kmsKeyProviderFor } from '../aws/kms-key-provider.ts'
 
 export type CheckStatus = 'ok' | 'warn' | 'problem' | 'skipped'
 
@@ -165,7 +166,7 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   if (wanted('repository')) {
     try {
       const keyProvider = config.keyFile ? await LocalKeyFileProvider.open(config.keyFile) : undefined
-      const repo = await Repository.open(openBackend(config.repository), keyProvider ? { keyProvider } : {})
+      const repo = await Repository.open(openBackend(config.repository), { ...(keyProvider ? { keyProvider } : {}), keyProviderFor: kmsKeyProviderFor })
       const backups = await repo.listBackups()
       add({
         name: 'repository', status: 'ok',

@@ -1,20 +1,24 @@
-// The repository: config, keys, indexes, packs and manifests on a backend. Everything that
-// touches stored objects goes through here; backup and restore only see chunks.
+// The repository: config, keys, indexes, packs and manifests on a storage. Everything that
+// touches stored objects goes through here; the pipelines see chunks and offsets: a backup saves
+// them through a BackupWriter (backup-writer.ts), a restore reads them through chunk-reader.ts.
 //
 //   config                      JSON, plain: format, version, chunk size, wrapped key
 //   packs/<2 hex>/<pack id>     chunk blobs + trailer (pack.ts)
 //   index/<name>                where chunks live (chunk-index.ts), blob-encoded
 //   backups/<backup id>         manifests (manifest.ts), blob-encoded, written last
+//   checkpoints/<hash>, tasks/<hash>
+//                               small blob-encoded records of the programs that use the
+//                               repository (a pipeline's checkpoint, the daemon's task records)
 import { createHash, createHmac, randomUUID } from 'node:crypto'
 import pLimit from 'p-limit'
 import { z } from 'zod'
 import { BlobCodec } from './codec.ts'
 import { AlreadyExistsError, type Backend } from '../storage/types.ts'
-import { KMS_PROVIDER, KmsKeyProvider } from '../aws/kms-key-provider.ts'
-import { decodeCheckpoint, encodeCheckpoint, type Checkpoint } from '../pipeline/checkpoint.ts'
+import { BackupWriter, type BackupWriterOptions } from './backup-writer.ts'
+import { planRequests, readChunks, type ChunkSink, type RangeRequest, type ReadCounters, type ReadOptions, type ReadPlan } from './chunk-reader.ts'
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
-import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys } from './keys.ts'
+import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys, type WrappedKey } from './keys.ts'
 import { decodeManifest, encodeManifest, type Manifest } from './manifest.ts'
 import { BACKUP_ID_PATTERN } from '../core/ids.ts'
 import { MAX_PACK_BYTES, PackBuilder, packObjectName } from './pack.ts'
@@ -51,9 +55,19 @@ export interface InitOptions {
 }
 
 export interface OpenOptions {
+  /** The key provider that unwraps the repository key. */
   keyProvider?: KeyProvider
+  /**
+   * Or: the provider for the key as the repository records it (a KMS-wrapped key needs no file:
+   * the caller's AWS credentials open it). Null when the caller has none that fits.
+   */
+  keyProviderFor?: (wrapped: WrappedKey) => KeyProvider | null
   compressionLevel?: number
 }
+
+/** The small records programs keep in the repository, by area: the prefix and the blob kind (GCM additional data). */
+const RECORD_AREAS = { checkpoints: 'checkpoint', tasks: 'task' } as const
+export type RecordArea = keyof typeof RECORD_AREAS
 
 export function validateChunkSize(chunkSize: number): void {
   if (!Number.isInteger(chunkSize) || chunkSize % EBS_BLOCK_SIZE !== 0 || chunkSize < EBS_BLOCK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
@@ -154,9 +168,7 @@ export class Repository {
     validateChunkSize(config.chunkSize)
     let keys = null
     if (config.encryption) {
-      // A KMS-wrapped key needs no key file: the caller's AWS credentials open it (or do not).
-      const provider = options.keyProvider ??
-        (config.encryption.key.provider === KMS_PROVIDER ? new KmsKeyProvider() : null)
+      const provider = options.keyProvider ?? options.keyProviderFor?.(config.encryption.key) ?? null
       if (!provider) {
         throw new EbsWorkerError(ErrorCode.KeyRequired, `repository ${backend.url} is encrypted: give its key (--key-file)`)
       }
@@ -277,48 +289,47 @@ export class Repository {
     return all.sort((a, b) => a.id.localeCompare(b.id))
   }
 
-  // ---- checkpoints -------------------------------------------------------------------------
+  // ---- backups: writing and reading chunks ----------------------------------------------------
 
-  /** Where a task's checkpoint lives: task ids may hold "/", so the name is their hash. */
-  static checkpointName(key: string): string {
-    return `checkpoints/${keyHash(key)}`
+  /**
+   * Starts writing a backup: the one way chunks get into the repository. Loads the index, so
+   * that chunks the repository has are recognised and not stored again.
+   */
+  async startBackup(options: BackupWriterOptions): Promise<BackupWriter> {
+    return new BackupWriter(this, await this.loadIndex(), options)
   }
 
-  async saveCheckpoint(key: string, checkpoint: Checkpoint): Promise<void> {
-    await this.backend.put(Repository.checkpointName(key), await this.codec.encode('checkpoint', encodeCheckpoint(checkpoint)))
+  /** Which ranged reads fetch the backup's stored chunks (those not in `skip`), and its zero chunks. */
+  async planReads(manifest: Manifest, options: { maxRequestBytes: number; skip?: Uint8Array }): Promise<ReadPlan> {
+    return planRequests(manifest, await this.loadIndex(), options.maxRequestBytes, options.skip)
   }
 
-  /** The checkpoint saved under `key`, or null. */
-  async loadCheckpoint(key: string): Promise<Checkpoint | null> {
-    const name = Repository.checkpointName(key)
+  /** Fetches, verifies and hands on the chunks of `requests` (from planReads). */
+  readChunks(manifest: Manifest, requests: readonly RangeRequest[], options: ReadOptions, sink: ChunkSink): Promise<ReadCounters> {
+    return readChunks(this, manifest, requests, options, sink)
+  }
+
+  // ---- records: small objects the programs keep here (checkpoints, task records) ------------
+
+  /** The object a record is stored as: keys (task ids) may hold "/" and be long, so the name is their hash. */
+  static recordName(area: RecordArea, key: string): string {
+    return `${area}/${createHash('sha256').update(key).digest('hex')}`
+  }
+
+  /** Stores a record, encrypted like every blob when the repository is; replaces an earlier one. */
+  async saveRecord(area: RecordArea, key: string, data: Buffer): Promise<void> {
+    await this.backend.put(Repository.recordName(area, key), await this.codec.encode(RECORD_AREAS[area], data))
+  }
+
+  /** The record's bytes, or null when there is none. */
+  async loadRecord(area: RecordArea, key: string): Promise<Buffer | null> {
+    const name = Repository.recordName(area, key)
     const blob = await this.backend.get(name)
-    if (!blob) return null
-    return decodeCheckpoint(await this.#decodeMeta('checkpoint', blob, name), name)
+    return blob ? this.#decodeMeta(RECORD_AREAS[area], blob, name) : null
   }
 
-  async deleteCheckpoint(key: string): Promise<void> {
-    await this.backend.delete(Repository.checkpointName(key))
-  }
-
-  // ---- task records ------------------------------------------------------------------------
-
-  /** Records that the backup for `key` (the daemon's task) is `backupId`: one GET finds it again. */
-  async saveTaskRecord(key: string, backupId: string): Promise<void> {
-    const record = Buffer.from(JSON.stringify({ version: 1, key, backupId, savedAt: new Date().toISOString() }))
-    await this.backend.put(`tasks/${keyHash(key)}`, await this.codec.encode('task', record))
-  }
-
-  /** The backup recorded for `key`, if its manifest exists. */
-  async findTaskBackup(key: string): Promise<Manifest | null> {
-    const blob = await this.backend.get(`tasks/${keyHash(key)}`)
-    if (!blob) return null
-    const parsed = z.object({ key: z.string(), backupId: z.string() })
-      .safeParse(JSON.parse((await this.#decodeMeta('task', blob, `task record of ${key}`)).toString('utf8')))
-    if (!parsed.success || parsed.data.key !== key) return null
-    return this.loadManifest(parsed.data.backupId).catch((err: unknown) => {
-      if (err instanceof EbsWorkerError && err.code === ErrorCode.BackupNotFound) return null
-      throw err
-    })
+  async deleteRecord(area: RecordArea, key: string): Promise<void> {
+    await this.backend.delete(Repository.recordName(area, key))
   }
 
   async #decodeMeta(kind: 'index' | 'manifest' | 'checkpoint' | 'task', blob: Buffer, what: string): Promise<Buffer> {
@@ -328,9 +339,4 @@ export class Repository {
       throw new EbsWorkerError(ErrorCode.RepoFormat, `${what} cannot be read: ${describe(err)}`, { cause: err })
     }
   }
-}
-
-/** Object names keyed by a task: task ids may hold "/" and be long, so the name is their hash. */
-function keyHash(key: string): string {
-  return createHash('sha256').update(key).digest('hex')
 }

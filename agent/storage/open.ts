@@ -7,6 +7,7 @@ import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { FileBackend } from './file.ts'
 import { S3Backend, type S3BackendOptions } from './s3.ts'
 import type { Backend } from './types.ts'
+import { withRetries } from './retry.ts'
 
 export interface BackendTuning {
   partSize?: number
@@ -14,7 +15,10 @@ export interface BackendTuning {
 }
 
 export function openBackend(url: string, tuning: BackendTuning = {}): Backend {
-  if (url.startsWith('s3://')) return new S3Backend({ ...parseS3Url(url), ...tuning })
+  if (url.startsWith('s3://')) {
+    const s3 = new S3Backend({ ...parseS3Url(url), ...tuning })
+    return withRetries(s3, { attempts: s3.maxAttempts })
+  }
   if (url.startsWith('file://')) return new FileBackend(fileURLToPath(url))
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     throw new EbsWorkerError(ErrorCode.BadInput, `unsupported repository URL ${url} (use s3://bucket/prefix or file:///path)`)
