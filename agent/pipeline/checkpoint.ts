@@ -11,7 +11,8 @@ import { z } from 'zod'
 import { ID_BYTES } from '../repo/chunk-index.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { chunkCount, newDoneSet } from '../core/geometry.ts'
-import { Repository } from '../repo/repository.ts'
+import type { Repository } from '../repo/repository.ts'
+import { recordObject } from '../repo/layout.ts'
 
 export const CHECKPOINT_VERSION = 1
 export const DEFAULT_CHECKPOINT_INTERVAL_MS = 5 * 60 * 1000
@@ -128,7 +129,7 @@ export class CheckpointGate {
 
 /** The repository object a checkpoint saved under `key` is (tests look at it). */
 export function checkpointObjectName(key: string): string {
-  return Repository.recordName('checkpoints', key)
+  return recordObject('checkpoints', key)
 }
 
 /** The checkpoint saved under `key`, or null: none, or one that cannot be read (a damaged one is no reason to fail). */

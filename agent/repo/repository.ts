@@ -21,7 +21,8 @@ import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/e
 import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys, type WrappedKey } from './keys.ts'
 import { decodeManifest, encodeManifest, type Manifest } from './manifest.ts'
 import { BACKUP_ID_PATTERN } from '../core/ids.ts'
-import { MAX_PACK_BYTES, PackBuilder, packObjectName } from './pack.ts'
+import { MAX_PACK_BYTES, PackBuilder } from './pack.ts'
+import { BACKUPS, CONFIG, indexObject, INDEXES, manifestObject, packObject, recordObject, type RecordArea } from './layout.ts'
 
 export const REPOSITORY_VERSION = 1
 export const EBS_BLOCK_SIZE = 512 * 1024
@@ -65,9 +66,8 @@ export interface OpenOptions {
   compressionLevel?: number
 }
 
-/** The small records programs keep in the repository, by area: the prefix and the blob kind (GCM additional data). */
-const RECORD_AREAS = { checkpoints: 'checkpoint', tasks: 'task' } as const
-export type RecordArea = keyof typeof RECORD_AREAS
+/** The blob kind (GCM additional data) of each area's records. */
+const RECORD_KIND = { checkpoints: 'checkpoint', tasks: 'task' } as const
 
 export function validateChunkSize(chunkSize: number): void {
   if (!Number.isInteger(chunkSize) || chunkSize % EBS_BLOCK_SIZE !== 0 || chunkSize < EBS_BLOCK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
@@ -129,7 +129,7 @@ export class Repository {
       encryption,
     }
     try {
-      await backend.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true })
+      await backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true })
     } catch (err) {
       if (err instanceof AlreadyExistsError) {
         throw new EbsWorkerError(ErrorCode.RepoExists, `a repository already exists at ${backend.url}`)
@@ -140,7 +140,7 @@ export class Repository {
   }
 
   static async open(backend: Backend, options: OpenOptions = {}): Promise<Repository> {
-    const raw = await backend.get('config')
+    const raw = await backend.get(CONFIG)
     if (!raw) {
       throw new EbsWorkerError(ErrorCode.RepoNotFound, `no ebs-worker repository at ${backend.url} (create one with "ebs-worker init")`)
     }
@@ -193,7 +193,7 @@ export class Repository {
     const index = new ChunkIndex()
     const limit = pLimit(16)
     const reads: Promise<void>[] = []
-    for await (const obj of this.backend.list('index/')) {
+    for await (const obj of this.backend.list(INDEXES)) {
       reads.push(
         limit(async () => {
           const blob = await this.backend.get(obj.name)
@@ -208,11 +208,11 @@ export class Repository {
   }
 
   async saveIndex(name: string, entries: readonly IndexEntry[]): Promise<void> {
-    await this.backend.put(`index/${name}`, await this.codec.encode('index', encodeIndex(entries)))
+    await this.backend.put(indexObject(name), await this.codec.encode('index', encodeIndex(entries)))
   }
 
   async deleteIndex(name: string): Promise<void> {
-    await this.backend.delete(`index/${name}`)
+    await this.backend.delete(indexObject(name))
   }
 
   // ---- packs ------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ export class Repository {
     const trailer = await this.codec.encode('pack-trailer', builder.trailerPlaintext())
     const data = builder.finish(trailer)
     if (data.length > MAX_PACK_BYTES) throw new Error('pack exceeds 4 GiB')
-    await this.backend.put(packObjectName(builder.id), data)
+    await this.backend.put(packObject(builder.id), data)
     return data.length
   }
 
@@ -231,7 +231,7 @@ export class Repository {
    * a short answer means the pack was truncated.
    */
   async readPackRange(pack: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    const buf = await this.backend.getRange(packObjectName(pack), offset, length, into).catch((err: unknown) => {
+    const buf = await this.backend.getRange(packObject(pack), offset, length, into).catch((err: unknown) => {
       if (isEbsWorkerError(err, ErrorCode.ObjectNotFound)) {
         throw new EbsWorkerError(ErrorCode.ChunkMissing, `pack ${pack} is missing from ${this.url}`, { cause: err, context: { pack } })
       }
@@ -260,14 +260,14 @@ export class Repository {
 
   async saveManifest(manifest: Manifest): Promise<void> {
     const blob = await this.codec.encode('manifest', encodeManifest(manifest))
-    await this.backend.put(`backups/${manifest.id}`, blob, { ifAbsent: true })
+    await this.backend.put(manifestObject(manifest.id), blob, { ifAbsent: true })
   }
 
   async loadManifest(id: string): Promise<Manifest> {
     if (!BACKUP_ID_PATTERN.test(id)) {
       throw new EbsWorkerError(ErrorCode.BadInput, `"${id}" is not a backup id (like 20261123T043200Z-1a2b3c4d)`)
     }
-    const blob = await this.backend.get(`backups/${id}`)
+    const blob = await this.backend.get(manifestObject(id))
     if (!blob) throw new EbsWorkerError(ErrorCode.BackupNotFound, `backup ${id} does not exist in ${this.url}`)
     return decodeManifest(await this.#decodeMeta('manifest', blob, `backup ${id}`), id)
   }
@@ -275,8 +275,8 @@ export class Repository {
   async listBackups(): Promise<BackupSummary[]> {
     const limit = pLimit(16)
     const loads: Promise<BackupSummary>[] = []
-    for await (const obj of this.backend.list('backups/')) {
-      const id = obj.name.slice('backups/'.length)
+    for await (const obj of this.backend.list(BACKUPS)) {
+      const id = obj.name.slice(BACKUPS.length)
       if (!BACKUP_ID_PATTERN.test(id)) continue
       loads.push(
         limit(async () => {
@@ -311,25 +311,20 @@ export class Repository {
 
   // ---- records: small objects the programs keep here (checkpoints, task records) ------------
 
-  /** The object a record is stored as: keys (task ids) may hold "/" and be long, so the name is their hash. */
-  static recordName(area: RecordArea, key: string): string {
-    return `${area}/${createHash('sha256').update(key).digest('hex')}`
-  }
-
   /** Stores a record, encrypted like every blob when the repository is; replaces an earlier one. */
   async saveRecord(area: RecordArea, key: string, data: Buffer): Promise<void> {
-    await this.backend.put(Repository.recordName(area, key), await this.codec.encode(RECORD_AREAS[area], data))
+    await this.backend.put(recordObject(area, key), await this.codec.encode(RECORD_KIND[area], data))
   }
 
   /** The record's bytes, or null when there is none. */
   async loadRecord(area: RecordArea, key: string): Promise<Buffer | null> {
-    const name = Repository.recordName(area, key)
+    const name = recordObject(area, key)
     const blob = await this.backend.get(name)
-    return blob ? this.#decodeMeta(RECORD_AREAS[area], blob, name) : null
+    return blob ? this.#decodeMeta(RECORD_KIND[area], blob, name) : null
   }
 
   async deleteRecord(area: RecordArea, key: string): Promise<void> {
-    await this.backend.delete(Repository.recordName(area, key))
+    await this.backend.delete(recordObject(area, key))
   }
 
   async #decodeMeta(kind: 'index' | 'manifest' | 'checkpoint' | 'task', blob: Buffer, what: string): Promise<Buffer> {
