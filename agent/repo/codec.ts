@@ -7,8 +7,7 @@
 //
 // The kind of blob ("chunk", "index", "manifest") is GCM additional data, so a blob cannot be
 // passed off as another kind. Compression runs on libuv's thread pool (pooled zstd contexts,
-// zstd.ts), which
-// is what spreads the CPU work of a backup over all cores.
+// zstd.ts), which is what spreads the CPU work of a backup over all cores.
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 import pLimit from 'p-limit'
