@@ -186,6 +186,26 @@ export class TreeBuilder {
     await this.#add(0, ref)
   }
 
+  /**
+   * A whole subtree at `level` that is already stored (the parent's, unchanged) or all zeros
+   * (ZERO_REF), in place of its leaves. The builder must be at that subtree's start.
+   */
+  async pushSubtree(level: number, ref: BlobRef): Promise<void> {
+    const leaves = this.shape.fanout ** level
+    if (level > this.#root || this.#leaves % leaves !== 0 || this.#pending.slice(0, level).some((refs) => refs.length)) {
+      throw new Error(`a level-${level} subtree cannot start after ${this.#leaves} leaves`)
+    }
+    this.#leaves += Math.min(leaves, leafCount(this.shape) - this.#leaves)
+    await this.#add(level, ref)
+  }
+
+  /** The highest level whose subtree could start here (0 when only a leaf can). */
+  get subtreeLevel(): number {
+    let level = 0
+    while (level < this.#root && this.#leaves % this.shape.fanout ** (level + 1) === 0 && this.#pending[level]!.length === 0) level++
+    return level
+  }
+
   /** Ends the tree: the partial nodes go out; returns the root's reference. */
   async finish(): Promise<BlobRef> {
     if (this.#leaves !== leafCount(this.shape)) throw new Error(`tree finished after ${this.#leaves} of ${leafCount(this.shape)} leaves`)
@@ -247,8 +267,8 @@ export class TreeCursor {
   readonly #load: NodeLoader
   readonly #root: BlobRef
   readonly #rootLevel: number
-  /** Per level: the index of the node held and its entries. */
-  readonly #held: Array<{ index: number; entries: BlobRef[] } | null>
+  /** Per level: the nodes held, newest last (two: positions that cross a boundary and back). */
+  readonly #held: Array<Array<{ index: number; entries: BlobRef[] }>>
 
   constructor(shape: TreeShape, root: BlobRef, load: NodeLoader) {
     validateShape(shape)
@@ -256,7 +276,7 @@ export class TreeCursor {
     this.#root = root
     this.#load = load
     this.#rootLevel = rootLevel(shape)
-    this.#held = Array.from({ length: this.#rootLevel + 1 }, () => null)
+    this.#held = Array.from({ length: this.#rootLevel + 1 }, () => [])
   }
 
   /** The reference of node `index` at `level` (the root is node 0 of the root level); ZERO_REF for a zero subtree. */
@@ -281,8 +301,8 @@ export class TreeCursor {
   }
 
   async #entries(level: number, index: number): Promise<BlobRef[]> {
-    const held = this.#held[level]
-    if (held && held.index === index) return held.entries
+    const held = this.#held[level]!.find((h) => h.index === index)
+    if (held) return held.entries
     const ref = await this.refAt(level, index)
     if (!ref) throw new EbsWorkerError(ErrorCode.RepoFormat, `the chunk list has no node ${index} at level ${level}`)
     const count = level === 0
@@ -292,7 +312,9 @@ export class TreeCursor {
     if (entries.length !== count) {
       throw new EbsWorkerError(ErrorCode.RepoFormat, `chunk-list node ${index} at level ${level} has ${entries.length} entries, expected ${count}`)
     }
-    this.#held[level] = { index, entries }
+    const cache = this.#held[level]!
+    cache.push({ index, entries })
+    if (cache.length > 2) cache.shift()
     return entries
   }
 }
