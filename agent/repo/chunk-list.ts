@@ -6,7 +6,7 @@ import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { chunkCount } from '../core/geometry.ts'
 import type { ChunkIndex } from './chunk-index.ts'
 import { chunkIdAt, ZERO_ID, type ManifestV1, type ManifestV2 } from './manifest.ts'
-import { leafCount, TreeCursor, ZERO_REF, type BlobRef, type NodeLoader } from './tree.ts'
+import { DEFAULT_LEAF_CHUNKS, leafCount, TreeCursor, ZERO_REF, type BlobRef, type NodeLoader } from './tree.ts'
 
 export interface ChunkList {
   /** Chunks in the list. */
@@ -25,7 +25,7 @@ export function treeList(m: ManifestV2, load: NodeLoader): ChunkList {
 }
 
 /** Leaves of a version 1 list: as many chunks as a version 2 leaf holds by default. */
-const V1_LEAF = 128
+const V1_LEAF = DEFAULT_LEAF_CHUNKS
 
 export function v1List(m: ManifestV1, index: ChunkIndex): ChunkList {
   const count = chunkCount(m.size, m.chunkSize)

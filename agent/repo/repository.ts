@@ -93,7 +93,7 @@ export function validateChunkSize(chunkSize: number): void {
 
 export class Repository {
   readonly backend: Backend
-  readonly config: RepositoryConfig
+  config: RepositoryConfig
   readonly codec: BlobCodec
   readonly #idKey: Buffer | null
 
@@ -241,7 +241,7 @@ export class Repository {
   }
 
   /** Version 1: every index object in one map (what version 1 always did). */
-  async #loadV1Index(): Promise<ChunkIndex> {
+  async loadV1Index(): Promise<ChunkIndex> {
     const index = new ChunkIndex()
     const limit = pLimit(16)
     const reads: Promise<void>[] = []
@@ -358,12 +358,44 @@ export class Repository {
 
   /** The backup's chunk list, leaf by leaf, whatever its version. */
   async chunkList(manifest: Manifest): Promise<ChunkList> {
-    return manifest.version === 2 ? treeList(manifest, this.nodeLoader()) : v1List(manifest, await this.#loadV1Index())
+    return manifest.version === 2 ? treeList(manifest, this.nodeLoader()) : v1List(manifest, await this.loadV1Index())
   }
 
   /** Fetches, verifies and hands on a backup's chunks, window after window (chunk-reader.ts). */
   async readChunks(manifest: Manifest, options: ReadOptions, sink: WindowSink): Promise<ReadCounters> {
     return readWindows(this, manifest, await this.chunkList(manifest), options, sink)
+  }
+
+  // ---- upgrading (migrate.ts) --------------------------------------------------------------------
+
+  /** The names of the index objects that are not yet runs (version 1's), and of the runs. */
+  async *indexObjects(): AsyncIterable<{ name: string; plain: Buffer }> {
+    for await (const obj of this.backend.list(INDEXES)) {
+      const blob = await this.backend.get(obj.name)
+      if (blob) yield { name: obj.name, plain: await this.#decodeMeta('index', blob, obj.name) }
+    }
+  }
+
+  /** The ids of every backup (manifest names), in order. */
+  async backupIds(): Promise<string[]> {
+    const ids: string[] = []
+    for await (const obj of this.backend.list(BACKUPS)) {
+      const id = obj.name.slice(BACKUPS.length)
+      if (BACKUP_ID_PATTERN.test(id)) ids.push(id)
+    }
+    return ids.sort()
+  }
+
+  /** Replaces a backup's manifest by its version 2 (the same backup; an atomic put). */
+  async replaceManifest(manifest: ManifestV2): Promise<void> {
+    await this.backend.put(manifestObject(manifest.id), await this.codec.encode('manifest', encodeManifest(manifest)))
+  }
+
+  /** Marks the repository as of `version` (the last step of an upgrade). */
+  async setVersion(version: number): Promise<void> {
+    const config = { ...this.config, version }
+    await this.backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'))
+    this.config = config
   }
 
   // ---- records: small objects the programs keep here (checkpoints, task records) ------------
