@@ -113,21 +113,34 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
         concurrency: options.concurrency ?? DEFAULT_FETCH_CONCURRENCY, maxRequestBytes: options.maxRequestBytes ?? DEFAULT_MAX_REQUEST,
         from: resumeFrom, skip: (i) => i < resumeFrom || skipped.has(i), signal: options.signal, gate, counters,
       }, {
-        async begin(first, _end, zero) {
+        async begin(first, end, zero) {
           from = first
           if (first > resumeFrom) windowDone = new Set()
           // A fresh target reads as zeros where the backup has zero chunks: nothing to write there.
           if (fresh) {
-            for (const i of zero) done(i, chunkLength(size, chunkSize, i))
-            zeroChunksSkipped += zero.length
+            for (const [a, b] of zero) {
+              zeroChunksSkipped += b - a
+              // A window of zeros only is done as a whole when it ends; a run in a window, chunk by chunk.
+              if (a === first && b === end) bytesDone += Math.min(size, b * chunkSize) - a * chunkSize
+              else for (let i = a; i < b; i++) done(i, chunkLength(size, chunkSize, i))
+            }
             return
           }
-          await forEachConcurrent(zero, 8, async (i) => {
+          const chunks = function* (): Generator<number> {
+            for (const [a, b] of zero) for (let i = a; i < b; i++) yield i
+          }
+          await forEachConcurrent(chunks(), 8, async (i) => {
             const length = chunkLength(size, chunkSize, i)
             await write(zeros.subarray(0, length), i * chunkSize)
             bytesWritten += length
             done(i, length)
           }, options.signal)
+          report()
+        },
+        async end(_first, end) {
+          // Every chunk before `end` is written (or a zero on a fresh target): a checkpoint starts there.
+          from = end
+          windowDone = new Set()
           report()
         },
         async chunk(targets, plain) {
@@ -164,7 +177,7 @@ export async function verify(repo: Repository, options: FetchOptions & { backupI
     concurrency: options.concurrency ?? DEFAULT_FETCH_CONCURRENCY, maxRequestBytes: options.maxRequestBytes ?? DEFAULT_MAX_REQUEST, signal: options.signal,
   }, {
     async begin(_first, _end, zero) {
-      bytesDone += zero.reduce((sum, i) => sum + chunkLength(manifest.size, manifest.chunkSize, i), 0)
+      for (const [a, b] of zero) bytesDone += Math.min(manifest.size, b * manifest.chunkSize) - a * manifest.chunkSize
     },
     async chunk(targets, plain) {
       bytesDone += plain.length * targets.length

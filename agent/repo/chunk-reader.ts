@@ -58,8 +58,8 @@ export interface ReadOptions {
 
 /** What a reader hands on, window by window. */
 export interface WindowSink {
-  /** A window begins: chunks [first, end); `zero` lists its zero chunks (recorded, never stored). */
-  begin?(first: number, end: number, zero: readonly number[]): Promise<void>
+  /** A window begins: chunks [first, end); `zero` lists its runs of zero chunks [from, to) (recorded, never stored). */
+  begin?(first: number, end: number, zero: ReadonlyArray<readonly [number, number]>): Promise<void>
   /** A verified chunk and the chunk numbers it goes to; `plain` is reused once this resolves. */
   chunk(targets: readonly number[], plain: Buffer): Promise<void>
   /** Every chunk of the window has been handed on. */
@@ -134,11 +134,19 @@ export async function readWindows(
   for (let leaf = start; leaf < list.leaves; leaf += windowChunks / list.leafChunks) {
     options.signal?.throwIfAborted()
     const first = leaf * list.leafChunks
+    const leafEnd = Math.min(list.leaves, leaf + windowChunks / list.leafChunks)
+    // A window of zeros (most of a sparse volume): nothing to read, nothing to plan.
+    if (!options.skip?.(first) && (await allZero(list, leaf, leafEnd))) {
+      const end = Math.min(list.count, leafEnd * list.leafChunks)
+      await sink.begin?.(first, end, end > first ? [[first, end]] : [])
+      await sink.end?.(first, end)
+      continue
+    }
     const entries: BlobRef[] = []
-    for (let k = leaf; k < Math.min(list.leaves, leaf + windowChunks / list.leafChunks); k++) entries.push(...(await list.leaf(k)))
+    for (let k = leaf; k < leafEnd; k++) entries.push(...(await list.leaf(k)))
     const end = first + entries.length
     const { requests, zero } = planWindow(entries, first, options.maxRequestBytes, options.skip)
-    await sink.begin?.(first, end, zero)
+    await sink.begin?.(first, end, runs(zero))
     const bufferBytes = requests.reduce((max, r) => Math.max(max, r.length), 0)
     await forEachConcurrent(requests, options.concurrency, async (req) => {
       await options.gate?.enter()
@@ -181,6 +189,22 @@ export async function readWindows(
       await sink.chunk(chunk.targets, plain)
     }
   }
+}
+
+async function allZero(list: ChunkList, from: number, to: number): Promise<boolean> {
+  for (let k = from; k < to; k++) if (!(await list.zeroLeaf(k))) return false
+  return true
+}
+
+/** Chunk numbers in order as runs [from, to). */
+function runs(chunks: readonly number[]): Array<[number, number]> {
+  const out: Array<[number, number]> = []
+  for (const i of chunks) {
+    const last = out[out.length - 1]
+    if (last && last[1] === i) last[1] = i + 1
+    else out.push([i, i + 1])
+  }
+  return out
 }
 
 /** A failure reading a chunk, naming the backup, the offset and the pack. */
