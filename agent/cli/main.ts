@@ -1,9 +1,9 @@
 // The ebs-worker command line. Every subcommand prints a short human summary, or with --json
 // one JSON object as the last line of stdout; the exit status says how it went (docs/CLI.md).
 import { readFile } from 'node:fs/promises'
-import { Command, InvalidArgumentError, Option } from 'commander'
+import { Command, Option } from 'commander'
 import { openBackend } from '../storage/open.ts'
-import { backup, DEFAULT_PACK_SIZE } from '../pipeline/backup.ts'
+import { backup } from '../pipeline/backup.ts'
 import { DEFAULT_CONFIG_PATH, loadConfig } from '../daemon/config.ts'
 import { CHECK_NAMES, doctor, formatCheck } from '../daemon/doctor.ts'
 import { EbsWorkerError, ErrorCode, describe, toErrorJson } from '../core/errors.ts'
@@ -11,9 +11,12 @@ import { LocalKeyFileProvider } from '../repo/keys.ts'
 import { VERSION } from '../core/version.ts'
 import { KmsKeyProvider } from '../aws/kms-key-provider.ts'
 import { parseChangedRanges } from '../core/plan.ts'
-import { formatBytes, progressBar } from './progress.ts'
+import { progressBar } from './progress.ts'
+import { formatBytes } from '../core/units.ts'
+import { DEFAULT_TUNING } from '../core/tuning.ts'
+import { parseSize, tuningArg } from './options.ts'
 import { assertVolumeDevice } from '../device/ebs-device.ts'
-import { DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Repository } from '../repo/repository.ts'
+import { DEFAULT_CHUNK_SIZE, Repository } from '../repo/repository.ts'
 import { restore, verify } from '../pipeline/restore.ts'
 import { systemdNotifier } from '../daemon/systemd.ts'
 
@@ -37,20 +40,6 @@ function exitStatusFor(err: unknown): number {
   }
 }
 
-const positiveInt = (name: string) => (value: string): number => {
-  const n = Number(value)
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`)
-  return n
-}
-
-/** Sizes like 1048576, 1MiB, 512KiB, 32M. */
-export function parseSize(value: string): number {
-  const m = /^(\d+)\s*(k|m|g|kib|mib|gib|kb|mb|gb)?$/i.exec(value.trim())
-  if (!m) throw new InvalidArgumentError(`"${value}" is not a size (like 1MiB)`)
-  const unit = (m[2] ?? '').toLowerCase()[0]
-  const scale = unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : 1
-  return Number(m[1]) * scale
-}
 
 interface CommonOptions {
   repo: string
@@ -109,10 +98,10 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .option('--volume-id <id>', 'EBS volume id to record in the manifest')
     .option('--snapshot-id <id>', 'EBS snapshot id to record in the manifest')
     .option('--tag <key=value...>', 'tags to record in the manifest')
-    .option('--read-concurrency <n>', 'chunk reads in flight', positiveInt('--read-concurrency'), 16)
-    .option('--upload-concurrency <n>', 'packs uploading at once', positiveInt('--upload-concurrency'), 4)
-    .option('--pack-size <size>', 'target pack size', parseSize, DEFAULT_PACK_SIZE)
-    .option('--compression-level <n>', 'zstd level (1-19)', positiveInt('--compression-level'), DEFAULT_COMPRESSION_LEVEL)
+    .option('--read-concurrency <n>', 'chunk reads in flight', tuningArg('--read-concurrency', 'readConcurrency'), DEFAULT_TUNING.readConcurrency)
+    .option('--upload-concurrency <n>', 'packs uploading at once', tuningArg('--upload-concurrency', 'uploadConcurrency'), DEFAULT_TUNING.uploadConcurrency)
+    .option('--pack-size <size>', 'target pack size', tuningArg('--pack-size', 'packSize', true), DEFAULT_TUNING.packSize)
+    .option('--compression-level <n>', 'zstd level (1-19)', tuningArg('--compression-level', 'compressionLevel'), DEFAULT_TUNING.compressionLevel)
     .action(async (opts: CommonOptions & {
       device: string; parent?: string; changedRanges?: string; volumeId?: string; snapshotId?: string; tag?: string[]
       readConcurrency: number; uploadConcurrency: number; packSize: number; compressionLevel: number
@@ -164,7 +153,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .requiredOption('--device <path>', 'target block device or image file (an image file is created if missing)')
     .option('--fresh-target', 'the target is a new empty volume: skip writing zero chunks')
     .option('--volume-id <id>', 'refuse unless the device is this attached EBS volume (by its NVMe serial)')
-    .option('--concurrency <n>', 'ranged GETs in flight', positiveInt('--concurrency'), 8)
+    .option('--concurrency <n>', 'ranged GETs in flight', tuningArg('--concurrency', 'restoreConcurrency'), DEFAULT_TUNING.restoreConcurrency)
     .action(async (opts: CommonOptions & { backup: string; device: string; freshTarget?: boolean; volumeId?: string; concurrency: number }) => {
       const repo = await openRepository(opts)
       // Before anything is opened for writing: the device must be that volume (its NVMe serial).
@@ -195,7 +184,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
 
   common(program.command('verify').description('prove a backup intact by reading back every chunk'))
     .requiredOption('--backup <id>', 'backup id')
-    .option('--concurrency <n>', 'ranged GETs in flight', positiveInt('--concurrency'), 8)
+    .option('--concurrency <n>', 'ranged GETs in flight', tuningArg('--concurrency', 'restoreConcurrency'), DEFAULT_TUNING.restoreConcurrency)
     .action(async (opts: CommonOptions & { backup: string; concurrency: number }) => {
       const repo = await openRepository(opts)
       const bar = progressBar('verify ', opts.progress && !opts.json)

@@ -1,6 +1,7 @@
 // Progress on a terminal: one bar on stderr with bytes, rate and time left. Silent when stderr
 // is not a TTY or when output is JSON, so logs and pipes stay clean.
 import cliProgress from 'cli-progress'
+import { formatBytes } from '../core/units.ts'
 
 export interface ProgressReporter {
   update(done: number, total: number): void
@@ -8,16 +9,6 @@ export interface ProgressReporter {
 }
 
 const silent: ProgressReporter = { update() {}, stop() {} }
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
-  let i = 0
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024
-    i++
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
-}
 
 export function progressBar(label: string, enabled: boolean): ProgressReporter {
   if (!enabled || !process.stderr.isTTY) return silent

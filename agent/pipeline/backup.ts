@@ -19,6 +19,7 @@ import { chunksToRead, chunksWritten } from '../core/plan.ts'
 import type { ByteRange } from '../core/geometry.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
 import type { Repository } from '../repo/repository.ts'
+import { DEFAULT_TUNING } from '../core/tuning.ts'
 
 export interface BackupOptions {
   device: string
@@ -62,8 +63,6 @@ export interface BackupResult {
   /** When it went on from an earlier attempt's checkpoint: when that was saved. */
   resumedFrom: string | null
 }
-
-export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 
 /** The checkpoint under `key` if it belongs to this backup (same volume size, chunking, parent) and its chunks are all indexed. */
 async function usableCheckpoint(
@@ -113,8 +112,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       ...earlier,
     }
     const writer = new PackWriter(repo, {
-      packSize: options.packSize ?? DEFAULT_PACK_SIZE,
-      concurrency: options.uploadConcurrency ?? 4,
+      packSize: options.packSize ?? DEFAULT_TUNING.packSize,
+      concurrency: options.uploadConcurrency ?? DEFAULT_TUNING.uploadConcurrency,
       maxBlobBytes: chunkSize + 64,
     })
     const storedBefore = earlier?.bytesStored ?? 0
@@ -179,7 +178,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     // Read buffers are reused: one per reader, so memory does not depend on the volume size.
     const buffers: Buffer[] = []
     try {
-      await forEachConcurrent(indices(), options.readConcurrency ?? 16, async (i) => {
+      await forEachConcurrent(indices(), options.readConcurrency ?? DEFAULT_TUNING.readConcurrency, async (i) => {
         await gate?.enter()
         const offset = i * chunkSize
         const length = chunkLength(size, chunkSize, i)

@@ -10,6 +10,7 @@ import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { chunkIdAt, ZERO_ID, type Manifest } from '../repo/manifest.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
 import type { Repository } from '../repo/repository.ts'
+import { DEFAULT_TUNING } from '../core/tuning.ts'
 
 export interface FetchOptions {
   /** Ranged GETs in flight. */
@@ -69,8 +70,6 @@ interface RangeRequest {
   chunks: ChunkFetch[]
 }
 
-// A pack is sealed once it reaches 16 MiB, so it may hold one more blob: 20 MiB takes a whole pack in one GET.
-const DEFAULT_MAX_REQUEST = 20 * 1024 * 1024
 // Bytes of unrelated blobs worth reading to save a request: ~1 ms of transfer at S3 speeds.
 const MAX_GAP = 256 * 1024
 
@@ -145,7 +144,7 @@ async function fetchChunks(
   // fault per 4 KiB and garbage collection, which is most of a restore's CPU besides the hashing.
   const buffers: Buffer[] = []
   const bufferBytes = requests.reduce((max, r) => Math.max(max, r.length), 0)
-  await forEachConcurrent(requests, options.concurrency ?? 8, async (req) => {
+  await forEachConcurrent(requests, options.concurrency ?? DEFAULT_TUNING.restoreConcurrency, async (req) => {
     await gate?.enter()
     const buffer = buffers.pop() ?? Buffer.allocUnsafeSlow(bufferBytes)
     try {
@@ -200,7 +199,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
     saved.chunkSize === manifest.chunkSize && saved.target === options.checkpoint!.target ? saved : null
   // Chunks an earlier attempt wrote and synced before its checkpoint are on the target already.
   const done = resumed?.done ?? newDoneSet(count)
-  const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_MAX_REQUEST, done)
+  const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_TUNING.maxRequestBytes, done)
   // An image file may be created; a missing path under /dev is a typo or a device not there yet.
   const device = await openForWrite(options.device, { minSize: manifest.size, create: !options.device.startsWith('/dev/') })
   const fresh = options.freshTarget === true || device.created
@@ -298,7 +297,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
 export async function verify(repo: Repository, options: FetchOptions & { backupId: string }): Promise<VerifyResult> {
   const started = performance.now()
   const manifest = await repo.loadManifest(options.backupId)
-  const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_MAX_REQUEST)
+  const { requests, zero } = planRequests(manifest, await repo.loadIndex(), options.maxRequestBytes ?? DEFAULT_TUNING.maxRequestBytes)
   let bytesDone = zero.reduce((sum, i) => sum + chunkLength(manifest.size, manifest.chunkSize, i), 0)
   const fetched = await fetchChunks(repo, manifest, requests, options, async (chunk, plain) => {
     bytesDone += plain.length * chunk.targets.length

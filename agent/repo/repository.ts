@@ -17,14 +17,13 @@ import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/e
 import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys } from './keys.ts'
 import { decodeManifest, encodeManifest, type Manifest } from './manifest.ts'
 import { BACKUP_ID_PATTERN } from '../core/ids.ts'
+import { DEFAULT_TUNING } from '../core/tuning.ts'
 import { MAX_PACK_BYTES, PackBuilder, packObjectName } from './pack.ts'
 
 export const REPOSITORY_VERSION = 1
 export const EBS_BLOCK_SIZE = 512 * 1024
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024
-/** zstd level 1: within a few percent of level 3's ratio on disk data, at about twice the speed. */
-export const DEFAULT_COMPRESSION_LEVEL = 1
 
 const wrappedKeySchema = z.strictObject({ provider: z.string(), keyId: z.string(), ciphertext: z.string() })
 const configSchema = z.strictObject({
@@ -122,7 +121,7 @@ export class Repository {
       }
       throw err
     }
-    return new Repository(backend, config, keys, DEFAULT_COMPRESSION_LEVEL)
+    return new Repository(backend, config, keys, DEFAULT_TUNING.compressionLevel)
   }
 
   static async open(backend: Backend, options: OpenOptions = {}): Promise<Repository> {
@@ -162,7 +161,7 @@ export class Repository {
       }
       keys = deriveKeys(await provider.unwrap(config.encryption.key))
     }
-    return new Repository(backend, config, keys, options.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL)
+    return new Repository(backend, config, keys, options.compressionLevel ?? DEFAULT_TUNING.compressionLevel)
   }
 
   /**
