@@ -12,6 +12,8 @@ import { TaskChannel } from './tasks.ts'
 import { sweepSnapshots } from './sweep.ts'
 import type { Waits } from './ec2.ts'
 import { VERSION } from '../agent/core/version.ts'
+import { awsSettings } from '../agent/aws/config.ts'
+import { configureAws } from './aws.ts'
 
 const positiveInt = (name: string) => (value: string): number => {
   const n = Number(value)
@@ -84,6 +86,7 @@ export async function main(argv: string[]): Promise<number> {
   const run = (fn: (...args: any[]) => Promise<void>) => async (...args: any[]): Promise<void> => {
     const opts = args.at(-2) as Common
     try {
+      configureAws(awsSettings(process.env))
       await fn(...args)
     } catch (err) {
       const error = toErrorJson(err)

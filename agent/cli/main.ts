@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises'
 import { Command, Option } from 'commander'
 import { openBackend } from '../storage/open.ts'
 import { backup } from '../pipeline/backup.ts'
-import { DEFAULT_CONFIG_PATH, loadConfig } from '../daemon/config.ts'
+import { DEFAULT_CONFIG_PATH, loadDaemonSettings } from '../daemon/config.ts'
 import { CHECK_NAMES, doctor, formatCheck } from '../daemon/doctor.ts'
 import { EbsWorkerError, ErrorCode, describe, toErrorJson } from '../core/errors.ts'
 import { LocalKeyFileProvider } from '../repo/keys.ts'
@@ -19,6 +19,8 @@ import { assertVolumeDevice } from '../device/ebs-device.ts'
 import { DEFAULT_CHUNK_SIZE, Repository } from '../repo/repository.ts'
 import { restore, verify } from '../pipeline/restore.ts'
 import { systemdNotifier } from '../daemon/systemd.ts'
+import { AwsClients } from '../aws/clients.ts'
+import { awsSettings, type Environment } from '../aws/config.ts'
 
 
 /** Exit statuses: scripts and the daemon tell "bad input" from "damaged data" from "try again". */
@@ -48,12 +50,12 @@ interface CommonOptions {
   progress: boolean
 }
 
-async function openRepository(opts: CommonOptions & { compressionLevel?: number }, tuning = {}): Promise<Repository> {
+async function openRepository(aws: AwsClients, opts: CommonOptions & { compressionLevel?: number }, tuning = {}): Promise<Repository> {
   const keyProvider = opts.keyFile ? await LocalKeyFileProvider.open(opts.keyFile) : undefined
   const options: Parameters<typeof Repository.open>[1] = {}
   if (keyProvider) options.keyProvider = keyProvider
   if (opts.compressionLevel !== undefined) options.compressionLevel = opts.compressionLevel
-  return Repository.open(openBackend(opts.repo, tuning), options)
+  return Repository.open(openBackend(opts.repo, { aws, tuning }), options)
 }
 
 type Printer = (human: string[], json: Record<string, unknown>) => void
@@ -66,7 +68,8 @@ function common(cmd: Command): Command {
     .option('--no-progress', 'no progress bar, even on a terminal')
 }
 
-export function buildProgram(print: Printer, signal: AbortSignal): Command {
+export function buildProgram(print: Printer, signal: AbortSignal, env: Environment): Command {
+  const aws = (): AwsClients => new AwsClients(awsSettings(env))
   const program = new Command('ebs-worker')
     .description('Back up block devices (EBS volumes) into a deduplicated, compressed, encrypted repository, and restore them')
     .version(VERSION)
@@ -84,7 +87,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
       const keyProvider = opts.kmsKey
         ? new KmsKeyProvider({ keyId: opts.kmsKey })
         : opts.encrypt ? await LocalKeyFileProvider.open(opts.keyFile!, { create: true }) : undefined
-      const repo = await Repository.init(openBackend(opts.repo), keyProvider ? { chunkSize: opts.chunkSize, keyProvider } : { chunkSize: opts.chunkSize })
+      const repo = await Repository.init(openBackend(opts.repo, { aws: aws() }), keyProvider ? { chunkSize: opts.chunkSize, keyProvider } : { chunkSize: opts.chunkSize })
       const { id, chunkSize, encryption } = repo.config
       print([`created repository ${repo.url} (id ${id}, ${formatBytes(chunkSize)} chunks, ${encryption ? 'encrypted' : 'not encrypted'})`], {
         repository: repo.url, id, chunkSize, encrypted: encryption !== null,
@@ -106,7 +109,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
       device: string; parent?: string; changedRanges?: string; volumeId?: string; snapshotId?: string; tag?: string[]
       readConcurrency: number; uploadConcurrency: number; packSize: number; compressionLevel: number
     }) => {
-      const repo = await openRepository(opts)
+      const repo = await openRepository(aws(), opts)
       const changed = opts.changedRanges
         ? parseChangedRanges(await readFile(opts.changedRanges, 'utf8').catch((err: unknown) => {
             throw new EbsWorkerError(ErrorCode.BadInput, `cannot read ${opts.changedRanges}: ${describe(err)}`)
@@ -155,7 +158,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .option('--volume-id <id>', 'refuse unless the device is this attached EBS volume (by its NVMe serial)')
     .option('--concurrency <n>', 'ranged GETs in flight', tuningArg('--concurrency', 'restoreConcurrency'), DEFAULT_TUNING.restoreConcurrency)
     .action(async (opts: CommonOptions & { backup: string; device: string; freshTarget?: boolean; volumeId?: string; concurrency: number }) => {
-      const repo = await openRepository(opts)
+      const repo = await openRepository(aws(), opts)
       // Before anything is opened for writing: the device must be that volume (its NVMe serial).
       if (opts.volumeId) await assertVolumeDevice(opts.device, opts.volumeId)
       const bar = progressBar('restore', opts.progress && !opts.json)
@@ -186,7 +189,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .requiredOption('--backup <id>', 'backup id')
     .option('--concurrency <n>', 'ranged GETs in flight', tuningArg('--concurrency', 'restoreConcurrency'), DEFAULT_TUNING.restoreConcurrency)
     .action(async (opts: CommonOptions & { backup: string; concurrency: number }) => {
-      const repo = await openRepository(opts)
+      const repo = await openRepository(aws(), opts)
       const bar = progressBar('verify ', opts.progress && !opts.json)
       try {
         const r = await verify(repo, { backupId: opts.backup, concurrency: opts.concurrency, onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal), signal })
@@ -199,7 +202,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
 
   common(program.command('list').description('list the backups in a repository'))
     .action(async (opts: CommonOptions) => {
-      const repo = await openRepository(opts)
+      const repo = await openRepository(aws(), opts)
       const backups = await repo.listBackups()
       const lines = backups.map((b) =>
         `${b.id}  ${formatBytes(b.size).padStart(10)}  ${(b.source.volumeId ?? b.source.device).padEnd(24)} ${b.parent ? `parent ${b.parent}` : 'full'}`)
@@ -213,7 +216,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .action(async (opts: { config: string }) => {
       // Loaded only here: the EC2/SQS/KMS/EBS clients cost ~0.3 s of start-up the other commands do not need.
       const { Daemon } = await import('../daemon/daemon.ts')
-      const daemon = new Daemon(await loadConfig(opts.config))
+      const daemon = new Daemon(await loadDaemonSettings(opts.config, env))
       const systemd = systemdNotifier() // does nothing outside a Type=notify unit
       await daemon.start()
       systemd.ready('polling for tasks')
@@ -232,7 +235,7 @@ export function buildProgram(print: Printer, signal: AbortSignal): Command {
     .option('--kms-key <id...>', 'KMS keys tasks will use (the Region\'s default EBS key is always checked)')
     .option('--json', 'print one JSON object as the last line of stdout')
     .action(async (opts: { config: string; only?: string[]; kmsKey?: string[] }) => {
-      const checks = await doctor({ configPath: opts.config, ...(opts.only ? { only: opts.only } : {}), ...(opts.kmsKey ? { kmsKeys: opts.kmsKey } : {}) })
+      const checks = await doctor({ configPath: opts.config, env, ...(opts.only ? { only: opts.only } : {}), ...(opts.kmsKey ? { kmsKeys: opts.kmsKey } : {}) })
       const problems = checks.filter((c) => c.status === 'problem').length
       print([...checks.map(formatCheck), problems ? `${problems} problem(s)` : 'no problems'], { ok: problems === 0, checks })
       if (problems) throw new ChecksFailed()
@@ -255,7 +258,7 @@ export async function main(argv: string[]): Promise<number> {
     if (json) process.stdout.write(JSON.stringify({ ok: true, ...obj }) + '\n')
     else process.stdout.write(human.join('\n') + '\n')
   }
-  const program = buildProgram(print, controller.signal)
+  const program = buildProgram(print, controller.signal, process.env)
   try {
     await program.parseAsync(argv, { from: 'user' })
     return ExitStatus.ok

@@ -2,14 +2,14 @@
 // exactly one of: a result (succeeded, failed permanently, or rejected as not a valid task) and
 // its deletion; or, for a transient failure, no deletion, so SQS redelivers it and the queue's
 // redrive policy eventually parks it in the dead-letter queue.
-import { EBSClient } from '@aws-sdk/client-ebs'
-import { EC2Client } from '@aws-sdk/client-ec2'
-import { KMSClient } from '@aws-sdk/client-kms'
+import type { EBSClient } from '@aws-sdk/client-ebs'
+import type { KMSClient } from '@aws-sdk/client-kms'
 import { GetQueueAttributesCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs'
+import { AwsClients } from '../aws/clients.ts'
 import { openBackend } from '../storage/open.ts'
 import { backup } from '../pipeline/backup.ts'
 import { restore } from '../pipeline/restore.ts'
-import type { DaemonConfig } from './config.ts'
+import type { DaemonSettings } from './config.ts'
 import { assertVolumeDevice, waitForEbsDevice } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError, toErrorJson, withContext } from '../core/errors.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
@@ -18,7 +18,7 @@ import { MetricsEmitter } from './metrics.ts'
 import { listBlocks, type BlockQuery } from '../aws/snapshot-blocks.ts'
 import type { ByteRange } from '../core/geometry.ts'
 import { assertShareableKey } from '../aws/kms.ts'
-import { QueueConsumer, sqsClient, type ReceivedMessage } from './queue.ts'
+import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { Repository } from '../repo/repository.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
 import { TASK_ID_TAG, Volumes } from '../aws/volumes.ts'
@@ -52,9 +52,10 @@ interface ReadSpec {
 }
 
 export class Daemon {
-  readonly #config: DaemonConfig
+  readonly #config: DaemonSettings
   readonly #log: DaemonLog
-  readonly #sqs: SQSClient
+  #aws: AwsClients | null = null
+  #sqs: SQSClient | null = null
   #identity: WorkerIdentity | null = null
   #volumes: Volumes | null = null
   #kms: KMSClient | null = null
@@ -63,20 +64,25 @@ export class Daemon {
   #repos = new Map<string, Promise<Repository>>()
   /** The task queue's maxReceiveCount, when it has a dead-letter queue. */
   #maxReceiveCount: number | null = null
-  readonly #metrics = new MetricsEmitter()
+  readonly #metrics: MetricsEmitter
 
-  constructor(config: DaemonConfig, log: DaemonLog = jsonLog) {
-    this.#config = config
+  constructor(settings: DaemonSettings, log: DaemonLog = jsonLog) {
+    this.#config = settings
     this.#log = log
-    this.#sqs = sqsClient()
+    this.#metrics = new MetricsEmitter(settings.metrics)
   }
 
   async start(): Promise<void> {
-    this.#identity = await whoAmI(this.#config.imdsEndpoint ? { endpoint: this.#config.imdsEndpoint } : {})
-    this.#kms = new KMSClient({ region: this.#identity.region })
-    this.#ebs = new EBSClient({ region: this.#identity.region })
+    const imdsEndpoint = this.#config.imdsEndpoint ?? this.#config.aws.imdsEndpoint
+    this.#identity = await whoAmI(imdsEndpoint ? { endpoint: imdsEndpoint } : {})
+    // The SDK clients only now: without AWS_REGION the Region is this instance's, from IMDS.
+    // Volumes, snapshots and keys are always this instance's Region's.
+    this.#aws = new AwsClients({ ...this.#config.aws, region: this.#config.aws.region ?? this.#identity.region })
+    this.#sqs = this.#aws.sqs()
+    this.#kms = this.#aws.kms(this.#identity.region)
+    this.#ebs = this.#aws.ebs(this.#identity.region)
     this.#volumes = new Volumes({
-      client: new EC2Client({ region: this.#identity.region }),
+      client: this.#aws.ec2(this.#identity.region),
       identity: this.#identity,
       roots: this.#config.deviceRoots,
       deviceTimeoutMs: this.#config.deviceTimeoutSeconds * 1000,
@@ -104,7 +110,7 @@ export class Daemon {
     this.#log.info('stopping', { running: this.#consumer?.active ?? 0 })
     await this.#consumer?.stop(this.#config.shutdownGraceSeconds * 1000)
     this.#metrics.stop()
-    this.#sqs.destroy()
+    this.#aws?.destroy()
     this.#log.info('stopped')
   }
 
@@ -151,7 +157,7 @@ export class Daemon {
   /** The redrive policy's maxReceiveCount (null without a DLQ, or when it cannot be read). */
   async #readMaxReceiveCount(): Promise<number | null> {
     try {
-      const out = await this.#sqs.send(new GetQueueAttributesCommand({ QueueUrl: this.#config.queueUrl, AttributeNames: ['RedrivePolicy'] }))
+      const out = await this.#sqs!.send(new GetQueueAttributesCommand({ QueueUrl: this.#config.queueUrl, AttributeNames: ['RedrivePolicy'] }))
       const policy = out.Attributes?.RedrivePolicy
       const max = policy ? Number((JSON.parse(policy) as { maxReceiveCount?: unknown }).maxReceiveCount) : NaN
       return Number.isInteger(max) && max > 0 ? max : null
@@ -362,7 +368,7 @@ export class Daemon {
     if (!repo) {
       repo = (async () => {
         const keyProvider = this.#config.keyFile ? await LocalKeyFileProvider.open(this.#config.keyFile) : undefined
-        return Repository.open(openBackend(url), keyProvider ? { keyProvider } : {})
+        return Repository.open(openBackend(url, { aws: this.#aws! }), keyProvider ? { keyProvider } : {})
       })()
       repo.catch(() => this.#repos.delete(url))
       this.#repos.set(url, repo)
@@ -374,7 +380,7 @@ export class Daemon {
     const result: TaskResult = {
       version: TASK_PROTOCOL_VERSION, worker: this.#identity?.instanceId ?? 'unknown', finishedAt: new Date().toISOString(), ...r,
     }
-    await this.#sqs.send(new SendMessageCommand({ QueueUrl: this.#config.replyQueueUrl, MessageBody: JSON.stringify(result) }))
+    await this.#sqs!.send(new SendMessageCommand({ QueueUrl: this.#config.replyQueueUrl, MessageBody: JSON.stringify(result) }))
     this.#metrics.taskEnded({ ...result, errorCode: result.error?.code })
   }
 }

@@ -4,10 +4,11 @@
 // what the daemon will find.
 import { readdir, readFile, statfs, access, constants } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { EC2Client, GetEbsDefaultKmsKeyIdCommand } from '@aws-sdk/client-ec2'
-import { DescribeKeyCommand, KMSClient } from '@aws-sdk/client-kms'
+import { GetEbsDefaultKmsKeyIdCommand } from '@aws-sdk/client-ec2'
+import { DescribeKeyCommand } from '@aws-sdk/client-kms'
 import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs'
-import { sqsClient } from './queue.ts'
+import { AwsClients } from '../aws/clients.ts'
+import { awsSettings, type Environment } from '../aws/config.ts'
 import { openBackend } from '../storage/open.ts'
 import { loadConfig, type DaemonConfig } from './config.ts'
 import { EBS_MODEL } from '../device/ebs-device.ts'
@@ -48,6 +49,8 @@ export const DISK_FOR_LOGS = 1024 * MiB
 
 export interface DoctorOptions {
   configPath: string
+  /** The environment the daemon would run with (AWS settings); none by default. */
+  env?: Environment
   only?: readonly string[]
   /** KMS keys tasks will use (volume.kmsKeyId); the Region's default EBS key is always checked. */
   kmsKeys?: readonly string[]
@@ -99,7 +102,8 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   }
 
   // imds: the IMDSv2 token, then identity: the document the daemon reads.
-  const endpoint = config.imdsEndpoint ?? process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? 'http://169.254.169.254'
+  const settings = awsSettings(options.env)
+  const endpoint = config.imdsEndpoint ?? settings.imdsEndpoint ?? 'http://169.254.169.254'
   let identity: WorkerIdentity | null = null
   let imdsOk = false
   if (wanted('imds') || wanted('identity') || wanted('kms')) {
@@ -134,7 +138,9 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   }
 
   // queue and reply-queue: the SQS client built as the daemon builds it.
-  const sqs = sqsClient({ maxAttempts: 2 })
+  // Clients as the daemon builds them, with fewer attempts: a check should answer soon.
+  const aws = new AwsClients({ ...settings, maxAttempts: 2 })
+  const sqs = aws.sqs()
   try {
     for (const [name, url, needs] of [
       ['queue', config.queueUrl, 'sqs:ReceiveMessage, sqs:ChangeMessageVisibility, sqs:DeleteMessage, sqs:GetQueueAttributes, sqs:SendMessage (carry-over at the 12-hour cap)'],
@@ -158,14 +164,14 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
       }
     }
   } finally {
-    sqs.destroy()
+    aws.destroy()
   }
 
   // repository: opened as the daemon opens it (key file, format version), backups listed.
   if (wanted('repository')) {
     try {
       const keyProvider = config.keyFile ? await LocalKeyFileProvider.open(config.keyFile) : undefined
-      const repo = await Repository.open(openBackend(config.repository), keyProvider ? { keyProvider } : {})
+      const repo = await Repository.open(openBackend(config.repository, { aws }), keyProvider ? { keyProvider } : {})
       const backups = await repo.listBackups()
       add({
         name: 'repository', status: 'ok',
@@ -185,11 +191,11 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   // kms: the Region's default EBS key (volumes for cross-account backups and restores use it) and
   // the keys named on the command line.
   if (wanted('kms')) {
-    const region = identity?.region ?? process.env.AWS_REGION
+    const region = identity?.region ?? settings.region
     if (!region) skip('kms', 'needs the Region (IMDS identity or AWS_REGION)')
     else {
-      const ec2 = new EC2Client({ region, maxAttempts: 2 })
-      const kms = new KMSClient({ region, maxAttempts: 2 })
+      const ec2 = aws.ec2(region)
+      const kms = aws.kms(region)
       try {
         const keys: Array<{ ref: string; isDefault: boolean }> = []
         try {
@@ -221,8 +227,7 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
           }
         }
       } finally {
-        ec2.destroy()
-        kms.destroy()
+        aws.destroy()
       }
     }
   }

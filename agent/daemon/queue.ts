@@ -10,8 +10,7 @@ import {
   ReceiveMessageCommand,
   SendMessageCommand,
   type Message,
-  SQSClient,
-  type SQSClientConfig,
+  type SQSClient,
 } from '@aws-sdk/client-sqs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe } from '../core/errors.ts'
@@ -61,15 +60,6 @@ export interface QueueConsumerOptions {
   maxVisibilitySeconds?: number
   /** Problems the loop survives (a failed receive, a failed heartbeat). */
   onError?: (err: unknown, context: string) => void
-}
-
-/**
- * An SQS client for queue URLs. With an endpoint override (AWS_ENDPOINT_URL_SQS, a local SQS) the
- * override must win over the host in the queue URL, which the SDK would otherwise use.
- */
-export function sqsClient(config: SQSClientConfig = {}): SQSClient {
-  const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
-  return new SQSClient({ ...(override ? { useQueueUrlAsEndpoint: false } : {}), ...config })
 }
 
 export class QueueConsumer {
