@@ -1,4 +1,4 @@
-// Repositories whose key is wrapped by KMS (agent/aws/kms-key-provider.ts): made with `init --kms-key`, opened
+// Repositories whose key is wrapped by KMS (agent/app/kms-key-provider.ts): made with `init --kms-key`, opened
 // with KMS Decrypt and no key file, through the real @aws-sdk/client-kms and the CLI as a child
 // process, against the KMS stand-in (test/standin/kms.ts) with accounts and policies.
 import t from 'tap'

@@ -2,21 +2,19 @@
 // one JSON object as the last line of stdout; the exit status says how it went (docs/CLI.md).
 import { readFile } from 'node:fs/promises'
 import { Command, Option } from 'commander'
-import { openBackend } from '../storage/open.ts'
 import { backup } from '../pipeline/backup.ts'
 import { DEFAULT_CONFIG_PATH, loadDaemonSettings } from '../daemon/config.ts'
 import { CHECK_NAMES, doctor, formatCheck } from '../daemon/doctor.ts'
 import { EbsWorkerError, ErrorCode, describe, toErrorJson } from '../core/errors.ts'
-import { LocalKeyFileProvider } from '../repo/keys.ts'
 import { VERSION } from '../core/version.ts'
-import { KmsKeyProvider } from '../aws/kms-key-provider.ts'
+import { initRepository, openRepository } from '../app/repository.ts'
 import { parseChangedRanges } from '../core/plan.ts'
 import { progressBar } from './progress.ts'
 import { formatBytes } from '../core/units.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
 import { parseSize, tuningArg } from './options.ts'
 import { assertVolumeDevice } from '../device/ebs-device.ts'
-import { DEFAULT_CHUNK_SIZE, Repository } from '../repo/repository.ts'
+import { DEFAULT_CHUNK_SIZE } from '../repo/repository.ts'
 import { restore, verify } from '../pipeline/restore.ts'
 import { systemdNotifier } from '../daemon/systemd.ts'
 import { AwsClients } from '../aws/clients.ts'
@@ -50,14 +48,6 @@ interface CommonOptions {
   progress: boolean
 }
 
-async function openRepository(aws: AwsClients, opts: CommonOptions & { compressionLevel?: number }, tuning = {}): Promise<Repository> {
-  const keyProvider = opts.keyFile ? await LocalKeyFileProvider.open(opts.keyFile) : undefined
-  const options: Parameters<typeof Repository.open>[1] = {}
-  if (keyProvider) options.keyProvider = keyProvider
-  if (opts.compressionLevel !== undefined) options.compressionLevel = opts.compressionLevel
-  return Repository.open(openBackend(opts.repo, { aws, tuning }), options)
-}
-
 type Printer = (human: string[], json: Record<string, unknown>) => void
 
 function common(cmd: Command): Command {
@@ -84,10 +74,7 @@ export function buildProgram(print: Printer, signal: AbortSignal, env: Environme
     .action(async (opts: CommonOptions & { encrypt?: boolean; kmsKey?: string; chunkSize: number }) => {
       if (opts.kmsKey && opts.keyFile) throw new EbsWorkerError(ErrorCode.BadInput, 'give --key-file or --kms-key, not both')
       if (opts.encrypt && !opts.keyFile && !opts.kmsKey) throw new EbsWorkerError(ErrorCode.BadInput, '--encrypt needs --key-file or --kms-key')
-      const keyProvider = opts.kmsKey
-        ? new KmsKeyProvider({ keyId: opts.kmsKey })
-        : opts.encrypt ? await LocalKeyFileProvider.open(opts.keyFile!, { create: true }) : undefined
-      const repo = await Repository.init(openBackend(opts.repo, { aws: aws() }), keyProvider ? { chunkSize: opts.chunkSize, keyProvider } : { chunkSize: opts.chunkSize })
+      const repo = await initRepository(opts.repo, { aws: aws(), chunkSize: opts.chunkSize, kmsKey: opts.kmsKey, keyFile: opts.encrypt ? opts.keyFile : undefined })
       const { id, chunkSize, encryption } = repo.config
       print([`created repository ${repo.url} (id ${id}, ${formatBytes(chunkSize)} chunks, ${encryption ? 'encrypted' : 'not encrypted'})`], {
         repository: repo.url, id, chunkSize, encrypted: encryption !== null,
@@ -109,7 +96,7 @@ export function buildProgram(print: Printer, signal: AbortSignal, env: Environme
       device: string; parent?: string; changedRanges?: string; volumeId?: string; snapshotId?: string; tag?: string[]
       readConcurrency: number; uploadConcurrency: number; packSize: number; compressionLevel: number
     }) => {
-      const repo = await openRepository(aws(), opts)
+      const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile, tuning: { compressionLevel: opts.compressionLevel } })
       const changed = opts.changedRanges
         ? parseChangedRanges(await readFile(opts.changedRanges, 'utf8').catch((err: unknown) => {
             throw new EbsWorkerError(ErrorCode.BadInput, `cannot read ${opts.changedRanges}: ${describe(err)}`)
@@ -158,7 +145,7 @@ export function buildProgram(print: Printer, signal: AbortSignal, env: Environme
     .option('--volume-id <id>', 'refuse unless the device is this attached EBS volume (by its NVMe serial)')
     .option('--concurrency <n>', 'ranged GETs in flight', tuningArg('--concurrency', 'restoreConcurrency'), DEFAULT_TUNING.restoreConcurrency)
     .action(async (opts: CommonOptions & { backup: string; device: string; freshTarget?: boolean; volumeId?: string; concurrency: number }) => {
-      const repo = await openRepository(aws(), opts)
+      const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       // Before anything is opened for writing: the device must be that volume (its NVMe serial).
       if (opts.volumeId) await assertVolumeDevice(opts.device, opts.volumeId)
       const bar = progressBar('restore', opts.progress && !opts.json)
@@ -189,7 +176,7 @@ export function buildProgram(print: Printer, signal: AbortSignal, env: Environme
     .requiredOption('--backup <id>', 'backup id')
     .option('--concurrency <n>', 'ranged GETs in flight', tuningArg('--concurrency', 'restoreConcurrency'), DEFAULT_TUNING.restoreConcurrency)
     .action(async (opts: CommonOptions & { backup: string; concurrency: number }) => {
-      const repo = await openRepository(aws(), opts)
+      const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const bar = progressBar('verify ', opts.progress && !opts.json)
       try {
         const r = await verify(repo, { backupId: opts.backup, concurrency: opts.concurrency, onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal), signal })
@@ -202,7 +189,7 @@ export function buildProgram(print: Printer, signal: AbortSignal, env: Environme
 
   common(program.command('list').description('list the backups in a repository'))
     .action(async (opts: CommonOptions) => {
-      const repo = await openRepository(aws(), opts)
+      const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const backups = await repo.listBackups()
       const lines = backups.map((b) =>
         `${b.id}  ${formatBytes(b.size).padStart(10)}  ${(b.source.volumeId ?? b.source.device).padEnd(24)} ${b.parent ? `parent ${b.parent}` : 'full'}`)

@@ -6,20 +6,19 @@ import type { EBSClient } from '@aws-sdk/client-ebs'
 import type { KMSClient } from '@aws-sdk/client-kms'
 import { GetQueueAttributesCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs'
 import { AwsClients } from '../aws/clients.ts'
-import { openBackend } from '../storage/open.ts'
+import { openRepository } from '../app/repository.ts'
 import { backup } from '../pipeline/backup.ts'
 import { restore } from '../pipeline/restore.ts'
 import type { DaemonSettings } from './config.ts'
 import { assertVolumeDevice, waitForEbsDevice } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError, toErrorJson, withContext } from '../core/errors.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
-import { LocalKeyFileProvider } from '../repo/keys.ts'
 import { MetricsEmitter } from './metrics.ts'
 import { listBlocks, type BlockQuery } from '../aws/snapshot-blocks.ts'
 import type { ByteRange } from '../core/geometry.ts'
 import { assertShareableKey } from '../aws/kms.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
-import { Repository } from '../repo/repository.ts'
+import type { Repository } from '../repo/repository.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type Task, type TaskResult } from './task.ts'
 import { TASK_ID_TAG, Volumes } from '../aws/volumes.ts'
 
@@ -366,10 +365,7 @@ export class Daemon {
   #repository(url: string): Promise<Repository> {
     let repo = this.#repos.get(url)
     if (!repo) {
-      repo = (async () => {
-        const keyProvider = this.#config.keyFile ? await LocalKeyFileProvider.open(this.#config.keyFile) : undefined
-        return Repository.open(openBackend(url, { aws: this.#aws! }), keyProvider ? { keyProvider } : {})
-      })()
+      repo = openRepository(url, { aws: this.#aws!, keyFile: this.#config.keyFile, tuning: this.#config.tuning })
       repo.catch(() => this.#repos.delete(url))
       this.#repos.set(url, repo)
     }

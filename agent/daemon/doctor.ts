@@ -9,13 +9,11 @@ import { DescribeKeyCommand } from '@aws-sdk/client-kms'
 import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs'
 import { AwsClients } from '../aws/clients.ts'
 import { awsSettings, type Environment } from '../aws/config.ts'
-import { openBackend } from '../storage/open.ts'
 import { loadConfig, type DaemonConfig } from './config.ts'
 import { EBS_MODEL } from '../device/ebs-device.ts'
 import { describe, isEbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
-import { LocalKeyFileProvider } from '../repo/keys.ts'
-import { Repository } from '../repo/repository.ts'
+import { openRepository } from '../app/repository.ts'
 
 export type CheckStatus = 'ok' | 'warn' | 'problem' | 'skipped'
 
@@ -170,8 +168,7 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   // repository: opened as the daemon opens it (key file, format version), backups listed.
   if (wanted('repository')) {
     try {
-      const keyProvider = config.keyFile ? await LocalKeyFileProvider.open(config.keyFile) : undefined
-      const repo = await Repository.open(openBackend(config.repository, { aws }), keyProvider ? { keyProvider } : {})
+      const repo = await openRepository(config.repository, { aws, keyFile: config.keyFile })
       const backups = await repo.listBackups()
       add({
         name: 'repository', status: 'ok',

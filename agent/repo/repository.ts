@@ -10,7 +10,6 @@ import pLimit from 'p-limit'
 import { z } from 'zod'
 import { BlobCodec } from './codec.ts'
 import { AlreadyExistsError, type Backend } from '../storage/types.ts'
-import { KMS_PROVIDER, KmsKeyProvider } from '../aws/kms-key-provider.ts'
 import { decodeCheckpoint, encodeCheckpoint, type Checkpoint } from '../pipeline/checkpoint.ts'
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
@@ -153,9 +152,8 @@ export class Repository {
     validateChunkSize(config.chunkSize)
     let keys = null
     if (config.encryption) {
-      // A KMS-wrapped key needs no key file: the caller's AWS credentials open it (or do not).
-      const provider = options.keyProvider ??
-        (config.encryption.key.provider === KMS_PROVIDER ? new KmsKeyProvider() : null)
+      // Which provider unwraps it (a key file, KMS) is the caller's to decide: app/repository.ts.
+      const provider = options.keyProvider
       if (!provider) {
         throw new EbsWorkerError(ErrorCode.KeyRequired, `repository ${backend.url} is encrypted: give its key (--key-file)`)
       }
