@@ -14,12 +14,8 @@ import type { Waits } from './ec2.ts'
 import { VERSION } from '../agent/core/version.ts'
 import { awsSettings } from '../agent/aws/config.ts'
 import { configureAws } from './aws.ts'
+import { positiveInt } from '../agent/cli/options.ts'
 
-const positiveInt = (name: string) => (value: string): number => {
-  const n = Number(value)
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`)
-  return n
-}
 const account = (value: string): string => {
   if (!/^\d{12}$/.test(value)) throw new InvalidArgumentError('an AWS account id is 12 digits')
   return value

@@ -1,6 +1,7 @@
 // Option parsers and option builders the commands share. The controller's command line uses
-// the parsers too (test/layers.test.ts allows it this one file of agent/cli/).
-import { InvalidArgumentError } from 'commander'
+// the parsers too (test/layers.test.ts allows it this one file of agent/cli/), hence nothing
+// here beyond commander and core.
+import { InvalidArgumentError, Option, type Command } from 'commander'
 import { parseBytes } from '../core/units.ts'
 import { TUNING_LIMITS, type Tuning } from '../core/tuning.ts'
 
@@ -34,4 +35,20 @@ export function tuningArg(flag: string, knob: keyof Tuning, size = false): (valu
     if (n < min || n > max) throw new InvalidArgumentError(`${flag} must be from ${min} to ${max} bytes`)
     return n
   }
+}
+
+/** The options of the commands that work on a repository. */
+export interface RepositoryOptions {
+  repo: string
+  keyFile?: string
+  json?: boolean
+  progress: boolean
+}
+
+export function withRepository(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--repo <url>', 'repository: s3://bucket/prefix or file:///path').env('EBS_WORKER_REPO').makeOptionMandatory())
+    .addOption(new Option('--key-file <path>', 'key file of an encrypted repository').env('EBS_WORKER_KEY_FILE'))
+    .option('--json', 'print one JSON object as the last line of stdout')
+    .option('--no-progress', 'no progress bar, even on a terminal')
 }

@@ -45,3 +45,17 @@ export function progressBar(label: string, enabled: boolean): ProgressReporter {
     },
   }
 }
+
+/** Runs `work` with a progress bar (when `enabled` on a terminal), stopped however it ends. */
+export async function withProgress<T>(
+  label: string,
+  enabled: boolean,
+  work: (onProgress: (p: { bytesDone: number; bytesTotal: number }) => void) => Promise<T>,
+): Promise<T> {
+  const bar = progressBar(label, enabled)
+  try {
+    return await work((p) => bar.update(p.bytesDone, p.bytesTotal))
+  } finally {
+    bar.stop()
+  }
+}

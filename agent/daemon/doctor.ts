@@ -14,19 +14,9 @@ import { EBS_MODEL } from '../device/ebs-device.ts'
 import { describe, isEbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { openRepository } from '../app/repository.ts'
+import { CHECK_NAMES, type Check, type CheckName } from './checks.ts'
 
-export type CheckStatus = 'ok' | 'warn' | 'problem' | 'skipped'
-
-export interface Check {
-  name: string
-  status: CheckStatus
-  detail: string
-  /** For a problem (or a warning): what to do about it. */
-  fix?: string
-}
-
-export const CHECK_NAMES = ['config', 'imds', 'identity', 'queue', 'reply-queue', 'repository', 'kms', 'devices', 'memory', 'disk'] as const
-export type CheckName = (typeof CHECK_NAMES)[number]
+export type { Check } from './checks.ts'
 
 /** What the machine has; the real one reads /proc/meminfo and statfs. */
 export interface SystemFacts {
@@ -285,11 +275,4 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
     }
   }
   return checks
-}
-
-/** One line: status, check, what was found, and for a problem the fix. */
-export function formatCheck(c: Check): string {
-  const status = c.status === 'problem' ? 'PROBLEM' : c.status
-  const line = (s: string): string => s.replace(/\s*\n\s*/g, '; ')
-  return `${status.padEnd(8)}${c.name.padEnd(12)} ${line(c.detail)}${c.fix ? ` -> fix: ${line(c.fix)}` : ''}`
 }
