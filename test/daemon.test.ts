@@ -32,8 +32,8 @@ interface WorldOptions {
   maxReceiveCount?: number
   /** How attached volumes appear in the device tree (the EC2 stand-in's hook). */
   exposeDevice?: ConstructorParameters<typeof Ec2StandIn>[0]['exposeDevice']
-  /** Extra environment for the daemon. */
-  env?: Record<string, string>
+  /** Extra environment for the daemon (undefined: not set). */
+  env?: Record<string, string | undefined>
   /** Daemon configuration that differs from this world's. */
   config?: Record<string, unknown>
 }
@@ -169,6 +169,23 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'SIGTERM: the daemon stops cleanly')
   t.match(state.log, /"msg":"stopped"/, 'and says so')
+})
+
+t.test('without AWS_REGION the daemon takes its Region from IMDS, then builds its clients and works', async (t) => {
+  // No Region anywhere but IMDS: not in the environment, not in a profile.
+  const { dir, ec2, send, reply, daemon, exited, state } = await world(t, {
+    env: { AWS_REGION: undefined, AWS_DEFAULT_REGION: undefined, AWS_PROFILE: undefined, AWS_CONFIG_FILE: '/nonexistent/aws-config' },
+  })
+  const image = join(dir, 'snapshot.img')
+  await makeImage(image, 8 * MiB, [{ kind: 'random', offset: MiB, length: 2 * MiB }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 1 })
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'no-region-1', snapshotId }))
+  const r = await reply('no-region-1')
+  t.equal(r.status, 'succeeded', `a backup task succeeds ${JSON.stringify(r.error ?? '')}`)
+  t.match(state.log, /"msg":"started".*"region":"us-east-1","regionFrom":"IMDS"/, 'the Region came from IMDS')
+  t.notMatch(state.log, /Region is missing/, 'no client went without one')
+  daemon.kill('SIGTERM')
+  t.equal((await exited).code, 0, 'stops cleanly')
 })
 
 t.test('backup, restore, attach and detach tasks through the EC2 stand-in', async (t) => {

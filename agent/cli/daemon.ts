@@ -1,8 +1,7 @@
 // ebs-worker daemon: the worker service (docs/TASKS.md). Its settings are built here, at its
-// start, from the configuration file and the environment.
+// start, from the configuration file and the environment (daemon/config.ts).
 import { Option, type Command } from 'commander'
 import { DEFAULT_CONFIG_PATH, loadDaemonSettings } from '../daemon/config.ts'
-import { systemdNotifier } from '../daemon/systemd.ts'
 import type { CliContext } from './context.ts'
 
 /** --config of the worker's commands (daemon, doctor). */
@@ -19,13 +18,9 @@ export function daemonCommand(program: Command, { signal, env }: CliContext): vo
       // Loaded only here: the EC2/SQS/KMS/EBS clients cost ~0.3 s of start-up the other commands do not need.
       const { Daemon } = await import('../daemon/daemon.ts')
       const daemon = new Daemon(await loadDaemonSettings(opts.config, env))
-      const systemd = systemdNotifier({ env }) // does nothing outside a Type=notify unit
       await daemon.start()
-      systemd.ready('polling for tasks')
       // SIGTERM/SIGINT: stop taking tasks, give running ones their grace, hand the rest back.
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
-      systemd.stopping()
       await daemon.stop()
-      systemd.close()
     })
 }

@@ -124,6 +124,7 @@ export class MetricsEmitter {
   readonly #fleet: string
   #instanceId = 'unknown'
   #heartbeat: NodeJS.Timeout | null = null
+  #beat: () => void = () => {}
 
   /** `enabled: false`: no metric lines (EBS_WORKER_METRICS=off, a daemon run by hand on a terminal, say). */
   constructor(options: MetricsSettings & { write?: (line: string) => void } = {}) {
@@ -135,18 +136,29 @@ export class MetricsEmitter {
     this.#write(JSON.stringify(doc) + '\n')
   }
 
-  /** Starts the heartbeat (one now, then every HEARTBEAT_SECONDS). */
-  start(instanceId: string, running: () => number, everyMs = HEARTBEAT_SECONDS * 1000): void {
+  /**
+   * Starts the heartbeat: every HEARTBEAT_SECONDS while `alive` says the worker works (one that
+   * cannot receive tasks sends none, and the missing beats raise the alarm). beat() sends one at
+   * once, when the worker becomes able to work.
+   */
+  start(instanceId: string, running: () => number, alive: () => boolean = () => true, everyMs = HEARTBEAT_SECONDS * 1000): void {
     this.#instanceId = instanceId
-    const beat = (): void => this.#emit(heartbeatMetrics(this.#fleet, instanceId, running(), Date.now()))
-    beat()
-    this.#heartbeat = setInterval(beat, everyMs)
+    this.#beat = () => {
+      if (alive()) this.#emit(heartbeatMetrics(this.#fleet, instanceId, running(), Date.now()))
+    }
+    this.#heartbeat = setInterval(this.#beat, everyMs)
     this.#heartbeat.unref()
+  }
+
+  /** A heartbeat now (if the worker is alive). */
+  beat(): void {
+    this.#beat()
   }
 
   stop(): void {
     if (this.#heartbeat) clearInterval(this.#heartbeat)
     this.#heartbeat = null
+    this.#beat = () => {}
   }
 
   taskStarted(message: ReceivedMessage): void {
