@@ -3,7 +3,7 @@
 // tree of the test's own), results on the reply queue.
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { copyFile, mkdir, open, stat, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, open, readdir, stat, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { CreateVolumeCommand, EC2Client } from '@aws-sdk/client-ec2'
 import { devNumber } from '../agent/device/block-device.ts'
@@ -184,6 +184,19 @@ t.test('without AWS_REGION the daemon takes its Region from IMDS, then builds it
   t.equal(r.status, 'succeeded', `a backup task succeeds ${JSON.stringify(r.error ?? '')}`)
   t.match(state.log, /"msg":"started".*"region":"us-east-1","regionFrom":"IMDS"/, 'the Region came from IMDS')
   t.notMatch(state.log, /Region is missing/, 'no client went without one')
+  daemon.kill('SIGTERM')
+  t.equal((await exited).code, 0, 'stops cleanly')
+})
+
+t.test('the configuration\'s tuning reaches the backups: packs of the configured size', async (t) => {
+  const { dir, ec2, repo, send, reply, daemon, exited } = await world(t, { config: { tuning: { packSize: MiB, readConcurrency: 2 } } })
+  const image = join(dir, 'snapshot.img')
+  await makeImage(image, 8 * MiB, [{ kind: 'random', offset: 0, length: 6 * MiB }])
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'tuned-1', snapshotId: ec2.addSnapshot({ image, sizeGiB: 1 }) }))
+  const r = await reply('tuned-1')
+  t.equal(r.status, 'succeeded', `the backup succeeds ${JSON.stringify(r.error ?? '')}`)
+  const packs = (await readdir(join(repo.slice('file://'.length), 'packs'), { recursive: true, withFileTypes: true })).filter((e) => e.isFile())
+  t.equal(packs.length, 6, 'six random chunks, one 1 MiB pack each (16 MiB packs would hold them all)')
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'stops cleanly')
 })
