@@ -7,7 +7,7 @@ import { copyFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { FileBackend } from '../agent/storage/file.ts'
 import { backup } from '../agent/pipeline/backup.ts'
-import { decodeCheckpoint, encodeCheckpoint, type Checkpoint } from '../agent/pipeline/checkpoint.ts'
+import { checkpointObjectName, decodeCheckpoint, encodeCheckpoint, type Checkpoint } from '../agent/pipeline/checkpoint.ts'
 import { markDone } from '../agent/core/geometry.ts'
 import { ID_BYTES } from '../agent/repo/chunk-index.ts'
 import { isEbsWorkerError } from '../agent/core/errors.ts'
@@ -37,7 +37,7 @@ async function setup(t: Teardown) {
   const image = join(dir, 'vol.img')
   const size = 64 * MiB
   await makeImage(image, size, [{ kind: 'random', offset: 0, length: 40 * MiB }, { kind: 'text', offset: 48 * MiB, length: 10 * MiB }])
-  const checkpointFile = join(dir, 'repo', Repository.checkpointName('task:t1'))
+  const checkpointFile = join(dir, 'repo', checkpointObjectName('task:t1'))
   /** Restores `backupId` and compares it with the image. */
   const holdsImage = async (backupId: string): Promise<boolean> => {
     const out = join(dir, `restored-${backupId}.img`)
@@ -103,7 +103,7 @@ t.test('a checkpoint that does not fit is not used', async (t) => {
   t.equal(b.stats.bytesRead, 32 * MiB)
   // A damaged checkpoint is no reason to fail: it is ignored.
   await backup(repo, { device: image, checkpoint: { key: 'task:t2', intervalMs: 0 }, signal: AbortSignal.abort() }).catch(() => {})
-  await writeFile(join(dir, 'repo', Repository.checkpointName('task:t2')), 'garbage')
+  await writeFile(join(dir, 'repo', checkpointObjectName('task:t2')), 'garbage')
   const c = await backup(repo, { device: image, checkpoint: { key: 'task:t2' } })
   t.equal(c.resumedFrom, null, 'a damaged checkpoint: started afresh')
   t.ok(await holdsImage(c.id), 'and the backup is right')
@@ -120,7 +120,7 @@ t.test('an interrupted restore checkpoints; the next attempt writes only the res
     onProgress: (p) => p.bytesDone >= 20 * MiB && abort.abort(),
   }).then(() => null, (err: unknown) => err)
   t.ok(isEbsWorkerError(first) && first.code === 'INTERRUPTED' && /checkpointed/.test(first.message), `interrupted, and says it checkpointed: ${String(first)}`)
-  const checkpointFile = join(dir, 'repo', Repository.checkpointName('task:r1'))
+  const checkpointFile = join(dir, 'repo', checkpointObjectName('task:r1'))
   t.ok(existsSync(checkpointFile), 'the checkpoint is in the repository')
 
   // Another target (a new volume): the checkpoint does not apply to it.

@@ -7,7 +7,7 @@ import { copyFile, mkdir, open, readdir, stat, writeFile } from 'node:fs/promise
 import { createServer } from 'node:net'
 import { CreateVolumeCommand, EC2Client } from '@aws-sdk/client-ec2'
 import { devNumber } from '../agent/device/block-device.ts'
-import { Repository } from '../agent/repo/repository.ts'
+import { checkpointObjectName } from '../agent/pipeline/checkpoint.ts'
 import { existsSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
@@ -433,7 +433,7 @@ t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes 
   const snapshotId = ec2.addSnapshot({ image, sizeGiB: 128 })
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'long-1', snapshotId }))
   // Stop the worker once the backup has saved a checkpoint of its own.
-  const checkpoint = join(dir, 'repo', Repository.checkpointName('task:long-1'))
+  const checkpoint = join(dir, 'repo', checkpointObjectName('task:long-1'))
   await until(() => existsSync(checkpoint) || state.log.includes('task succeeded'), 60_000, 'a checkpoint')
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'the worker stops at once (no grace)')

@@ -4,6 +4,7 @@ import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, readdir, readFile, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { INDEXES, manifestObject, PACK_INDEX, PACKS } from '../agent/repo/layout.ts'
 import { backedUpImage, cli, CLI, faultyFile, type Teardown, makeImage, MiB, repoWithImage, runCli, sha256File, tempDir } from './helpers.ts'
 
 async function walk(dir: string): Promise<string[]> {
@@ -92,7 +93,7 @@ t.test('encrypted repository: no key, wrong key', async (t) => {
 for (const encrypt of [false, true]) {
   t.test(`a damaged chunk is found and named (${encrypt ? 'encrypted' : 'plain'})`, async (t) => {
     const { dir, repo, keyArgs, backupId } = await setup(t, { encrypt })
-    const packs = (await walk(join(repo, 'packs')))
+    const packs = (await walk(join(repo, PACKS)))
     t.equal(packs.length, 1, 'one pack')
     const h = await open(packs[0]!, 'r+')
     const byte = Buffer.alloc(1)
@@ -111,7 +112,7 @@ for (const encrypt of [false, true]) {
 
 t.test('a truncated pack is reported', async (t) => {
   const { repo, backupId } = await setup(t)
-  const [pack] = await walk(join(repo, 'packs'))
+  const [pack] = await walk(join(repo, PACKS))
   await truncate(pack!, 1000)
   const r = await runCli(['verify', '--repo', repo, '--backup', backupId, '--json'])
   t.equal(r.code, 3)
@@ -120,7 +121,7 @@ t.test('a truncated pack is reported', async (t) => {
 
 t.test('a damaged manifest is reported', async (t) => {
   const { repo, backupId } = await setup(t)
-  const path = join(repo, 'backups', backupId)
+  const path = join(repo, manifestObject(backupId))
   const data = await readFile(path)
   data[data.length - 3] = data[data.length - 3]! ^ 0xff
   await writeFile(path, data)
@@ -148,7 +149,7 @@ t.test('a backup killed with SIGKILL leaves no backup, and the next one reuses i
   const deadline = Date.now() + 60_000
   let indexes: string[] = []
   while (Date.now() < deadline) {
-    indexes = (await readdir(join(repo, 'index')).catch(() => [])).filter((n) => n.startsWith('pack-'))
+    indexes = (await readdir(join(repo, INDEXES)).catch(() => [])).filter((n) => n.startsWith(PACK_INDEX))
     if (indexes.length >= 3) break
     await new Promise((r) => setTimeout(r, 20))
   }
@@ -173,7 +174,7 @@ t.test('SIGTERM stops a backup cleanly: exit 130, nothing recorded', async (t) =
   let stdout = ''
   child.stdout.on('data', (d) => (stdout += d))
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  while (!(await readdir(join(repo, 'index')).catch(() => [])).length) await new Promise((r) => setTimeout(r, 20))
+  while (!(await readdir(join(repo, INDEXES)).catch(() => [])).length) await new Promise((r) => setTimeout(r, 20))
   child.kill('SIGTERM')
   t.equal(await exited, 130, 'exit status 130')
   const result = JSON.parse(stdout.trim().split('\n').pop()!)

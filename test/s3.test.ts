@@ -5,6 +5,7 @@ import t from 'tap'
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import { HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3'
 import { join } from 'node:path'
+import { PACKS } from '../agent/repo/layout.ts'
 import { cli, makeImage, MiB, runCli, s3RepoUrl, sha256File, tempDir } from './helpers.ts'
 
 /** A TCP proxy to the test bed that can cut connections: a network that fails for real. */
@@ -68,7 +69,7 @@ t.test('packs larger than a part go up as multipart uploads', async (t) => {
   const b = await cli(['backup', '--repo', repo, '--device', image, '--pack-size', '20MiB'])
   const { hostname: bucket } = new URL(repo)
   const client = s3()
-  const listed = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'multi/part/packs/' }))
+  const listed = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `multi/part/${PACKS}` }))
   const keys = (listed.Contents ?? []).map((o) => o.Key!)
   t.equal(keys.length, 2, 'two packs (20 MiB sealed, then the rest)')
   const etags = await Promise.all(keys.map(async (Key) => (await client.send(new HeadObjectCommand({ Bucket: bucket, Key }))).ETag))

@@ -8,7 +8,7 @@ import { parseSize } from '../agent/cli/options.ts'
 import { parseS3Url } from '../agent/storage/open.ts'
 import { backupChecksum, decodeManifest, encodeManifest, newBackupId, ZERO_ID, type Manifest } from '../agent/repo/manifest.ts'
 import { chunksToRead } from '../agent/core/plan.ts'
-import { planRequests } from '../agent/pipeline/restore.ts'
+import { planRequests } from '../agent/repo/chunk-reader.ts'
 
 const MiB = 1024 * 1024
 

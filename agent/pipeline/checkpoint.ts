@@ -10,7 +10,9 @@
 import { z } from 'zod'
 import { ID_BYTES } from '../repo/chunk-index.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
-import { chunkCount, newDoneSet, type DoneSet } from '../core/geometry.ts'
+import { chunkCount, newDoneSet } from '../core/geometry.ts'
+import type { Repository } from '../repo/repository.ts'
+import { recordObject } from '../repo/layout.ts'
 
 export const CHECKPOINT_VERSION = 1
 export const DEFAULT_CHECKPOINT_INTERVAL_MS = 5 * 60 * 1000
@@ -121,4 +123,72 @@ export class CheckpointGate {
     await this.#save()
     this.#last = performance.now()
   }
+}
+
+// ---- what backup and restore share: where checkpoints live, and running under them ----------
+
+/** The repository object a checkpoint saved under `key` is (tests look at it). */
+export function checkpointObjectName(key: string): string {
+  return recordObject('checkpoints', key)
+}
+
+/** The checkpoint saved under `key`, or null: none, or one that cannot be read (a damaged one is no reason to fail). */
+export async function loadCheckpoint(repo: Repository, key: string): Promise<Checkpoint | null> {
+  try {
+    const data = await repo.loadRecord('checkpoints', key)
+    return data ? decodeCheckpoint(data, checkpointObjectName(key)) : null
+  } catch {
+    return null
+  }
+}
+
+export interface CheckpointRun {
+  repo: Repository
+  /** Where the checkpoint is saved; null: no checkpoints. */
+  key: string | null
+  intervalMs?: number | undefined
+  /** Makes the checkpoint to save; called only when no work is in flight, after `settle`. */
+  make: () => Checkpoint
+  /** Makes everything marked done durable (packs uploaded, the device synced). */
+  settle: () => Promise<void>
+  /** Waits for work still in flight after a failure (uploads), before the error goes up. */
+  drain?: () => Promise<void>
+  signal?: AbortSignal | undefined
+  /** "backup" or "restore", for the interruption message. */
+  what: string
+  /** What an interruption without a checkpoint means, said after "interrupted; ". */
+  lost: string
+}
+
+/**
+ * Runs a pipeline's work under checkpoints: every interval the work pauses at a chunk boundary
+ * (the gate it is given), what is done is made durable and saved; when interrupted (the signal),
+ * a last one is saved once every worker has stopped. Resolves with the work's result; after it
+ * the caller records its outcome and then drops the checkpoint (dropCheckpoint).
+ */
+export async function underCheckpoints<T>(run: CheckpointRun, work: (gate: CheckpointGate | null) => Promise<T>): Promise<T> {
+  const save = async (): Promise<void> => {
+    await run.settle()
+    await run.repo.saveRecord('checkpoints', run.key!, encodeCheckpoint(run.make()))
+  }
+  const gate = run.key ? new CheckpointGate(run.intervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS, save) : null
+  try {
+    return await work(gate)
+  } catch (err) {
+    if (!run.signal?.aborted) {
+      await run.drain?.()
+      throw err
+    }
+    // Every worker has stopped: what is marked done is what the next attempt can skip.
+    const saved = gate ? await gate.saveNow().then(() => true, () => false) : false
+    await run.drain?.()
+    throw new EbsWorkerError(ErrorCode.Interrupted,
+      `${run.what} interrupted; ${saved ? 'its progress is checkpointed and the next attempt goes on from there' : run.lost}`,
+      { cause: err })
+  }
+}
+
+/** Drops the checkpoint of work that is recorded as done; failing to is harmless (it no longer fits). */
+export async function dropCheckpoint(repo: Repository, key: string | null): Promise<void> {
+  if (key) await repo.deleteRecord('checkpoints', key).catch(() => {})
 }

@@ -6,13 +6,13 @@
 //   [16 bytes]    GCM tag                  (encrypted only)
 //
 // The kind of blob ("chunk", "index", "manifest") is GCM additional data, so a blob cannot be
-// passed off as another kind. Compression runs on libuv's thread pool (zlib's async API), which
-// is what spreads the CPU work of a backup over all cores.
+// passed off as another kind. Compression runs on libuv's thread pool (pooled zstd contexts,
+// zstd.ts), which is what spreads the CPU work of a backup over all cores.
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 import pLimit from 'p-limit'
-import zlib from 'node:zlib'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { Compressor, Decompressor, SAMPLE_BYTES, SAMPLES } from './zstd.ts'
 
 
 // zstd runs on libuv's thread pool, which is also sized for many reads in flight. More
@@ -20,9 +20,6 @@ import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 // buffer) each, so they are capped per process.
 const compressions = pLimit(availableParallelism())
 
-/** Incompressible data is recognised from SAMPLES slices of SAMPLE_BYTES (see worthCompressing). */
-const SAMPLE_BYTES = 4096
-const SAMPLES = 8
 const FLAG_ZSTD = 1
 const FLAG_AES_GCM = 2
 const NONCE_BYTES = 12
@@ -161,65 +158,6 @@ function byteLength(parts: readonly Buffer[]): number {
 }
 
 /**
- * One zstd context and its output buffer, reused chunk after chunk. zlib's one-shot
- * zstdCompress()/zstdDecompress() make a context, a chunk-sized output buffer and a joined copy
- * of the result for every call: three allocations of about a chunk each, which at hundreds of
- * chunks per second made V8 run a full garbage collection every ~20 chunks (external memory
- * pressure). Here the stream's own processing writes each frame into a buffer chosen per call;
- * the node:zlib internals this relies on (_processChunk, _outBuffer, push) are those of Node 24,
- * which package.json pins. A mismatch fails loudly rather than corrupting data: frames carry
- * their content checksum and every chunk is checked against its id on restore.
- */
-class ZstdRunner {
-  readonly #stream: ZlibInternals
-  #own = Buffer.allocUnsafeSlow(0)
-  #pieces: Buffer[] = []
-  #pending: ((err: Error | null) => void) | null = null
-  /** Set once the stream failed: it is then dropped from the pool. */
-  failure: Error | null = null
-
-  constructor(stream: zlib.ZstdCompress | zlib.ZstdDecompress) {
-    this.#stream = stream as unknown as ZlibInternals
-    // Output is collected here, not through the stream's readable side.
-    this.#stream.push = (piece: Buffer | null) => {
-      if (piece) this.#pieces.push(piece)
-      return true
-    }
-    // node:zlib reports a failure (a damaged frame) by destroying the stream, without calling back.
-    stream.on('error', (err: Error) => {
-      this.failure = err
-      this.#pending?.(err)
-    })
-  }
-
-  /**
-   * Runs one whole frame through the context: the output as views of `out` (or of the runner's
-   * own buffer of `size` bytes), valid until the runner's next use. More than one piece when the
-   * output did not fit (node:zlib then goes on in buffers of its own).
-   */
-  run(input: Buffer, out: Buffer | null, size: number): Promise<Buffer[]> {
-    if (!out) {
-      if (this.#own.length < size) this.#own = Buffer.allocUnsafeSlow(size)
-      out = this.#own
-    }
-    const s = this.#stream
-    s._outBuffer = out
-    s._outOffset = 0
-    s._chunkSize = out.length
-    this.#pieces = []
-    return new Promise<Buffer[]>((resolve, reject) => {
-      if (this.failure) return reject(this.failure)
-      this.#pending = (err) => {
-        this.#pending = null
-        if (err) reject(err)
-        else resolve(this.#pieces)
-      }
-      s._processChunk(input, zlib.constants.ZSTD_e_end, () => this.#pending?.(this.failure))
-    })
-  }
-}
-
-/**
  * Whether zstd has a chance on this data: a large buffer is sampled first (SAMPLES slices of
  * SAMPLE_BYTES spread over it, compressed together by the pooled compressor that would compress
  * the whole, off the main thread). Incompressible data (already compressed or encrypted files on
@@ -235,41 +173,6 @@ async function worthCompressing(plain: Buffer, compressor: Compressor): Promise<
   for (let i = 0; i < SAMPLES; i++) plain.copy(sample, i * SAMPLE_BYTES, i * step, i * step + SAMPLE_BYTES)
   const parts = await compressor.compress(sample)
   return parts.reduce((n, p) => n + p.length, 0) < sample.length * 0.97
-}
-
-class Compressor extends ZstdRunner {
-  /** Where worthCompressing gathers its sample (one per pooled compressor). */
-  readonly sample = Buffer.allocUnsafeSlow(SAMPLE_BYTES * SAMPLES)
-
-  constructor(level: number) {
-    super(zlib.createZstdCompress({
-      params: {
-        [zlib.constants.ZSTD_c_compressionLevel]: level,
-        [zlib.constants.ZSTD_c_checksumFlag]: 1,
-      },
-    }))
-  }
-
-  /** One zstd frame of `plain`, as views of the compressor's buffer (valid until its next use). */
-  compress(plain: Buffer): Promise<Buffer[]> {
-    // zstd's bound for one frame, plus room for its header and checksum.
-    return this.run(plain, null, plain.length + (plain.length >> 7) + 1024)
-  }
-}
-
-class Decompressor extends ZstdRunner {
-  constructor() {
-    super(zlib.createZstdDecompress())
-  }
-}
-
-/** The parts of node:zlib's stream classes the pooled codecs use (Node 24). */
-interface ZlibInternals {
-  _outBuffer: Buffer
-  _outOffset: number
-  _chunkSize: number
-  _processChunk(chunk: Buffer, flushFlag: number, cb: () => void): void
-  push(chunk: Buffer | null): boolean
 }
 
 function corrupt(kind: BlobKind, why: string): EbsWorkerError {

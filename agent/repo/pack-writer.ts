@@ -4,6 +4,7 @@
 // backup finds and reuses; finish() folds those per-pack indexes into one index per backup.
 import type { IndexEntry } from './chunk-index.ts'
 import { PackBuilder } from './pack.ts'
+import { PACK_INDEX } from './layout.ts'
 import type { Repository } from './repository.ts'
 
 export interface PackWriterOptions {
@@ -81,7 +82,7 @@ export class PackWriter {
       // Only a pack whose upload ended well gives its buffer back: after a failure the SDK
       // may still be sending parts of it.
       this.#free.push(builder.buffer)
-      const indexName = `pack-${builder.id}`
+      const indexName = `${PACK_INDEX}${builder.id}`
       await this.#repo.saveIndex(indexName, builder.entries)
       this.#packIndexes.push(indexName)
       for (const entry of builder.entries) this.#entries.push(entry)

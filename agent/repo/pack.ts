@@ -16,10 +16,6 @@ export function newPackId(): string {
   return randomBytes(PACK_ID_BYTES).toString('hex')
 }
 
-export function packObjectName(packId: string): string {
-  return `packs/${packId.slice(0, 2)}/${packId}`
-}
-
 /**
  * Assembles one pack in a buffer it is lent (packs are pooled, so memory stays flat and the
  * allocator is not asked for 32 MiB a few times a second). Pure bookkeeping, no I/O.

@@ -1,23 +1,29 @@
-// The repository: config, keys, indexes, packs and manifests on a backend. Everything that
-// touches stored objects goes through here; backup and restore only see chunks.
+// The repository: config, keys, indexes, packs and manifests on a storage. Everything that
+// touches stored objects goes through here; the pipelines see chunks and offsets: a backup saves
+// them through a BackupWriter (backup-writer.ts), a restore reads them through chunk-reader.ts.
 //
 //   config                      JSON, plain: format, version, chunk size, wrapped key
 //   packs/<2 hex>/<pack id>     chunk blobs + trailer (pack.ts)
 //   index/<name>                where chunks live (chunk-index.ts), blob-encoded
 //   backups/<backup id>         manifests (manifest.ts), blob-encoded, written last
+//   checkpoints/<hash>, tasks/<hash>
+//                               small blob-encoded records of the programs that use the
+//                               repository (a pipeline's checkpoint, the daemon's task records)
 import { createHash, createHmac, randomUUID } from 'node:crypto'
 import pLimit from 'p-limit'
 import { z } from 'zod'
 import { BlobCodec } from './codec.ts'
 import { AlreadyExistsError, type Backend } from '../storage/types.ts'
-import { decodeCheckpoint, encodeCheckpoint, type Checkpoint } from '../pipeline/checkpoint.ts'
+import { BackupWriter, type BackupWriterOptions } from './backup-writer.ts'
+import { planRequests, readChunks, type ChunkSink, type RangeRequest, type ReadCounters, type ReadOptions, type ReadPlan } from './chunk-reader.ts'
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from './chunk-index.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
-import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys } from './keys.ts'
+import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys, type WrappedKey } from './keys.ts'
 import { decodeManifest, encodeManifest, type Manifest } from './manifest.ts'
 import { BACKUP_ID_PATTERN } from '../core/ids.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
-import { MAX_PACK_BYTES, PackBuilder, packObjectName } from './pack.ts'
+import { MAX_PACK_BYTES, PackBuilder } from './pack.ts'
+import { BACKUPS, CONFIG, indexObject, INDEXES, manifestObject, packObject, recordObject, type RecordArea } from './layout.ts'
 
 export const REPOSITORY_VERSION = 1
 export const EBS_BLOCK_SIZE = 512 * 1024
@@ -49,9 +55,18 @@ export interface InitOptions {
 }
 
 export interface OpenOptions {
+  /** The key provider that unwraps the repository key. */
   keyProvider?: KeyProvider
+  /**
+   * Or: the provider for the key as the repository records it (a KMS-wrapped key needs no file:
+   * the caller's AWS credentials open it). Null when the caller has none that fits.
+   */
+  keyProviderFor?: (wrapped: WrappedKey) => KeyProvider | null
   compressionLevel?: number
 }
+
+/** The blob kind (GCM additional data) of each area's records. */
+const RECORD_KIND = { checkpoints: 'checkpoint', tasks: 'task' } as const
 
 export function validateChunkSize(chunkSize: number): void {
   if (!Number.isInteger(chunkSize) || chunkSize % EBS_BLOCK_SIZE !== 0 || chunkSize < EBS_BLOCK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
@@ -113,7 +128,7 @@ export class Repository {
       encryption,
     }
     try {
-      await backend.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true })
+      await backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true })
     } catch (err) {
       if (err instanceof AlreadyExistsError) {
         throw new EbsWorkerError(ErrorCode.RepoExists, `a repository already exists at ${backend.url}`)
@@ -124,7 +139,7 @@ export class Repository {
   }
 
   static async open(backend: Backend, options: OpenOptions = {}): Promise<Repository> {
-    const raw = await backend.get('config')
+    const raw = await backend.get(CONFIG)
     if (!raw) {
       throw new EbsWorkerError(ErrorCode.RepoNotFound, `no ebs-worker repository at ${backend.url} (create one with "ebs-worker init")`)
     }
@@ -152,8 +167,7 @@ export class Repository {
     validateChunkSize(config.chunkSize)
     let keys = null
     if (config.encryption) {
-      // Which provider unwraps it (a key file, KMS) is the caller's to decide: app/repository.ts.
-      const provider = options.keyProvider
+      const provider = options.keyProvider ?? options.keyProviderFor?.(config.encryption.key) ?? null
       if (!provider) {
         throw new EbsWorkerError(ErrorCode.KeyRequired, `repository ${backend.url} is encrypted: give its key (--key-file)`)
       }
@@ -178,7 +192,7 @@ export class Repository {
     const index = new ChunkIndex()
     const limit = pLimit(16)
     const reads: Promise<void>[] = []
-    for await (const obj of this.backend.list('index/')) {
+    for await (const obj of this.backend.list(INDEXES)) {
       reads.push(
         limit(async () => {
           const blob = await this.backend.get(obj.name)
@@ -193,11 +207,11 @@ export class Repository {
   }
 
   async saveIndex(name: string, entries: readonly IndexEntry[]): Promise<void> {
-    await this.backend.put(`index/${name}`, await this.codec.encode('index', encodeIndex(entries)))
+    await this.backend.put(indexObject(name), await this.codec.encode('index', encodeIndex(entries)))
   }
 
   async deleteIndex(name: string): Promise<void> {
-    await this.backend.delete(`index/${name}`)
+    await this.backend.delete(indexObject(name))
   }
 
   // ---- packs ------------------------------------------------------------------------------
@@ -207,7 +221,7 @@ export class Repository {
     const trailer = await this.codec.encode('pack-trailer', builder.trailerPlaintext())
     const data = builder.finish(trailer)
     if (data.length > MAX_PACK_BYTES) throw new Error('pack exceeds 4 GiB')
-    await this.backend.put(packObjectName(builder.id), data)
+    await this.backend.put(packObject(builder.id), data)
     return data.length
   }
 
@@ -216,7 +230,7 @@ export class Repository {
    * a short answer means the pack was truncated.
    */
   async readPackRange(pack: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    const buf = await this.backend.getRange(packObjectName(pack), offset, length, into).catch((err: unknown) => {
+    const buf = await this.backend.getRange(packObject(pack), offset, length, into).catch((err: unknown) => {
       if (isEbsWorkerError(err, ErrorCode.ObjectNotFound)) {
         throw new EbsWorkerError(ErrorCode.ChunkMissing, `pack ${pack} is missing from ${this.url}`, { cause: err, context: { pack } })
       }
@@ -245,14 +259,14 @@ export class Repository {
 
   async saveManifest(manifest: Manifest): Promise<void> {
     const blob = await this.codec.encode('manifest', encodeManifest(manifest))
-    await this.backend.put(`backups/${manifest.id}`, blob, { ifAbsent: true })
+    await this.backend.put(manifestObject(manifest.id), blob, { ifAbsent: true })
   }
 
   async loadManifest(id: string): Promise<Manifest> {
     if (!BACKUP_ID_PATTERN.test(id)) {
       throw new EbsWorkerError(ErrorCode.BadInput, `"${id}" is not a backup id (like 20261123T043200Z-1a2b3c4d)`)
     }
-    const blob = await this.backend.get(`backups/${id}`)
+    const blob = await this.backend.get(manifestObject(id))
     if (!blob) throw new EbsWorkerError(ErrorCode.BackupNotFound, `backup ${id} does not exist in ${this.url}`)
     return decodeManifest(await this.#decodeMeta('manifest', blob, `backup ${id}`), id)
   }
@@ -260,8 +274,8 @@ export class Repository {
   async listBackups(): Promise<BackupSummary[]> {
     const limit = pLimit(16)
     const loads: Promise<BackupSummary>[] = []
-    for await (const obj of this.backend.list('backups/')) {
-      const id = obj.name.slice('backups/'.length)
+    for await (const obj of this.backend.list(BACKUPS)) {
+      const id = obj.name.slice(BACKUPS.length)
       if (!BACKUP_ID_PATTERN.test(id)) continue
       loads.push(
         limit(async () => {
@@ -274,48 +288,42 @@ export class Repository {
     return all.sort((a, b) => a.id.localeCompare(b.id))
   }
 
-  // ---- checkpoints -------------------------------------------------------------------------
+  // ---- backups: writing and reading chunks ----------------------------------------------------
 
-  /** Where a task's checkpoint lives: task ids may hold "/", so the name is their hash. */
-  static checkpointName(key: string): string {
-    return `checkpoints/${keyHash(key)}`
+  /**
+   * Starts writing a backup: the one way chunks get into the repository. Loads the index, so
+   * that chunks the repository has are recognised and not stored again.
+   */
+  async startBackup(options: BackupWriterOptions): Promise<BackupWriter> {
+    return new BackupWriter(this, await this.loadIndex(), options)
   }
 
-  async saveCheckpoint(key: string, checkpoint: Checkpoint): Promise<void> {
-    await this.backend.put(Repository.checkpointName(key), await this.codec.encode('checkpoint', encodeCheckpoint(checkpoint)))
+  /** Which ranged reads fetch the backup's stored chunks (those not in `skip`), and its zero chunks. */
+  async planReads(manifest: Manifest, options: { maxRequestBytes: number; skip?: Uint8Array }): Promise<ReadPlan> {
+    return planRequests(manifest, await this.loadIndex(), options.maxRequestBytes, options.skip)
   }
 
-  /** The checkpoint saved under `key`, or null. */
-  async loadCheckpoint(key: string): Promise<Checkpoint | null> {
-    const name = Repository.checkpointName(key)
+  /** Fetches, verifies and hands on the chunks of `requests` (from planReads). */
+  readChunks(manifest: Manifest, requests: readonly RangeRequest[], options: ReadOptions, sink: ChunkSink): Promise<ReadCounters> {
+    return readChunks(this, manifest, requests, options, sink)
+  }
+
+  // ---- records: small objects the programs keep here (checkpoints, task records) ------------
+
+  /** Stores a record, encrypted like every blob when the repository is; replaces an earlier one. */
+  async saveRecord(area: RecordArea, key: string, data: Buffer): Promise<void> {
+    await this.backend.put(recordObject(area, key), await this.codec.encode(RECORD_KIND[area], data))
+  }
+
+  /** The record's bytes, or null when there is none. */
+  async loadRecord(area: RecordArea, key: string): Promise<Buffer | null> {
+    const name = recordObject(area, key)
     const blob = await this.backend.get(name)
-    if (!blob) return null
-    return decodeCheckpoint(await this.#decodeMeta('checkpoint', blob, name), name)
+    return blob ? this.#decodeMeta(RECORD_KIND[area], blob, name) : null
   }
 
-  async deleteCheckpoint(key: string): Promise<void> {
-    await this.backend.delete(Repository.checkpointName(key))
-  }
-
-  // ---- task records ------------------------------------------------------------------------
-
-  /** Records that the backup for `key` (the daemon's task) is `backupId`: one GET finds it again. */
-  async saveTaskRecord(key: string, backupId: string): Promise<void> {
-    const record = Buffer.from(JSON.stringify({ version: 1, key, backupId, savedAt: new Date().toISOString() }))
-    await this.backend.put(`tasks/${keyHash(key)}`, await this.codec.encode('task', record))
-  }
-
-  /** The backup recorded for `key`, if its manifest exists. */
-  async findTaskBackup(key: string): Promise<Manifest | null> {
-    const blob = await this.backend.get(`tasks/${keyHash(key)}`)
-    if (!blob) return null
-    const parsed = z.object({ key: z.string(), backupId: z.string() })
-      .safeParse(JSON.parse((await this.#decodeMeta('task', blob, `task record of ${key}`)).toString('utf8')))
-    if (!parsed.success || parsed.data.key !== key) return null
-    return this.loadManifest(parsed.data.backupId).catch((err: unknown) => {
-      if (err instanceof EbsWorkerError && err.code === ErrorCode.BackupNotFound) return null
-      throw err
-    })
+  async deleteRecord(area: RecordArea, key: string): Promise<void> {
+    await this.backend.delete(recordObject(area, key))
   }
 
   async #decodeMeta(kind: 'index' | 'manifest' | 'checkpoint' | 'task', blob: Buffer, what: string): Promise<Buffer> {
@@ -325,9 +333,4 @@ export class Repository {
       throw new EbsWorkerError(ErrorCode.RepoFormat, `${what} cannot be read: ${describe(err)}`, { cause: err })
     }
   }
-}
-
-/** Object names keyed by a task: task ids may hold "/" and be long, so the name is their hash. */
-function keyHash(key: string): string {
-  return createHash('sha256').update(key).digest('hex')
 }

@@ -9,6 +9,7 @@ import { s3Checksums } from '../aws/config.ts'
 import { FileBackend } from './file.ts'
 import { S3Backend } from './s3.ts'
 import type { Backend } from './types.ts'
+import { withRetries } from './retry.ts'
 
 export interface BackendTuning {
   partSize?: number
@@ -24,7 +25,8 @@ export interface BackendOptions {
 export function openBackend(url: string, options: BackendOptions): Backend {
   if (url.startsWith('s3://')) {
     const { bucket, prefix, ...target } = parseS3Url(url)
-    return new S3Backend({ bucket, prefix, connection: options.aws.s3(target), ...options.tuning })
+    const s3 = new S3Backend({ bucket, prefix, connection: options.aws.s3(target), ...options.tuning })
+    return withRetries(s3, { attempts: s3.maxAttempts })
   }
   if (url.startsWith('file://')) return new FileBackend(fileURLToPath(url))
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {

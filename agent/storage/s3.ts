@@ -15,7 +15,7 @@ import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsError } from '../aws/errors.ts'
 import type { S3Connection } from '../aws/clients.ts'
 import { RangeGetter, S3Status, UseSdk } from './s3-range.ts'
-import { AlreadyExistsError, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
+import { AlreadyExistsError, InterruptedTransfer, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
 
 export interface S3BackendOptions {
   bucket: string
@@ -35,11 +35,12 @@ const MIN_PART_SIZE = 5 * 1024 * 1024
 export class S3Backend implements Backend {
   readonly url: string
   readonly client: S3Client
+  /** Attempts per request (the SDK's), and per read whose body broke (storage/retry.ts). */
+  readonly maxAttempts: number
   readonly #bucket: string
   readonly #prefix: string
   readonly #partSize: number
   readonly #partConcurrency: number
-  readonly #maxAttempts: number
   /** The lean ranged GET; null once it proved unusable here (then the SDK does every GET). */
   #ranges: RangeGetter | null
 
@@ -51,7 +52,7 @@ export class S3Backend implements Backend {
     this.#partConcurrency = options.partConcurrency ?? 4
     const c = options.connection
     this.client = c.client
-    this.#maxAttempts = c.maxAttempts
+    this.maxAttempts = c.maxAttempts
     this.#ranges = c.leanGet
       ? new RangeGetter({
         client: c.client, bucket: this.#bucket, httpAgent: c.httpAgent, httpsAgent: c.httpsAgent,
@@ -65,15 +66,14 @@ export class S3Backend implements Backend {
   }
 
   async get(name: string): Promise<Buffer | null> {
+    let out
     try {
-      return await this.#retryBody(async () => {
-        const out = await this.client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: this.#key(name) }))
-        return await readBody(out.Body, out.ContentLength)
-      })
+      out = await this.client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: this.#key(name) }))
     } catch (err) {
       if (isNotFound(err)) return null
       throw this.#error('GetObject', name, err)
     }
+    return await interrupted(`GetObject ${name}`, () => readBody(out.Body, out.ContentLength))
   }
 
   async getRange(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
@@ -82,13 +82,13 @@ export class S3Backend implements Backend {
     if (ranges) {
       const out = into && into.length >= length ? into : Buffer.allocUnsafe(length)
       try {
-        // Dropped connections and server errors are retried here like on the SDK path.
-        const got = await this.#retryBody(() => ranges.get(this.#key(name), offset, length, out))
-        return out.subarray(0, got)
+        return out.subarray(0, await ranges.get(this.#key(name), offset, length, out))
       } catch (err) {
         if (!(err instanceof UseSdk)) {
           if (status(err) === 416) return Buffer.alloc(0)
           if (isNotFound(err)) throw this.#notFound(name)
+          // Dropped connections and server errors: retried (storage/retry.ts) like a cut SDK body.
+          if (!(err instanceof S3Status)) throw new InterruptedTransfer(`GetObject ${name}`, err)
           throw this.#error('GetObject', name, err)
         }
         // Any other answer (a 403, a redirect, a clock skew…) goes through the SDK, which knows
@@ -96,22 +96,15 @@ export class S3Backend implements Backend {
         if (/^(auth scheme|protocol|endpoint)/.test(err.message)) this.#ranges = null
       }
     }
+    let out
     try {
-      return await this.#retryBody(async () => {
-        const out = await this.client.send(
-          new GetObjectCommand({
-            Bucket: this.#bucket,
-            Key: this.#key(name),
-            Range: `bytes=${offset}-${offset + length - 1}`,
-          }),
-        )
-        return await readBody(out.Body, out.ContentLength, into)
-      })
+      out = await this.client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: this.#key(name), Range: `bytes=${offset}-${offset + length - 1}` }))
     } catch (err) {
       if (status(err) === 416) return Buffer.alloc(0)
       if (isNotFound(err)) throw this.#notFound(name)
       throw this.#error('GetObject', name, err)
     }
+    return await interrupted(`GetObject ${name}`, () => readBody(out.Body, out.ContentLength, into))
   }
 
   async put(name: string, data: Buffer, options: PutOptions = {}): Promise<void> {
@@ -160,22 +153,6 @@ export class S3Backend implements Backend {
     }
   }
 
-  /**
-   * The SDK retries a request until its response headers arrive; a connection that drops while
-   * the body streams surfaces afterwards, as a plain network error. Those are retried here, with
-   * the same bound and a similar backoff.
-   */
-  async #retryBody<T>(fn: () => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await fn()
-      } catch (err) {
-        if (err instanceof S3ServiceException || err instanceof S3Status || err instanceof UseSdk || attempt >= this.#maxAttempts) throw err
-        await new Promise((resolve) => setTimeout(resolve, Math.random() * 100 * 2 ** attempt))
-      }
-    }
-  }
-
   #notFound(name: string): EbsWorkerError {
     return new EbsWorkerError(ErrorCode.ObjectNotFound, `object ${name} is missing from ${this.url}`, { context: { object: name } })
   }
@@ -197,6 +174,15 @@ export function partSizeFor(length: number, partSize: number): number {
   const tail = length - whole * partSize
   if (whole === 0 || tail === 0 || tail >= partSize / 8) return partSize
   return Math.ceil(length / whole)
+}
+
+/** A body that breaks as it streams is an interrupted transfer: the request may be tried again. */
+async function interrupted<T>(what: string, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read()
+  } catch (err) {
+    throw new InterruptedTransfer(what, err)
+  }
 }
 
 /**

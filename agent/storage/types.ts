@@ -36,3 +36,15 @@ export class AlreadyExistsError extends Error {
     this.name = 'AlreadyExistsError'
   }
 }
+
+/**
+ * A transfer that broke midway (a connection dropped while a body streamed, a server error on a
+ * path without the SDK's retries): the same request may well succeed. Backends throw it for
+ * reads; storage/retry.ts retries them.
+ */
+export class InterruptedTransfer extends Error {
+  constructor(what: string, cause: unknown) {
+    super(`${what}: ${(cause as Error)?.message ?? String(cause)}`, { cause })
+    this.name = 'InterruptedTransfer'
+  }
+}

@@ -6,7 +6,7 @@ import { waitForEbsDevice } from '../../device/ebs-device.ts'
 import { listBlocks, type BlockQuery } from '../../aws/snapshot-blocks.ts'
 import { TASK_ID_TAG } from '../../aws/volumes.ts'
 import { backup } from '../../pipeline/backup.ts'
-import { backupCheckpoint, madeBackup } from '../task-records.ts'
+import { madeBackup, taskBackup } from '../task-records.ts'
 import { progressLog, type Handler, type TaskContext } from './context.ts'
 
 /** What a read needs to know, from a `read` task or the read step of a `backup` task. */
@@ -45,7 +45,7 @@ export async function readVolume(ctx: TaskContext, volumeId: string, task: ReadS
     tags: { ...task.tags, [TASK_ID_TAG]: task.taskId },
     readConcurrency, uploadConcurrency, packSize,
     // A task cut short (the visibility cap, SIGTERM, a crash) goes on from here next time.
-    checkpoint: backupCheckpoint(task.taskId, ctx.config.checkpointIntervalSeconds),
+    ...taskBackup(repo, task.taskId, ctx.config.checkpointIntervalSeconds),
     onProgress: progressLog(ctx, task.taskId),
     signal,
   })

@@ -1,0 +1,34 @@
+// Where everything lives in a repository: every object name the repository writes is made here
+// (docs/FORMAT.md describes them), so nothing else spells a prefix out.
+import { createHash } from 'node:crypto'
+
+/** The repository's configuration: format, version, chunk size, the wrapped key. Plain JSON. */
+export const CONFIG = 'config'
+/** Packs of chunk blobs. */
+export const PACKS = 'packs/'
+/** Indexes: where chunks live. */
+export const INDEXES = 'index/'
+/** Manifests, one per backup, named by the backup id. */
+export const BACKUPS = 'backups/'
+/** An index of one pack, written as soon as the pack is durable (folded into the backup's at its end). */
+export const PACK_INDEX = 'pack-'
+/** Small records of the programs that use the repository. */
+export const RECORD_AREAS = ['checkpoints', 'tasks'] as const
+export type RecordArea = (typeof RECORD_AREAS)[number]
+
+export function packObject(packId: string): string {
+  return `${PACKS}${packId.slice(0, 2)}/${packId}`
+}
+
+export function indexObject(name: string): string {
+  return `${INDEXES}${name}`
+}
+
+export function manifestObject(backupId: string): string {
+  return `${BACKUPS}${backupId}`
+}
+
+/** A record's object: keys (task ids) may hold "/" and be long, so the name is their hash. */
+export function recordObject(area: RecordArea, key: string): string {
+  return `${area}/${createHash('sha256').update(key).digest('hex')}`
+}
