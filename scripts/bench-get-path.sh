@@ -14,6 +14,11 @@
 # of client CPU-seconds (user+sys of the ebs-worker process, GNU time), wall time, peak RSS and the
 # server's CPU (radosgw + ceph-osd + ceph-mon, and haproxy apart, from /proc/PID/stat).
 #
+# Besides restore and verify, `get` times the GET path alone: one process that fetches every pack of
+# the repository BENCH_GET_PASSES times (whole packs, 8 in flight, into reused buffers, through the
+# backend's getRange as restores do) and nothing else; its CPU per GiB fetched is the receive cost
+# (plus Node's and the SDK's start-up, the same for all variants).
+#
 # Before the timed rounds, each variant verifies the backup once with counters loaded (--import)
 # that show which path its GETs really took (lean GETs, of them raw-http, SDK ranged GetObjects):
 # a variant that silently fell back to the SDK would otherwise look like the SDK.
@@ -24,7 +29,8 @@
 # Knobs (environment):
 #   BENCH_ROUNDS    interleaved rounds (default 7; at least 5 for medians worth reading)
 #   BENCH_VARIANTS  subset/order of the variants above (default: all five)
-#   BENCH_OPS       "restore verify" (default) or one of them
+#   BENCH_OPS       subset/order of "restore verify get" (default: all three)
+#   BENCH_GET_PASSES  how often `get` fetches all packs (default 3: about 1 GiB for a 1 GiB image)
 #   BENCH_GIB       image size in GiB, a multiple of 1/16 (default 1)
 #   BENCH_DIR       where the image and the restored file go (default /tmp; needs ~2x the image)
 #   BENCH_KEEP      1: keep the work directory (raw timings, logs, JSON outputs)
@@ -41,7 +47,7 @@ NODE=$ROOT/node_modules/.bin/node
 TIME=/usr/bin/time
 ROUNDS=${BENCH_ROUNDS:-7}
 VARIANTS=${BENCH_VARIANTS:-https-lean https-sdk http-raw http-node http-sdk}
-OPS=${BENCH_OPS:-restore verify}
+OPS=${BENCH_OPS:-restore verify get}
 GIB=${BENCH_GIB:-1}
 BASE=${BENCH_DIR:-/tmp}
 log() { echo "[get-path $(date +%T)] $*" >&2; }
@@ -52,7 +58,7 @@ die() { echo "bench-get-path: $*" >&2; exit 1; }
 for v in $VARIANTS; do
   case $v in https-lean|https-sdk|http-raw|http-node|http-sdk) ;; *) die "BENCH_VARIANTS: unknown variant $v" ;; esac
 done
-for op in $OPS; do case $op in restore|verify) ;; *) die "BENCH_OPS: unknown operation $op" ;; esac; done
+for op in $OPS; do case $op in restore|verify|get) ;; *) die "BENCH_OPS: unknown operation $op" ;; esac; done
 if [ ! -x "$TIME" ]; then   # like bench.sh: only root with apt installs
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing GNU time; as root: apt-get install -y time"
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends time >&2 ||
@@ -118,13 +124,35 @@ variant_env() {
     http-sdk) echo "AWS_ENDPOINT_URL_S3=$HTTP_ENDPOINT EBS_WORKER_S3_LEAN_GET=0" ;;
   esac
 }
-# op_args OP: ebs-worker's arguments for it
+# op_args OP: what Node runs for it
 op_args() {
   case $1 in
-    restore) echo "restore --repo $REPO --key-file $KEY --backup $BACKUP_ID --device $OUT --fresh-target --no-progress --json" ;;
-    verify) echo "verify --repo $REPO --key-file $KEY --backup $BACKUP_ID --no-progress --json" ;;
+    restore) echo "$EBS_WORKER restore --repo $REPO --key-file $KEY --backup $BACKUP_ID --device $OUT --fresh-target --no-progress --json" ;;
+    verify) echo "$EBS_WORKER verify --repo $REPO --key-file $KEY --backup $BACKUP_ID --no-progress --json" ;;
+    get) echo "$WORK/ebs-worker/fetch-packs.mjs $REPO ${BENCH_GET_PASSES:-3}" ;;
   esac
 }
+cat > "$WORK/ebs-worker/fetch-packs.mjs" <<JS
+// The GET path alone: every pack of the repository, PASSES times, whole, 8 in flight (restore's
+// default), through the backend's getRange into reused 20 MiB buffers (restore's request buffers).
+import { openBackend } from '$WORK/ebs-worker/agent/backend/open.ts'
+const [repo, passes] = process.argv.slice(2)
+const started = Date.now()
+const backend = openBackend(repo)
+const packs = []
+for await (const o of backend.list('packs/')) packs.push(o)
+const queue = Array.from({ length: Number(passes) }, () => packs).flat()
+let fetched = 0
+await Promise.all(Array.from({ length: 8 }, async () => {
+  const buf = Buffer.allocUnsafe(20 << 20)
+  for (let p; (p = queue.shift()); ) {
+    const got = await backend.getRange(p.name, 0, p.size, buf)   // (not \`fetched += await …\`: lost updates)
+    if (got.length !== p.size) throw new Error(\`\${p.name}: \${got.length} of \${p.size} bytes\`)
+    fetched += got.length
+  }
+}))
+console.log(JSON.stringify({ ok: true, packs: packs.length, bytesFetched: fetched, durationMs: Date.now() - started }))
+JS
 
 # --- which path the GETs took: counters loaded into one untimed verify per variant -------------
 cat > "$WORK/count-paths.mjs" <<JS
@@ -146,7 +174,7 @@ cp "$WORK/count-paths.mjs" "$WORK/ebs-worker/count-paths.mjs"
 : > "$WORK/paths.tsv"
 for v in $VARIANTS; do
   # shellcheck disable=SC2046
-  env $(variant_env "$v") "$NODE" --import "$WORK/ebs-worker/count-paths.mjs" "$EBS_WORKER" $(op_args verify) \
+  env $(variant_env "$v") "$NODE" --import "$WORK/ebs-worker/count-paths.mjs" $(op_args verify) \
     > "$WORK/logs/paths-$v.json" 2> "$WORK/logs/paths-$v.log" || die "$v: verify failed: $(tail -n 5 "$WORK/logs/paths-$v.log")"
   counts=$(grep -o 'GET-PATHS .*' "$WORK/logs/paths-$v.log" | cut -d' ' -f2)
   log "$v: GET paths $counts"
@@ -174,7 +202,7 @@ run_one() {
   read -r c0 t0 < <(server_ticks); m0=$(machine_ticks)
   # shellcheck disable=SC2046
   if ! env $(variant_env "$v") "$TIME" -f '%e %U %S %M' -o "$WORK/$name.time" \
-      "$NODE" "$EBS_WORKER" $(op_args "$op") > "$WORK/$name.json" 2> "$WORK/logs/$name.log"; then
+      "$NODE" $(op_args "$op") > "$WORK/$name.json" 2> "$WORK/logs/$name.log"; then
     tail -n 20 "$WORK/logs/$name.log" >&2; die "$name failed"
   fi
   read -r c1 t1 < <(server_ticks); m1=$(machine_ticks)
@@ -229,7 +257,10 @@ def stat(xs, fmt):
     return f"{fmt.format(m)} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
 print("Median (min–max) over the rounds. CPU is the client's user+sys per GiB of image; \"per GiB fetched\" divides")
 print("the same by what the GETs received. Server: radosgw + ceph-osd + ceph-mon; TLS: haproxy; other: the rest of the machine.")
+print("For `get` (the GET path alone, all packs fetched BENCH_GET_PASSES times) every \"per GiB\" is per GiB fetched.")
 for op in ops:
+    # restore/verify: per GiB of image; get: per GiB fetched (it is all it does)
+    per = lambda r: int(r[11]) / 2**30 if op == 'get' else gib
     print(f"\n### {op}\n")
     print("| variant | runs | wall s | CPU s/GiB | CPU s/GiB fetched | user s | sys s | peak RSS MiB | own timer s | server CPU s/GiB | haproxy CPU s/GiB | other CPU s | check |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -240,10 +271,10 @@ for op in ops:
         cpu = [float(r[4]) + float(r[5]) for r in rs]
         fetched = [int(r[11]) / 2**30 for r in rs]
         checks = sorted(set(r[12] for r in rs)); check = ','.join(checks) if checks != ['-'] else '–'
-        print(f"| {v} | {len(rs)} | {stat(col(3), '{:.2f}')} | {stat([c / gib for c in cpu], '{:.2f}')} | "
+        print(f"| {v} | {len(rs)} | {stat(col(3), '{:.2f}')} | {stat([c / per(r) for c, r in zip(cpu, rs)], '{:.2f}')} | "
               f"{stat([c / f for c, f in zip(cpu, fetched)], '{:.2f}')} | {stat(col(4), '{:.2f}')} | {stat(col(5), '{:.2f}')} | "
               f"{stat([x / 1024 for x in col(6)], '{:.0f}')} | {stat([x / 1000 for x in col(10)], '{:.2f}')} | "
-              f"{stat([x / gib for x in col(7)], '{:.2f}')} | {stat([x / gib for x in col(8)], '{:.2f}')} | "
+              f"{stat([x / per(r) for x, r in zip(col(7), rs)], '{:.2f}')} | {stat([x / per(r) for x, r in zip(col(8), rs)], '{:.2f}')} | "
               f"{stat(col(9), '{:.2f}')} | {check} |")
     # paired differences within a round, against the first variant of each scheme
     print()
@@ -254,7 +285,7 @@ for op in ops:
                 a = [r for r in rows if r[0] == rnd and r[1] == base and r[2] == op]
                 b = [r for r in rows if r[0] == rnd and r[1] == o and r[2] == op]
                 if a and b:
-                    d.append(((float(b[0][4]) + float(b[0][5])) - (float(a[0][4]) + float(a[0][5]))) / gib)
+                    d.append((float(b[0][4]) + float(b[0][5])) / per(b[0]) - (float(a[0][4]) + float(a[0][5])) / per(a[0]))
             if d:
                 print(f"- {op}: {o} minus {base}, client CPU s/GiB per round: median {statistics.median(d):+.2f} "
                       f"(min {min(d):+.2f}, max {max(d):+.2f}; {sum(x > 0 for x in d)} of {len(d)} rounds positive)")
