@@ -100,11 +100,8 @@ export function awsManagedRefusal(volumes: SourceVolume[], sourceAccount: string
 
 /** Volume id → its backup (and the snapshot it was read from) in the instance's latest restore point, if any. */
 async function parentBackups(store: RestorePointStore, instanceId: string): Promise<Map<string, { backupId: string; snapshotId: string }>> {
-  for (const id of (await store.list()).reverse()) {
-    const rp = await store.load(id)
-    if (rp.instance.instanceId === instanceId) return new Map(rp.volumes.map((v) => [v.volumeId, { backupId: v.backupId, snapshotId: v.snapshotId }]))
-  }
-  return new Map()
+  const latest = await store.latestOf(instanceId)
+  return new Map((latest?.volumes ?? []).map((v) => [v.volumeId, { backupId: v.backupId, snapshotId: v.snapshotId }]))
 }
 
 /**
