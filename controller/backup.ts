@@ -20,6 +20,7 @@ import {
 import { assumeRole, type Session } from './aws.ts'
 import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
 import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, kmsDryRun, type Waits } from './ec2.ts'
+import { settleAll } from '../agent/core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
 import { newRestorePointId, RESTORE_POINT_VERSION, RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
@@ -217,7 +218,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
 
     // Every task is waited for, even after one failed: cleanup must not pull a snapshot from under
     // a worker still reading it, and no reply is left unread.
-    const settled = await Promise.allSettled(volumes.map(async (v) => {
+    const results = await settleAll(volumes.map(async (v) => {
       const r = await tasks.run({
         version: 1, type: 'backup', taskId: `${id}/${v.volumeId}`, snapshotId: readFrom.get(v.volumeId)!,
         ...(cross ? { sharedFromAccount: sourceAccount } : {}), repository: o.repo,
@@ -227,9 +228,6 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       })
       return { v, figures: succeeded(r, `backup of ${v.volumeId} (${v.deviceName})`) }
     }))
-    const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected')
-    if (failed) throw failed.reason
-    const results = settled.map((x) => (x as PromiseFulfilledResult<{ v: SourceVolume; figures: Record<string, unknown> }>).value)
 
     const restorePoint: RestorePoint = {
       format: 'ebs-worker-restore-point', version: RESTORE_POINT_VERSION, id, createdAt: new Date().toISOString(),

@@ -18,6 +18,7 @@ import { timestampedId } from '../agent/core/ids.ts'
 import { assumeRole, ownSession } from './aws.ts'
 import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
 import { call, describeKey, describeVolumes, waitInstanceState, waitVolumeAvailable, waitVolumeState, kmsDryRun, type Waits } from './ec2.ts'
+import { settleAll } from '../agent/core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
 import { RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
@@ -97,7 +98,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   const ec2 = restore.ec2(o.targetRegion)
   try {
     // 1. The workers: volumes holding the backups (and, across accounts, shared snapshots of them).
-    const settled = await Promise.allSettled(rp.volumes.map(async (v, i) => {
+    const restored = await settleAll(rp.volumes.map(async (v, i) => {
       const r = await tasks.run({
         version: 1, type: 'restore', taskId: `${runId}/${i}`, backupId: v.backupId, repository: o.repo, sizeGiB: v.sizeGiB,
         volume: {
@@ -124,9 +125,6 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       undo.add(release, releaseRun)
       return { v, volumeId, snapshotId: undefined }
     }))
-    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
-    if (failed) throw failed.reason
-    const restored = settled.map((s) => (s as PromiseFulfilledResult<{ v: RestorePoint['volumes'][number]; volumeId: string; snapshotId: string | undefined }>).value)
 
     // 2. The instance, in the AZ its volumes can attach in.
     let az: string
