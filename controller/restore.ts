@@ -17,9 +17,10 @@ import {
 import { timestampedId } from '../agent/core/ids.ts'
 import { assumeRole, ownSession } from './aws.ts'
 import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
-import { call, describeKey, describeVolumes, waitInstanceState, waitVolumeAvailable, waitVolumeState, kmsDryRun, type Waits } from './ec2.ts'
+import { call, describeKey, describeVolumes, kmsDryRun, statePoll, waitInstanceState, type Waits } from './ec2.ts'
 import { settleAll } from '../agent/core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
+import { waitVolumeCreated, waitVolumeState } from '../agent/aws/waits.ts'
 import { RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
 
@@ -154,7 +155,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       const id = m.Ebs?.VolumeId
       if (!id) continue
       await call(who, `DetachVolume ${id}`, () => ec2.send(new DetachVolumeCommand({ VolumeId: id })))
-      await waitVolumeState(ec2, who, id, 'available', o.waits)
+      await waitVolumeState(ec2, id, 'available', { ...statePoll(o.waits), who })
       await call(who, `DeleteVolume ${id}`, () => ec2.send(new DeleteVolumeCommand({ VolumeId: id })))
     }
 
@@ -172,10 +173,14 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
         const id = volumeId
         undo.add(`delete volume ${id}`, async () => {
           await ec2.send(new DetachVolumeCommand({ VolumeId: id })).catch(() => {})
-          await waitVolumeState(ec2, who, id, 'available', o.waits).catch(() => {})
+          await waitVolumeState(ec2, id, 'available', { ...statePoll(o.waits), who }).catch(() => {})
           await ec2.send(new DeleteVolumeCommand({ VolumeId: id }))
         })
-        await waitVolumeAvailable(ec2, who, volumeId, targetKeyArn, o.waits)
+        // EBS checks the key only now: a volume it rolls back means the restore role may not use it.
+        await waitVolumeCreated(ec2, volumeId, {
+          ...statePoll(o.waits), key: targetKeyArn, who,
+          advice: `${who} needs kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt* on it, in its identity policy and in the key policy (packaging/iam/)`,
+        })
       }
       volumes.push({ deviceName: r.v.deviceName, volumeId, kmsKeyId: targetKeyArn })
     }
@@ -184,7 +189,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     for (const v of volumes) {
       const device = v.deviceName === rp.instance.rootDeviceName ? (stopped.RootDeviceName ?? v.deviceName) : v.deviceName
       await call(who, `AttachVolume ${v.volumeId} ${device}`, () => ec2.send(new AttachVolumeCommand({ InstanceId: instanceId, VolumeId: v.volumeId, Device: device })))
-      await waitVolumeState(ec2, who, v.volumeId, 'in-use', o.waits)
+      await waitVolumeState(ec2, v.volumeId, 'in-use', { ...statePoll(o.waits), who })
       v.deviceName = device
     }
     if (!o.noStart) {
