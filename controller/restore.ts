@@ -11,13 +11,14 @@
 //   intermediate snapshots (unshared, deleted) and worker volumes (a `detach` task) are removed.
 // Any failure undoes what this run made (instance, volumes, snapshots) and says what it could not.
 import {
-  AttachVolumeCommand, CreateVolumeCommand, DeleteSnapshotCommand, DeleteVolumeCommand, DetachVolumeCommand, GetEbsDefaultKmsKeyIdCommand,
+  AttachVolumeCommand, CreateVolumeCommand, DeleteSnapshotCommand, DeleteVolumeCommand, DetachVolumeCommand,
   ModifySnapshotAttributeCommand, RunInstancesCommand, StartInstancesCommand, StopInstancesCommand, TerminateInstancesCommand, type VolumeType, type _InstanceType,
 } from '@aws-sdk/client-ec2'
 import { timestampedId } from '../agent/core/ids.ts'
 import { assumeRole, ownSession } from './aws.ts'
 import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
-import { call, describeKey, describeVolumes, kmsDryRun, statePoll, waitInstanceState, type Waits } from './ec2.ts'
+import { call, describeKey, describeVolumes, statePoll, waitInstanceState, type Waits } from './ec2.ts'
+import { defaultEbsKey, restoreWorkerNeed, tryNeeds } from './keys.ts'
 import { settleAll } from '../agent/core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
 import { waitVolumeCreated, waitVolumeState } from '../agent/aws/waits.ts'
@@ -76,20 +77,19 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   const cross = me.accountId !== o.targetAccount
   const mine = me.ec2(o.targetRegion)
   // The key the workers' volumes will be under: the target key, or across accounts their default key.
-  let workerKey = targetKeyArn
+  let workerDefault: string | undefined
   if (cross) {
-    const def = (await call('controller', `GetEbsDefaultKmsKeyId ${o.targetRegion}`, () => mine.send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
-    const meta = await describeKey(me.kms(o.targetRegion), 'controller', def)
-    if (meta.KeyManager === 'AWS') throw defaultKeyRefusal(rp, meta.Arn ?? def, me.accountId, o)
-    workerKey = meta.Arn ?? def
+    const def = await defaultEbsKey(me, o.targetRegion, 'controller')
+    if (def.awsManaged) throw defaultKeyRefusal(rp, def.arn, me.accountId, o)
+    workerDefault = def.arn
   }
   if (o.workerRole) {
     const worker = await assumeRole(o.workerRole, o.targetRegion, 'ebs-controller-check')
-    const missing: string[] = []
-    for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.targetRegion, workerKey, a)).ok) missing.push(`kms:${a}`)
-    if (missing.length) {
-      throw new EbsWorkerError(ErrorCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${workerKey}, the key its volumes would be under: ` +
-        `${missing.join(', ')} refused. The worker role's policy and the key policy must allow them (packaging/iam/). Nothing was created.`)
+    const need = restoreWorkerNeed(targetKeyArn, workerDefault)
+    const refused = (await tryNeeds(worker, o.targetRegion, [need])).filter((r) => !r.ok)
+    if (refused.length) {
+      throw new EbsWorkerError(ErrorCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${need.key}, the key its volumes would be under: ` +
+        `${refused.map((r) => `kms:${r.action}`).join(', ')} refused. The worker role's policy and the key policy must allow them (packaging/iam/). Nothing was created.`)
     }
   }
 
