@@ -2,11 +2,13 @@
 // S3 (Ceph RGW), beside the agent's own objects: written once under their instance, read back,
 // listed; an instance's latest found by reading its own only; the old layout still read.
 import t from 'tap'
+import { execFile } from 'node:child_process'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { newRestorePointId, RestorePointStore, type RestorePoint } from '../controller/restore-point.ts'
 import { openBackend } from '../agent/storage/open.ts'
 import type { Backend } from '../agent/storage/types.ts'
-import { cli, s3Available, s3RepoUrl, tempDir, type Teardown } from './helpers.ts'
+import { cli, lastJsonLine, ROOT, s3Available, s3RepoUrl, tempDir, type Teardown } from './helpers.ts'
 
 const A = 'i-0123456789abcdef0'
 const B = 'i-0fedcba9876543210'
@@ -110,6 +112,18 @@ for (const [where, repo, skip] of repos) {
       t.same(reads, [`restore-points/${old.id}.json`], 'found by listing: no other object read')
       t.same(await store.latestOf(A), old, 'an instance with no restore point of the new layout still finds its latest among the old ones')
       t.equal(await store.latestOf('i-0aaaaaaaaaaaaaaaa'), null, 'an instance with none: null')
+    })
+
+    t.test('ebs-controller list: each restore point with its instance', async (t) => {
+      const url = await repo(t)
+      const store = new RestorePointStore(url)
+      const old = sample(at(1), A)
+      await saveOldLayout(openBackend(url), old)
+      const rp = sample(at(2), B)
+      await store.save(rp)
+      const { stdout } = await promisify(execFile)(process.execPath, [join(ROOT, 'controller/bin/ebs-controller.ts'), 'list', '--repo', url, '--json'])
+      t.match(stdout, `${old.id}  -\n${rp.id}  ${B}\n`, 'one line each, oldest first; the old layout does not say its instance')
+      t.same(lastJsonLine(stdout), { ok: true, restorePoints: [old.id, rp.id], instances: { [old.id]: null, [rp.id]: B } }, 'and in the JSON')
     })
   })
 }
