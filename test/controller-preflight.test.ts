@@ -3,7 +3,7 @@
 import t from 'tap'
 import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
 import { KmsStandIn } from './standin/kms.ts'
-import type { Teardown } from './helpers.ts'
+import type { Test } from 'tap'
 
 type World = Awaited<ReturnType<typeof controllerWorld>>
 type Check = { role: string; key: string; action: string; ok: boolean; detail?: string }
@@ -13,7 +13,7 @@ const missing = (checks: Check[]) => checks.filter((c) => !c.ok).map((c) => `${c
 const row = (checks: Check[], role: string, key: string, action: string) => checks.find((c) => c.role === role && c.key === key && c.action === action)
 
 /** A world with a production instance of two volumes under the production key, and the backup preflight's arguments for it. */
-async function backupWorld(t: Teardown) {
+async function backupWorld(t: Test) {
   const w = await controllerWorld(t)
   const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }, { device: '/dev/sdf', kmsKeyId: w.keys.prod }])
   const args = ['preflight', 'backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn]
@@ -85,7 +85,7 @@ t.test('backup: a role that cannot be assumed', async (t) => {
 })
 
 /** A world with a backup of a production instance, and the restore preflight's arguments for its restore point with a target key. */
-async function restoreWorld(t: Teardown & { equal: (a: unknown, b: unknown, m: string) => void }) {
+async function restoreWorld(t: Test) {
   const w = await controllerWorld(t)
   w.startWorker()
   const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }])

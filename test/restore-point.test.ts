@@ -8,17 +8,13 @@ import { promisify } from 'node:util'
 import { newRestorePointId, RestorePointStore, type RestorePoint } from '../controller/restore-point.ts'
 import { openBackend } from '../agent/storage/open.ts'
 import type { Backend } from '../agent/storage/types.ts'
+import { saveOldLayout, sampleRestorePoint } from './restore-point-fixtures.ts'
 import { cli, lastJsonLine, ROOT, s3Available, s3RepoUrl, tempDir, type Teardown } from './helpers.ts'
 
 const A = 'i-0123456789abcdef0'
 const B = 'i-0fedcba9876543210'
 
-const sample = (id: string, instanceId = A): RestorePoint => ({
-  format: 'ebs-worker-restore-point', version: 1, id, createdAt: new Date().toISOString(),
-  instance: { instanceId, accountId: '111111111111', region: 'eu-west-1', availabilityZone: 'eu-west-1b', instanceType: 'm6i.large', imageId: 'ami-0123456789abcdef0', rootDeviceName: '/dev/xvda', tags: {} },
-  volumes: [{ deviceName: '/dev/xvda', volumeId: `vol-${instanceId.slice(2)}`, sizeGiB: 8, volumeType: 'gp3', encrypted: true, kmsKeyId: 'arn:aws:kms:eu-west-1:111111111111:key/k', deleteOnTermination: true, snapshotId: 'snap-0123456789abcdef0', backupId: '20261123T071200Z-0a1b2c3d' }],
-  worker: { accountId: '222222222222' },
-})
+const sample = (id: string, instanceId = A): RestorePoint => sampleRestorePoint(id, instanceId)
 const at = (hour: number): string => newRestorePointId(new Date(Date.UTC(2026, 10, 23, hour)))
 
 /** The repository's storage, with every object read (get or ranged get) counted by name. */
@@ -35,13 +31,6 @@ function counting(backend: Backend): { backend: Backend; reads: string[] } {
       delete: (name) => backend.delete(name),
     },
   }
-}
-
-/** A restore point as a controller of the old layout wrote it: restore-points/<id>.json (docs/FORMAT.md). */
-async function saveOldLayout(backend: Backend, rp: RestorePoint): Promise<string> {
-  const name = `restore-points/${rp.id}.json`
-  await backend.put(name, Buffer.from(JSON.stringify(rp, null, 2) + '\n'), { ifAbsent: true })
-  return name
 }
 
 const repos: Array<[string, (t: Teardown) => Promise<string>, false | string]> = [
