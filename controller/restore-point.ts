@@ -11,6 +11,7 @@ import { z } from 'zod'
 import { EbsWorkerError, ErrorCode, withContext } from '../agent/core/errors.ts'
 import { openBackend } from '../agent/storage/open.ts'
 import { AlreadyExistsError, type Backend } from '../agent/storage/types.ts'
+import { ownClients } from './aws.ts'
 
 export const RESTORE_POINT_VERSION = 1
 const ID = new RegExp(`^rp-${TIMESTAMPED}$`)
@@ -75,7 +76,7 @@ export class RestorePointStore {
     if (typeof repo === 'string' && !/^(s3|file):\/\//.test(repo)) {
       throw new EbsWorkerError(ErrorCode.BadInput, `a repository URL is s3://bucket/prefix or file:///path, not ${repo}`)
     }
-    this.#backend = typeof repo === 'string' ? openBackend(repo) : repo
+    this.#backend = typeof repo === 'string' ? openBackend(repo, { aws: ownClients() }) : repo
   }
 
   /** Writes a restore point once (never overwritten): restore-points/<instance id>/<id>.json. */

@@ -6,9 +6,9 @@ import t from 'tap'
 import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { openBackend } from '../agent/storage/open.ts'
 import type { Test } from 'tap'
 import { saveOldLayout, sampleRestorePoint } from './restore-point-fixtures.ts'
+import { storageAt } from './helpers.ts'
 
 type World = Awaited<ReturnType<typeof controllerWorld>>
 
@@ -221,7 +221,7 @@ t.test('sweep-snapshots deletes the orphans of a controller that died, and only 
 t.test('sweep-snapshots keeps the snapshots of restore points of the old layout', async (t) => {
   const w = await controllerWorld(t)
   const id = 'rp-20261120T010000Z-01d1a0a7'
-  await saveOldLayout(openBackend(w.repo), sampleRestorePoint(id))
+  await saveOldLayout(storageAt(w.repo), sampleRestorePoint(id))
   const image = join(w.dir, 'old.img')
   await writeFile(image, '')
   const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 2, ownerId: PROD })

@@ -7,6 +7,10 @@ import { mkdtemp, open, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
+import { openBackend } from '../agent/storage/open.ts'
+import type { Backend } from '../agent/storage/types.ts'
+import { AwsClients } from '../agent/aws/clients.ts'
+import { awsSettings } from '../agent/aws/config.ts'
 
 export const ROOT = new URL('..', import.meta.url).pathname
 export const CLI = join(ROOT, 'agent/bin/ebs-worker.ts')
@@ -117,6 +121,11 @@ export function attachLoop(t: Teardown, image: string): string {
 }
 
 export const s3Available = Boolean(process.env.AWS_ENDPOINT_URL_S3)
+
+/** A repository's storage (file:// or s3://), opened as the programs open it, with this test run's AWS settings. */
+export function storageAt(url: string): Backend {
+  return openBackend(url, { aws: new AwsClients(awsSettings(process.env)) })
+}
 
 let bucketCounter = 0
 /** A fresh bucket on the test bed's S3, as an s3:// repository URL. */

@@ -6,10 +6,9 @@ import { execFile } from 'node:child_process'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { newRestorePointId, RestorePointStore, type RestorePoint } from '../controller/restore-point.ts'
-import { openBackend } from '../agent/storage/open.ts'
 import type { Backend } from '../agent/storage/types.ts'
 import { saveOldLayout, sampleRestorePoint } from './restore-point-fixtures.ts'
-import { cli, lastJsonLine, ROOT, s3Available, s3RepoUrl, tempDir, type Teardown } from './helpers.ts'
+import { cli, lastJsonLine, ROOT, s3Available, s3RepoUrl, storageAt, tempDir, type Teardown } from './helpers.ts'
 
 const A = 'i-0123456789abcdef0'
 const B = 'i-0fedcba9876543210'
@@ -72,7 +71,7 @@ for (const [where, repo, skip] of repos) {
     })
 
     t.test('an instance\'s latest restore point is found by reading its own only', async (t) => {
-      const { backend, reads } = counting(openBackend(await repo(t)))
+      const { backend, reads } = counting(storageAt(await repo(t)))
       const store = new RestorePointStore(backend)
       const ofA = [sample(at(1), A), sample(at(3), A)]
       const ofB = [sample(at(2), B), sample(at(4), B), sample(at(5), B)]
@@ -88,7 +87,7 @@ for (const [where, repo, skip] of repos) {
     })
 
     t.test('restore points of the old layout still load and list', async (t) => {
-      const { backend, reads } = counting(openBackend(await repo(t)))
+      const { backend, reads } = counting(storageAt(await repo(t)))
       const store = new RestorePointStore(backend)
       const old = sample(at(1), A)
       await saveOldLayout(backend, old)
@@ -107,7 +106,7 @@ for (const [where, repo, skip] of repos) {
       const url = await repo(t)
       const store = new RestorePointStore(url)
       const old = sample(at(1), A)
-      await saveOldLayout(openBackend(url), old)
+      await saveOldLayout(storageAt(url), old)
       const rp = sample(at(2), B)
       await store.save(rp)
       const { stdout } = await promisify(execFile)(process.execPath, [join(ROOT, 'controller/bin/ebs-controller.ts'), 'list', '--repo', url, '--json'])
