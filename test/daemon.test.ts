@@ -78,7 +78,7 @@ async function world(t: Teardown, options: WorldOptions = {}) {
   const config = join(dir, 'config.json')
   await writeFile(config, JSON.stringify({
     queueUrl, replyQueueUrl, repository: repo, concurrency: 2, waitTimeSeconds: 1, visibilityTimeoutSeconds: 5,
-    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint, ...options.config,
+    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 15, deviceRoots: roots, imdsEndpoint: imds.endpoint, ...options.config,
   }))
   const state = { log: '' }
   /** Starts a daemon process on this world's config; killed when the test ends. */
@@ -180,7 +180,8 @@ t.test('messages that are not valid tasks are rejected with a reply, and every m
 })
 
 t.test('a read task for a volume that never appears fails clearly', async (t) => {
-  const { send, reply } = await world(t)
+  // A short device timeout: the other cases keep a long one, so a loaded machine does not fail them.
+  const { send, reply } = await world(t, { config: { deviceTimeoutSeconds: 1 } })
   await send(JSON.stringify({ version: 1, type: 'read', taskId: 'no-device', volumeId: 'vol-0000000000000000f' }))
   t.match(await reply('no-device'), { status: 'failed', error: { code: 'DEVICE_NOT_FOUND', retryable: false } }, 'a volume that never appears fails clearly')
 })
