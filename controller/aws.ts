@@ -1,13 +1,29 @@
 // AWS clients for the controller: its own credentials (the default chain: environment, profile,
 // instance profile), and sessions of the roles it assumes in other accounts (STS AssumeRole,
-// refreshed before they expire). Endpoint overrides (AWS_ENDPOINT_URL_EC2, _KMS, _STS, _SQS) apply
-// as the SDK documents, which is how tests point the clients at the stand-ins.
-import { EC2Client } from '@aws-sdk/client-ec2'
-import { KMSClient } from '@aws-sdk/client-kms'
-import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts'
+// refreshed before they expire). Every client is built by agent/aws/clients.ts from the settings
+// the command line read from the environment (configureAws): endpoint overrides
+// (AWS_ENDPOINT_URL_EC2, _KMS, _STS, _SQS) apply as the SDK documents them, which is how tests
+// point the clients at the stand-ins.
+import type { EC2Client } from '@aws-sdk/client-ec2'
+import type { KMSClient } from '@aws-sdk/client-kms'
+import { AssumeRoleCommand, GetCallerIdentityCommand } from '@aws-sdk/client-sts'
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types'
 import { EbsWorkerError, ErrorCode, describe } from '../agent/core/errors.ts'
 import { awsErrorName } from '../agent/aws/errors.ts'
+import { AwsClients } from '../agent/aws/clients.ts'
+import { awsSettings, type AwsSettings } from '../agent/aws/config.ts'
+
+let settings: AwsSettings = awsSettings()
+
+/** The AWS settings every client of the controller is built from; its command line sets them once, from the environment. */
+export function configureAws(s: AwsSettings): void {
+  settings = s
+}
+
+/** Clients with the controller's own credentials (its queues); the caller destroys them. */
+export function ownClients(): AwsClients {
+  return new AwsClients(settings)
+}
 
 export interface Session {
   /** The role's ARN, or "controller" for the controller's own credentials. */
@@ -27,33 +43,31 @@ export function accountOfRole(roleArn: string): string {
 }
 
 function session(role: string, accountId: string, credentials?: AwsCredentialIdentityProvider): Session {
-  const ec2 = new Map<string, EC2Client>()
-  const kms = new Map<string, KMSClient>()
-  const opts = (region: string) => ({ region, ...(credentials ? { credentials } : {}) })
+  const clients = new AwsClients(settings, credentials ? { credentials } : {})
   return {
     role, accountId, ...(credentials ? { credentials } : {}),
-    ec2: (region) => ec2.get(region) ?? ec2.set(region, new EC2Client(opts(region))).get(region)!,
-    kms: (region) => kms.get(region) ?? kms.set(region, new KMSClient(opts(region))).get(region)!,
+    ec2: (region) => clients.ec2(region),
+    kms: (region) => clients.kms(region),
   }
 }
 
 /** The controller's own session; its account from STS GetCallerIdentity (which needs no permission). */
 export async function ownSession(region: string): Promise<Session> {
-  const sts = new STSClient({ region })
+  const clients = ownClients()
   try {
-    const me = await sts.send(new GetCallerIdentityCommand({}))
+    const me = await clients.sts(region).send(new GetCallerIdentityCommand({}))
     return session('controller', me.Account!)
   } catch (err) {
     throw new EbsWorkerError(ErrorCode.AwsError, `cannot tell which account the controller's credentials belong to: ${describe(err)}`, { cause: err })
   } finally {
-    sts.destroy()
+    clients.destroy()
   }
 }
 
 /** A session of `roleArn`, assumed with the controller's credentials; refreshed 5 minutes before expiry. */
 export async function assumeRole(roleArn: string, region: string, sessionName = 'ebs-controller'): Promise<Session> {
   const accountId = accountOfRole(roleArn)
-  const sts = new STSClient({ region })
+  const sts = ownClients().sts(region)
   let current: AwsCredentialIdentity | null = null
   const fetch = async (): Promise<AwsCredentialIdentity> => {
     try {

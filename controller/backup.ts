@@ -14,12 +14,14 @@
 //      repository; 6. cleanup: unshare, delete copies and (unless kept) the snapshots.
 // Every failure after step 2 undoes what was made and reports what could not be undone.
 import {
-  CopySnapshotCommand, CreateSnapshotsCommand, DeleteSnapshotCommand, DescribeSnapshotsCommand, GetEbsDefaultKmsKeyIdCommand, ModifySnapshotAttributeCommand,
+  CopySnapshotCommand, CreateSnapshotsCommand, DeleteSnapshotCommand, DescribeSnapshotsCommand, ModifySnapshotAttributeCommand,
   type EC2Client,
 } from '@aws-sdk/client-ec2'
 import { assumeRole, type Session } from './aws.ts'
 import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
-import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, kmsDryRun, type Waits } from './ec2.ts'
+import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, type Waits } from './ec2.ts'
+import { backupUsesWorkerDefaultKey, backupWorkerNeeds, defaultEbsKey, tryNeeds } from './keys.ts'
+import { settleAll } from '../agent/core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
 import { newRestorePointId, RESTORE_POINT_VERSION, RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
@@ -61,28 +63,45 @@ interface SourceVolume {
   awsManaged: boolean
 }
 
-/** The instance and its volumes, in block device order, with each key's manager, as the source role sees them. */
-export async function inspectInstance(source: Session, region: string, instanceId: string) {
+/** What DescribeKey of a volume key told the source role: its manager, or why it could not say. */
+export type KeyLookup = { ok: true; manager: string } | { ok: false; error: unknown }
+
+/**
+ * The instance and its volumes, in block device order, as the source role sees them, with what
+ * DescribeKey said of each volume key (a key it could not describe counts as customer managed).
+ */
+export async function surveyInstance(source: Session, region: string, instanceId: string) {
   const who = `source role ${source.role}`
   const ec2 = source.ec2(region)
   const instance = await describeInstance(ec2, who, instanceId)
   const mappings = (instance.BlockDeviceMappings ?? []).filter((m) => m.Ebs?.VolumeId)
   const described = new Map((await describeVolumes(ec2, who, mappings.map((m) => m.Ebs!.VolumeId!))).map((v) => [v.VolumeId!, v]))
-  const managers = new Map<string, string>()
+  const keys = new Map<string, KeyLookup>()
   const volumes: SourceVolume[] = []
   for (const m of mappings) {
     const v = described.get(m.Ebs!.VolumeId!)
     if (!v) throw new EbsWorkerError(ErrorCode.AwsError, `${who}: volume ${m.Ebs!.VolumeId} of ${instanceId} is not visible`)
-    if (v.KmsKeyId && !managers.has(v.KmsKeyId)) managers.set(v.KmsKeyId, (await describeKey(source.kms(region), who, v.KmsKeyId)).KeyManager ?? 'CUSTOMER')
+    if (v.KmsKeyId && !keys.has(v.KmsKeyId)) {
+      keys.set(v.KmsKeyId, await describeKey(source.kms(region), who, v.KmsKeyId).then(
+        (meta): KeyLookup => ({ ok: true, manager: meta.KeyManager ?? 'CUSTOMER' }), (error: unknown): KeyLookup => ({ ok: false, error })))
+    }
+    const key = v.KmsKeyId ? keys.get(v.KmsKeyId) : undefined
     volumes.push({
       deviceName: m.DeviceName!, volumeId: v.VolumeId!, sizeGiB: v.Size!, volumeType: v.VolumeType ?? 'gp3',
       ...(v.Iops ? { iops: v.Iops } : {}), ...(v.Throughput ? { throughput: v.Throughput } : {}),
       encrypted: Boolean(v.Encrypted), ...(v.KmsKeyId ? { kmsKeyId: v.KmsKeyId } : {}), deleteOnTermination: Boolean(m.Ebs!.DeleteOnTermination),
-      awsManaged: Boolean(v.KmsKeyId && managers.get(v.KmsKeyId) === 'AWS'),
+      awsManaged: Boolean(key?.ok && key.manager === 'AWS'),
     })
   }
   if (!volumes.length) throw new EbsWorkerError(ErrorCode.BadInput, `instance ${instanceId} has no EBS volumes to back up`)
-  return { instance, volumes }
+  return { instance, volumes, keys }
+}
+
+/** surveyInstance, for a flow: a volume key the source role cannot describe fails it. */
+export async function inspectInstance(source: Session, region: string, instanceId: string) {
+  const survey = await surveyInstance(source, region, instanceId)
+  for (const k of survey.keys.values()) if (!k.ok) throw k.error
+  return survey
 }
 
 /** The aws/ebs rule of a cross-account backup, before anything is created. */
@@ -100,11 +119,8 @@ export function awsManagedRefusal(volumes: SourceVolume[], sourceAccount: string
 
 /** Volume id → its backup (and the snapshot it was read from) in the instance's latest restore point, if any. */
 async function parentBackups(store: RestorePointStore, instanceId: string): Promise<Map<string, { backupId: string; snapshotId: string }>> {
-  for (const id of (await store.list()).reverse()) {
-    const rp = await store.load(id)
-    if (rp.instance.instanceId === instanceId) return new Map(rp.volumes.map((v) => [v.volumeId, { backupId: v.backupId, snapshotId: v.snapshotId }]))
-  }
-  return new Map()
+  const latest = await store.latestOf(instanceId)
+  return new Map((latest?.volumes ?? []).map((v) => [v.volumeId, { backupId: v.backupId, snapshotId: v.snapshotId }]))
 }
 
 /**
@@ -143,24 +159,13 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
   }
 
   if (o.workerRole) {
-    // The workers' keys, checked as the worker role before anything is created: the key of each
-    // snapshot it will read (aws/ebs ones only in its own account, where EBS lets every principal
-    // use them) and, across accounts, its Region's default key, which its volumes will be under.
+    // The workers' keys (keys.ts), checked as the worker role before anything is created.
     const whoW = `worker role ${o.workerRole}`
     const worker = await assumeRole(o.workerRole, o.region, 'ebs-controller-check')
-    const keys = [...new Set(volumes.filter((v) => v.kmsKeyId && (!v.awsManaged || cross)).map((v) => (v.awsManaged ? reencryptArn! : v.kmsKeyId!)))]
-    const missing: string[] = []
-    for (const key of keys) for (const a of ['CreateGrant', 'Decrypt'] as const) if (!(await kmsDryRun(worker, o.region, key, a)).ok) missing.push(`kms:${a} on ${key}`)
-    if (cross && volumes.some((v) => v.encrypted)) {
-      const defaultKey = (await call(whoW, 'GetEbsDefaultKmsKeyId', () => worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
-      // An AWS managed default key (aws/ebs) is usable through EBS by every principal of its
-      // account (its key policy, conditioned on kms:ViaService), so a direct DryRun would fail.
-      if ((await describeKey(worker.kms(o.region), whoW, defaultKey)).KeyManager !== 'AWS') {
-        for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.region, defaultKey, a)).ok) missing.push(`kms:${a} on ${defaultKey} (its Region's default EBS key)`)
-      }
-    }
-    if (missing.length) {
-      throw new EbsWorkerError(ErrorCode.AccessDenied, `the ${whoW} cannot use the keys the backup needs: ${missing.join('; ')}. ` +
+    const defaultKey = backupUsesWorkerDefaultKey(volumes, cross) ? await defaultEbsKey(worker, o.region, whoW) : undefined
+    const refused = (await tryNeeds(worker, o.region, backupWorkerNeeds(volumes, cross, reencryptArn, defaultKey))).filter((r) => !r.ok)
+    if (refused.length) {
+      throw new EbsWorkerError(ErrorCode.AccessDenied, `the ${whoW} cannot use the keys the backup needs: ${refused.map((r) => `kms:${r.action} on ${r.need.label}`).join('; ')}. ` +
         'The key policies must allow the worker account (packaging/iam/key-policy-*.json) and the worker role\'s policy must allow the actions. Nothing was created.')
     }
   }
@@ -220,7 +225,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
 
     // Every task is waited for, even after one failed: cleanup must not pull a snapshot from under
     // a worker still reading it, and no reply is left unread.
-    const settled = await Promise.allSettled(volumes.map(async (v) => {
+    const results = await settleAll(volumes.map(async (v) => {
       const r = await tasks.run({
         version: 1, type: 'backup', taskId: `${id}/${v.volumeId}`, snapshotId: readFrom.get(v.volumeId)!,
         ...(cross ? { sharedFromAccount: sourceAccount } : {}), repository: o.repo,
@@ -230,9 +235,6 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       })
       return { v, figures: succeeded(r, `backup of ${v.volumeId} (${v.deviceName})`) }
     }))
-    const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected')
-    if (failed) throw failed.reason
-    const results = settled.map((x) => (x as PromiseFulfilledResult<{ v: SourceVolume; figures: Record<string, unknown> }>).value)
 
     const restorePoint: RestorePoint = {
       format: 'ebs-worker-restore-point', version: RESTORE_POINT_VERSION, id, createdAt: new Date().toISOString(),

@@ -1,7 +1,10 @@
 // What a run created, undone in reverse order when it fails (and, for what is temporary, when it
 // succeeds). A step that fails is reported, never hidden: the caller says what could not be cleaned.
 import { describe, EbsWorkerError, ErrorCode, withContext } from '../agent/core/errors.ts'
-import { awsErrorName } from '../agent/aws/errors.ts'
+import { awsError } from '../agent/aws/errors.ts'
+
+/** What a step found already gone (a volume EBS rolled back, a snapshot deleted by hand): nothing left to undo. */
+const GONE: ReadonlySet<ErrorCode> = new Set([ErrorCode.VolumeNotFound, ErrorCode.SnapshotNotFound, ErrorCode.InstanceNotFound])
 
 export interface CleanupReport {
   done: string[]
@@ -11,7 +14,7 @@ export interface CleanupReport {
 export class Cleanup {
   readonly #steps: Array<{ what: string; run: () => Promise<unknown> }> = []
 
-  /** Registers an undo step; `what` names it in the report ("unshare snap-… from 222…"). */
+  /** Registers an undo step, an EC2 call or a worker task; `what` names it in the report ("unshare snap-… from 222…"). */
   add(what: string, run: () => Promise<unknown>): void {
     this.#steps.push({ what, run })
   }
@@ -25,10 +28,10 @@ export class Cleanup {
         await step.run()
         report.done.push(step.what)
       } catch (err) {
-        const name = awsErrorName(err)
-        // Already gone (a volume EBS rolled back, a snapshot deleted by hand): nothing left to undo.
-        if (name.endsWith('.NotFound')) report.done.push(`${step.what} (already gone)`)
-        else report.failed.push(`${step.what}: ${name === 'Error' ? '' : `${name}: `}${describe(err)}`)
+        // As ours (agent/aws/errors.ts): a worker task's failure already is, an EC2 call's becomes so.
+        const e = awsError(err, { service: 'EC2', operation: step.what })
+        if (GONE.has(e.code)) report.done.push(`${step.what} (already gone)`)
+        else report.failed.push(`${step.what}: ${e.context.awsError ? `${e.context.awsError}: ` : ''}${describe(err)}`)
       }
     }
     return report

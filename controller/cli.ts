@@ -12,12 +12,10 @@ import { TaskChannel } from './tasks.ts'
 import { sweepSnapshots } from './sweep.ts'
 import type { Waits } from './ec2.ts'
 import { VERSION } from '../agent/core/version.ts'
+import { awsSettings } from '../agent/aws/config.ts'
+import { configureAws } from './aws.ts'
+import { positiveInt } from '../agent/cli/options.ts'
 
-const positiveInt = (name: string) => (value: string): number => {
-  const n = Number(value)
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`)
-  return n
-}
 const account = (value: string): string => {
   if (!/^\d{12}$/.test(value)) throw new InvalidArgumentError('an AWS account id is 12 digits')
   return value
@@ -34,6 +32,20 @@ interface Common {
   pollMs: number
 }
 
+/** --repo (or EBS_CONTROLLER_REPO): the repository of the backups and their restore points. */
+function repoOption(): Option {
+  return new Option('--repo <url>', 'repository of the backups and restore points (s3://bucket/prefix or file:///path)').env('EBS_CONTROLLER_REPO').makeOptionMandatory()
+}
+
+/** What names a backup, for backup-instance and its preflight: the instance and who reads it where. */
+function withBackupSource(c: Command): Command {
+  return c.requiredOption('--instance <id>', 'the EC2 instance')
+    .requiredOption('--source-role <arn>', 'IAM role in the instance\'s account (snapshots, sharing, key checks)')
+    .option('--worker-account <id>', 'account of the worker fleet (default: the instance\'s)', account)
+    .option('--worker-role <arn>', 'worker role to assume for the KMS checks before anything is created')
+    .option('--reencrypt-with <key>', 'customer managed KMS key to copy aws/ebs-encrypted snapshots under before sharing them')
+}
+
 /** What names a restore, for restore-instance and its preflight: the restore point and where it goes. */
 function withRestoreTarget(c: Command): Command {
   return c.requiredOption('--backup <id>', 'restore point id (rp-…)')
@@ -41,7 +53,7 @@ function withRestoreTarget(c: Command): Command {
     .requiredOption('--target-region <region>', 'Region to restore into')
     .requiredOption('--target-kms-key <key>', 'KMS key (in the target account and Region) for the restored volumes')
     .requiredOption('--restore-role <arn>', 'IAM role in the target account (instance, volumes)')
-    .addOption(new Option('--repo <url>', 'repository holding the restore point').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .addOption(repoOption())
     .option('--worker-role <arn>', 'worker role to assume for the KMS checks before anything is created')
 }
 
@@ -84,6 +96,7 @@ export async function main(argv: string[]): Promise<number> {
   const run = (fn: (...args: any[]) => Promise<void>) => async (...args: any[]): Promise<void> => {
     const opts = args.at(-2) as Common
     try {
+      configureAws(awsSettings(process.env))
       await fn(...args)
     } catch (err) {
       const error = toErrorJson(err)
@@ -97,13 +110,8 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .showHelpAfterError()
 
-  withCommon(program.command('backup-instance').description('snapshot an instance, have workers back up every volume, record a restore point'))
-    .requiredOption('--instance <id>', 'the EC2 instance')
-    .requiredOption('--source-role <arn>', 'IAM role in the instance\'s account (snapshots, sharing, key checks)')
-    .addOption(new Option('--repo <url>', 'repository (s3://bucket/prefix or file:///path)').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
-    .option('--worker-account <id>', 'account of the worker fleet (default: the instance\'s)', account)
-    .option('--worker-role <arn>', 'worker role to assume for the KMS checks before anything is created')
-    .option('--reencrypt-with <key>', 'customer managed KMS key to copy aws/ebs-encrypted snapshots under before sharing them')
+  withBackupSource(withCommon(program.command('backup-instance').description('snapshot an instance, have workers back up every volume, record a restore point')))
+    .addOption(repoOption())
     .option('--keep-snapshots', 'keep the instance snapshots after the backup (default: delete them)')
     .option('--full', 'back up every volume in full (default: incremental from the instance\'s latest restore point)')
     .action(run(async (o: Common & { instance: string; sourceRole: string; repo: string; workerAccount?: string; workerRole?: string; reencryptWith?: string; keepSnapshots?: boolean; full?: boolean }) => {
@@ -152,12 +160,7 @@ export async function main(argv: string[]): Promise<number> {
     print(o.json, formatChecks(checks), { ok: checks.every((c) => c.ok), checks })
     if (!checks.every((c) => c.ok)) status = 1
   }
-  withCommon(preflight.command('backup-instance'), false)
-    .requiredOption('--instance <id>', 'the EC2 instance')
-    .requiredOption('--source-role <arn>', 'IAM role in the instance\'s account')
-    .option('--worker-account <id>', 'account of the worker fleet', account)
-    .option('--worker-role <arn>', 'worker role to assume for its KMS checks')
-    .option('--reencrypt-with <key>', 'customer managed key for aws/ebs snapshots')
+  withBackupSource(withCommon(preflight.command('backup-instance'), false))
     .action(run(async (o: Common & { instance: string; sourceRole: string; workerAccount?: string; workerRole?: string; reencryptWith?: string }) => {
       report(o, await preflightBackup({
         instanceId: o.instance, sourceRole: o.sourceRole, region: region(o),
@@ -174,7 +177,7 @@ export async function main(argv: string[]): Promise<number> {
 
   withCommon(program.command('sweep-snapshots').description("delete the snapshots of backups that never finished (a controller that died mid-run)"), false)
     .requiredOption('--source-role <arn>', 'IAM role in the instances\' account')
-    .addOption(new Option('--repo <url>', 'repository holding the restore points').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+    .addOption(repoOption())
     .option('--older-than-hours <n>', 'only snapshots started at least this long ago (a backup may still be running)', Number, 24)
     .option('--dry-run', 'say what would be deleted, delete nothing')
     .action(run(async (o: Common & { sourceRole: string; repo: string; olderThanHours: number; dryRun?: boolean }) => {
@@ -189,12 +192,14 @@ export async function main(argv: string[]): Promise<number> {
       if (out.failed.length) status = 1
     }))
 
-  program.command('list').description('list the restore points of a repository')
-    .addOption(new Option('--repo <url>', 'repository').env('EBS_CONTROLLER_REPO').makeOptionMandatory())
+  program.command('list').description('list the restore points of a repository, with their instance')
+    .addOption(repoOption())
     .option('--json', 'print one JSON object as the last line of stdout')
     .action(run(async (o: { repo: string; json?: boolean }) => {
-      const ids = await new RestorePointStore(o.repo).list()
-      print(o.json, ids.join('\n'), { ok: true, restorePoints: ids })
+      const entries = await new RestorePointStore(o.repo).entries()
+      // A restore point of the old layout (restore-points/<id>.json) does not say its instance without being read.
+      const human = entries.map((e) => `${e.id}  ${e.instanceId ?? '-'}`).join('\n')
+      print(o.json, human, { ok: true, restorePoints: entries.map((e) => e.id), instances: Object.fromEntries(entries.map((e) => [e.id, e.instanceId])) })
     }))
 
   try {

@@ -1,6 +1,6 @@
-// The EC2 and KMS calls the flows share, with their errors turned into the controller's codes and
-// waits that notice what AWS's own waiters would only time out on (a snapshot in "error", a volume
-// rolled back because KMS refused EBS the key).
+// The EC2 and KMS calls the flows share, with their errors turned into ours (agent/aws/errors.ts)
+// and waits that notice what AWS's own waiters would only time out on (a snapshot in "error"; a
+// volume rolled back because KMS refused EBS the key, agent/aws/waits.ts).
 import {
   DescribeInstancesCommand, DescribeSnapshotsCommand, DescribeVolumesCommand, type EC2Client, type Instance, type Volume,
 } from '@aws-sdk/client-ec2'
@@ -8,6 +8,7 @@ import { CreateGrantCommand, DecryptCommand, DescribeKeyCommand, GenerateDataKey
 import type { Session } from './aws.ts'
 import { EbsWorkerError, ErrorCode, describe } from '../agent/core/errors.ts'
 import { awsCall, awsErrorName } from '../agent/aws/errors.ts'
+import { poll, type PollOptions } from '../agent/aws/waits.ts'
 
 export interface Waits {
   /** Longest wait for a snapshot to complete. */
@@ -18,19 +19,14 @@ export interface Waits {
   pollMs?: number
 }
 
+/** How to poll for a volume or instance state change (agent/aws/waits.ts). */
+export function statePoll(waits: Waits): PollOptions {
+  return { timeoutMs: waits.stateTimeoutMs, ...(waits.pollMs ? { pollMs: waits.pollMs } : {}) }
+}
+
 /** Runs an EC2 call as `who`; its failure becomes ours (agent/aws/errors.ts), saying who did what. */
 export function call<T>(who: string, what: string, fn: () => Promise<T>): Promise<T> {
   return awsCall({ service: 'EC2', operation: what, who }, fn)
-}
-
-async function poll<T>(waits: Waits, timeoutMs: number, step: () => Promise<T | undefined>, onTimeout: () => EbsWorkerError): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (let delay = waits.pollMs ?? 500; ; delay = Math.min(delay * 2, 5000)) {
-    const done = await step()
-    if (done !== undefined) return done
-    if (Date.now() > deadline) throw onTimeout()
-    await new Promise((resolve) => setTimeout(resolve, delay))
-  }
 }
 
 export async function describeInstance(ec2: EC2Client, who: string, instanceId: string): Promise<Instance> {
@@ -49,7 +45,7 @@ export async function describeVolumes(ec2: EC2Client, who: string, volumeIds: st
 /** Waits until every snapshot is completed; one in "error" (or gone) fails at once. */
 export async function waitSnapshots(ec2: EC2Client, who: string, snapshotIds: string[], waits: Waits): Promise<void> {
   if (!snapshotIds.length) return
-  await poll(waits, waits.snapshotTimeoutMs, async () => {
+  await poll({ timeoutMs: waits.snapshotTimeoutMs, ...(waits.pollMs ? { pollMs: waits.pollMs } : {}) }, async () => {
     const out = await call(who, 'DescribeSnapshots', () => ec2.send(new DescribeSnapshotsCommand({ SnapshotIds: snapshotIds })))
     const failed = (out.Snapshots ?? []).filter((s) => s.State === 'error')
     if (failed.length) {
@@ -59,37 +55,11 @@ export async function waitSnapshots(ec2: EC2Client, who: string, snapshotIds: st
   }, () => new EbsWorkerError(ErrorCode.SnapshotTimeout, `${who}: snapshots ${snapshotIds.join(', ')} did not complete within ${Math.round(waits.snapshotTimeoutMs / 1000)} s`))
 }
 
-/** Waits for a new volume; one that disappears was rolled back because KMS refused EBS its key. */
-export async function waitVolumeAvailable(ec2: EC2Client, who: string, volumeId: string, key: string, waits: Waits): Promise<void> {
-  await poll(waits, waits.stateTimeoutMs, async () => {
-    let state: string | undefined
-    try {
-      state = (await ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] }))).Volumes?.[0]?.State
-    } catch (err) {
-      if (awsErrorName(err) !== 'InvalidVolume.NotFound') return call(who, 'DescribeVolumes', () => Promise.reject(err))
-      state = 'deleted'
-    }
-    if (state === 'deleted' || state === 'error') {
-      throw new EbsWorkerError(ErrorCode.AccessDenied,
-        `${who}: volume ${volumeId} was rolled back while being created: EBS could not use the KMS key ${key}. ` +
-        `${who} needs kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt* on it, in its identity policy and in the key policy (packaging/iam/)`)
-    }
-    return state === 'available' ? true : undefined
-  }, () => new EbsWorkerError(ErrorCode.AwsError, `${who}: volume ${volumeId} did not become available within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
-}
-
-export async function waitVolumeState(ec2: EC2Client, who: string, volumeId: string, wanted: string, waits: Waits): Promise<void> {
-  await poll(waits, waits.stateTimeoutMs, async () => {
-    const v = (await call(who, 'DescribeVolumes', () => ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] })))).Volumes?.[0]
-    return v?.State === wanted ? true : undefined
-  }, () => new EbsWorkerError(ErrorCode.AwsError, `${who}: volume ${volumeId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
-}
-
 export async function waitInstanceState(ec2: EC2Client, who: string, instanceId: string, wanted: string, waits: Waits): Promise<Instance> {
-  return poll(waits, waits.stateTimeoutMs, async () => {
+  return poll(statePoll(waits), async () => {
     const i = await describeInstance(ec2, who, instanceId)
     return i.State?.Name === wanted ? i : undefined
-  }, () => new EbsWorkerError(ErrorCode.AwsError, `${who}: instance ${instanceId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`))
+  }, () => new EbsWorkerError(ErrorCode.StateTimeout, `${who}: instance ${instanceId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`, { context: { instanceId } }))
 }
 
 /** KMS DescribeKey: the key's metadata (KeyManager says AWS managed or customer managed). */
@@ -98,17 +68,35 @@ export async function describeKey(kms: KMSClient, who: string, keyRef: string): 
   return out.KeyMetadata!
 }
 
-/** KMS DryRun of a grant or cryptographic action on a key, as `session`. */
-export async function kmsDryRun(s: Session, region: string, key: string, action: 'CreateGrant' | 'Decrypt' | 'GenerateDataKeyWithoutPlaintext'): Promise<{ ok: boolean; detail?: string }> {
-  const kms = s.kms(region)
+/** Whether a permission is there: ok, or not with AWS's reason. */
+export interface Outcome {
+  ok: boolean
+  detail?: string
+}
+
+/**
+ * A call made with DryRun: allowed when AWS answers DryRunOperation (EC2) or
+ * DryRunOperationException (KMS), or when the call goes through; else refused, with AWS's reason.
+ */
+export async function dryRun(send: () => Promise<unknown>): Promise<Outcome> {
   try {
-    if (action === 'CreateGrant') await kms.send(new CreateGrantCommand({ KeyId: key, GranteePrincipal: s.role.startsWith('arn:') ? s.role : `arn:aws:iam::${s.accountId}:root`, Operations: ['Decrypt'], DryRun: true }))
-    else if (action === 'Decrypt') await kms.send(new DecryptCommand({ KeyId: key, CiphertextBlob: new Uint8Array(32), DryRun: true }))
-    else await kms.send(new GenerateDataKeyWithoutPlaintextCommand({ KeyId: key, KeySpec: 'AES_256', DryRun: true }))
+    await send()
     return { ok: true }
   } catch (err) {
     const name = awsErrorName(err)
-    if (name === 'DryRunOperationException') return { ok: true }
+    if (name === 'DryRunOperation' || name === 'DryRunOperationException') return { ok: true }
     return { ok: false, detail: `${name}: ${describe(err)}` }
   }
+}
+
+export type KmsAction = 'CreateGrant' | 'Decrypt' | 'GenerateDataKeyWithoutPlaintext'
+
+/** KMS DryRun of a grant or cryptographic action on a key, as `session`. */
+export function kmsDryRun(s: Session, region: string, key: string, action: KmsAction): Promise<Outcome> {
+  const kms = s.kms(region)
+  return dryRun(() => {
+    if (action === 'CreateGrant') return kms.send(new CreateGrantCommand({ KeyId: key, GranteePrincipal: s.role.startsWith('arn:') ? s.role : `arn:aws:iam::${s.accountId}:root`, Operations: ['Decrypt'], DryRun: true }))
+    if (action === 'Decrypt') return kms.send(new DecryptCommand({ KeyId: key, CiphertextBlob: new Uint8Array(32), DryRun: true }))
+    return kms.send(new GenerateDataKeyWithoutPlaintextCommand({ KeyId: key, KeySpec: 'AES_256', DryRun: true }))
+  })
 }

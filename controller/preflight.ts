@@ -6,15 +6,13 @@
 // read-only calls are made for real (DescribeInstances, DescribeVolumes, DescribeKey,
 // GetEbsDefaultKmsKeyId). The aws/ebs rule shows as a row of its own.
 import {
-  CopySnapshotCommand, CreateSnapshotsCommand, CreateVolumeCommand, DeleteSnapshotCommand, GetEbsDefaultKmsKeyIdCommand, ModifySnapshotAttributeCommand,
-  RunInstancesCommand, type EC2Client,
+  CopySnapshotCommand, CreateSnapshotsCommand, CreateVolumeCommand, DeleteSnapshotCommand, ModifySnapshotAttributeCommand, RunInstancesCommand, type EC2Client,
 } from '@aws-sdk/client-ec2'
-import { DescribeKeyCommand } from '@aws-sdk/client-kms'
 import { assumeRole, ownSession, type Session } from './aws.ts'
-import { inspectInstance } from './backup.ts'
-import { kmsDryRun } from './ec2.ts'
+import { surveyInstance } from './backup.ts'
+import { describeKey, dryRun, type Outcome } from './ec2.ts'
+import { backupUsesWorkerDefaultKey, backupWorkerNeeds, CREATE, defaultEbsKey, restoreRoleNeeds, restoreWorkerNeed, tryNeeds, type DefaultKey, type KeyNeed } from './keys.ts'
 import { describe } from '../agent/core/errors.ts'
-import { awsErrorName } from '../agent/aws/errors.ts'
 import { RestorePointStore } from './restore-point.ts'
 import type { RestoreOptions } from './restore.ts'
 
@@ -28,43 +26,40 @@ export interface Check {
 
 const PLACEHOLDER_SNAPSHOT = 'snap-00000000000000000'
 
-async function ec2DryRun(ec2: EC2Client, send: (ec2: EC2Client) => Promise<unknown>): Promise<{ ok: boolean; detail?: string }> {
-  try {
-    await send(ec2)
-    return { ok: true }
-  } catch (err) {
-    const name = awsErrorName(err)
-    if (name === 'DryRunOperation') return { ok: true }
-    return { ok: false, detail: `${name}: ${describe(err)}` }
-  }
+function row(role: string, key: string, action: string, outcome: Outcome): Check {
+  return { role, key, action, ok: outcome.ok, ...(outcome.detail ? { detail: outcome.detail } : {}) }
 }
 
-async function describeKeyCheck(s: Session, region: string, key: string): Promise<{ ok: boolean; detail?: string; manager?: string; arn?: string }> {
-  try {
-    const meta = (await s.kms(region).send(new DescribeKeyCommand({ KeyId: key }))).KeyMetadata!
-    return { ok: true, manager: meta.KeyManager!, arn: meta.Arn! }
-  } catch (err) {
-    return { ok: false, detail: `${awsErrorName(err)}: ${describe(err)}` }
-  }
-}
+/** Whatever a call threw, as a refusal with its reason. */
+const refused = (err: unknown): Outcome => ({ ok: false, detail: describe(err) })
 
 async function tryAssume(role: string, region: string, checks: Check[]): Promise<Session | null> {
   try {
     const s = await assumeRole(role, region, 'ebs-controller-preflight')
-    checks.push({ role, key: '-', action: 'sts:AssumeRole', ok: true })
+    checks.push(row(role, '-', 'sts:AssumeRole', { ok: true }))
     return s
   } catch (err) {
-    checks.push({ role, key: '-', action: 'sts:AssumeRole', ok: false, detail: describe(err) })
+    checks.push(row(role, '-', 'sts:AssumeRole', refused(err)))
     return null
   }
 }
 
-async function keyChecks(s: Session, region: string, key: string, actions: Array<'CreateGrant' | 'Decrypt' | 'GenerateDataKeyWithoutPlaintext'>, checks: Check[], label = key): Promise<void> {
-  const d = await describeKeyCheck(s, region, key)
-  checks.push({ role: s.role, key: label, action: 'kms:DescribeKey', ok: d.ok, ...(d.detail ? { detail: d.detail } : {}) })
-  for (const a of actions) {
-    const r = await kmsDryRun(s, region, key, a)
-    checks.push({ role: s.role, key: label, action: `kms:${a}`, ok: r.ok, ...(r.detail ? { detail: r.detail } : {}) })
+/** The rows of one key need (keys.ts): DescribeKey, for real, then each action with DryRun. */
+async function needChecks(s: Session, region: string, need: KeyNeed): Promise<Check[]> {
+  const described = await describeKey(s.kms(region), s.role, need.key).then((): Outcome => ({ ok: true }), refused)
+  // An AWS managed key is usable through EBS by its account; nothing else to try (keys.ts).
+  const rows = [row(s.role, need.label, 'kms:DescribeKey', need.actions.length || !described.ok ? described : { ok: true, detail: 'AWS managed: usable through EBS by the account' })]
+  for (const r of await tryNeeds(s, region, [need])) rows.push(row(s.role, need.label, `kms:${r.action}`, r))
+  return rows
+}
+
+/** A Region's default EBS key for `s`'s account, or null with a row saying why it could not be had. */
+async function defaultKeyOrRow(s: Session, region: string, checks: Check[]): Promise<DefaultKey | null> {
+  try {
+    return await defaultEbsKey(s, region, s.role)
+  } catch (err) {
+    checks.push(row(s.role, '(default EBS key)', 'ec2:GetEbsDefaultKmsKeyId, kms:DescribeKey', refused(err)))
+    return null
   }
 }
 
@@ -82,28 +77,28 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
   const source = await tryAssume(o.sourceRole, o.region, checks)
   if (!source) return checks
   const ec2 = source.ec2(o.region)
-  let inspected
+  let survey
   try {
-    inspected = await inspectInstance(source, o.region, o.instanceId)
-    checks.push({ role: o.sourceRole, key: '-', action: 'ec2:DescribeInstances, ec2:DescribeVolumes', ok: true })
+    survey = await surveyInstance(source, o.region, o.instanceId)
+    checks.push(row(o.sourceRole, '-', 'ec2:DescribeInstances, ec2:DescribeVolumes', { ok: true }))
   } catch (err) {
-    checks.push({ role: o.sourceRole, key: '-', action: 'ec2:DescribeInstances, ec2:DescribeVolumes, kms:DescribeKey', ok: false, detail: describe(err) })
+    checks.push(row(o.sourceRole, '-', 'ec2:DescribeInstances, ec2:DescribeVolumes', refused(err)))
     return checks
   }
+  const { volumes } = survey
   const workerAccount = o.workerAccount ?? source.accountId
   const cross = workerAccount !== source.accountId
   const dry = async (action: string, send: (ec2: EC2Client) => Promise<unknown>): Promise<void> => {
-    const r = await ec2DryRun(ec2, send)
-    checks.push({ role: o.sourceRole, key: '-', action, ok: r.ok, ...(r.detail ? { detail: r.detail } : {}) })
+    checks.push(row(o.sourceRole, '-', action, await dryRun(() => send(ec2))))
   }
   await dry('ec2:CreateSnapshots', (c) => c.send(new CreateSnapshotsCommand({ InstanceSpecification: { InstanceId: o.instanceId }, DryRun: true })))
   await dry('ec2:DeleteSnapshot', (c) => c.send(new DeleteSnapshotCommand({ SnapshotId: PLACEHOLDER_SNAPSHOT, DryRun: true })))
-  const keys = [...new Set(inspected.volumes.filter((v) => v.kmsKeyId).map((v) => v.kmsKeyId!))]
-  for (const key of keys) {
-    const managed = inspected.volumes.find((v) => v.kmsKeyId === key)!.awsManaged
-    checks.push({ role: o.sourceRole, key, action: 'kms:DescribeKey', ok: true })
-    if (cross && managed) {
-      const names = inspected.volumes.filter((v) => v.kmsKeyId === key).map((v) => `${v.volumeId} (${v.deviceName})`).join(', ')
+  for (const [key, lookup] of survey.keys) {
+    // What DescribeKey answered while the volumes were looked at.
+    checks.push(row(o.sourceRole, key, 'kms:DescribeKey', lookup.ok ? { ok: true } : refused(lookup.error)))
+    const managed = volumes.filter((v) => v.kmsKeyId === key && v.awsManaged)
+    if (cross && managed.length) {
+      const names = managed.map((v) => `${v.volumeId} (${v.deviceName})`).join(', ')
       checks.push({
         role: o.sourceRole, key, action: `share snapshots with ${workerAccount}`, ok: Boolean(o.reencryptWith),
         detail: o.reencryptWith ? `aws/ebs: copies re-encrypted with ${o.reencryptWith} are shared instead` : `aws/ebs (AWS managed) encrypts ${names}: snapshots cannot be shared; run the worker in ${source.accountId} or pass --reencrypt-with`,
@@ -116,32 +111,15 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
       await dry('ec2:CopySnapshot', (c) => c.send(new CopySnapshotCommand({ SourceSnapshotId: PLACEHOLDER_SNAPSHOT, SourceRegion: o.region, Encrypted: true, KmsKeyId: o.reencryptWith, DryRun: true })))
       // Reading the aws/ebs snapshots needs no more: that key is usable through EBS by every
       // principal of its account (a direct DryRun would be refused by its kms:ViaService condition).
-      await keyChecks(source, o.region, o.reencryptWith, ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'], checks)
+      checks.push(...await needChecks(source, o.region, { key: o.reencryptWith, label: o.reencryptWith, actions: CREATE }))
     }
   }
   if (o.workerRole) {
     const worker = await tryAssume(o.workerRole, o.region, checks)
     if (worker) {
-      const readKeys = cross ? keys.map((k) => (inspected.volumes.find((v) => v.kmsKeyId === k)!.awsManaged ? o.reencryptWith : k)).filter((k): k is string => Boolean(k)) : keys
-      for (const key of [...new Set(readKeys)]) await keyChecks(worker, o.region, key, ['CreateGrant', 'Decrypt'], checks)
-      if (cross && keys.length) {
-        // One real call (GetEbsDefaultKmsKeyId has no DryRun): its answer is the key to check next.
-        let def: string | null = null
-        try {
-          def = (await worker.ec2(o.region).send(new GetEbsDefaultKmsKeyIdCommand({}))).KmsKeyId!
-        } catch (err) {
-          checks.push({ role: o.workerRole, key: '-', action: 'ec2:GetEbsDefaultKmsKeyId', ok: false, detail: `${awsErrorName(err)}: ${describe(err)}` })
-        }
-        if (def) {
-          const d = await describeKeyCheck(worker, o.region, def)
-          // aws/ebs is usable through EBS by every principal of its account (its key policy is
-          // conditioned on kms:ViaService, so a direct DryRun would be refused): DescribeKey only.
-          if (d.manager === 'AWS') checks.push({ role: o.workerRole, key: `${def} (default EBS key)`, action: 'kms:DescribeKey', ok: true, detail: 'AWS managed: usable through EBS by the account' })
-          else await keyChecks(worker, o.region, def, ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'], checks, `${def} (default EBS key)`)
-        }
-      }
-      const r = await ec2DryRun(worker.ec2(o.region), (c) => c.send(new CreateVolumeCommand({ AvailabilityZone: `${o.region}a`, Size: 1, DryRun: true })))
-      checks.push({ role: o.workerRole, key: '-', action: 'ec2:CreateVolume', ok: r.ok, ...(r.detail ? { detail: r.detail } : {}) })
+      const defaultKey = backupUsesWorkerDefaultKey(volumes, cross) ? await defaultKeyOrRow(worker, o.region, checks) : null
+      for (const need of backupWorkerNeeds(volumes, cross, o.reencryptWith, defaultKey ?? undefined)) checks.push(...await needChecks(worker, o.region, need))
+      checks.push(row(o.workerRole, '-', 'ec2:CreateVolume', await dryRun(() => worker.ec2(o.region).send(new CreateVolumeCommand({ AvailabilityZone: `${o.region}a`, Size: 1, DryRun: true })))))
     }
   }
   return checks
@@ -158,33 +136,31 @@ export async function preflightRestore(o: RestorePreflightOptions): Promise<Chec
   const restore = await tryAssume(o.restoreRole, o.targetRegion, checks)
   let workerDefault: string | undefined
   if (cross) {
-    const def = (await me.ec2(o.targetRegion).send(new GetEbsDefaultKmsKeyIdCommand({}))).KmsKeyId!
-    const d = await describeKeyCheck(me, o.targetRegion, def)
-    workerDefault = d.arn ?? def
-    checks.push({
-      role: `worker account ${me.accountId}`, key: `${workerDefault} (default EBS key of ${o.targetRegion})`, action: `share snapshots with ${o.targetAccount}`,
-      ok: d.ok && d.manager !== 'AWS',
-      ...(d.manager === 'AWS' ? { detail: `aws/ebs (AWS managed): the restored volumes' snapshots (${rp.volumes.map((v) => v.deviceName).join(', ')}) could not be shared; make a customer managed key the default EBS key of ${o.targetRegion} in ${me.accountId}, or run a worker in ${o.targetAccount}` } : d.detail ? { detail: d.detail } : {}),
+    const role = `worker account ${me.accountId}`
+    const def = await defaultEbsKey(me, o.targetRegion, 'controller').catch((err: unknown) => {
+      checks.push(row(role, `(default EBS key of ${o.targetRegion})`, `share snapshots with ${o.targetAccount}`, refused(err)))
+      return null
     })
+    if (def) {
+      workerDefault = def.arn
+      checks.push(row(role, `${def.arn} (default EBS key of ${o.targetRegion})`, `share snapshots with ${o.targetAccount}`, def.awsManaged ? {
+        ok: false, detail: `aws/ebs (AWS managed): the restored volumes' snapshots (${rp.volumes.map((v) => v.deviceName).join(', ')}) could not be shared; make a customer managed key the default EBS key of ${o.targetRegion} in ${me.accountId}, or run a worker in ${o.targetAccount}`,
+      } : { ok: true }))
+    }
   }
   if (restore) {
-    await keyChecks(restore, o.targetRegion, o.targetKmsKey, ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'], checks)
-    if (workerDefault) await keyChecks(restore, o.targetRegion, workerDefault, ['CreateGrant', 'Decrypt'], checks, `${workerDefault} (worker default EBS key)`)
+    for (const need of restoreRoleNeeds(o.targetKmsKey, workerDefault)) checks.push(...await needChecks(restore, o.targetRegion, need))
     const ec2 = restore.ec2(o.targetRegion)
     for (const [action, send] of [
       ['ec2:RunInstances', (c: EC2Client) => c.send(new RunInstancesCommand({ ImageId: rp.instance.imageId, InstanceType: rp.instance.instanceType as never, MinCount: 1, MaxCount: 1, DryRun: true }))],
       ['ec2:CreateVolume', (c: EC2Client) => c.send(new CreateVolumeCommand({ AvailabilityZone: `${o.targetRegion}a`, Size: 1, Encrypted: true, KmsKeyId: o.targetKmsKey, DryRun: true }))],
     ] as const) {
-      const r = await ec2DryRun(ec2, send)
-      checks.push({ role: o.restoreRole, key: '-', action, ok: r.ok, ...(r.detail ? { detail: r.detail } : {}) })
+      checks.push(row(o.restoreRole, '-', action, await dryRun(() => send(ec2))))
     }
   }
   if (o.workerRole) {
     const worker = await tryAssume(o.workerRole, o.targetRegion, checks)
-    if (worker) {
-      if (cross && workerDefault) await keyChecks(worker, o.targetRegion, workerDefault, ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'], checks, `${workerDefault} (default EBS key)`)
-      else await keyChecks(worker, o.targetRegion, o.targetKmsKey, ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'], checks)
-    }
+    if (worker) checks.push(...await needChecks(worker, o.targetRegion, restoreWorkerNeed(o.targetKmsKey, workerDefault)))
   }
   return checks
 }

@@ -1,15 +1,17 @@
 // The instance-level restore point: what the controller stores in the repository next to the
-// volume backups, so that an instance can be rebuilt from them (docs/RESTORE-POINTS.md).
-// One JSON object per restore point at restore-points/<id>.json under the repository's root, written
-// once, after every volume's backup exists. It holds metadata only (no volume data), in clear,
-// so any controller can read it without the repository key.
+// volume backups, so that an instance can be rebuilt from them (docs/CONTROLLER.md, "Restore
+// points"). One JSON object per restore point at restore-points/<instance id>/<id>.json under the
+// repository's root, on the repository's own storage (agent/storage/), written once, after every
+// volume's backup exists. It holds metadata only (no volume data), in clear, so any controller
+// can read it without the repository key. Keyed by instance, so that finding an instance's latest
+// restore point reads that instance's only. Restore points written before that, at
+// restore-points/<id>.json, still load and list.
 import { TIMESTAMPED, timestampedId } from '../agent/core/ids.ts'
-import { link, mkdir, readFile, readdir, unlink, writeFile } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import { z } from 'zod'
-import { EbsWorkerError, ErrorCode, describe } from '../agent/core/errors.ts'
+import { EbsWorkerError, ErrorCode, withContext } from '../agent/core/errors.ts'
+import { openBackend } from '../agent/storage/open.ts'
+import { AlreadyExistsError, type Backend } from '../agent/storage/types.ts'
+import { ownClients } from './aws.ts'
 
 export const RESTORE_POINT_VERSION = 1
 const ID = new RegExp(`^rp-${TIMESTAMPED}$`)
@@ -53,101 +55,125 @@ export function newRestorePointId(now = new Date()): string {
   return timestampedId('rp', now)
 }
 
-/** Reads and writes restore points under a repository URL (file:// or s3://, as the agent names them). */
-export class RestorePointStore {
-  readonly #url: string
+/** The folder of restore points under the repository's root. */
+const DIR = 'restore-points/'
+/** An EC2 instance id, as it names the folder of its restore points. */
+const INSTANCE_ID = /^i-[0-9a-f]{8,17}$/
 
-  constructor(url: string) {
-    if (!/^(s3|file):\/\//.test(url)) throw new EbsWorkerError(ErrorCode.BadInput, `a repository URL is s3://bucket/prefix or file:///path, not ${url}`)
-    this.#url = url
+/** A restore point as listed: its id, its instance (unknown for the old layout) and its object. */
+export interface RestorePointEntry {
+  id: string
+  /** Null for a restore point of the old layout (restore-points/<id>.json), whose name does not say. */
+  instanceId: string | null
+  object: string
+}
+
+/** Reads and writes restore points under a repository URL (file:// or s3://, as the agent names them), or on a Backend. */
+export class RestorePointStore {
+  readonly #backend: Backend
+
+  constructor(repo: string | Backend) {
+    if (typeof repo === 'string' && !/^(s3|file):\/\//.test(repo)) {
+      throw new EbsWorkerError(ErrorCode.BadInput, `a repository URL is s3://bucket/prefix or file:///path, not ${repo}`)
+    }
+    this.#backend = typeof repo === 'string' ? openBackend(repo, { aws: ownClients() }) : repo
   }
 
+  /** Writes a restore point once (never overwritten): restore-points/<instance id>/<id>.json. */
   async save(rp: RestorePoint): Promise<void> {
     const body = JSON.stringify(restorePointSchema.parse(rp), null, 2) + '\n'
-    await this.#io('write', async () => {
-      if (this.#url.startsWith('file://')) {
-        const path = join(fileURLToPath(this.#url), 'restore-points', `${rp.id}.json`)
-        await mkdir(dirname(path), { recursive: true })
-        // Written whole, then linked into place: link(2) refuses an existing name (never overwritten).
-        const tmp = `${path}.${process.pid}.tmp`
-        await writeFile(tmp, body, { flag: 'wx' })
-        try {
-          await link(tmp, path)
-        } finally {
-          await unlink(tmp)
-        }
-        return
+    const object = `${folderOf(rp.instance.instanceId)}${rp.id}.json`
+    try {
+      await this.#backend.put(object, Buffer.from(body), { ifAbsent: true })
+    } catch (err) {
+      if (err instanceof AlreadyExistsError) {
+        throw new EbsWorkerError(ErrorCode.Storage, `restore point ${rp.id} already exists in ${this.#backend.url}: restore points are written once`,
+          { context: { restorePointId: rp.id, object, repository: this.#backend.url } })
       }
-      const { client, bucket, prefix } = this.#s3()
-      await client.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}restore-points/${rp.id}.json`, Body: body, ContentType: 'application/json', IfNoneMatch: '*' }))
-      client.destroy()
-    })
+      throw this.#failed(err, { restorePointId: rp.id, object })
+    }
   }
 
+  /** A restore point by id, wherever it is (either layout): found by listing, then read alone. */
   async load(id: string): Promise<RestorePoint> {
     if (!ID.test(id)) throw new EbsWorkerError(ErrorCode.BadInput, `${id} is not a restore point id (rp-20261123T071200Z-1a2b3c4d)`)
-    const text = await this.#io('read', async () => {
-      try {
-        if (this.#url.startsWith('file://')) return await readFile(join(fileURLToPath(this.#url), 'restore-points', `${id}.json`), 'utf8')
-        const { client, bucket, prefix } = this.#s3()
-        const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `${prefix}restore-points/${id}.json` }))
-        const s = await out.Body!.transformToString()
-        client.destroy()
-        return s
-      } catch (err) {
-        const name = (err as { name?: string; code?: string }).name
-        if ((err as { code?: string }).code === 'ENOENT' || name === 'NoSuchKey') return null
-        throw err
+    const found = (await this.entries()).filter((e) => e.id === id)
+    // Should both layouts hold it, the instance's folder wins.
+    const entry = found.find((e) => e.instanceId !== null) ?? found[0]
+    if (!entry) throw this.#notFound(id)
+    return this.#read(entry)
+  }
+
+  /** The ids of every restore point, oldest first. */
+  async list(): Promise<string[]> {
+    return (await this.entries()).map((e) => e.id)
+  }
+
+  /** Every restore point (or those of one instance's folder), oldest first; nothing is read but the listing. */
+  async entries(instanceId?: string): Promise<RestorePointEntry[]> {
+    const prefix = instanceId === undefined ? DIR : folderOf(instanceId)
+    const out: RestorePointEntry[] = []
+    try {
+      for await (const o of this.#backend.list(prefix)) {
+        const parts = o.name.slice(DIR.length).split('/')
+        const file = parts.at(-1)!
+        const id = file.endsWith('.json') ? file.slice(0, -5) : ''
+        if (!ID.test(id) || parts.length > 2) continue
+        out.push({ id, instanceId: parts.length === 2 ? parts[0]! : null, object: o.name })
       }
-    })
-    if (text === null) throw new EbsWorkerError(ErrorCode.RestorePointNotFound, `restore point ${id} does not exist in ${this.#url}`)
-    const parsed = restorePointSchema.safeParse(JSON.parse(text))
-    if (!parsed.success) throw new EbsWorkerError(ErrorCode.Storage, `restore point ${id} in ${this.#url} is not valid: ${z.prettifyError(parsed.error)}`)
+    } catch (err) {
+      throw this.#failed(err, {})
+    }
+    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+  }
+
+  /**
+   * The latest restore point of an instance, or null: its folder is listed and only the newest
+   * one read. An instance without a restore point of this layout falls back to the old one's,
+   * read newest first until one of the instance's (once: its next restore point is in its folder).
+   */
+  async latestOf(instanceId: string): Promise<RestorePoint | null> {
+    const own = await this.entries(instanceId)
+    if (own.length) return this.#read(own.at(-1)!)
+    for (const e of (await this.entries()).filter((x) => x.instanceId === null).reverse()) {
+      const rp = await this.#read(e)
+      if (rp.instance.instanceId === instanceId) return rp
+    }
+    return null
+  }
+
+  async #read(e: RestorePointEntry): Promise<RestorePoint> {
+    let data: Buffer | null
+    try {
+      data = await this.#backend.get(e.object)
+    } catch (err) {
+      throw this.#failed(err, { restorePointId: e.id, object: e.object })
+    }
+    if (!data) throw this.#notFound(e.id)
+    let parsed
+    try {
+      parsed = restorePointSchema.safeParse(JSON.parse(data.toString('utf8')))
+    } catch (err) {
+      throw new EbsWorkerError(ErrorCode.Storage, `restore point ${e.id} in ${this.#backend.url} is not JSON: ${(err as Error).message}`, { context: { restorePointId: e.id, object: e.object } })
+    }
+    if (!parsed.success) {
+      throw new EbsWorkerError(ErrorCode.Storage, `restore point ${e.id} in ${this.#backend.url} is not valid: ${z.prettifyError(parsed.error)}`, { context: { restorePointId: e.id, object: e.object } })
+    }
     return parsed.data
   }
 
-  async list(): Promise<string[]> {
-    return this.#io('list', async () => {
-      if (this.#url.startsWith('file://')) {
-        const names = await readdir(join(fileURLToPath(this.#url), 'restore-points')).catch(() => [] as string[])
-        return names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -5)).sort()
-      }
-      const { client, bucket, prefix } = this.#s3()
-      const ids: string[] = []
-      let token: string | undefined
-      do {
-        const out = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `${prefix}restore-points/`, ContinuationToken: token }))
-        for (const o of out.Contents ?? []) if (o.Key?.endsWith('.json')) ids.push(o.Key.slice(`${prefix}restore-points/`.length, -5))
-        token = out.NextContinuationToken
-      } while (token)
-      client.destroy()
-      return ids.sort()
-    })
+  #notFound(id: string): EbsWorkerError {
+    return new EbsWorkerError(ErrorCode.RestorePointNotFound, `restore point ${id} does not exist in ${this.#backend.url}`, { context: { restorePointId: id, repository: this.#backend.url } })
   }
 
-  /** An S3 client as the agent configures one for the same URL (region, endpoint, path style, checksums). */
-  #s3(): { client: S3Client; bucket: string; prefix: string } {
-    const u = new URL(this.#url)
-    const q = u.searchParams
-    const prefix = decodeURIComponent(u.pathname).replace(/^\/+|\/+$/g, '')
-    const endpoint = q.get('endpoint') ?? undefined
-    const pathStyle = q.get('path-style')
-    const whenRequired = (q.get('checksums') ?? process.env.EBS_WORKER_S3_CHECKSUMS) === 'when-required'
-    const client = new S3Client({
-      ...(q.get('region') ? { region: q.get('region')! } : {}),
-      ...(endpoint ? { endpoint } : {}),
-      forcePathStyle: pathStyle !== null ? pathStyle === 'true' : Boolean(endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL),
-      ...(whenRequired ? { requestChecksumCalculation: 'WHEN_REQUIRED' as const, responseChecksumValidation: 'WHEN_REQUIRED' as const } : {}),
-    })
-    return { client, bucket: u.hostname, prefix: prefix ? `${prefix}/` : '' }
+  /** A storage failure (already ours, from agent/storage) with where it happened. */
+  #failed(err: unknown, context: { restorePointId?: string; object?: string }): EbsWorkerError {
+    return withContext(err, { ...context, repository: this.#backend.url }, ErrorCode.Storage)
   }
+}
 
-  async #io<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn()
-    } catch (err) {
-      if (err instanceof EbsWorkerError) throw err
-      throw new EbsWorkerError(ErrorCode.Storage, `cannot ${what} restore points in ${this.#url}: ${describe(err)}`, { cause: err })
-    }
-  }
+/** restore-points/<instance id>/: an instance's folder (an id that could name another path is refused). */
+function folderOf(instanceId: string): string {
+  if (!INSTANCE_ID.test(instanceId)) throw new EbsWorkerError(ErrorCode.BadInput, `${instanceId} is not an EC2 instance id (i-0123456789abcdef0)`)
+  return `${DIR}${instanceId}/`
 }

@@ -11,14 +11,17 @@
 //   intermediate snapshots (unshared, deleted) and worker volumes (a `detach` task) are removed.
 // Any failure undoes what this run made (instance, volumes, snapshots) and says what it could not.
 import {
-  AttachVolumeCommand, CreateVolumeCommand, DeleteSnapshotCommand, DeleteVolumeCommand, DetachVolumeCommand, GetEbsDefaultKmsKeyIdCommand,
+  AttachVolumeCommand, CreateVolumeCommand, DeleteSnapshotCommand, DeleteVolumeCommand, DetachVolumeCommand,
   ModifySnapshotAttributeCommand, RunInstancesCommand, StartInstancesCommand, StopInstancesCommand, TerminateInstancesCommand, type VolumeType, type _InstanceType,
 } from '@aws-sdk/client-ec2'
 import { timestampedId } from '../agent/core/ids.ts'
 import { assumeRole, ownSession } from './aws.ts'
 import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
-import { call, describeKey, describeVolumes, waitInstanceState, waitVolumeAvailable, waitVolumeState, kmsDryRun, type Waits } from './ec2.ts'
+import { call, describeKey, describeVolumes, statePoll, waitInstanceState, type Waits } from './ec2.ts'
+import { defaultEbsKey, restoreWorkerNeed, tryNeeds } from './keys.ts'
+import { settleAll } from '../agent/core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
+import { waitVolumeCreated, waitVolumeState } from '../agent/aws/waits.ts'
 import { RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
 
@@ -74,20 +77,19 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   const cross = me.accountId !== o.targetAccount
   const mine = me.ec2(o.targetRegion)
   // The key the workers' volumes will be under: the target key, or across accounts their default key.
-  let workerKey = targetKeyArn
+  let workerDefault: string | undefined
   if (cross) {
-    const def = (await call('controller', `GetEbsDefaultKmsKeyId ${o.targetRegion}`, () => mine.send(new GetEbsDefaultKmsKeyIdCommand({})))).KmsKeyId!
-    const meta = await describeKey(me.kms(o.targetRegion), 'controller', def)
-    if (meta.KeyManager === 'AWS') throw defaultKeyRefusal(rp, meta.Arn ?? def, me.accountId, o)
-    workerKey = meta.Arn ?? def
+    const def = await defaultEbsKey(me, o.targetRegion, 'controller')
+    if (def.awsManaged) throw defaultKeyRefusal(rp, def.arn, me.accountId, o)
+    workerDefault = def.arn
   }
   if (o.workerRole) {
     const worker = await assumeRole(o.workerRole, o.targetRegion, 'ebs-controller-check')
-    const missing: string[] = []
-    for (const a of ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'] as const) if (!(await kmsDryRun(worker, o.targetRegion, workerKey, a)).ok) missing.push(`kms:${a}`)
-    if (missing.length) {
-      throw new EbsWorkerError(ErrorCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${workerKey}, the key its volumes would be under: ` +
-        `${missing.join(', ')} refused. The worker role's policy and the key policy must allow them (packaging/iam/). Nothing was created.`)
+    const need = restoreWorkerNeed(targetKeyArn, workerDefault)
+    const refused = (await tryNeeds(worker, o.targetRegion, [need])).filter((r) => !r.ok)
+    if (refused.length) {
+      throw new EbsWorkerError(ErrorCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${need.key}, the key its volumes would be under: ` +
+        `${refused.map((r) => `kms:${r.action}`).join(', ')} refused. The worker role's policy and the key policy must allow them (packaging/iam/). Nothing was created.`)
     }
   }
 
@@ -97,7 +99,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   const ec2 = restore.ec2(o.targetRegion)
   try {
     // 1. The workers: volumes holding the backups (and, across accounts, shared snapshots of them).
-    const settled = await Promise.allSettled(rp.volumes.map(async (v, i) => {
+    const restored = await settleAll(rp.volumes.map(async (v, i) => {
       const r = await tasks.run({
         version: 1, type: 'restore', taskId: `${runId}/${i}`, backupId: v.backupId, repository: o.repo, sizeGiB: v.sizeGiB,
         volume: {
@@ -124,9 +126,6 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       undo.add(release, releaseRun)
       return { v, volumeId, snapshotId: undefined }
     }))
-    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
-    if (failed) throw failed.reason
-    const restored = settled.map((s) => (s as PromiseFulfilledResult<{ v: RestorePoint['volumes'][number]; volumeId: string; snapshotId: string | undefined }>).value)
 
     // 2. The instance, in the AZ its volumes can attach in.
     let az: string
@@ -156,7 +155,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       const id = m.Ebs?.VolumeId
       if (!id) continue
       await call(who, `DetachVolume ${id}`, () => ec2.send(new DetachVolumeCommand({ VolumeId: id })))
-      await waitVolumeState(ec2, who, id, 'available', o.waits)
+      await waitVolumeState(ec2, id, 'available', { ...statePoll(o.waits), who })
       await call(who, `DeleteVolume ${id}`, () => ec2.send(new DeleteVolumeCommand({ VolumeId: id })))
     }
 
@@ -174,10 +173,14 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
         const id = volumeId
         undo.add(`delete volume ${id}`, async () => {
           await ec2.send(new DetachVolumeCommand({ VolumeId: id })).catch(() => {})
-          await waitVolumeState(ec2, who, id, 'available', o.waits).catch(() => {})
+          await waitVolumeState(ec2, id, 'available', { ...statePoll(o.waits), who }).catch(() => {})
           await ec2.send(new DeleteVolumeCommand({ VolumeId: id }))
         })
-        await waitVolumeAvailable(ec2, who, volumeId, targetKeyArn, o.waits)
+        // EBS checks the key only now: a volume it rolls back means the restore role may not use it.
+        await waitVolumeCreated(ec2, volumeId, {
+          ...statePoll(o.waits), key: targetKeyArn, who,
+          advice: `${who} needs kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt* on it, in its identity policy and in the key policy (packaging/iam/)`,
+        })
       }
       volumes.push({ deviceName: r.v.deviceName, volumeId, kmsKeyId: targetKeyArn })
     }
@@ -186,7 +189,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     for (const v of volumes) {
       const device = v.deviceName === rp.instance.rootDeviceName ? (stopped.RootDeviceName ?? v.deviceName) : v.deviceName
       await call(who, `AttachVolume ${v.volumeId} ${device}`, () => ec2.send(new AttachVolumeCommand({ InstanceId: instanceId, VolumeId: v.volumeId, Device: device })))
-      await waitVolumeState(ec2, who, v.volumeId, 'in-use', o.waits)
+      await waitVolumeState(ec2, v.volumeId, 'in-use', { ...statePoll(o.waits), who })
       v.deviceName = device
     }
     if (!o.noStart) {

@@ -2,7 +2,8 @@
 // queue (docs/TASKS.md, the schema in agent/daemon/task.ts, the one module the two programs share).
 // Replies for tasks this run did not send are left on the queue for whoever sent them.
 import { ChangeMessageVisibilityCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs'
-import { sqsClient } from '../agent/daemon/queue.ts'
+import type { AwsClients } from '../agent/aws/clients.ts'
+import { ownClients } from './aws.ts'
 import { task as taskSchema, taskResult, type Task, type TaskResult } from '../agent/daemon/task.ts'
 import { EbsWorkerError, ErrorCode, describe, isKnownCode, type ErrorContext } from '../agent/core/errors.ts'
 
@@ -15,6 +16,7 @@ export interface TaskChannelOptions {
 
 export class TaskChannel {
   readonly #o: TaskChannelOptions
+  readonly #aws: AwsClients
   readonly #sqs: SQSClient
   readonly #pending = new Map<string, (r: TaskResult) => void>()
   #polling: Promise<void> | null = null
@@ -22,7 +24,8 @@ export class TaskChannel {
 
   constructor(options: TaskChannelOptions) {
     this.#o = options
-    this.#sqs = sqsClient()
+    this.#aws = ownClients()
+    this.#sqs = this.#aws.sqs()
   }
 
   /** Sends a task and resolves with its result (succeeded, failed or rejected); times out as configured. */
@@ -85,7 +88,7 @@ export class TaskChannel {
   async close(): Promise<void> {
     this.#closed = true
     await this.#polling?.catch(() => {})
-    this.#sqs.destroy()
+    this.#aws.destroy()
   }
 }
 

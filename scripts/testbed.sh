@@ -2,13 +2,21 @@
 # A real S3 (Ceph RADOS Gateway, Pacific) on 127.0.0.1 for ebs-worker's tests and benchmarks:
 # 1 mon + 1 memstore OSD (data in RAM) + radosgw, no mgr/systemd/cephx.  Self-contained on purpose
 # (adapted from a shared reference) so that the test command works on a fresh Debian machine.
-#   scripts/testbed.sh deps              install radosgw ceph-mon ceph-osd if missing (root + apt)
+#   scripts/testbed.sh deps              install radosgw ceph-mon ceph-osd (+ haproxy openssl with
+#                                        TESTBED_TLS=1) if missing (root + apt)
 #   eval "$(scripts/testbed.sh start)"   start one; STDOUT is only `export ...` lines, logs on STDERR
 #   scripts/testbed.sh stop [DIR]        stop the one in DIR (default $TESTBED_DIR); KEEP_DATA=1 keeps it
 # start reads CLUSTER_DIR, RGW_PORT, MON_PORT_V2, MON_PORT_V1 (else free ones are picked, so that test
 # beds and a developer's own RGW coexist), MEMSTORE_BYTES, S3_ACCESS_KEY, S3_SECRET_KEY.
+# TESTBED_TLS=1 (opt-in; deps and start): HTTPS in front of RGW, as real S3 is reached: haproxy
+# terminates TLS on TLS_PORT (else a free one) with a throwaway CA and a certificate for 127.0.0.1
+# made at start in DIR/tls, and start also exports TESTBED_HTTPS_ENDPOINT=https://127.0.0.1:PORT
+# and TESTBED_CA_FILE (Node trusts it through NODE_EXTRA_CA_CERTS=$TESTBED_CA_FILE, curl --cacert).
+# AWS_ENDPOINT_URL_S3 stays the plain-http one: point it at the https one to use TLS.
 set -euo pipefail
 PKGS=(radosgw ceph-mon ceph-osd)
+TLS=${TESTBED_TLS:-0}
+[ "$TLS" = 1 ] && PKGS+=(haproxy openssl)   # package names are also the commands' names
 export PATH="$PATH:/usr/bin:/usr/sbin"   # minimal PATHs (sudo, CI) may miss the Debian binaries
 log() { echo "[testbed $(date +%T.%N | cut -c1-12)] $*" >&2; }
 die() { echo "testbed: $*" >&2; exit 1; }
@@ -28,12 +36,12 @@ cmd_deps() {
 
 # A daemon that died while this script (its parent) runs stays a zombie, which `kill -0` still sees.
 running() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
-# Stop by the PIDs saved in DIR/pids, newest first (rgw, osd, mon: clients before what they need),
-# only if a PID still belongs to a ceph daemon (PID reuse); TERM, KILL after 5 s.  Takes ~0.3 s.
+# Stop by the PIDs saved in DIR/pids, newest first (haproxy, rgw, osd, mon: clients before what they
+# need), only if a PID still belongs to one of our daemons (PID reuse); TERM, KILL after 5 s.  ~0.3 s.
 stop_bed() {
   local dir=$1 name pid i
   while read -r name pid; do
-    case "$(cat "/proc/$pid/comm" 2>/dev/null)" in ceph-mon|ceph-osd|radosgw) ;; *) continue ;; esac
+    case "$(cat "/proc/$pid/comm" 2>/dev/null)" in ceph-mon|ceph-osd|radosgw|haproxy) ;; *) continue ;; esac
     running "$pid" && kill -TERM "$pid" 2>/dev/null || continue
     for i in $(seq 1 100); do running "$pid" || break; sleep 0.05; done
     if running "$pid"; then kill -KILL "$pid"; log "killed $name ($pid)"; else log "stopped $name ($pid)"; fi
@@ -91,11 +99,57 @@ s3_ok() {  # ListBuckets answers 200 (args: extra curl options); time-limited, a
   [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$RGW_PORT/")" = 200 ]
 }
 
+# TESTBED_TLS=1: a throwaway CA (key left in DIR/tls, gone with the test bed) and a server certificate
+# for 127.0.0.1 and localhost signed by it.  Node checks the subjectAltName, not the CN; RSA 2048 like
+# S3's own certificates.  haproxy's `crt` takes the certificate and its key in one file.
+make_certs() {
+  local t=$D/tls; mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj "/CN=ebs-worker test bed CA" \
+    -keyout "$t/ca.key" -out "$t/ca.pem" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>"$D/log/openssl.log"
+  openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$t/server.key" -out "$t/server.csr" \
+    2>>"$D/log/openssl.log"
+  printf '%s\n' subjectAltName=IP:127.0.0.1,DNS:localhost basicConstraints=CA:FALSE \
+    keyUsage=critical,digitalSignature,keyEncipherment extendedKeyUsage=serverAuth \
+    subjectKeyIdentifier=hash authorityKeyIdentifier=keyid > "$t/server.ext"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 7 \
+    -extfile "$t/server.ext" -out "$t/server.crt" 2>>"$D/log/openssl.log"
+  cat "$t/server.crt" "$t/server.key" > "$t/server.pem"
+}
+# haproxy in TCP mode: TLS ends here and the bytes go on to RGW unchanged (the Host header the client
+# signed included), one RGW connection per client connection, so keep-alive behaves as without it.
+# Foreground (-db), no chroot/user/daemon: a child of the test bed like the ceph daemons, in DIR/pids.
+start_tls() {
+  make_certs
+  cat > "$D/haproxy.cfg" <<CONF
+global
+  maxconn 4096
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 5m
+  timeout server 5m
+frontend s3_tls
+  bind 127.0.0.1:$TLS_PORT ssl crt $D/tls/server.pem
+  default_backend rgw
+backend rgw
+  server rgw 127.0.0.1:$RGW_PORT
+CONF
+  daemon haproxy haproxy -db -f "$D/haproxy.cfg"
+  wait_for 100 tls_ok || die "haproxy not answering on :$TLS_PORT"
+  log "https at https://127.0.0.1:$TLS_PORT (CA $D/tls/ca.pem)"
+}
+tls_ok() {  # the same anonymous ListBuckets through TLS, the certificate checked against our CA
+  [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' --cacert "$D/tls/ca.pem" "https://127.0.0.1:$TLS_PORT/")" = 200 ]
+}
+
 cmd_start() {
   exec 3>&1 1>&2   # everything goes to stderr; only the final export lines go to the real stdout (fd 3)
   cmd_deps
-  local ports; ports=$(free_ports "${RGW_PORT:-0}" "${MON_PORT_V2:-0}" "${MON_PORT_V1:-0}") || exit 1
-  read -r RGW_PORT MON_PORT_V2 MON_PORT_V1 <<< "$ports"
+  local ports; ports=$(free_ports "${RGW_PORT:-0}" "${MON_PORT_V2:-0}" "${MON_PORT_V1:-0}" \
+    $([ "$TLS" != 1 ] || echo "${TLS_PORT:-0}")) || exit 1
+  read -r RGW_PORT MON_PORT_V2 MON_PORT_V1 TLS_PORT <<< "$ports"
   MEMSTORE_BYTES=${MEMSTORE_BYTES:-8589934592}   # 8 GiB; RAM is only used as objects are written
   S3_ACCESS_KEY=${S3_ACCESS_KEY:-testaccesskey}; S3_SECRET_KEY=${S3_SECRET_KEY:-testsecretkey}
   # glibc malloc: give freed memstore buffers back to the OS, or the OSD's RSS only ever grows
@@ -188,12 +242,15 @@ CONF
   # The new user can take a moment to be visible to RGW: wait for an authenticated ListBuckets.
   wait_for 100 s3_ok -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:us-east-1:s3" \
     --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" || die "authenticated S3 request failed"
+  [ "$TLS" != 1 ] || start_tls
   log "ready at http://127.0.0.1:$RGW_PORT (stop: scripts/testbed.sh stop $D)"
   trap - EXIT
   # Pacific rejects aws-chunked bodies (411), hence SDK checksums only when required.
   printf 'export %s=%q\n' TESTBED_DIR "$D" AWS_ENDPOINT_URL_S3 "http://127.0.0.1:$RGW_PORT" \
     AWS_ACCESS_KEY_ID "$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY "$S3_SECRET_KEY" \
     AWS_REGION us-east-1 EBS_WORKER_S3_CHECKSUMS when-required >&3
+  [ "$TLS" != 1 ] || printf 'export %s=%q\n' TESTBED_HTTPS_ENDPOINT "https://127.0.0.1:$TLS_PORT" \
+    TESTBED_CA_FILE "$D/tls/ca.pem" >&3
 }
 
 case "${1:-}" in

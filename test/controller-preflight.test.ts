@@ -3,56 +3,89 @@
 import t from 'tap'
 import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
 import { KmsStandIn } from './standin/kms.ts'
+import type { Test } from 'tap'
 
 type World = Awaited<ReturnType<typeof controllerWorld>>
 type Check = { role: string; key: string; action: string; ok: boolean; detail?: string }
 
 const counts = (w: World) => ({ snapshots: w.ec2.snapshots.size, volumes: w.ec2.volumes.size, instances: w.ec2.instances.size })
 const missing = (checks: Check[]) => checks.filter((c) => !c.ok).map((c) => `${c.role} | ${c.key} | ${c.action}`)
+const row = (checks: Check[], role: string, key: string, action: string) => checks.find((c) => c.role === role && c.key === key && c.action === action)
 
-t.test('backup: all there, then each missing permission found', async (t) => {
+/** A world with a production instance of two volumes under the production key, and the backup preflight's arguments for it. */
+async function backupWorld(t: Test) {
   const w = await controllerWorld(t)
   const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }, { device: '/dev/sdf', kmsKeyId: w.keys.prod }])
   const args = ['preflight', 'backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn]
+  return { w, instanceId, args }
+}
+
+t.test('backup: every permission there: each row ok, as a table, nothing created', async (t) => {
+  const { w, args } = await backupWorld(t)
   const before = counts(w)
   const ok = await w.controller(args)
   t.equal(ok.code, 0, `all permissions there${ok.said}`)
   const checks = ok.json!.checks as Check[]
   t.same(missing(checks), [])
-  for (const want of [
+  for (const [role, key, action] of [
     [w.roles.source.arn, '-', 'ec2:CreateSnapshots'], [w.roles.source.arn, '-', 'ec2:ModifySnapshotAttribute'], [w.roles.source.arn, w.keys.prod, 'kms:DescribeKey'],
     [w.roles.worker.arn, w.keys.prod, 'kms:CreateGrant'], [w.roles.worker.arn, w.keys.prod, 'kms:Decrypt'],
-  ]) t.ok(checks.some((c) => c.role === want[0] && c.key === want[1] && c.action === want[2] && c.ok), `row ${want.join(' × ')}: ok`)
+  ] as Array<[string, string, string]>) t.ok(row(checks, role, key, action)?.ok, `row ${role} × ${key} × ${action}: ok`)
   t.match(ok.stdout, /role\s+KMS key\s+action\s+result/, 'printed as a table')
   t.same(counts(w), before, 'nothing was created')
+})
 
-  // A source key whose policy does not let the worker account use it.
+t.test('backup: the source role\'s DescribeKey row is what KMS answered', async (t) => {
+  const { w, args } = await backupWorld(t)
+  w.roles.source.policy = { Statement: [...w.roles.source.policy!.Statement, { Effect: 'Deny', Action: 'kms:DescribeKey', Resource: '*' }] }
+  const r = await w.controller(args)
+  t.equal(r.code, 1, 'a missing permission: exit status 1')
+  const checks = r.json!.checks as Check[]
+  t.same(missing(checks), [`${w.roles.source.arn} | ${w.keys.prod} | kms:DescribeKey`], 'the source key\'s DescribeKey refused, and nothing else')
+  t.match(row(checks, w.roles.source.arn, w.keys.prod, 'kms:DescribeKey')?.detail, /AccessDeniedException/, 'with KMS\'s reason')
+  t.ok(row(checks, w.roles.worker.arn, w.keys.prod, 'kms:Decrypt')?.ok, 'the other checks still ran')
+})
+
+t.test('backup: a source key the worker account may not use: each action named, with the reason', async (t) => {
+  const w = await controllerWorld(t)
   const privateInstance = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prodPrivate }])
+  const before = counts(w)
   const p1 = await w.controller(['preflight', 'backup-instance', '--instance', privateInstance, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn])
   t.equal(p1.code, 1, 'a missing permission: exit status 1')
   t.same(missing(p1.json!.checks), [
     `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:DescribeKey`, `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:CreateGrant`, `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:Decrypt`,
   ], 'the worker role cannot use the private key: each action named')
   t.match(p1.stdout, /missing:\n(.*\n)*.*kms:CreateGrant: AccessDeniedException/, 'with the reason')
+  t.same(counts(w), before, 'nothing was created')
+})
 
-  // aws/ebs: the snapshot could not be shared; --reencrypt-with turns it into the copy's checks.
+t.test('backup: the aws/ebs rule is a row; --reencrypt-with turns it into the copy\'s checks', async (t) => {
+  const w = await controllerWorld(t)
   const managed = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda' }])
   const awsEbs = KmsStandIn.arn(w.kms.awsEbsKey(PROD, REGION))
   const p2 = await w.controller(['preflight', 'backup-instance', '--instance', managed, '--source-role', w.roles.source.arn, '--worker-account', BACKUP])
   t.same(missing(p2.json!.checks), [`${w.roles.source.arn} | ${awsEbs} | share snapshots with ${BACKUP}`], 'the aws/ebs rule is a row')
   const p3 = await w.controller(['preflight', 'backup-instance', '--instance', managed, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--reencrypt-with', w.keys.prod, '--worker-role', w.roles.worker.arn])
   t.equal(p3.code, 0, `with --reencrypt-with: ${p3.stdout}`)
+})
 
-  // The source role without ec2:CreateSnapshots; a role that cannot be assumed.
+t.test('backup: a missing EC2 action of the source role', async (t) => {
+  const { w, args } = await backupWorld(t)
+  const before = counts(w)
   w.roles.source.policy = { Statement: [...w.roles.source.policy!.Statement, { Effect: 'Deny', Action: 'ec2:CreateSnapshots', Resource: '*' }] }
   const p4 = await w.controller(args)
   t.same(missing(p4.json!.checks), [`${w.roles.source.arn} | - | ec2:CreateSnapshots`], 'a missing EC2 action')
-  const p5 = await w.controller(['preflight', 'backup-instance', '--instance', instanceId, '--source-role', `arn:aws:iam::${PROD}:role/missing`])
-  t.same(missing(p5.json!.checks), [`arn:aws:iam::${PROD}:role/missing | - | sts:AssumeRole`], 'a role that cannot be assumed')
   t.equal(w.ec2.snapshots.size, before.snapshots, 'still nothing created')
 })
 
-t.test('restore: all there, then each missing permission found', async (t) => {
+t.test('backup: a role that cannot be assumed', async (t) => {
+  const { w, instanceId } = await backupWorld(t)
+  const p5 = await w.controller(['preflight', 'backup-instance', '--instance', instanceId, '--source-role', `arn:aws:iam::${PROD}:role/missing`])
+  t.same(missing(p5.json!.checks), [`arn:aws:iam::${PROD}:role/missing | - | sts:AssumeRole`], 'a role that cannot be assumed')
+})
+
+/** A world with a backup of a production instance, and the restore preflight's arguments for its restore point with a target key. */
+async function restoreWorld(t: Test) {
   const w = await controllerWorld(t)
   w.startWorker()
   const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }])
@@ -60,28 +93,53 @@ t.test('restore: all there, then each missing permission found', async (t) => {
   t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
   const rp = b.json!.restorePoint.id
   const args = (key: string) => ['preflight', 'restore-instance', '--backup', rp, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', key, '--restore-role', w.roles.restore.arn, '--worker-role', w.roles.worker.arn]
-  const before = counts(w)
+  return { w, args }
+}
 
-  // The worker account's default key is aws/ebs: that row is missing.
+t.test('restore: the worker account\'s default key is aws/ebs: that row is missing', async (t) => {
+  const { w, args } = await restoreWorld(t)
+  const before = counts(w)
   const p1 = await w.controller(args(w.keys.target))
   const awsEbs = KmsStandIn.arn(w.kms.awsEbsKey(BACKUP, REGION))
   t.same(missing(p1.json!.checks).filter((m) => m.includes('share')), [`worker account ${BACKUP} | ${awsEbs} (default EBS key of ${REGION}) | share snapshots with ${TARGET}`], 'aws/ebs default key: cannot share')
+  t.same(counts(w), before, 'nothing was created')
+})
 
+t.test('restore: a customer managed default key that the target account may use: all ok', async (t) => {
+  const { w, args } = await restoreWorld(t)
+  const before = counts(w)
   w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
   const p2 = await w.controller(args(w.keys.target))
   t.equal(p2.code, 0, `a customer managed default key that the target account may use: all ok ${p2.stdout}`)
   t.ok((p2.json!.checks as Check[]).some((c) => c.role === w.roles.restore.arn && c.key.startsWith(w.keys.workerDefault) && c.action === 'kms:Decrypt' && c.ok), 'the restore role may read the worker default key')
+  t.same(counts(w), before, 'nothing was created')
+})
 
-  // A target key the restore role may describe but not use; a worker default key the target account may not use.
+t.test('restore: a target key the restore role may describe but not use: each missing action', async (t) => {
+  const { w, args } = await restoreWorld(t)
+  const before = counts(w)
+  w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
   const describeOnly = w.kms.addKey({ accountId: TARGET, region: REGION, policy: { Statement: [{ Effect: 'Allow', Principal: { AWS: w.roles.restore.arn }, Action: 'kms:DescribeKey', Resource: '*' }] } })
   const p3 = await w.controller(args(describeOnly))
   t.same(missing(p3.json!.checks), [`${w.roles.restore.arn} | ${describeOnly} | kms:CreateGrant`, `${w.roles.restore.arn} | ${describeOnly} | kms:GenerateDataKeyWithoutPlaintext`], 'the target key: each missing action')
+  t.same(counts(w), before, 'nothing was created')
+})
+
+t.test('restore: a worker default key whose policy does not name the target account', async (t) => {
+  const { w, args } = await restoreWorld(t)
+  const before = counts(w)
   w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.backup)
   const p4 = await w.controller(args(w.keys.target))
   t.same(missing(p4.json!.checks).filter((m) => m.startsWith(w.roles.restore.arn)), [
     `${w.roles.restore.arn} | ${w.keys.backup} (worker default EBS key) | kms:DescribeKey`, `${w.roles.restore.arn} | ${w.keys.backup} (worker default EBS key) | kms:CreateGrant`,
     `${w.roles.restore.arn} | ${w.keys.backup} (worker default EBS key) | kms:Decrypt`,
-  ], 'a worker default key whose policy does not name the target account')
+  ], 'each action of the restore role on it')
+  t.same(counts(w), before, 'nothing was created')
+})
+
+t.test('restore: a missing EC2 action of the restore role', async (t) => {
+  const { w, args } = await restoreWorld(t)
+  const before = counts(w)
   w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
   w.roles.restore.policy = { Statement: [...w.roles.restore.policy!.Statement, { Effect: 'Deny', Action: 'ec2:RunInstances', Resource: '*' }] }
   const p5 = await w.controller(args(w.keys.target))

@@ -2,7 +2,7 @@
 // process, a real ebs-worker daemon on fauxqs, the EC2/KMS/STS stand-ins with three accounts and
 // the IAM documents of packaging/iam/. Each flow checks the restored instance's volumes byte for
 // byte against the source and the KMS keys each role used against the seed's list.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import { open } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -37,14 +37,30 @@ async function sameData(t: any, w: World, sourceInstance: string, restoredInstan
   }
 }
 
+/** An instance in the worker's account, in another AZ, its root under aws/ebs and a data volume under the account's key. */
+function sameAccountInstance(w: World): Promise<string> {
+  return w.instance(BACKUP, 'eu-west-1b', [{ device: '/dev/xvda' }, { device: '/dev/sdf', kmsKeyId: w.keys.backup }])
+}
+
+/** backup-instance of a same-account instance (`what` succeeds, or the test says so): its restore point. */
+async function backupSameAccount(t: Test, w: World, instanceId: string, what: string, ...extra: string[]) {
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn, ...extra])
+  t.equal(b.code, 0, `${what} succeeds${b.said}`)
+  return b.json!.restorePoint
+}
+
+/** Writes a MiB of new random data into a volume's file at `offset`. */
+async function change(file: string, offset: number): Promise<void> {
+  const fh = await open(file, 'r+')
+  await fh.write(randomBytes(MiB), 0, MiB, offset)
+  await fh.close()
+}
+
 t.test('same account: backup of an instance, then restore it with a chosen key', async (t) => {
   const w = await controllerWorld(t)
   w.startWorker()
-  // The instance lives in the worker's account, in another AZ; its root is under aws/ebs.
-  const instanceId = await w.instance(BACKUP, 'eu-west-1b', [{ device: '/dev/xvda' }, { device: '/dev/sdf', kmsKeyId: w.keys.backup }])
-  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
-  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
-  const rp = b.json!.restorePoint
+  const instanceId = await sameAccountInstance(w)
+  const rp = await backupSameAccount(t, w, instanceId, 'backup-instance')
   t.match(rp, { instance: { instanceId, accountId: BACKUP, instanceType: 'm6i.xlarge', rootDeviceName: '/dev/xvda', availabilityZone: 'eu-west-1b', tags: { Name: 'app-1' } } })
   t.same(rp.volumes.map((v: any) => v.deviceName), ['/dev/xvda', '/dev/sdf'], 'every volume, in device order')
   const awsEbs = KmsStandIn.arn(w.kms.awsEbsKey(BACKUP, REGION))
@@ -64,33 +80,39 @@ t.test('same account: backup of an instance, then restore it with a chosen key',
   // Seed: "The IAM role must have permissions to access to the KMS key with which you want to encrypt EBS volumes of the restored EC2 instance."
   const restoreUses = w.world.keyUses.slice(usesBefore)
   t.same([...new Set(restoreUses.filter((u) => u.role === w.roles.worker.arn && u.allowed).map((u) => u.key))], [w.keys.backup], 'the worker used the chosen key, and only it')
+  record(w)
+})
 
-  // The next backup of the instance is incremental: each volume's parent is its backup in the
-  // latest restore point, and it holds the volume as it is now.
+t.test('same account: the next backup is incremental from the instance\'s latest restore point', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await sameAccountInstance(w)
+  const rp = await backupSameAccount(t, w, instanceId, 'backup-instance')
+  // Each volume's parent is its backup in the latest restore point, and it holds the volume as it is now.
   const changed = w.ec2.attachedTo(instanceId)[1]!
-  const fh = await open(changed.file, 'r+')
-  await fh.write(randomBytes(MiB), 0, MiB, 12 * MiB)
-  await fh.close()
-  const b2 = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
-  t.equal(b2.code, 0, `the second backup-instance succeeds${b2.said}`)
-  const rp2 = b2.json!.restorePoint
+  await change(changed.file, 12 * MiB)
+  const rp2 = await backupSameAccount(t, w, instanceId, 'the second backup-instance')
   const backups = (await cli(['list', '--repo', w.repo])).backups as Array<{ id: string; parent: string | null }>
   t.same(rp2.volumes.map((v: any) => backups.find((x) => x.id === v.backupId)?.parent), rp.volumes.map((v: any) => v.backupId), 'each volume\'s parent is its previous backup')
   const out = join(w.dir, 'changed-restored.img')
   await cli(['restore', '--repo', w.repo, '--backup', rp2.volumes[1].backupId, '--device', out])
   t.equal(await sha256File(out), await sha256File(changed.file), 'the incremental backup holds the changed volume, byte for byte')
-  t.same((await w.controller(['list'])).json!.restorePoints, [rp.id, rp2.id].sort(), 'list shows both restore points')
+  const list = (await w.controller(['list'])).json!
+  t.same(list.restorePoints, [rp.id, rp2.id].sort(), 'list shows both restore points')
+  t.same(list.instances, { [rp.id]: instanceId, [rp2.id]: instanceId }, 'of the instance')
+  record(w)
+})
 
-  // With --keep-snapshots the snapshots stay; the next backup then has the worker ask EBS
-  // ListChangedBlocks between the kept snapshot and the new one, and read only what changed.
-  const b3 = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn, '--keep-snapshots'])
-  t.equal(b3.code, 0, `a backup keeping its snapshots succeeds${b3.said}`)
-  const fh2 = await open(changed.file, 'r+')
-  await fh2.write(randomBytes(MiB), 0, MiB, 3 * MiB)
-  await fh2.close()
-  const b4 = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn, '--keep-snapshots'])
-  t.equal(b4.code, 0, `and the next one too${b4.said}`)
-  const rp4 = b4.json!.restorePoint
+t.test('same account: with --keep-snapshots the next backup reads only the changed blocks', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await sameAccountInstance(w)
+  const changed = w.ec2.attachedTo(instanceId)[1]!
+  // The snapshots stay; the next backup then has the worker ask EBS ListChangedBlocks between
+  // the kept snapshot and the new one, and read only what changed.
+  await backupSameAccount(t, w, instanceId, 'a backup keeping its snapshots', '--keep-snapshots')
+  await change(changed.file, 3 * MiB)
+  const rp4 = await backupSameAccount(t, w, instanceId, 'and the next one too', '--keep-snapshots')
   const listed = (await cli(['list', '--repo', w.repo])).backups as Array<{ id: string; stats: { bytesRead: number } }>
   const readOf = (i: number): number | undefined => listed.find((x) => x.id === rp4.volumes[i].backupId)?.stats.bytesRead
   t.equal(readOf(1), MiB, 'the changed volume: only the changed MiB was read')
@@ -140,9 +162,22 @@ t.test('another account: backup shared with the worker account, then restore int
   record(w)
 })
 
-t.test('the aws/ebs rule: refused before anything is created, for backup and for restore; --reencrypt-with', async (t) => {
+/** A production instance whose root volume is under aws/ebs and whose data volume under the production key. */
+function awsEbsRootInstance(w: World): Promise<string> {
+  return w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda' }, { device: '/dev/sdf', kmsKeyId: w.keys.prod }])
+}
+
+/** A backup of it for a worker in the backup account, re-encrypting the aws/ebs snapshot with the production key. */
+async function reencryptedBackup(t: Test, w: World, instanceId: string) {
+  w.startWorker()
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--reencrypt-with', 'alias/prod-ebs'])
+  t.equal(b.code, 0, `with --reencrypt-with it succeeds${b.said}`)
+  return b.json!.restorePoint
+}
+
+t.test('the aws/ebs rule: a backup for a worker in another account is refused before anything is created', async (t) => {
   const w = await controllerWorld(t)
-  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda' }, { device: '/dev/sdf', kmsKeyId: w.keys.prod }])
+  const instanceId = await awsEbsRootInstance(w)
   const rootVolume = w.ec2.attachedTo(instanceId)[0]!.volumeId
   const snapshotsBefore = w.ec2.snapshots.size
   const refused = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP])
@@ -155,19 +190,25 @@ t.test('the aws/ebs rule: refused before anything is created, for backup and for
   t.match(message, `--worker-account ${PROD}`, 'the first way out: a worker in the production account')
   t.match(message, '--reencrypt-with', 'the second: a re-encrypted copy')
   t.equal(w.ec2.snapshots.size, snapshotsBefore, 'and nothing was created')
+  record(w)
+})
 
-  w.startWorker()
-  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--reencrypt-with', 'alias/prod-ebs'])
-  t.equal(b.code, 0, `with --reencrypt-with it succeeds${b.said}`)
-  const rp = b.json!.restorePoint
+t.test('the aws/ebs rule: --reencrypt-with shares a re-encrypted copy instead', async (t) => {
+  const w = await controllerWorld(t)
+  const rp = await reencryptedBackup(t, w, await awsEbsRootInstance(w))
   t.equal(rp.worker.reencryptedWith, w.keys.prod, 'the restore point says how')
   const copies = [...w.ec2.snapshots.values()].filter((s) => s.description.includes('re-encrypted'))
   t.equal(copies.length, 1, 'one copy: of the aws/ebs snapshot only')
   t.match(copies[0], { kmsKeyId: w.keys.prod, deleted: true, sharedWith: [] }, 'under the customer managed key, unshared and deleted after')
   t.notOk(w.world.keyUses.some((u) => u.role === w.roles.worker.arn && u.key === KmsStandIn.arn(w.kms.awsEbsKey(PROD, REGION))), 'the worker never touched the production aws/ebs key')
+  record(w)
+})
 
-  // Restore to the target account while the worker account's default key is aws/ebs: refused up front.
+t.test('the aws/ebs rule: a restore into another account while the worker account\'s default key is aws/ebs is refused up front', async (t) => {
+  const w = await controllerWorld(t)
+  const rp = await reencryptedBackup(t, w, await awsEbsRootInstance(w))
   const volumesBefore = w.ec2.volumes.size
+  const instancesBefore = w.ec2.instances.size
   const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', w.keys.target, '--restore-role', w.roles.restore.arn])
   t.equal(r.code, 1, 'restore-instance fails')
   t.equal(r.json!.error.code, 'DEFAULT_KEY_NOT_SHAREABLE')
@@ -175,7 +216,8 @@ t.test('the aws/ebs rule: refused before anything is created, for backup and for
   t.match(r.json!.error.message, /\/dev\/xvda.*\/dev\/sdf/, 'the volumes')
   t.match(r.json!.error.message, /customer managed key the default EBS key.*or run a worker in the target account/, 'and both ways out')
   t.equal(w.ec2.volumes.size, volumesBefore, 'before anything was created')
-  t.equal(w.ec2.instances.size, 2, 'no instance either')
+  t.equal(w.ec2.instances.size, instancesBefore, 'no instance either')
+  t.equal(instancesBefore, 2, 'the worker\'s and the production instance only')
   record(w)
 })
 

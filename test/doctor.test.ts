@@ -11,7 +11,8 @@ import { cli, fakeNvme, makeImage, MiB, runCli, tempDir, type Teardown } from '.
 import { startImds } from './standin/imds.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { KmsStandIn } from './standin/kms.ts'
-import { doctor, MEMORY_BASE, MEMORY_PER_TASK, type Check } from '../agent/daemon/doctor.ts'
+import { doctor, MEMORY_BASE, MEMORY_PER_TASK, memoryPerTask, type Check } from '../agent/daemon/doctor.ts'
+import { withDefaults } from '../agent/core/tuning.ts'
 
 const INSTANCE = { instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', accountId: '111122223333' }
 
@@ -61,10 +62,10 @@ async function world(t: Teardown, options: { defaultKey: 'customer' | 'aws' }) {
     AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
   }
   const config = { queueUrl, replyQueueUrl, repository: repo, keyFile, concurrency: 2, deviceRoots: roots, imdsEndpoint: imds.endpoint }
-  const run = async (overrides: Record<string, unknown>, args: string[] = []) => {
+  const run = async (overrides: Record<string, unknown>, args: string[] = [], envOverrides: NodeJS.ProcessEnv = {}) => {
     const path = join(dir, `config-${Math.random().toString(36).slice(2)}.json`)
     await writeFile(path, JSON.stringify({ ...config, ...overrides }))
-    const r = await runCli(['doctor', '--config', path, '--json', ...args], env)
+    const r = await runCli(['doctor', '--config', path, '--json', ...args], { ...env, ...envOverrides })
     const byName = (name: string): Check[] => (r.json?.checks as Check[] ?? []).filter((c) => c.name === name)
     return { ...r, byName, path }
   }
@@ -88,6 +89,13 @@ t.test('a healthy worker: every check ok, exit 0', async (t) => {
   const kmsOnly = await run({}, ['--only', 'kms'])
   t.equal(kmsOnly.code, 0, kmsOnly.stdout)
   t.same((kmsOnly.json!.checks as Check[]).map((c) => `${c.name} ${c.status}`), ['kms ok'], '--only kms: just that line (the Region still from IMDS)')
+})
+
+t.test('without AWS_REGION the checks take the Region from IMDS, as the daemon does', async (t) => {
+  const { run } = await world(t, { defaultKey: 'customer' })
+  const r = await run({}, ['--only', 'queue', 'reply-queue', 'kms'], { AWS_REGION: undefined, AWS_DEFAULT_REGION: undefined, AWS_CONFIG_FILE: '/nonexistent/aws-config' })
+  t.equal(r.code, 0, r.stdout + r.stderr)
+  t.same((r.json!.checks as Check[]).map((c) => `${c.name} ${c.status}`), ['queue ok', 'reply-queue ok', 'kms ok'], 'the queues and keys answer in IMDS\'s Region')
 })
 
 t.test('each problem, with its fix', async (t) => {
@@ -154,4 +162,19 @@ t.test('memory and disk for the configured concurrency', async (t) => {
   const low = await doctor({ configPath: path, only: ['memory', 'disk'], logDir: join(dir, 'not/yet/there'), system: facts(need - 1, 100 * MiB) })
   t.match(low[0], { status: 'problem', fix: /lower concurrency to 7/ })
   t.match(low[1], { status: 'problem', detail: new RegExp(`free at ${dir}`), fix: /grow the root volume/ })
+})
+
+t.test('memory for the configured tuning: larger packs need more', async (t) => {
+  const dir = await tempDir(t, 'doctor-tuning')
+  const path = join(dir, 'config.json')
+  const tuning = { packSize: 64 * MiB, uploadConcurrency: 4 }
+  await writeFile(path, JSON.stringify({ queueUrl: 'https://sqs.us-east-1.amazonaws.com/1/q', replyQueueUrl: 'https://sqs.us-east-1.amazonaws.com/1/r', repository: 's3://b/p', concurrency: 2, tuning }))
+  const perTask = memoryPerTask(withDefaults(tuning))
+  t.equal(perTask, 16 * MiB + 6 * 64 * MiB + 32 * MiB, 'reads, six packs of 64 MiB, and the buffers')
+  const facts = (mem: number) => ({ memAvailable: async () => mem, freeDisk: async () => 0 })
+  t.match(await doctor({ configPath: path, only: ['memory'], system: facts(MEMORY_BASE + 2 * perTask) }), [{ status: 'ok' }])
+  t.match(await doctor({ configPath: path, only: ['memory'], system: facts(MEMORY_BASE + 2 * MEMORY_PER_TASK) }), [{ status: 'problem', fix: /lower concurrency to 0/ }],
+    'what the defaults need is not enough')
+  await writeFile(path, JSON.stringify({ queueUrl: 'https://sqs.us-east-1.amazonaws.com/1/q', replyQueueUrl: 'https://sqs.us-east-1.amazonaws.com/1/r', repository: 's3://b/p', tuning: { packSize: 12 } }))
+  t.match(await doctor({ configPath: path, only: ['config'] }), [{ status: 'problem', detail: /tuning\.packSize/ }], 'a tuning knob out of its bounds is a configuration problem')
 })

@@ -3,15 +3,19 @@
 // target with a message that names `ebs-worker migrate`; upgraded in place by migrate, which can
 // be cut short at any write and run again.
 import t, { type Test } from 'tap'
-import { cp, readFile, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { spawn } from 'node:child_process'
+import { connect, createServer, type Socket } from 'node:net'
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { cp, readdir, readFile, writeFile } from 'node:fs/promises'
+import { join, relative } from 'node:path'
 import { fixtureImage } from '../scripts/fixture-image.ts'
 import { migrate } from '../agent/repo/migrate.ts'
 import { Repository } from '../agent/repo/repository.ts'
 import { LocalKeyFileProvider } from '../agent/repo/keys.ts'
 import { FileBackend } from '../agent/storage/file.ts'
 import type { Backend, ListOptions, PutOptions } from '../agent/storage/types.ts'
-import { cli, ROOT, runCli, sha256File, tempDir, type Teardown } from './helpers.ts'
+import { INDEXES } from '../agent/repo/layout.ts'
+import { cli, CLI, ROOT, runCli, s3RepoUrl, sha256File, tempDir, type Teardown, until } from './helpers.ts'
 
 const FIXTURE = join(ROOT, 'test/fixtures/repo-v1')
 
@@ -123,4 +127,57 @@ t.test('migrate cut short after any write goes on when run again', async (t) => 
       t.equal(await sha256File(out), b.sha256, `backup ${b.id} restores`)
     }
   }
+})
+
+/** A TCP proxy to the test bed's S3 that holds every request back `delayMs`: a slow network. */
+async function slowS3(t: Teardown, delayMs: number): Promise<string> {
+  const upstream = new URL(process.env.AWS_ENDPOINT_URL_S3!)
+  const sockets = new Set<Socket>()
+  const server = createServer((client) => {
+    const s3 = connect(Number(upstream.port), upstream.hostname)
+    sockets.add(client).add(s3)
+    client.on('data', (d: Buffer) => setTimeout(() => s3.write(d), delayMs))
+    s3.on('data', (d: Buffer) => client.write(d))
+    for (const sock of [client, s3]) sock.on('error', () => {}).on('close', () => { client.destroy(); s3.destroy() })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const sock of sockets) sock.destroy()
+    server.close()
+  })
+  return `http://127.0.0.1:${(server.address() as { port: number }).port}`
+}
+
+t.test('ebs-worker migrate killed with SIGKILL midway is run again, and the repository is whole', async (t) => {
+  const f = await fixture(t)
+  // The fixture on the test bed's S3, reached through a slow network: a migration long enough to be cut.
+  const url = await s3RepoUrl('v1')
+  const { hostname: bucket, pathname } = new URL(url)
+  const prefix = pathname.slice(1)
+  const client = new S3Client({ forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' })
+  t.teardown(() => client.destroy())
+  for (const file of await readdir(f.repo, { recursive: true, withFileTypes: true })) {
+    if (!file.isFile()) continue
+    const path = join(file.parentPath, file.name)
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/${relative(f.repo, path)}`, Body: await readFile(path) }))
+  }
+  const slow = await slowS3(t, 150)
+  const child = spawn(process.execPath, [CLI, 'migrate', '--repo', url, ...f.key, '--json'], { stdio: 'ignore', env: { ...process.env, AWS_ENDPOINT_URL_S3: slow } })
+  const exited = new Promise<string | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)))
+  // Killed as soon as its first write lands: a version 2 index run (the config changes last).
+  const runs = async (): Promise<number> => ((await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `${prefix}/${INDEXES}` }))).Contents ?? [])
+    .filter((o) => /\/\d{8}T/.test(o.Key!)).length
+  await until(async () => (await runs()) > 0, 60_000, 'the first index run')
+  child.kill('SIGKILL')
+  t.equal(await exited, 'SIGKILL', 'the migration was killed')
+  const config = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `${prefix}/config` }))
+  t.equal(JSON.parse(await config.Body!.transformToString()).version, 1, 'midway: the config still says version 1')
+  const again = await cli(['migrate', '--repo', url, ...f.key])
+  t.match(again, { from: 1, to: 2 }, 'run again, it finishes')
+  for (const b of f.backups) {
+    const out = join(f.dir, `${b.id}.img`)
+    await cli(['restore', '--repo', url, ...f.key, '--backup', b.id, '--device', out])
+    t.equal(await sha256File(out), b.sha256, `backup ${b.id} restores byte for byte`)
+  }
+  t.same((await cli(['list', '--repo', url, ...f.key])).backups.map((b: { id: string }) => b.id), f.backups.map((b) => b.id), 'and every backup is listed')
 })

@@ -3,11 +3,14 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, existsSync } from 'node:fs'
-import { mkdir, mkdtemp, open, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { mkdtemp, open, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
-import { devNumber } from '../agent/device/block-device.ts'
+import { openBackend } from '../agent/storage/open.ts'
+import type { Backend } from '../agent/storage/types.ts'
+import { AwsClients } from '../agent/aws/clients.ts'
+import { awsSettings } from '../agent/aws/config.ts'
 
 export const ROOT = new URL('..', import.meta.url).pathname
 export const CLI = join(ROOT, 'agent/bin/ebs-worker.ts')
@@ -119,6 +122,11 @@ export function attachLoop(t: Teardown, image: string): string {
 
 export const s3Available = Boolean(process.env.AWS_ENDPOINT_URL_S3)
 
+/** A repository's storage (file:// or s3://), opened as the programs open it, with this test run's AWS settings. */
+export function storageAt(url: string): Backend {
+  return openBackend(url, { aws: new AwsClients(awsSettings(process.env)) })
+}
+
 let bucketCounter = 0
 /** A fresh bucket on the test bed's S3, as an s3:// repository URL. */
 export async function s3RepoUrl(prefix = 'repo'): Promise<string> {
@@ -130,26 +138,8 @@ export async function s3RepoUrl(prefix = 'repo'): Promise<string> {
   return `s3://${bucket}/${prefix}`
 }
 
-export interface DeviceTree {
-  sysBlock: string
-  devDir: string
-  byIdDir: string
-}
-
-/**
- * Gives a loop device an NVMe identity in a device tree of the test's own: sysfs serial, model
- * size and major:minor, and a node under devDir that is the loop device (what the AWS stand-in provides).
- */
-export async function fakeNvme(roots: DeviceTree, name: string, loop: string, serial: string, model: string, size: number): Promise<void> {
-  await mkdir(join(roots.sysBlock, name, 'device'), { recursive: true })
-  await mkdir(roots.devDir, { recursive: true })
-  // Padded as the kernel pads NVMe identify strings.
-  await writeFile(join(roots.sysBlock, name, 'device', 'serial'), serial.padEnd(20) + '\n')
-  await writeFile(join(roots.sysBlock, name, 'device', 'model'), model.padEnd(40) + '\n')
-  await writeFile(join(roots.sysBlock, name, 'size'), `${size / 512}\n`)
-  await writeFile(join(roots.sysBlock, name, 'dev'), `${devNumber((await stat(loop)).rdev)}\n`)
-  await symlink(loop, join(roots.devDir, name))
-}
+// The NVMe identity of a loop device lives with the stand-ins, which must not import these helpers.
+export { fakeNvme, type DeviceTree } from './standin/nvme.ts'
 
 /** A new file:// repository in `dir` and an image of `size` random bytes beside it. */
 export async function repoWithImage(dir: string, size: number): Promise<{ repo: string; image: string }> {

@@ -19,8 +19,11 @@ const MAY_IMPORT: Record<string, string[]> = {
   cli: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'app', 'daemon'],
   bin: ['cli'],
 }
-/** What the controller may use of the agent: its errors, ids, AWS helpers, storage and the task protocol. */
-const CONTROLLER_MAY_IMPORT = ['agent/core/', 'agent/aws/', 'agent/storage/', 'agent/daemon/task.ts']
+/**
+ * What the controller may use of the agent: its errors, ids, AWS helpers, storage, the task
+ * protocol, and the command line's option parsers.
+ */
+const CONTROLLER_MAY_IMPORT = ['agent/core/', 'agent/aws/', 'agent/storage/', 'agent/daemon/task.ts', 'agent/cli/options.ts']
 
 async function sources(dir: string): Promise<string[]> {
   const out: string[] = []

@@ -148,3 +148,41 @@ t.test('a task that reaches the visibility cap is stopped and carries on under a
   ], 'and the task went on twice, each time as a new message received for the first time')
   t.same(await depth(dlq), { visible: 0, inFlight: 0 }, 'so nothing counted towards the dead-letter queue')
 })
+
+t.test('receiving: only once a receive succeeded, no longer once they fail, and still while every slot is busy', async (t) => {
+  // A queue service of its own, to stop under the consumer.
+  const own = await startFauxqs({ port: 0, logger: false })
+  let stopped = false
+  t.teardown(() => (stopped ? undefined : own.stop()))
+  const ownClient = new SQSClient({ endpoint: own.address, region: 'us-east-1', maxAttempts: 1, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
+  t.teardown(() => ownClient.destroy())
+  const url = (await ownClient.send(new CreateQueueCommand({ QueueName: 'receiving' }))).QueueUrl!
+  let received = 0
+  const errors: string[] = []
+  let release = (): void => {}
+  const busy = new Promise<void>((resolve) => (release = resolve))
+  const consumer = new QueueConsumer({
+    client: ownClient, queueUrl: url, concurrency: 1, waitTimeSeconds: 1, receiveStaleSeconds: 3,
+    handler: () => busy,
+    onReceived: () => received++,
+    onError: (_err, context) => errors.push(context),
+  })
+  t.notOk(consumer.receiving, 'not before it polls')
+  consumer.start()
+  await until(() => received > 0)
+  t.ok(consumer.receiving, 'receiving once a receive succeeded')
+
+  // Its one slot taken by a long task: no receive is due, and it still counts as receiving.
+  await ownClient.send(new SendMessageCommand({ QueueUrl: url, MessageBody: 'long' }))
+  await until(() => consumer.active === 1)
+  await sleep(4000)
+  t.ok(consumer.receiving, 'still receiving while every slot is busy, past the stale time')
+  release()
+
+  await own.stop()
+  stopped = true
+  await until(() => errors.includes('receive'), 10_000, 'a failed receive')
+  t.notOk(consumer.receiving, 'not receiving once a receive failed')
+  await consumer.stop(1000)
+  t.notOk(consumer.receiving, 'nor once stopped')
+})

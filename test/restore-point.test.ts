@@ -1,41 +1,117 @@
-// Restore points in the repository (controller/restore-point.ts): written once, read back, listed,
-// on file:// and on the test bed's S3 (Ceph RGW), beside the agent's own objects.
+// Restore points in the repository (controller/restore-point.ts), on file:// and on the test bed's
+// S3 (Ceph RGW), beside the agent's own objects: written once under their instance, read back,
+// listed; an instance's latest found by reading its own only; the old layout still read.
 import t from 'tap'
+import { execFile } from 'node:child_process'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { newRestorePointId, RestorePointStore, type RestorePoint } from '../controller/restore-point.ts'
-import { cli, s3Available, s3RepoUrl, tempDir } from './helpers.ts'
+import type { Backend } from '../agent/storage/types.ts'
+import { saveOldLayout, sampleRestorePoint } from './restore-point-fixtures.ts'
+import { cli, lastJsonLine, ROOT, s3Available, s3RepoUrl, storageAt, tempDir, type Teardown } from './helpers.ts'
 
-const sample = (id: string): RestorePoint => ({
-  format: 'ebs-worker-restore-point', version: 1, id, createdAt: new Date().toISOString(),
-  instance: { instanceId: 'i-0123456789abcdef0', accountId: '111111111111', region: 'eu-west-1', availabilityZone: 'eu-west-1b', instanceType: 'm6i.large', imageId: 'ami-0123456789abcdef0', rootDeviceName: '/dev/xvda', tags: {} },
-  volumes: [{ deviceName: '/dev/xvda', volumeId: 'vol-0123456789abcdef0', sizeGiB: 8, volumeType: 'gp3', encrypted: true, kmsKeyId: 'arn:aws:kms:eu-west-1:111111111111:key/k', deleteOnTermination: true, snapshotId: 'snap-0123456789abcdef0', backupId: '20261123T071200Z-0a1b2c3d' }],
-  worker: { accountId: '222222222222' },
-})
+const A = 'i-0123456789abcdef0'
+const B = 'i-0fedcba9876543210'
 
-async function roundTrip(t: any, url: string): Promise<void> {
-  const store = new RestorePointStore(url)
-  t.same(await store.list(), [], 'none yet')
-  const a = sample(newRestorePointId(new Date('2026-11-23T07:00:00Z')))
-  const b = sample(newRestorePointId(new Date('2026-11-23T08:00:00Z')))
-  await store.save(b)
-  await store.save(a)
-  t.same(await store.load(a.id), a, 'read back as written')
-  t.same(await store.list(), [a.id, b.id], 'listed oldest first')
-  await t.rejects(store.save(a), { code: 'STORAGE_ERROR' }, 'written once: never overwritten')
-  await t.rejects(store.load('rp-20261123T000000Z-00000000'), { code: 'RESTORE_POINT_NOT_FOUND' })
-  await t.rejects(store.load('../config'), { code: 'BAD_INPUT' }, 'an id is checked before it names a path')
-  t.equal((await cli(['list', '--repo', url])).backups.length, 0, 'the agent does not mistake them for backups')
+const sample = (id: string, instanceId = A): RestorePoint => sampleRestorePoint(id, instanceId)
+const at = (hour: number): string => newRestorePointId(new Date(Date.UTC(2026, 10, 23, hour)))
+
+/** The repository's storage, with every object read (get or ranged get) counted by name. */
+function counting(backend: Backend): { backend: Backend; reads: string[] } {
+  const reads: string[] = []
+  return {
+    reads,
+    backend: {
+      url: backend.url,
+      get: (name) => (reads.push(name), backend.get(name)),
+      getRange: (name, offset, length, into) => (reads.push(name), backend.getRange(name, offset, length, into)),
+      put: (name, data, options) => backend.put(name, data, options),
+      list: (prefix) => backend.list(prefix),
+      delete: (name) => backend.delete(name),
+    },
+  }
 }
 
-t.test('file://', async (t) => {
-  const dir = await tempDir(t)
-  const url = `file://${join(dir, 'repo')}`
-  await cli(['init', '--repo', url])
-  await roundTrip(t, url)
-})
+const repos: Array<[string, (t: Teardown) => Promise<string>, false | string]> = [
+  ['file://', async (t) => {
+    const url = `file://${join(await tempDir(t), 'repo')}`
+    await cli(['init', '--repo', url])
+    return url
+  }, false],
+  ['s3:// (the test bed)', async () => {
+    const url = await s3RepoUrl()
+    await cli(['init', '--repo', url])
+    return url
+  }, !s3Available && 'no S3 test bed (npm test starts one)'],
+]
 
-t.test('s3:// (the test bed)', { skip: !s3Available && 'no S3 test bed (npm test starts one)' }, async (t) => {
-  const url = await s3RepoUrl()
-  await cli(['init', '--repo', url])
-  await roundTrip(t, url)
-})
+for (const [where, repo, skip] of repos) {
+  t.test(where, { skip }, async (t) => {
+    t.test('written once, under its instance; read back; listed oldest first', async (t) => {
+      const url = await repo(t)
+      const store = new RestorePointStore(url)
+      t.same(await store.list(), [], 'none yet')
+      const a = sample(at(7))
+      const b = sample(at(8))
+      await store.save(b)
+      await store.save(a)
+      t.same(await store.load(a.id), a, 'read back as written')
+      t.same(await store.list(), [a.id, b.id], 'listed oldest first')
+      t.same((await store.entries()).map((e) => e.object), [a, b].map((rp) => `restore-points/${A}/${rp.id}.json`), 'each in its instance\'s folder')
+      await t.rejects(store.save(a), { code: 'STORAGE_ERROR' }, 'written once: never overwritten')
+      await t.rejects(store.load('rp-20261123T000000Z-00000000'), { code: 'RESTORE_POINT_NOT_FOUND' })
+      t.equal((await cli(['list', '--repo', url])).backups.length, 0, 'the agent does not mistake them for backups')
+    })
+
+    t.test('ids are checked before they name an object', async (t) => {
+      const store = new RestorePointStore(await repo(t))
+      await t.rejects(store.load('../config'), { code: 'BAD_INPUT' }, 'a restore point id')
+      await t.rejects(store.save(sample(at(7), '../config')), { code: 'BAD_INPUT' }, 'an instance id')
+      await t.rejects(store.latestOf('i-0123/../..'), { code: 'BAD_INPUT' }, 'an instance id to look up')
+    })
+
+    t.test('an instance\'s latest restore point is found by reading its own only', async (t) => {
+      const { backend, reads } = counting(storageAt(await repo(t)))
+      const store = new RestorePointStore(backend)
+      const ofA = [sample(at(1), A), sample(at(3), A)]
+      const ofB = [sample(at(2), B), sample(at(4), B), sample(at(5), B)]
+      for (const rp of [...ofA, ...ofB]) await store.save(rp)
+      const old = await saveOldLayout(backend, sample(at(0), B))
+      reads.length = 0
+      t.same(await store.latestOf(A), ofA[1], 'A\'s latest, though B\'s are newer')
+      t.same(reads, [`restore-points/${A}/${ofA[1]!.id}.json`], 'one object read: that one')
+      reads.length = 0
+      t.same(await store.latestOf(B), ofB[2], 'B\'s latest')
+      t.same(reads, [`restore-points/${B}/${ofB[2]!.id}.json`], 'and again only that one (not the old-layout one either)')
+      t.notOk(reads.includes(old))
+    })
+
+    t.test('restore points of the old layout still load and list', async (t) => {
+      const { backend, reads } = counting(storageAt(await repo(t)))
+      const store = new RestorePointStore(backend)
+      const old = sample(at(1), A)
+      await saveOldLayout(backend, old)
+      const other = sample(at(2), B)
+      await store.save(other)
+      t.same(await store.list(), [old.id, other.id], 'listed with the new ones')
+      t.same((await store.entries()).map((e) => e.instanceId), [null, B], 'an old one\'s instance is not known from its name')
+      reads.length = 0
+      t.same(await store.load(old.id), old, 'loaded by id')
+      t.same(reads, [`restore-points/${old.id}.json`], 'found by listing: no other object read')
+      t.same(await store.latestOf(A), old, 'an instance with no restore point of the new layout still finds its latest among the old ones')
+      t.equal(await store.latestOf('i-0aaaaaaaaaaaaaaaa'), null, 'an instance with none: null')
+    })
+
+    t.test('ebs-controller list: each restore point with its instance', async (t) => {
+      const url = await repo(t)
+      const store = new RestorePointStore(url)
+      const old = sample(at(1), A)
+      await saveOldLayout(storageAt(url), old)
+      const rp = sample(at(2), B)
+      await store.save(rp)
+      const { stdout } = await promisify(execFile)(process.execPath, [join(ROOT, 'controller/bin/ebs-controller.ts'), 'list', '--repo', url, '--json'])
+      t.match(stdout, `${old.id}  -\n${rp.id}  ${B}\n`, 'one line each, oldest first; the old layout does not say its instance')
+      t.same(lastJsonLine(stdout), { ok: true, restorePoints: [old.id, rp.id], instances: { [old.id]: null, [rp.id]: B } }, 'and in the JSON')
+    })
+  })
+}

@@ -7,6 +7,7 @@ import { execFile, spawn } from 'node:child_process'
 import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { createServer } from 'node:net'
 import { z } from 'zod'
 import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
@@ -162,7 +163,8 @@ t.test('outside systemd the notifier does nothing, and a WATCHDOG_PID of another
   t.notOk(messages.includes('WATCHDOG=1'), 'no pings for a watchdog meant for another process')
 })
 
-t.test('the daemon itself: READY=1 once it polls, watchdog pings, STOPPING=1 on SIGTERM', async (t) => {
+/** The daemon as a child process under a notify socket, with fauxqs as SQS and the IMDS stand-in. */
+async function notifiedDaemon(t: Parameters<typeof tempDir>[0], o: { env?: Record<string, string>; queueUrl?: (fauxqs: string) => string } = {}) {
   const { path, messages } = await notifySocket(t)
   const dir = await tempDir(t, 'notify-daemon')
   const fauxqs = await startFauxqs({ port: 0, logger: false })
@@ -171,7 +173,7 @@ t.test('the daemon itself: READY=1 once it polls, watchdog pings, STOPPING=1 on 
   t.teardown(() => imds.close())
   const sqs = new SQSClient({ endpoint: fauxqs.address, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
   t.teardown(() => sqs.destroy())
-  const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'tasks' }))).QueueUrl!
+  const queueUrl = o.queueUrl?.(fauxqs.address) ?? (await sqs.send(new CreateQueueCommand({ QueueName: 'tasks' }))).QueueUrl!
   const replyQueueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'replies' }))).QueueUrl!
   const repo = `file://${join(dir, 'repo')}`
   await cli(['init', '--repo', repo])
@@ -179,21 +181,25 @@ t.test('the daemon itself: READY=1 once it polls, watchdog pings, STOPPING=1 on 
   await writeFile(config, JSON.stringify({ queueUrl, replyQueueUrl, repository: repo, waitTimeSeconds: 1, shutdownGraceSeconds: 1, imdsEndpoint: imds.endpoint }))
   const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
     env: {
-      ...process.env, NOTIFY_SOCKET: path, WATCHDOG_USEC: '300000', EBS_WORKER_METRICS: 'off',
-      AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
+      ...process.env, NOTIFY_SOCKET: path, WATCHDOG_USEC: '300000',
+      AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', ...o.env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
-  let log = ''
-  let stdout = ''
-  daemon.stderr.on('data', (d) => (log += d))
-  daemon.stdout.on('data', (d) => (stdout += d))
+  const out = { log: '', stdout: '' }
+  daemon.stderr.on('data', (d) => (out.log += d))
+  daemon.stdout.on('data', (d) => (out.stdout += d))
   const exited = new Promise<number | null>((resolve) => daemon.on('exit', resolve))
   t.teardown(() => {
     daemon.kill('SIGKILL')
   })
-  await until(() => messages.some((m) => m.startsWith('READY=1')), 30_000, `READY=1 (daemon log: ${log})`)
-  t.match(log, /"msg":"started"/, 'READY=1 comes after the daemon started')
+  return { messages, out, daemon, exited }
+}
+
+t.test('the daemon itself: READY=1 once it polls, watchdog pings, STOPPING=1 on SIGTERM', async (t) => {
+  const { messages, out, daemon, exited } = await notifiedDaemon(t, { env: { EBS_WORKER_METRICS: 'off' } })
+  await until(() => messages.some((m) => m.startsWith('READY=1')), 30_000, `READY=1 (daemon log: ${out.log})`)
+  t.match(out.log, /"msg":"started"/, 'READY=1 comes after the daemon started')
   t.ok(messages.some((m) => m === 'READY=1 STATUS=polling for tasks'))
   await until(() => messages.filter((m) => m === 'WATCHDOG=1').length >= 2, 30_000, 'watchdog pings')
   daemon.kill('SIGTERM')
@@ -201,5 +207,28 @@ t.test('the daemon itself: READY=1 once it polls, watchdog pings, STOPPING=1 on 
   // systemd-notify runs beside the daemon: its message may land just after the daemon exits.
   await until(() => messages.includes('STOPPING=1'), 10_000, 'STOPPING=1')
   t.pass('STOPPING=1 on SIGTERM')
-  t.equal(stdout, '', 'EBS_WORKER_METRICS=off: no metric lines')
+  t.equal(out.stdout, '', 'EBS_WORKER_METRICS=off: no metric lines')
+})
+
+t.test('a daemon that cannot receive from its queue is not ready, not alive and sends no heartbeat', async (t) => {
+  // The task queue's endpoint is a port nothing listens on; IMDS answers, so the daemon starts.
+  const closed = createServer()
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+  const port = (closed.address() as { port: number }).port
+  await new Promise((resolve) => closed.close(resolve))
+  const { messages, out, daemon, exited } = await notifiedDaemon(t, {
+    env: { AWS_ENDPOINT_URL_SQS: `http://127.0.0.1:${port}`, AWS_MAX_ATTEMPTS: '1' },
+    queueUrl: () => `http://127.0.0.1:${port}/000000000000/tasks`,
+  })
+  await until(() => /"msg":"started"/.test(out.log), 30_000, `the daemon's start (log: ${out.log})`)
+  await until(() => /"level":"error","msg":"cannot receive from the task queue"/.test(out.log), 30_000, `a receive error in the log (log: ${out.log})`)
+  t.pass('it logs that it cannot receive')
+  // A healthy daemon is ready within a second here (the test above) and pings every 100 ms.
+  await new Promise((resolve) => setTimeout(resolve, 3000))
+  t.notOk(messages.some((m) => m.startsWith('READY=1')), `no READY=1: ${messages.join(' | ')}`)
+  t.notOk(messages.includes('WATCHDOG=1'), 'no watchdog pings: systemd would restart it')
+  t.notMatch(out.stdout, /"Heartbeat"/, 'no Heartbeat metric')
+  t.match(out.log, /"msg":"started".*"region":"us-east-1"/, 'it did start (IMDS answered)')
+  daemon.kill('SIGTERM')
+  t.equal(await exited, 0, 'and stops cleanly on SIGTERM')
 })

@@ -3,7 +3,7 @@
 // is the SDK's: AWS_EC2_METADATA_SERVICE_ENDPOINT, or the link-local default.
 import { MetadataService } from '@aws-sdk/ec2-metadata-service'
 import { z } from 'zod'
-import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
 
 const documentSchema = z.object({
   accountId: z.string().regex(/^\d{12}$/),
@@ -21,6 +21,17 @@ export interface IdentityOptions {
   retries?: number
 }
 
+/** Where IMDS serves the identity document. */
+const DOCUMENT = 'latest/dynamic/instance-identity/document'
+
+/**
+ * Whether a whoAmI failure came after IMDS answered (its document is not what it should be),
+ * rather than from reaching IMDS at all: doctor tells "no IMDS" from "a wrong identity".
+ */
+export function imdsAnswered(err: unknown): boolean {
+  return isEbsWorkerError(err, ErrorCode.ImdsUnavailable) && err.context.object === DOCUMENT
+}
+
 export async function whoAmI(options: IdentityOptions = {}): Promise<WorkerIdentity> {
   const service = new MetadataService({
     ...(options.endpoint ? { endpoint: options.endpoint } : {}),
@@ -33,23 +44,24 @@ export async function whoAmI(options: IdentityOptions = {}): Promise<WorkerIdent
   try {
     // No leading slash: the SDK appends the path to the endpoint's pathname ("/"), and a
     // "//latest/…" request is not what IMDS documents.
-    text = await service.request('latest/dynamic/instance-identity/document', {})
+    text = await service.request(DOCUMENT, {})
   } catch (err) {
     throw new EbsWorkerError(
       ErrorCode.ImdsUnavailable,
       `cannot read this instance's identity from IMDS (is this an EC2 instance with IMDSv2 enabled?): ${describe(err)}`,
-      { cause: err },
+      { cause: err, context: { service: 'IMDS', operation: `GET ${DOCUMENT}` } },
     )
   }
+  const answered = { context: { service: 'IMDS', object: DOCUMENT } }
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch {
-    throw new EbsWorkerError(ErrorCode.ImdsUnavailable, 'IMDS returned an instance identity document that is not JSON')
+    throw new EbsWorkerError(ErrorCode.ImdsUnavailable, 'IMDS returned an instance identity document that is not JSON', answered)
   }
   const parsed = documentSchema.safeParse(json)
   if (!parsed.success) {
-    throw new EbsWorkerError(ErrorCode.ImdsUnavailable, `IMDS identity document is incomplete: ${z.prettifyError(parsed.error)}`)
+    throw new EbsWorkerError(ErrorCode.ImdsUnavailable, `IMDS identity document is incomplete: ${z.prettifyError(parsed.error)}`, answered)
   }
   return parsed.data
 }

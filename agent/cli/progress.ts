@@ -1,6 +1,7 @@
 // Progress on a terminal: one bar on stderr with bytes, rate and time left. Silent when stderr
 // is not a TTY or when output is JSON, so logs and pipes stay clean.
 import cliProgress from 'cli-progress'
+import { formatBytes } from '../core/units.ts'
 
 export interface ProgressReporter {
   update(done: number, total: number): void
@@ -8,16 +9,6 @@ export interface ProgressReporter {
 }
 
 const silent: ProgressReporter = { update() {}, stop() {} }
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
-  let i = 0
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024
-    i++
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
-}
 
 export function progressBar(label: string, enabled: boolean): ProgressReporter {
   if (!enabled || !process.stderr.isTTY) return silent
@@ -52,5 +43,19 @@ export function progressBar(label: string, enabled: boolean): ProgressReporter {
     stop() {
       if (started_) bar.stop()
     },
+  }
+}
+
+/** Runs `work` with a progress bar (when `enabled` on a terminal), stopped however it ends. */
+export async function withProgress<T>(
+  label: string,
+  enabled: boolean,
+  work: (onProgress: (p: { bytesDone: number; bytesTotal: number }) => void) => Promise<T>,
+): Promise<T> {
+  const bar = progressBar(label, enabled)
+  try {
+    return await work((p) => bar.update(p.bytesDone, p.bytesTotal))
+  } finally {
+    bar.stop()
   }
 }

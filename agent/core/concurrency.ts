@@ -21,8 +21,18 @@ export async function forEachConcurrent<T>(
       }
     }
   }
-  const results = await Promise.allSettled(Array.from({ length: Math.max(1, concurrency) }, worker))
-  const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-  if (rejected) throw rejected.reason
+  await settleAll(Array.from({ length: Math.max(1, concurrency) }, worker))
   signal?.throwIfAborted()
+}
+
+/**
+ * Waits for every one of `promises`, even after one failed (nothing is left running behind the
+ * caller's back: its cleanup may undo what they use), then throws the first failure, in their
+ * order; else their values, in that order.
+ */
+export async function settleAll<T>(promises: Iterable<Promise<T>>): Promise<T[]> {
+  const settled = await Promise.allSettled(promises)
+  const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+  if (rejected) throw rejected.reason
+  return settled.map((r) => (r as PromiseFulfilledResult<T>).value)
 }

@@ -1,9 +1,14 @@
 // The daemon's configuration: a JSON file (default /etc/ebs-worker/config.json, or
-// EBS_WORKER_CONFIG), validated strictly so that a typo is an error at start, not a surprise later.
+// EBS_WORKER_CONFIG), validated strictly so that a typo is an error at start, not a surprise later;
+// with what the environment says (AWS settings, metrics, systemd), the one settings object the
+// daemon runs on, built at its start (cli/daemon.ts).
 import { readFile } from 'node:fs/promises'
 import { z } from 'zod'
 import { SYSTEM_ROOTS } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
+import { awsSettings, type AwsSettings, type Environment } from '../aws/config.ts'
+import { tuningSchema } from '../core/tuning.ts'
+import type { MetricsSettings } from './metrics.ts'
 
 export const DEFAULT_CONFIG_PATH = '/etc/ebs-worker/config.json'
 
@@ -33,11 +38,13 @@ const configSchema = z.strictObject({
   deviceRoots: z.strictObject({ sysBlock: z.string(), devDir: z.string(), byIdDir: z.string() }).default(SYSTEM_ROOTS),
   /** IMDS endpoint (default: the SDK's, AWS_EC2_METADATA_SERVICE_ENDPOINT or 169.254.169.254). */
   imdsEndpoint: z.url().optional(),
+  /** Backup and restore tuning (core/tuning.ts); what is not given keeps its default. */
+  tuning: tuningSchema.default({}),
 })
 
 export type DaemonConfig = z.infer<typeof configSchema>
 
-export async function loadConfig(path = process.env.EBS_WORKER_CONFIG ?? DEFAULT_CONFIG_PATH): Promise<DaemonConfig> {
+export async function loadConfig(path: string): Promise<DaemonConfig> {
   let text: string
   try {
     text = await readFile(path, 'utf8')
@@ -55,4 +62,23 @@ export async function loadConfig(path = process.env.EBS_WORKER_CONFIG ?? DEFAULT
     throw new EbsWorkerError(ErrorCode.BadInput, `the configuration ${path} is invalid:\n${z.prettifyError(parsed.error)}`)
   }
   return parsed.data
+}
+
+/** The daemon's settings: its configuration file, and what the environment says. */
+export interface DaemonSettings extends DaemonConfig {
+  aws: AwsSettings
+  metrics: MetricsSettings
+  /** systemd's notify socket and watchdog: NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID (daemon/systemd.ts). */
+  systemd: Environment
+}
+
+/** The configuration at `path` with the environment's settings (the caller passes process.env). */
+export async function loadDaemonSettings(path: string, env: Environment): Promise<DaemonSettings> {
+  const config = await loadConfig(path)
+  return {
+    ...config,
+    aws: awsSettings(env),
+    metrics: { enabled: env.EBS_WORKER_METRICS !== 'off', fleet: env.EBS_WORKER_FLEET || 'default' },
+    systemd: { NOTIFY_SOCKET: env.NOTIFY_SOCKET, WATCHDOG_USEC: env.WATCHDOG_USEC, WATCHDOG_PID: env.WATCHDOG_PID },
+  }
 }

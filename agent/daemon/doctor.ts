@@ -1,34 +1,25 @@
 // `ebs-worker doctor`: is this worker able to work? One line per check, each ok, warn or problem,
 // and for a problem how to fix it. The checks use the daemon's own configuration, clients and
-// code paths (loadConfig, whoAmI, Repository.open, the device scan), so what passes here is
-// what the daemon will find.
+// code paths (loadConfig, whoAmI, aws/clients.ts, app/repository.ts, the device scan), so what
+// passes here is what the daemon will find.
 import { readdir, readFile, statfs, access, constants } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { EC2Client, GetEbsDefaultKmsKeyIdCommand } from '@aws-sdk/client-ec2'
-import { DescribeKeyCommand, KMSClient } from '@aws-sdk/client-kms'
+import { GetEbsDefaultKmsKeyIdCommand } from '@aws-sdk/client-ec2'
+import { DescribeKeyCommand } from '@aws-sdk/client-kms'
 import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs'
-import { sqsClient } from './queue.ts'
-import { openBackend } from '../storage/open.ts'
+import { AwsClients } from '../aws/clients.ts'
+import { awsSettings, type Environment } from '../aws/config.ts'
 import { loadConfig, type DaemonConfig } from './config.ts'
 import { EBS_MODEL } from '../device/ebs-device.ts'
 import { describe, isEbsWorkerError, ErrorCode } from '../core/errors.ts'
-import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
-import { LocalKeyFileProvider } from '../repo/keys.ts'
-import { Repository } from '../repo/repository.ts'
-import { kmsKeyProviderFor } from '../aws/kms-key-provider.ts'
+import { formatBytes } from '../core/units.ts'
+import { DEFAULT_TUNING, withDefaults, type Tuning } from '../core/tuning.ts'
+import { DEFAULT_CHUNK_SIZE } from '../repo/repository.ts'
+import { imdsAnswered, whoAmI, type WorkerIdentity } from '../aws/identity.ts'
+import { openRepository } from '../app/repository.ts'
+import { CHECK_NAMES, type Check, type CheckName } from './checks.ts'
 
-export type CheckStatus = 'ok' | 'warn' | 'problem' | 'skipped'
-
-export interface Check {
-  name: string
-  status: CheckStatus
-  detail: string
-  /** For a problem (or a warning): what to do about it. */
-  fix?: string
-}
-
-export const CHECK_NAMES = ['config', 'imds', 'identity', 'queue', 'reply-queue', 'repository', 'kms', 'devices', 'memory', 'disk'] as const
-export type CheckName = (typeof CHECK_NAMES)[number]
+export type { Check } from './checks.ts'
 
 /** What the machine has; the real one reads /proc/meminfo and statfs. */
 export interface SystemFacts {
@@ -38,17 +29,26 @@ export interface SystemFacts {
 
 export const MiB = 1024 * 1024
 /**
- * Memory a task needs at the defaults (README, "How it works"): a backup holds 16 reads × 1 MiB
- * chunks + (4 uploads + 2) × 16 MiB packs = 112 MiB, a restore 8 GETs × 16 MiB = 128 MiB; with
- * the SDK's and zstd's buffers, 160 MiB. The process itself: 256 MiB.
+ * Memory a task needs with this tuning (README, "How it works"): a backup holds its reads in
+ * flight × the chunk size + (uploads + 2) × the pack size, a restore its GETs in flight × (the
+ * largest request + a chunk); the larger of the two, and 32 MiB for the SDK's and zstd's buffers.
+ * At the defaults: max(16 × 1 + 6 × 16, 8 × (20 + 1)) + 32 = 200 MiB.
  */
-export const MEMORY_PER_TASK = 160 * MiB
+export function memoryPerTask(t: Tuning, chunkSize = DEFAULT_CHUNK_SIZE): number {
+  const backup = t.readConcurrency * chunkSize + (t.uploadConcurrency + 2) * t.packSize
+  const restore = t.restoreConcurrency * (t.maxRequestBytes + chunkSize)
+  return Math.max(backup, restore) + 32 * MiB
+}
+export const MEMORY_PER_TASK = memoryPerTask(DEFAULT_TUNING)
+/** The process itself. */
 export const MEMORY_BASE = 256 * MiB
 /** Free space the log directory needs: logrotate keeps 7 files of up to 100 MiB. */
 export const DISK_FOR_LOGS = 1024 * MiB
 
 export interface DoctorOptions {
   configPath: string
+  /** The environment the daemon would run with (AWS settings); none by default. */
+  env?: Environment
   only?: readonly string[]
   /** KMS keys tasks will use (volume.kmsKeyId); the Region's default EBS key is always checked. */
   kmsKeys?: readonly string[]
@@ -69,7 +69,6 @@ const realSystem: SystemFacts = {
   },
 }
 
-const fmt = (bytes: number): string => (bytes >= 1024 * MiB ? `${(bytes / 1024 / MiB).toFixed(1)} GiB` : `${Math.round(bytes / MiB)} MiB`)
 const errName = (err: unknown): string => (err as { name?: string }).name ?? 'Error'
 const denied = (err: unknown): boolean => /AccessDenied|UnauthorizedOperation|NotAuthorized|Forbidden/i.test(errName(err))
 
@@ -99,43 +98,40 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
     return checks
   }
 
-  // imds: the IMDSv2 token, then identity: the document the daemon reads.
-  const endpoint = config.imdsEndpoint ?? process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? 'http://169.254.169.254'
+  // imds and identity: the document the daemon reads at start (its Region too, when the
+  // environment gives none).
+  const settings = awsSettings(options.env)
+  const imdsEndpoint = config.imdsEndpoint ?? settings.imdsEndpoint
+  const endpoint = imdsEndpoint ?? 'http://169.254.169.254'
   let identity: WorkerIdentity | null = null
-  let imdsOk = false
-  if (wanted('imds') || wanted('identity') || wanted('kms')) {
+  const regionNeeded = !settings.region && (wanted('queue') || wanted('reply-queue') || wanted('repository'))
+  if (wanted('imds') || wanted('identity') || wanted('kms') || regionNeeded) {
     try {
-      const res = await fetch(new URL('/latest/api/token', endpoint), {
-        method: 'PUT', headers: { 'X-aws-ec2-metadata-token-ttl-seconds': '60' }, signal: AbortSignal.timeout(3000),
-      })
-      if (!res.ok) throw new Error(`token request answered ${res.status}`)
-      imdsOk = true
+      identity = await whoAmI({ ...(imdsEndpoint ? { endpoint: imdsEndpoint } : {}), retries: 1, timeoutMs: 3000 })
       if (wanted('imds')) add({ name: 'imds', status: 'ok', detail: `IMDSv2 at ${endpoint}` })
-    } catch (err) {
-      if (wanted('imds')) {
-        add({
-          name: 'imds', status: 'problem', detail: `no IMDSv2 token from ${endpoint}: ${describe(err)}`,
-          fix: 'run on EC2 with the metadata service enabled (launch template MetadataOptions: HttpEndpoint enabled, HttpTokens required, HttpPutResponseHopLimit ≥ 1)',
-        })
+      if (wanted('identity')) {
+        add({ name: 'identity', status: 'ok', detail: `${identity.instanceId} in account ${identity.accountId}, ${identity.availabilityZone} (${identity.region})` })
       }
-    }
-  }
-  if (wanted('identity') || wanted('kms')) {
-    if (!imdsOk) skip('identity', 'needs IMDS')
-    else {
-      try {
-        identity = await whoAmI({ endpoint, retries: 1, timeoutMs: 3000 })
-        if (wanted('identity')) {
-          add({ name: 'identity', status: 'ok', detail: `${identity.instanceId} in account ${identity.accountId}, ${identity.availabilityZone} (${identity.region})` })
-        }
-      } catch (err) {
+    } catch (err) {
+      if (imdsAnswered(err)) {
+        if (wanted('imds')) add({ name: 'imds', status: 'ok', detail: `IMDSv2 at ${endpoint}` })
         if (wanted('identity')) add({ name: 'identity', status: 'problem', detail: describe(err), fix: 'IMDS must serve the instance identity document (IMDSv2)' })
+      } else {
+        if (wanted('imds')) {
+          add({
+            name: 'imds', status: 'problem', detail: `no answer from IMDSv2 at ${endpoint}: ${describe(err)}`,
+            fix: 'run on EC2 with the metadata service enabled (launch template MetadataOptions: HttpEndpoint enabled, HttpTokens required, HttpPutResponseHopLimit ≥ 1)',
+          })
+        }
+        skip('identity', 'needs IMDS')
       }
     }
   }
 
-  // queue and reply-queue: the SQS client built as the daemon builds it.
-  const sqs = sqsClient({ maxAttempts: 2 })
+  // queue, reply-queue, repository, kms: clients as the daemon builds them (its Region: the
+  // environment's, else this instance's), with fewer attempts: a check should answer soon.
+  const aws = new AwsClients({ ...settings, region: settings.region ?? identity?.region, maxAttempts: 2 })
+  const sqs = aws.sqs()
   try {
     for (const [name, url, needs] of [
       ['queue', config.queueUrl, 'sqs:ReceiveMessage, sqs:ChangeMessageVisibility, sqs:DeleteMessage, sqs:GetQueueAttributes, sqs:SendMessage (carry-over at the 12-hour cap)'],
@@ -153,20 +149,19 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
         const n = errName(err)
         const fix = denied(err) ? `the instance role needs ${needs} on ${url} (packaging/iam/worker-policy.json)`
           : /NonExistentQueue|QueueDoesNotExist/.test(n) ? `no such queue: correct ${name === 'queue' ? 'queueUrl' : 'replyQueueUrl'} in ${options.configPath}`
-          : /Region is missing/i.test(describe(err)) ? 'set AWS_REGION (in /etc/ebs-worker/environment; the user-data writes it)'
+          : /Region is missing/i.test(describe(err)) ? 'set AWS_REGION (in /etc/ebs-worker/environment; the user-data writes it), or run on EC2, where IMDS gives it'
           : 'check the network path to SQS (VPC endpoint or NAT) and the queue URL'
         add({ name, status: 'problem', detail: `${url}: ${n}: ${describe(err)}`, fix })
       }
     }
   } finally {
-    sqs.destroy()
+    aws.destroy()
   }
 
   // repository: opened as the daemon opens it (key file, format version), backups listed.
   if (wanted('repository')) {
     try {
-      const keyProvider = config.keyFile ? await LocalKeyFileProvider.open(config.keyFile) : undefined
-      const repo = await Repository.open(openBackend(config.repository), { ...(keyProvider ? { keyProvider } : {}), keyProviderFor: kmsKeyProviderFor })
+      const repo = await openRepository(config.repository, { aws, keyFile: config.keyFile })
       const backups = await repo.listBackups()
       add({
         name: 'repository', status: 'ok',
@@ -186,11 +181,11 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   // kms: the Region's default EBS key (volumes for cross-account backups and restores use it) and
   // the keys named on the command line.
   if (wanted('kms')) {
-    const region = identity?.region ?? process.env.AWS_REGION
+    const region = identity?.region ?? settings.region
     if (!region) skip('kms', 'needs the Region (IMDS identity or AWS_REGION)')
     else {
-      const ec2 = new EC2Client({ region, maxAttempts: 2 })
-      const kms = new KMSClient({ region, maxAttempts: 2 })
+      const ec2 = aws.ec2(region)
+      const kms = aws.kms(region)
       try {
         const keys: Array<{ ref: string; isDefault: boolean }> = []
         try {
@@ -222,8 +217,7 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
           }
         }
       } finally {
-        ec2.destroy()
-        kms.destroy()
+        aws.destroy()
       }
     }
   }
@@ -253,12 +247,13 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
 
   // memory and disk for the configured concurrency.
   if (wanted('memory')) {
-    const need = MEMORY_BASE + config.concurrency * MEMORY_PER_TASK
+    const perTask = memoryPerTask(withDefaults(config.tuning))
+    const need = MEMORY_BASE + config.concurrency * perTask
     try {
       const available = await system.memAvailable()
-      const fits = Math.max(0, Math.floor((available - MEMORY_BASE) / MEMORY_PER_TASK))
-      if (available >= need) add({ name: 'memory', status: 'ok', detail: `${fmt(available)} available, ${fmt(need)} needed for concurrency ${config.concurrency}` })
-      else add({ name: 'memory', status: 'problem', detail: `${fmt(available)} available, ${fmt(need)} needed for concurrency ${config.concurrency}`, fix: `lower concurrency to ${fits} or use an instance type with more memory` })
+      const fits = Math.max(0, Math.floor((available - MEMORY_BASE) / perTask))
+      if (available >= need) add({ name: 'memory', status: 'ok', detail: `${formatBytes(available)} available, ${formatBytes(need)} needed for concurrency ${config.concurrency}` })
+      else add({ name: 'memory', status: 'problem', detail: `${formatBytes(available)} available, ${formatBytes(need)} needed for concurrency ${config.concurrency}`, fix: `lower concurrency to ${fits} or use an instance type with more memory` })
     } catch (err) {
       add({ name: 'memory', status: 'problem', detail: describe(err), fix: '/proc/meminfo must be readable' })
     }
@@ -277,18 +272,11 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
         }
       }
       const free = await system.freeDisk(dir)
-      if (free >= DISK_FOR_LOGS) add({ name: 'disk', status: 'ok', detail: `${fmt(free)} free for logs at ${dir}` })
-      else add({ name: 'disk', status: 'problem', detail: `${fmt(free)} free at ${dir}, ${fmt(DISK_FOR_LOGS)} needed for the logs`, fix: 'grow the root volume (the AMI\'s launch template sets its size) or free space' })
+      if (free >= DISK_FOR_LOGS) add({ name: 'disk', status: 'ok', detail: `${formatBytes(free)} free for logs at ${dir}` })
+      else add({ name: 'disk', status: 'problem', detail: `${formatBytes(free)} free at ${dir}, ${formatBytes(DISK_FOR_LOGS)} needed for the logs`, fix: 'grow the root volume (the AMI\'s launch template sets its size) or free space' })
     } catch (err) {
       add({ name: 'disk', status: 'problem', detail: `${dir}: ${describe(err)}`, fix: 'the log directory must exist' })
     }
   }
   return checks
-}
-
-/** One line: status, check, what was found, and for a problem the fix. */
-export function formatCheck(c: Check): string {
-  const status = c.status === 'problem' ? 'PROBLEM' : c.status
-  const line = (s: string): string => s.replace(/\s*\n\s*/g, '; ')
-  return `${status.padEnd(8)}${c.name.padEnd(12)} ${line(c.detail)}${c.fix ? ` -> fix: ${line(c.fix)}` : ''}`
 }

@@ -6,7 +6,7 @@
 // Metrics ({ Name, Unit }) whose values are numeric members of the same root object. Members that
 // are neither (the task id, the instance id) stay searchable in CloudWatch Logs Insights.
 //
-// Every metric carries the dimension Fleet (EBS_WORKER_FLEET, "default"), so several fleets can
+// Every metric carries the dimension Fleet (EBS_WORKER_FLEET, else "default"), so several fleets can
 // share an account; task outcomes are also split by task type, outcome and error code.
 import type { ReceivedMessage } from './queue.ts'
 import type { TaskResult } from './task.ts'
@@ -111,35 +111,54 @@ export function heartbeatMetrics(fleet: string, instanceId: string, running: num
 
 export const HEARTBEAT_SECONDS = 60
 
+/** What the environment says about metrics: EBS_WORKER_METRICS=off, EBS_WORKER_FLEET. */
+export interface MetricsSettings {
+  enabled?: boolean
+  /** The Fleet dimension (default "default"). */
+  fleet?: string
+}
+
 /** Writes EMF lines (stdout by default: the unit appends it to the log file the agent ships). */
 export class MetricsEmitter {
   readonly #write: (line: string) => void
   readonly #fleet: string
   #instanceId = 'unknown'
   #heartbeat: NodeJS.Timeout | null = null
+  #beat: () => void = () => {}
 
-  constructor(options: { write?: (line: string) => void; fleet?: string } = {}) {
-    // EBS_WORKER_METRICS=off: no metric lines (a daemon run by hand on a terminal, say).
-    this.#write = options.write ?? (process.env.EBS_WORKER_METRICS === 'off' ? () => {} : (line) => process.stdout.write(line))
-    this.#fleet = options.fleet ?? (process.env.EBS_WORKER_FLEET || 'default')
+  /** `enabled: false`: no metric lines (EBS_WORKER_METRICS=off, a daemon run by hand on a terminal, say). */
+  constructor(options: MetricsSettings & { write?: (line: string) => void } = {}) {
+    this.#write = options.enabled === false ? () => {} : (options.write ?? ((line) => process.stdout.write(line)))
+    this.#fleet = options.fleet ?? 'default'
   }
 
   #emit(doc: EmfDocument): void {
     this.#write(JSON.stringify(doc) + '\n')
   }
 
-  /** Starts the heartbeat (one now, then every HEARTBEAT_SECONDS). */
-  start(instanceId: string, running: () => number, everyMs = HEARTBEAT_SECONDS * 1000): void {
+  /**
+   * Starts the heartbeat: every HEARTBEAT_SECONDS while `alive` says the worker works (one that
+   * cannot receive tasks sends none, and the missing beats raise the alarm). beat() sends one at
+   * once, when the worker becomes able to work.
+   */
+  start(instanceId: string, running: () => number, alive: () => boolean = () => true, everyMs = HEARTBEAT_SECONDS * 1000): void {
     this.#instanceId = instanceId
-    const beat = (): void => this.#emit(heartbeatMetrics(this.#fleet, instanceId, running(), Date.now()))
-    beat()
-    this.#heartbeat = setInterval(beat, everyMs)
+    this.#beat = () => {
+      if (alive()) this.#emit(heartbeatMetrics(this.#fleet, instanceId, running(), Date.now()))
+    }
+    this.#heartbeat = setInterval(this.#beat, everyMs)
     this.#heartbeat.unref()
+  }
+
+  /** A heartbeat now (if the worker is alive). */
+  beat(): void {
+    this.#beat()
   }
 
   stop(): void {
     if (this.#heartbeat) clearInterval(this.#heartbeat)
     this.#heartbeat = null
+    this.#beat = () => {}
   }
 
   taskStarted(message: ReceivedMessage): void {

@@ -10,8 +10,7 @@ import {
   ReceiveMessageCommand,
   SendMessageCommand,
   type Message,
-  SQSClient,
-  type SQSClientConfig,
+  type SQSClient,
 } from '@aws-sdk/client-sqs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe } from '../core/errors.ts'
@@ -61,36 +60,49 @@ export interface QueueConsumerOptions {
   maxVisibilitySeconds?: number
   /** Problems the loop survives (a failed receive, a failed heartbeat). */
   onError?: (err: unknown, context: string) => void
-}
-
-/**
- * An SQS client for queue URLs. With an endpoint override (AWS_ENDPOINT_URL_SQS, a local SQS) the
- * override must win over the host in the queue URL, which the SDK would otherwise use.
- */
-export function sqsClient(config: SQSClientConfig = {}): SQSClient {
-  const override = Boolean(process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL)
-  return new SQSClient({ ...(override ? { useQueueUrlAsEndpoint: false } : {}), ...config })
+  /** After each ReceiveMessage that succeeded (with or without messages). */
+  onReceived?: () => void
+  /**
+   * How long after its last successful receive the consumer stops counting as `receiving`
+   * (default: two long polls and 10 s, so one poll in flight is not a gap).
+   */
+  receiveStaleSeconds?: number
 }
 
 export class QueueConsumer {
-  readonly #options: Required<Omit<QueueConsumerOptions, 'onError'>> & Pick<QueueConsumerOptions, 'onError'>
+  readonly #options: Required<Omit<QueueConsumerOptions, 'onError' | 'onReceived'>> & Pick<QueueConsumerOptions, 'onError' | 'onReceived'>
   readonly #running = new Map<string, { abort: AbortController; done: Promise<void> }>()
   #polling: AbortController | null = null
   #loop: Promise<void> | null = null
+  /** When the last receive succeeded (ms); null before the first and after one failed. */
+  #lastReceived: number | null = null
+  /** Every slot is busy: no receive is due until one frees. */
+  #full = false
 
   constructor(options: QueueConsumerOptions) {
     const visibilityTimeout = options.visibilityTimeout ?? 300
+    const waitTimeSeconds = options.waitTimeSeconds ?? 20
     this.#options = {
-      waitTimeSeconds: 20,
       heartbeatSeconds: Math.max(1, Math.floor(visibilityTimeout / 3)),
       maxVisibilitySeconds: 12 * 60 * 60,
+      receiveStaleSeconds: 2 * waitTimeSeconds + 10,
       ...options,
+      waitTimeSeconds,
       visibilityTimeout,
     }
   }
 
   get active(): number {
     return this.#running.size
+  }
+
+  /**
+   * Whether this consumer can take tasks from its queue: it is polling, its last receive
+   * succeeded, and recently (or every slot has been busy since, when none is due).
+   */
+  get receiving(): boolean {
+    if (!this.#loop || this.#lastReceived === null) return false
+    return this.#full || Date.now() - this.#lastReceived <= this.#options.receiveStaleSeconds * 1000
   }
 
   start(): void {
@@ -126,7 +138,11 @@ export class QueueConsumer {
           onAbort = resolve
           signal.addEventListener('abort', onAbort, { once: true })
         })
+        this.#full = true
         await Promise.race([stopped, ...[...this.#running.values()].map((r) => r.done)])
+        this.#full = false
+        // The time spent busy does not age the last receive: the next one is due only now.
+        if (this.#lastReceived !== null) this.#lastReceived = Date.now()
         signal.removeEventListener('abort', onAbort)
         continue
       }
@@ -144,8 +160,11 @@ export class QueueConsumer {
           { abortSignal: signal },
         )
         messages = out.Messages ?? []
+        this.#lastReceived = Date.now()
+        o.onReceived?.()
       } catch (err) {
         if (signal.aborted) break
+        this.#lastReceived = null
         o.onError?.(err, 'receive')
         await sleep(1000, undefined, { signal }).catch(() => {})
         continue

@@ -16,15 +16,18 @@ export interface SystemdNotifier {
 }
 
 export interface NotifierOptions {
-  env?: NodeJS.ProcessEnv
+  /** NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID, as systemd sets them for the service. */
+  env: Readonly<Record<string, string | undefined>>
+  /** Whether the service works: the watchdog is pinged only while it says so (default: always). */
+  alive?: () => boolean
   /** The systemd-notify command (tests may point elsewhere). */
   command?: string
   /** Problems sending (never fatal: the service works without them). */
   onError?: (err: unknown) => void
 }
 
-export function systemdNotifier(options: NotifierOptions = {}): SystemdNotifier {
-  const env = options.env ?? process.env
+export function systemdNotifier(options: NotifierOptions): SystemdNotifier {
+  const env = options.env
   if (!env.NOTIFY_SOCKET) return { ready() {}, stopping() {}, close() {} }
   const command = options.command ?? 'systemd-notify'
   const send = (...assignments: string[]): void => {
@@ -33,12 +36,16 @@ export function systemdNotifier(options: NotifierOptions = {}): SystemdNotifier 
     })
   }
   // WATCHDOG_USEC is set when the unit has WatchdogSec=; WATCHDOG_PID, when set, names the process
-  // meant to ping. A ping every third of the period leaves room for a slow spawn.
+  // meant to ping. A ping every third of the period leaves room for a slow spawn. A service that
+  // is not alive misses its pings, and systemd restarts it when the period runs out.
   const usec = Number(env.WATCHDOG_USEC)
   const forUs = !env.WATCHDOG_PID || Number(env.WATCHDOG_PID) === process.pid
   let timer: NodeJS.Timeout | null = null
   if (Number.isFinite(usec) && usec > 0 && forUs) {
-    timer = setInterval(() => send('WATCHDOG=1'), Math.max(100, Math.floor(usec / 3000)))
+    const alive = options.alive ?? (() => true)
+    timer = setInterval(() => {
+      if (alive()) send('WATCHDOG=1')
+    }, Math.max(100, Math.floor(usec / 3000)))
     timer.unref()
   }
   return {

@@ -1,8 +1,12 @@
 // Which backup a task made: a small record in the repository (tasks/<hash of the task key>),
 // written once the backup exists, so a redelivered task finds it with one GET instead of scanning
-// manifests, and reports it again instead of backing the volume up twice.
+// manifests, and reports it again instead of backing the volume up twice. With the checkpoints a
+// task cut short (the visibility cap, SIGTERM, a crash) goes on from, saved under the same key:
+// what the handlers pass the pipelines is made here.
 import { z } from 'zod'
 import { isEbsWorkerError, ErrorCode } from '../core/errors.ts'
+import type { BackupOptions } from '../pipeline/backup.ts'
+import type { RestoreOptions } from '../pipeline/restore.ts'
 import type { Manifest } from '../repo/manifest.ts'
 import type { Repository } from '../repo/repository.ts'
 
@@ -31,4 +35,24 @@ export async function findTaskBackup(repo: Repository, key: string): Promise<Man
     if (isEbsWorkerError(err, ErrorCode.BackupNotFound)) return null
     throw err
   })
+}
+
+/** The backup an earlier attempt of this task made (its task record), as a reused result. */
+export async function madeBackup(repo: Repository, taskId: string): Promise<Record<string, unknown> | null> {
+  const made = await findTaskBackup(repo, taskKey(taskId))
+  return made ? { backupId: made.id, reused: true, ...made.stats } : null
+}
+
+/** A task's backup: checkpointed under the task, and recorded under it once made. */
+export function taskBackup(repo: Repository, taskId: string, intervalSeconds: number): Pick<BackupOptions, 'checkpoint' | 'onCommitted'> {
+  return {
+    checkpoint: { key: taskKey(taskId), intervalMs: intervalSeconds * 1000 },
+    // Recorded before the checkpoint goes: a retry after a crash in between finds one or the other.
+    onCommitted: (manifest) => saveTaskRecord(repo, taskKey(taskId), manifest.id),
+  }
+}
+
+/** A task's restore: checkpointed under the task, valid only for the same volume. */
+export function restoreCheckpoint(taskId: string, volumeId: string, intervalSeconds: number): NonNullable<RestoreOptions['checkpoint']> {
+  return { key: taskKey(taskId), target: volumeId, intervalMs: intervalSeconds * 1000 }
 }

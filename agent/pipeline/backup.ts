@@ -13,6 +13,7 @@ import { dataExtents } from '../device/extents.ts'
 import type { BackupStats, ManifestV2 } from '../repo/manifest.ts'
 import type { Repository } from '../repo/repository.ts'
 import { dropCheckpoint, loadCheckpoint, underCheckpoints } from './checkpoint.ts'
+import { DEFAULT_TUNING } from '../core/tuning.ts'
 
 export interface BackupOptions {
   device: string
@@ -61,8 +62,6 @@ export interface BackupResult {
   resumedFrom: string | null
 }
 
-export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024
-
 export async function backup(repo: Repository, options: BackupOptions): Promise<BackupResult> {
   const started = performance.now()
   const chunkSize = repo.chunkSize
@@ -83,7 +82,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const key = options.checkpoint?.key ?? null
     const saved = key ? await loadCheckpoint(repo, key) : null
     const writer = await repo.startBackup({
-      size, parent, packSize: options.packSize ?? DEFAULT_PACK_SIZE, uploadConcurrency: options.uploadConcurrency ?? 4,
+      size, parent, packSize: options.packSize ?? DEFAULT_TUNING.packSize, uploadConcurrency: options.uploadConcurrency ?? DEFAULT_TUNING.uploadConcurrency,
       resume: saved?.kind === 'backup' ? saved.writer : null,
     })
     const resumedFrom = writer.resumed && saved ? saved.savedAt : null
@@ -116,7 +115,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     }, async (gate) => {
       // Read buffers are reused: one per reader, so memory does not depend on the volume size.
       const buffers: Buffer[] = []
-      await forEachConcurrent(offsets(), options.readConcurrency ?? 16, async (offset) => {
+      await forEachConcurrent(offsets(), options.readConcurrency ?? DEFAULT_TUNING.readConcurrency, async (offset) => {
         await gate?.enter()
         const length = chunkLength(size, chunkSize, offset / chunkSize)
         const whole = buffers.pop() ?? Buffer.allocUnsafeSlow(chunkSize)

@@ -8,6 +8,7 @@ import { openForWrite, writeAt } from '../device/block-device.ts'
 import type { ReadCounters } from '../repo/chunk-reader.ts'
 import type { Repository } from '../repo/repository.ts'
 import { dropCheckpoint, loadCheckpoint, underCheckpoints } from './checkpoint.ts'
+import { DEFAULT_TUNING } from '../core/tuning.ts'
 
 export interface FetchOptions {
   /** Ranged GETs in flight. */
@@ -52,10 +53,6 @@ export interface RestoreResult {
 }
 
 export type VerifyResult = Omit<RestoreResult, 'bytesWritten' | 'zeroChunksSkipped' | 'resumedFrom'>
-
-// A pack is sealed once it reaches 16 MiB, so it may hold one more blob: 20 MiB takes a whole pack in one GET.
-export const DEFAULT_MAX_REQUEST = 20 * 1024 * 1024
-export const DEFAULT_FETCH_CONCURRENCY = 8
 
 export async function restore(repo: Repository, options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now()
@@ -110,7 +107,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
     }, async (gate) => {
       const zeros = Buffer.alloc(chunkSize)
       await repo.readChunks(manifest, {
-        concurrency: options.concurrency ?? DEFAULT_FETCH_CONCURRENCY, maxRequestBytes: options.maxRequestBytes ?? DEFAULT_MAX_REQUEST,
+        concurrency: options.concurrency ?? DEFAULT_TUNING.restoreConcurrency, maxRequestBytes: options.maxRequestBytes ?? DEFAULT_TUNING.maxRequestBytes,
         from: resumeFrom, skip: (i) => i < resumeFrom || skipped.has(i), signal: options.signal, gate, counters,
       }, {
         async begin(first, end, zero) {
@@ -174,7 +171,7 @@ export async function verify(repo: Repository, options: FetchOptions & { backupI
   const manifest = await repo.loadManifest(options.backupId)
   let bytesDone = 0
   const fetched = await repo.readChunks(manifest, {
-    concurrency: options.concurrency ?? DEFAULT_FETCH_CONCURRENCY, maxRequestBytes: options.maxRequestBytes ?? DEFAULT_MAX_REQUEST, signal: options.signal,
+    concurrency: options.concurrency ?? DEFAULT_TUNING.restoreConcurrency, maxRequestBytes: options.maxRequestBytes ?? DEFAULT_TUNING.maxRequestBytes, signal: options.signal,
   }, {
     async begin(_first, _end, zero) {
       for (const [a, b] of zero) bytesDone += Math.min(manifest.size, b * manifest.chunkSize) - a * manifest.chunkSize

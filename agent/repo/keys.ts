@@ -1,5 +1,5 @@
 // Repository keys. A repository with encryption has one random 64-byte master secret. It is
-// stored only wrapped by a key provider (a local key file here, AWS KMS in kms-key.ts), and two
+// stored only wrapped by a key provider (a local key file here, AWS KMS in app/kms-key-provider.ts), and two
 // keys are derived from it with HKDF:
 //   - the AES-256-GCM key for every blob,
 //   - the HMAC-SHA256 key for chunk ids, so an id reveals nothing about the plaintext.

@@ -24,6 +24,7 @@ import { BACKUP_ID_PATTERN, timestampedId } from '../core/ids.ts'
 import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys, type WrappedKey } from './keys.ts'
 import { decodeRun, encodeRun, forEachEntry, isRun, newRunName } from './index-run.ts'
 import { decodeManifest, encodeManifest, summaryOf, type BackupSummary, type Manifest, type ManifestV2 } from './manifest.ts'
+import { DEFAULT_TUNING } from '../core/tuning.ts'
 import { MAX_PACK_BYTES, PackBuilder } from './pack.ts'
 import { BACKUPS, CONFIG, indexObject, INDEXES, manifestObject, packObject, recordObject, type RecordArea } from './layout.ts'
 import { decodeNode, type BlobRef, type NodeLoader } from './tree.ts'
@@ -34,8 +35,6 @@ export const READABLE_VERSIONS: readonly number[] = [1, 2]
 export const EBS_BLOCK_SIZE = 512 * 1024
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024
-/** zstd level 1: within a few percent of level 3's ratio on disk data, at about twice the speed. */
-export const DEFAULT_COMPRESSION_LEVEL = 1
 
 const wrappedKeySchema = z.strictObject({ provider: z.string(), keyId: z.string(), ciphertext: z.string() })
 const configSchema = z.strictObject({
@@ -139,7 +138,7 @@ export class Repository {
       }
       throw err
     }
-    return new Repository(backend, config, keys, DEFAULT_COMPRESSION_LEVEL)
+    return new Repository(backend, config, keys, DEFAULT_TUNING.compressionLevel)
   }
 
   static async open(backend: Backend, options: OpenOptions = {}): Promise<Repository> {
@@ -177,7 +176,7 @@ export class Repository {
       }
       keys = deriveKeys(await provider.unwrap(config.encryption.key))
     }
-    return new Repository(backend, config, keys, options.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL)
+    return new Repository(backend, config, keys, options.compressionLevel ?? DEFAULT_TUNING.compressionLevel)
   }
 
   /**

@@ -1,11 +1,13 @@
 // Repository URLs: file:///abs/path, a plain path, or s3://bucket/prefix[?region=…&endpoint=…&
-// path-style=true|false&checksums=when-required]. The environment variable
-// EBS_WORKER_S3_CHECKSUMS=when-required does the same for every s3:// URL (test beds).
+// path-style=true|false&checksums=when-required]. Options in the URL win over the program's AWS
+// settings (aws/config.ts: AWS_REGION, AWS_ENDPOINT_URL_S3, EBS_WORKER_S3_CHECKSUMS…).
 import { isAbsolute, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import type { AwsClients, S3Target } from '../aws/clients.ts'
+import { s3Checksums } from '../aws/config.ts'
 import { FileBackend } from './file.ts'
-import { S3Backend, type S3BackendOptions } from './s3.ts'
+import { S3Backend } from './s3.ts'
 import type { Backend } from './types.ts'
 import { withRetries } from './retry.ts'
 
@@ -14,9 +16,16 @@ export interface BackendTuning {
   partConcurrency?: number
 }
 
-export function openBackend(url: string, tuning: BackendTuning = {}): Backend {
+export interface BackendOptions {
+  /** The program's AWS clients: an s3:// URL gets its client there. */
+  aws: AwsClients
+  tuning?: BackendTuning
+}
+
+export function openBackend(url: string, options: BackendOptions): Backend {
   if (url.startsWith('s3://')) {
-    const s3 = new S3Backend({ ...parseS3Url(url), ...tuning })
+    const { bucket, prefix, ...target } = parseS3Url(url)
+    const s3 = new S3Backend({ bucket, prefix, connection: options.aws.s3(target), ...options.tuning })
     return withRetries(s3, { attempts: s3.maxAttempts })
   }
   if (url.startsWith('file://')) return new FileBackend(fileURLToPath(url))
@@ -26,7 +35,13 @@ export function openBackend(url: string, tuning: BackendTuning = {}): Backend {
   return new FileBackend(isAbsolute(url) ? url : resolve(url))
 }
 
-export function parseS3Url(url: string): S3BackendOptions {
+/** The bucket, the prefix, and what the URL's options say (the rest comes from the AWS settings). */
+export interface S3Url extends S3Target {
+  bucket: string
+  prefix: string
+}
+
+export function parseS3Url(url: string): S3Url {
   let parsed: URL
   try {
     parsed = new URL(url)
@@ -40,18 +55,10 @@ export function parseS3Url(url: string): S3BackendOptions {
   for (const key of q.keys()) {
     if (!known.has(key)) throw new EbsWorkerError(ErrorCode.BadInput, `unknown option "${key}" in ${url}`)
   }
-  const checksums = q.get('checksums') ?? process.env.EBS_WORKER_S3_CHECKSUMS ?? 'default'
-  if (checksums !== 'default' && checksums !== 'when-required') {
-    throw new EbsWorkerError(ErrorCode.BadInput, `checksums must be "default" or "when-required", not "${checksums}"`)
-  }
-  const pathStyle = q.get('path-style')
-  const options: S3BackendOptions = {
-    bucket,
-    prefix: decodeURIComponent(parsed.pathname).replace(/^\/+|\/+$/g, ''),
-    checksums,
-  }
-  if (q.get('region')) options.region = q.get('region')!
-  if (q.get('endpoint')) options.endpoint = q.get('endpoint')!
-  if (pathStyle !== null) options.forcePathStyle = pathStyle === 'true'
-  return options
+  const out: S3Url = { bucket, prefix: decodeURIComponent(parsed.pathname).replace(/^\/+|\/+$/g, '') }
+  if (q.get('checksums') !== null) out.checksums = s3Checksums(q.get('checksums')!)
+  if (q.get('region')) out.region = q.get('region')!
+  if (q.get('endpoint')) out.endpoint = q.get('endpoint')!
+  if (q.get('path-style') !== null) out.forcePathStyle = q.get('path-style') === 'true'
+  return out
 }

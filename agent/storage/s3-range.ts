@@ -55,6 +55,8 @@ export interface RangeGetterOptions {
   httpsAgent: HttpsAgent
   connectionTimeout: number
   socketTimeout: number
+  /** Plain-http endpoints through raw-http.ts (else node:http). */
+  rawHttp: boolean
 }
 
 export class RangeGetter {
@@ -65,7 +67,7 @@ export class RangeGetter {
 
   constructor(options: RangeGetterOptions) {
     this.#options = options
-    this.#raw = process.env.EBS_WORKER_S3_RAW_HTTP === '0' ? null : new RawHttpPool(options)
+    this.#raw = options.rawHttp ? new RawHttpPool(options) : null
   }
 
   /** Resolved once: S3's endpoint rules do not depend on the key. */

@@ -1,9 +1,7 @@
-// s3://bucket/prefix backend on the AWS SDK v3. Configuration is the standard AWS one (region,
-// the default credentials chain, AWS_ENDPOINT_URL[_S3], AWS_MAX_ATTEMPTS); the SDK's retry
-// strategy (exponential backoff with jitter, bounded attempts) covers throttling and dropped
-// connections, and socket timeouts make a silent network fail instead of hang.
-import { Agent as HttpAgent } from 'node:http'
-import { Agent as HttpsAgent } from 'node:https'
+// s3://bucket/prefix backend on the AWS SDK v3. Its client comes built from the program's AWS
+// settings (aws/clients.ts: Region, endpoint, path style, checksums, attempts, sockets); the
+// SDK's retry strategy (exponential backoff with jitter, bounded attempts) covers throttling and
+// dropped connections, and socket timeouts make a silent network fail instead of hang.
 import {
   DeleteObjectCommand,
   GetObjectCommand,
@@ -11,13 +9,11 @@ import {
   S3Client,
   S3ServiceException,
   paginateListObjectsV2,
-  type S3ClientConfig,
 } from '@aws-sdk/client-s3'
 import { Upload } from '@aws-sdk/lib-storage'
-import { NodeHttpHandler } from '@smithy/node-http-handler'
-import type { BuildMiddleware, MetadataBearer } from '@smithy/types'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsError } from '../aws/errors.ts'
+import type { S3Connection } from '../aws/clients.ts'
 import { RangeGetter, S3Status, UseSdk } from './s3-range.ts'
 import { AlreadyExistsError, InterruptedTransfer, type Backend, type ListOptions, type ObjectInfo, type PutOptions } from './types.ts'
 
@@ -25,25 +21,15 @@ export interface S3BackendOptions {
   bucket: string
   /** Key prefix without leading or trailing slash ("" for the bucket root). */
   prefix: string
-  region?: string
-  endpoint?: string
-  /** Path-style addressing; defaults to on when an endpoint override is set. */
-  forcePathStyle?: boolean
-  /**
-   * "when-required" for S3-compatible servers that reject the SDK's default flexible checksums
-   * (Ceph RGW answers 411 to aws-chunked bodies); real AWS keeps the SDK default.
-   */
-  checksums?: 'default' | 'when-required'
-  maxAttempts?: number
+  /** The client, from AwsClients.s3() for the repository URL's target. */
+  connection: S3Connection
   /** Multipart part size for large objects (packs). */
   partSize?: number
   /** Parts of one object uploaded at once. */
   partConcurrency?: number
-  maxSockets?: number
 }
 
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024
-export const DEFAULT_MAX_ATTEMPTS = 5
 const MIN_PART_SIZE = 5 * 1024 * 1024
 
 export class S3Backend implements Backend {
@@ -64,31 +50,15 @@ export class S3Backend implements Backend {
     this.url = `s3://${options.bucket}/${options.prefix}`
     this.#partSize = Math.max(MIN_PART_SIZE, options.partSize ?? DEFAULT_PART_SIZE)
     this.#partConcurrency = options.partConcurrency ?? 4
-    const endpoint = options.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL
-    const maxSockets = options.maxSockets ?? 64
-    const httpAgent = new HttpAgent({ keepAlive: true, maxSockets })
-    const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets })
-    const connectionTimeout = 10_000
-    // Socket inactivity, not total time: a large part may take long, a dead peer must not.
-    const socketTimeout = 60_000
-    const config: S3ClientConfig = {
-      requestHandler: new NodeHttpHandler({ connectionTimeout, socketTimeout, httpAgent, httpsAgent }),
-    }
-    if (options.region) config.region = options.region
-    else if (endpoint && !process.env.AWS_REGION && !process.env.AWS_DEFAULT_REGION) config.region = 'us-east-1'
-    if (endpoint) config.endpoint = endpoint
-    config.forcePathStyle = options.forcePathStyle ?? endpoint !== undefined
-    this.maxAttempts = options.maxAttempts ?? (Number(process.env.AWS_MAX_ATTEMPTS) || DEFAULT_MAX_ATTEMPTS)
-    config.maxAttempts = this.maxAttempts
-    if (options.checksums === 'when-required') {
-      config.requestChecksumCalculation = 'WHEN_REQUIRED'
-      config.responseChecksumValidation = 'WHEN_REQUIRED'
-    }
-    this.client = new S3Client(config)
-    if (options.checksums !== 'when-required') this.client.middlewareStack.add(unsignedPayloadOverTls, UNSIGNED_PAYLOAD_STEP)
-    this.#ranges = process.env.EBS_WORKER_S3_LEAN_GET === '0'
-      ? null
-      : new RangeGetter({ client: this.client, bucket: this.#bucket, httpAgent, httpsAgent, connectionTimeout, socketTimeout })
+    const c = options.connection
+    this.client = c.client
+    this.maxAttempts = c.maxAttempts
+    this.#ranges = c.leanGet
+      ? new RangeGetter({
+        client: c.client, bucket: this.#bucket, httpAgent: c.httpAgent, httpsAgent: c.httpsAgent,
+        connectionTimeout: c.connectionTimeout, socketTimeout: c.socketTimeout, rawHttp: c.rawHttp,
+      })
+      : null
   }
 
   #key(name: string): string {
@@ -205,23 +175,6 @@ export function partSizeFor(length: number, partSize: number): number {
   if (whole === 0 || tail === 0 || tail >= partSize / 8) return partSize
   return Math.ceil(length / whole)
 }
-
-/**
- * Uploads over https are sent with x-amz-content-sha256: UNSIGNED-PAYLOAD instead of a SHA-256
- * of the body, which the signature would otherwise need: one pass over every stored byte less
- * (~0.6 CPU-s per GiB). The body is still protected: TLS guards it in transit and the SDK's
- * default flexible checksum (CRC32, checked by S3) covers every PutObject and UploadPart, hence
- * only with checksums left at their default. Over plain http (test beds) bodies stay signed.
- */
-const unsignedPayloadOverTls: BuildMiddleware<object, MetadataBearer> = (next, context) => async (args) => {
-  const request = args.request as { protocol?: string; headers?: Record<string, string> } | undefined
-  const command = (context as { commandName?: string }).commandName
-  if (request?.headers && request.protocol === 'https:' && (command === 'PutObjectCommand' || command === 'UploadPartCommand')) {
-    request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD'
-  }
-  return next(args)
-}
-const UNSIGNED_PAYLOAD_STEP = { step: 'build', name: 'ebsWorkerUnsignedPayload', priority: 'low' } as const
 
 /** A body that breaks as it streams is an interrupted transfer: the request may be tried again. */
 async function interrupted<T>(what: string, read: () => Promise<T>): Promise<T> {

@@ -53,9 +53,9 @@ import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
 import { EBS_MODEL, serialOf } from '../../agent/device/ebs-device.ts'
-import { fakeNvme } from '../helpers.ts'
-import type { AwsWorld, Principal } from './iam.ts'
+import { credentialScope, type AwsWorld, type Principal } from './iam.ts'
 import { KmsStandIn } from './kms.ts'
+import { fakeNvme } from './nvme.ts'
 
 export interface StandInInstance {
   instanceId: string
@@ -211,6 +211,10 @@ const tagSet = (tags: Record<string, string>): string => {
   return items ? `<tagSet>${items}</tagSet>` : ''
 }
 const hexId = (prefix: string): string => `${prefix}-${randomBytes(9).toString('hex').slice(0, 17)}`
+/** The AWS managed EBS key of an account and Region, by its alias. */
+const awsEbs = (region: string, accountId: string): string => `arn:aws:kms:${region}:${accountId}:alias/aws/ebs`
+/** instanceState.code of each instance state (EC2 API Reference, InstanceState). */
+const STATE_CODES: Record<Instance['state'], number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 }
 
 /** What EBS asks of KMS for the caller. */
 const NEW_KEY = ['kms:DescribeKey', 'kms:CreateGrant', 'kms:GenerateDataKeyWithoutPlaintext']
@@ -234,7 +238,7 @@ export class Ec2StandIn {
   constructor(options: Ec2StandInOptions) {
     const { instance } = options
     this.#options = {
-      bytesPerGiB: 1024 ** 3, delayMs: 100, defaultKmsKeyId: `arn:aws:kms:${instance.region}:${instance.accountId}:alias/aws/ebs`,
+      bytesPerGiB: 1024 ** 3, delayMs: 100, defaultKmsKeyId: awsEbs(instance.region, instance.accountId),
       isAwsManagedKey: (ref) => (options.kms ? options.kms.resolve(ref)?.keyManager === 'AWS' : ref.includes('alias/aws/ebs')),
       exposeDevice: (v, name, loop) => fakeNvme(options.roots, name, loop, serialOf(v.volumeId), EBS_MODEL, v.sizeGiB * this.bytesPerGiB),
       ...options,
@@ -298,7 +302,7 @@ export class Ec2StandIn {
       const { principal, region } = world.callerOf(authorization, instance.region)
       return { principal, accountId: principal.accountId, region }
     }
-    const region = /Credential=[^/]+\/\d{8}\/([^/]+)\//.exec(authorization ?? '')?.[1] ?? instance.region
+    const region = credentialScope(authorization)?.region ?? instance.region
     return { principal: { arn: `arn:aws:iam::${instance.accountId}:root`, accountId: instance.accountId }, accountId: instance.accountId, region }
   }
 
@@ -308,8 +312,23 @@ export class Ec2StandIn {
     return key ? KmsStandIn.arn(key) : ref
   }
 
+  /**
+   * The encryption of a new volume or snapshot copy (Encrypted, KmsKeyId) made from `source`:
+   * encrypted when asked or when the source is; under KmsKeyId, else the source's key when the
+   * source is the caller's, else the Region's default EBS key (also for a shared source).
+   */
+  #newKey(p: URLSearchParams, source: Snapshot | null, ctx: Ctx): { encrypted: boolean; keyRef: string | null; key: string | null } {
+    const kmsKeyId = p.get('KmsKeyId')
+    const encryptedParam = p.get('Encrypted') === 'true'
+    if (kmsKeyId && !encryptedParam) throw new Ec2Error('InvalidParameterDependency', 'The parameter KmsKeyId requires the parameter Encrypted to be set.')
+    const encrypted = encryptedParam || Boolean(source?.encrypted)
+    const shared = source !== null && source.ownerId !== ctx.accountId
+    const keyRef = !encrypted ? null : (kmsKeyId ?? (source?.encrypted && !shared ? source.kmsKeyId! : this.#defaultKey(ctx.accountId, ctx.region)))
+    return { encrypted, keyRef, key: keyRef ? this.#keyArn(keyRef, ctx) : null }
+  }
+
   #defaultKey(accountId: string, region: string): string {
-    return this.defaultKeys.get(`${accountId}/${region}`) ?? `arn:aws:kms:${region}:${accountId}:alias/aws/ebs`
+    return this.defaultKeys.get(`${accountId}/${region}`) ?? awsEbs(region, accountId)
   }
 
   /** EBS's use of keys for the caller: the actions refused, with their key (empty: all allowed). */
@@ -359,7 +378,7 @@ export class Ec2StandIn {
     const region = spec.region ?? this.#options.instance.region
     this.snapshots.set(snapshotId, {
       snapshotId, image: spec.image, sizeGiB: spec.sizeGiB, encrypted: spec.encrypted ?? false,
-      kmsKeyId: spec.encrypted ? (spec.kmsKeyId ?? `arn:aws:kms:${region}:${ownerId}:alias/aws/ebs`) : null,
+      kmsKeyId: spec.encrypted ? (spec.kmsKeyId ?? awsEbs(region, ownerId)) : null,
       ownerId, region, sharedWith: spec.sharedWith ?? [], state: 'completed', statusMessage: null, volumeId: spec.volumeId ?? null,
       tags: {}, startTime: new Date().toISOString(), description: '', deleted: false,
     })
@@ -461,11 +480,6 @@ export class Ec2StandIn {
     const az = p.get('AvailabilityZone')
     if (!az) throw new Ec2Error('MissingParameter', 'The request must contain the parameter AvailabilityZone')
     if (!az.startsWith(ctx.region)) throw new Ec2Error('InvalidParameterValue', `Invalid availability zone: [${az}]`)
-    const encryptedParam = p.get('Encrypted') === 'true'
-    const kmsKeyId = p.get('KmsKeyId')
-    if (kmsKeyId && !encryptedParam) {
-      throw new Ec2Error('InvalidParameterDependency', 'The parameter KmsKeyId requires the parameter Encrypted to be set.')
-    }
     const snapshotId = p.get('SnapshotId')
     const snapshot = snapshotId ? this.#visibleSnapshot(snapshotId, ctx) : null
     if (snapshot && snapshot.state !== 'completed') throw new Ec2Error('IncorrectState', `Snapshot '${snapshotId}' is not 'completed'.`)
@@ -474,10 +488,7 @@ export class Ec2StandIn {
     if (snapshot && size < snapshot.sizeGiB) {
       throw new Ec2Error('InvalidParameterValue', `Volume of ${size}GiB is too small; minimum is ${snapshot.sizeGiB}GiB.`)
     }
-    const encrypted = encryptedParam || Boolean(snapshot?.encrypted)
-    const shared = snapshot !== null && snapshot.ownerId !== ctx.accountId
-    const keyRef = !encrypted ? null : (kmsKeyId ?? (snapshot?.encrypted && !shared ? snapshot.kmsKeyId! : this.#defaultKey(ctx.accountId, ctx.region)))
-    const key = keyRef ? this.#keyArn(keyRef, ctx) : null
+    const { encrypted, keyRef, key } = this.#newKey(p, snapshot, ctx)
     // What EBS asks KMS for, on the caller's behalf: read the snapshot's key, write under the new one.
     const uses: Array<{ ref: string; actions: string[] }> = []
     if (snapshot?.encrypted && snapshot.kmsKeyId) {
@@ -576,7 +587,7 @@ export class Ec2StandIn {
     const a = v.attachment
     if (!a?.loop || !a.name) return
     const { roots } = this.#options
-    await unlink(join(roots.byIdDir, `nvme-Amazon_Elastic_Block_Store_${v.volumeId.replace('-', '')}`)).catch(() => {})
+    await unlink(join(roots.byIdDir, `nvme-Amazon_Elastic_Block_Store_${serialOf(v.volumeId)}`)).catch(() => {})
     await unlink(join(roots.devDir, a.name)).catch(() => {})
     await rm(join(roots.sysBlock, a.name), { recursive: true, force: true })
     execFileSync('losetup', ['-d', a.loop])
@@ -671,13 +682,7 @@ export class Ec2StandIn {
   async #copySnapshot(p: URLSearchParams, ctx: Ctx): Promise<string> {
     const source = this.#visibleSnapshot(p.get('SourceSnapshotId'), { accountId: ctx.accountId, region: p.get('SourceRegion') ?? ctx.region })
     if (source.state !== 'completed') throw new Ec2Error('IncorrectState', `Snapshot '${source.snapshotId}' is not 'completed'.`)
-    const kmsKeyId = p.get('KmsKeyId')
-    const encryptedParam = p.get('Encrypted') === 'true'
-    if (kmsKeyId && !encryptedParam) throw new Ec2Error('InvalidParameterDependency', 'The parameter KmsKeyId requires the parameter Encrypted to be set.')
-    const encrypted = encryptedParam || source.encrypted
-    const shared = source.ownerId !== ctx.accountId
-    const keyRef = !encrypted ? null : (kmsKeyId ?? (source.encrypted && !shared ? source.kmsKeyId! : this.#defaultKey(ctx.accountId, ctx.region)))
-    const key = keyRef ? this.#keyArn(keyRef, ctx) : null
+    const { encrypted, keyRef, key } = this.#newKey(p, source, ctx)
     const uses: Array<{ ref: string; actions: string[] }> = []
     if (source.encrypted && source.kmsKeyId) uses.push({ ref: source.kmsKeyId, actions: [...READ_KEY, 'kms:ReEncryptFrom'] })
     if (keyRef) uses.push({ ref: keyRef, actions: [...NEW_KEY, 'kms:ReEncryptTo'] })
@@ -750,8 +755,7 @@ export class Ec2StandIn {
   #instanceXml(i: Instance): string {
     const mappings = this.attachedTo(i.instanceId).map((v) => `<item>${el('deviceName', v.attachment!.device)}<ebs>${el('volumeId', v.volumeId)}` +
       `${el('status', v.attachment!.state)}${el('attachTime', v.attachment!.time)}${el('deleteOnTermination', v.attachment!.deleteOnTermination)}</ebs></item>`).join('')
-    const codes: Record<Instance['state'], number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 }
-    return `<item>${el('instanceId', i.instanceId)}${el('imageId', i.imageId)}<instanceState>${el('code', codes[i.state])}${el('name', i.state)}</instanceState>` +
+    return `<item>${el('instanceId', i.instanceId)}${el('imageId', i.imageId)}<instanceState>${el('code', STATE_CODES[i.state])}${el('name', i.state)}</instanceState>` +
       `${el('instanceType', i.instanceType)}${el('launchTime', i.launchTime)}<placement>${el('availabilityZone', i.availabilityZone)}${el('tenancy', 'default')}</placement>` +
       `${el('architecture', i.architecture)}${el('rootDeviceType', 'ebs')}${el('rootDeviceName', i.rootDeviceName)}<blockDeviceMapping>${mappings}</blockDeviceMapping>` +
       `${el('virtualizationType', 'hvm')}${tagSet(i.tags)}</item>`
@@ -832,9 +836,8 @@ export class Ec2StandIn {
       }, this.#options.delayMs)
       return { i, previous }
     })
-    const codes: Record<string, number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 }
-    return `<instancesSet>${items.map(({ i, previous }) => `<item>${el('instanceId', i.instanceId)}<currentState>${el('code', codes[i.state])}${el('name', i.state)}</currentState>` +
-      `<previousState>${el('code', codes[previous])}${el('name', previous)}</previousState></item>`).join('')}</instancesSet>`
+    return `<instancesSet>${items.map(({ i, previous }) => `<item>${el('instanceId', i.instanceId)}<currentState>${el('code', STATE_CODES[i.state])}${el('name', i.state)}</currentState>` +
+      `<previousState>${el('code', STATE_CODES[previous])}${el('name', previous)}</previousState></item>`).join('')}</instancesSet>`
   }
 
   #snapshotXml(x: Snapshot): string {

@@ -79,6 +79,12 @@ export interface KeyUse {
 
 export type ConditionContext = Record<string, string | boolean>
 
+/** The access key id and Region of a SigV4 Authorization header (Credential=AKID/date/region/service/aws4_request), if it has one. */
+export function credentialScope(authorization: string | undefined): { accessKeyId: string; region: string } | null {
+  const m = /Credential=([^/]+)\/\d{8}\/([^/]+)\//.exec(authorization ?? '')
+  return m ? { accessKeyId: m[1]!, region: m[2]! } : null
+}
+
 const asList = <T>(v: T | T[] | undefined): T[] => (v === undefined ? [] : Array.isArray(v) ? v : [v])
 
 /** IAM wildcard match: * any run of characters, ? one; actions compare case-insensitively. */
@@ -168,10 +174,10 @@ export class AwsWorld {
 
   /** The principal and Region of a signed request (SigV4 Authorization header). */
   callerOf(authorization: string | undefined, fallbackRegion: string): { principal: Principal; region: string; accessKeyId: string } {
-    const m = /Credential=([^/]+)\/\d{8}\/([^/]+)\//.exec(authorization ?? '')
-    const accessKeyId = m?.[1] ?? 'anonymous'
+    const scope = credentialScope(authorization)
+    const accessKeyId = scope?.accessKeyId ?? 'anonymous'
     const principal = this.principals.get(accessKeyId) ?? { arn: `arn:aws:iam::${this.defaultAccountId}:root`, accountId: this.defaultAccountId }
-    return { principal, region: m?.[2] ?? fallbackRegion, accessKeyId }
+    return { principal, region: scope?.region ?? fallbackRegion, accessKeyId }
   }
 
   record(principal: Principal, service: string, action: string, region: string, allowed: boolean): void {

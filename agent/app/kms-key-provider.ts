@@ -3,9 +3,10 @@
 // a customer managed key, with an encryption context naming the repository, and unwrapped with
 // KMS Decrypt (same context, same key id: KMS refuses any other). AWS KMS API Reference, Encrypt
 // and Decrypt; KMS Developer Guide, "Encryption context".
-import { DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms'
+import { DecryptCommand, EncryptCommand, type KMSClient } from '@aws-sdk/client-kms'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
-import { awsCall } from './errors.ts'
+import { awsCall } from '../aws/errors.ts'
+import type { AwsClients } from '../aws/clients.ts'
 import type { KeyProvider, WrappedKey } from '../repo/keys.ts'
 
 export const KMS_PROVIDER = 'aws-kms'
@@ -16,28 +17,20 @@ const CONTEXT = { purpose: 'ebs-worker-repository-key', format: 'ebs-worker/v1' 
 export class KmsKeyProvider implements KeyProvider {
   readonly name = KMS_PROVIDER
   readonly #keyId: string | null
-  readonly #client: KMSClient | null
-  readonly #clients = new Map<string, KMSClient>()
+  readonly #aws: AwsClients
 
   /**
    * `keyId` (key id, ARN or alias) is needed to wrap; to unwrap, the key recorded in the
-   * repository is used. Without a client, one per Region is made, the Region being the key
-   * ARN's (else the SDK's default).
+   * repository is used. The KMS client is the program's for the key ARN's Region (else its
+   * default Region).
    */
-  constructor(options: { keyId?: string; client?: KMSClient } = {}) {
+  constructor(options: { aws: AwsClients; keyId?: string | undefined }) {
     this.#keyId = options.keyId ?? null
-    this.#client = options.client ?? null
+    this.#aws = options.aws
   }
 
   #clientFor(keyId: string): KMSClient {
-    if (this.#client) return this.#client
-    const region = /^arn:aws[\w-]*:kms:([\w-]+):/.exec(keyId)?.[1] ?? ''
-    let client = this.#clients.get(region)
-    if (!client) {
-      client = new KMSClient(region ? { region } : {})
-      this.#clients.set(region, client)
-    }
-    return client
+    return this.#aws.kms(/^arn:aws[\w-]*:kms:([\w-]+):/.exec(keyId)?.[1])
   }
 
   async wrap(secret: Buffer): Promise<WrappedKey> {
@@ -62,9 +55,4 @@ export class KmsKeyProvider implements KeyProvider {
   #call<T>(action: string, keyId: string, call: () => Promise<T>): Promise<T> {
     return awsCall({ service: 'KMS', operation: `${action} with ${keyId}` }, call, { kmsKeyId: keyId })
   }
-}
-
-/** The key provider for a repository key KMS wrapped (no key file: the caller's AWS credentials open it), else null. */
-export function kmsKeyProviderFor(wrapped: WrappedKey): KeyProvider | null {
-  return wrapped.provider === KMS_PROVIDER ? new KmsKeyProvider() : null
 }

@@ -1,0 +1,44 @@
+// A repository opened with its key, for every command and the daemon and doctor alike: the one
+// place that decides which key provider unlocks a repository. A key file when one is given;
+// otherwise AWS KMS for a key KMS wrapped (`init --kms-key`: the caller's AWS identity opens it,
+// or is refused), and for any other encrypted repository the request for its key file.
+import { DEFAULT_TUNING, type Tuning } from '../core/tuning.ts'
+import type { AwsClients } from '../aws/clients.ts'
+import { openBackend } from '../storage/open.ts'
+import { LocalKeyFileProvider } from '../repo/keys.ts'
+import { DEFAULT_CHUNK_SIZE, Repository } from '../repo/repository.ts'
+import { KMS_PROVIDER, KmsKeyProvider } from './kms-key-provider.ts'
+
+export interface RepositoryAccess {
+  /** The program's AWS clients: S3 for s3:// repositories, KMS for KMS-wrapped keys. */
+  aws: AwsClients
+  /** The key file of a repository whose key is in a file. */
+  keyFile?: string | undefined
+  /** Only the zstd level of what this opening stores matters here. */
+  tuning?: Partial<Pick<Tuning, 'compressionLevel'>>
+}
+
+export async function openRepository(url: string, access: RepositoryAccess): Promise<Repository> {
+  return Repository.open(openBackend(url, { aws: access.aws }), {
+    ...(access.keyFile ? { keyProvider: await LocalKeyFileProvider.open(access.keyFile) } : {}),
+    keyProviderFor: (wrapped) => (wrapped.provider === KMS_PROVIDER ? new KmsKeyProvider({ aws: access.aws }) : null),
+    compressionLevel: access.tuning?.compressionLevel ?? DEFAULT_TUNING.compressionLevel,
+  })
+}
+
+export interface NewRepository {
+  aws: AwsClients
+  chunkSize?: number
+  /** Encrypt, with the key wrapped by this KMS key (id, ARN or alias)… */
+  kmsKey?: string | undefined
+  /** …or else kept in this file (created if missing). */
+  keyFile?: string | undefined
+}
+
+/** Creates a repository: not encrypted, or with a new key in a key file or wrapped by KMS. */
+export async function initRepository(url: string, o: NewRepository): Promise<Repository> {
+  const keyProvider = o.kmsKey ? new KmsKeyProvider({ aws: o.aws, keyId: o.kmsKey })
+    : o.keyFile ? await LocalKeyFileProvider.open(o.keyFile, { create: true }) : undefined
+  const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_SIZE
+  return Repository.init(openBackend(url, { aws: o.aws }), keyProvider ? { chunkSize, keyProvider } : { chunkSize })
+}

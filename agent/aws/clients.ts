@@ -1,0 +1,187 @@
+// Every AWS SDK client of a program, built from one AwsSettings (aws/config.ts): on first use,
+// once per service and Region, shared by whoever needs it, destroyed together. A session of an
+// assumed role (the controller's) is its own AwsClients with that role's credentials.
+//
+// The SDK packages are loaded when a client of theirs is first asked for, not when this module
+// is: EC2's alone takes 0.6 s to load, which `ebs-worker backup` of a file never needs. They
+// are CommonJS, so `require` loads them synchronously, and the same instance an `import` of the
+// package elsewhere gets (commands, error classes).
+import { Agent as HttpAgent } from 'node:http'
+import { Agent as HttpsAgent } from 'node:https'
+import { createRequire } from 'node:module'
+import type { EBSClient } from '@aws-sdk/client-ebs'
+import type { EC2Client } from '@aws-sdk/client-ec2'
+import type { KMSClient } from '@aws-sdk/client-kms'
+import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3'
+import type { SQSClient } from '@aws-sdk/client-sqs'
+import type { STSClient } from '@aws-sdk/client-sts'
+import type { AwsCredentialIdentityProvider } from '@aws-sdk/types'
+import type { BuildMiddleware, MetadataBearer } from '@smithy/types'
+import { S3_MAX_ATTEMPTS, type AwsServiceId, type AwsSettings, type S3Checksums } from './config.ts'
+
+const require = createRequire(import.meta.url)
+
+/** Where an S3 client points: a repository URL's own options, else the settings'. */
+export interface S3Target {
+  region?: string | undefined
+  endpoint?: string | undefined
+  /** Path-style addressing; on by default when an endpoint override is set. */
+  forcePathStyle?: boolean | undefined
+  checksums?: S3Checksums | undefined
+}
+
+/** An S3 client with what the lean ranged GET (storage/s3-range.ts) shares with it: its sockets, timeouts and attempts. */
+export interface S3Connection {
+  client: S3Client
+  httpAgent: HttpAgent
+  httpsAgent: HttpsAgent
+  connectionTimeout: number
+  socketTimeout: number
+  maxAttempts: number
+  checksums: S3Checksums
+  /** Restores' ranged GETs may skip the SDK (settings.s3.leanGet), and over plain http node:http too (rawHttp). */
+  leanGet: boolean
+  rawHttp: boolean
+}
+
+interface Destroyable {
+  destroy(): void
+}
+
+export class AwsClients {
+  readonly settings: AwsSettings
+  readonly #credentials: AwsCredentialIdentityProvider | undefined
+  readonly #clients = new Map<string, Destroyable>()
+
+  /** `credentials`: another identity's (an assumed role); otherwise the SDK's default chain. */
+  constructor(settings: AwsSettings, options: { credentials?: AwsCredentialIdentityProvider } = {}) {
+    this.settings = settings
+    this.#credentials = options.credentials
+  }
+
+  /** The Region clients get when the caller names none (undefined: the SDK's own). */
+  get region(): string | undefined {
+    return this.settings.region
+  }
+
+  /**
+   * SQS. With an endpoint override (a local SQS) the override must win over the host in the
+   * queue URL, which the SDK would otherwise send to.
+   */
+  sqs(region?: string): SQSClient {
+    return this.#get('sqs', region, (config) => {
+      const { SQSClient } = require('@aws-sdk/client-sqs') as typeof import('@aws-sdk/client-sqs')
+      return new SQSClient({ ...config, ...(this.settings.endpoints.sqs ? { useQueueUrlAsEndpoint: false } : {}) })
+    })
+  }
+
+  ec2(region?: string): EC2Client {
+    return this.#get('ec2', region, (config) => new (require('@aws-sdk/client-ec2') as typeof import('@aws-sdk/client-ec2')).EC2Client(config))
+  }
+
+  kms(region?: string): KMSClient {
+    return this.#get('kms', region, (config) => new (require('@aws-sdk/client-kms') as typeof import('@aws-sdk/client-kms')).KMSClient(config))
+  }
+
+  ebs(region?: string): EBSClient {
+    return this.#get('ebs', region, (config) => new (require('@aws-sdk/client-ebs') as typeof import('@aws-sdk/client-ebs')).EBSClient(config))
+  }
+
+  sts(region?: string): STSClient {
+    return this.#get('sts', region, (config) => new (require('@aws-sdk/client-sts') as typeof import('@aws-sdk/client-sts')).STSClient(config))
+  }
+
+  /**
+   * S3 for a repository: one client (and connection pool) per target, since a repository URL may
+   * name its own Region and endpoint. With an endpoint override and no Region, us-east-1 (what
+   * S3-compatible servers expect); path-style addressing unless the target says otherwise.
+   */
+  s3(target: S3Target = {}): S3Connection {
+    const endpoint = target.endpoint ?? this.settings.endpoints.s3
+    const region = target.region ?? this.settings.region ?? (endpoint ? 'us-east-1' : undefined)
+    const checksums = target.checksums ?? this.settings.s3.checksums
+    const forcePathStyle = target.forcePathStyle ?? endpoint !== undefined
+    const key = `s3 ${JSON.stringify([endpoint, region, checksums, forcePathStyle])}`
+    const known = this.#clients.get(key) as (S3Connection & Destroyable) | undefined
+    if (known) return known
+    const { S3Client } = require('@aws-sdk/client-s3') as typeof import('@aws-sdk/client-s3')
+    const { NodeHttpHandler } = require('@smithy/node-http-handler') as typeof import('@smithy/node-http-handler')
+    const maxSockets = 64
+    const httpAgent = new HttpAgent({ keepAlive: true, maxSockets })
+    const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets })
+    const connectionTimeout = 10_000
+    // Socket inactivity, not total time: a large part may take long, a dead peer must not.
+    const socketTimeout = 60_000
+    const maxAttempts = this.settings.maxAttempts ?? S3_MAX_ATTEMPTS
+    const config: S3ClientConfig = {
+      requestHandler: new NodeHttpHandler({ connectionTimeout, socketTimeout, httpAgent, httpsAgent }),
+      forcePathStyle,
+      maxAttempts,
+      ...(region ? { region } : {}),
+      ...(endpoint ? { endpoint } : {}),
+      ...(this.#credentials ? { credentials: this.#credentials } : {}),
+      ...(checksums === 'when-required' ? { requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' } : {}),
+    }
+    const client = new S3Client(config)
+    if (checksums !== 'when-required') client.middlewareStack.add(unsignedPayloadOverTls, UNSIGNED_PAYLOAD_STEP)
+    const connection: S3Connection & Destroyable = {
+      client, httpAgent, httpsAgent, connectionTimeout, socketTimeout, maxAttempts, checksums,
+      leanGet: this.settings.s3.leanGet, rawHttp: this.settings.s3.rawHttp,
+      destroy: () => {
+        client.destroy()
+        httpAgent.destroy()
+        httpsAgent.destroy()
+      },
+    }
+    this.#clients.set(key, connection)
+    return connection
+  }
+
+  /** Closes every client built so far (their sockets); asking again builds new ones. */
+  destroy(): void {
+    for (const client of this.#clients.values()) client.destroy()
+    this.#clients.clear()
+  }
+
+  #get<C extends Destroyable>(service: AwsServiceId, region: string | undefined, make: (config: ClientConfig) => C): C {
+    const r = region ?? this.settings.region
+    const key = `${service} ${r ?? ''}`
+    let client = this.#clients.get(key) as C | undefined
+    if (!client) {
+      const endpoint = this.settings.endpoints[service]
+      const maxAttempts = this.settings.maxAttempts
+      client = make({
+        ...(r ? { region: r } : {}),
+        ...(endpoint ? { endpoint } : {}),
+        ...(maxAttempts ? { maxAttempts } : {}),
+        ...(this.#credentials ? { credentials: this.#credentials } : {}),
+      })
+      this.#clients.set(key, client)
+    }
+    return client
+  }
+}
+
+interface ClientConfig {
+  region?: string
+  endpoint?: string
+  maxAttempts?: number
+  credentials?: AwsCredentialIdentityProvider
+}
+
+/**
+ * Uploads over https are sent with x-amz-content-sha256: UNSIGNED-PAYLOAD instead of a SHA-256
+ * of the body, which the signature would otherwise need: one pass over every stored byte less
+ * (~0.6 CPU-s per GiB). The body is still protected: TLS guards it in transit and the SDK's
+ * default flexible checksum (CRC32, checked by S3) covers every PutObject and UploadPart, hence
+ * only with checksums left at their default. Over plain http (test beds) bodies stay signed.
+ */
+const unsignedPayloadOverTls: BuildMiddleware<object, MetadataBearer> = (next, context) => async (args) => {
+  const request = args.request as { protocol?: string; headers?: Record<string, string> } | undefined
+  const command = (context as { commandName?: string }).commandName
+  if (request?.headers && request.protocol === 'https:' && (command === 'PutObjectCommand' || command === 'UploadPartCommand')) {
+    request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD'
+  }
+  return next(args)
+}
+const UNSIGNED_PAYLOAD_STEP = { step: 'build', name: 'ebsWorkerUnsignedPayload', priority: 'low' } as const

@@ -1,0 +1,44 @@
+// ebs-worker restore: a backup onto a block device or image file; with --volume-id only onto
+// that attached EBS volume.
+import type { Command } from 'commander'
+import { DEFAULT_TUNING } from '../core/tuning.ts'
+import { formatBytes } from '../core/units.ts'
+import { assertVolumeDevice } from '../device/ebs-device.ts'
+import { openRepository } from '../app/repository.ts'
+import { restore } from '../pipeline/restore.ts'
+import type { CliContext } from './context.ts'
+import { tuningArg, withRepository, type RepositoryOptions } from './options.ts'
+import { withProgress } from './progress.ts'
+
+/** --concurrency of restore and verify. */
+export const getsInFlight = ['--concurrency <n>', 'ranged GETs in flight', tuningArg('--concurrency', 'restoreConcurrency'), DEFAULT_TUNING.restoreConcurrency] as const
+
+export function restoreCommand(program: Command, { print, signal, aws }: CliContext): void {
+  withRepository(program.command('restore').description('restore a backup onto a block device or image file'))
+    .requiredOption('--backup <id>', 'backup id')
+    .requiredOption('--device <path>', 'target block device or image file (an image file is created if missing)')
+    .option('--fresh-target', 'the target is a new empty volume: skip writing zero chunks')
+    .option('--volume-id <id>', 'refuse unless the device is this attached EBS volume (by its NVMe serial)')
+    .option(...getsInFlight)
+    .action(async (opts: RepositoryOptions & { backup: string; device: string; freshTarget?: boolean; volumeId?: string; concurrency: number }) => {
+      const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
+      // Before anything is opened for writing: the device must be that volume (its NVMe serial).
+      if (opts.volumeId) await assertVolumeDevice(opts.device, opts.volumeId)
+      const r = await withProgress('restore', opts.progress && !opts.json, (onProgress) => restore(repo, {
+        backupId: opts.backup,
+        device: opts.device,
+        freshTarget: opts.freshTarget === true,
+        concurrency: opts.concurrency,
+        onProgress,
+        signal,
+      }))
+      const secs = r.durationMs / 1000
+      print(
+        [
+          `restored backup ${r.backupId} onto ${opts.device} (${formatBytes(r.size)}) in ${secs.toFixed(1)} s (${formatBytes(r.size / Math.max(secs, 0.001))}/s)`,
+          `  fetched ${formatBytes(r.bytesFetched)} in ${r.requests} requests, ${r.chunksVerified} chunks verified, ${r.zeroChunksSkipped} zero chunks skipped`,
+        ],
+        { ...r },
+      )
+    })
+}

@@ -1,0 +1,42 @@
+// What a task handler works with: the daemon's settings and tuning, this worker's volumes, its
+// AWS clients, the repositories, the log. One handler per task type (handlers/index.ts).
+import type { EBSClient } from '@aws-sdk/client-ebs'
+import type { KMSClient } from '@aws-sdk/client-kms'
+import type { Tuning } from '../../core/tuning.ts'
+import type { Volumes } from '../../aws/volumes.ts'
+import type { Repository } from '../../repo/repository.ts'
+import type { DaemonConfig } from '../config.ts'
+import type { DaemonLog } from '../log.ts'
+import type { Task } from '../task.ts'
+
+export interface TaskContext {
+  config: DaemonConfig
+  tuning: Tuning
+  volumes: Volumes
+  kms: KMSClient
+  ebs: EBSClient
+  log: DaemonLog
+  /** A repository (the configured one when `url` is undefined), opened once. */
+  repository(url: string | undefined): Promise<Repository>
+}
+
+/** Runs one task of type T; resolves to the figures of its `succeeded` reply. */
+export type Handler<T extends Task['type']> = (task: Extract<Task, { type: T }>, ctx: TaskContext, signal: AbortSignal) => Promise<Record<string, unknown>>
+
+/** A progress callback that logs a line every progressLogSeconds: long tasks show they move. */
+export function progressLog(ctx: TaskContext, taskId: string): (p: { bytesDone: number; bytesTotal: number }) => void {
+  const started = Date.now()
+  let last = started
+  let first: number | null = null
+  return (p) => {
+    first ??= p.bytesDone // a resumed task starts part-way
+    const now = Date.now()
+    if (now - last < ctx.config.progressLogSeconds * 1000) return
+    last = now
+    const rate = (p.bytesDone - first) / ((now - started) / 1000)
+    ctx.log.info('task progress', {
+      taskId, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Math.floor((p.bytesDone / p.bytesTotal) * 1000) / 10,
+      bytesPerSecond: Math.round(rate), secondsLeft: rate > 0 ? Math.round((p.bytesTotal - p.bytesDone) / rate) : null,
+    })
+  }
+}
