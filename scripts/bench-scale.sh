@@ -249,6 +249,8 @@ part_startup() {
   helper image "$IMG" "$IMAGE_MIB"
   REPO_FILE=$WORK/repo-startup
   ebs init --repo "$REPO_FILE" ${KEY[@]+"${KEY[@]}"} ${INIT[@]+"${INIT[@]}"} --json > /dev/null
+  # The baseline: an empty repository (what start-up costs without any index).
+  startup_size file "file://$REPO_FILE" 0
   for n in $CHUNKS; do
     n=$(chunks_int "$n")
     [ "$n" -gt "$prev" ] || die "SCALE_CHUNKS must ascend"
@@ -274,6 +276,7 @@ part_startup() {
   local url=s3://bench-scale/repo
   helper bucket bench-scale
   ebs init --repo "$url" ${KEY[@]+"${KEY[@]}"} ${INIT[@]+"${INIT[@]}"} --json > /dev/null
+  startup_size s3 "$url" 0
   prev=0
   for n in $S3_CHUNKS; do
     n=$(chunks_int "$n")
@@ -307,24 +310,26 @@ part_sparse() {
   for what in sparse packed; do
     img=$MNT/$what.img
     repo=$MNT/repo-$what
-    ebs init --repo "$repo" ${KEY[@]+"${KEY[@]}"} ${INIT[@]+"${INIT[@]}"} --json > /dev/null
-    log "$what: backup"
-    t=$(measure "$what-backup" "$NODE" "$EBS" backup --repo "$repo" ${KEY[@]+"${KEY[@]}"} --device "$img" --json)
-    echo "$(json_merge "{\"volume\":\"$what\",\"op\":\"backup\"}" "$t" "{\"cli\":$(last_json "$WORK/logs/$what-backup.out")}")" >> "$WORK/results/sparse.jsonl"
-    id=$(backup_id "$WORK/logs/$what-backup.out")
     out=$MNT/restored-$what.img
-    log "$what: restore"
-    t=$(measure "$what-restore" "$NODE" "$EBS" restore --repo "$repo" ${KEY[@]+"${KEY[@]}"} --backup "$id" --device "$out" --json)
-    local check
-    check=$(helper compare "$img" "$out" "$size" "$([ $what = packed ] && echo packed || echo sparse)")
-    echo "$(json_merge "{\"volume\":\"$what\",\"op\":\"restore\"}" "$t" "{\"cli\":$(last_json "$WORK/logs/$what-restore.out")}" "$check")" >> "$WORK/results/sparse.jsonl"
-    rm -f "$out"
-    log "$what: verify"
-    t=$(measure "$what-verify" "$NODE" "$EBS" verify --repo "$repo" ${KEY[@]+"${KEY[@]}"} --backup "$id" --json)
-    echo "$(json_merge "{\"volume\":\"$what\",\"op\":\"verify\"}" "$t" "{\"cli\":$(last_json "$WORK/logs/$what-verify.out")}")" >> "$WORK/results/sparse.jsonl"
+    local r check
+    for r in $(seq 1 "$REPEAT"); do
+      rm -rf "$repo"
+      ebs init --repo "$repo" ${KEY[@]+"${KEY[@]}"} ${INIT[@]+"${INIT[@]}"} --json > /dev/null
+      log "$what: backup, restore, verify ($r/$REPEAT)"
+      t=$(measure "$what-backup-$r" "$NODE" "$EBS" backup --repo "$repo" ${KEY[@]+"${KEY[@]}"} --device "$img" --json)
+      echo "$(json_merge "{\"volume\":\"$what\",\"op\":\"backup\",\"rep\":$r}" "$t" "{\"cli\":$(last_json "$WORK/logs/$what-backup-$r.out")}")" >> "$WORK/results/sparse.jsonl"
+      id=$(backup_id "$WORK/logs/$what-backup-$r.out")
+      t=$(measure "$what-restore-$r" "$NODE" "$EBS" restore --repo "$repo" ${KEY[@]+"${KEY[@]}"} --backup "$id" --device "$out" --json)
+      check=$(helper compare "$img" "$out" "$size" "$([ $what = packed ] && echo packed || echo sparse)")
+      echo "$(json_merge "{\"volume\":\"$what\",\"op\":\"restore\",\"rep\":$r}" "$t" "{\"cli\":$(last_json "$WORK/logs/$what-restore-$r.out")}" "$check")" >> "$WORK/results/sparse.jsonl"
+      rm -f "$out"
+      t=$(measure "$what-verify-$r" "$NODE" "$EBS" verify --repo "$repo" ${KEY[@]+"${KEY[@]}"} --backup "$id" --json)
+      echo "$(json_merge "{\"volume\":\"$what\",\"op\":\"verify\",\"rep\":$r}" "$t" "{\"cli\":$(last_json "$WORK/logs/$what-verify-$r.out")}")" >> "$WORK/results/sparse.jsonl"
+    done
     if [ "$PROFILE" = 1 ]; then
       # Profiled: a backup into a repository of its own (the first one's window would know every chunk).
       log "$what: profiled backup, restore, verify"
+      rm -rf "$repo-prof"
       ebs init --repo "$repo-prof" ${KEY[@]+"${KEY[@]}"} ${INIT[@]+"${INIT[@]}"} --json > /dev/null
       drop_caches
       "$NODE" --cpu-prof --cpu-prof-dir="$WORK/prof/$what-backup" "$EBS" backup --repo "$repo-prof" ${KEY[@]+"${KEY[@]}"} --device "$img" --json > "$WORK/logs/$what-backup-prof.out"

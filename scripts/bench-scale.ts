@@ -227,14 +227,24 @@ async function countStrace(log: string, image: string, repo: string): Promise<vo
   const stats: Record<string, number> = {}
   let listCalls = 0
   let listed = 0
+  // When the listing of index/ began and ended, and when the last run was opened (for the phases).
+  let listStart = NaN
+  let listEnd = NaN
+  let lastRun = NaN
+  const index = `${repo}/index`
   for (const line of lines) {
     const l = straceLine(line)
     if (!l || l.t >= first) continue
     // openat(AT_FDCWD</cwd>, "/path", flags…) of an object (a directory opened to list it is not one)
     let m = /^openat\([^,]*, "([^"]+)", ([^,)]+)/.exec(l.call)
+    if (m && m[1] === index && m[2]!.includes('O_DIRECTORY')) {
+      if (Number.isNaN(listStart)) listStart = l.t
+      continue
+    }
     if (m && m[1]!.startsWith(repo + '/') && !m[2]!.includes('O_DIRECTORY') && !/= -1/.test(l.call)) {
       const area = areaOf(m[1]!)
       opens[area] = (opens[area] ?? 0) + 1
+      if (area === 'index/') lastRun = l.t
       continue
     }
     // statx/newfstatat by name (the listing's per-object stat; fstat of an open file is AT_EMPTY_PATH)
@@ -242,15 +252,20 @@ async function countStrace(log: string, image: string, repo: string): Promise<vo
     if (m && m[1]!.startsWith(repo + '/')) {
       const area = areaOf(m[1]!)
       stats[area] = (stats[area] ?? 0) + 1
+      if (area === 'index/' && (Number.isNaN(listEnd) || l.t > listEnd)) listEnd = l.t
       continue
     }
     m = /^getdents64\(\d+<([^>]+)>, [^/]*\/\* (\d+) entries \*\//.exec(l.call)
     if (m && (m[1] === repo || m[1]!.startsWith(repo + '/'))) {
       listCalls++
       listed += Number(m[2])
+      if (m[1] === index && (Number.isNaN(listEnd) || l.t > listEnd)) listEnd = l.t
     }
   }
-  console.log(JSON.stringify({ startupSeconds: first - start, opens, stats, listCalls, listed }))
+  // Phases: the process until it lists index/ (Node, TypeScript, modules, config, SEEK_DATA), the
+  // listing, then reading and decoding the window's runs and starting the writer.
+  const phases = { toList: listStart - start, list: listEnd - listStart, window: first - listEnd }
+  console.log(JSON.stringify({ startupSeconds: first - start, opens, stats, listCalls, listed, lastRunAt: lastRun - start, phases }))
 }
 
 /** Only the time to the first chunk read, from a light strace (-e trace=pread64,execve). */
@@ -271,12 +286,15 @@ async function makeBucket(name: string): Promise<void> {
 async function countProxy(log: string, strace: string, image: string): Promise<void> {
   const { start, firstRead: first } = firstRead((await readFile(strace, 'utf8')).split('\n'), image)
   const counts: Record<string, number> = {}
+  let list = NaN
   for (const line of (await readFile(log, 'utf8')).split('\n')) {
     const [t, what] = line.split(' ')
     if (!t || !what || Number(t) < start || Number(t) >= first) continue
     counts[what] = (counts[what] ?? 0) + 1
+    if (what === 'LIST:index/' && Number.isNaN(list)) list = Number(t)
   }
-  console.log(JSON.stringify({ startupSeconds: first - start, requests: counts }))
+  // Phases: the process until it lists index/, then the listing, reading and decoding the window's runs.
+  console.log(JSON.stringify({ startupSeconds: first - start, requests: counts, phases: { toList: list - start, window: first - list } }))
 }
 
 /**
@@ -469,7 +487,7 @@ async function startupReport(dir: string): Promise<string[]> {
   const rows = await jsonLines(join(dir, 'startup.jsonl'))
   if (!rows.length) return []
   const plan = (rows.find((r) => r.kind === 'generate')?.plan ?? runPlan()) as RunPlan
-  const all = [...new Set(rows.filter((r) => r.kind === 'count').map((r) => r.chunks as number))].sort((a, b) => a - b)
+  const all = [...new Set(rows.filter((r) => r.kind === 'count' && r.chunks > 0).map((r) => r.chunks as number))].sort((a, b) => a - b)
   const out: string[] = [`## 1. A backup task's start-up in repositories of ${all.map(power).join(', ')} chunks`, '']
   out.push(`Each repository: ${plan.recentRuns} index runs written in the last 30 days (${plan.recentEntries.toLocaleString('en-US')} entries, the same at every size), ` +
     `the rest in runs of ${plan.oldRunEntries.toLocaleString('en-US')} entries named over the ${plan.years} years before; a backup of ${rows.find((r) => r.cli)?.cli?.size / MiB} MiB ` +
@@ -483,26 +501,31 @@ async function startupReport(dir: string): Promise<string[]> {
       out.push('### file:// (counted with strace)', '')
       out.push(table(
         ['Chunks', 'Index runs', 'Index size', 'Objects read before the first chunk read', 'Listing index/: getdents64 calls (entries)', 'stat by name in index/',
-          'Time to first chunk read s', 'Wall s', 'CPU s', 'Peak RSS MiB'],
-        ['l', 'r', 'r', 'l', 'r', 'r', 'r', 'r', 'r', 'r'],
+          'Time to first chunk read s', 'Wall s', 'CPU s', 'Peak RSS MiB', 'Under strace: start → listing + listing + window s'],
+        ['l', 'r', 'r', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
         sizes.map((n) => {
           const c = countOf(n)
           const t = timedOf(n)
           const opens = Object.entries(c.opens as Record<string, number>).map(([k, v]) => `${v} ${k}`).join(', ') || '0'
-          return [power(n), String(c.runs), size(c.indexBytes), opens, `${c.listCalls} (${c.listed})`, String(c.stats['index/'] ?? 0),
-            spread(t.map((r) => r.startupSeconds), 2), spread(t.map((r) => r.wall), 2), spread(t.map((r) => r.user + r.sys), 2), spread(t.map((r) => r.maxRssKiB / 1024), 0)]
+          const p = (c.phases ?? {}) as Json
+          return [n ? power(n) : '0 (empty)', String(c.runs), size(c.indexBytes), opens, `${c.listCalls} (${c.listed})`, String(c.stats['index/'] ?? 0),
+            spread(t.map((r) => r.startupSeconds), 2), spread(t.map((r) => r.wall), 2), spread(t.map((r) => r.user + r.sys), 2), spread(t.map((r) => r.maxRssKiB / 1024), 0),
+            Number.isFinite(p.list) ? `${fmt(p.toList, 2)} + ${fmt(p.list, 3)} + ${fmt(p.window, 2)}` : `${fmt(c.startupSeconds, 2)} (no index)`]
         })))
     } else {
       out.push('', '### S3 (the test bed, counted by a proxy)', '')
       const kinds = [...new Set(sizes.flatMap((n) => Object.keys(countOf(n).requests as object)))].sort()
       out.push(table(
-        ['Chunks', 'Index runs', 'Index size', ...kinds.map((k) => `${k.replace(':', ' ')} requests`), 'Time to first chunk read s', 'Wall s', 'CPU s', 'Peak RSS MiB'],
-        ['l', 'r', 'r', ...kinds.map(() => 'r'), 'r', 'r', 'r', 'r'],
+        ['Chunks', 'Index runs', 'Index size', ...kinds.map((k) => `${k.replace(':', ' ')} requests`), 'Time to first chunk read s', 'Wall s', 'CPU s', 'Peak RSS MiB',
+          'Through the proxy: start → LIST + LIST → first read s'],
+        ['l', 'r', 'r', ...kinds.map(() => 'r'), 'r', 'r', 'r', 'r', 'r'],
         sizes.map((n) => {
           const c = countOf(n)
           const t = timedOf(n)
-          return [power(n), String(c.runs), size(c.indexBytes), ...kinds.map((k) => String(c.requests[k] ?? 0)),
-            spread(t.map((r) => r.startupSeconds), 2), spread(t.map((r) => r.wall), 2), spread(t.map((r) => r.user + r.sys), 2), spread(t.map((r) => r.maxRssKiB / 1024), 0)]
+          const p = (c.phases ?? {}) as Json
+          return [n ? power(n) : '0 (empty)', String(c.runs), size(c.indexBytes), ...kinds.map((k) => String(c.requests[k] ?? 0)),
+            spread(t.map((r) => r.startupSeconds), 2), spread(t.map((r) => r.wall), 2), spread(t.map((r) => r.user + r.sys), 2), spread(t.map((r) => r.maxRssKiB / 1024), 0),
+            `${fmt(p.toList, 2)} + ${fmt(p.window, 2)}`]
         })))
     }
   }
@@ -555,10 +578,17 @@ async function sparseReport(dir: string): Promise<string[]> {
     }
     return `${c.chunksVerified} chunks verified, ${c.requests} GETs`
   }
-  out.push(table(['Volume', 'Operation', 'Wall s', 'CPU s (user + sys)', 'Its own timer s', 'Before its timer s', 'Peak RSS MiB', 'Result'],
+  const groups = [...new Set(rows.map((r) => `${r.volume} ${r.op}`))].map((k) => rows.filter((r) => `${r.volume} ${r.op}` === k))
+  out.push(table(['Volume', 'Operation', 'Wall s', 'CPU s (user + sys)', 'Its own timer s', 'Before its timer s', 'Peak RSS MiB', 'Result (first run)'],
     ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'l'],
-    rows.map((r) => [r.volume === 'sparse' ? `${tib} TiB sparse` : 'the same 1 GiB, packed', r.op, fmt(r.wall), `${fmt(r.user + r.sys)} (${fmt(r.user)} + ${fmt(r.sys)})`,
-      fmt(r.cli.durationMs / 1000), fmt(r.wall - r.cli.durationMs / 1000), String(Math.round(r.maxRssKiB / 1024)), result(r)])))
+    groups.map((g) => {
+      const r = g[0]!
+      const bad = g.filter((x) => x.op === 'restore' && x.regionsIdentical !== x.regions).length
+      return [r.volume === 'sparse' ? `${tib} TiB sparse` : 'the same 1 GiB, packed', r.op, spread(g.map((x) => x.wall)), spread(g.map((x) => x.user + x.sys)),
+        spread(g.map((x) => x.cli.durationMs / 1000)), spread(g.map((x) => x.wall - x.cli.durationMs / 1000)), spread(g.map((x) => x.maxRssKiB / 1024), 0),
+        result(r) + (bad ? ` — ${bad} of ${g.length} restores DIFFER` : '')]
+    })))
+  out.push('', `Median (min–max) of ${groups[0]!.length} runs each, every one with a cold page cache and a fresh repository on the same XFS.`)
   out.push('', '"Its own timer": the durationMs the command reports; "before its timer": wall time before it (Node\'s start, TypeScript stripping, loading modules, opening the repository).')
   const loaded = otherLoad(rows, (r) => `${r.volume} ${r.op}`)
   if (loaded.length) out.push('', ...loaded.map((l) => `- Other load: ${l}.`))
