@@ -30,18 +30,15 @@ export interface S3Target {
   checksums?: S3Checksums | undefined
 }
 
-/** An S3 client with what the lean ranged GET (storage/s3-range.ts) shares with it: its sockets, timeouts and attempts. */
+/** An S3 client with what the lean ranged GET (storage/s3-range.ts) shares with it: its timeouts and attempts. */
 export interface S3Connection {
   client: S3Client
-  httpAgent: HttpAgent
-  httpsAgent: HttpsAgent
   connectionTimeout: number
   socketTimeout: number
   maxAttempts: number
   checksums: S3Checksums
-  /** Restores' ranged GETs may skip the SDK (settings.s3.leanGet), and over plain http node:http too (rawHttp). */
+  /** Restores' ranged GETs may skip the SDK (settings.s3.leanGet). */
   leanGet: boolean
-  rawHttp: boolean
 }
 
 interface Destroyable {
@@ -125,8 +122,7 @@ export class AwsClients {
     const client = new S3Client(config)
     if (checksums !== 'when-required') client.middlewareStack.add(unsignedPayloadOverTls, UNSIGNED_PAYLOAD_STEP)
     const connection: S3Connection & Destroyable = {
-      client, httpAgent, httpsAgent, connectionTimeout, socketTimeout, maxAttempts, checksums,
-      leanGet: this.settings.s3.leanGet, rawHttp: this.settings.s3.rawHttp,
+      client, connectionTimeout, socketTimeout, maxAttempts, checksums, leanGet: this.settings.s3.leanGet,
       destroy: () => {
         client.destroy()
         httpAgent.destroy()
