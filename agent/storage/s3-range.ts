@@ -1,8 +1,9 @@
 // A lean ranged GET for restores and verifies: the bytes of a pack range go from the socket
-// straight into the caller's (pooled) buffer. The SDK's GetObject path costs about 2 CPU-s per
-// GiB received (middleware stack, stream wrappers, a fresh buffer per piece kept alive until the
-// body is read), against about 0.5 for a plain request; on a small instance that shares its CPUs
-// with everything else, that is most of a restore's CPU besides decrypting and hashing.
+// straight into the caller's (pooled) buffer. The SDK's GetObject path costs about 4 CPU-s per
+// GiB received over https, 3 over plain http (middleware stack, stream wrappers, Node's HTTP
+// parser, a fresh buffer per piece kept alive until the body is read), against 1.5 and 0.8 here
+// (BENCHMARKS.md, "GET paths over HTTPS"); on a small instance that shares its CPUs with
+// everything else, that is most of a restore's CPU besides decrypting and hashing.
 //
 // Nothing of the S3 configuration is reimplemented: the endpoint (virtual-hosted or path-style,
 // Region, FIPS/dual-stack, custom endpoint) comes from the S3 client's own endpoint rules, the
