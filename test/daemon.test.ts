@@ -8,6 +8,7 @@ import { createServer } from 'node:net'
 import { CreateVolumeCommand, EC2Client } from '@aws-sdk/client-ec2'
 import { devNumber } from '../agent/device/block-device.ts'
 import { checkpointObjectName } from '../agent/pipeline/checkpoint.ts'
+import { PACKS } from '../agent/repo/layout.ts'
 import { existsSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
@@ -78,7 +79,7 @@ async function world(t: Teardown, options: WorldOptions = {}) {
   const config = join(dir, 'config.json')
   await writeFile(config, JSON.stringify({
     queueUrl, replyQueueUrl, repository: repo, concurrency: 2, waitTimeSeconds: 1, visibilityTimeoutSeconds: 5,
-    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint, ...options.config,
+    shutdownGraceSeconds: 5, deviceTimeoutSeconds: 15, deviceRoots: roots, imdsEndpoint: imds.endpoint, ...options.config,
   }))
   const state = { log: '' }
   /** Starts a daemon process on this world's config; killed when the test ends. */
@@ -122,39 +123,51 @@ async function world(t: Teardown, options: WorldOptions = {}) {
   return { dir, sqs, queueUrl, dlqUrl, roots, ec2, ebsCalls, repo, daemon, exited, spawnDaemon, state, replies, send, replyWhere, reply }
 }
 
-t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', async (t) => {
-  const { dir, sqs, queueUrl, roots, repo, daemon, exited, state, replies, send, replyWhere, reply } = await world(t)
-  // The "attached volume": a loop device with an NVMe identity in the test's device tree.
-  const image = join(dir, 'volume.img')
+/** A loop device with an NVMe identity in the world's device tree: the "attached volume". */
+async function attachedVolume(t: Teardown, w: Awaited<ReturnType<typeof world>>): Promise<string> {
+  const image = join(w.dir, 'volume.img')
   await makeImage(image, 24 * MiB, [{ kind: 'random', offset: 2 * MiB, length: 5 * MiB }, { kind: 'text', offset: 12 * MiB, length: 3 * MiB }])
   const loop = attachLoop(t, image)
-  await fakeNvme(roots, 'nvme1n1', loop, 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 24 * MiB)
+  await fakeNvme(w.roots, 'nvme1n1', loop, 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 24 * MiB)
+  return loop
+}
 
-  const read = { version: 1, type: 'read', taskId: 'read-1', volumeId: VOL, tags: { instance: 'i-0abc' } }
-  await send(JSON.stringify(read))
-  const r1 = await reply('read-1')
+const READ_TASK = { version: 1, type: 'read', taskId: 'read-1', volumeId: VOL, tags: { instance: 'i-0abc' } }
+
+t.test('a read task backs up the attached volume, found by its NVMe serial', async (t) => {
+  const w = await world(t)
+  const loop = await attachedVolume(t, w)
+  await w.send(JSON.stringify(READ_TASK))
+  const r1 = await w.reply('read-1')
   t.equal(r1.status, 'succeeded', 'read succeeded')
   t.equal(r1.worker, 'i-0123456789abcdef0', 'the reply names the worker, from IMDS')
-  t.equal(r1.result.device, join(roots.devDir, 'nvme1n1'), 'the device was found by the volume id')
-  const restored = join(dir, 'restored.img')
-  await cli(['restore', '--repo', repo, '--backup', r1.result.backupId, '--device', restored])
+  t.equal(r1.result.device, join(w.roots.devDir, 'nvme1n1'), 'the device was found by the volume id')
+  const restored = join(w.dir, 'restored.img')
+  await cli(['restore', '--repo', w.repo, '--backup', r1.result.backupId, '--device', restored])
   t.equal(await sha256File(restored), await sha256File(loop), 'the backup holds the volume, byte for byte')
+})
 
+t.test('a redelivered read task reports the backup it made, and makes no other', async (t) => {
+  const w = await world(t)
+  await attachedVolume(t, w)
+  await w.send(JSON.stringify(READ_TASK))
+  const r1 = await w.reply('read-1')
   // The same task again, as SQS may redeliver it: the earlier backup is found, not repeated.
-  replies.delete('read-1')
-  await send(JSON.stringify(read))
-  const r2 = await reply('read-1')
+  w.replies.delete('read-1')
+  await w.send(JSON.stringify(READ_TASK))
+  const r2 = await w.reply('read-1')
   t.equal(r2.result.backupId, r1.result.backupId, 'a redelivered task reports the same backup')
   t.equal(r2.result.reused, true, 'and says it reused it')
-  t.equal((await cli(['list', '--repo', repo])).backups.length, 1, 'one backup in the repository')
+  t.equal((await cli(['list', '--repo', w.repo])).backups.length, 1, 'one backup in the repository')
+})
 
+t.test('messages that are not valid tasks are rejected with a reply, and every message is settled', async (t) => {
+  const { sqs, queueUrl, send, replyWhere, reply } = await world(t)
   await send('{ not json')
   await send(JSON.stringify({ version: 1, type: 'format-disk', taskId: 'bad-type' }))
   await send(JSON.stringify({ version: 1, type: 'read', taskId: 'bad-field', volumeId: VOL, force: true }))
-  await send(JSON.stringify({ version: 1, type: 'read', taskId: 'no-device', volumeId: 'vol-0000000000000000f' }))
   t.match(await reply('bad-type'), { status: 'rejected', error: { code: 'UNKNOWN_TYPE', retryable: false } }, 'unknown type rejected')
   t.match(await reply('bad-field'), { status: 'rejected', error: { code: 'INVALID_TASK', message: /force/ } }, 'extra field rejected')
-  t.match(await reply('no-device'), { status: 'failed', error: { code: 'DEVICE_NOT_FOUND', retryable: false } }, 'a volume that never appears fails clearly')
   const junk = await replyWhere('the body that is not JSON', (r) => r.error?.code === 'INVALID_JSON')
   t.equal(junk.status, 'rejected', 'a body that is not JSON is rejected, with a reply')
   // The daemon replies first and deletes the task message after (a crash between the two only
@@ -165,7 +178,19 @@ t.test('the daemon runs read tasks, rejects bad ones, and stops on SIGTERM', asy
   }
   await until(async () => (await inQueue()) === 0, 10_000, 'the task queue to drain').catch(() => {})
   t.equal(await inQueue(), 0, 'every task message was settled and deleted')
+})
 
+t.test('a read task for a volume that never appears fails clearly', async (t) => {
+  // A short device timeout: the other cases keep a long one, so a loaded machine does not fail them.
+  const { send, reply } = await world(t, { config: { deviceTimeoutSeconds: 1 } })
+  await send(JSON.stringify({ version: 1, type: 'read', taskId: 'no-device', volumeId: 'vol-0000000000000000f' }))
+  t.match(await reply('no-device'), { status: 'failed', error: { code: 'DEVICE_NOT_FOUND', retryable: false } }, 'a volume that never appears fails clearly')
+})
+
+t.test('SIGTERM stops the daemon cleanly', async (t) => {
+  const { daemon, exited, state, send, reply } = await world(t)
+  await send(JSON.stringify({ version: 1, type: 'format-disk', taskId: 'up' }))
+  await reply('up') // the daemon is up and polling
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'SIGTERM: the daemon stops cleanly')
   t.match(state.log, /"msg":"stopped"/, 'and says so')
@@ -195,68 +220,83 @@ t.test('the configuration\'s tuning reaches the backups: packs of the configured
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'tuned-1', snapshotId: ec2.addSnapshot({ image, sizeGiB: 1 }) }))
   const r = await reply('tuned-1')
   t.equal(r.status, 'succeeded', `the backup succeeds ${JSON.stringify(r.error ?? '')}`)
-  const packs = (await readdir(join(repo.slice('file://'.length), 'packs'), { recursive: true, withFileTypes: true })).filter((e) => e.isFile())
+  const packs = (await readdir(join(repo.slice('file://'.length), PACKS), { recursive: true, withFileTypes: true })).filter((e) => e.isFile())
   t.equal(packs.length, 6, 'six random chunks, one 1 MiB pack each (16 MiB packs would hold them all)')
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'stops cleanly')
 })
 
-t.test('backup, restore, attach and detach tasks through the EC2 stand-in', async (t) => {
-  const { dir, ec2, repo, send, reply, replies, exited, daemon } = await world(t)
-  const image = join(dir, 'snapshot.img')
+/** A snapshot in the EC2 stand-in, backed up by a backup task: what restore cases start from. */
+async function backedUpSnapshot(w: Awaited<ReturnType<typeof world>>) {
+  const image = join(w.dir, 'snapshot.img')
   await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }, { kind: 'text', offset: 9 * MiB, length: 2 * MiB }])
-  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:key/src' })
+  const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:key/src' })
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'policy-1/i-0abc/xvdf', snapshotId }))
+  const b = await w.reply('policy-1/i-0abc/xvdf')
+  return { image, snapshotId, b }
+}
 
-  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'policy-1/i-0abc/xvdf', snapshotId }))
-  const b = await reply('policy-1/i-0abc/xvdf')
+t.test('a backup task: a volume from the snapshot in the worker\'s zone, read, then deleted', async (t) => {
+  const w = await world(t)
+  const { image, snapshotId, b } = await backedUpSnapshot(w)
   t.equal(b.status, 'succeeded', `backup succeeded ${JSON.stringify(b.error ?? '')}`)
-  const volume = ec2.volumes.get(b.result.volumeId)!
+  const volume = w.ec2.volumes.get(b.result.volumeId)!
   t.match(volume, { snapshotId, encrypted: true, kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:key/src', availabilityZone: 'us-east-1a' }, 'the volume came from the snapshot, in the worker\'s AZ, with its key')
   t.equal(volume.tags['ebs-worker:task-id'], 'policy-1/i-0abc/xvdf', 'tagged with the task')
   t.equal(volume.state, 'deleted', 'and deleted after the backup')
-  const restored = join(dir, 'restored.img')
-  await cli(['restore', '--repo', repo, '--backup', b.result.backupId, '--device', restored])
+  const restored = join(w.dir, 'restored.img')
+  await cli(['restore', '--repo', w.repo, '--backup', b.result.backupId, '--device', restored])
   t.equal(await sha256File(restored), await sha256File(image), 'the backup holds the snapshot, byte for byte')
+})
 
+t.test('a restore task: a new encrypted volume holding the backup, detached; redelivered, reported and not redone', async (t) => {
+  const w = await world(t)
+  const { image, b } = await backedUpSnapshot(w)
   // Restore: a new, empty, encrypted volume in the worker's AZ receives the backup, detached after.
-  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-1', backupId: b.result.backupId, sizeGiB: 2, volume: { volumeType: 'gp3' } }))
-  const r = await reply('rst-1')
+  const task = JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-1', backupId: b.result.backupId, sizeGiB: 2, volume: { volumeType: 'gp3' } })
+  await w.send(task)
+  const r = await w.reply('rst-1')
   t.equal(r.status, 'succeeded', `restore succeeded ${JSON.stringify(r.error ?? '')}`)
-  const target = ec2.volumes.get(r.result.volumeId)!
+  const target = w.ec2.volumes.get(r.result.volumeId)!
   t.match(target, { state: 'available', encrypted: true, snapshotId: null, attachment: null }, 'a new encrypted volume, detached after')
   t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'the new volume holds the backup, byte for byte')
   t.equal(target.tags['ebs-worker:restored-backup'], b.result.backupId, 'and is tagged with the backup it holds')
   // Delivered again: the tag says the work is done; the same volume is reported, not written again.
-  replies.delete('rst-1')
-  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-1', backupId: b.result.backupId, sizeGiB: 2, volume: { volumeType: 'gp3' } }))
-  t.match(await reply('rst-1'), { status: 'succeeded', result: { volumeId: r.result.volumeId, reused: true } }, 'a redelivered restore reports the same volume')
-  t.equal([...ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'rst-1').length, 1, 'and makes no other')
-  // Cross-account restore: the result must end as a snapshot shared with the target account.
-  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-2', backupId: b.result.backupId, sizeGiB: 2, snapshot: { shareWithAccount: '444455556666' } }))
-  t.match(await reply('rst-2'), { status: 'failed', error: { code: 'DEFAULT_KEY_NOT_SHAREABLE', message: /aws\/ebs.*customer managed key/, retryable: false } },
+  w.replies.delete('rst-1')
+  await w.send(task)
+  t.match(await w.reply('rst-1'), { status: 'succeeded', result: { volumeId: r.result.volumeId, reused: true } }, 'a redelivered restore reports the same volume')
+  t.equal([...w.ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'rst-1').length, 1, 'and makes no other')
+})
+
+t.test('a cross-account restore: refused under aws/ebs before any volume is made; under a customer key, a shared snapshot', async (t) => {
+  const w = await world(t)
+  const { b } = await backedUpSnapshot(w)
+  await w.send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-2', backupId: b.result.backupId, sizeGiB: 2, snapshot: { shareWithAccount: '444455556666' } }))
+  t.match(await w.reply('rst-2'), { status: 'failed', error: { code: 'DEFAULT_KEY_NOT_SHAREABLE', message: /aws\/ebs.*customer managed key/, retryable: false } },
     'under the AWS managed default key it fails, saying why and what to do')
-  t.notOk([...ec2.volumes.values()].some((v) => v.tags['ebs-worker:task-id'] === 'rst-2'), 'and before any volume was made')
+  t.notOk([...w.ec2.volumes.values()].some((v) => v.tags['ebs-worker:task-id'] === 'rst-2'), 'and before any volume was made')
   const cmk = 'arn:aws:kms:us-east-1:111122223333:key/cmk-restore-1'
-  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-3', backupId: b.result.backupId, sizeGiB: 2, volume: { kmsKeyId: cmk }, snapshot: { shareWithAccount: '444455556666' } }))
-  const r3 = await reply('rst-3')
+  await w.send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-3', backupId: b.result.backupId, sizeGiB: 2, volume: { kmsKeyId: cmk }, snapshot: { shareWithAccount: '444455556666' } }))
+  const r3 = await w.reply('rst-3')
   t.equal(r3.status, 'succeeded', `with a customer managed key it succeeds ${JSON.stringify(r3.error ?? '')}`)
-  t.match(ec2.snapshots.get(r3.result.snapshotId), { encrypted: true, kmsKeyId: cmk, sharedWith: ['444455556666'], state: 'completed' }, 'a completed snapshot under that key, shared with the target account')
+  t.match(w.ec2.snapshots.get(r3.result.snapshotId), { encrypted: true, kmsKeyId: cmk, sharedWith: ['444455556666'], state: 'completed' }, 'a completed snapshot under that key, shared with the target account')
+})
 
-  const shared = ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, ownerId: '444455556666', sharedWith: ['111122223333'] })
-  await send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-1', snapshotId: shared, sharedFromAccount: '444455556666' }))
-  const a = await reply('att-1')
+t.test('attach and detach tasks: a shared snapshot under this Region\'s default key; a missing snapshot fails for good', async (t) => {
+  const w = await world(t)
+  const image = join(w.dir, 'shared.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }])
+  const shared = w.ec2.addSnapshot({ image, sizeGiB: 2, encrypted: true, ownerId: '444455556666', sharedWith: ['111122223333'] })
+  await w.send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-1', snapshotId: shared, sharedFromAccount: '444455556666' }))
+  const a = await w.reply('att-1')
   t.equal(a.status, 'succeeded', `attach succeeded ${JSON.stringify(a.error ?? '')}`)
-  t.match(ec2.volumes.get(a.result.volumeId), { state: 'in-use', kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:alias/aws/ebs' }, 'a shared snapshot becomes a volume under this Region\'s default key')
+  t.match(w.ec2.volumes.get(a.result.volumeId), { state: 'in-use', kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:alias/aws/ebs' }, 'a shared snapshot becomes a volume under this Region\'s default key')
   t.equal(await sha256File(a.result.device), await sha256File(image), 'its device holds the snapshot')
-  await send(JSON.stringify({ version: 1, type: 'detach', taskId: 'det-1', volumeId: a.result.volumeId }))
-  t.match(await reply('det-1'), { status: 'succeeded', result: { deleted: true } }, 'detach deletes it')
-  t.equal(ec2.volumes.get(a.result.volumeId)!.state, 'deleted')
-
-  await send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-2', snapshotId: 'snap-00000000000000000' }))
-  t.match(await reply('att-2'), { status: 'failed', error: { code: 'SNAPSHOT_NOT_FOUND', retryable: false } }, 'a missing snapshot fails for good')
-
-  daemon.kill('SIGTERM')
-  t.equal((await exited).code, 0, 'stops cleanly')
+  await w.send(JSON.stringify({ version: 1, type: 'detach', taskId: 'det-1', volumeId: a.result.volumeId }))
+  t.match(await w.reply('det-1'), { status: 'succeeded', result: { deleted: true } }, 'detach deletes it')
+  t.equal(w.ec2.volumes.get(a.result.volumeId)!.state, 'deleted')
+  await w.send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-2', snapshotId: 'snap-00000000000000000' }))
+  t.match(await w.reply('att-2'), { status: 'failed', error: { code: 'SNAPSHOT_NOT_FOUND', retryable: false } }, 'a missing snapshot fails for good')
 })
 
 t.test('a daemon killed mid-backup: the redelivered task finishes once, nothing duplicated or leaked', async (t) => {
@@ -349,19 +389,15 @@ t.test('backups read only the blocks EBS lists: those written for a full one, th
   t.equal((await exited).code, 0)
 })
 
-t.test('the daemon survives what goes wrong: a poison message, a leftover volume in another zone, a target too small', async (t) => {
+t.test('a task that fails every time is reported once, on its last attempt, and goes to the dead-letter queue', async (t) => {
   // A port nothing listens on: the poison task's S3 repository is unreachable, every time.
   const dead = createServer()
   await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
   const deadPort = (dead.address() as { port: number }).port
   await new Promise((resolve) => dead.close(resolve))
-  const { dir, sqs, dlqUrl, ec2, send, reply, daemon, exited, state } = await world(t, {
+  const { sqs, dlqUrl, send, reply, state } = await world(t, {
     maxReceiveCount: 2, env: { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${deadPort}`, AWS_MAX_ATTEMPTS: '2' },
   })
-  const image = join(dir, 'snap.img')
-  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 3 * MiB, length: 4 * MiB }])
-  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2 })
-
   await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'poison', backupId: '20261123T000000Z-00000000', repository: 's3://nowhere/repo' }))
   const poison = await reply('poison')
   // retryable comes from the code: a storage failure may pass, so the sender may try again later
@@ -373,8 +409,13 @@ t.test('the daemon survives what goes wrong: a poison message, a leftover volume
     Number((await sqs.send(new GetQueueAttributesCommand({ QueueUrl: dlqUrl, AttributeNames: ['ApproximateNumberOfMessages'] }))).Attributes!.ApproximateNumberOfMessages)
   await until(async () => (await inDlq()) === 1, 30_000, 'the poison message in the DLQ')
   t.pass('and the message ends in the dead-letter queue')
+})
 
-  // A redelivered task whose first attempt ran on a worker in another zone left its volume there.
+t.test('a task whose earlier attempt left its volume in another zone: that volume is deleted and the work done here', async (t) => {
+  const { dir, ec2, send, reply } = await world(t)
+  const image = join(dir, 'snap.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 3 * MiB, length: 4 * MiB }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2 })
   const ec2Client = new EC2Client({ endpoint: ec2.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
   t.teardown(() => ec2Client.destroy())
   const stray = await ec2Client.send(new CreateVolumeCommand({
@@ -384,17 +425,18 @@ t.test('the daemon survives what goes wrong: a poison message, a leftover volume
   await until(() => ec2.volumes.get(stray.VolumeId!)?.state === 'available', 10_000, 'the stray volume')
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'az-1', snapshotId }))
   const az = await reply('az-1')
-  t.equal(az.status, 'succeeded', `the daemon is still working, and the task succeeds here ${JSON.stringify(az.error ?? '')}`)
+  t.equal(az.status, 'succeeded', `the task succeeds here ${JSON.stringify(az.error ?? '')}`)
   t.equal(ec2.volumes.get(stray.VolumeId!)!.state, 'deleted', 'the leftover in the other zone was deleted')
   t.match(ec2.volumes.get(az.result.volumeId), { availabilityZone: 'us-east-1a', state: 'deleted' }, 'and the work done with a volume of this zone')
+})
 
+t.test('a restore onto a volume too small for the backup fails for good, and leaves no volume behind', async (t) => {
+  const w = await world(t)
+  const { b } = await backedUpSnapshot(w)
   // 1 "GiB" here is 8 MiB: too small for the 16 MiB backup, which only the device can tell.
-  await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'small', backupId: az.result.backupId, sizeGiB: 1 }))
-  t.match(await reply('small'), { status: 'failed', error: { code: 'TARGET_TOO_SMALL', retryable: false } }, 'a target too small fails for good')
-  t.match([...ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'small').map((v) => v.state), ['deleted'], 'and its volume is not left behind')
-
-  daemon.kill('SIGTERM')
-  t.equal((await exited).code, 0, 'stops cleanly')
+  await w.send(JSON.stringify({ version: 1, type: 'restore', taskId: 'small', backupId: b.result.backupId, sizeGiB: 1 }))
+  t.match(await w.reply('small'), { status: 'failed', error: { code: 'TARGET_TOO_SMALL', retryable: false } }, 'a target too small fails for good')
+  t.match([...w.ec2.volumes.values()].filter((v) => v.tags['ebs-worker:task-id'] === 'small').map((v) => v.state), ['deleted'], 'and its volume is not left behind')
 })
 
 t.test('safety: a restore whose device node is not the volume it attached is refused, and the device is untouched', async (t) => {
