@@ -173,7 +173,8 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
         const id = volumeId
         undo.add(`delete volume ${id}`, async () => {
           await ec2.send(new DetachVolumeCommand({ VolumeId: id })).catch(() => {})
-          await waitVolumeState(ec2, id, 'available', { ...statePoll(o.waits), who }).catch(() => {})
+          // By now it was seen, or EBS rolled it back: "no such volume" means gone.
+          await waitVolumeState(ec2, id, 'available', { ...statePoll(o.waits), visibleWithinMs: 0, who }).catch(() => {})
           await ec2.send(new DeleteVolumeCommand({ VolumeId: id }))
         })
         // EBS checks the key only now: a volume it rolls back means the restore role may not use it.

@@ -84,7 +84,8 @@ export async function controllerWorld(t: Teardown) {
 
   const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
   await mkdir(roots.byIdDir, { recursive: true })
-  const ec2 = await new Ec2StandIn({ instance: WORKER, dir: join(dir, 'volumes'), roots, bytesPerGiB: BYTES_PER_GIB, delayMs: 30, world, kms }).start()
+  // EC2's eventual consistency is on: ids just created are missed by the next requests (standin/ec2.ts).
+  const ec2 = await new Ec2StandIn({ instance: WORKER, dir: join(dir, 'volumes'), roots, bytesPerGiB: BYTES_PER_GIB, delayMs: 30, visibilityLag: 2, world, kms }).start()
   t.teardown(() => ec2.close())
   const ebs = await new EbsStandIn({ ec2, world }).start()
   t.teardown(() => ebs.close())

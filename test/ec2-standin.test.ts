@@ -85,3 +85,14 @@ t.test('the AWS rules the flows depend on', async (t) => {
   await share(underCmk.SnapshotId!)
   t.same(ec2.snapshots.get(underCmk.SnapshotId!)!.sharedWith, ['444455556666'], 'a customer managed key: shared')
 })
+
+t.test('eventual consistency: the first requests after a create find no such id, then it is there', async (t) => {
+  const { ec2, client } = await setup(t)
+  ec2.visibilityLag = 2
+  const v = await client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1 }))
+  await t.rejects(client.send(new DescribeVolumesCommand({ VolumeIds: [v.VolumeId!] })), { name: 'InvalidVolume.NotFound' }, 'by id: not found')
+  const listed = await client.send(new DescribeVolumesCommand({ Filters: [{ Name: 'volume-id', Values: [v.VolumeId!] }] }))
+  t.same(listed.Volumes, [], 'by filter: not listed')
+  t.equal((await client.send(new DescribeVolumesCommand({ VolumeIds: [v.VolumeId!] }))).Volumes![0]!.VolumeId, v.VolumeId, 'then there')
+  t.equal(ec2.missed.get(v.VolumeId!), 2, 'missed by two requests')
+})

@@ -161,3 +161,15 @@ t.test('EC2 across accounts: default keys, the KMS rollback, sharing, aws/ebs, c
   await t.rejects(prod.ec2.send(new CreateSnapshotsCommand({ InstanceSpecification: { InstanceId: instanceId }, DryRun: true })), { name: 'DryRunOperation' }, 'DryRun allowed')
   t.same(world.actionsOf(limited.arn), ['ec2:CreateSnapshots', 'ec2:DescribeInstances'], 'the calls of a role')
 })
+
+t.test('KMS refusing EBS with EC2\'s eventual consistency on: the agent waits until the volume is seen, then gone: ACCESS_DENIED', async (t) => {
+  const { kms, ec2, clients } = await setup(t)
+  ec2.visibilityLag = 3
+  const backup = clients('AKIABACKUPADMIN')
+  const someoneElses = kms.addKey({ accountId: BACKUP, region: REGION, policy: { Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${BACKUP}:user/someone-else` }, Action: 'kms:*', Resource: '*' }] } })
+  const volumes = new Volumes({ client: backup.ec2, identity: { ...WORKER, instanceType: 'c6i.large' }, stateTimeoutSeconds: 30 })
+  await t.rejects(volumes.createEmpty('task-denied-late', 1, { kmsKeyId: someoneElses }), { code: 'ACCESS_DENIED', message: /rolled back while being created.*KMS key/ }, 'ACCESS_DENIED')
+  const made = [...ec2.volumes.values()].find((v) => v.tags['ebs-worker:task-id'] === 'task-denied-late')!
+  t.equal(ec2.missed.get(made.volumeId), 3, 'after three answers "no such volume" that were only EC2 catching up')
+  t.match(made, { state: 'deleted', stateReason: /KMS refused/ }, 'and the volume was rolled back')
+})

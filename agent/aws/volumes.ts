@@ -10,12 +10,9 @@ import {
   DescribeSnapshotsCommand,
   GetEbsDefaultKmsKeyIdCommand,
   ModifySnapshotAttributeCommand,
-  waitUntilSnapshotCompleted,
   DeleteVolumeCommand,
   DescribeVolumesCommand,
   DetachVolumeCommand,
-  waitUntilVolumeAvailable,
-  waitUntilVolumeInUse,
   type EC2Client,
   type Volume,
   type VolumeType,
@@ -23,7 +20,7 @@ import {
 import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsCall } from './errors.ts'
-import { waitVolumeCreated } from './waits.ts'
+import { waitSnapshotsCompleted, waitVolumeCreated, waitVolumeState } from './waits.ts'
 import type { WorkerIdentity } from './identity.ts'
 
 export const TASK_ID_TAG = 'ebs-worker:task-id'
@@ -43,6 +40,8 @@ export interface VolumesOptions {
   deviceTimeoutMs?: number
   /** Longest wait for a volume state change. */
   stateTimeoutSeconds?: number
+  /** How long a volume or snapshot just created may be unknown to DescribeVolumes/DescribeSnapshots (default: waits.ts VISIBILITY_MS). */
+  visibleWithinSeconds?: number
 }
 
 /** A task's volume, new or found again; `tags` are those an earlier attempt left. */
@@ -109,7 +108,7 @@ export class Volumes {
       })))).VolumeId!
     if (existing?.State !== 'in-use') {
       await waitVolumeCreated(this.#o.client, volumeId, {
-        timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000,
+        timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000, ...this.#visibility(),
         key: spec.kmsKeyId ?? (source.SnapshotId ? `of ${source.SnapshotId}${source.Encrypted ? " and this Region's default EBS key" : ''}` : "(this Region's default EBS key)"),
         advice: 'The worker role, the key policy or a grant must allow kms:CreateGrant, kms:Decrypt, kms:DescribeKey and kms:GenerateDataKeyWithoutPlaintext on it',
       })
@@ -143,8 +142,7 @@ export class Volumes {
       })
       this.#attachLock = attached.catch(() => {})
       await attached
-      await this.#ec2('wait for in-use', () =>
-        waitUntilVolumeInUse({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
+      await waitVolumeState(this.#o.client, volumeId, 'in-use', { timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000, ...this.#visibility() })
     }
     return waitForEbsDevice(volumeId, {
       ...(this.#o.roots ? { roots: this.#o.roots } : {}),
@@ -191,8 +189,8 @@ export class Volumes {
       Description: `ebs-worker restore ${taskId}`,
       TagSpecifications: [{ ResourceType: 'snapshot', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
     })))).SnapshotId!
-    await this.#ec2('wait for snapshot', () =>
-      waitUntilSnapshotCompleted({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 3600, minDelay: 1, maxDelay: 15 }, { SnapshotIds: [snapshotId] }))
+    // Just created, it may not be visible yet (EC2's eventual consistency): the wait allows for that.
+    await waitSnapshotsCompleted(this.#o.client, [snapshotId], { timeoutMs: (this.#o.stateTimeoutSeconds ?? 3600) * 1000, ...this.#visibility() })
     return snapshotId
   }
 
@@ -218,8 +216,12 @@ export class Volumes {
   }
 
   async #waitAvailable(volumeId: string): Promise<void> {
-    await this.#ec2('wait for available', () =>
-      waitUntilVolumeAvailable({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
+    await waitVolumeState(this.#o.client, volumeId, 'available', { timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000, ...this.#visibility() })
+  }
+
+  /** How long a volume or snapshot just created may be unknown to EC2 before a wait gives up on it (waits.ts). */
+  #visibility(): { visibleWithinMs?: number } {
+    return this.#o.visibleWithinSeconds === undefined ? {} : { visibleWithinMs: this.#o.visibleWithinSeconds * 1000 }
   }
 
   /** EC2 errors as stable codes (aws/errors.ts): what is permanent (not found, denied, invalid) says so. */

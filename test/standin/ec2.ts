@@ -27,7 +27,15 @@
 //     complete, but eventually fails") and as seen in aws/aws-cli#2604 and
 //     kubernetes-sigs/aws-ebs-csi-driver#3010; a CopySnapshot under such a key ends in state
 //     "error";
-//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation.
+//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation;
+//   - eventual consistency (EC2 Developer Guide, "Eventual consistency in the Amazon EC2 API": "if
+//     you run a command to modify or describe the resource that you just created, its ID might not
+//     have propagated throughout the system, and you will get an error responding that the resource
+//     does not exist"): with `visibilityLag` N, the first N requests that name an id just made by
+//     CreateVolume, CreateSnapshot(s), CopySnapshot or RunInstances (or whose answer would list it)
+//     answer as if it did not exist (Invalid….NotFound, left out of lists). Off (0) by default. A
+//     volume KMS refuses is then rolled back only after it was first seen (a real rollback takes
+//     seconds, the lag usually less), so waits see "creating, then gone".
 // What EBS asks of KMS for the caller ("Amazon EBS encryption" / required KMS permissions:
 // kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext,
 // kms:ReEncrypt*): a new volume or copy under key K needs K's DescribeKey, CreateGrant and
@@ -44,7 +52,8 @@
 // Pages: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateVolume.html (KmsKeyId),
 //   …/API_CreateSnapshots.html, …/API_CopySnapshot.html, …/API_ModifySnapshotAttribute.html,
 //   …/API_GetEbsDefaultKmsKeyId.html, …/API_ModifyEbsDefaultKmsKeyId.html, …/API_RunInstances.html,
-//   …/errors-overview.html; https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
+//   …/errors-overview.html; https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html;
+//   https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
 //   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
 //   …/encryption-by-default.html.
 import { execFileSync } from 'node:child_process'
@@ -156,6 +165,8 @@ export interface Ec2StandInOptions {
   bytesPerGiB?: number
   /** Delay of each state change (creating → available, attaching → attached, detaching). */
   delayMs?: number
+  /** Requests that find an id just created not there yet (eventual consistency; default 0). */
+  visibilityLag?: number
   /** The worker Region's default EBS key (an AWS-managed key unless a customer key is configured). */
   defaultKmsKeyId?: string
   /** Whether a key reference names an AWS managed key (default: the KMS stand-in's answer, or it mentions alias/aws/ebs). */
@@ -228,8 +239,14 @@ export class Ec2StandIn {
   readonly defaultKeys = new Map<string, string>()
   /** While true, new snapshots stay pending (a snapshot that never completes). */
   holdSnapshots = false
+  /** How many of the first requests naming an id just created find it missing (eventual consistency); 0: none. */
+  visibilityLag: number
+  /** Per id just created: how many requests were answered as if it did not exist yet (for tests). */
+  readonly missed = new Map<string, number>()
+  /** Ids just created and not visible yet: requests left that miss them, and what waits for their first sighting. */
+  readonly #lag = new Map<string, { left: number; onSeen: Array<() => void> }>()
   readonly #clientTokens = new Map<string, string>()
-  readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
+  readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms' | 'visibilityLag'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
   #server: Server | null = null
   #nvmeIndex = 1
   #attachSeq = 0
@@ -243,6 +260,7 @@ export class Ec2StandIn {
       exposeDevice: (v, name, loop) => fakeNvme(options.roots, name, loop, serialOf(v.volumeId), EBS_MODEL, v.sizeGiB * this.bytesPerGiB),
       ...options,
     }
+    this.visibilityLag = options.visibilityLag ?? 0
     if (options.defaultKmsKeyId) this.defaultKeys.set(`${instance.accountId}/${instance.region}`, options.defaultKmsKeyId)
     this.instances.set(instance.instanceId, {
       instanceId: instance.instanceId, ownerId: instance.accountId, region: instance.region, availabilityZone: instance.availabilityZone,
@@ -259,6 +277,38 @@ export class Ec2StandIn {
   /** The account the worker instance runs in. */
   get accountId(): string {
     return this.#options.instance.accountId
+  }
+
+  /** An id just created: not visible to the next `visibilityLag` requests. */
+  #born(id: string): void {
+    if (this.visibilityLag > 0) this.#lag.set(id, { left: this.visibilityLag, onSeen: [] })
+  }
+
+  /** Whether this request misses `id` (counting it); its first sighting runs what waited for it. */
+  #hidden(id: string): boolean {
+    const lag = this.#lag.get(id)
+    if (!lag) return false
+    if (lag.left > 0) {
+      lag.left--
+      this.missed.set(id, (this.missed.get(id) ?? 0) + 1)
+      return true
+    }
+    this.#lag.delete(id)
+    for (const fn of lag.onSeen) fn()
+    return false
+  }
+
+  /** Runs `fn` once `id` has been seen by a request (at once when it is not lagging). */
+  #onceSeen(id: string, fn: () => void): void {
+    const lag = this.#lag.get(id)
+    if (lag) lag.onSeen.push(fn)
+    else fn()
+  }
+
+  /** Makes an id visible at once, as if the time of its lag had passed (a test's setup). */
+  settle(id: string): void {
+    const lag = this.#lag.get(id)
+    if (lag) lag.left = 0
   }
 
   async start(): Promise<this> {
@@ -455,13 +505,13 @@ export class Ec2StandIn {
 
   #volume(id: string | null, ctx: Ctx): Volume {
     const v = id ? this.volumes.get(id) : undefined
-    if (!v || v.state === 'deleted' || v.ownerId !== ctx.accountId || v.region !== ctx.region) throw new Ec2Error('InvalidVolume.NotFound', `The volume '${id}' does not exist.`)
+    if (!v || v.state === 'deleted' || v.ownerId !== ctx.accountId || v.region !== ctx.region || this.#hidden(v.volumeId)) throw new Ec2Error('InvalidVolume.NotFound', `The volume '${id}' does not exist.`)
     return v
   }
 
   #instance(id: string | null, ctx: Ctx): Instance {
     const i = id ? this.instances.get(id) : undefined
-    if (!i || i.ownerId !== ctx.accountId || i.region !== ctx.region || i.state === 'terminated') {
+    if (!i || i.ownerId !== ctx.accountId || i.region !== ctx.region || i.state === 'terminated' || this.#hidden(i.instanceId)) {
       throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`)
     }
     return i
@@ -470,7 +520,7 @@ export class Ec2StandIn {
   #visibleSnapshot(id: string | null, ctx: { accountId: string; region: string }): Snapshot {
     const s = id ? this.snapshots.get(id) : undefined
     const visible = s && !s.deleted && s.region === ctx.region && (s.ownerId === ctx.accountId || s.sharedWith.includes(ctx.accountId))
-    if (!s || !visible) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    if (!s || !visible || this.#hidden(s.snapshotId)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     return s
   }
 
@@ -512,18 +562,21 @@ export class Ec2StandIn {
       encrypted, kmsKeyId: key, tags, createTime: new Date().toISOString(), file, attachment: null,
     }
     this.volumes.set(volumeId, volume)
+    this.#born(volumeId)
     if (token) this.#clientTokens.set(`${ctx.accountId}/${token}`, volumeId)
-    setTimeout(() => {
-      if (volume.state !== 'creating') return
-      if (refused.length) {
-        // KMS refused EBS: the volume is rolled back and simply disappears.
+    if (refused.length) {
+      // KMS refused EBS: the volume is rolled back and simply disappears (once it was seen, with a lag).
+      this.#onceSeen(volumeId, () => setTimeout(() => {
+        if (volume.state !== 'creating') return
         volume.state = 'deleted'
         volume.stateReason = `KMS refused: ${refused.join(', ')}`
         void rm(file, { force: true })
-      } else {
-        volume.state = 'available'
-      }
-    }, this.#options.delayMs)
+      }, this.#options.delayMs))
+    } else {
+      setTimeout(() => {
+        if (volume.state === 'creating') volume.state = 'available'
+      }, this.#options.delayMs)
+    }
     return volume
   }
 
@@ -537,8 +590,9 @@ export class Ec2StandIn {
         if (f.name.startsWith('tag:')) return f.values.includes(v.tags[f.name.slice(4)] ?? '\u0000')
         if (f.name === 'status') return f.values.includes(v.state)
         if (f.name === 'attachment.instance-id') return f.values.includes(v.attachment?.instanceId ?? '')
+        if (f.name === 'volume-id') return f.values.includes(v.volumeId)
         throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-      })
+      }) && (ids.length > 0 || !this.#hidden(v.volumeId)) // named ones were looked up (and counted) above
     })
   }
 
@@ -629,7 +683,7 @@ export class Ec2StandIn {
     const targets = ids.map((id) => {
       if (id.startsWith('vol-')) return this.#volume(id, ctx)
       const snap = this.snapshots.get(id)
-      if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region) {
+      if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region || this.#hidden(snap.snapshotId)) {
         throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
       }
       return snap
@@ -659,6 +713,7 @@ export class Ec2StandIn {
       sharedWith: [], state: 'pending', statusMessage: null, volumeId: v.volumeId, tags, startTime: new Date().toISOString(), description, deleted: false,
     }
     this.snapshots.set(snapshotId, snap)
+    this.#born(snapshotId)
     if (!this.holdSnapshots) setTimeout(() => (snap.state = 'completed'), this.#options.delayMs)
     return snap
   }
@@ -696,6 +751,7 @@ export class Ec2StandIn {
       description: p.get('Description') ?? `Copied for DestinationAmi from ${source.snapshotId}`, deleted: false,
     }
     this.snapshots.set(snapshotId, snap)
+    this.#born(snapshotId)
     setTimeout(() => {
       if (refused.length) {
         snap.state = 'error'
@@ -719,7 +775,7 @@ export class Ec2StandIn {
     const owners = listOf(p, 'Owner').map((o) => (o === 'self' ? ctx.accountId : o))
     const visible = [...this.snapshots.values()].filter((x) => !x.deleted && x.region === ctx.region && (x.ownerId === ctx.accountId || x.sharedWith.includes(ctx.accountId)))
     for (const id of ids) {
-      if (!visible.some((x) => x.snapshotId === id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+      if (!visible.some((x) => x.snapshotId === id) || this.#hidden(id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     }
     const filters = filtersOf(p)
     return visible.filter((x) => (!ids.length || ids.includes(x.snapshotId)) && (!owners.length || owners.includes(x.ownerId)) && filters.every((f) => {
@@ -729,14 +785,14 @@ export class Ec2StandIn {
       if (f.name === 'snapshot-id') return f.values.includes(x.snapshotId)
       if (f.name === 'tag-key') return f.values.some((k) => k in x.tags)
       throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-    }))
+    }) && (ids.length > 0 || !this.#hidden(x.snapshotId))) // named ones were counted above
   }
 
   /** ModifySnapshotAttribute createVolumePermission add/remove: sharing, refused for AWS managed keys. */
   #share(p: URLSearchParams, ctx: Ctx): void {
     const id = p.get('SnapshotId')
     const snap = id ? this.snapshots.get(id) : undefined
-    if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region || this.#hidden(snap.snapshotId)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     const adds: string[] = []
     const removes: string[] = []
     for (let i = 1; p.has(`CreateVolumePermission.Add.${i}.UserId`); i++) adds.push(p.get(`CreateVolumePermission.Add.${i}.UserId`)!)
@@ -774,7 +830,7 @@ export class Ec2StandIn {
         if (f.name.startsWith('tag:')) return f.values.includes(i.tags[f.name.slice(4)] ?? '\u0000')
         if (f.name === 'instance-state-name') return f.values.includes(i.state)
         throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-      }))
+      }) && (ids.length > 0 || !this.#hidden(i.instanceId))) // named ones were counted above
     return `<reservationSet>${found.map((i) => `<item>${this.#reservationXml([i], i.ownerId)}</item>`).join('')}</reservationSet>`
   }
 
@@ -795,6 +851,7 @@ export class Ec2StandIn {
       rootDeviceName: '/dev/xvda', state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: 'x86_64', plugged: false,
     }
     this.instances.set(instanceId, instance)
+    this.#born(instanceId)
     if (token) this.#clientTokens.set(`${ctx.accountId}/run/${token}`, instanceId)
     // The image's root volume: 1 "GiB", unencrypted, deleted on termination.
     const volumeId = hexId('vol')
