@@ -1,7 +1,10 @@
 // The controller's flows against AWS behaviours the stand-ins follow since issue 13, end to end
 // (ebs-controller and an ebs-worker daemon as child processes, test/controller-world.ts): EC2's
-// eventual consistency (ids just created not visible yet).
-import t from 'tap'
+// eventual consistency (ids just created not visible yet), and gp2 volumes, whose Iops as
+// DescribeVolumes reports it (the baseline) CreateVolume refuses.
+import t, { type Test } from 'tap'
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
 
 type World = Awaited<ReturnType<typeof controllerWorld>>
@@ -30,4 +33,35 @@ t.test('eventual consistency: every snapshot, volume and instance just made and 
   t.same(r.json!.volumes.map((v: { volumeId: string }) => w.ec2.missed.get(v.volumeId)), [4, 4], 'and the target account\'s volumes')
   const workerSnapshots = [...w.ec2.snapshots.values()].filter((s) => s.ownerId === BACKUP && s.description.startsWith('ebs-worker restore'))
   t.same(workerSnapshots.map((s) => w.ec2.missed.get(s.snapshotId)), [4, 4], 'and the workers\' snapshots of the restored volumes')
+})
+
+/** An instance of the backup account whose two volumes are gp2, backed up by the controller: its restore point. */
+async function gp2Backup(t: Test, w: World) {
+  w.startWorker()
+  const instanceId = await w.instance(BACKUP, 'eu-west-1b', [{ device: '/dev/xvda', volumeType: 'gp2' }, { device: '/dev/sdf', kmsKeyId: w.keys.backup, volumeType: 'gp2' }])
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.localSource.arn])
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
+  return { instanceId, rp: b.json!.restorePoint }
+}
+
+t.test('a gp2 instance: backed up without its baseline IOPS, restored as gp2', async (t) => {
+  const w = await controllerWorld(t)
+  const { rp } = await gp2Backup(t, w)
+  t.same(rp.volumes.map((v: { volumeType: string; iops?: number }) => [v.volumeType, v.iops]), [['gp2', undefined], ['gp2', undefined]], 'the restore point: gp2, no IOPS')
+  const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', 'alias/backup-ebs', '--restore-role', w.roles.localRestore.arn])
+  t.equal(r.code, 0, `restore-instance succeeds${r.said}`)
+  t.same(w.ec2.attachedTo(r.json!.instanceId).map((v) => [v.attachment!.device, v.volumeType, v.iops]), [['/dev/xvda', 'gp2', 100], ['/dev/sdf', 'gp2', 100]], 'its volumes are gp2, at their baseline')
+})
+
+t.test('a restore point that recorded gp2\'s baseline IOPS restores, into another account too', async (t) => {
+  const w = await controllerWorld(t)
+  const { instanceId, rp } = await gp2Backup(t, w)
+  // As every restore point written before recorded DescribeVolumes' Iops, whatever the type.
+  const file = join(w.repo.slice('file://'.length), 'restore-points', instanceId, `${rp.id}.json`)
+  const json = JSON.parse(await readFile(file, 'utf8'))
+  for (const v of json.volumes) v.iops = 100
+  await writeFile(file, JSON.stringify(json))
+  const r = await restoreIntoTarget(w, rp.id)
+  t.equal(r.code, 0, `restore-instance succeeds${r.said}`)
+  t.same(w.ec2.attachedTo(r.json!.instanceId).map((v) => [v.ownerId, v.volumeType]), [[TARGET, 'gp2'], [TARGET, 'gp2']], 'the target account\'s volumes are gp2')
 })

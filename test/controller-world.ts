@@ -145,7 +145,7 @@ export async function controllerWorld(t: Teardown) {
   })
 
   /** An instance whose volumes hold random data at distinct places (each one unique). */
-  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean }>) => {
+  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean; volumeType?: string }>) => {
     const specs = []
     for (const [i, v] of volumes.entries()) {
       const image = join(dir, `src-${accountId}-${i}-${Math.random().toString(16).slice(2, 8)}.img`)
@@ -153,7 +153,7 @@ export async function controllerWorld(t: Teardown) {
         { kind: 'random', offset: (i + 1) * MiB, length: 3 * MiB },
         { kind: 'text', offset: 9 * MiB, length: MiB + 4096 * (i + 1) },
       ])
-      specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}) })
+      specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}), ...(v.volumeType ? { volumeType: v.volumeType } : {}) })
     }
     return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: 'ami-0abcdef0123456789', tags: { Name: 'app-1' }, volumes: specs })
   }

@@ -522,3 +522,15 @@ t.test('a cross-account restore waits out its new snapshot not visible yet, then
   t.equal(w.ec2.missed.get(r.result.snapshotId), 3, 'after EC2 said "no such snapshot" three times')
   t.match(w.ec2.snapshots.get(r.result.snapshotId), { state: 'completed', sharedWith: ['444455556666'] }, 'a completed snapshot, shared')
 })
+
+t.test('a restore task for a gp2 volume with its recorded IOPS and throughput: made without them', async (t) => {
+  const w = await world(t)
+  const { image, b } = await backedUpSnapshot(w)
+  // What DescribeVolumes says of a gp2 volume (its baseline IOPS) cannot be asked of CreateVolume.
+  await w.send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-gp2', backupId: b.result.backupId, sizeGiB: 2, volume: { volumeType: 'gp2', iops: 100, throughput: 125 } }))
+  const r = await w.reply('rst-gp2')
+  t.equal(r.status, 'succeeded', `the restore succeeds ${JSON.stringify(r.error ?? '')}`)
+  const target = w.ec2.volumes.get(r.result.volumeId)!
+  t.match(target, { volumeType: 'gp2', iops: 100, throughput: null }, 'a gp2 volume, at its baseline IOPS')
+  t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'holding the backup')
+})

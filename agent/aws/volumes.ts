@@ -20,6 +20,7 @@ import {
 import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsCall } from './errors.ts'
+import { createVolumePerformance } from './volume-types.ts'
 import { waitSnapshotsCompleted, waitVolumeCreated, waitVolumeState } from './waits.ts'
 import type { WorkerIdentity } from './identity.ts'
 
@@ -27,6 +28,7 @@ export const TASK_ID_TAG = 'ebs-worker:task-id'
 
 export interface VolumeSpec {
   volumeType?: string
+  /** Sent only where the type takes it (io1, io2, gp3), and throughput only for gp3 (volume-types.ts). */
   iops?: number
   throughput?: number
   /** Encrypt with this key; otherwise the snapshot's key, or the Region's default EBS key. */
@@ -101,8 +103,7 @@ export class Volumes {
         AvailabilityZone: this.#o.identity.availabilityZone,
         ...source,
         VolumeType: (spec.volumeType ?? 'gp3') as VolumeType,
-        ...(spec.iops ? { Iops: spec.iops } : {}),
-        ...(spec.throughput ? { Throughput: spec.throughput } : {}),
+        ...createVolumePerformance(spec.volumeType ?? 'gp3', spec),
         ...(spec.kmsKeyId ? { Encrypted: true, KmsKeyId: spec.kmsKeyId } : {}),
         TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
       })))).VolumeId!

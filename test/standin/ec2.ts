@@ -16,6 +16,14 @@
 //   - a snapshot neither owned by nor shared with this account does not exist for it; resources
 //     belong to one account and one Region (the request's, from its SigV4 credential scope);
 //   - CreateVolume with a ClientToken already used returns the volume it made then;
+//   - Iops and Throughput by volume type (CreateVolume: Iops "Required for io1 and io2 volumes.
+//     Optional for gp3 volumes. Omit for all other volume types"; Throughput "Supported for gp3
+//     volumes only"): anything else is InvalidParameterCombination, with the messages EC2 gives
+//     ("The parameter iops is not supported for gp2 volumes.", kubernetes-retired/kube-aws#1208;
+//     "throughput can only be specified for volumeType gp3.", runs-on/runs-on#426; "The parameter
+//     iops must be specified for io2 volumes.", velero-io/velero-plugin-for-aws#119); the type
+//     defaults to gp2; DescribeVolumes reports gp2's baseline Iops (3 per GiB, 100 to 16,000; EBS
+//     User Guide, "Amazon EBS volume types") and gp3's defaults (3,000 IOPS, 125 MiB/s);
 //   - creating → available, then in-use while attached (attaching → attached), with delays;
 //   - a volume attaches to one instance, in its own Availability Zone; an attached volume cannot
 //     be deleted; the root volume of a running instance cannot be detached;
@@ -154,7 +162,7 @@ export interface InstanceSpec {
   rootDeviceName?: string
   tags?: Record<string, string>
   /** Attached in this order; the first whose device is rootDeviceName is the root volume. */
-  volumes: Array<{ device: string; image: string; sizeGiB: number; encrypted?: boolean; kmsKeyId?: string; volumeType?: string; deleteOnTermination?: boolean }>
+  volumes: Array<{ device: string; image: string; sizeGiB: number; encrypted?: boolean; kmsKeyId?: string; volumeType?: string; iops?: number; deleteOnTermination?: boolean }>
 }
 
 export interface Ec2StandInOptions {
@@ -221,6 +229,20 @@ const tagSet = (tags: Record<string, string>): string => {
   const items = Object.entries(tags).map(([k, val]) => `<item>${el('key', k)}${el('value', val)}</item>`).join('')
   return items ? `<tagSet>${items}</tagSet>` : ''
 }
+/**
+ * A new volume's Iops and Throughput as DescribeVolumes reports them, or CreateVolume's error for
+ * a combination EC2 refuses (see the header). Sizes are the API's GiB.
+ */
+function volumePerformance(type: string, sizeGiB: number, iops: string | null, throughput: string | null): { iops: number | null; throughput: number | null } {
+  if (!['gp2', 'gp3', 'io1', 'io2', 'st1', 'sc1', 'standard'].includes(type)) throw new Ec2Error('InvalidParameterValue', `Value (${type}) for parameter volumeType is invalid.`)
+  if (iops !== null && !['io1', 'io2', 'gp3'].includes(type)) throw new Ec2Error('InvalidParameterCombination', `The parameter iops is not supported for ${type} volumes.`)
+  if (iops === null && (type === 'io1' || type === 'io2')) throw new Ec2Error('InvalidParameterCombination', `The parameter iops must be specified for ${type} volumes.`)
+  if (throughput !== null && type !== 'gp3') throw new Ec2Error('InvalidParameterCombination', 'throughput can only be specified for volumeType gp3.')
+  if (type === 'gp2') return { iops: Math.min(16_000, Math.max(100, 3 * sizeGiB)), throughput: null }
+  if (type === 'gp3') return { iops: iops === null ? 3000 : Number(iops), throughput: throughput === null ? 125 : Number(throughput) }
+  return { iops: iops === null ? null : Number(iops), throughput: null }
+}
+
 const hexId = (prefix: string): string => `${prefix}-${randomBytes(9).toString('hex').slice(0, 17)}`
 /** The AWS managed EBS key of an account and Region, by its alias. */
 const awsEbs = (region: string, accountId: string): string => `arn:aws:kms:${region}:${accountId}:alias/aws/ebs`
@@ -413,7 +435,8 @@ export class Ec2StandIn {
       const ctx = { accountId: spec.accountId, region: spec.region }
       this.volumes.set(volumeId, {
         volumeId, ownerId: spec.accountId, region: spec.region, sizeGiB: v.sizeGiB, snapshotId: null, availabilityZone: spec.availabilityZone,
-        state: 'in-use', stateReason: null, volumeType: v.volumeType ?? 'gp3', iops: null, throughput: null, encrypted: v.encrypted ?? false,
+        state: 'in-use', stateReason: null, volumeType: v.volumeType ?? 'gp3', ...volumePerformance(v.volumeType ?? 'gp3', v.sizeGiB, v.iops === undefined ? null : String(v.iops), null),
+        encrypted: v.encrypted ?? false,
         kmsKeyId: v.encrypted ? this.#keyArn(v.kmsKeyId ?? this.#defaultKey(spec.accountId, spec.region), ctx) : null, tags: {},
         createTime: new Date().toISOString(), file,
         attachment: { instanceId, device: v.device, state: 'attached', time: new Date().toISOString(), loop: null, name: null, deleteOnTermination: v.deleteOnTermination ?? true, seq: ++this.#attachSeq },
@@ -538,6 +561,8 @@ export class Ec2StandIn {
     if (snapshot && size < snapshot.sizeGiB) {
       throw new Ec2Error('InvalidParameterValue', `Volume of ${size}GiB is too small; minimum is ${snapshot.sizeGiB}GiB.`)
     }
+    const volumeType = p.get('VolumeType') ?? 'gp2'
+    const performance = volumePerformance(volumeType, size, p.get('Iops'), p.get('Throughput'))
     const { encrypted, keyRef, key } = this.#newKey(p, snapshot, ctx)
     // What EBS asks KMS for, on the caller's behalf: read the snapshot's key, write under the new one.
     const uses: Array<{ ref: string; actions: string[] }> = []
@@ -558,7 +583,7 @@ export class Ec2StandIn {
     await handle.close()
     const volume: Volume = {
       volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: size, snapshotId, availabilityZone: az, state: 'creating', stateReason: null,
-      volumeType: p.get('VolumeType') ?? 'gp2', iops: p.get('Iops') ? Number(p.get('Iops')) : null, throughput: p.get('Throughput') ? Number(p.get('Throughput')) : null,
+      volumeType, ...performance,
       encrypted, kmsKeyId: key, tags, createTime: new Date().toISOString(), file, attachment: null,
     }
     this.volumes.set(volumeId, volume)
@@ -861,7 +886,7 @@ export class Ec2StandIn {
     await handle.close()
     this.volumes.set(volumeId, {
       volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: 1, snapshotId: null, availabilityZone: az, state: 'in-use', stateReason: null,
-      volumeType: 'gp3', iops: null, throughput: null, encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
+      volumeType: 'gp3', ...volumePerformance('gp3', 1, null, null), encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
       attachment: { instanceId, device: '/dev/xvda', state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
     })
     setTimeout(() => {
