@@ -534,3 +534,40 @@ t.test('a restore task for a gp2 volume with its recorded IOPS and throughput: m
   t.match(target, { volumeType: 'gp2', iops: 100, throughput: null }, 'a gp2 volume, at its baseline IOPS')
   t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'holding the backup')
 })
+
+/** The worker instance's device names /dev/sd[f-p], all but the last `free` taken by volumes of its own. */
+async function occupyDeviceNames(w: Awaited<ReturnType<typeof world>>, free: number): Promise<string[]> {
+  const names = 'fghijklmnop'.split('').map((c) => `/dev/sd${c}`)
+  return Promise.all(names.slice(0, names.length - free).map((d) => w.ec2.occupyDevice(d)))
+}
+
+t.test('more tasks than free device names: the others wait for a name, and all succeed', async (t) => {
+  const w = await world(t, { config: { concurrency: 3 } })
+  await occupyDeviceNames(w, 1)
+  const image = join(w.dir, 'snapshot.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }])
+  const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 2 })
+  for (const i of [1, 2, 3]) await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: `names-${i}`, snapshotId }))
+  for (const i of [1, 2, 3]) {
+    const r = await w.reply(`names-${i}`)
+    t.equal(r.status, 'succeeded', `task ${i} succeeds ${JSON.stringify(r.error ?? '')}`)
+  }
+  const lines = w.state.log.split('\n')
+  const firstDone = lines.findIndex((l) => l.includes('"msg":"task succeeded"'))
+  t.equal(lines.slice(0, firstDone).filter((l) => l.includes('"msg":"task started"')).length, 3, 'the three ran at once, on one free name')
+  t.notMatch(w.state.log, /NO_FREE_DEVICE_NAME|DEVICE_UNUSABLE/, 'none failed for want of a name')
+})
+
+t.test('no device name free for longer than deviceNameWaitSeconds: the task is handed back, and done once one is free', async (t) => {
+  const w = await world(t, { config: { deviceNameWaitSeconds: 1 } })
+  const occupied = await occupyDeviceNames(w, 0)
+  const image = join(w.dir, 'snapshot.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }])
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'no-name', snapshotId: w.ec2.addSnapshot({ image, sizeGiB: 2 }) }))
+  await until(() => /"msg":"task failed, will be retried".*"code":"NO_FREE_DEVICE_NAME"/.test(w.state.log), 30_000, 'the task handed back')
+  w.ec2.freeDevice(occupied[4]!)
+  const r = await w.reply('no-name')
+  // The first reply of the task is this one: the attempt without a name sent none.
+  t.equal(r.status, 'succeeded', `once a name is free, the task delivered again succeeds ${JSON.stringify(r.error ?? '')}`)
+  t.notMatch(w.state.log, /"msg":"task failed",/, 'it never failed for good')
+})

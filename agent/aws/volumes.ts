@@ -2,6 +2,7 @@
 // attach it here and find its device, detach and delete it. Every volume is tagged with the task
 // that made it, which is what makes a redelivered task find it again instead of making another,
 // and what limits detaching and deleting to volumes this agent created.
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
   AttachVolumeCommand,
   CreateSnapshotCommand,
@@ -21,7 +22,7 @@ import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from '../device/eb
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsCall } from './errors.ts'
 import { createVolumePerformance } from './volume-types.ts'
-import { waitSnapshotsCompleted, waitVolumeCreated, waitVolumeState } from './waits.ts'
+import { VISIBILITY_MS, waitSnapshotsCompleted, waitVolumeCreated, waitVolumeState } from './waits.ts'
 import type { WorkerIdentity } from './identity.ts'
 
 export const TASK_ID_TAG = 'ebs-worker:task-id'
@@ -44,6 +45,8 @@ export interface VolumesOptions {
   stateTimeoutSeconds?: number
   /** How long a volume or snapshot just created may be unknown to DescribeVolumes/DescribeSnapshots (default: waits.ts VISIBILITY_MS). */
   visibleWithinSeconds?: number
+  /** How long an attach waits for a free device name before the task is handed back (default 900). */
+  deviceNameWaitSeconds?: number
 }
 
 /** A task's volume, new or found again; `tags` are those an earlier attempt left. */
@@ -58,7 +61,11 @@ const DEVICE_NAMES = 'fghijklmnop'.split('').map((c) => `/dev/sd${c}`)
 
 export class Volumes {
   readonly #o: VolumesOptions
-  #attachLock: Promise<void> = Promise.resolve()
+  #attachLock: Promise<unknown> = Promise.resolve()
+  /** Device names this agent attached a volume under, and when: DescribeVolumes may not show them yet. */
+  readonly #claims = new Map<string, { volumeId: string; at: number }>()
+  /** Tasks waiting for a device name, woken when a volume is detached. */
+  readonly #onRelease = new Set<() => void>()
 
   constructor(options: VolumesOptions) {
     this.#o = options
@@ -132,17 +139,7 @@ export class Volumes {
       if (volume.Attachments?.length) {
         throw new EbsWorkerError(ErrorCode.DeviceUnusable, `volume ${volumeId} is attached to ${volume.Attachments[0]!.InstanceId}`)
       }
-      // Choosing a free device name and attaching is one step per process: two tasks attaching at
-      // once would otherwise pick the same name, and EC2 refuses the second ("already in use").
-      const attached = this.#attachLock.then(async () => {
-        const used = await this.#usedDeviceNames()
-        const device = DEVICE_NAMES.find((d) => !used.has(d))
-        if (!device) throw new EbsWorkerError(ErrorCode.DeviceUnusable, 'no free device name left on this instance')
-        await this.#ec2('AttachVolume', () =>
-          this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
-      })
-      this.#attachLock = attached.catch(() => {})
-      await attached
+      await this.#attachUnderFreeName(volumeId, signal)
       await waitVolumeState(this.#o.client, volumeId, 'in-use', { timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000, ...this.#visibility() })
     }
     return waitForEbsDevice(volumeId, {
@@ -150,6 +147,52 @@ export class Volumes {
       timeoutMs: this.#o.deviceTimeoutMs ?? 120_000,
       ...(signal ? { signal } : {}),
     })
+  }
+
+  /**
+   * Attaches the volume under a free device name. When every name is taken (by the volumes of
+   * other tasks or the instance's own), it waits for one: woken when this agent releases a volume,
+   * looking again every few seconds, for at most deviceNameWaitSeconds and while the task is not
+   * stopped; then NO_FREE_DEVICE_NAME, a transient code: the task goes back to the queue, for this
+   * or another worker.
+   */
+  async #attachUnderFreeName(volumeId: string, signal?: AbortSignal): Promise<void> {
+    const waitSeconds = this.#o.deviceNameWaitSeconds ?? 900
+    const deadline = Date.now() + waitSeconds * 1000
+    for (;;) {
+      signal?.throwIfAborted()
+      const released = new Promise<void>((resolve) => this.#onRelease.add(resolve))
+      // Choosing a free device name and attaching is one step per process: two tasks attaching at
+      // once would otherwise pick the same name, and EC2 refuses the second ("already in use").
+      const attached = this.#attachLock.then(() => this.#attachIfFree(volumeId))
+      this.#attachLock = attached.then(() => {}, () => {})
+      if (await attached) return
+      const left = deadline - Date.now()
+      if (left <= 0) {
+        throw new EbsWorkerError(ErrorCode.NoFreeDeviceName, `no free device name on this instance (${DEVICE_NAMES[0]} to ${DEVICE_NAMES.at(-1)} are all in use) ` +
+          `after waiting ${waitSeconds} s for one: the task goes back to the queue`, { context: { volumeId } })
+      }
+      const stop = new AbortController()
+      const nap = sleep(Math.min(left, 5000), undefined, { signal: signal ? AbortSignal.any([signal, stop.signal]) : stop.signal }).catch(() => {})
+      await Promise.race([released, nap])
+      stop.abort()
+    }
+  }
+
+  /** Attaches the volume under the first device name free here; false when there is none. */
+  async #attachIfFree(volumeId: string): Promise<boolean> {
+    const used = await this.#usedDeviceNames()
+    // What this agent attached moments ago may not show in DescribeVolumes yet (eventual consistency).
+    for (const [device, claim] of this.#claims) {
+      if (Date.now() - claim.at < VISIBILITY_MS) used.add(device)
+      else this.#claims.delete(device)
+    }
+    const device = DEVICE_NAMES.find((d) => !used.has(d))
+    if (!device) return false
+    await this.#ec2('AttachVolume', () =>
+      this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
+    this.#claims.set(device, { volumeId, at: Date.now() })
+    return true
   }
 
   /** Detaches (and deletes) a volume this agent created; refuses any other volume. */
@@ -168,6 +211,10 @@ export class Volumes {
     if (volume.Attachments?.length) {
       await this.#ec2('DetachVolume', () => this.#o.client.send(new DetachVolumeCommand({ VolumeId: volumeId })))
       await this.#waitAvailable(volumeId)
+      // Its device name is free again: a task waiting for one can have it.
+      for (const [device, claim] of this.#claims) if (claim.volumeId === volumeId) this.#claims.delete(device)
+      for (const wake of this.#onRelease) wake()
+      this.#onRelease.clear()
     }
     if (!options.delete) return { deleted: false }
     await this.#ec2('DeleteVolume', () => this.#o.client.send(new DeleteVolumeCommand({ VolumeId: volumeId })))

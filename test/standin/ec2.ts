@@ -458,6 +458,29 @@ export class Ec2StandIn {
     return snapshotId
   }
 
+  /**
+   * Takes a device name of the worker instance: an empty volume of its own attached there (not
+   * exposed as a device), as the instance's data volumes or another program's would be.
+   */
+  async occupyDevice(device: string): Promise<string> {
+    const { instance, dir } = this.#options
+    const volumeId = hexId('vol')
+    const file = join(dir, `${volumeId}.img`)
+    await (await open(file, 'w')).close()
+    const now = new Date().toISOString()
+    this.volumes.set(volumeId, {
+      volumeId, ownerId: instance.accountId, region: instance.region, sizeGiB: 1, snapshotId: null, availabilityZone: instance.availabilityZone, state: 'in-use',
+      stateReason: null, volumeType: 'gp3', ...volumePerformance('gp3', 1, null, null), encrypted: false, kmsKeyId: null, tags: {}, createTime: now, file,
+      attachment: { instanceId: instance.instanceId, device, state: 'attached', time: now, loop: null, name: null, deleteOnTermination: false, seq: ++this.#attachSeq },
+    })
+    return volumeId
+  }
+
+  /** Detaches a volume (as someone else's DetachVolume would): its device name is free again. */
+  freeDevice(volumeId: string): void {
+    this.#finishDetach(this.volumes.get(volumeId)!)
+  }
+
   /** The volumes attached to an instance, in the order they were attached (its block device mapping). */
   attachedTo(instanceId: string): Volume[] {
     return [...this.volumes.values()].filter((v) => v.attachment?.instanceId === instanceId && v.state !== 'deleted').sort((a, b) => a.attachment!.seq - b.attachment!.seq)
