@@ -79,6 +79,8 @@ export async function describeKey(kms: KMSClient, who: string, keyRef: string): 
 export interface Outcome {
   ok: boolean
   detail?: string
+  /** The AWS error name of a refusal (UnauthorizedOperation, AccessDeniedException, InvalidSnapshot.NotFound…). */
+  awsError?: string
 }
 
 /**
@@ -92,7 +94,7 @@ export async function dryRun(send: () => Promise<unknown>): Promise<Outcome> {
   } catch (err) {
     const name = awsErrorName(err)
     if (name === 'DryRunOperation' || name === 'DryRunOperationException') return { ok: true }
-    return { ok: false, detail: `${name}: ${describe(err)}` }
+    return { ok: false, detail: `${name}: ${describe(err)}`, awsError: name }
   }
 }
 

@@ -65,3 +65,30 @@ t.test('a restore point that recorded gp2\'s baseline IOPS restores, into anothe
   t.equal(r.code, 0, `restore-instance succeeds${r.said}`)
   t.same(w.ec2.attachedTo(r.json!.instanceId).map((v) => [v.ownerId, v.volumeType]), [[TARGET, 'gp2'], [TARGET, 'gp2']], 'the target account\'s volumes are gp2')
 })
+
+type Check = { role: string; key: string; action: string; ok: boolean; detail?: string }
+
+/** preflight backup-instance of a production instance for a worker in the backup account, copying under the production key. */
+async function backupPreflight(w: World) {
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }])
+  const p = await w.controller(['preflight', 'backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--reencrypt-with', w.keys.prod])
+  return { p, checks: (p.json?.checks ?? []) as Check[] }
+}
+
+t.test('preflight: EC2 answering a DryRun on the placeholder snapshot with InvalidSnapshot.NotFound is the permission not refused', async (t) => {
+  const w = await controllerWorld(t)
+  const { p, checks } = await backupPreflight(w)
+  t.equal(p.code, 0, `every permission there${p.said}`)
+  for (const action of ['ec2:DeleteSnapshot', 'ec2:ModifySnapshotAttribute', 'ec2:CopySnapshot']) {
+    t.match(checks.find((c) => c.action === action), { ok: true, detail: /not refused.*InvalidSnapshot\.NotFound/ }, `${action}: ok, saying why`)
+  }
+})
+
+t.test('preflight: a DeleteSnapshot the role may not make is still missing', async (t) => {
+  const w = await controllerWorld(t)
+  w.roles.source.policy = { Statement: [...w.roles.source.policy!.Statement, { Effect: 'Deny', Action: 'ec2:DeleteSnapshot', Resource: '*' }] }
+  const { p, checks } = await backupPreflight(w)
+  t.equal(p.code, 1, 'a missing permission: exit status 1')
+  t.same(checks.filter((c) => !c.ok).map((c) => c.action), ['ec2:DeleteSnapshot'], 'DeleteSnapshot, and nothing else')
+  t.match(checks.find((c) => c.action === 'ec2:DeleteSnapshot')?.detail, /UnauthorizedOperation/, 'refused by IAM before EC2 looked at the snapshot')
+})

@@ -122,3 +122,15 @@ t.test('eventual consistency: the first requests after a create find no such id,
   t.equal((await client.send(new DescribeVolumesCommand({ VolumeIds: [v.VolumeId!] }))).Volumes![0]!.VolumeId, v.VolumeId, 'then there')
   t.equal(ec2.missed.get(v.VolumeId!), 2, 'missed by two requests')
 })
+
+t.test('DryRun checks the snapshot it names: one that does not exist is InvalidSnapshot.NotFound', async (t) => {
+  const { dir, ec2, client } = await setup(t)
+  const image = join(dir, 'snap.img')
+  await makeImage(image, 4 * MiB, [])
+  const known = ec2.addSnapshot({ image, sizeGiB: 1 })
+  const share = (SnapshotId: string) => client.send(new ModifySnapshotAttributeCommand({
+    SnapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { Add: [{ UserId: '444455556666' }] }, DryRun: true,
+  }))
+  await t.rejects(share('snap-00000000000000000'), { name: 'InvalidSnapshot.NotFound' }, 'an unknown snapshot')
+  await t.rejects(share(known), { name: 'DryRunOperation' }, 'a known one: DryRunOperation')
+})

@@ -36,6 +36,10 @@
 //     kubernetes-sigs/aws-ebs-csi-driver#3010; a CopySnapshot under such a key ends in state
 //     "error";
 //   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation;
+//     EC2 also validates the request's parameters as for the call itself (a DryRun CreateVolume
+//     with Iops on gp2 is refused with InvalidParameterCombination, kubernetes-retired/kube-aws#1208),
+//     so here, once the permission is granted, a DryRun naming a snapshot that does not exist
+//     answers InvalidSnapshot.NotFound, and a DryRun CreateVolume is checked like CreateVolume;
 //   - eventual consistency (EC2 Developer Guide, "Eventual consistency in the Amazon EC2 API": "if
 //     you run a command to modify or describe the resource that you just created, its ID might not
 //     have propagated throughout the system, and you will get an error responding that the resource
@@ -491,8 +495,21 @@ export class Ec2StandIn {
     if (world && !world.authorize(ctx.principal, 'ec2', action, ctx.region)) {
       throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ec2:${action} because no identity-based policy allows the ec2:${action} action`)
     }
-    if (p.get('DryRun') === 'true') throw new Ec2Error('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.')
+    if (p.get('DryRun') === 'true') {
+      this.#validate(action, p, ctx)
+      throw new Ec2Error('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.')
+    }
     return this.#dispatch(action, p, ctx)
+  }
+
+  /** What a DryRun request is checked for besides the permission: the snapshot it names, CreateVolume's parameters. */
+  #validate(action: string, p: URLSearchParams, ctx: Ctx): void {
+    if (action === 'DeleteSnapshot' || action === 'ModifySnapshotAttribute') this.#visibleSnapshot(p.get('SnapshotId'), ctx)
+    if (action === 'CopySnapshot') this.#visibleSnapshot(p.get('SourceSnapshotId'), { accountId: ctx.accountId, region: p.get('SourceRegion') ?? ctx.region })
+    if (action === 'CreateVolume') {
+      const snapshot = p.get('SnapshotId') ? this.#visibleSnapshot(p.get('SnapshotId'), ctx) : null
+      volumePerformance(p.get('VolumeType') ?? 'gp2', Number(p.get('Size') ?? snapshot?.sizeGiB ?? 1), p.get('Iops'), p.get('Throughput'))
+    }
   }
 
   async #dispatch(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
