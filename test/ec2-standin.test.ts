@@ -78,7 +78,7 @@ t.test('the AWS rules the flows depend on', async (t) => {
   const underDefault = await client.send(new CreateSnapshotCommand({ VolumeId: shared.VolumeId! }))
   t.match(underDefault, { State: 'pending', Encrypted: true, KmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:alias/aws/ebs' })
   await waitUntilSnapshotCompleted({ client, maxWaitTime: 10, minDelay: 1 }, { SnapshotIds: [underDefault.SnapshotId!] })
-  await t.rejects(share(underDefault.SnapshotId!), { name: 'InvalidParameter', message: /AWS Managed CMK can't be shared/ }, 'aws/ebs: not shareable')
+  await t.rejects(share(underDefault.SnapshotId!), { name: 'OperationNotPermitted', message: /EBS default key cannot be shared/ }, 'aws/ebs: not shareable')
   const cmkVolume = await client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, Encrypted: true, KmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:key/cmk' }))
   await waitUntilVolumeAvailable({ client, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [cmkVolume.VolumeId!] })
   const underCmk = await client.send(new CreateSnapshotCommand({ VolumeId: cmkVolume.VolumeId! }))

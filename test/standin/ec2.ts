@@ -28,7 +28,11 @@
 //   - a volume attaches to one instance, in its own Availability Zone; an attached volume cannot
 //     be deleted; the root volume of a running instance cannot be detached;
 //   - a snapshot of a volume keeps its encryption and key; one encrypted with an AWS managed key
-//     (aws/ebs) cannot be shared with another account; CopySnapshot with KmsKeyId re-encrypts;
+//     (aws/ebs) cannot be shared with another account (ModifySnapshotAttribute: "Snapshots
+//     encrypted with your default KMS key cannot be shared with other accounts"; EC2 answers
+//     OperationNotPermitted "Encrypted snapshots with EBS default key cannot be shared",
+//     hashicorp/packer#7499 and #8271; ModifyImageAttribute says InvalidParameter instead);
+//     CopySnapshot with KmsKeyId re-encrypts;
 //   - KMS is authenticated asynchronously: CreateVolume with a key the caller cannot use answers
 //     "creating" and the volume is then silently rolled back (DescribeVolumes: InvalidVolume.
 //     NotFound), as the CreateVolume KmsKeyId documentation says ("the action can appear to
@@ -867,7 +871,7 @@ export class Ec2StandIn {
     else adds.push(...userIds)
     if (!adds.length && !removes.length) throw new Ec2Error('MissingParameter', 'no account to share with')
     if (adds.length && snap.encrypted && snap.kmsKeyId && this.#options.isAwsManagedKey(snap.kmsKeyId)) {
-      throw new Ec2Error('InvalidParameter', 'Snapshots encrypted with the AWS Managed CMK can\'t be shared. Try again with a customer managed CMK.')
+      throw new Ec2Error('OperationNotPermitted', 'Encrypted snapshots with EBS default key cannot be shared')
     }
     for (const a of adds) if (!snap.sharedWith.includes(a)) snap.sharedWith.push(a)
     snap.sharedWith = snap.sharedWith.filter((a) => !removes.includes(a))
