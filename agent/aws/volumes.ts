@@ -92,7 +92,12 @@ export class Volumes {
 
   async #create(taskId: string, source: { SnapshotId?: string; Size?: number; Encrypted?: boolean }, spec: VolumeSpec): Promise<CreatedVolume> {
     // The tag, set atomically at creation, is what finds the volume again after a crash or a
-    // redelivery (no ClientToken: EC2 would answer a retry with a volume since deleted).
+    // redelivery. ClientToken is an idempotency token in the EC2 model, and the SDK fills it with a
+    // new UUID for each command sent, the same for the SDK's own retries of it: a retry after a lost
+    // answer gets the volume that request made, a new attempt of the task makes a new request. A
+    // token of ours (the task id) would make EC2 answer a later attempt with the volume it made
+    // then, even once deleted. The tag lookup itself is eventually consistent: a task redelivered
+    // moments after its CreateVolume may not see that volume yet and make another (tagged too).
     let existing = await this.findByTask(taskId)
     if (existing && existing.AvailabilityZone !== this.#o.identity.availabilityZone) {
       // An earlier attempt ran on a worker in another zone, and a volume attaches only in its own.
