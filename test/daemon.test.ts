@@ -8,6 +8,7 @@ import { createServer } from 'node:net'
 import { CreateVolumeCommand, EC2Client } from '@aws-sdk/client-ec2'
 import { devNumber } from '../agent/device/block-device.ts'
 import { checkpointObjectName } from '../agent/pipeline/checkpoint.ts'
+import { PACKS } from '../agent/repo/layout.ts'
 import { existsSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
@@ -222,7 +223,7 @@ t.test('the configuration\'s tuning reaches the backups: packs of the configured
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'tuned-1', snapshotId: ec2.addSnapshot({ image, sizeGiB: 1 }) }))
   const r = await reply('tuned-1')
   t.equal(r.status, 'succeeded', `the backup succeeds ${JSON.stringify(r.error ?? '')}`)
-  const packs = (await readdir(join(repo.slice('file://'.length), 'packs'), { recursive: true, withFileTypes: true })).filter((e) => e.isFile())
+  const packs = (await readdir(join(repo.slice('file://'.length), PACKS), { recursive: true, withFileTypes: true })).filter((e) => e.isFile())
   t.equal(packs.length, 6, 'six random chunks, one 1 MiB pack each (16 MiB packs would hold them all)')
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'stops cleanly')
