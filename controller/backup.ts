@@ -22,6 +22,7 @@ import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
 import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, type Waits } from './ec2.ts'
 import { backupUsesWorkerDefaultKey, backupWorkerNeeds, defaultEbsKey, tryNeeds } from './keys.ts'
 import { settleAll } from '../agent/core/concurrency.ts'
+import { provisionable } from '../agent/aws/volume-types.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
 import { newRestorePointId, RESTORE_POINT_VERSION, RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
@@ -88,7 +89,8 @@ export async function surveyInstance(source: Session, region: string, instanceId
     const key = v.KmsKeyId ? keys.get(v.KmsKeyId) : undefined
     volumes.push({
       deviceName: m.DeviceName!, volumeId: v.VolumeId!, sizeGiB: v.Size!, volumeType: v.VolumeType ?? 'gp3',
-      ...(v.Iops ? { iops: v.Iops } : {}), ...(v.Throughput ? { throughput: v.Throughput } : {}),
+      // What the type was provisioned with: gp2's Iops is only its baseline, which CreateVolume refuses.
+      ...provisionable(v.VolumeType ?? 'gp3', { iops: v.Iops, throughput: v.Throughput }),
       encrypted: Boolean(v.Encrypted), ...(v.KmsKeyId ? { kmsKeyId: v.KmsKeyId } : {}), deleteOnTermination: Boolean(m.Ebs!.DeleteOnTermination),
       awsManaged: Boolean(key?.ok && key.manager === 'AWS'),
     })

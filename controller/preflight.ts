@@ -4,7 +4,9 @@
 // grant and cryptographic actions with KMS's DryRun (DryRunOperationException = allowed,
 // AccessDeniedException = not; KMS Developer Guide, "Testing your permissions"), and only
 // read-only calls are made for real (DescribeInstances, DescribeVolumes, DescribeKey,
-// GetEbsDefaultKmsKeyId). The aws/ebs rule shows as a row of its own.
+// GetEbsDefaultKmsKeyId). The aws/ebs rule shows as a row of its own. Calls on a snapshot that
+// does not exist yet are asked about a placeholder id: EC2 validates a DryRun request's
+// parameters too, so InvalidSnapshot.NotFound there means the permission was not refused.
 import {
   CopySnapshotCommand, CreateSnapshotsCommand, CreateVolumeCommand, DeleteSnapshotCommand, ModifySnapshotAttributeCommand, RunInstancesCommand, type EC2Client,
 } from '@aws-sdk/client-ec2'
@@ -25,6 +27,18 @@ export interface Check {
 }
 
 const PLACEHOLDER_SNAPSHOT = 'snap-00000000000000000'
+
+/**
+ * A DryRun about PLACEHOLDER_SNAPSHOT: EC2 checks a DryRun request's parameters as well as the
+ * permission (EC2 API Reference, "DryRun"; a DryRun CreateVolume with bad parameters is refused
+ * with their error, kubernetes-retired/kube-aws#1208), and the placeholder does not exist:
+ * InvalidSnapshot.NotFound is the permission not refused, said so in the row's detail.
+ */
+async function placeholderDryRun(send: () => Promise<unknown>): Promise<Outcome> {
+  const outcome = await dryRun(send)
+  if (outcome.awsError !== 'InvalidSnapshot.NotFound') return outcome
+  return { ok: true, detail: `not refused: EC2 checked the request and found no snapshot ${PLACEHOLDER_SNAPSHOT} (a placeholder; ${outcome.detail})` }
+}
 
 function row(role: string, key: string, action: string, outcome: Outcome): Check {
   return { role, key, action, ok: outcome.ok, ...(outcome.detail ? { detail: outcome.detail } : {}) }
@@ -89,7 +103,7 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
   const workerAccount = o.workerAccount ?? source.accountId
   const cross = workerAccount !== source.accountId
   const dry = async (action: string, send: (ec2: EC2Client) => Promise<unknown>): Promise<void> => {
-    checks.push(row(o.sourceRole, '-', action, await dryRun(() => send(ec2))))
+    checks.push(row(o.sourceRole, '-', action, await placeholderDryRun(() => send(ec2))))
   }
   await dry('ec2:CreateSnapshots', (c) => c.send(new CreateSnapshotsCommand({ InstanceSpecification: { InstanceId: o.instanceId }, DryRun: true })))
   await dry('ec2:DeleteSnapshot', (c) => c.send(new DeleteSnapshotCommand({ SnapshotId: PLACEHOLDER_SNAPSHOT, DryRun: true })))

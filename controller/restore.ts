@@ -21,6 +21,7 @@ import { call, describeKey, describeVolumes, statePoll, waitInstanceState, type 
 import { defaultEbsKey, restoreWorkerNeed, tryNeeds } from './keys.ts'
 import { settleAll } from '../agent/core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
+import { createVolumePerformance, provisionable } from '../agent/aws/volume-types.ts'
 import { waitVolumeCreated, waitVolumeState } from '../agent/aws/waits.ts'
 import { RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
@@ -103,7 +104,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       const r = await tasks.run({
         version: 1, type: 'restore', taskId: `${runId}/${i}`, backupId: v.backupId, repository: o.repo, sizeGiB: v.sizeGiB,
         volume: {
-          volumeType: v.volumeType as 'gp3', ...(v.iops ? { iops: v.iops } : {}), ...(v.throughput ? { throughput: v.throughput } : {}),
+          volumeType: v.volumeType as 'gp3', ...provisionable(v.volumeType, v),
           ...(cross ? {} : { kmsKeyId: targetKeyArn }),
         },
         ...(cross ? { snapshot: { shareWithAccount: o.targetAccount } } : {}),
@@ -166,14 +167,15 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       if (cross) {
         const created = await call(who, `CreateVolume from ${r.snapshotId}`, () => ec2.send(new CreateVolumeCommand({
           AvailabilityZone: az, SnapshotId: r.snapshotId!, Encrypted: true, KmsKeyId: targetKeyArn, VolumeType: r.v.volumeType as VolumeType,
-          ...(r.v.iops ? { Iops: r.v.iops } : {}), ...(r.v.throughput ? { Throughput: r.v.throughput } : {}),
+          ...createVolumePerformance(r.v.volumeType, r.v),
           TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: RESTORE_TAG, Value: `${rp.id} ${runId}` }] }],
         })))
         volumeId = created.VolumeId!
         const id = volumeId
         undo.add(`delete volume ${id}`, async () => {
           await ec2.send(new DetachVolumeCommand({ VolumeId: id })).catch(() => {})
-          await waitVolumeState(ec2, id, 'available', { ...statePoll(o.waits), who }).catch(() => {})
+          // By now it was seen, or EBS rolled it back: "no such volume" means gone.
+          await waitVolumeState(ec2, id, 'available', { ...statePoll(o.waits), visibleWithinMs: 0, who }).catch(() => {})
           await ec2.send(new DeleteVolumeCommand({ VolumeId: id }))
         })
         // EBS checks the key only now: a volume it rolls back means the restore role may not use it.

@@ -84,7 +84,8 @@ export async function controllerWorld(t: Teardown) {
 
   const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
   await mkdir(roots.byIdDir, { recursive: true })
-  const ec2 = await new Ec2StandIn({ instance: WORKER, dir: join(dir, 'volumes'), roots, bytesPerGiB: BYTES_PER_GIB, delayMs: 30, world, kms }).start()
+  // EC2's eventual consistency is on: ids just created are missed by the next requests (standin/ec2.ts).
+  const ec2 = await new Ec2StandIn({ instance: WORKER, dir: join(dir, 'volumes'), roots, bytesPerGiB: BYTES_PER_GIB, delayMs: 30, visibilityLag: 2, world, kms }).start()
   t.teardown(() => ec2.close())
   const ebs = await new EbsStandIn({ ec2, world }).start()
   t.teardown(() => ebs.close())
@@ -144,7 +145,7 @@ export async function controllerWorld(t: Teardown) {
   })
 
   /** An instance whose volumes hold random data at distinct places (each one unique). */
-  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean }>) => {
+  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean; volumeType?: string }>) => {
     const specs = []
     for (const [i, v] of volumes.entries()) {
       const image = join(dir, `src-${accountId}-${i}-${Math.random().toString(16).slice(2, 8)}.img`)
@@ -152,7 +153,7 @@ export async function controllerWorld(t: Teardown) {
         { kind: 'random', offset: (i + 1) * MiB, length: 3 * MiB },
         { kind: 'text', offset: 9 * MiB, length: MiB + 4096 * (i + 1) },
       ])
-      specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}) })
+      specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}), ...(v.volumeType ? { volumeType: v.volumeType } : {}) })
     }
     return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: 'ami-0abcdef0123456789', tags: { Name: 'app-1' }, volumes: specs })
   }

@@ -41,6 +41,8 @@ export function awsErrorCode(service: AwsService, name: string, httpStatus?: num
       // EC2 reports what KMS refused EBS as KMS.* (KMS.DisabledException, KMS.NotFoundException…).
       if (name.startsWith('KMS.')) return ErrorCode.AccessDenied
       if (name.startsWith('Invalid') || name === 'IncorrectState' || name === 'VolumeInUse' || name === 'MissingParameter') return ErrorCode.BadInput
+      // "The specified operation is not allowed" (Error codes): sharing an aws/ebs snapshot, among others.
+      if (name === 'OperationNotPermitted') return ErrorCode.BadInput
       return ErrorCode.AwsError
     case 'KMS':
       if (name === 'NotFoundException') return ErrorCode.KeyNotFound

@@ -16,18 +16,42 @@
 //   - a snapshot neither owned by nor shared with this account does not exist for it; resources
 //     belong to one account and one Region (the request's, from its SigV4 credential scope);
 //   - CreateVolume with a ClientToken already used returns the volume it made then;
+//   - Iops and Throughput by volume type (CreateVolume: Iops "Required for io1 and io2 volumes.
+//     Optional for gp3 volumes. Omit for all other volume types"; Throughput "Supported for gp3
+//     volumes only"): anything else is InvalidParameterCombination, with the messages EC2 gives
+//     ("The parameter iops is not supported for gp2 volumes.", kubernetes-retired/kube-aws#1208;
+//     "throughput can only be specified for volumeType gp3.", runs-on/runs-on#426; "The parameter
+//     iops must be specified for io2 volumes.", velero-io/velero-plugin-for-aws#119); the type
+//     defaults to gp2; DescribeVolumes reports gp2's baseline Iops (3 per GiB, 100 to 16,000; EBS
+//     User Guide, "Amazon EBS volume types") and gp3's defaults (3,000 IOPS, 125 MiB/s);
 //   - creating → available, then in-use while attached (attaching → attached), with delays;
 //   - a volume attaches to one instance, in its own Availability Zone; an attached volume cannot
 //     be deleted; the root volume of a running instance cannot be detached;
 //   - a snapshot of a volume keeps its encryption and key; one encrypted with an AWS managed key
-//     (aws/ebs) cannot be shared with another account; CopySnapshot with KmsKeyId re-encrypts;
+//     (aws/ebs) cannot be shared with another account (ModifySnapshotAttribute: "Snapshots
+//     encrypted with your default KMS key cannot be shared with other accounts"; EC2 answers
+//     OperationNotPermitted "Encrypted snapshots with EBS default key cannot be shared",
+//     hashicorp/packer#7499 and #8271; ModifyImageAttribute says InvalidParameter instead);
+//     CopySnapshot with KmsKeyId re-encrypts;
 //   - KMS is authenticated asynchronously: CreateVolume with a key the caller cannot use answers
 //     "creating" and the volume is then silently rolled back (DescribeVolumes: InvalidVolume.
 //     NotFound), as the CreateVolume KmsKeyId documentation says ("the action can appear to
 //     complete, but eventually fails") and as seen in aws/aws-cli#2604 and
 //     kubernetes-sigs/aws-ebs-csi-driver#3010; a CopySnapshot under such a key ends in state
 //     "error";
-//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation.
+//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation;
+//     EC2 also validates the request's parameters as for the call itself (a DryRun CreateVolume
+//     with Iops on gp2 is refused with InvalidParameterCombination, kubernetes-retired/kube-aws#1208),
+//     so here, once the permission is granted, a DryRun naming a snapshot that does not exist
+//     answers InvalidSnapshot.NotFound, and a DryRun CreateVolume is checked like CreateVolume;
+//   - eventual consistency (EC2 Developer Guide, "Eventual consistency in the Amazon EC2 API": "if
+//     you run a command to modify or describe the resource that you just created, its ID might not
+//     have propagated throughout the system, and you will get an error responding that the resource
+//     does not exist"): with `visibilityLag` N, the first N requests that name an id just made by
+//     CreateVolume, CreateSnapshot(s), CopySnapshot or RunInstances (or whose answer would list it)
+//     answer as if it did not exist (Invalid….NotFound, left out of lists). Off (0) by default. A
+//     volume KMS refuses is then rolled back only after it was first seen (a real rollback takes
+//     seconds, the lag usually less), so waits see "creating, then gone".
 // What EBS asks of KMS for the caller ("Amazon EBS encryption" / required KMS permissions:
 // kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext,
 // kms:ReEncrypt*): a new volume or copy under key K needs K's DescribeKey, CreateGrant and
@@ -44,7 +68,8 @@
 // Pages: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateVolume.html (KmsKeyId),
 //   …/API_CreateSnapshots.html, …/API_CopySnapshot.html, …/API_ModifySnapshotAttribute.html,
 //   …/API_GetEbsDefaultKmsKeyId.html, …/API_ModifyEbsDefaultKmsKeyId.html, …/API_RunInstances.html,
-//   …/errors-overview.html; https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
+//   …/errors-overview.html; https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html;
+//   https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
 //   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
 //   …/encryption-by-default.html.
 import { execFileSync } from 'node:child_process'
@@ -145,7 +170,7 @@ export interface InstanceSpec {
   rootDeviceName?: string
   tags?: Record<string, string>
   /** Attached in this order; the first whose device is rootDeviceName is the root volume. */
-  volumes: Array<{ device: string; image: string; sizeGiB: number; encrypted?: boolean; kmsKeyId?: string; volumeType?: string; deleteOnTermination?: boolean }>
+  volumes: Array<{ device: string; image: string; sizeGiB: number; encrypted?: boolean; kmsKeyId?: string; volumeType?: string; iops?: number; deleteOnTermination?: boolean }>
 }
 
 export interface Ec2StandInOptions {
@@ -156,6 +181,8 @@ export interface Ec2StandInOptions {
   bytesPerGiB?: number
   /** Delay of each state change (creating → available, attaching → attached, detaching). */
   delayMs?: number
+  /** Requests that find an id just created not there yet (eventual consistency; default 0). */
+  visibilityLag?: number
   /** The worker Region's default EBS key (an AWS-managed key unless a customer key is configured). */
   defaultKmsKeyId?: string
   /** Whether a key reference names an AWS managed key (default: the KMS stand-in's answer, or it mentions alias/aws/ebs). */
@@ -210,6 +237,20 @@ const tagSet = (tags: Record<string, string>): string => {
   const items = Object.entries(tags).map(([k, val]) => `<item>${el('key', k)}${el('value', val)}</item>`).join('')
   return items ? `<tagSet>${items}</tagSet>` : ''
 }
+/**
+ * A new volume's Iops and Throughput as DescribeVolumes reports them, or CreateVolume's error for
+ * a combination EC2 refuses (see the header). Sizes are the API's GiB.
+ */
+function volumePerformance(type: string, sizeGiB: number, iops: string | null, throughput: string | null): { iops: number | null; throughput: number | null } {
+  if (!['gp2', 'gp3', 'io1', 'io2', 'st1', 'sc1', 'standard'].includes(type)) throw new Ec2Error('InvalidParameterValue', `Value (${type}) for parameter volumeType is invalid.`)
+  if (iops !== null && !['io1', 'io2', 'gp3'].includes(type)) throw new Ec2Error('InvalidParameterCombination', `The parameter iops is not supported for ${type} volumes.`)
+  if (iops === null && (type === 'io1' || type === 'io2')) throw new Ec2Error('InvalidParameterCombination', `The parameter iops must be specified for ${type} volumes.`)
+  if (throughput !== null && type !== 'gp3') throw new Ec2Error('InvalidParameterCombination', 'throughput can only be specified for volumeType gp3.')
+  if (type === 'gp2') return { iops: Math.min(16_000, Math.max(100, 3 * sizeGiB)), throughput: null }
+  if (type === 'gp3') return { iops: iops === null ? 3000 : Number(iops), throughput: throughput === null ? 125 : Number(throughput) }
+  return { iops: iops === null ? null : Number(iops), throughput: null }
+}
+
 const hexId = (prefix: string): string => `${prefix}-${randomBytes(9).toString('hex').slice(0, 17)}`
 /** The AWS managed EBS key of an account and Region, by its alias. */
 const awsEbs = (region: string, accountId: string): string => `arn:aws:kms:${region}:${accountId}:alias/aws/ebs`
@@ -228,8 +269,14 @@ export class Ec2StandIn {
   readonly defaultKeys = new Map<string, string>()
   /** While true, new snapshots stay pending (a snapshot that never completes). */
   holdSnapshots = false
+  /** How many of the first requests naming an id just created find it missing (eventual consistency); 0: none. */
+  visibilityLag: number
+  /** Per id just created: how many requests were answered as if it did not exist yet (for tests). */
+  readonly missed = new Map<string, number>()
+  /** Ids just created and not visible yet: requests left that miss them, and what waits for their first sighting. */
+  readonly #lag = new Map<string, { left: number; onSeen: Array<() => void> }>()
   readonly #clientTokens = new Map<string, string>()
-  readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
+  readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms' | 'visibilityLag'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
   #server: Server | null = null
   #nvmeIndex = 1
   #attachSeq = 0
@@ -243,6 +290,7 @@ export class Ec2StandIn {
       exposeDevice: (v, name, loop) => fakeNvme(options.roots, name, loop, serialOf(v.volumeId), EBS_MODEL, v.sizeGiB * this.bytesPerGiB),
       ...options,
     }
+    this.visibilityLag = options.visibilityLag ?? 0
     if (options.defaultKmsKeyId) this.defaultKeys.set(`${instance.accountId}/${instance.region}`, options.defaultKmsKeyId)
     this.instances.set(instance.instanceId, {
       instanceId: instance.instanceId, ownerId: instance.accountId, region: instance.region, availabilityZone: instance.availabilityZone,
@@ -259,6 +307,38 @@ export class Ec2StandIn {
   /** The account the worker instance runs in. */
   get accountId(): string {
     return this.#options.instance.accountId
+  }
+
+  /** An id just created: not visible to the next `visibilityLag` requests. */
+  #born(id: string): void {
+    if (this.visibilityLag > 0) this.#lag.set(id, { left: this.visibilityLag, onSeen: [] })
+  }
+
+  /** Whether this request misses `id` (counting it); its first sighting runs what waited for it. */
+  #hidden(id: string): boolean {
+    const lag = this.#lag.get(id)
+    if (!lag) return false
+    if (lag.left > 0) {
+      lag.left--
+      this.missed.set(id, (this.missed.get(id) ?? 0) + 1)
+      return true
+    }
+    this.#lag.delete(id)
+    for (const fn of lag.onSeen) fn()
+    return false
+  }
+
+  /** Runs `fn` once `id` has been seen by a request (at once when it is not lagging). */
+  #onceSeen(id: string, fn: () => void): void {
+    const lag = this.#lag.get(id)
+    if (lag) lag.onSeen.push(fn)
+    else fn()
+  }
+
+  /** Makes an id visible at once, as if the time of its lag had passed (a test's setup). */
+  settle(id: string): void {
+    const lag = this.#lag.get(id)
+    if (lag) lag.left = 0
   }
 
   async start(): Promise<this> {
@@ -363,7 +443,8 @@ export class Ec2StandIn {
       const ctx = { accountId: spec.accountId, region: spec.region }
       this.volumes.set(volumeId, {
         volumeId, ownerId: spec.accountId, region: spec.region, sizeGiB: v.sizeGiB, snapshotId: null, availabilityZone: spec.availabilityZone,
-        state: 'in-use', stateReason: null, volumeType: v.volumeType ?? 'gp3', iops: null, throughput: null, encrypted: v.encrypted ?? false,
+        state: 'in-use', stateReason: null, volumeType: v.volumeType ?? 'gp3', ...volumePerformance(v.volumeType ?? 'gp3', v.sizeGiB, v.iops === undefined ? null : String(v.iops), null),
+        encrypted: v.encrypted ?? false,
         kmsKeyId: v.encrypted ? this.#keyArn(v.kmsKeyId ?? this.#defaultKey(spec.accountId, spec.region), ctx) : null, tags: {},
         createTime: new Date().toISOString(), file,
         attachment: { instanceId, device: v.device, state: 'attached', time: new Date().toISOString(), loop: null, name: null, deleteOnTermination: v.deleteOnTermination ?? true, seq: ++this.#attachSeq },
@@ -385,6 +466,29 @@ export class Ec2StandIn {
     return snapshotId
   }
 
+  /**
+   * Takes a device name of the worker instance: an empty volume of its own attached there (not
+   * exposed as a device), as the instance's data volumes or another program's would be.
+   */
+  async occupyDevice(device: string): Promise<string> {
+    const { instance, dir } = this.#options
+    const volumeId = hexId('vol')
+    const file = join(dir, `${volumeId}.img`)
+    await (await open(file, 'w')).close()
+    const now = new Date().toISOString()
+    this.volumes.set(volumeId, {
+      volumeId, ownerId: instance.accountId, region: instance.region, sizeGiB: 1, snapshotId: null, availabilityZone: instance.availabilityZone, state: 'in-use',
+      stateReason: null, volumeType: 'gp3', ...volumePerformance('gp3', 1, null, null), encrypted: false, kmsKeyId: null, tags: {}, createTime: now, file,
+      attachment: { instanceId: instance.instanceId, device, state: 'attached', time: now, loop: null, name: null, deleteOnTermination: false, seq: ++this.#attachSeq },
+    })
+    return volumeId
+  }
+
+  /** Detaches a volume (as someone else's DetachVolume would): its device name is free again. */
+  freeDevice(volumeId: string): void {
+    this.#finishDetach(this.volumes.get(volumeId)!)
+  }
+
   /** The volumes attached to an instance, in the order they were attached (its block device mapping). */
   attachedTo(instanceId: string): Volume[] {
     return [...this.volumes.values()].filter((v) => v.attachment?.instanceId === instanceId && v.state !== 'deleted').sort((a, b) => a.attachment!.seq - b.attachment!.seq)
@@ -395,8 +499,21 @@ export class Ec2StandIn {
     if (world && !world.authorize(ctx.principal, 'ec2', action, ctx.region)) {
       throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ec2:${action} because no identity-based policy allows the ec2:${action} action`)
     }
-    if (p.get('DryRun') === 'true') throw new Ec2Error('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.')
+    if (p.get('DryRun') === 'true') {
+      this.#validate(action, p, ctx)
+      throw new Ec2Error('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.')
+    }
     return this.#dispatch(action, p, ctx)
+  }
+
+  /** What a DryRun request is checked for besides the permission: the snapshot it names, CreateVolume's parameters. */
+  #validate(action: string, p: URLSearchParams, ctx: Ctx): void {
+    if (action === 'DeleteSnapshot' || action === 'ModifySnapshotAttribute') this.#visibleSnapshot(p.get('SnapshotId'), ctx)
+    if (action === 'CopySnapshot') this.#visibleSnapshot(p.get('SourceSnapshotId'), { accountId: ctx.accountId, region: p.get('SourceRegion') ?? ctx.region })
+    if (action === 'CreateVolume') {
+      const snapshot = p.get('SnapshotId') ? this.#visibleSnapshot(p.get('SnapshotId'), ctx) : null
+      volumePerformance(p.get('VolumeType') ?? 'gp2', Number(p.get('Size') ?? snapshot?.sizeGiB ?? 1), p.get('Iops'), p.get('Throughput'))
+    }
   }
 
   async #dispatch(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
@@ -455,13 +572,13 @@ export class Ec2StandIn {
 
   #volume(id: string | null, ctx: Ctx): Volume {
     const v = id ? this.volumes.get(id) : undefined
-    if (!v || v.state === 'deleted' || v.ownerId !== ctx.accountId || v.region !== ctx.region) throw new Ec2Error('InvalidVolume.NotFound', `The volume '${id}' does not exist.`)
+    if (!v || v.state === 'deleted' || v.ownerId !== ctx.accountId || v.region !== ctx.region || this.#hidden(v.volumeId)) throw new Ec2Error('InvalidVolume.NotFound', `The volume '${id}' does not exist.`)
     return v
   }
 
   #instance(id: string | null, ctx: Ctx): Instance {
     const i = id ? this.instances.get(id) : undefined
-    if (!i || i.ownerId !== ctx.accountId || i.region !== ctx.region || i.state === 'terminated') {
+    if (!i || i.ownerId !== ctx.accountId || i.region !== ctx.region || i.state === 'terminated' || this.#hidden(i.instanceId)) {
       throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`)
     }
     return i
@@ -470,7 +587,7 @@ export class Ec2StandIn {
   #visibleSnapshot(id: string | null, ctx: { accountId: string; region: string }): Snapshot {
     const s = id ? this.snapshots.get(id) : undefined
     const visible = s && !s.deleted && s.region === ctx.region && (s.ownerId === ctx.accountId || s.sharedWith.includes(ctx.accountId))
-    if (!s || !visible) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    if (!s || !visible || this.#hidden(s.snapshotId)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     return s
   }
 
@@ -488,6 +605,8 @@ export class Ec2StandIn {
     if (snapshot && size < snapshot.sizeGiB) {
       throw new Ec2Error('InvalidParameterValue', `Volume of ${size}GiB is too small; minimum is ${snapshot.sizeGiB}GiB.`)
     }
+    const volumeType = p.get('VolumeType') ?? 'gp2'
+    const performance = volumePerformance(volumeType, size, p.get('Iops'), p.get('Throughput'))
     const { encrypted, keyRef, key } = this.#newKey(p, snapshot, ctx)
     // What EBS asks KMS for, on the caller's behalf: read the snapshot's key, write under the new one.
     const uses: Array<{ ref: string; actions: string[] }> = []
@@ -508,22 +627,25 @@ export class Ec2StandIn {
     await handle.close()
     const volume: Volume = {
       volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: size, snapshotId, availabilityZone: az, state: 'creating', stateReason: null,
-      volumeType: p.get('VolumeType') ?? 'gp2', iops: p.get('Iops') ? Number(p.get('Iops')) : null, throughput: p.get('Throughput') ? Number(p.get('Throughput')) : null,
+      volumeType, ...performance,
       encrypted, kmsKeyId: key, tags, createTime: new Date().toISOString(), file, attachment: null,
     }
     this.volumes.set(volumeId, volume)
+    this.#born(volumeId)
     if (token) this.#clientTokens.set(`${ctx.accountId}/${token}`, volumeId)
-    setTimeout(() => {
-      if (volume.state !== 'creating') return
-      if (refused.length) {
-        // KMS refused EBS: the volume is rolled back and simply disappears.
+    if (refused.length) {
+      // KMS refused EBS: the volume is rolled back and simply disappears (once it was seen, with a lag).
+      this.#onceSeen(volumeId, () => setTimeout(() => {
+        if (volume.state !== 'creating') return
         volume.state = 'deleted'
         volume.stateReason = `KMS refused: ${refused.join(', ')}`
         void rm(file, { force: true })
-      } else {
-        volume.state = 'available'
-      }
-    }, this.#options.delayMs)
+      }, this.#options.delayMs))
+    } else {
+      setTimeout(() => {
+        if (volume.state === 'creating') volume.state = 'available'
+      }, this.#options.delayMs)
+    }
     return volume
   }
 
@@ -537,8 +659,9 @@ export class Ec2StandIn {
         if (f.name.startsWith('tag:')) return f.values.includes(v.tags[f.name.slice(4)] ?? '\u0000')
         if (f.name === 'status') return f.values.includes(v.state)
         if (f.name === 'attachment.instance-id') return f.values.includes(v.attachment?.instanceId ?? '')
+        if (f.name === 'volume-id') return f.values.includes(v.volumeId)
         throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-      })
+      }) && (ids.length > 0 || !this.#hidden(v.volumeId)) // named ones were looked up (and counted) above
     })
   }
 
@@ -629,7 +752,7 @@ export class Ec2StandIn {
     const targets = ids.map((id) => {
       if (id.startsWith('vol-')) return this.#volume(id, ctx)
       const snap = this.snapshots.get(id)
-      if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region) {
+      if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region || this.#hidden(snap.snapshotId)) {
         throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
       }
       return snap
@@ -659,6 +782,7 @@ export class Ec2StandIn {
       sharedWith: [], state: 'pending', statusMessage: null, volumeId: v.volumeId, tags, startTime: new Date().toISOString(), description, deleted: false,
     }
     this.snapshots.set(snapshotId, snap)
+    this.#born(snapshotId)
     if (!this.holdSnapshots) setTimeout(() => (snap.state = 'completed'), this.#options.delayMs)
     return snap
   }
@@ -696,6 +820,7 @@ export class Ec2StandIn {
       description: p.get('Description') ?? `Copied for DestinationAmi from ${source.snapshotId}`, deleted: false,
     }
     this.snapshots.set(snapshotId, snap)
+    this.#born(snapshotId)
     setTimeout(() => {
       if (refused.length) {
         snap.state = 'error'
@@ -719,7 +844,7 @@ export class Ec2StandIn {
     const owners = listOf(p, 'Owner').map((o) => (o === 'self' ? ctx.accountId : o))
     const visible = [...this.snapshots.values()].filter((x) => !x.deleted && x.region === ctx.region && (x.ownerId === ctx.accountId || x.sharedWith.includes(ctx.accountId)))
     for (const id of ids) {
-      if (!visible.some((x) => x.snapshotId === id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+      if (!visible.some((x) => x.snapshotId === id) || this.#hidden(id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     }
     const filters = filtersOf(p)
     return visible.filter((x) => (!ids.length || ids.includes(x.snapshotId)) && (!owners.length || owners.includes(x.ownerId)) && filters.every((f) => {
@@ -729,14 +854,14 @@ export class Ec2StandIn {
       if (f.name === 'snapshot-id') return f.values.includes(x.snapshotId)
       if (f.name === 'tag-key') return f.values.some((k) => k in x.tags)
       throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-    }))
+    }) && (ids.length > 0 || !this.#hidden(x.snapshotId))) // named ones were counted above
   }
 
   /** ModifySnapshotAttribute createVolumePermission add/remove: sharing, refused for AWS managed keys. */
   #share(p: URLSearchParams, ctx: Ctx): void {
     const id = p.get('SnapshotId')
     const snap = id ? this.snapshots.get(id) : undefined
-    if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region || this.#hidden(snap.snapshotId)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     const adds: string[] = []
     const removes: string[] = []
     for (let i = 1; p.has(`CreateVolumePermission.Add.${i}.UserId`); i++) adds.push(p.get(`CreateVolumePermission.Add.${i}.UserId`)!)
@@ -746,7 +871,7 @@ export class Ec2StandIn {
     else adds.push(...userIds)
     if (!adds.length && !removes.length) throw new Ec2Error('MissingParameter', 'no account to share with')
     if (adds.length && snap.encrypted && snap.kmsKeyId && this.#options.isAwsManagedKey(snap.kmsKeyId)) {
-      throw new Ec2Error('InvalidParameter', 'Snapshots encrypted with the AWS Managed CMK can\'t be shared. Try again with a customer managed CMK.')
+      throw new Ec2Error('OperationNotPermitted', 'Encrypted snapshots with EBS default key cannot be shared')
     }
     for (const a of adds) if (!snap.sharedWith.includes(a)) snap.sharedWith.push(a)
     snap.sharedWith = snap.sharedWith.filter((a) => !removes.includes(a))
@@ -774,7 +899,7 @@ export class Ec2StandIn {
         if (f.name.startsWith('tag:')) return f.values.includes(i.tags[f.name.slice(4)] ?? '\u0000')
         if (f.name === 'instance-state-name') return f.values.includes(i.state)
         throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-      }))
+      }) && (ids.length > 0 || !this.#hidden(i.instanceId))) // named ones were counted above
     return `<reservationSet>${found.map((i) => `<item>${this.#reservationXml([i], i.ownerId)}</item>`).join('')}</reservationSet>`
   }
 
@@ -795,6 +920,7 @@ export class Ec2StandIn {
       rootDeviceName: '/dev/xvda', state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: 'x86_64', plugged: false,
     }
     this.instances.set(instanceId, instance)
+    this.#born(instanceId)
     if (token) this.#clientTokens.set(`${ctx.accountId}/run/${token}`, instanceId)
     // The image's root volume: 1 "GiB", unencrypted, deleted on termination.
     const volumeId = hexId('vol')
@@ -804,7 +930,7 @@ export class Ec2StandIn {
     await handle.close()
     this.volumes.set(volumeId, {
       volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: 1, snapshotId: null, availabilityZone: az, state: 'in-use', stateReason: null,
-      volumeType: 'gp3', iops: null, throughput: null, encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
+      volumeType: 'gp3', ...volumePerformance('gp3', 1, null, null), encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
       attachment: { instanceId, device: '/dev/xvda', state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
     })
     setTimeout(() => {
