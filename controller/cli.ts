@@ -147,6 +147,7 @@ export async function main(argv: string[]): Promise<number> {
           ...(o.instanceType ? { instanceType: o.instanceType } : {}), ...(o.imageId ? { imageId: o.imageId } : {}), ...(o.availabilityZone ? { availabilityZone: o.availabilityZone } : {}),
         }, tasks)
         const human = [`instance ${out.instanceId} in ${o.targetAccount} ${o.targetRegion}:`, ...out.volumes.map((v) => `  ${v.deviceName}  ${v.volumeId}  ${v.kmsKeyId}`),
+          ...(out.droppedTags.length ? [`tags of the original not copied (reserved aws: keys, or beyond EC2's 50): ${out.droppedTags.join(', ')}`] : []),
           ...(out.cleanup.failed.length ? [`could not clean up: ${out.cleanup.failed.join('; ')}`] : [])].join('\n')
         print(o.json, human, { ok: true, ...out })
         if (out.cleanup.failed.length) status = 1

@@ -27,6 +27,28 @@ import { succeeded, type TaskChannel } from './tasks.ts'
 
 export const RESTORE_TAG = 'ebs-controller:restore'
 
+/** EC2's limit of tags per resource; tags with the reserved `aws:` prefix do not count, and no caller may set them. */
+const MAX_TAGS = 50
+const RESERVED_TAG = /^aws:/i
+
+/**
+ * The tags the new instance is launched with: the original's, without the keys reserved for AWS
+ * (`aws:cloudformation:…`, `aws:autoscaling:…`, `aws:ec2launchtemplate:…`: RunInstances refuses
+ * them), and within EC2's 50 with ours (`tag`), which always stays: `Name` first, then the others
+ * by key. EC2 User Guide, "Tag your Amazon EC2 resources", Tag restrictions. `dropped` names what
+ * was left out.
+ */
+export function launchTags(original: Record<string, string>, tag: { Key: string; Value: string }): { tags: Array<{ Key: string; Value: string }>; dropped: string[] } {
+  const reserved = Object.keys(original).filter((k) => RESERVED_TAG.test(k))
+  const keys = Object.keys(original).filter((k) => !RESERVED_TAG.test(k) && k !== tag.Key)
+    .sort((a, b) => (a === 'Name' ? -1 : b === 'Name' ? 1 : a < b ? -1 : a > b ? 1 : 0))
+  const kept = keys.slice(0, MAX_TAGS - 1)
+  return {
+    tags: [...kept.map((Key) => ({ Key, Value: original[Key]! })), tag],
+    dropped: [...reserved, ...keys.slice(MAX_TAGS - 1)],
+  }
+}
+
 export interface RestoreOptions {
   restorePointId: string
   repo: string
@@ -47,6 +69,8 @@ export interface RestoreOptions {
 export interface RestoreOutcome {
   instanceId: string
   volumes: Array<{ deviceName: string; volumeId: string; kmsKeyId: string }>
+  /** The original's tags the new instance could not take (reserved `aws:` keys; beyond EC2's 50). */
+  droppedTags: string[]
   cleanup: CleanupReport
 }
 
@@ -140,10 +164,11 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       }
       az = zones[0]!
     }
+    const { tags, dropped: droppedTags } = launchTags(rp.instance.tags, { Key: RESTORE_TAG, Value: `${rp.id} ${runId}` })
     const run = await call(who, 'RunInstances', () => ec2.send(new RunInstancesCommand({
       ImageId: o.imageId ?? rp.instance.imageId, InstanceType: (o.instanceType ?? rp.instance.instanceType) as _InstanceType, MinCount: 1, MaxCount: 1,
       Placement: { AvailabilityZone: az }, ClientToken: runId,
-      TagSpecifications: [{ ResourceType: 'instance', Tags: [...Object.entries(rp.instance.tags).map(([Key, Value]) => ({ Key, Value })), { Key: RESTORE_TAG, Value: `${rp.id} ${runId}` }] }],
+      TagSpecifications: [{ ResourceType: 'instance', Tags: tags }],
     })))
     const instanceId = run.Instances![0]!.InstanceId!
     undo.add(`terminate instance ${instanceId}`, () => ec2.send(new TerminateInstancesCommand({ InstanceIds: [instanceId] })))
@@ -196,7 +221,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       await call(who, `StartInstances ${instanceId}`, () => ec2.send(new StartInstancesCommand({ InstanceIds: [instanceId] })))
       await waitInstanceState(ec2, who, instanceId, 'running', o.waits)
     }
-    return { instanceId, volumes, cleanup: await temporary.run() }
+    return { instanceId, volumes, droppedTags, cleanup: await temporary.run() }
   } catch (err) {
     const a = await undo.run()
     const b = await temporary.run()

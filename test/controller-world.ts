@@ -143,8 +143,8 @@ export async function controllerWorld(t: Teardown) {
     })
   })
 
-  /** An instance whose volumes hold random data at distinct places (each one unique). */
-  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean }>) => {
+  /** An instance whose volumes hold random data at distinct places (each one unique); tagged `Name: app-1` unless `options.tags` says otherwise. */
+  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean }>, options: { tags?: Record<string, string> } = {}) => {
     const specs = []
     for (const [i, v] of volumes.entries()) {
       const image = join(dir, `src-${accountId}-${i}-${Math.random().toString(16).slice(2, 8)}.img`)
@@ -154,7 +154,7 @@ export async function controllerWorld(t: Teardown) {
       ])
       specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}) })
     }
-    return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: 'ami-0abcdef0123456789', tags: { Name: 'app-1' }, volumes: specs })
+    return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: 'ami-0abcdef0123456789', tags: options.tags ?? { Name: 'app-1' }, volumes: specs })
   }
 
   return { dir, world, roles, kms, keys, ec2, repo, startWorker, controller, instance, log }

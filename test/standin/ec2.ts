@@ -27,7 +27,15 @@
 //     complete, but eventually fails") and as seen in aws/aws-cli#2604 and
 //     kubernetes-sigs/aws-ebs-csi-driver#3010; a CopySnapshot under such a key ends in state
 //     "error";
-//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation.
+//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation;
+//   - tags (EC2 User Guide, "Tag your Amazon EC2 resources", Tag restrictions): "Maximum number of
+//     tags per resource – 50"; "The aws: prefix is reserved for AWS use […] Tags with the aws:
+//     prefix do not count against your tags per resource limit." A request setting a key with that
+//     prefix (in any case: "Tagging AWS resources", "Don't use aws:, AWS:, or any upper or lowercase
+//     combination") is InvalidParameterValue ("Tag keys starting with 'aws:' are reserved for
+//     internal use"), one leaving a resource more than 50 other tags TagLimitExceeded ("Error codes
+//     for the Amazon EC2 API": "You've reached the limit on the number of tags that you can assign
+//     to the specified resource"); AWS's own (addInstance's tags) may carry the prefix.
 // What EBS asks of KMS for the caller ("Amazon EBS encryption" / required KMS permissions:
 // kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext,
 // kms:ReEncrypt*): a new volume or copy under key K needs K's DescribeKey, CreateGrant and
@@ -46,7 +54,8 @@
 //   …/API_GetEbsDefaultKmsKeyId.html, …/API_ModifyEbsDefaultKmsKeyId.html, …/API_RunInstances.html,
 //   …/errors-overview.html; https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
 //   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
-//   …/encryption-by-default.html.
+//   …/encryption-by-default.html; https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions,
+//   https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html.
 import { execFileSync } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'
@@ -215,6 +224,19 @@ const hexId = (prefix: string): string => `${prefix}-${randomBytes(9).toString('
 const awsEbs = (region: string, accountId: string): string => `arn:aws:kms:${region}:${accountId}:alias/aws/ebs`
 /** instanceState.code of each instance state (EC2 API Reference, InstanceState). */
 const STATE_CODES: Record<Instance['state'], number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 }
+
+/** EC2's tag rules (Tag restrictions): reserved keys, and how many others one resource may have. */
+const RESERVED_TAG = /^aws:/i
+const MAX_TAGS = 50
+
+/** Refuses tags no caller may set: a reserved key, or more than MAX_TAGS on one resource (reserved ones do not count). */
+function checkTags(tags: Record<string, string>, adding: string[]): void {
+  const reserved = adding.find((k) => RESERVED_TAG.test(k))
+  if (reserved !== undefined) throw new Ec2Error('InvalidParameterValue', `Tag keys starting with 'aws:' are reserved for internal use (${reserved})`)
+  if (Object.keys(tags).filter((k) => !RESERVED_TAG.test(k)).length > MAX_TAGS) {
+    throw new Ec2Error('TagLimitExceeded', `You've reached the limit on the number of tags that you can assign to the specified resource (${MAX_TAGS})`)
+  }
+}
 
 /** What EBS asks of KMS for the caller. */
 const NEW_KEY = ['kms:DescribeKey', 'kms:CreateGrant', 'kms:GenerateDataKeyWithoutPlaintext']
@@ -400,6 +422,7 @@ export class Ec2StandIn {
   }
 
   async #dispatch(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
+    this.#checkTagSpecifications(p)
     switch (action) {
       case 'CreateVolume':
         return this.#volumeXml(await this.#createVolume(p, ctx), false)
@@ -634,8 +657,18 @@ export class Ec2StandIn {
       }
       return snap
     })
-    for (const target of targets) {
-      for (let j = 1; p.has(`Tag.${j}.Key`); j++) target.tags[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    const adding: Record<string, string> = {}
+    for (let j = 1; p.has(`Tag.${j}.Key`); j++) adding[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    for (const target of targets) checkTags({ ...target.tags, ...adding }, Object.keys(adding))
+    for (const target of targets) Object.assign(target.tags, adding)
+  }
+
+  /** Every TagSpecification of a create request, before anything is created: the tag rules. */
+  #checkTagSpecifications(p: URLSearchParams): void {
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      const tags: Record<string, string> = {}
+      for (let j = 1; p.has(`TagSpecification.${i}.Tag.${j}.Key`); j++) tags[p.get(`TagSpecification.${i}.Tag.${j}.Key`)!] = p.get(`TagSpecification.${i}.Tag.${j}.Value`) ?? ''
+      checkTags(tags, Object.keys(tags))
     }
   }
 
