@@ -14,7 +14,7 @@ import { describeKey, dryRun, type Outcome } from './ec2.ts'
 import { backupUsesWorkerDefaultKey, backupWorkerNeeds, CREATE, defaultEbsKey, restoreRoleNeeds, restoreWorkerNeed, tryNeeds, type DefaultKey, type KeyNeed } from './keys.ts'
 import { describe } from '../agent/core/errors.ts'
 import { RestorePointStore } from './restore-point.ts'
-import type { RestoreOptions } from './restore.ts'
+import { checkImage, checkNetwork, type RestoreOptions } from './restore.ts'
 
 export interface Check {
   role: string
@@ -126,7 +126,8 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
 }
 
 /** What a restore-instance preflight checks: the restore's own options. */
-export type RestorePreflightOptions = Pick<RestoreOptions, 'restorePointId' | 'repo' | 'targetAccount' | 'targetRegion' | 'targetKmsKey' | 'restoreRole' | 'workerRole'>
+export type RestorePreflightOptions = Pick<RestoreOptions, 'restorePointId' | 'repo' | 'targetAccount' | 'targetRegion' | 'targetKmsKey' | 'restoreRole' | 'workerRole'
+  | 'instanceType' | 'imageId' | 'subnetId' | 'securityGroupIds'>
 
 export async function preflightRestore(o: RestorePreflightOptions): Promise<Check[]> {
   const checks: Check[] = []
@@ -151,8 +152,16 @@ export async function preflightRestore(o: RestorePreflightOptions): Promise<Chec
   if (restore) {
     for (const need of restoreRoleNeeds(o.targetKmsKey, workerDefault)) checks.push(...await needChecks(restore, o.targetRegion, need))
     const ec2 = restore.ec2(o.targetRegion)
+    // Where the instance would launch: the image, and the subnet or default VPC (restore.ts).
+    const imageId = o.imageId ?? rp.instance.imageId
+    checks.push(row(o.restoreRole, '-', `launch from ${imageId}`, await checkImage(ec2, o.restoreRole, o, rp).then((): Outcome => ({ ok: true }), refused)))
+    checks.push(row(o.restoreRole, '-', `launch into ${o.subnetId ?? 'the default VPC'}${o.securityGroupIds?.length ? ` with ${o.securityGroupIds.join(', ')}` : ''}`,
+      await checkNetwork(ec2, o.restoreRole, o).then((): Outcome => ({ ok: true }), refused)))
     for (const [action, send] of [
-      ['ec2:RunInstances', (c: EC2Client) => c.send(new RunInstancesCommand({ ImageId: rp.instance.imageId, InstanceType: rp.instance.instanceType as never, MinCount: 1, MaxCount: 1, DryRun: true }))],
+      ['ec2:RunInstances', (c: EC2Client) => c.send(new RunInstancesCommand({
+        ImageId: imageId, InstanceType: (o.instanceType ?? rp.instance.instanceType) as never, MinCount: 1, MaxCount: 1, DryRun: true,
+        ...(o.subnetId ? { SubnetId: o.subnetId } : {}), ...(o.securityGroupIds?.length ? { SecurityGroupIds: o.securityGroupIds } : {}),
+      }))],
       ['ec2:CreateVolume', (c: EC2Client) => c.send(new CreateVolumeCommand({ AvailabilityZone: `${o.targetRegion}a`, Size: 1, Encrypted: true, KmsKeyId: o.targetKmsKey, DryRun: true }))],
     ] as const) {
       checks.push(row(o.restoreRole, '-', action, await dryRun(() => send(ec2))))

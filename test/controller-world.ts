@@ -25,6 +25,8 @@ export const REGION = 'eu-west-1'
 export const BYTES_PER_GIB = 8 * MiB
 const WORKER = { instanceId: 'i-0b0b0b0b0b0b0b0b1', accountId: BACKUP, region: REGION, availabilityZone: 'eu-west-1a' }
 export const CONTROLLER_CLI = join(ROOT, 'controller/bin/ebs-controller.ts')
+/** The image of the tests' instances, public in REGION. */
+export const PUBLIC_IMAGE = 'ami-0abcdef0123456789'
 
 const PLACEHOLDERS: Record<string, string> = { CONTROLLER_ACCOUNT_ID: BACKUP, WORKER_ACCOUNT_ID: BACKUP, TARGET_ACCOUNT_ID: TARGET, SOURCE_ACCOUNT_ID: PROD }
 
@@ -86,6 +88,8 @@ export async function controllerWorld(t: Teardown) {
   await mkdir(roots.byIdDir, { recursive: true })
   const ec2 = await new Ec2StandIn({ instance: WORKER, dir: join(dir, 'volumes'), roots, bytesPerGiB: BYTES_PER_GIB, delayMs: 30, world, kms }).start()
   t.teardown(() => ec2.close())
+  // The instances' image: a public AMI of the Region (as Amazon's own are), launchable by every account there.
+  ec2.addImage({ imageId: PUBLIC_IMAGE, ownerId: '137112412989', region: REGION, public: true, name: 'al2023-ami-2023.6-x86_64' })
   const ebs = await new EbsStandIn({ ec2, world }).start()
   t.teardown(() => ebs.close())
   const imds = await startImds(WORKER)
@@ -144,7 +148,7 @@ export async function controllerWorld(t: Teardown) {
   })
 
   /** An instance whose volumes hold random data at distinct places (each one unique); tagged `Name: app-1` unless `options.tags` says otherwise. */
-  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean }>, options: { tags?: Record<string, string> } = {}) => {
+  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean }>, options: { tags?: Record<string, string>; imageId?: string } = {}) => {
     const specs = []
     for (const [i, v] of volumes.entries()) {
       const image = join(dir, `src-${accountId}-${i}-${Math.random().toString(16).slice(2, 8)}.img`)
@@ -154,7 +158,7 @@ export async function controllerWorld(t: Teardown) {
       ])
       specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}) })
     }
-    return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: 'ami-0abcdef0123456789', tags: options.tags ?? { Name: 'app-1' }, volumes: specs })
+    return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: options.imageId ?? PUBLIC_IMAGE, tags: options.tags ?? { Name: 'app-1' }, volumes: specs })
   }
 
   return { dir, world, roles, kms, keys, ec2, repo, startWorker, controller, instance, log }

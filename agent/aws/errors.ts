@@ -38,6 +38,9 @@ export function awsErrorCode(service: AwsService, name: string, httpStatus?: num
       if (name === 'InvalidVolume.NotFound') return ErrorCode.VolumeNotFound
       if (name === 'InvalidSnapshot.NotFound') return ErrorCode.SnapshotNotFound
       if (name === 'InvalidInstanceID.NotFound' || name === 'InvalidInstanceID.Malformed') return ErrorCode.InstanceNotFound
+      if (name === 'InvalidAMIID.NotFound') return ErrorCode.ImageNotFound
+      // No default VPC and no subnet given: the request must name one.
+      if (name === 'VPCIdNotSpecified') return ErrorCode.BadInput
       // EC2 reports what KMS refused EBS as KMS.* (KMS.DisabledException, KMS.NotFoundException…).
       if (name.startsWith('KMS.')) return ErrorCode.AccessDenied
       if (name.startsWith('Invalid') || name === 'IncorrectState' || name === 'VolumeInUse' || name === 'MissingParameter') return ErrorCode.BadInput

@@ -35,7 +35,18 @@
 //     combination") is InvalidParameterValue ("Tag keys starting with 'aws:' are reserved for
 //     internal use"), one leaving a resource more than 50 other tags TagLimitExceeded ("Error codes
 //     for the Amazon EC2 API": "You've reached the limit on the number of tags that you can assign
-//     to the specified resource"); AWS's own (addInstance's tags) may carry the prefix.
+//     to the specified resource"); AWS's own (addInstance's tags) may carry the prefix;
+//   - launching (RunInstances, "Find an AMI", "Default VPCs", "Error codes for the Amazon EC2 API"):
+//     an AMI lives in one Region and is usable by its owner, the accounts it is shared with and,
+//     when public, everyone; any other is InvalidAMIID.NotFound ("Check the AMI ID, and ensure
+//     that you specify the AWS Region in which the AMI is located"), also from DescribeImages; an
+//     instance goes into the given subnet (and its AZ), or without one into the default VPC, and
+//     an account without a default VPC in that Region is VPCIdNotSpecified ("You have no default
+//     VPC in which to carry out the request. Specify a VPC or subnet ID"; its message: "No default
+//     VPC for this user"); security groups must be of the instance's VPC (InvalidParameter: "you
+//     can't specify a security group and subnet that are in different VPCs"). DescribeAccountAttributes
+//     says default-vpc: its id, or "none". Images are registered with addImage (addInstance
+//     registers its own, private to its account, when unknown).
 // What EBS asks of KMS for the caller ("Amazon EBS encryption" / required KMS permissions:
 // kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext,
 // kms:ReEncrypt*): a new volume or copy under key K needs K's DescribeKey, CreateGrant and
@@ -55,9 +66,11 @@
 //   …/errors-overview.html; https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
 //   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
 //   …/encryption-by-default.html; https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions,
-//   https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html.
+//   https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html, …/AWSEC2/latest/UserGuide/finding-an-ami.html,
+//   https://docs.aws.amazon.com/vpc/latest/userguide/default-vpc.html, …/APIReference/API_DescribeImages.html,
+//   …/APIReference/API_DescribeAccountAttributes.html, …/APIReference/API_DescribeSubnets.html.
 import { execFileSync } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
@@ -143,6 +156,38 @@ export interface Instance {
   architecture: string
   /** Attachments become loop devices (the worker instance). */
   plugged: boolean
+  /** Where RunInstances put it. */
+  subnetId?: string
+  vpcId?: string
+  securityGroupIds?: string[]
+}
+
+/** An AMI: in one Region, usable by its owner, the accounts in launchPermissions, everyone when public. */
+export interface Image {
+  imageId: string
+  ownerId: string
+  region: string
+  public: boolean
+  launchPermissions: string[]
+  name: string
+  architecture: string
+  rootDeviceName: string
+}
+
+export interface Subnet {
+  subnetId: string
+  ownerId: string
+  region: string
+  availabilityZone: string
+  vpcId: string
+}
+
+export interface SecurityGroup {
+  groupId: string
+  ownerId: string
+  region: string
+  vpcId: string
+  groupName: string
 }
 
 export interface InstanceSpec {
@@ -250,6 +295,11 @@ export class Ec2StandIn {
   readonly defaultKeys = new Map<string, string>()
   /** While true, new snapshots stay pending (a snapshot that never completes). */
   holdSnapshots = false
+  readonly images = new Map<string, Image>()
+  readonly subnets = new Map<string, Subnet>()
+  readonly securityGroups = new Map<string, SecurityGroup>()
+  /** "account/region" pairs whose default VPC was deleted (every other one has its default VPC). */
+  readonly withoutDefaultVpc = new Set<string>()
   readonly #clientTokens = new Map<string, string>()
   readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
   #server: Server | null = null
@@ -370,9 +420,11 @@ export class Ec2StandIn {
   async addInstance(spec: InstanceSpec): Promise<string> {
     const instanceId = hexId('i')
     const rootDeviceName = spec.rootDeviceName ?? spec.volumes[0]?.device ?? '/dev/xvda'
+    const imageId = spec.imageId ?? 'ami-0123456789abcdef0'
+    if (!this.images.has(imageId)) this.addImage({ imageId, ownerId: spec.accountId, region: spec.region, rootDeviceName })
     this.instances.set(instanceId, {
       instanceId, ownerId: spec.accountId, region: spec.region, availabilityZone: spec.availabilityZone, instanceType: spec.instanceType ?? 'm6i.large',
-      imageId: spec.imageId ?? 'ami-0123456789abcdef0', rootDeviceName, state: 'running', tags: spec.tags ?? {}, launchTime: new Date().toISOString(),
+      imageId, rootDeviceName, state: 'running', tags: spec.tags ?? {}, launchTime: new Date().toISOString(),
       architecture: 'x86_64', plugged: false,
     })
     for (const v of spec.volumes) {
@@ -392,6 +444,55 @@ export class Ec2StandIn {
       })
     }
     return instanceId
+  }
+
+  /** Registers an AMI (private to its owner unless public or shared); returns its id. */
+  addImage(spec: Partial<Image> & { ownerId: string; region: string }): string {
+    const imageId = spec.imageId ?? hexId('ami')
+    this.images.set(imageId, {
+      imageId, public: false, launchPermissions: [], name: `image-${imageId}`, architecture: 'x86_64', rootDeviceName: '/dev/xvda', ...spec,
+    })
+    return imageId
+  }
+
+  /** A subnet of a VPC (of its own unless `vpcId` says), in one AZ; returns its id. */
+  addSubnet(spec: { ownerId: string; region: string; availabilityZone: string; vpcId?: string }): string {
+    const subnetId = hexId('subnet')
+    this.subnets.set(subnetId, { subnetId, vpcId: spec.vpcId ?? hexId('vpc'), ...spec })
+    return subnetId
+  }
+
+  addSecurityGroup(spec: { ownerId: string; region: string; vpcId: string; groupName?: string }): string {
+    const groupId = hexId('sg')
+    this.securityGroups.set(groupId, { groupId, groupName: spec.groupName ?? groupId, ...spec })
+    return groupId
+  }
+
+  /** The default VPC of an account in a Region, or null when it has none. */
+  defaultVpc(accountId: string, region: string): string | null {
+    if (this.withoutDefaultVpc.has(`${accountId}/${region}`)) return null
+    return `vpc-${createHash('sha256').update(`${accountId}/${region}`).digest('hex').slice(0, 17)}`
+  }
+
+  /** An image the caller may launch in the request's Region, or InvalidAMIID.NotFound. */
+  #visibleImage(id: string | null, ctx: { accountId: string; region: string }): Image {
+    const i = id ? this.images.get(id) : undefined
+    if (!i || i.region !== ctx.region || !(i.ownerId === ctx.accountId || i.public || i.launchPermissions.includes(ctx.accountId))) {
+      throw new Ec2Error('InvalidAMIID.NotFound', `The image id '[${id}]' does not exist`)
+    }
+    return i
+  }
+
+  #subnet(id: string | null, ctx: Ctx): Subnet {
+    const s = id ? this.subnets.get(id) : undefined
+    if (!s || s.ownerId !== ctx.accountId || s.region !== ctx.region) throw new Ec2Error('InvalidSubnetID.NotFound', `The subnet ID '${id}' does not exist`)
+    return s
+  }
+
+  #securityGroup(id: string, ctx: Ctx): SecurityGroup {
+    const g = this.securityGroups.get(id)
+    if (!g || g.ownerId !== ctx.accountId || g.region !== ctx.region) throw new Ec2Error('InvalidGroup.NotFound', `The security group '${id}' does not exist`)
+    return g
   }
 
   addSnapshot(spec: SnapshotSpec): string {
@@ -467,6 +568,26 @@ export class Ec2StandIn {
         return this.#describeInstances(p, ctx)
       case 'RunInstances':
         return this.#runInstances(p, ctx)
+      case 'DescribeImages':
+        return this.#describeImages(p, ctx)
+      case 'DescribeSubnets': {
+        const ids = listOf(p, 'SubnetId')
+        const found = ids.length ? ids.map((id) => this.#subnet(id, ctx)) : [...this.subnets.values()].filter((x) => x.ownerId === ctx.accountId && x.region === ctx.region)
+        return `<subnetSet>${found.map((x) => `<item>${el('subnetId', x.subnetId)}${el('state', 'available')}${el('vpcId', x.vpcId)}${el('availabilityZone', x.availabilityZone)}` +
+          `${el('ownerId', x.ownerId)}${el('defaultForAz', false)}</item>`).join('')}</subnetSet>`
+      }
+      case 'DescribeSecurityGroups': {
+        const ids = listOf(p, 'GroupId')
+        const found = ids.length ? ids.map((id) => this.#securityGroup(id, ctx)) : [...this.securityGroups.values()].filter((x) => x.ownerId === ctx.accountId && x.region === ctx.region)
+        return `<securityGroupInfo>${found.map((x) => `<item>${el('ownerId', x.ownerId)}${el('groupId', x.groupId)}${el('groupName', x.groupName)}` +
+          `${el('groupDescription', x.groupName)}${el('vpcId', x.vpcId)}</item>`).join('')}</securityGroupInfo>`
+      }
+      case 'DescribeAccountAttributes': {
+        const names = listOf(p, 'AttributeName')
+        const attributes: Record<string, string> = { 'default-vpc': this.defaultVpc(ctx.accountId, ctx.region) ?? 'none', 'supported-platforms': 'VPC' }
+        return `<accountAttributeSet>${(names.length ? names : Object.keys(attributes)).filter((n) => n in attributes).map((n) => `<item>${el('attributeName', n)}` +
+          `<attributeValueSet><item>${el('attributeValue', attributes[n])}</item></attributeValueSet></item>`).join('')}</accountAttributeSet>`
+      }
       case 'StopInstances':
       case 'StartInstances':
       case 'TerminateInstances':
@@ -791,7 +912,8 @@ export class Ec2StandIn {
     return `<item>${el('instanceId', i.instanceId)}${el('imageId', i.imageId)}<instanceState>${el('code', STATE_CODES[i.state])}${el('name', i.state)}</instanceState>` +
       `${el('instanceType', i.instanceType)}${el('launchTime', i.launchTime)}<placement>${el('availabilityZone', i.availabilityZone)}${el('tenancy', 'default')}</placement>` +
       `${el('architecture', i.architecture)}${el('rootDeviceType', 'ebs')}${el('rootDeviceName', i.rootDeviceName)}<blockDeviceMapping>${mappings}</blockDeviceMapping>` +
-      `${el('virtualizationType', 'hvm')}${tagSet(i.tags)}</item>`
+      `${el('virtualizationType', 'hvm')}${el('subnetId', i.subnetId)}${el('vpcId', i.vpcId)}` +
+      `${i.securityGroupIds?.length ? `<groupSet>${i.securityGroupIds.map((g) => `<item>${el('groupId', g)}</item>`).join('')}</groupSet>` : ''}${tagSet(i.tags)}</item>`
   }
 
   #reservationXml(instances: Instance[], ownerId: string): string {
@@ -820,12 +942,23 @@ export class Ec2StandIn {
     const imageId = p.get('ImageId')
     if (!imageId || !/^ami-[0-9a-f]{8,17}$/.test(imageId)) throw new Ec2Error('InvalidAMIID.Malformed', `Invalid id: "${imageId}"`)
     if (p.get('MinCount') !== '1' || p.get('MaxCount') !== '1') throw new Ec2Error('InvalidParameterValue', 'this stand-in launches one instance at a time (MinCount = MaxCount = 1)')
-    const az = p.get('Placement.AvailabilityZone') ?? `${ctx.region}a`
+    const image = this.#visibleImage(imageId, ctx)
+    const subnet = p.has('SubnetId') ? this.#subnet(p.get('SubnetId'), ctx) : null
+    const vpcId = subnet?.vpcId ?? this.defaultVpc(ctx.accountId, ctx.region)
+    if (!vpcId) throw new Ec2Error('VPCIdNotSpecified', 'No default VPC for this user')
+    const groups = listOf(p, 'SecurityGroupId').map((id) => this.#securityGroup(id, ctx))
+    const stray = groups.find((g) => g.vpcId !== vpcId)
+    if (stray) throw new Ec2Error('InvalidParameter', `Security group ${stray.groupId} and ${subnet ? `subnet ${subnet.subnetId}` : 'the default VPC'} belong to different networks.`)
+    const placement = p.get('Placement.AvailabilityZone')
+    // The stand-in's choice: EC2 documents no error for a Placement AZ other than the subnet's.
+    if (subnet && placement && placement !== subnet.availabilityZone) throw new Ec2Error('InvalidParameterValue', `The subnet ${subnet.subnetId} is in ${subnet.availabilityZone}, not ${placement}`)
+    const az = subnet?.availabilityZone ?? placement ?? `${ctx.region}a`
     if (!az.startsWith(ctx.region)) throw new Ec2Error('InvalidParameterValue', `Invalid availability zone: [${az}]`)
     const instanceId = hexId('i')
     const instance: Instance = {
       instanceId, ownerId: ctx.accountId, region: ctx.region, availabilityZone: az, instanceType: p.get('InstanceType') ?? 'm1.small', imageId,
-      rootDeviceName: '/dev/xvda', state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: 'x86_64', plugged: false,
+      rootDeviceName: image.rootDeviceName, state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: image.architecture, plugged: false,
+      ...(subnet ? { subnetId: subnet.subnetId } : {}), vpcId, securityGroupIds: groups.map((g) => g.groupId),
     }
     this.instances.set(instanceId, instance)
     if (token) this.#clientTokens.set(`${ctx.accountId}/run/${token}`, instanceId)
@@ -838,12 +971,23 @@ export class Ec2StandIn {
     this.volumes.set(volumeId, {
       volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: 1, snapshotId: null, availabilityZone: az, state: 'in-use', stateReason: null,
       volumeType: 'gp3', iops: null, throughput: null, encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
-      attachment: { instanceId, device: '/dev/xvda', state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
+      attachment: { instanceId, device: image.rootDeviceName, state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
     })
     setTimeout(() => {
       if (instance.state === 'pending') instance.state = 'running'
     }, this.#options.delayMs)
     return this.#reservationXml([instance], ctx.accountId)
+  }
+
+  /** DescribeImages of ImageId.N (each must be visible: InvalidAMIID.NotFound), else those of Owner.N. */
+  #describeImages(p: URLSearchParams, ctx: Ctx): string {
+    const ids = listOf(p, 'ImageId')
+    const owners = listOf(p, 'Owner').map((o) => (o === 'self' ? ctx.accountId : o))
+    const found = ids.length ? ids.map((id) => this.#visibleImage(id, ctx))
+      : [...this.images.values()].filter((i) => i.region === ctx.region && (!owners.length || owners.includes(i.ownerId)) && (i.ownerId === ctx.accountId || i.public || i.launchPermissions.includes(ctx.accountId)))
+    return `<imagesSet>${found.map((i) => `<item>${el('imageId', i.imageId)}${el('imageLocation', `${i.ownerId}/${i.name}`)}${el('imageState', 'available')}` +
+      `${el('imageOwnerId', i.ownerId)}${el('isPublic', i.public)}${el('architecture', i.architecture)}${el('imageType', 'machine')}${el('name', i.name)}` +
+      `${el('rootDeviceType', 'ebs')}${el('rootDeviceName', i.rootDeviceName)}${el('virtualizationType', 'hvm')}</item>`).join('')}</imagesSet>`
   }
 
   #changeInstances(action: string, p: URLSearchParams, ctx: Ctx): string {
