@@ -37,6 +37,28 @@ export function iamDocument<T = PolicyDocument>(name: string): T {
   return JSON.parse(text) as T
 }
 
+/** The fleet's stack name: the worker instance carries it as its ebs-worker:fleet tag. */
+export const FLEET_STACK = 'ebs-worker-fleet'
+
+/**
+ * packaging/iam/worker-policy.json as CloudFormation fills it in for a stack in the backup
+ * account (packaging/cloudformation/fleet.yaml embeds it): pseudo parameters, the queues, the
+ * repository and KmsKeyArns, a list of key ARNs.
+ */
+export function fleetWorkerPolicy(kmsKeyArns: string[]): PolicyDocument {
+  const values: Record<string, string> = {
+    'AWS::Partition': 'aws', 'AWS::Region': REGION, 'AWS::AccountId': BACKUP, 'AWS::StackName': FLEET_STACK,
+    'TaskQueue.Arn': `arn:aws:sqs:${REGION}:${BACKUP}:tasks`, 'ReplyQueue.Arn': `arn:aws:sqs:${REGION}:${BACKUP}:replies`,
+    RepositoryBucket: 'ebs-worker-repository', RepositoryPrefix: 'backups',
+  }
+  let text = readFileSync(join(ROOT, 'packaging/iam/worker-policy.json'), 'utf8').replaceAll('"${KmsKeyArns}"', JSON.stringify(kmsKeyArns))
+  text = text.replace(/\$\{([^}]+)\}/g, (whole, name: string) => {
+    if (!(name in values)) throw new Error(`worker-policy.json: no value for ${whole}`)
+    return values[name]!
+  })
+  return JSON.parse(text) as PolicyDocument
+}
+
 /** The principals a trust policy names. */
 function trusted(name: string): string[] {
   return iamDocument(name).Statement.flatMap((s) => (s.Principal && s.Principal !== '*' ? [s.Principal.AWS].flat() : []))

@@ -28,6 +28,15 @@
 //     kubernetes-sigs/aws-ebs-csi-driver#3010; a CopySnapshot under such a key ends in state
 //     "error";
 //   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation;
+//   - IAM authorizes a call on each resource it touches, with the resource's tags (aws:ResourceTag/…)
+//     and the request's (aws:RequestTag/…, aws:TagKeys), and the tags of a create call as
+//     ec2:CreateTags with ec2:CreateAction (Service Authorization Reference, "Actions, resources,
+//     and condition keys for Amazon EC2"; EC2 User Guide, "Grant permission to tag resources during
+//     creation"): CreateVolume the new volume and its snapshot, Attach/DetachVolume the volume and
+//     the instance, CreateSnapshot(s) the volume(s), the instance and the new snapshot, RunInstances
+//     the instance, its image, subnet, security groups, network interface and root volume; snapshot
+//     and image ARNs have no account (arn:aws:ec2:<region>::snapshot/<id>); Describe* calls and the
+//     account's EBS default key are "*". A new resource is named with "*" for its id;
 //   - tags (EC2 User Guide, "Tag your Amazon EC2 resources", Tag restrictions): "Maximum number of
 //     tags per resource – 50"; "The aws: prefix is reserved for AWS use […] Tags with the aws:
 //     prefix do not count against your tags per resource limit." A request setting a key with that
@@ -75,7 +84,7 @@ import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
 import { EBS_MODEL, serialOf } from '../../agent/device/ebs-device.ts'
-import { credentialScope, type AwsWorld, type Principal } from './iam.ts'
+import { credentialScope, type AuthorizationRequest, type AwsWorld, type ConditionContext, type Principal } from './iam.ts'
 import { KmsStandIn } from './kms.ts'
 import { fakeNvme } from './nvme.ts'
 
@@ -515,11 +524,88 @@ export class Ec2StandIn {
 
   async #run(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
     const { world } = this.#options
-    if (world && !world.authorize(ctx.principal, 'ec2', action, ctx.region)) {
-      throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ec2:${action} because no identity-based policy allows the ec2:${action} action`)
+    const refused = world ? world.authorizeAll(ctx.principal, 'ec2', action, ctx.region, this.#authorizationOf(action, p, ctx)) : null
+    if (refused) {
+      throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ` +
+        `${refused.action} on resource: ${refused.resource} because no identity-based policy allows the ${refused.action} action`)
     }
     if (p.get('DryRun') === 'true') throw new Ec2Error('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.')
     return this.#dispatch(action, p, ctx)
+  }
+
+  /** What IAM decides for an EC2 call: each resource it touches, with its context (see the top). */
+  #authorizationOf(action: string, p: URLSearchParams, ctx: Ctx): AuthorizationRequest[] {
+    const arn = (type: string, id: string, account = ctx.accountId): string => `arn:aws:ec2:${ctx.region}:${account}:${type}/${id}`
+    const requestTags: Record<string, string> = {}
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      for (let j = 1; p.has(`TagSpecification.${i}.Tag.${j}.Key`); j++) requestTags[p.get(`TagSpecification.${i}.Tag.${j}.Key`)!] = p.get(`TagSpecification.${i}.Tag.${j}.Value`) ?? ''
+    }
+    if (action === 'CreateTags') for (let j = 1; p.has(`Tag.${j}.Key`); j++) requestTags[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    const request: ConditionContext = {
+      ...Object.fromEntries(Object.entries(requestTags).map(([k, v]) => [`aws:RequestTag/${k}`, v])),
+      ...(Object.keys(requestTags).length ? { 'aws:TagKeys': Object.keys(requestTags) } : {}),
+    }
+    const withTags = (tags: Record<string, string> | undefined): ConditionContext => ({
+      ...request, ...Object.fromEntries(Object.entries(tags ?? {}).flatMap(([k, v]) => [[`aws:ResourceTag/${k}`, v], [`ec2:ResourceTag/${k}`, v]])),
+    })
+    const volume = (id: string | null) => ({ resource: arn('volume', id ?? '*'), context: withTags(id ? this.volumes.get(id)?.tags : undefined) })
+    const snapshot = (id: string | null) => ({ resource: arn('snapshot', id ?? '*', ''), context: withTags(id ? this.snapshots.get(id)?.tags : undefined) })
+    const instance = (id: string | null) => ({ resource: arn('instance', id ?? '*'), context: withTags(id ? this.instances.get(id)?.tags : undefined) })
+    let resources: Array<{ resource: string; context: ConditionContext }>
+    switch (action) {
+      case 'CreateVolume':
+        resources = [volume(null), ...(p.get('SnapshotId') ? [snapshot(p.get('SnapshotId'))] : [])]
+        break
+      case 'AttachVolume':
+      case 'DetachVolume': {
+        const id = p.get('VolumeId')
+        resources = [volume(id), instance(p.get('InstanceId') ?? (id ? this.volumes.get(id)?.attachment?.instanceId ?? null : null))]
+        break
+      }
+      case 'DeleteVolume':
+        resources = [volume(p.get('VolumeId'))]
+        break
+      case 'CreateSnapshot':
+        resources = [volume(p.get('VolumeId')), snapshot(null)]
+        break
+      case 'CreateSnapshots': {
+        const id = p.get('InstanceSpecification.InstanceId')
+        resources = [instance(id), ...(id ? this.attachedTo(id).map((v) => volume(v.volumeId)) : []), snapshot(null)]
+        break
+      }
+      case 'CopySnapshot':
+        resources = [snapshot(null), snapshot(p.get('SourceSnapshotId'))]
+        break
+      case 'DeleteSnapshot':
+      case 'ModifySnapshotAttribute':
+        resources = [snapshot(p.get('SnapshotId'))]
+        break
+      case 'CreateTags':
+        resources = listOf(p, 'ResourceId').map((id) => (id.startsWith('vol-') ? volume(id) : id.startsWith('i-') ? instance(id) : snapshot(id)))
+        break
+      case 'RunInstances':
+        resources = [instance(null), { resource: arn('image', p.get('ImageId') ?? '*', ''), context: request }, volume(null),
+          { resource: arn('network-interface', '*'), context: request },
+          ...(p.get('SubnetId') ? [{ resource: arn('subnet', p.get('SubnetId')!), context: request }] : []),
+          ...listOf(p, 'SecurityGroupId').map((id) => ({ resource: arn('security-group', id), context: request }))]
+        break
+      case 'StopInstances':
+      case 'StartInstances':
+      case 'TerminateInstances':
+        resources = listOf(p, 'InstanceId').map(instance)
+        break
+      default: // Describe*, the account's EBS default key
+        resources = [{ resource: '*', context: request }]
+    }
+    const requests: AuthorizationRequest[] = resources.map((r) => ({ action: `ec2:${action}`, ...r }))
+    // Tags on creation: ec2:CreateTags on each new resource of a tagged type, with ec2:CreateAction.
+    const types: Record<string, string> = { volume: 'volume', snapshot: 'snapshot', instance: 'instance' }
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      const type = types[p.get(`TagSpecification.${i}.ResourceType`)!]
+      if (!type || !p.has(`TagSpecification.${i}.Tag.1.Key`)) continue
+      requests.push({ action: 'ec2:CreateTags', resource: arn(type, '*', type === 'snapshot' ? '' : ctx.accountId), context: { ...request, 'ec2:CreateAction': action } })
+    }
+    return requests
   }
 
   async #dispatch(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
