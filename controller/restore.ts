@@ -185,10 +185,12 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   if (o.workerRole) {
     const worker = await assumeRole(o.workerRole, o.targetRegion, 'ebs-controller-check')
     const need = restoreWorkerNeed(targetKeyArn, workerDefault)
-    const refused = (await tryNeeds(worker, o.targetRegion, [need])).filter((r) => !r.ok)
+    // Its grant as EBS makes it: simulated by the controller; the key is in the controller's account or the target's.
+    const refused = (await tryNeeds(worker, o.targetRegion, [need], { simulator: me, readers: [me, restore] })).filter((r) => !r.ok)
     if (refused.length) {
       throw new EbsWorkerError(ErrorCode.AccessDenied, `the worker role ${o.workerRole} cannot use ${need.key}, the key its volumes would be under: ` +
-        `${refused.map((r) => `kms:${r.action}`).join(', ')} refused. The worker role's policy and the key policy must allow them (packaging/iam/). Nothing was created.`)
+        `${refused.map((r) => `kms:${r.action}`).join(', ')} refused (${refused.map((r) => `kms:${r.action}: ${r.detail ?? 'refused'}`).join('; ')}). ` +
+        'The worker role\'s policy and the key policy must allow them (packaging/iam/). Nothing was created.')
     }
   }
 

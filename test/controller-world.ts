@@ -1,8 +1,9 @@
 // Three AWS accounts on this machine, for the controller's end-to-end tests: production (the
 // instance and the source role), backup (the worker fleet, the controller, the repository) and a
-// restore target. The EC2, KMS and STS stand-ins share one AwsWorld; the roles carry the IAM
-// policies of packaging/iam/ and the keys the key-policy statements there, so a flow that passes
-// proves those documents are enough. Workers are a real `ebs-worker daemon` child process on
+// restore target. The EC2, KMS, STS and IAM stand-ins share one AwsWorld; the roles carry the IAM
+// policies of packaging/iam/ (the worker role the fleet's own, worker-policy.json as the stack
+// fills it in) and the keys the key-policy statements there, so a flow that passes proves those
+// documents are enough. Workers are a real `ebs-worker daemon` child process on
 // fauxqs; the controller is the real `ebs-controller` child process.
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -14,6 +15,7 @@ import { cli, CLI, lastJsonLine, makeImage, MiB, ROOT, tempDir, type Teardown } 
 import { EbsStandIn } from './standin/ebs.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { AwsWorld, type PolicyDocument, type PolicyStatement } from './standin/iam.ts'
+import { IamStandIn } from './standin/iam-api.ts'
 import { startImds } from './standin/imds.ts'
 import { KmsStandIn } from './standin/kms.ts'
 import { StsStandIn } from './standin/sts.ts'
@@ -79,7 +81,8 @@ export async function controllerWorld(t: Teardown) {
   world.addCredentials('AKIACONTROLLER', { arn: `arn:aws:iam::${BACKUP}:user/ebs-controller`, accountId: BACKUP, policy: iamDocument('controller-policy.json') })
 
   const roles = {
-    worker: world.addRole({ accountId: BACKUP, name: 'ebs-worker', trust: [BACKUP], policy: iamDocument('worker-ebs-statements.json') }),
+    // Its policy, the fleet's, once the keys exist (below).
+    worker: world.addRole({ accountId: BACKUP, name: 'ebs-worker', trust: [BACKUP] }),
     source: world.addRole({ accountId: PROD, name: 'ebs-backup-source', trust: trusted('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
     localSource: world.addRole({ accountId: BACKUP, name: 'ebs-backup-source', trust: trusted('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
     restore: world.addRole({ accountId: TARGET, name: 'ebs-restore', trust: trusted('restore-role-trust.json'), policy: iamDocument('restore-role-policy.json') }),
@@ -103,8 +106,13 @@ export async function controllerWorld(t: Teardown) {
     /** The restore target's key. */
     target: kms.addKey({ accountId: TARGET, region: REGION, aliases: ['alias/restored'] }),
   }
+  // The fleet's KmsKeyArns: the keys its workers use (source keys, restores' keys, and the Region's
+  // default EBS key, aws/ebs or the customer managed one it may be given).
+  roles.worker.policy = fleetWorkerPolicy([keys.prod, keys.backup, keys.workerDefault, KmsStandIn.arn(kms.awsEbsKey(BACKUP, REGION))])
   const sts = await new StsStandIn(world).start()
   t.teardown(() => sts.close())
+  const iam = await new IamStandIn(world).start()
+  t.teardown(() => iam.close())
 
   const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
   await mkdir(roots.byIdDir, { recursive: true })
@@ -112,6 +120,8 @@ export async function controllerWorld(t: Teardown) {
   t.teardown(() => ec2.close())
   // The instances' image: a public AMI of the Region (as Amazon's own are), launchable by every account there.
   ec2.addImage({ imageId: PUBLIC_IMAGE, ownerId: '137112412989', region: REGION, public: true, name: 'al2023-ami-2023.6-x86_64' })
+  // The fleet's instances carry its name, which the worker policy's attach and detach statements ask for.
+  ec2.instances.get(WORKER.instanceId)!.tags['ebs-worker:fleet'] = FLEET_STACK
   const ebs = await new EbsStandIn({ ec2, world }).start()
   t.teardown(() => ebs.close())
   const imds = await startImds(WORKER)
@@ -131,7 +141,7 @@ export async function controllerWorld(t: Teardown) {
     queueUrl, replyQueueUrl, repository: repo, concurrency: 4, waitTimeSeconds: 1, visibilityTimeoutSeconds: 30,
     shutdownGraceSeconds: 5, deviceTimeoutSeconds: 10, deviceRoots: roots, imdsEndpoint: imds.endpoint,
   }))
-  const endpoints = { AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_STS: sts.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint, AWS_REGION: REGION }
+  const endpoints = { AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_STS: sts.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint, AWS_ENDPOINT_URL_IAM: iam.endpoint, AWS_REGION: REGION }
   const log = { worker: '' }
   let workerRunning = false
   /** The worker fleet: one daemon with the worker role's credentials (its instance profile). */

@@ -241,6 +241,22 @@ t.test('another account without a default VPC: restore into a subnet with a secu
   record(w)
 })
 
+t.test('same account: restore with --worker-role checks the worker role\'s grant on the target key as EBS makes it, then restores', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await sameAccountInstance(w)
+  const rp = await backupSameAccount(t, w, instanceId, 'backup-instance')
+  const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', w.keys.backup,
+    '--restore-role', w.roles.localRestore.arn, '--worker-role', w.roles.worker.arn])
+  t.equal(r.code, 0, `restore-instance succeeds with the fleet's worker policy${r.said}`)
+  const controller = `arn:aws:iam::${BACKUP}:user/ebs-controller`
+  t.same(w.world.calls.filter((c) => c.principal === controller && ['SimulatePrincipalPolicy', 'SimulateCustomPolicy', 'GetKeyPolicy'].includes(c.action)).map((c) => c.action).sort(),
+    ['GetKeyPolicy', 'SimulateCustomPolicy', 'SimulatePrincipalPolicy'], 'the controller simulated the worker role and read the target key\'s policy')
+  t.notOk(w.world.calls.some((c) => c.role === w.roles.worker.arn && c.action === 'CreateGrant'), 'no direct CreateGrant')
+  await sameData(t, w, instanceId, r.json!.instanceId)
+  record(w)
+})
+
 t.test('packaging/iam/ matches what the code calls, exactly', async (t) => {
   // Tagging on creation is authorized as ec2:CreateTags with ec2:CreateAction (EC2 User Guide,
   // "Grant permission to tag resources during creation"); the stand-in folds it into the create

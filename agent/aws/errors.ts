@@ -5,7 +5,7 @@
 // so; throttling, service errors and the unknown stay retryable under the service's code.
 import { EbsWorkerError, ErrorCode, describe, type ErrorContext } from '../core/errors.ts'
 
-export type AwsService = 'EC2' | 'KMS' | 'EBS' | 'STS' | 'SQS' | 'S3' | 'IMDS'
+export type AwsService = 'EC2' | 'KMS' | 'EBS' | 'STS' | 'SQS' | 'S3' | 'IMDS' | 'IAM'
 
 export interface AwsCall {
   service: AwsService
@@ -58,6 +58,9 @@ export function awsErrorCode(service: AwsService, name: string, httpStatus?: num
       if (name === 'NoSuchBucket') return ErrorCode.RepoNotFound
       if (name === 'NoSuchKey' || name === 'NotFound' || httpStatus === 404) return ErrorCode.ObjectNotFound
       return ErrorCode.Storage
+    case 'IAM':
+      if (name === 'NoSuchEntity' || name === 'InvalidInput') return ErrorCode.BadInput
+      return ErrorCode.AwsError
     case 'STS':
     case 'SQS':
       return ErrorCode.AwsError
