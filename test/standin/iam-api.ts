@@ -18,12 +18,9 @@
 // Pages: https://docs.aws.amazon.com/IAM/latest/APIReference/API_SimulatePrincipalPolicy.html,
 //   …/API_SimulateCustomPolicy.html, …/API_ContextEntry.html, …/API_EvaluationResult.html,
 //   https://docs.aws.amazon.com/IAM/latest/UserGuide/access_policies_testing-policies.html.
-import { randomUUID } from 'node:crypto'
-import { createServer, type Server } from 'node:http'
 import { evaluate, type AwsWorld, type ConditionContext, type PolicyDocument } from './iam.ts'
+import { QueryError, QueryServer, xmlEscape, type QueryRequest } from './query.ts'
 
-const xmlEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
-const NS = 'https://iam.amazonaws.com/doc/2010-05-08/'
 const DECISION = { allow: 'allowed', deny: 'explicitDeny', implicit: 'implicitDeny' } as const
 
 /** Name.member.1, Name.member.2, … of a Query request. */
@@ -33,7 +30,7 @@ function members(p: URLSearchParams, name: string): string[] {
   return out
 }
 
-/** ContextEntries.member.N as a request context: boolean and numeric types as such, *List types as lists. */
+/** ContextEntries.member.N as a request context: boolean values as such, *List types as lists. */
 function contextOf(p: URLSearchParams): ConditionContext {
   const context: ConditionContext = {}
   for (let i = 1; p.has(`ContextEntries.member.${i}.ContextKeyName`); i++) {
@@ -45,23 +42,9 @@ function contextOf(p: URLSearchParams): ConditionContext {
   return context
 }
 
-class IamError extends Error {
-  readonly status: number
-  readonly code: string
-  constructor(status: number, code: string, message: string) {
-    super(message)
-    this.status = status
-    this.code = code
-  }
-}
-
-export class IamStandIn {
-  readonly world: AwsWorld
-  endpoint = ''
-  #server: Server | null = null
-
+export class IamStandIn extends QueryServer {
   constructor(world: AwsWorld) {
-    this.world = world
+    super(world, 'https://iam.amazonaws.com/doc/2010-05-08/')
   }
 
   /** The identity policy of a user or role of `accountId` (undefined: it may do everything), or NoSuchEntity. */
@@ -71,60 +54,34 @@ export class IamStandIn {
     const user = [...this.world.principals.values()].find((x) => x.arn === arn && !x.roleArn)
     if (user && user.accountId === accountId) return user.policy
     const m = /:(role|user)\/(?:.*\/)?([^/]+)$/.exec(arn)
-    throw new IamError(404, 'NoSuchEntity', `The ${m?.[1] ?? 'entity'} with name ${m?.[2] ?? arn} cannot be found.`)
+    throw new QueryError(404, 'NoSuchEntity', `The ${m?.[1] ?? 'entity'} with name ${m?.[2] ?? arn} cannot be found.`)
   }
 
-  async start(): Promise<this> {
-    this.#server = createServer((req, res) => {
-      let body = ''
-      req.on('data', (d) => (body += d))
-      req.on('end', () => {
-        const p = new URLSearchParams(body)
-        const action = p.get('Action') ?? ''
-        const requestId = randomUUID()
-        const { principal, region } = this.world.callerOf(req.headers.authorization, 'us-east-1')
-        try {
-          if (action !== 'SimulatePrincipalPolicy' && action !== 'SimulateCustomPolicy') throw new IamError(400, 'InvalidAction', `Could not find operation ${action} for version 2010-05-08`)
-          const source = action === 'SimulatePrincipalPolicy' ? p.get('PolicySourceArn') ?? '' : '*'
-          if (!this.world.authorize(principal, 'iam', action, region, source)) {
-            throw new IamError(403, 'AccessDenied', `User: ${principal.arn} is not authorized to perform: iam:${action} on resource: ${source}`)
-          }
-          const extra = members(p, 'PolicyInputList').map((text) => JSON.parse(text) as PolicyDocument)
-          let policies: Array<PolicyDocument | undefined>
-          if (action === 'SimulatePrincipalPolicy') {
-            if (p.has('ResourcePolicy') && !p.has('CallerArn') && source.includes(':role/')) {
-              throw new IamError(400, 'InvalidInput', 'CallerArn is required when a ResourcePolicy is given and PolicySourceArn is not an IAM user: simulation of resource-based policies is not supported for IAM roles')
-            }
-            policies = [this.#policyOf(source, principal.accountId), ...extra]
-          } else {
-            if (!extra.length) throw new IamError(400, 'ValidationError', 'PolicyInputList is required')
-            policies = extra
-          }
-          const context = contextOf(p)
-          const resources = members(p, 'ResourceArns')
-          const results = members(p, 'ActionNames').flatMap((a) => (resources.length ? resources : ['*']).map((r) => {
-            const decisions = policies.map((doc) => (doc ? evaluate(doc, a, r, context) : 'allow'))
-            const decision = decisions.includes('deny') ? 'deny' : decisions.includes('allow') ? 'allow' : 'implicit'
-            return `<member><EvalActionName>${xmlEscape(a)}</EvalActionName><EvalResourceName>${xmlEscape(r)}</EvalResourceName>` +
-              `<EvalDecision>${DECISION[decision]}</EvalDecision><MatchedStatements/><MissingContextValues/></member>`
-          }))
-          res.writeHead(200, { 'Content-Type': 'text/xml' }).end(
-            `<${action}Response xmlns="${NS}"><${action}Result><IsTruncated>false</IsTruncated><EvaluationResults>${results.join('')}</EvaluationResults>` +
-            `</${action}Result><ResponseMetadata><RequestId>${requestId}</RequestId></ResponseMetadata></${action}Response>`)
-        } catch (err) {
-          const e = err instanceof IamError ? err : new IamError(500, 'ServiceFailure', String(err))
-          res.writeHead(e.status, { 'Content-Type': 'text/xml' }).end(
-            `<ErrorResponse xmlns="${NS}"><Error><Type>${e.status >= 500 ? 'Receiver' : 'Sender'}</Type><Code>${e.code}</Code><Message>${xmlEscape(e.message)}</Message></Error>` +
-            `<RequestId>${requestId}</RequestId></ErrorResponse>`)
-        }
-      })
-    })
-    await new Promise<void>((resolve) => this.#server!.listen(0, '127.0.0.1', resolve))
-    this.endpoint = `http://127.0.0.1:${(this.#server.address() as { port: number }).port}`
-    return this
-  }
-
-  close(): Promise<void> {
-    return new Promise((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()))
+  protected handle({ action, params: p, principal, region }: QueryRequest): string {
+    if (action !== 'SimulatePrincipalPolicy' && action !== 'SimulateCustomPolicy') throw new QueryError(400, 'InvalidAction', `Could not find operation ${action} for version 2010-05-08`)
+    const source = action === 'SimulatePrincipalPolicy' ? p.get('PolicySourceArn') ?? '' : '*'
+    if (!this.world.authorize(principal, 'iam', action, region, source)) {
+      throw new QueryError(403, 'AccessDenied', `User: ${principal.arn} is not authorized to perform: iam:${action} on resource: ${source}`)
+    }
+    const extra = members(p, 'PolicyInputList').map((text) => JSON.parse(text) as PolicyDocument)
+    let policies: Array<PolicyDocument | undefined>
+    if (action === 'SimulatePrincipalPolicy') {
+      if (p.has('ResourcePolicy') && !p.has('CallerArn') && source.includes(':role/')) {
+        throw new QueryError(400, 'InvalidInput', 'CallerArn is required when a ResourcePolicy is given and PolicySourceArn is not an IAM user: simulation of resource-based policies is not supported for IAM roles')
+      }
+      policies = [this.#policyOf(source, principal.accountId), ...extra]
+    } else {
+      if (!extra.length) throw new QueryError(400, 'ValidationError', 'PolicyInputList is required')
+      policies = extra
+    }
+    const context = contextOf(p)
+    const resources = members(p, 'ResourceArns')
+    const results = members(p, 'ActionNames').flatMap((a) => (resources.length ? resources : ['*']).map((r) => {
+      const decisions = policies.map((doc) => (doc ? evaluate(doc, a, r, context) : 'allow'))
+      const decision = decisions.includes('deny') ? 'deny' : decisions.includes('allow') ? 'allow' : 'implicit'
+      return `<member><EvalActionName>${xmlEscape(a)}</EvalActionName><EvalResourceName>${xmlEscape(r)}</EvalResourceName>` +
+        `<EvalDecision>${DECISION[decision]}</EvalDecision><MatchedStatements/><MissingContextValues/></member>`
+    }))
+    return `<IsTruncated>false</IsTruncated><EvaluationResults>${results.join('')}</EvaluationResults>`
   }
 }
