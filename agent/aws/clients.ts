@@ -11,6 +11,7 @@ import { Agent as HttpsAgent } from 'node:https'
 import { createRequire } from 'node:module'
 import type { EBSClient } from '@aws-sdk/client-ebs'
 import type { EC2Client } from '@aws-sdk/client-ec2'
+import type { IAMClient } from '@aws-sdk/client-iam'
 import type { KMSClient } from '@aws-sdk/client-kms'
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3'
 import type { SQSClient } from '@aws-sdk/client-sqs'
@@ -86,6 +87,11 @@ export class AwsClients {
 
   sts(region?: string): STSClient {
     return this.#get('sts', region, (config) => new (require('@aws-sdk/client-sts') as typeof import('@aws-sdk/client-sts')).STSClient(config))
+  }
+
+  /** IAM, a global service: the Region only says which partition's endpoint (the controller's policy simulation). */
+  iam(region?: string): IAMClient {
+    return this.#get('iam', region, (config) => new (require('@aws-sdk/client-iam') as typeof import('@aws-sdk/client-iam')).IAMClient(config))
   }
 
   /**

@@ -35,6 +35,8 @@ export const ErrorCode = {
   NoFreeDeviceName: 'NO_FREE_DEVICE_NAME',
   SnapshotNotFound: 'SNAPSHOT_NOT_FOUND',
   InstanceNotFound: 'INSTANCE_NOT_FOUND',
+  /** An AMI that does not exist for the caller in the Region (AMIs are per Region and per account). */
+  ImageNotFound: 'IMAGE_NOT_FOUND',
   AccessDenied: 'ACCESS_DENIED',
   RoleNotAssumable: 'ROLE_NOT_ASSUMABLE',
   DefaultKeyNotShareable: 'DEFAULT_KEY_NOT_SHAREABLE',

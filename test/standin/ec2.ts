@@ -52,6 +52,34 @@
 //     answer as if it did not exist (Invalid….NotFound, left out of lists). Off (0) by default. A
 //     volume KMS refuses is then rolled back only after it was first seen (a real rollback takes
 //     seconds, the lag usually less), so waits see "creating, then gone".
+//   - IAM authorizes a call on each resource it touches, with the resource's tags (aws:ResourceTag/…)
+//     and the request's (aws:RequestTag/…, aws:TagKeys), and the tags of a create call as
+//     ec2:CreateTags with ec2:CreateAction (Service Authorization Reference, "Actions, resources,
+//     and condition keys for Amazon EC2"; EC2 User Guide, "Grant permission to tag resources during
+//     creation"): CreateVolume the new volume and its snapshot, Attach/DetachVolume the volume and
+//     the instance, CreateSnapshot(s) the volume(s), the instance and the new snapshot, RunInstances
+//     the instance, its image, subnet, security groups, network interface and root volume; snapshot
+//     and image ARNs have no account (arn:aws:ec2:<region>::snapshot/<id>); Describe* calls and the
+//     account's EBS default key are "*". A new resource is named with "*" for its id;
+//   - tags (EC2 User Guide, "Tag your Amazon EC2 resources", Tag restrictions): "Maximum number of
+//     tags per resource – 50"; "The aws: prefix is reserved for AWS use […] Tags with the aws:
+//     prefix do not count against your tags per resource limit." A request setting a key with that
+//     prefix (in any case: "Tagging AWS resources", "Don't use aws:, AWS:, or any upper or lowercase
+//     combination") is InvalidParameterValue ("Tag keys starting with 'aws:' are reserved for
+//     internal use"), one leaving a resource more than 50 other tags TagLimitExceeded ("Error codes
+//     for the Amazon EC2 API": "You've reached the limit on the number of tags that you can assign
+//     to the specified resource"); AWS's own (addInstance's tags) may carry the prefix;
+//   - launching (RunInstances, "Find an AMI", "Default VPCs", "Error codes for the Amazon EC2 API"):
+//     an AMI lives in one Region and is usable by its owner, the accounts it is shared with and,
+//     when public, everyone; any other is InvalidAMIID.NotFound ("Check the AMI ID, and ensure
+//     that you specify the AWS Region in which the AMI is located"), also from DescribeImages; an
+//     instance goes into the given subnet (and its AZ), or without one into the default VPC, and
+//     an account without a default VPC in that Region is VPCIdNotSpecified ("You have no default
+//     VPC in which to carry out the request. Specify a VPC or subnet ID"; its message: "No default
+//     VPC for this user"); security groups must be of the instance's VPC (InvalidParameter: "you
+//     can't specify a security group and subnet that are in different VPCs"). DescribeAccountAttributes
+//     says default-vpc: its id, or "none". Images are registered with addImage (addInstance
+//     registers its own, private to its account, when unknown).
 // What EBS asks of KMS for the caller ("Amazon EBS encryption" / required KMS permissions:
 // kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext,
 // kms:ReEncrypt*): a new volume or copy under key K needs K's DescribeKey, CreateGrant and
@@ -71,14 +99,17 @@
 //   …/errors-overview.html; https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html;
 //   https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
 //   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
-//   …/encryption-by-default.html.
+//   …/encryption-by-default.html; https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions,
+//   https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html, …/AWSEC2/latest/UserGuide/finding-an-ami.html,
+//   https://docs.aws.amazon.com/vpc/latest/userguide/default-vpc.html, …/APIReference/API_DescribeImages.html,
+//   …/APIReference/API_DescribeAccountAttributes.html, …/APIReference/API_DescribeSubnets.html.
 import { execFileSync } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
 import { EBS_MODEL, serialOf } from '../../agent/device/ebs-device.ts'
-import { credentialScope, type AwsWorld, type Principal } from './iam.ts'
+import { credentialScope, type AuthorizationRequest, type AwsWorld, type ConditionContext, type Principal } from './iam.ts'
 import { KmsStandIn } from './kms.ts'
 import { fakeNvme } from './nvme.ts'
 
@@ -159,6 +190,38 @@ export interface Instance {
   architecture: string
   /** Attachments become loop devices (the worker instance). */
   plugged: boolean
+  /** Where RunInstances put it. */
+  subnetId?: string
+  vpcId?: string
+  securityGroupIds?: string[]
+}
+
+/** An AMI: in one Region, usable by its owner, the accounts in launchPermissions, everyone when public. */
+export interface Image {
+  imageId: string
+  ownerId: string
+  region: string
+  public: boolean
+  launchPermissions: string[]
+  name: string
+  architecture: string
+  rootDeviceName: string
+}
+
+export interface Subnet {
+  subnetId: string
+  ownerId: string
+  region: string
+  availabilityZone: string
+  vpcId: string
+}
+
+export interface SecurityGroup {
+  groupId: string
+  ownerId: string
+  region: string
+  vpcId: string
+  groupName: string
 }
 
 export interface InstanceSpec {
@@ -257,6 +320,19 @@ const awsEbs = (region: string, accountId: string): string => `arn:aws:kms:${reg
 /** instanceState.code of each instance state (EC2 API Reference, InstanceState). */
 const STATE_CODES: Record<Instance['state'], number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 }
 
+/** EC2's tag rules (Tag restrictions): reserved keys, and how many others one resource may have. */
+const RESERVED_TAG = /^aws:/i
+const MAX_TAGS = 50
+
+/** Refuses tags no caller may set: a reserved key, or more than MAX_TAGS on one resource (reserved ones do not count). */
+function checkTags(tags: Record<string, string>, adding: string[]): void {
+  const reserved = adding.find((k) => RESERVED_TAG.test(k))
+  if (reserved !== undefined) throw new Ec2Error('InvalidParameterValue', `Tag keys starting with 'aws:' are reserved for internal use (${reserved})`)
+  if (Object.keys(tags).filter((k) => !RESERVED_TAG.test(k)).length > MAX_TAGS) {
+    throw new Ec2Error('TagLimitExceeded', `You've reached the limit on the number of tags that you can assign to the specified resource (${MAX_TAGS})`)
+  }
+}
+
 /** What EBS asks of KMS for the caller. */
 const NEW_KEY = ['kms:DescribeKey', 'kms:CreateGrant', 'kms:GenerateDataKeyWithoutPlaintext']
 const READ_KEY = ['kms:DescribeKey', 'kms:Decrypt']
@@ -275,6 +351,11 @@ export class Ec2StandIn {
   readonly missed = new Map<string, number>()
   /** Ids just created and not visible yet: requests left that miss them, and what waits for their first sighting. */
   readonly #lag = new Map<string, { left: number; onSeen: Array<() => void> }>()
+  readonly images = new Map<string, Image>()
+  readonly subnets = new Map<string, Subnet>()
+  readonly securityGroups = new Map<string, SecurityGroup>()
+  /** "account/region" pairs whose default VPC was deleted (every other one has its default VPC). */
+  readonly withoutDefaultVpc = new Set<string>()
   readonly #clientTokens = new Map<string, string>()
   readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms' | 'visibilityLag'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
   #server: Server | null = null
@@ -428,9 +509,11 @@ export class Ec2StandIn {
   async addInstance(spec: InstanceSpec): Promise<string> {
     const instanceId = hexId('i')
     const rootDeviceName = spec.rootDeviceName ?? spec.volumes[0]?.device ?? '/dev/xvda'
+    const imageId = spec.imageId ?? 'ami-0123456789abcdef0'
+    if (!this.images.has(imageId)) this.addImage({ imageId, ownerId: spec.accountId, region: spec.region, rootDeviceName })
     this.instances.set(instanceId, {
       instanceId, ownerId: spec.accountId, region: spec.region, availabilityZone: spec.availabilityZone, instanceType: spec.instanceType ?? 'm6i.large',
-      imageId: spec.imageId ?? 'ami-0123456789abcdef0', rootDeviceName, state: 'running', tags: spec.tags ?? {}, launchTime: new Date().toISOString(),
+      imageId, rootDeviceName, state: 'running', tags: spec.tags ?? {}, launchTime: new Date().toISOString(),
       architecture: 'x86_64', plugged: false,
     })
     for (const v of spec.volumes) {
@@ -451,6 +534,55 @@ export class Ec2StandIn {
       })
     }
     return instanceId
+  }
+
+  /** Registers an AMI (private to its owner unless public or shared); returns its id. */
+  addImage(spec: Partial<Image> & { ownerId: string; region: string }): string {
+    const imageId = spec.imageId ?? hexId('ami')
+    this.images.set(imageId, {
+      imageId, public: false, launchPermissions: [], name: `image-${imageId}`, architecture: 'x86_64', rootDeviceName: '/dev/xvda', ...spec,
+    })
+    return imageId
+  }
+
+  /** A subnet of a VPC (of its own unless `vpcId` says), in one AZ; returns its id. */
+  addSubnet(spec: { ownerId: string; region: string; availabilityZone: string; vpcId?: string }): string {
+    const subnetId = hexId('subnet')
+    this.subnets.set(subnetId, { subnetId, vpcId: spec.vpcId ?? hexId('vpc'), ...spec })
+    return subnetId
+  }
+
+  addSecurityGroup(spec: { ownerId: string; region: string; vpcId: string; groupName?: string }): string {
+    const groupId = hexId('sg')
+    this.securityGroups.set(groupId, { groupId, groupName: spec.groupName ?? groupId, ...spec })
+    return groupId
+  }
+
+  /** The default VPC of an account in a Region, or null when it has none. */
+  defaultVpc(accountId: string, region: string): string | null {
+    if (this.withoutDefaultVpc.has(`${accountId}/${region}`)) return null
+    return `vpc-${createHash('sha256').update(`${accountId}/${region}`).digest('hex').slice(0, 17)}`
+  }
+
+  /** An image the caller may launch in the request's Region, or InvalidAMIID.NotFound. */
+  #visibleImage(id: string | null, ctx: { accountId: string; region: string }): Image {
+    const i = id ? this.images.get(id) : undefined
+    if (!i || i.region !== ctx.region || !(i.ownerId === ctx.accountId || i.public || i.launchPermissions.includes(ctx.accountId))) {
+      throw new Ec2Error('InvalidAMIID.NotFound', `The image id '[${id}]' does not exist`)
+    }
+    return i
+  }
+
+  #subnet(id: string | null, ctx: Ctx): Subnet {
+    const s = id ? this.subnets.get(id) : undefined
+    if (!s || s.ownerId !== ctx.accountId || s.region !== ctx.region) throw new Ec2Error('InvalidSubnetID.NotFound', `The subnet ID '${id}' does not exist`)
+    return s
+  }
+
+  #securityGroup(id: string, ctx: Ctx): SecurityGroup {
+    const g = this.securityGroups.get(id)
+    if (!g || g.ownerId !== ctx.accountId || g.region !== ctx.region) throw new Ec2Error('InvalidGroup.NotFound', `The security group '${id}' does not exist`)
+    return g
   }
 
   addSnapshot(spec: SnapshotSpec): string {
@@ -496,8 +628,10 @@ export class Ec2StandIn {
 
   async #run(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
     const { world } = this.#options
-    if (world && !world.authorize(ctx.principal, 'ec2', action, ctx.region)) {
-      throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ec2:${action} because no identity-based policy allows the ec2:${action} action`)
+    const refused = world ? world.authorizeAll(ctx.principal, 'ec2', action, ctx.region, this.#authorizationOf(action, p, ctx)) : null
+    if (refused) {
+      throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ` +
+        `${refused.action} on resource: ${refused.resource} because no identity-based policy allows the ${refused.action} action`)
     }
     if (p.get('DryRun') === 'true') {
       this.#validate(action, p, ctx)
@@ -516,7 +650,83 @@ export class Ec2StandIn {
     }
   }
 
+  /** What IAM decides for an EC2 call: each resource it touches, with its context (see the top). */
+  #authorizationOf(action: string, p: URLSearchParams, ctx: Ctx): AuthorizationRequest[] {
+    const arn = (type: string, id: string, account = ctx.accountId): string => `arn:aws:ec2:${ctx.region}:${account}:${type}/${id}`
+    const requestTags: Record<string, string> = {}
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      for (let j = 1; p.has(`TagSpecification.${i}.Tag.${j}.Key`); j++) requestTags[p.get(`TagSpecification.${i}.Tag.${j}.Key`)!] = p.get(`TagSpecification.${i}.Tag.${j}.Value`) ?? ''
+    }
+    if (action === 'CreateTags') for (let j = 1; p.has(`Tag.${j}.Key`); j++) requestTags[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    const request: ConditionContext = {
+      ...Object.fromEntries(Object.entries(requestTags).map(([k, v]) => [`aws:RequestTag/${k}`, v])),
+      ...(Object.keys(requestTags).length ? { 'aws:TagKeys': Object.keys(requestTags) } : {}),
+    }
+    const withTags = (tags: Record<string, string> | undefined): ConditionContext => ({
+      ...request, ...Object.fromEntries(Object.entries(tags ?? {}).flatMap(([k, v]) => [[`aws:ResourceTag/${k}`, v], [`ec2:ResourceTag/${k}`, v]])),
+    })
+    const volume = (id: string | null) => ({ resource: arn('volume', id ?? '*'), context: withTags(id ? this.volumes.get(id)?.tags : undefined) })
+    const snapshot = (id: string | null) => ({ resource: arn('snapshot', id ?? '*', ''), context: withTags(id ? this.snapshots.get(id)?.tags : undefined) })
+    const instance = (id: string | null) => ({ resource: arn('instance', id ?? '*'), context: withTags(id ? this.instances.get(id)?.tags : undefined) })
+    let resources: Array<{ resource: string; context: ConditionContext }>
+    switch (action) {
+      case 'CreateVolume':
+        resources = [volume(null), ...(p.get('SnapshotId') ? [snapshot(p.get('SnapshotId'))] : [])]
+        break
+      case 'AttachVolume':
+      case 'DetachVolume': {
+        const id = p.get('VolumeId')
+        resources = [volume(id), instance(p.get('InstanceId') ?? (id ? this.volumes.get(id)?.attachment?.instanceId ?? null : null))]
+        break
+      }
+      case 'DeleteVolume':
+        resources = [volume(p.get('VolumeId'))]
+        break
+      case 'CreateSnapshot':
+        resources = [volume(p.get('VolumeId')), snapshot(null)]
+        break
+      case 'CreateSnapshots': {
+        const id = p.get('InstanceSpecification.InstanceId')
+        resources = [instance(id), ...(id ? this.attachedTo(id).map((v) => volume(v.volumeId)) : []), snapshot(null)]
+        break
+      }
+      case 'CopySnapshot':
+        resources = [snapshot(null), snapshot(p.get('SourceSnapshotId'))]
+        break
+      case 'DeleteSnapshot':
+      case 'ModifySnapshotAttribute':
+        resources = [snapshot(p.get('SnapshotId'))]
+        break
+      case 'CreateTags':
+        resources = listOf(p, 'ResourceId').map((id) => (id.startsWith('vol-') ? volume(id) : id.startsWith('i-') ? instance(id) : snapshot(id)))
+        break
+      case 'RunInstances':
+        resources = [instance(null), { resource: arn('image', p.get('ImageId') ?? '*', ''), context: request }, volume(null),
+          { resource: arn('network-interface', '*'), context: request },
+          ...(p.get('SubnetId') ? [{ resource: arn('subnet', p.get('SubnetId')!), context: request }] : []),
+          ...listOf(p, 'SecurityGroupId').map((id) => ({ resource: arn('security-group', id), context: request }))]
+        break
+      case 'StopInstances':
+      case 'StartInstances':
+      case 'TerminateInstances':
+        resources = listOf(p, 'InstanceId').map(instance)
+        break
+      default: // Describe*, the account's EBS default key
+        resources = [{ resource: '*', context: request }]
+    }
+    const requests: AuthorizationRequest[] = resources.map((r) => ({ action: `ec2:${action}`, ...r }))
+    // Tags on creation: ec2:CreateTags on each new resource of a tagged type, with ec2:CreateAction.
+    const types: Record<string, string> = { volume: 'volume', snapshot: 'snapshot', instance: 'instance' }
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      const type = types[p.get(`TagSpecification.${i}.ResourceType`)!]
+      if (!type || !p.has(`TagSpecification.${i}.Tag.1.Key`)) continue
+      requests.push({ action: 'ec2:CreateTags', resource: arn(type, '*', type === 'snapshot' ? '' : ctx.accountId), context: { ...request, 'ec2:CreateAction': action } })
+    }
+    return requests
+  }
+
   async #dispatch(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
+    this.#checkTagSpecifications(p)
     switch (action) {
       case 'CreateVolume':
         return this.#volumeXml(await this.#createVolume(p, ctx), false)
@@ -561,6 +771,26 @@ export class Ec2StandIn {
         return this.#describeInstances(p, ctx)
       case 'RunInstances':
         return this.#runInstances(p, ctx)
+      case 'DescribeImages':
+        return this.#describeImages(p, ctx)
+      case 'DescribeSubnets': {
+        const ids = listOf(p, 'SubnetId')
+        const found = ids.length ? ids.map((id) => this.#subnet(id, ctx)) : [...this.subnets.values()].filter((x) => x.ownerId === ctx.accountId && x.region === ctx.region)
+        return `<subnetSet>${found.map((x) => `<item>${el('subnetId', x.subnetId)}${el('state', 'available')}${el('vpcId', x.vpcId)}${el('availabilityZone', x.availabilityZone)}` +
+          `${el('ownerId', x.ownerId)}${el('defaultForAz', false)}</item>`).join('')}</subnetSet>`
+      }
+      case 'DescribeSecurityGroups': {
+        const ids = listOf(p, 'GroupId')
+        const found = ids.length ? ids.map((id) => this.#securityGroup(id, ctx)) : [...this.securityGroups.values()].filter((x) => x.ownerId === ctx.accountId && x.region === ctx.region)
+        return `<securityGroupInfo>${found.map((x) => `<item>${el('ownerId', x.ownerId)}${el('groupId', x.groupId)}${el('groupName', x.groupName)}` +
+          `${el('groupDescription', x.groupName)}${el('vpcId', x.vpcId)}</item>`).join('')}</securityGroupInfo>`
+      }
+      case 'DescribeAccountAttributes': {
+        const names = listOf(p, 'AttributeName')
+        const attributes: Record<string, string> = { 'default-vpc': this.defaultVpc(ctx.accountId, ctx.region) ?? 'none', 'supported-platforms': 'VPC' }
+        return `<accountAttributeSet>${(names.length ? names : Object.keys(attributes)).filter((n) => n in attributes).map((n) => `<item>${el('attributeName', n)}` +
+          `<attributeValueSet><item>${el('attributeValue', attributes[n])}</item></attributeValueSet></item>`).join('')}</accountAttributeSet>`
+      }
       case 'StopInstances':
       case 'StartInstances':
       case 'TerminateInstances':
@@ -757,8 +987,18 @@ export class Ec2StandIn {
       }
       return snap
     })
-    for (const target of targets) {
-      for (let j = 1; p.has(`Tag.${j}.Key`); j++) target.tags[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    const adding: Record<string, string> = {}
+    for (let j = 1; p.has(`Tag.${j}.Key`); j++) adding[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    for (const target of targets) checkTags({ ...target.tags, ...adding }, Object.keys(adding))
+    for (const target of targets) Object.assign(target.tags, adding)
+  }
+
+  /** Every TagSpecification of a create request, before anything is created: the tag rules. */
+  #checkTagSpecifications(p: URLSearchParams): void {
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      const tags: Record<string, string> = {}
+      for (let j = 1; p.has(`TagSpecification.${i}.Tag.${j}.Key`); j++) tags[p.get(`TagSpecification.${i}.Tag.${j}.Key`)!] = p.get(`TagSpecification.${i}.Tag.${j}.Value`) ?? ''
+      checkTags(tags, Object.keys(tags))
     }
   }
 
@@ -883,7 +1123,8 @@ export class Ec2StandIn {
     return `<item>${el('instanceId', i.instanceId)}${el('imageId', i.imageId)}<instanceState>${el('code', STATE_CODES[i.state])}${el('name', i.state)}</instanceState>` +
       `${el('instanceType', i.instanceType)}${el('launchTime', i.launchTime)}<placement>${el('availabilityZone', i.availabilityZone)}${el('tenancy', 'default')}</placement>` +
       `${el('architecture', i.architecture)}${el('rootDeviceType', 'ebs')}${el('rootDeviceName', i.rootDeviceName)}<blockDeviceMapping>${mappings}</blockDeviceMapping>` +
-      `${el('virtualizationType', 'hvm')}${tagSet(i.tags)}</item>`
+      `${el('virtualizationType', 'hvm')}${el('subnetId', i.subnetId)}${el('vpcId', i.vpcId)}` +
+      `${i.securityGroupIds?.length ? `<groupSet>${i.securityGroupIds.map((g) => `<item>${el('groupId', g)}</item>`).join('')}</groupSet>` : ''}${tagSet(i.tags)}</item>`
   }
 
   #reservationXml(instances: Instance[], ownerId: string): string {
@@ -912,12 +1153,23 @@ export class Ec2StandIn {
     const imageId = p.get('ImageId')
     if (!imageId || !/^ami-[0-9a-f]{8,17}$/.test(imageId)) throw new Ec2Error('InvalidAMIID.Malformed', `Invalid id: "${imageId}"`)
     if (p.get('MinCount') !== '1' || p.get('MaxCount') !== '1') throw new Ec2Error('InvalidParameterValue', 'this stand-in launches one instance at a time (MinCount = MaxCount = 1)')
-    const az = p.get('Placement.AvailabilityZone') ?? `${ctx.region}a`
+    const image = this.#visibleImage(imageId, ctx)
+    const subnet = p.has('SubnetId') ? this.#subnet(p.get('SubnetId'), ctx) : null
+    const vpcId = subnet?.vpcId ?? this.defaultVpc(ctx.accountId, ctx.region)
+    if (!vpcId) throw new Ec2Error('VPCIdNotSpecified', 'No default VPC for this user')
+    const groups = listOf(p, 'SecurityGroupId').map((id) => this.#securityGroup(id, ctx))
+    const stray = groups.find((g) => g.vpcId !== vpcId)
+    if (stray) throw new Ec2Error('InvalidParameter', `Security group ${stray.groupId} and ${subnet ? `subnet ${subnet.subnetId}` : 'the default VPC'} belong to different networks.`)
+    const placement = p.get('Placement.AvailabilityZone')
+    // The stand-in's choice: EC2 documents no error for a Placement AZ other than the subnet's.
+    if (subnet && placement && placement !== subnet.availabilityZone) throw new Ec2Error('InvalidParameterValue', `The subnet ${subnet.subnetId} is in ${subnet.availabilityZone}, not ${placement}`)
+    const az = subnet?.availabilityZone ?? placement ?? `${ctx.region}a`
     if (!az.startsWith(ctx.region)) throw new Ec2Error('InvalidParameterValue', `Invalid availability zone: [${az}]`)
     const instanceId = hexId('i')
     const instance: Instance = {
       instanceId, ownerId: ctx.accountId, region: ctx.region, availabilityZone: az, instanceType: p.get('InstanceType') ?? 'm1.small', imageId,
-      rootDeviceName: '/dev/xvda', state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: 'x86_64', plugged: false,
+      rootDeviceName: image.rootDeviceName, state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: image.architecture, plugged: false,
+      ...(subnet ? { subnetId: subnet.subnetId } : {}), vpcId, securityGroupIds: groups.map((g) => g.groupId),
     }
     this.instances.set(instanceId, instance)
     this.#born(instanceId)
@@ -931,12 +1183,23 @@ export class Ec2StandIn {
     this.volumes.set(volumeId, {
       volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: 1, snapshotId: null, availabilityZone: az, state: 'in-use', stateReason: null,
       volumeType: 'gp3', ...volumePerformance('gp3', 1, null, null), encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
-      attachment: { instanceId, device: '/dev/xvda', state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
+      attachment: { instanceId, device: image.rootDeviceName, state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
     })
     setTimeout(() => {
       if (instance.state === 'pending') instance.state = 'running'
     }, this.#options.delayMs)
     return this.#reservationXml([instance], ctx.accountId)
+  }
+
+  /** DescribeImages of ImageId.N (each must be visible: InvalidAMIID.NotFound), else those of Owner.N. */
+  #describeImages(p: URLSearchParams, ctx: Ctx): string {
+    const ids = listOf(p, 'ImageId')
+    const owners = listOf(p, 'Owner').map((o) => (o === 'self' ? ctx.accountId : o))
+    const found = ids.length ? ids.map((id) => this.#visibleImage(id, ctx))
+      : [...this.images.values()].filter((i) => i.region === ctx.region && (!owners.length || owners.includes(i.ownerId)) && (i.ownerId === ctx.accountId || i.public || i.launchPermissions.includes(ctx.accountId)))
+    return `<imagesSet>${found.map((i) => `<item>${el('imageId', i.imageId)}${el('imageLocation', `${i.ownerId}/${i.name}`)}${el('imageState', 'available')}` +
+      `${el('imageOwnerId', i.ownerId)}${el('isPublic', i.public)}${el('architecture', i.architecture)}${el('imageType', 'machine')}${el('name', i.name)}` +
+      `${el('rootDeviceType', 'ebs')}${el('rootDeviceName', i.rootDeviceName)}${el('virtualizationType', 'hvm')}</item>`).join('')}</imagesSet>`
   }
 
   #changeInstances(action: string, p: URLSearchParams, ctx: Ctx): string {
