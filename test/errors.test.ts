@@ -2,9 +2,9 @@
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readdir, readFile, truncate, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { INDEXES, manifestObject, PACK_INDEX, PACKS } from '../agent/repo/layout.ts'
+import { INDEXES, manifestObject, PACKS } from '../agent/repo/layout.ts'
 import { backedUpImage, cli, CLI, faultyFile, type Teardown, makeImage, MiB, repoWithImage, runCli, sha256File, tempDir } from './helpers.ts'
 
 async function walk(dir: string): Promise<string[]> {
@@ -70,10 +70,10 @@ t.test('restore target smaller than the backup is refused and left untouched', a
 t.test('repository of another format version', async (t) => {
   const { repo } = await setup(t)
   const config = JSON.parse(await readFile(join(repo, 'config'), 'utf8'))
-  await writeFile(join(repo, 'config'), JSON.stringify({ ...config, version: 2 }))
+  await writeFile(join(repo, 'config'), JSON.stringify({ ...config, version: 3 }))
   const r = await runCli(['list', '--repo', repo, '--json'])
   t.equal(r.json?.error.code, 'REPO_VERSION')
-  t.match(r.json?.error.message, /format version 2; this ebs-worker reads version 1/)
+  t.match(r.json?.error.message, /format version 3; this ebs-worker reads versions 1 and 2/)
 })
 
 t.test('encrypted repository: no key, wrong key', async (t) => {
@@ -90,12 +90,19 @@ t.test('encrypted repository: no key, wrong key', async (t) => {
   t.equal(bad.json?.error.code, 'BAD_INPUT', 'malformed key file: BAD_INPUT')
 })
 
+/** The backup's data pack: the large one (the chunk list's nodes are in a pack of a few hundred bytes). */
+async function dataPack(repo: string): Promise<string> {
+  const packs = await walk(join(repo, PACKS))
+  const sizes = await Promise.all(packs.map(async (p) => (await stat(p)).size))
+  return packs[sizes.indexOf(Math.max(...sizes))]!
+}
+
 for (const encrypt of [false, true]) {
   t.test(`a damaged chunk is found and named (${encrypt ? 'encrypted' : 'plain'})`, async (t) => {
     const { dir, repo, keyArgs, backupId } = await setup(t, { encrypt })
     const packs = (await walk(join(repo, PACKS)))
-    t.equal(packs.length, 1, 'one pack')
-    const h = await open(packs[0]!, 'r+')
+    t.equal(packs.length, 2, 'one data pack and one pack of the chunk list')
+    const h = await open(await dataPack(repo), 'r+')
     const byte = Buffer.alloc(1)
     await h.read(byte, 0, 1, 200)
     byte[0] = byte[0]! ^ 0x55
@@ -112,8 +119,7 @@ for (const encrypt of [false, true]) {
 
 t.test('a truncated pack is reported', async (t) => {
   const { repo, backupId } = await setup(t)
-  const [pack] = await walk(join(repo, PACKS))
-  await truncate(pack!, 1000)
+  await truncate(await dataPack(repo), 1000)
   const r = await runCli(['verify', '--repo', repo, '--backup', backupId, '--json'])
   t.equal(r.code, 3)
   t.match(r.json?.error.message, /truncated/)
@@ -149,7 +155,7 @@ t.test('a backup killed with SIGKILL leaves no backup, and the next one reuses i
   const deadline = Date.now() + 60_000
   let indexes: string[] = []
   while (Date.now() < deadline) {
-    indexes = (await readdir(join(repo, INDEXES)).catch(() => [])).filter((n) => n.startsWith(PACK_INDEX))
+    indexes = await readdir(join(repo, INDEXES)).catch(() => [])
     if (indexes.length >= 3) break
     await new Promise((r) => setTimeout(r, 20))
   }

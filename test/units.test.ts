@@ -6,9 +6,11 @@ import { BlobCodec } from '../agent/repo/codec.ts'
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from '../agent/repo/chunk-index.ts'
 import { parseSize } from '../agent/cli/options.ts'
 import { parseS3Url } from '../agent/storage/open.ts'
-import { backupChecksum, decodeManifest, encodeManifest, newBackupId, ZERO_ID, type Manifest } from '../agent/repo/manifest.ts'
-import { chunksToRead } from '../agent/core/plan.ts'
-import { planRequests } from '../agent/repo/chunk-reader.ts'
+import { backupChecksum, decodeManifest, encodeManifest, newBackupId, treeChecksum, ZERO_ID, type ManifestV1, type ManifestV2 } from '../agent/repo/manifest.ts'
+import { planStretches, type PlanInput } from '../agent/core/plan.ts'
+import { planWindow } from '../agent/repo/chunk-reader.ts'
+import { v1List } from '../agent/repo/chunk-list.ts'
+import { ZERO_REF, type BlobRef } from '../agent/repo/tree.ts'
 
 const MiB = 1024 * 1024
 
@@ -56,58 +58,79 @@ t.test('index encoding', async (t) => {
   t.equal(index.get(entries[0]!.id)?.pack, entries[0]!.pack, 'the first location wins')
 })
 
-t.test('which chunks a backup reads', async (t) => {
-  const all = chunksToRead(10 * MiB, MiB, null, null)
-  t.equal(all.reduce((a, b) => a + b, 0), 10, 'no parent: every chunk')
-  const none = chunksToRead(10 * MiB, MiB, { size: 10 * MiB, chunkSize: MiB }, [])
-  t.equal(none.reduce((a, b) => a + b, 0), 0, 'no change: no chunk')
-  const some = chunksToRead(10 * MiB, MiB, { size: 10 * MiB, chunkSize: MiB }, [{ offset: MiB - 1, length: 2 }, { offset: 9 * MiB, length: 1 }])
-  t.same([...some.keys()].filter((i) => some[i]), [0, 1, 9], 'a range straddling a boundary touches both chunks')
-  t.throws(() => chunksToRead(10 * MiB, MiB, { size: 10 * MiB, chunkSize: 2 * MiB }, []), { code: 'BACKUP_INCOMPATIBLE' })
-  t.throws(() => chunksToRead(10 * MiB, MiB, { size: 10 * MiB, chunkSize: MiB }, [{ offset: 10 * MiB, length: 1 }]), { code: 'BAD_INPUT' })
-})
-
-function manifestOf(ids: Buffer[], size: number, chunkSize: number): Manifest {
-  const chunks = Buffer.concat(ids)
-  return {
-    id: newBackupId(), createdAt: new Date().toISOString(), source: { device: '/dev/x' }, size, chunkSize, parent: null, chunks,
-    checksum: backupChecksum(size, chunkSize, chunks), tags: {},
-    stats: { bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksTotal: ids.length, chunksZero: 0, chunksNew: 0, chunksReused: 0, chunksFromParent: 0, durationMs: 0 },
-  }
+/** The chunks a plan reads, one number each. */
+function readChunks(input: PlanInput): number[] {
+  const out: number[] = []
+  for (const s of planStretches(input)) if (s.kind === 'read') for (let i = s.from; i < s.to; i++) out.push(i)
+  return out
 }
 
+t.test('which chunks a backup reads', async (t) => {
+  const parent = { size: 10 * MiB, chunkSize: MiB }
+  t.equal(readChunks({ size: 10 * MiB, chunkSize: MiB }).length, 10, 'no parent: every chunk')
+  t.same(readChunks({ size: 10 * MiB, chunkSize: MiB, marked: [], otherwise: 'parent', parent }), [], 'no change: no chunk')
+  const some = readChunks({ size: 10 * MiB, chunkSize: MiB, marked: [{ offset: 9 * MiB, length: 1 }, { offset: MiB - 1, length: 2 }], otherwise: 'parent', parent })
+  t.same(some, [0, 1, 9], 'a range straddling a boundary touches both chunks (ranges in any order)')
+  t.same(readChunks({ size: 12 * MiB, chunkSize: MiB, marked: [], otherwise: 'parent', parent }), [10, 11], 'a grown volume reads what the parent has not')
+  t.same([...planStretches({ size: 10 * MiB, chunkSize: MiB, marked: [{ offset: 3 * MiB, length: MiB }], otherwise: 'zero' })],
+    [{ from: 0, to: 3, kind: 'zero' }, { from: 3, to: 4, kind: 'read' }, { from: 4, to: 10, kind: 'zero' }], 'written ranges: the rest is zeros, unread')
+  t.throws(() => [...planStretches({ size: 10 * MiB, chunkSize: MiB, marked: [], otherwise: 'parent', parent: { size: 10 * MiB, chunkSize: 2 * MiB } })], { code: 'BACKUP_INCOMPATIBLE' })
+  t.throws(() => [...planStretches({ size: 10 * MiB, chunkSize: MiB, marked: [{ offset: 10 * MiB, length: 1 }], otherwise: 'parent', parent })], { code: 'BAD_INPUT' })
+})
+
+const stats = { bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksTotal: 2, chunksZero: 0, chunksNew: 0, chunksReused: 0, chunksFromParent: 0, durationMs: 0 }
+
 t.test('restore requests are coalesced within limits', async (t) => {
-  const ids = Array.from({ length: 6 }, () => randomBytes(32))
-  const index = new ChunkIndex()
-  // Pack A: chunks 0,1,2 adjacent; chunk 3 far away. Pack B: chunk 4. Chunk 5 = chunk 0's content.
   const A = 'a'.repeat(32)
   const B = 'b'.repeat(32)
-  index.add({ id: ids[0]!, pack: A, offset: 0, length: 100, rawLength: MiB })
-  index.add({ id: ids[1]!, pack: A, offset: 100, length: 100, rawLength: MiB })
-  index.add({ id: ids[2]!, pack: A, offset: 200, length: 100, rawLength: MiB })
-  index.add({ id: ids[3]!, pack: A, offset: 10 * MiB, length: 100, rawLength: MiB })
-  index.add({ id: ids[4]!, pack: B, offset: 0, length: 100, rawLength: MiB })
-  const m = manifestOf([ids[0]!, ids[1]!, ids[2]!, ids[3]!, ids[4]!, ids[0]!, ZERO_ID], 7 * MiB, MiB)
-  const { requests, zero } = planRequests(m, index, 16 * MiB)
+  const ref = (pack: string, offset: number): BlobRef => ({ id: randomBytes(32), pack, offset, length: 100, rawLength: MiB })
+  // Pack A: chunks 0,1,2 adjacent; chunk 3 far away. Pack B: chunk 4. Chunk 5 = chunk 0's content.
+  const entries = [ref(A, 0), ref(A, 100), ref(A, 200), ref(A, 10 * MiB), ref(B, 0)]
+  entries.push(entries[0]!, ZERO_REF)
+  const { requests, zero } = planWindow(entries, 0, 16 * MiB)
   t.same(zero, [6], 'zero chunks listed apart')
   t.same(requests.map((r) => [r.pack, r.offset, r.length, r.chunks.length]), [[A, 0, 300, 3], [A, 10 * MiB, 100, 1], [B, 0, 100, 1]], 'adjacent blobs in one GET')
   t.same(requests[0]!.chunks[0]!.targets, [0, 5], 'identical chunks are fetched once, written twice')
-  const small = planRequests(m, index, 200)
-  t.equal(small.requests.length, 4, 'the size limit splits requests')
-  const missing = manifestOf([randomBytes(32)], MiB, MiB)
-  t.throws(() => planRequests(missing, index, MiB), { code: 'CHUNK_MISSING' })
+  t.equal(planWindow(entries, 0, 200).requests.length, 4, 'the size limit splits requests')
+  t.same(planWindow(entries, 40, 16 * MiB, (i) => i < 43).requests.map((r) => r.chunks.flatMap((c) => c.targets)), [[45], [43], [44]], 'numbered from the window\'s first chunk, done ones left out')
+})
+
+t.test('a version 1 chunk list maps its ids through the index', async (t) => {
+  const ids = [randomBytes(32), randomBytes(32)]
+  const index = new ChunkIndex()
+  index.add({ id: ids[0]!, pack: 'a'.repeat(32), offset: 0, length: 100, rawLength: MiB })
+  const v1 = (list: Buffer[]): ManifestV1 => {
+    const chunks = Buffer.concat(list)
+    return { version: 1, id: newBackupId(), createdAt: new Date().toISOString(), source: { device: '/dev/x' }, size: list.length * MiB, chunkSize: MiB, parent: null, chunks,
+      checksum: backupChecksum(list.length * MiB, MiB, chunks), tags: {}, stats }
+  }
+  const leaf = await v1List(v1([ids[0]!, ZERO_ID]), index).leaf(0)
+  t.same(leaf.map((e) => e.offset), [0, 0])
+  t.ok(leaf[0]!.id.equals(ids[0]!) && leaf[1] === ZERO_REF, 'a stored chunk and a zero chunk')
+  await t.rejects(v1List(v1([ids[1]!]), index).leaf(0), { code: 'CHUNK_MISSING' }, 'a chunk no index lists')
 })
 
 t.test('manifest encoding and checksum', async (t) => {
-  const m = manifestOf([randomBytes(32), ZERO_ID], MiB + 1, MiB)
-  t.same(decodeManifest(encodeManifest(m), m.id), m, 'round trip')
-  const tampered = JSON.parse(encodeManifest(m).toString())
-  const chunks = Buffer.from(tampered.chunks, 'base64')
-  chunks[0]! ^= 1
-  tampered.chunks = chunks.toString('base64')
-  t.throws(() => decodeManifest(Buffer.from(JSON.stringify(tampered)), m.id), { code: 'CHECKSUM_MISMATCH' }, 'a changed chunk list fails the checksum')
+  const tree = { root: { id: randomBytes(32), pack: 'c'.repeat(32), offset: 7, length: 300, rawLength: 600 }, leafChunks: 128, fanout: 64 }
+  const m: ManifestV2 = {
+    version: 2, id: newBackupId(), createdAt: new Date().toISOString(), source: { device: '/dev/x' }, size: MiB + 1, chunkSize: MiB, parent: null,
+    tree, checksum: treeChecksum(MiB + 1, MiB, tree), tags: {}, stats,
+  }
+  const encoded = encodeManifest(m)
+  t.ok(encoded.length < 1024, `a small header (${encoded.length} bytes)`)
+  t.same(decodeManifest(encoded, m.id), m, 'round trip')
+  const tampered = JSON.parse(encoded.toString())
+  t.throws(() => decodeManifest(Buffer.from(JSON.stringify({ ...tampered, size: MiB + 2 })), m.id), { code: 'CHECKSUM_MISMATCH' }, 'a changed size fails the checksum')
+  t.throws(() => decodeManifest(Buffer.from(JSON.stringify({ ...tampered, tree: { ...tampered.tree, leafChunks: 64 } })), m.id), { code: 'CHECKSUM_MISMATCH' }, 'so does another shape')
   t.throws(() => decodeManifest(Buffer.from(JSON.stringify({ ...tampered, version: 7 })), m.id), { code: 'REPO_VERSION' })
-  t.throws(() => decodeManifest(encodeManifest(m), newBackupId()), { code: 'REPO_FORMAT' }, 'a manifest under another name is refused')
+  t.throws(() => decodeManifest(encoded, newBackupId()), { code: 'REPO_FORMAT' }, 'a manifest under another name is refused')
+  // Version 1: the ids in the manifest, their checksum over all of them.
+  const chunks = Buffer.concat([randomBytes(32), ZERO_ID])
+  const v1doc = { format: 'ebs-worker-backup', version: 1, id: m.id, createdAt: m.createdAt, source: m.source, size: MiB + 1, chunkSize: MiB, parent: null,
+    chunks: chunks.toString('base64'), checksum: backupChecksum(MiB + 1, MiB, chunks), stats, tags: {} }
+  t.match(decodeManifest(Buffer.from(JSON.stringify(v1doc)), m.id), { version: 1, size: MiB + 1 }, 'a version 1 manifest still reads')
+  chunks[0]! ^= 1
+  t.throws(() => decodeManifest(Buffer.from(JSON.stringify({ ...v1doc, chunks: chunks.toString('base64') })), m.id), { code: 'CHECKSUM_MISMATCH' }, 'and its checksum is checked')
 })
 
 t.test('parsing', async (t) => {

@@ -10,6 +10,7 @@ import { daemonCommand } from './daemon.ts'
 import { doctorCommand } from './doctor.ts'
 import { initCommand } from './init.ts'
 import { listCommand } from './list.ts'
+import { migrateCommand } from './migrate.ts'
 import { ExitStatus, printer, printError, printUsageError, ReportedFailure } from './output.ts'
 import { restoreCommand } from './restore.ts'
 import { verifyCommand } from './verify.ts'
@@ -21,7 +22,7 @@ export function buildProgram(context: CliContext): Command {
     .showHelpAfterError('(run with --help for usage)')
     // Set before the subcommands are added, so they inherit it: errors come back to main().
     .exitOverride()
-  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, daemonCommand, doctorCommand]) {
+  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, migrateCommand, daemonCommand, doctorCommand]) {
     command(program, context)
   }
   return program

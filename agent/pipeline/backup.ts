@@ -1,13 +1,16 @@
-// Backup: device → chunks → the repository's BackupWriter (zero? known? else zstd + AES-GCM into
-// packs) → the manifest. This module decides what to read and reads it; the writer does the rest.
-// Many positional reads are in flight at once (volumes restored from snapshots are hydrated
-// lazily and only deliver throughput at high queue depth); packs upload in parallel.
+// Backup: device → chunks → the repository's BackupWriter (zero? the parent's? known? else zstd +
+// AES-GCM into packs) → the chunk list → the manifest. This module decides what to read and
+// reads it; the writer does the rest. The plan is a stream of stretches (core/plan.ts): what may
+// differ is read, with many positional reads in flight (volumes restored from snapshots are
+// hydrated lazily and only deliver throughput at high queue depth); what is unchanged or was
+// never written is declared, not read. Nothing here grows with the volume's size.
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
 import { chunkLength, type ByteRange } from '../core/geometry.ts'
-import { chunksToRead, chunksWritten } from '../core/plan.ts'
+import { planStretches, type PlanInput } from '../core/plan.ts'
 import { openForRead, readAt } from '../device/block-device.ts'
-import type { BackupStats, Manifest } from '../repo/manifest.ts'
+import { dataExtents } from '../device/extents.ts'
+import type { BackupStats, ManifestV2 } from '../repo/manifest.ts'
 import type { Repository } from '../repo/repository.ts'
 import { dropCheckpoint, loadCheckpoint, underCheckpoints } from './checkpoint.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
@@ -36,7 +39,7 @@ export interface BackupOptions {
    * Called once the backup exists (its manifest written) and before its checkpoint is dropped:
    * a retry after a crash in between finds one or the other (the daemon records the task here).
    */
-  onCommitted?: (manifest: Manifest) => Promise<void>
+  onCommitted?: (manifest: ManifestV2) => Promise<void>
   onProgress?: (progress: BackupProgress) => void
   signal?: AbortSignal
 }
@@ -69,41 +72,45 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     throw new EbsWorkerError(ErrorCode.BadInput, 'give changed ranges (against the parent) or written ranges (against zeros), not both')
   }
   const parent = options.parent ? await repo.loadManifest(options.parent) : null
+  if (parent && parent.version !== 2) {
+    throw new EbsWorkerError(ErrorCode.BackupIncompatible, `parent backup ${parent.id} is of manifest version ${parent.version}: migrate the repository first`)
+  }
   const device = await openForRead(options.device)
   try {
     const size = device.size
-    const toRead = options.writtenRanges
-      ? chunksWritten(size, chunkSize, options.writtenRanges)
-      : chunksToRead(size, chunkSize, parent, options.changedRanges ?? null)
+    const plan = await planOf(options, parent, size, chunkSize, device.kind === 'file' ? device.realPath : null)
     const key = options.checkpoint?.key ?? null
     const saved = key ? await loadCheckpoint(repo, key) : null
     const writer = await repo.startBackup({
       size, parent, packSize: options.packSize ?? DEFAULT_TUNING.packSize, uploadConcurrency: options.uploadConcurrency ?? DEFAULT_TUNING.uploadConcurrency,
-      resume: saved?.kind === 'backup' ? { ...saved, stats: saved.stats as BackupStats } : null,
+      resume: saved?.kind === 'backup' ? saved.writer : null,
     })
     const resumedFrom = writer.resumed && saved ? saved.savedAt : null
     const earlierMs = writer.resumed?.stats.durationMs ?? 0
     const elapsed = (): number => earlierMs + Math.round(performance.now() - started)
+    const lengthOf = (from: number, to: number): number => Math.max(0, Math.min(size, to * chunkSize) - from * chunkSize)
     let bytesDone = writer.bytesDone
     const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: size, bytesStored: writer.bytesStored })
 
-    // Chunks not to read: the parent's (unchanged) or, with written ranges, zeros never written.
-    for (let i = 0; i < toRead.length; i++) {
-      const offset = i * chunkSize
-      if (toRead[i] || writer.isDone(offset)) continue
-      if (!parent || options.writtenRanges) writer.zero(offset)
-      else writer.fromParent(offset)
-      bytesDone += chunkLength(size, chunkSize, i)
-    }
-
+    // The chunks to read, in order; what is not read is declared to the writer on the way.
+    const resumeAt = writer.resumeAt
     const offsets = function* (): Generator<number> {
-      for (let i = 0; i < toRead.length; i++) if (toRead[i] && !writer.isDone(i * chunkSize)) yield i * chunkSize
+      for (const s of planStretches(plan)) {
+        if (s.to <= resumeAt) continue
+        const stretch = { ...s, from: Math.max(s.from, resumeAt) }
+        writer.declare(stretch)
+        if (stretch.kind !== 'read') {
+          bytesDone += lengthOf(stretch.from, stretch.to)
+          continue
+        }
+        for (let i = stretch.from; i < stretch.to; i++) yield i * chunkSize
+      }
     }
     await underCheckpoints({
       repo, key, intervalMs: options.checkpoint?.intervalMs, signal: options.signal, what: 'backup', lost: 'nothing was recorded',
       // A checkpoint marks done only chunks whose packs are uploaded and indexed.
       settle: () => writer.flush(),
-      make: () => ({ kind: 'backup', target: null, savedAt: new Date().toISOString(), ...writer.state(elapsed()) }),
+      make: () => ({ kind: 'backup', savedAt: new Date().toISOString(), writer: writer.state(elapsed()) }),
       drain: () => writer.abandon(),
     }, async (gate) => {
       // Read buffers are reused: one per reader, so memory does not depend on the volume size.
@@ -134,6 +141,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const manifest = await writer.commit({ source: { device: options.device, ...options.source }, tags: options.tags ?? {}, durationMs: elapsed() })
     await options.onCommitted?.(manifest)
     await dropCheckpoint(repo, key)
+    bytesDone = size
     report()
     return { id: manifest.id, size, chunkSize, parent: manifest.parent, checksum: manifest.checksum, stats: manifest.stats, resumedFrom }
   } finally {
@@ -141,3 +149,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   }
 }
 
+/** What the backup reads: changed ranges (against the parent), written ranges, an image file's data, or all. */
+async function planOf(options: BackupOptions, parent: ManifestV2 | null, size: number, chunkSize: number, file: string | null): Promise<PlanInput> {
+  if (options.changedRanges) return { size, chunkSize, marked: options.changedRanges, otherwise: 'parent', parent, what: 'changed' }
+  if (options.writtenRanges) return { size, chunkSize, marked: options.writtenRanges, otherwise: 'zero', what: 'written' }
+  // An image file's holes read as zeros: only its data is read (SEEK_DATA/SEEK_HOLE).
+  const extents = file ? await dataExtents(file) : null
+  if (extents) return { size, chunkSize, marked: extents, otherwise: 'zero', what: 'data' }
+  return { size, chunkSize }
+}

@@ -1,85 +1,117 @@
 // Checkpoints: how far a backup or a restore that has not finished got, so that the next attempt
 // of the same task (after SQS's 12-hour visibility cap, a SIGTERM or a crash) does only what is
 // left. Encoding and decoding are pure; CheckpointGate picks the quiet moments to save one. A
-// checkpoint is written only when every chunk it marks done is durable (a backup's: its pack
+// checkpoint is written only when everything it counts as done is durable (a backup's: its packs
 // uploaded and indexed; a restore's: written and fdatasync'ed), so trusting it never loses data.
 //
-// Layout (before the blob codec): u32 header length, the JSON header, a bitmap of done chunks
-// (bit i of byte i>>3), then for a backup the chunk ids of the whole volume (zero ids where not
-// done); a restore's has no ids.
+// Version 2, one JSON document, a few KiB whatever the volume's size: a backup's holds the
+// writer's state (the chunk list's open leaf and the open node of each level, repo/backup-writer.ts);
+// a restore's, the window it is in and which of that window's chunks are written. (Version 1
+// checkpoints held a bit and an id per chunk of the volume; they are no longer used: a task
+// resumed across the upgrade starts afresh.)
 import { z } from 'zod'
-import { ID_BYTES } from '../repo/chunk-index.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
-import { chunkCount, newDoneSet } from '../core/geometry.ts'
+import type { WriterState } from '../repo/backup-writer.ts'
 import type { Repository } from '../repo/repository.ts'
 import { recordObject } from '../repo/layout.ts'
+import { decodeRef, encodeRef, type BlobRef } from '../repo/tree.ts'
 
-export const CHECKPOINT_VERSION = 1
+export const CHECKPOINT_VERSION = 2
 export const DEFAULT_CHECKPOINT_INTERVAL_MS = 5 * 60 * 1000
 
-const headerSchema = z.strictObject({
-  version: z.literal(CHECKPOINT_VERSION),
-  kind: z.enum(['backup', 'restore']),
-  /** A restore's target: the volume id (or device) it writes, which must be the same to go on. */
-  target: z.string().nullable(),
-  backupId: z.string(),
-  size: z.number().int().nonnegative(),
-  chunkSize: z.number().int().positive(),
-  parent: z.string().nullable(),
-  savedAt: z.string(),
-  stats: z.record(z.string(), z.number()),
-})
+export interface BackupCheckpoint {
+  kind: 'backup'
+  savedAt: string
+  writer: WriterState
+}
 
-export interface Checkpoint {
-  kind: 'backup' | 'restore'
-  target: string | null
-  /** The backup being made, or being restored. */
+export interface RestoreCheckpoint {
+  kind: 'restore'
+  savedAt: string
+  /** The target (the volume id, or device) it writes: the same one to go on. */
+  target: string
   backupId: string
   size: number
   chunkSize: number
-  parent: string | null
-  savedAt: string
+  /** The first chunk of the window it was in: every chunk before is written and synced. */
+  from: number
+  /** Chunks of that window (from `from`) written and synced. */
+  done: number[]
   /** Figures of the attempts so far (added up by the next one). */
   stats: Record<string, number>
-  /** One bit per chunk: done. */
-  done: Uint8Array
-  /** A backup's chunk ids, ID_BYTES each, for the whole volume; empty for a restore. */
-  chunks: Buffer
 }
 
+export type Checkpoint = BackupCheckpoint | RestoreCheckpoint
+
+const ref = z.string()
+const statsSchema = z.record(z.string(), z.number())
+const checkpointSchema = z.discriminatedUnion('kind', [
+  z.strictObject({
+    version: z.literal(CHECKPOINT_VERSION),
+    kind: z.literal('backup'),
+    savedAt: z.string(),
+    writer: z.strictObject({
+      backupId: z.string(),
+      size: z.number().int().nonnegative(),
+      chunkSize: z.number().int().positive(),
+      parent: z.string().nullable(),
+      leafChunks: z.number().int().positive(),
+      fanout: z.number().int().min(2),
+      cursor: z.number().int().nonnegative(),
+      leaf: z.array(ref),
+      builder: z.strictObject({ leaves: z.number().int().nonnegative(), pending: z.array(z.array(ref)) }),
+      stats: statsSchema,
+    }),
+  }),
+  z.strictObject({
+    version: z.literal(CHECKPOINT_VERSION),
+    kind: z.literal('restore'),
+    savedAt: z.string(),
+    target: z.string(),
+    backupId: z.string(),
+    size: z.number().int().nonnegative(),
+    chunkSize: z.number().int().positive(),
+    from: z.number().int().nonnegative(),
+    done: z.array(z.number().int().nonnegative()),
+    stats: statsSchema,
+  }),
+])
+
+const refs = (list: readonly BlobRef[]): string[] => list.map(encodeRef)
+
 export function encodeCheckpoint(c: Checkpoint): Buffer {
-  const header = Buffer.from(JSON.stringify({
-    version: CHECKPOINT_VERSION, kind: c.kind, target: c.target, backupId: c.backupId, size: c.size, chunkSize: c.chunkSize, parent: c.parent, savedAt: c.savedAt, stats: c.stats,
-  }))
-  const length = Buffer.alloc(4)
-  length.writeUInt32BE(header.length)
-  return Buffer.concat([length, header, c.done, c.chunks])
+  const doc = c.kind === 'backup'
+    ? { version: CHECKPOINT_VERSION, ...c, writer: { ...c.writer, leaf: refs(c.writer.leaf), builder: { leaves: c.writer.builder.leaves, pending: c.writer.builder.pending.map(refs) } } }
+    : { version: CHECKPOINT_VERSION, ...c }
+  return Buffer.from(JSON.stringify(doc))
 }
 
 export function decodeCheckpoint(buf: Buffer, what: string): Checkpoint {
   const bad = (why: string): EbsWorkerError => new EbsWorkerError(ErrorCode.RepoFormat, `checkpoint ${what} is damaged: ${why}`)
-  if (buf.length < 4) throw bad('too short')
-  const headerLength = buf.readUInt32BE(0)
-  if (4 + headerLength > buf.length) throw bad('truncated header')
   let json: unknown
   try {
-    json = JSON.parse(buf.subarray(4, 4 + headerLength).toString('utf8'))
+    json = JSON.parse(buf.toString('utf8'))
   } catch {
-    throw bad('header is not JSON')
+    throw bad('not JSON')
   }
-  const parsed = headerSchema.safeParse(json)
+  const parsed = checkpointSchema.safeParse(json)
   if (!parsed.success) throw bad(z.prettifyError(parsed.error))
-  const h = parsed.data
-  const count = chunkCount(h.size, h.chunkSize)
-  const bitmapBytes = newDoneSet(count).length
-  const idBytes = h.kind === 'backup' ? count * ID_BYTES : 0
-  if (buf.length !== 4 + headerLength + bitmapBytes + idBytes) throw bad('wrong length for its volume size')
-  const body = 4 + headerLength
-  return {
-    kind: h.kind, target: h.target, backupId: h.backupId, size: h.size, chunkSize: h.chunkSize, parent: h.parent, savedAt: h.savedAt,
-    stats: h.stats,
-    done: new Uint8Array(buf.subarray(body, body + bitmapBytes)),
-    chunks: Buffer.from(buf.subarray(body + bitmapBytes)),
+  const c = parsed.data
+  try {
+    if (c.kind === 'restore') {
+      const { version: _v, ...rest } = c
+      return rest
+    }
+    const w = c.writer
+    return {
+      kind: 'backup', savedAt: c.savedAt,
+      writer: {
+        ...w, stats: w.stats as WriterState['stats'], leaf: w.leaf.map(decodeRef),
+        builder: { leaves: w.builder.leaves, pending: w.builder.pending.map((level) => level.map(decodeRef)) },
+      },
+    }
+  } catch (err) {
+    throw bad((err as Error).message)
   }
 }
 

@@ -3,7 +3,7 @@
 // the device. This module decides what to write and where, and when it is durable.
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
-import { chunkCount, chunkLength, doneBytes, markDone, newDoneSet } from '../core/geometry.ts'
+import { chunkLength } from '../core/geometry.ts'
 import { openForWrite, writeAt } from '../device/block-device.ts'
 import type { ReadCounters } from '../repo/chunk-reader.ts'
 import type { Repository } from '../repo/repository.ts'
@@ -62,17 +62,17 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   const saved = key ? await loadCheckpoint(repo, key) : null
   const resumed = saved && saved.kind === 'restore' && saved.backupId === manifest.id && saved.size === size &&
     saved.chunkSize === chunkSize && saved.target === options.checkpoint!.target ? saved : null
-  // Chunks an earlier attempt wrote and synced before its checkpoint are on the target already.
-  const done = resumed?.done ?? newDoneSet(chunkCount(size, chunkSize))
-  const { requests, zero } = await repo.planReads(manifest, { maxRequestBytes: options.maxRequestBytes ?? DEFAULT_TUNING.maxRequestBytes, skip: done })
   // An image file may be created; a missing path under /dev is a typo or a device not there yet.
   const device = await openForWrite(options.device, { minSize: size, create: !options.device.startsWith('/dev/') })
   const fresh = options.freshTarget === true || device.created
   const earlier: Record<string, number> = resumed?.stats ?? {}
-  const lengthOf = (i: number): number => chunkLength(size, chunkSize, i)
-  let bytesDone = doneBytes(done, size, chunkSize)
+  // Where the chunks before it and, in its window, these ones, are on the target for good.
+  let from = resumed?.from ?? 0
+  let windowDone = new Set<number>(resumed?.done ?? [])
+  let bytesDone = Math.min(size, from * chunkSize) + [...windowDone].reduce((n, i) => n + chunkLength(size, chunkSize, i), 0)
   let bytesWritten = earlier.bytesWritten ?? 0
-  const counters: ReadCounters = { bytesFetched: 0, chunksVerified: 0 }
+  let zeroChunksSkipped = 0
+  const counters: ReadCounters = { bytesFetched: 0, chunksVerified: 0, requests: 0 }
   const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: size })
   const where = { device: options.device, backupId: manifest.id }
   const write = (data: Buffer, offset: number): Promise<void> =>
@@ -82,58 +82,83 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   const sync = (): Promise<void> => device.handle.datasync().catch((err: unknown) => {
     throw new EbsWorkerError(ErrorCode.DeviceUnusable, `cannot flush ${options.device}: ${describe(err)}`, { cause: err, context: where })
   })
-  const figures = (): { bytesWritten: number; bytesFetched: number; chunksVerified: number; durationMs: number } => ({
+  const figures = (): { bytesWritten: number; bytesFetched: number; chunksVerified: number; requests: number; durationMs: number } => ({
     bytesWritten,
     bytesFetched: (earlier.bytesFetched ?? 0) + counters.bytesFetched,
     chunksVerified: (earlier.chunksVerified ?? 0) + counters.chunksVerified,
+    requests: (earlier.requests ?? 0) + counters.requests,
     durationMs: (earlier.durationMs ?? 0) + Math.round(performance.now() - started),
   })
+  const done = (i: number, length: number): void => {
+    windowDone.add(i)
+    bytesDone += length
+  }
+  const skipped = new Set(windowDone)
+  const resumeFrom = from
   try {
-    // A fresh target reads as zeros where the backup has zero chunks: nothing to write there.
-    if (fresh) {
-      for (const i of zero) {
-        markDone(done, i)
-        bytesDone += lengthOf(i)
-      }
-    }
     await underCheckpoints({
       repo, key, intervalMs: options.checkpoint?.intervalMs, signal: options.signal, what: 'restore', lost: 'the next attempt starts afresh',
       // A checkpoint marks done only what is on the device for good: written, then fdatasync'ed.
       settle: sync,
       make: () => ({
-        kind: 'restore', target: options.checkpoint!.target, backupId: manifest.id, size, chunkSize, parent: null,
-        savedAt: new Date().toISOString(), stats: figures(), done, chunks: Buffer.alloc(0),
+        kind: 'restore', target: options.checkpoint!.target, backupId: manifest.id, size, chunkSize,
+        savedAt: new Date().toISOString(), stats: figures(), from, done: [...windowDone],
       }),
     }, async (gate) => {
-      await repo.readChunks(manifest, requests, { concurrency: options.concurrency ?? DEFAULT_TUNING.restoreConcurrency, signal: options.signal, gate, counters }, async (targets, plain) => {
-        for (const i of targets) {
-          await write(plain, i * chunkSize)
-          markDone(done, i)
-          bytesWritten += plain.length
-          bytesDone += plain.length
-        }
-        report()
-      })
-      if (!fresh) {
-        const zeros = Buffer.alloc(chunkSize)
-        await forEachConcurrent(zero, 8, async (i) => {
-          const length = lengthOf(i)
-          await write(zeros.subarray(0, length), i * chunkSize)
-          markDone(done, i)
-          bytesWritten += length
-          bytesDone += length
+      const zeros = Buffer.alloc(chunkSize)
+      await repo.readChunks(manifest, {
+        concurrency: options.concurrency ?? DEFAULT_TUNING.restoreConcurrency, maxRequestBytes: options.maxRequestBytes ?? DEFAULT_TUNING.maxRequestBytes,
+        from: resumeFrom, skip: (i) => i < resumeFrom || skipped.has(i), signal: options.signal, gate, counters,
+      }, {
+        async begin(first, end, zero) {
+          from = first
+          if (first > resumeFrom) windowDone = new Set()
+          // A fresh target reads as zeros where the backup has zero chunks: nothing to write there.
+          if (fresh) {
+            for (const [a, b] of zero) {
+              zeroChunksSkipped += b - a
+              // A window of zeros only is done as a whole when it ends; a run in a window, chunk by chunk.
+              if (a === first && b === end) bytesDone += Math.min(size, b * chunkSize) - a * chunkSize
+              else for (let i = a; i < b; i++) done(i, chunkLength(size, chunkSize, i))
+            }
+            return
+          }
+          const chunks = function* (): Generator<number> {
+            for (const [a, b] of zero) for (let i = a; i < b; i++) yield i
+          }
+          await forEachConcurrent(chunks(), 8, async (i) => {
+            const length = chunkLength(size, chunkSize, i)
+            await write(zeros.subarray(0, length), i * chunkSize)
+            bytesWritten += length
+            done(i, length)
+          }, options.signal)
           report()
-        }, options.signal)
-      }
+        },
+        async end(_first, end) {
+          // Every chunk before `end` is written (or a zero on a fresh target): a checkpoint starts there.
+          from = end
+          windowDone = new Set()
+          report()
+        },
+        async chunk(targets, plain) {
+          for (const i of targets) {
+            await write(plain, i * chunkSize)
+            bytesWritten += plain.length
+            done(i, plain.length)
+          }
+          report()
+        },
+      })
     })
     // Durable before success is reported: the caller may detach and snapshot the volume next.
     await sync()
     await dropCheckpoint(repo, key)
+    bytesDone = size
     report()
     const total = figures()
     return {
       backupId: manifest.id, size, bytesWritten, bytesFetched: total.bytesFetched, chunksVerified: total.chunksVerified,
-      zeroChunksSkipped: fresh ? zero.length : 0, requests: requests.length, durationMs: total.durationMs, resumedFrom: resumed?.savedAt ?? null,
+      zeroChunksSkipped, requests: total.requests, durationMs: total.durationMs, resumedFrom: resumed?.savedAt ?? null,
     }
   } finally {
     await device.handle.close()
@@ -144,18 +169,24 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
 export async function verify(repo: Repository, options: FetchOptions & { backupId: string }): Promise<VerifyResult> {
   const started = performance.now()
   const manifest = await repo.loadManifest(options.backupId)
-  const { requests, zero } = await repo.planReads(manifest, { maxRequestBytes: options.maxRequestBytes ?? DEFAULT_TUNING.maxRequestBytes })
-  let bytesDone = zero.reduce((sum, i) => sum + chunkLength(manifest.size, manifest.chunkSize, i), 0)
-  const fetched = await repo.readChunks(manifest, requests, { concurrency: options.concurrency ?? DEFAULT_TUNING.restoreConcurrency, signal: options.signal }, async (targets, plain) => {
-    bytesDone += plain.length * targets.length
-    options.onProgress?.({ bytesDone, bytesTotal: manifest.size })
+  let bytesDone = 0
+  const fetched = await repo.readChunks(manifest, {
+    concurrency: options.concurrency ?? DEFAULT_TUNING.restoreConcurrency, maxRequestBytes: options.maxRequestBytes ?? DEFAULT_TUNING.maxRequestBytes, signal: options.signal,
+  }, {
+    async begin(_first, _end, zero) {
+      for (const [a, b] of zero) bytesDone += Math.min(manifest.size, b * manifest.chunkSize) - a * manifest.chunkSize
+    },
+    async chunk(targets, plain) {
+      bytesDone += plain.length * targets.length
+      options.onProgress?.({ bytesDone, bytesTotal: manifest.size })
+    },
   })
   return {
     backupId: manifest.id,
     size: manifest.size,
     bytesFetched: fetched.bytesFetched,
     chunksVerified: fetched.chunksVerified,
-    requests: requests.length,
+    requests: fetched.requests,
     durationMs: Math.round(performance.now() - started),
   }
 }

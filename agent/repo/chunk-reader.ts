@@ -1,18 +1,20 @@
-// Reading a backup's chunks back: where each lives (the index), grouped into as few ranged reads
-// of packs as the limits allow, fetched with bounded concurrency into reused buffers, and every
-// chunk decrypted (GCM authenticates it), decompressed (zstd checks its frame) and re-hashed
-// against its id before it is handed on. Restore and verify are its two consumers.
+// Reading a backup's chunks back, window after window of its chunk list: within a window the
+// stored chunks are grouped into as few ranged reads of packs as the limits allow, fetched with
+// bounded concurrency into reused buffers, and every chunk decrypted (GCM authenticates it),
+// decompressed (zstd checks its frame) and re-hashed against its id before it is handed on.
+// Memory: one window of references (windowChunks × ~100 bytes) and the request buffers, whatever
+// the volume's size. Restore and verify are its two consumers.
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
-import { chunkCount, chunkLength, isDone, type DoneSet } from '../core/geometry.ts'
-import type { ChunkIndex, ChunkLocation } from './chunk-index.ts'
+import { chunkLength } from '../core/geometry.ts'
+import type { ChunkList } from './chunk-list.ts'
 import { decodeBufferSize } from './codec.ts'
-import { chunkIdAt, ZERO_ID, type Manifest } from './manifest.ts'
+import type { Manifest } from './manifest.ts'
 import type { Repository } from './repository.ts'
+import { isZeroRef, type BlobRef } from './tree.ts'
 
 /** One stored chunk as a restore needs it: where it is and where it goes. */
-export interface ChunkFetch extends ChunkLocation {
-  id: Buffer
+export interface ChunkFetch extends BlobRef {
   /** Chunk numbers in the backup that hold this content (identical chunks are fetched once). */
   targets: number[]
 }
@@ -22,12 +24,6 @@ export interface RangeRequest {
   offset: number
   length: number
   chunks: ChunkFetch[]
-}
-
-export interface ReadPlan {
-  requests: RangeRequest[]
-  /** Chunk numbers of zero chunks (recorded, never stored). */
-  zero: number[]
 }
 
 /** Pauses and resumes around each request (the pipeline's checkpoint gate). */
@@ -40,46 +36,62 @@ export interface RequestGate {
 export interface ReadCounters {
   bytesFetched: number
   chunksVerified: number
+  requests: number
 }
 
 export interface ReadOptions {
   /** Ranged GETs in flight. */
   concurrency: number
+  /** Upper bound of one coalesced GET. */
+  maxRequestBytes: number
+  /** Chunks planned at once. */
+  windowChunks?: number
+  /** The first chunk to read (a resumed restore starts at its checkpoint's window). */
+  from?: number
+  /** Chunks to leave out (done by an earlier attempt). */
+  skip?: (i: number) => boolean
   /** Counted into as chunks arrive; a new one otherwise. */
   counters?: ReadCounters
   signal?: AbortSignal | undefined
   gate?: RequestGate | null | undefined
 }
 
-/** Receives each verified chunk: its content and the chunk numbers it goes to. `plain` is reused after this resolves. */
-export type ChunkSink = (targets: readonly number[], plain: Buffer) => Promise<void>
+/** What a reader hands on, window by window. */
+export interface WindowSink {
+  /** A window begins: chunks [first, end); `zero` lists its runs of zero chunks [from, to) (recorded, never stored). */
+  begin?(first: number, end: number, zero: ReadonlyArray<readonly [number, number]>): Promise<void>
+  /** A verified chunk and the chunk numbers it goes to; `plain` is reused once this resolves. */
+  chunk(targets: readonly number[], plain: Buffer): Promise<void>
+  /** Every chunk of the window has been handed on. */
+  end?(first: number, end: number): Promise<void>
+}
 
+/** 4096 chunks (4 GiB of volume at 1 MiB chunks): ~400 KiB of references, few request boundaries. */
+export const DEFAULT_WINDOW_CHUNKS = 4096
 // Bytes of unrelated blobs worth reading to save a request: ~1 ms of transfer at S3 speeds.
 const MAX_GAP = 256 * 1024
 
-/** Pure: groups the backup's stored chunks into as few ranged reads as the limits allow. */
-export function planRequests(manifest: Manifest, index: ChunkIndex, maxRequestBytes: number, skip?: DoneSet): ReadPlan {
-  const count = chunkCount(manifest.size, manifest.chunkSize)
+/** Pure: groups chunks [first, first + entries.length) into as few ranged reads as the limits allow. */
+export function planWindow(
+  entries: readonly BlobRef[],
+  first: number,
+  maxRequestBytes: number,
+  skip?: (i: number) => boolean,
+): { requests: RangeRequest[]; zero: number[] } {
   const byLocation = new Map<string, ChunkFetch>()
   const zero: number[] = []
-  for (let i = 0; i < count; i++) {
-    if (skip && isDone(skip, i)) continue
-    const id = chunkIdAt(manifest.chunks, i)
-    if (id.equals(ZERO_ID)) {
+  entries.forEach((entry, k) => {
+    const i = first + k
+    if (skip?.(i)) return
+    if (isZeroRef(entry)) {
       zero.push(i)
-      continue
+      return
     }
-    const loc = index.get(id)
-    if (!loc) {
-      throw new EbsWorkerError(ErrorCode.ChunkMissing,
-        `backup ${manifest.id}: the chunk at offset ${i * manifest.chunkSize} is not in any index of the repository`,
-        { context: { backupId: manifest.id, offset: i * manifest.chunkSize } })
-    }
-    const key = `${loc.pack}:${loc.offset}`
+    const key = `${entry.pack}:${entry.offset}`
     const existing = byLocation.get(key)
     if (existing) existing.targets.push(i)
-    else byLocation.set(key, { ...loc, id, targets: [i] })
-  }
+    else byLocation.set(key, { ...entry, targets: [i] })
+  })
   const byPack = new Map<string, ChunkFetch[]>()
   for (const chunk of byLocation.values()) {
     const list = byPack.get(chunk.pack)
@@ -104,33 +116,54 @@ export function planRequests(manifest: Manifest, index: ChunkIndex, maxRequestBy
   return { requests, zero }
 }
 
-/** Fetches and verifies every chunk of `requests`, handing each to `sink`. */
-export async function readChunks(
+/** Fetches and verifies every chunk of the backup (from `options.from`), window after window. */
+export async function readWindows(
   repo: Repository,
   manifest: Manifest,
-  requests: readonly RangeRequest[],
+  list: ChunkList,
   options: ReadOptions,
-  sink: ChunkSink,
+  sink: WindowSink,
 ): Promise<ReadCounters> {
-  const counters = options.counters ?? { bytesFetched: 0, chunksVerified: 0 }
-  // Request buffers are reused (one per GET in flight): fresh 16 MiB buffers would cost a page
-  // fault per 4 KiB and garbage collection, which is most of a restore's CPU besides the hashing.
-  // Decompressed chunks land in reused buffers too.
+  const counters = options.counters ?? { bytesFetched: 0, chunksVerified: 0, requests: 0 }
+  const windowChunks = Math.max(list.leafChunks, Math.floor((options.windowChunks ?? DEFAULT_WINDOW_CHUNKS) / list.leafChunks) * list.leafChunks)
+  // Request and decompression buffers are reused (one per GET in flight) across windows: fresh
+  // 16 MiB buffers would cost a page fault per 4 KiB and garbage collection.
   const buffers: Buffer[] = []
   const plainBuffers: Buffer[] = []
-  const bufferBytes = requests.reduce((max, r) => Math.max(max, r.length), 0)
-  await forEachConcurrent(requests, options.concurrency, async (req) => {
-    await options.gate?.enter()
-    const buffer = buffers.pop() ?? Buffer.allocUnsafeSlow(bufferBytes)
-    const plainBuffer = plainBuffers.pop() ?? Buffer.allocUnsafeSlow(decodeBufferSize(manifest.chunkSize))
-    try {
-      await fetchRequest(req, buffer, plainBuffer)
-    } finally {
-      buffers.push(buffer)
-      plainBuffers.push(plainBuffer)
-      options.gate?.leave()
+  const start = Math.floor((options.from ?? 0) / list.leafChunks)
+  for (let leaf = start; leaf < list.leaves; leaf += windowChunks / list.leafChunks) {
+    options.signal?.throwIfAborted()
+    const first = leaf * list.leafChunks
+    const leafEnd = Math.min(list.leaves, leaf + windowChunks / list.leafChunks)
+    // A window of zeros (most of a sparse volume): nothing to read, nothing to plan.
+    if (!options.skip?.(first) && (await allZero(list, leaf, leafEnd))) {
+      const end = Math.min(list.count, leafEnd * list.leafChunks)
+      await sink.begin?.(first, end, end > first ? [[first, end]] : [])
+      await sink.end?.(first, end)
+      continue
     }
-  }, options.signal)
+    const entries: BlobRef[] = []
+    for (let k = leaf; k < leafEnd; k++) entries.push(...(await list.leaf(k)))
+    const end = first + entries.length
+    const { requests, zero } = planWindow(entries, first, options.maxRequestBytes, options.skip)
+    await sink.begin?.(first, end, runs(zero))
+    const bufferBytes = requests.reduce((max, r) => Math.max(max, r.length), 0)
+    await forEachConcurrent(requests, options.concurrency, async (req) => {
+      await options.gate?.enter()
+      let buffer = buffers.pop()
+      if (!buffer || buffer.length < bufferBytes) buffer = Buffer.allocUnsafeSlow(bufferBytes)
+      const plainBuffer = plainBuffers.pop() ?? Buffer.allocUnsafeSlow(decodeBufferSize(manifest.chunkSize))
+      try {
+        await fetchRequest(req, buffer, plainBuffer)
+      } finally {
+        buffers.push(buffer)
+        plainBuffers.push(plainBuffer)
+        options.gate?.leave()
+      }
+    }, options.signal)
+    counters.requests += requests.length
+    await sink.end?.(first, end)
+  }
   return counters
 
   async function fetchRequest(req: RangeRequest, buffer: Buffer, plainBuffer: Buffer): Promise<void> {
@@ -153,9 +186,25 @@ export async function readChunks(
       if (plain.length !== expected) throw atChunk(manifest, chunk, new Error(`holds ${plain.length} bytes, expected ${expected}`))
       counters.chunksVerified++
       // A chunk is a view of the request buffer or of plainBuffer: the sink is done with it before reuse.
-      await sink(chunk.targets, plain)
+      await sink.chunk(chunk.targets, plain)
     }
   }
+}
+
+async function allZero(list: ChunkList, from: number, to: number): Promise<boolean> {
+  for (let k = from; k < to; k++) if (!(await list.zeroLeaf(k))) return false
+  return true
+}
+
+/** Chunk numbers in order as runs [from, to). */
+function runs(chunks: readonly number[]): Array<[number, number]> {
+  const out: Array<[number, number]> = []
+  for (const i of chunks) {
+    const last = out[out.length - 1]
+    if (last && last[1] === i) last[1] = i + 1
+    else out.push([i, i + 1])
+  }
+  return out
 }
 
 /** A failure reading a chunk, naming the backup, the offset and the pack. */

@@ -10,8 +10,6 @@ export const PACKS = 'packs/'
 export const INDEXES = 'index/'
 /** Manifests, one per backup, named by the backup id. */
 export const BACKUPS = 'backups/'
-/** An index of one pack, written as soon as the pack is durable (folded into the backup's at its end). */
-export const PACK_INDEX = 'pack-'
 /** Small records of the programs that use the repository. */
 export const RECORD_AREAS = ['checkpoints', 'tasks'] as const
 export type RecordArea = (typeof RECORD_AREAS)[number]

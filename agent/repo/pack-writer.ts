@@ -1,10 +1,13 @@
-// Turns a stream of encoded chunk blobs into uploaded packs, with a bounded number of packs in
-// flight: memory is (concurrency + 2) pack buffers, whatever the volume size. Each pack's index
-// is written as soon as the pack is durable, so a backup killed midway leaves packs the next
-// backup finds and reuses; finish() folds those per-pack indexes into one index per backup.
-import type { IndexEntry } from './chunk-index.ts'
+// Turns a stream of encoded blobs into uploaded packs, with a bounded number of packs in flight:
+// memory is (concurrency + 2) pack buffers, whatever the volume size. For data packs, each
+// pack's index run is written as soon as the pack is durable, so a backup killed midway leaves
+// packs the next backup finds (its dedup window loads the newest runs) and reuses; every
+// CONSOLIDATE entries, and at the end, those runs are folded into one sorted run, so a backup
+// leaves one run per 64 Ki new chunks and holds no more than that many entries. Tree packs
+// (chunk-list nodes) are not indexed: their nodes are found through the references that lead
+// to them.
+import type { BlobRef } from './tree.ts'
 import { PackBuilder } from './pack.ts'
-import { PACK_INDEX } from './layout.ts'
 import type { Repository } from './repository.ts'
 
 export interface PackWriterOptions {
@@ -14,14 +17,19 @@ export interface PackWriterOptions {
   concurrency: number
   /** The largest blob that will be added (a chunk plus its encoding overhead). */
   maxBlobBytes: number
+  /** Chunk-list nodes rather than chunks: not indexed. */
+  tree?: boolean
 }
+
+/** Entries folded into one run (64 GiB of new data at 1 MiB chunks; a few MiB of memory). */
+export const CONSOLIDATE = 65536
 
 export class PackWriter {
   readonly #repo: Repository
   readonly #options: PackWriterOptions
   readonly #inflight = new Set<Promise<void>>()
-  readonly #entries: IndexEntry[] = []
-  readonly #packIndexes: string[] = []
+  readonly #entries: BlobRef[] = []
+  readonly #runs: string[] = []
   readonly #free: Buffer[] = []
   #builder: PackBuilder
   #failure: unknown = null
@@ -35,26 +43,34 @@ export class PackWriter {
   }
 
   /**
-   * Copies a blob into the current pack (the parts may be reused once this returns or throws);
-   * then waits while too many packs are uploading: backpressure on the readers.
+   * Copies a blob into the current pack (the parts may be reused once this resolves) and says
+   * where it will be; then waits while too many packs are uploading: backpressure on the readers.
+   * The blob is durable once flush() or finish() has resolved.
    */
-  async add(id: Buffer, parts: readonly Buffer[], rawLength: number): Promise<void> {
+  async add(id: Buffer, parts: readonly Buffer[], rawLength: number): Promise<BlobRef> {
     this.#throwIfFailed()
-    this.#builder.add(id, parts, rawLength)
+    if (this.#builder.bytes > 0 && this.#builder.bytes + partsLength(parts) > this.#builder.buffer.length - 64 * 1024) this.#seal()
+    const ref = this.#builder.add(id, parts, rawLength)
     if (this.#builder.sealedBound >= this.#options.packSize) this.#seal()
     while (this.#inflight.size > this.#options.concurrency) await Promise.race(this.#inflight)
     this.#throwIfFailed()
+    return ref
   }
 
-  /** Uploads what is left and writes this backup's index; entries are durable afterwards. */
-  async finish(indexName: string): Promise<void> {
-    if (this.#builder.count > 0) this.#seal()
-    await this.settle()
-    this.#throwIfFailed()
-    if (this.#entries.length === 0) return
-    await this.#repo.saveIndex(indexName, this.#entries)
-    // The per-pack indexes are now redundant; if deleting fails they are merely duplicates.
-    await Promise.allSettled(this.#packIndexes.map((name) => this.#repo.deleteIndex(name)))
+  /** Uploads what is left and folds the last per-pack runs; everything is durable afterwards. */
+  async finish(): Promise<void> {
+    await this.flush()
+    await this.#consolidate()
+  }
+
+  /** One sorted run in place of the per-pack runs written so far. */
+  async #consolidate(): Promise<void> {
+    if (this.#options.tree || this.#entries.length === 0) return
+    const entries = this.#entries.splice(0)
+    const runs = this.#runs.splice(0)
+    await this.#repo.saveRun(entries)
+    // The per-pack runs are now redundant; if deleting fails they are merely duplicates.
+    await Promise.allSettled(runs.map((name) => this.#repo.deleteRun(name)))
   }
 
   /** Uploads the pack being filled and waits for every upload: all blobs added so far are durable. */
@@ -71,7 +87,7 @@ export class PackWriter {
 
   #newBuilder(): PackBuilder {
     const capacity = this.#options.packSize + this.#options.maxBlobBytes + 64 * 1024
-    return new PackBuilder(this.#free.pop() ?? Buffer.allocUnsafeSlow(capacity))
+    return new PackBuilder(this.#free.pop() ?? Buffer.allocUnsafeSlow(capacity), { tree: this.#options.tree ?? false })
   }
 
   #seal(): void {
@@ -82,10 +98,11 @@ export class PackWriter {
       // Only a pack whose upload ended well gives its buffer back: after a failure the SDK
       // may still be sending parts of it.
       this.#free.push(builder.buffer)
-      const indexName = `${PACK_INDEX}${builder.id}`
-      await this.#repo.saveIndex(indexName, builder.entries)
-      this.#packIndexes.push(indexName)
-      for (const entry of builder.entries) this.#entries.push(entry)
+      if (!this.#options.tree) {
+        this.#runs.push(await this.#repo.saveRun(builder.entries))
+        for (const entry of builder.entries) this.#entries.push(entry)
+        if (this.#entries.length >= CONSOLIDATE) await this.#consolidate()
+      }
       this.bytesStored += stored
       this.packsWritten++
     })()
@@ -99,4 +116,10 @@ export class PackWriter {
   #throwIfFailed(): void {
     if (this.#failure !== null) throw this.#failure
   }
+}
+
+function partsLength(parts: readonly Buffer[]): number {
+  let n = 0
+  for (const p of parts) n += p.length
+  return n
 }

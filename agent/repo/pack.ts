@@ -1,10 +1,11 @@
-// A pack is many chunk blobs in one object, so a terabyte is thousands of S3 objects rather
-// than a million. Layout:
+// A pack is many blobs in one object, so a terabyte is thousands of S3 objects rather than a
+// million. Data packs hold chunks, tree packs the nodes of chunk lists. Layout:
 //   blob | blob | … | trailer blob | u32 trailer length | "EBWPACK1"
-// The trailer is the pack's own index (same encoding as index files), so the repository's
-// indexes can always be rebuilt from the packs alone.
+// The trailer is the pack's own index (an index run, index-run.ts, in pack order; version 1
+// repositories: chunk-index.ts's encoding), so the indexes can always be rebuilt from the packs.
 import { randomBytes } from 'node:crypto'
-import { encodeIndex, type IndexEntry, PACK_ID_BYTES } from './chunk-index.ts'
+import { encodeRun } from './index-run.ts'
+import { PACK_ID_BYTES, type BlobRef } from './tree.ts'
 
 export const PACK_MAGIC = Buffer.from('EBWPACK1')
 /** Offsets in indexes are u32. */
@@ -22,12 +23,15 @@ export function newPackId(): string {
  */
 export class PackBuilder {
   readonly id = newPackId()
-  readonly entries: IndexEntry[] = []
+  readonly entries: BlobRef[] = []
   readonly buffer: Buffer
+  /** A tree pack (chunk-list nodes) rather than a data pack. */
+  readonly tree: boolean
   #bytes = 0
 
-  constructor(buffer: Buffer) {
+  constructor(buffer: Buffer, options: { tree?: boolean } = {}) {
     this.buffer = buffer
+    this.tree = options.tree ?? false
   }
 
   get bytes(): number {
@@ -43,18 +47,20 @@ export class PackBuilder {
     return this.#bytes + TRAILER_BYTES_PER_CHUNK * this.entries.length + 64
   }
 
-  /** Copies a blob, given as consecutive parts, into the pack. */
-  add(id: Buffer, parts: readonly Buffer[], rawLength: number): void {
+  /** Copies a blob, given as consecutive parts, into the pack; returns where it is. */
+  add(id: Buffer, parts: readonly Buffer[], rawLength: number): BlobRef {
     const start = this.#bytes
     for (const part of parts) {
       if (this.#bytes + part.length > this.buffer.length) throw new Error('pack buffer overflow')
       this.#bytes += part.copy(this.buffer, this.#bytes)
     }
-    this.entries.push({ id, pack: this.id, offset: start, length: this.#bytes - start, rawLength })
+    const ref = { id, pack: this.id, offset: start, length: this.#bytes - start, rawLength }
+    this.entries.push(ref)
+    return ref
   }
 
   trailerPlaintext(): Buffer {
-    return encodeIndex(this.entries)
+    return encodeRun(this.entries, { tree: this.tree })
   }
 
   /** The pack's bytes, given the already encoded trailer blob: a view of the lent buffer. */

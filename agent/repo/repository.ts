@@ -12,20 +12,26 @@
 import { createHash, createHmac, randomUUID } from 'node:crypto'
 import pLimit from 'p-limit'
 import { z } from 'zod'
-import { BlobCodec } from './codec.ts'
+import { BlobCodec, type BlobKind } from './codec.ts'
 import { AlreadyExistsError, type Backend } from '../storage/types.ts'
 import { BackupWriter, type BackupWriterOptions } from './backup-writer.ts'
-import { planRequests, readChunks, type ChunkSink, type RangeRequest, type ReadCounters, type ReadOptions, type ReadPlan } from './chunk-reader.ts'
-import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from './chunk-index.ts'
+import { treeList, v1List, type ChunkList } from './chunk-list.ts'
+import { readWindows, type ReadOptions, type ReadCounters, type WindowSink } from './chunk-reader.ts'
+import { ChunkIndex, decodeIndex } from './chunk-index.ts'
+import { DEFAULT_WINDOW_DAYS, DEFAULT_WINDOW_ENTRIES, DedupWindow } from './dedup-window.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
+import { BACKUP_ID_PATTERN, timestampedId } from '../core/ids.ts'
 import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys, type WrappedKey } from './keys.ts'
-import { decodeManifest, encodeManifest, type Manifest } from './manifest.ts'
-import { BACKUP_ID_PATTERN } from '../core/ids.ts'
+import { decodeRun, encodeRun, forEachEntry, isRun, newRunName } from './index-run.ts'
+import { decodeManifest, encodeManifest, summaryOf, type BackupSummary, type Manifest, type ManifestV2 } from './manifest.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
 import { MAX_PACK_BYTES, PackBuilder } from './pack.ts'
 import { BACKUPS, CONFIG, indexObject, INDEXES, manifestObject, packObject, recordObject, type RecordArea } from './layout.ts'
+import { decodeNode, type BlobRef, type NodeLoader } from './tree.ts'
 
-export const REPOSITORY_VERSION = 1
+/** The format this ebs-worker writes; it reads this one and version 1. */
+export const REPOSITORY_VERSION = 2
+export const READABLE_VERSIONS: readonly number[] = [1, 2]
 export const EBS_BLOCK_SIZE = 512 * 1024
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -54,6 +60,13 @@ export interface InitOptions {
   keyProvider?: KeyProvider
 }
 
+export interface DedupWindowOptions {
+  /** Entries at most (each costs 40 bytes of memory). */
+  entries?: number
+  /** Runs written in the last this many days. */
+  days?: number
+}
+
 export interface OpenOptions {
   /** The key provider that unwraps the repository key. */
   keyProvider?: KeyProvider
@@ -77,19 +90,9 @@ export function validateChunkSize(chunkSize: number): void {
   }
 }
 
-export interface BackupSummary {
-  id: string
-  createdAt: string
-  size: number
-  parent: string | null
-  source: Manifest['source']
-  tags: Record<string, string>
-  stats: Manifest['stats']
-}
-
 export class Repository {
   readonly backend: Backend
-  readonly config: RepositoryConfig
+  config: RepositoryConfig
   readonly codec: BlobCodec
   readonly #idKey: Buffer | null
 
@@ -153,10 +156,10 @@ export class Repository {
     if (head?.format !== 'ebs-worker-repository') {
       throw new EbsWorkerError(ErrorCode.RepoFormat, `${backend.url} is not an ebs-worker repository`)
     }
-    if (head.version !== REPOSITORY_VERSION) {
+    if (typeof head.version !== 'number' || !READABLE_VERSIONS.includes(head.version)) {
       throw new EbsWorkerError(
         ErrorCode.RepoVersion,
-        `repository ${backend.url} has format version ${String(head.version)}; this ebs-worker reads version ${REPOSITORY_VERSION}`,
+        `repository ${backend.url} has format version ${String(head.version)}; this ebs-worker reads versions ${READABLE_VERSIONS.join(' and ')}`,
       )
     }
     const parsed = configSchema.safeParse(json)
@@ -185,10 +188,59 @@ export class Repository {
     return this.#idKey ? createHmac('sha256', this.#idKey).update(data).digest() : createHash('sha256').update(data).digest()
   }
 
-  // ---- indexes ----------------------------------------------------------------------------
+  /** The format version: 2, or 1 for a repository not yet migrated (read only). */
+  get version(): number {
+    return this.config.version
+  }
 
-  /** Reads every index file into one map. Files that vanish meanwhile were consolidated. */
-  async loadIndex(): Promise<ChunkIndex> {
+  /** Backups go only into repositories of the current format. */
+  #assertWritable(): void {
+    if (this.config.version !== REPOSITORY_VERSION) {
+      throw new EbsWorkerError(ErrorCode.RepoVersion,
+        `repository ${this.url} is of format version ${this.config.version}: it can be listed, restored and verified, but backups go only ` +
+        `into version ${REPOSITORY_VERSION}. Upgrade it in place with "ebs-worker migrate --repo ${this.url}"`, { context: { repository: this.url } })
+    }
+  }
+
+  // ---- index runs (version 2) ----------------------------------------------------------------
+
+  /** Writes an index run of stored chunks (sorted by id); returns its name. */
+  async saveRun(entries: readonly BlobRef[]): Promise<string> {
+    const name = newRunName()
+    await this.backend.put(indexObject(name), await this.codec.encode('index', encodeRun(entries, { sort: true })))
+    return name
+  }
+
+  async deleteRun(name: string): Promise<void> {
+    await this.backend.delete(indexObject(name))
+  }
+
+  /**
+   * The chunks a backup recognises besides its parent's: the newest index runs (written in the
+   * last `days`, newest first) up to `entries`. Requests and memory are bounded by these two,
+   * whatever the repository's size (docs/FORMAT.md, "Dedup").
+   */
+  async loadDedupWindow(options: DedupWindowOptions = {}): Promise<DedupWindow> {
+    const window = new DedupWindow(options.entries ?? DEFAULT_WINDOW_ENTRIES)
+    const cutoff = indexObject(timestampedId('', new Date(Date.now() - (options.days ?? DEFAULT_WINDOW_DAYS) * 86_400_000)).slice(0, INDEXES.length + 16))
+    const names: string[] = []
+    for await (const obj of this.backend.list(INDEXES, { startAfter: cutoff })) names.push(obj.name)
+    names.sort().reverse()
+    // Loaded a few at a time, newest first, until the window is full.
+    for (let i = 0; i < names.length && !window.full; i += 8) {
+      const blobs = await Promise.all(names.slice(i, i + 8).map((name) => this.backend.get(name).then((b) => [name, b] as const)))
+      for (const [name, blob] of blobs) {
+        if (!blob || window.full) continue
+        const plain = await this.#decodeMeta('index', blob, name)
+        if (!isRun(plain)) continue
+        forEachEntry(plain, name, (e) => window.add(e) || !window.full)
+      }
+    }
+    return window
+  }
+
+  /** Version 1: every index object in one map (what version 1 always did). */
+  async loadV1Index(): Promise<ChunkIndex> {
     const index = new ChunkIndex()
     const limit = pLimit(16)
     const reads: Promise<void>[] = []
@@ -198,20 +250,13 @@ export class Repository {
           const blob = await this.backend.get(obj.name)
           if (!blob) return
           const plain = await this.#decodeMeta('index', blob, obj.name)
-          for (const entry of decodeIndex(plain, obj.name)) index.add(entry)
+          if (isRun(plain)) for (const e of decodeRun(plain, obj.name).entries) index.add(e)
+          else for (const entry of decodeIndex(plain, obj.name)) index.add(entry)
         }),
       )
     }
     await Promise.all(reads)
     return index
-  }
-
-  async saveIndex(name: string, entries: readonly IndexEntry[]): Promise<void> {
-    await this.backend.put(indexObject(name), await this.codec.encode('index', encodeIndex(entries)))
-  }
-
-  async deleteIndex(name: string): Promise<void> {
-    await this.backend.delete(indexObject(name))
   }
 
   // ---- packs ------------------------------------------------------------------------------
@@ -255,9 +300,24 @@ export class Repository {
     return plain
   }
 
+  /** Reads chunk-list nodes: fetched, decoded, proven to be the node the reference names. */
+  nodeLoader(): NodeLoader {
+    return async (ref, level) => {
+      const blob = await this.readPackRange(ref.pack, ref.offset, ref.length)
+      const what = `chunk-list node ${ref.id.toString('hex').slice(0, 16)}… (pack ${ref.pack})`
+      const plain = await this.codec.decode('tree', blob, ref.rawLength).catch((err: unknown) => {
+        throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `${what}: ${describe(err)}`, { cause: err, context: { pack: ref.pack, offset: ref.offset } })
+      })
+      if (!this.chunkId(plain).equals(ref.id)) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `${what} does not match its id`, { context: { pack: ref.pack } })
+      const node = decodeNode(plain, what)
+      if (node.level !== level) throw new EbsWorkerError(ErrorCode.RepoFormat, `${what} is at level ${node.level}, expected ${level}`)
+      return node.entries
+    }
+  }
+
   // ---- manifests --------------------------------------------------------------------------
 
-  async saveManifest(manifest: Manifest): Promise<void> {
+  async saveManifest(manifest: ManifestV2): Promise<void> {
     const blob = await this.codec.encode('manifest', encodeManifest(manifest))
     await this.backend.put(manifestObject(manifest.id), blob, { ifAbsent: true })
   }
@@ -267,22 +327,18 @@ export class Repository {
       throw new EbsWorkerError(ErrorCode.BadInput, `"${id}" is not a backup id (like 20261123T043200Z-1a2b3c4d)`)
     }
     const blob = await this.backend.get(manifestObject(id))
-    if (!blob) throw new EbsWorkerError(ErrorCode.BackupNotFound, `backup ${id} does not exist in ${this.url}`)
+    if (!blob) throw new EbsWorkerError(ErrorCode.BackupNotFound, `backup ${id} does not exist in ${this.url}`, { context: { backupId: id } })
     return decodeManifest(await this.#decodeMeta('manifest', blob, `backup ${id}`), id)
   }
 
+  /** Every backup's summary: one small manifest read per backup, never a chunk list (version 2). */
   async listBackups(): Promise<BackupSummary[]> {
     const limit = pLimit(16)
     const loads: Promise<BackupSummary>[] = []
     for await (const obj of this.backend.list(BACKUPS)) {
       const id = obj.name.slice(BACKUPS.length)
       if (!BACKUP_ID_PATTERN.test(id)) continue
-      loads.push(
-        limit(async () => {
-          const { chunks: _chunks, checksum: _checksum, chunkSize: _cs, ...summary } = await this.loadManifest(id)
-          return summary
-        }),
-      )
+      loads.push(limit(async () => summaryOf(await this.loadManifest(id))))
     }
     const all = await Promise.all(loads)
     return all.sort((a, b) => a.id.localeCompare(b.id))
@@ -291,21 +347,54 @@ export class Repository {
   // ---- backups: writing and reading chunks ----------------------------------------------------
 
   /**
-   * Starts writing a backup: the one way chunks get into the repository. Loads the index, so
-   * that chunks the repository has are recognised and not stored again.
+   * Starts writing a backup: the one way chunks get into the repository. Loads the dedup window
+   * (the newest chunks), so that what the repository has recently stored is not stored again.
    */
-  async startBackup(options: BackupWriterOptions): Promise<BackupWriter> {
-    return new BackupWriter(this, await this.loadIndex(), options)
+  async startBackup(options: BackupWriterOptions & { window?: DedupWindowOptions }): Promise<BackupWriter> {
+    this.#assertWritable()
+    return new BackupWriter(this, await this.loadDedupWindow(options.window), options)
   }
 
-  /** Which ranged reads fetch the backup's stored chunks (those not in `skip`), and its zero chunks. */
-  async planReads(manifest: Manifest, options: { maxRequestBytes: number; skip?: Uint8Array }): Promise<ReadPlan> {
-    return planRequests(manifest, await this.loadIndex(), options.maxRequestBytes, options.skip)
+  /** The backup's chunk list, leaf by leaf, whatever its version. */
+  async chunkList(manifest: Manifest): Promise<ChunkList> {
+    return manifest.version === 2 ? treeList(manifest, this.nodeLoader()) : v1List(manifest, await this.loadV1Index())
   }
 
-  /** Fetches, verifies and hands on the chunks of `requests` (from planReads). */
-  readChunks(manifest: Manifest, requests: readonly RangeRequest[], options: ReadOptions, sink: ChunkSink): Promise<ReadCounters> {
-    return readChunks(this, manifest, requests, options, sink)
+  /** Fetches, verifies and hands on a backup's chunks, window after window (chunk-reader.ts). */
+  async readChunks(manifest: Manifest, options: ReadOptions, sink: WindowSink): Promise<ReadCounters> {
+    return readWindows(this, manifest, await this.chunkList(manifest), options, sink)
+  }
+
+  // ---- upgrading (migrate.ts) --------------------------------------------------------------------
+
+  /** The names of the index objects that are not yet runs (version 1's), and of the runs. */
+  async *indexObjects(): AsyncIterable<{ name: string; plain: Buffer }> {
+    for await (const obj of this.backend.list(INDEXES)) {
+      const blob = await this.backend.get(obj.name)
+      if (blob) yield { name: obj.name, plain: await this.#decodeMeta('index', blob, obj.name) }
+    }
+  }
+
+  /** The ids of every backup (manifest names), in order. */
+  async backupIds(): Promise<string[]> {
+    const ids: string[] = []
+    for await (const obj of this.backend.list(BACKUPS)) {
+      const id = obj.name.slice(BACKUPS.length)
+      if (BACKUP_ID_PATTERN.test(id)) ids.push(id)
+    }
+    return ids.sort()
+  }
+
+  /** Replaces a backup's manifest by its version 2 (the same backup; an atomic put). */
+  async replaceManifest(manifest: ManifestV2): Promise<void> {
+    await this.backend.put(manifestObject(manifest.id), await this.codec.encode('manifest', encodeManifest(manifest)))
+  }
+
+  /** Marks the repository as of `version` (the last step of an upgrade). */
+  async setVersion(version: number): Promise<void> {
+    const config = { ...this.config, version }
+    await this.backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'))
+    this.config = config
   }
 
   // ---- records: small objects the programs keep here (checkpoints, task records) ------------
@@ -326,7 +415,7 @@ export class Repository {
     await this.backend.delete(recordObject(area, key))
   }
 
-  async #decodeMeta(kind: 'index' | 'manifest' | 'checkpoint' | 'task', blob: Buffer, what: string): Promise<Buffer> {
+  async #decodeMeta(kind: BlobKind, blob: Buffer, what: string): Promise<Buffer> {
     try {
       return await this.codec.decode(kind, blob)
     } catch (err) {

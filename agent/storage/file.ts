@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, open, opendir, readFile, rename, link, unlink, stat } from 'node:fs/promises'
 import { dirname, join, relative, sep } from 'node:path'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
-import { AlreadyExistsError, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
+import { AlreadyExistsError, type Backend, type ListOptions, type ObjectInfo, type PutOptions } from './types.ts'
 
 const TMP_DIR = 'tmp'
 
@@ -94,10 +94,12 @@ export class FileBackend implements Backend {
     }
   }
 
-  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ObjectInfo> {
     // Objects live in directories named by their prefix, so walk only the directory part.
     const dirPart = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : ''
-    yield* this.#walk(dirPart ? join(this.root, ...dirPart.split('/')) : this.root, prefix)
+    for await (const obj of this.#walk(dirPart ? join(this.root, ...dirPart.split('/')) : this.root, prefix)) {
+      if (options.startAfter === undefined || obj.name > options.startAfter) yield obj
+    }
   }
 
   async *#walk(dir: string, prefix: string): AsyncIterable<ObjectInfo> {

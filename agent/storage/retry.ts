@@ -5,7 +5,7 @@
 // has no SDK under it. Writes are not retried here: the SDK resends their (in-memory) bodies.
 import { setTimeout as sleep } from 'node:timers/promises'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
-import { InterruptedTransfer, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
+import { InterruptedTransfer, type Backend, type ListOptions, type ObjectInfo, type PutOptions } from './types.ts'
 
 export interface RetryPolicy {
   /** Attempts in all, the first included. */
@@ -39,8 +39,8 @@ class RetryingBackend implements Backend {
     return this.#inner.put(name, data, options)
   }
 
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.#inner.list(prefix)
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
+    return this.#inner.list(prefix, options)
   }
 
   delete(name: string): Promise<void> {

@@ -15,7 +15,7 @@ import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsError } from '../aws/errors.ts'
 import type { S3Connection } from '../aws/clients.ts'
 import { RangeGetter, S3Status, UseSdk } from './s3-range.ts'
-import { AlreadyExistsError, InterruptedTransfer, type Backend, type ObjectInfo, type PutOptions } from './types.ts'
+import { AlreadyExistsError, InterruptedTransfer, type Backend, type ListOptions, type ObjectInfo, type PutOptions } from './types.ts'
 
 export interface S3BackendOptions {
   bucket: string
@@ -127,11 +127,11 @@ export class S3Backend implements Backend {
     }
   }
 
-  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ObjectInfo> {
     try {
       const pages = paginateListObjectsV2(
         { client: this.client },
-        { Bucket: this.#bucket, Prefix: this.#key(prefix) },
+        { Bucket: this.#bucket, Prefix: this.#key(prefix), ...(options.startAfter !== undefined ? { StartAfter: this.#key(options.startAfter) } : {}) },
       )
       for await (const page of pages) {
         for (const obj of page.Contents ?? []) {

@@ -7,6 +7,11 @@ export interface ObjectInfo {
   size: number
 }
 
+export interface ListOptions {
+  /** Only names that sort after this one (a full name, prefix included). */
+  startAfter?: string
+}
+
 export interface PutOptions {
   /** Fail with AlreadyExistsError instead of replacing an existing object. */
   ifAbsent?: boolean
@@ -24,8 +29,11 @@ export interface Backend {
   getRange(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer>
   /** Stores an object; large ones go up as multipart uploads with the backend's part size. */
   put(name: string, data: Buffer, options?: PutOptions): Promise<void>
-  /** Every object whose name starts with `prefix`, in no particular order. */
-  list(prefix: string): AsyncIterable<ObjectInfo>
+  /**
+   * Every object whose name starts with `prefix`, in no particular order; with `startAfter`,
+   * only those whose name sorts after it (S3 skips the others server-side).
+   */
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo>
   /** Deletes if present; deleting a missing object is not an error. */
   delete(name: string): Promise<void>
 }
