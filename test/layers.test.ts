@@ -14,9 +14,10 @@ const MAY_IMPORT: Record<string, string[]> = {
   storage: ['core', 'aws'],
   repo: ['core', 'storage'],
   pipeline: ['core', 'device', 'repo'],
+  maintenance: ['core', 'storage', 'repo', 'pipeline'],
   app: ['core', 'aws', 'storage', 'repo'],
-  daemon: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'app'],
-  cli: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'app', 'daemon'],
+  daemon: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'maintenance', 'app'],
+  cli: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'maintenance', 'app', 'daemon'],
   bin: ['cli'],
 }
 /**

@@ -11,6 +11,8 @@ import { doctorCommand } from './doctor.ts'
 import { initCommand } from './init.ts'
 import { listCommand } from './list.ts'
 import { migrateCommand } from './migrate.ts'
+import { pruneCommand } from './prune.ts'
+import { forgetCommand } from './forget.ts'
 import { ExitStatus, printer, printError, printUsageError, ReportedFailure } from './output.ts'
 import { restoreCommand } from './restore.ts'
 import { verifyCommand } from './verify.ts'
@@ -22,7 +24,7 @@ export function buildProgram(context: CliContext): Command {
     .showHelpAfterError('(run with --help for usage)')
     // Set before the subcommands are added, so they inherit it: errors come back to main().
     .exitOverride()
-  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, migrateCommand, daemonCommand, doctorCommand]) {
+  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, migrateCommand, daemonCommand, doctorCommand]) {
     command(program, context)
   }
   return program

@@ -14,6 +14,8 @@ export const ErrorCode = {
   RepoExists: 'REPO_EXISTS',
   RepoFormat: 'REPO_FORMAT',
   RepoVersion: 'REPO_VERSION',
+  /** Another process holds the repository's lock for this (a prune): a later attempt may get it. */
+  RepoLocked: 'REPO_LOCKED',
   KeyRequired: 'KEY_REQUIRED',
   WrongKey: 'WRONG_KEY',
   BackupNotFound: 'BACKUP_NOT_FOUND',
@@ -60,7 +62,7 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
  * reply says `retryable: true`, a caller may try again. Every other code is permanent.
  */
 const RETRYABLE: ReadonlySet<string> = new Set<ErrorCode>([
-  ErrorCode.Storage, ErrorCode.Interrupted, ErrorCode.ImdsUnavailable, ErrorCode.VolumeBusy, ErrorCode.KmsError,
+  ErrorCode.Storage, ErrorCode.RepoLocked, ErrorCode.Interrupted, ErrorCode.ImdsUnavailable, ErrorCode.VolumeBusy, ErrorCode.KmsError,
   ErrorCode.AwsError, ErrorCode.SnapshotTimeout, ErrorCode.StateTimeout, ErrorCode.TaskTimeout, ErrorCode.Internal,
 ])
 

@@ -14,6 +14,7 @@ import type { DedupWindow } from './dedup-window.ts'
 import { newBackupId, treeChecksum, type BackupStats, type ManifestV2 } from './manifest.ts'
 import { PackWriter } from './pack-writer.ts'
 import type { Repository } from './repository.ts'
+import type { Lease } from './locks.ts'
 import {
   DEFAULT_FANOUT, DEFAULT_LEAF_CHUNKS, isZeroRef, leafCount, span, TreeBuilder, TreeCursor, ZERO_REF,
   type BlobRef, type BuilderState, type TreeShape,
@@ -49,6 +50,10 @@ export interface BackupWriterOptions {
   uploadConcurrency: number
   /** An earlier attempt's state to go on from; used only if it fits. */
   resume?: WriterState | null
+  /** This backup's lease on the repository (locks.ts), released when it ends. */
+  lease?: Lease
+  /** Packs a prune condemned: never deduplicated against. */
+  condemned?: ReadonlySet<string>
 }
 
 export interface CommitOptions {
@@ -95,11 +100,15 @@ export class BackupWriter {
   /** Leaves and subtrees go to the builder one at a time, in order. */
   #chain: Promise<void> = Promise.resolve()
   #failure: unknown = null
+  readonly #lease: Lease | null
+  readonly #condemned: ReadonlySet<string>
 
   /** Use Repository.startBackup. */
   constructor(repo: Repository, window: DedupWindow, options: BackupWriterOptions) {
     this.#repo = repo
     this.#window = window
+    this.#lease = options.lease ?? null
+    this.#condemned = options.condemned ?? new Set()
     this.size = options.size
     this.chunkSize = repo.chunkSize
     this.count = chunkCount(this.size, this.chunkSize)
@@ -198,7 +207,7 @@ export class BackupWriter {
     } else {
       const id = this.#repo.chunkId(data)
       const theirs = await this.#parentEntry(i, length)
-      const known = theirs && theirs.id.equals(id) ? theirs : this.#window.get(id)
+      const known = this.#usable(theirs && theirs.id.equals(id) ? theirs : null) ?? this.#usable(this.#window.get(id))
       if (known) {
         this.stats.chunksReused++
         outcome = theirs === known ? 'parent' : 'known'
@@ -262,6 +271,7 @@ export class BackupWriter {
       tags: options.tags,
     }
     await this.#repo.saveManifest(manifest)
+    await this.#lease?.release()
     return manifest
   }
 
@@ -270,6 +280,7 @@ export class BackupWriter {
     await this.#chain.catch(() => {})
     await this.#data.settle()
     await this.#trees.settle()
+    await this.#lease?.release()
   }
 
   /** The parent's entry for chunk `i` when it is a whole chunk there too (else null). */
@@ -278,6 +289,11 @@ export class BackupWriter {
     if (!tree || length !== this.chunkSize || (i + 1) * this.chunkSize > this.parent!.size) return null
     const entry = await tree.entryAt(i)
     return entry && !isZeroRef(entry) ? entry : null
+  }
+
+  /** A stored copy this backup may refer to: not in a pack a prune condemned. */
+  #usable(ref: BlobRef | null): BlobRef | null {
+    return ref && !this.#condemned.has(ref.pack) ? ref : null
   }
 
   /** Moves what is ready into the list, in order; leaves go to the builder one at a time. */

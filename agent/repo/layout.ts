@@ -10,12 +10,22 @@ export const PACKS = 'packs/'
 export const INDEXES = 'index/'
 /** Manifests, one per backup, named by the backup id. */
 export const BACKUPS = 'backups/'
+/** Who is writing to the repository now: backups' leases, prune's exclusive lock. */
+export const LOCKS = 'locks/'
+/** Where the live blobs of a repacked pack went, by the pack's id. */
+export const MOVED = 'moved/'
+/** What a prune decided to delete, until it is deleted. */
+export const CONDEMNED = 'condemned/'
 /** Small records of the programs that use the repository. */
 export const RECORD_AREAS = ['checkpoints', 'tasks'] as const
 export type RecordArea = (typeof RECORD_AREAS)[number]
 
 export function packObject(packId: string): string {
   return `${PACKS}${packId.slice(0, 2)}/${packId}`
+}
+
+export function movedObject(packId: string): string {
+  return `${MOVED}${packId}`
 }
 
 export function indexObject(name: string): string {

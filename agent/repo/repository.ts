@@ -13,7 +13,7 @@ import { createHash, createHmac, randomUUID } from 'node:crypto'
 import pLimit from 'p-limit'
 import { z } from 'zod'
 import { BlobCodec, type BlobKind } from './codec.ts'
-import { AlreadyExistsError, type Backend } from '../storage/types.ts'
+import { AlreadyExistsError, type Backend, type ListOptions, type ObjectInfo, type PutOptions } from '../storage/types.ts'
 import { BackupWriter, type BackupWriterOptions } from './backup-writer.ts'
 import { treeList, v1List, type ChunkList } from './chunk-list.ts'
 import { readWindows, type ReadOptions, type ReadCounters, type WindowSink } from './chunk-reader.ts'
@@ -25,9 +25,12 @@ import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys, typ
 import { decodeRun, encodeRun, forEachEntry, isRun, newRunName } from './index-run.ts'
 import { decodeManifest, encodeManifest, summaryOf, type BackupSummary, type Manifest, type ManifestV2 } from './manifest.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
-import { MAX_PACK_BYTES, PackBuilder } from './pack.ts'
-import { BACKUPS, CONFIG, indexObject, INDEXES, manifestObject, packObject, recordObject, type RecordArea } from './layout.ts'
+import { MAX_PACK_BYTES, PACK_MAGIC, PackBuilder } from './pack.ts'
+import { BACKUPS, CONDEMNED, CONFIG, indexObject, INDEXES, manifestObject, movedObject, packObject, recordObject, type RecordArea } from './layout.ts'
 import { decodeNode, type BlobRef, type NodeLoader } from './tree.ts'
+import { decodeMoved, encodeMoved, forward, type Moved } from './moved.ts'
+import { decodeCondemned, encodeCondemned, type Condemned } from './condemned.ts'
+import { takeBackupLease } from './locks.ts'
 
 /** The format this ebs-worker writes; it reads this one and version 1. */
 export const REPOSITORY_VERSION = 2
@@ -300,10 +303,36 @@ export class Repository {
     return plain
   }
 
+  /**
+   * A pack's own index, from its trailer: every blob it holds (version 1 packs' trailers too),
+   * and whether it is a tree pack. `size` is the pack's size, when the caller knows it (a listing).
+   */
+  async readPackTrailer(pack: string, size: number): Promise<{ entries: BlobRef[]; tree: boolean }> {
+    const name = packObject(pack)
+    const tailLength = 4 + PACK_MAGIC.length
+    if (size < tailLength) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${pack} is too short to be a pack (${size} bytes)`, { context: { pack } })
+    const tail = await this.readPackRange(pack, size - tailLength, tailLength)
+    if (!tail.subarray(4).equals(PACK_MAGIC)) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${pack} does not end like a pack`, { context: { pack, object: name } })
+    const trailerLength = tail.readUInt32LE(0)
+    if (trailerLength > size - tailLength) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${pack} announces a trailer longer than itself`, { context: { pack } })
+    const blob = await this.readPackRange(pack, size - tailLength - trailerLength, trailerLength)
+    let plain: Buffer
+    try {
+      plain = await this.codec.decode('pack-trailer', blob)
+    } catch (err) {
+      throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${pack}: its trailer cannot be read: ${describe(err)}`, { cause: err, context: { pack } })
+    }
+    if (isRun(plain)) {
+      const run = decodeRun(plain, `the trailer of pack ${pack}`)
+      return { entries: run.entries, tree: run.tree }
+    }
+    return { entries: decodeIndex(plain, `the trailer of pack ${pack}`).map((e) => ({ ...e, pack })), tree: false }
+  }
+
   /** Reads chunk-list nodes: fetched, decoded, proven to be the node the reference names. */
   nodeLoader(): NodeLoader {
     return async (ref, level) => {
-      const blob = await this.readPackRange(ref.pack, ref.offset, ref.length)
+      const blob = await this.readBlob(ref)
       const what = `chunk-list node ${ref.id.toString('hex').slice(0, 16)}… (pack ${ref.pack})`
       const plain = await this.codec.decode('tree', blob, ref.rawLength).catch((err: unknown) => {
         throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `${what}: ${describe(err)}`, { cause: err, context: { pack: ref.pack, offset: ref.offset } })
@@ -331,6 +360,12 @@ export class Repository {
     return decodeManifest(await this.#decodeMeta('manifest', blob, `backup ${id}`), id)
   }
 
+  /** Removes a backup from the list: its manifest goes (prune then deletes the data no backup needs). */
+  async forgetBackup(id: string): Promise<void> {
+    if (!BACKUP_ID_PATTERN.test(id)) throw new EbsWorkerError(ErrorCode.BadInput, `"${id}" is not a backup id`)
+    await this.backend.delete(manifestObject(id))
+  }
+
   /** Every backup's summary: one small manifest read per backup, never a chunk list (version 2). */
   async listBackups(): Promise<BackupSummary[]> {
     const limit = pLimit(16)
@@ -350,9 +385,21 @@ export class Repository {
    * Starts writing a backup: the one way chunks get into the repository. Loads the dedup window
    * (the newest chunks), so that what the repository has recently stored is not stored again.
    */
-  async startBackup(options: BackupWriterOptions & { window?: DedupWindowOptions }): Promise<BackupWriter> {
+  async startBackup(options: Omit<BackupWriterOptions, 'lease' | 'condemned'> & { window?: DedupWindowOptions }): Promise<BackupWriter> {
     this.#assertWritable()
-    return new BackupWriter(this, await this.loadDedupWindow(options.window), options)
+    // In this order (docs/FORMAT.md, "Prune and running backups"): the lease first, so that a
+    // prune deciding from now on waits for this backup; then what prunes already condemned, which
+    // this backup will not dedup against; then the parent, which must still exist (a forgotten
+    // parent's packs may be condemned).
+    const lease = await takeBackupLease(this, options.resume?.backupId ?? 'new')
+    try {
+      const condemned = new Set((await this.listCondemned()).flatMap((c) => c.packs))
+      if (options.parent) await this.loadManifest(options.parent.id)
+      return new BackupWriter(this, await this.loadDedupWindow(options.window), { ...options, lease, condemned })
+    } catch (err) {
+      await lease.release()
+      throw err
+    }
   }
 
   /** The backup's chunk list, leaf by leaf, whatever its version. */
@@ -397,6 +444,121 @@ export class Repository {
     this.config = config
   }
 
+  // ---- repacked packs: moved records (moved.ts) ------------------------------------------------
+
+  readonly #moved = new Map<string, Promise<Moved | null>>()
+
+  async saveMoved(m: Moved): Promise<void> {
+    await this.backend.put(movedObject(m.pack), await this.codec.encode('moved', encodeMoved(m)))
+    this.#moved.delete(m.pack)
+  }
+
+  /** Where the blobs of a repacked pack went, or null when the pack was not repacked. */
+  loadMoved(pack: string): Promise<Moved | null> {
+    let m = this.#moved.get(pack)
+    if (!m) {
+      m = (async () => {
+        const blob = await this.backend.get(movedObject(pack))
+        return blob ? decodeMoved(await this.#decodeMeta('moved', blob, movedObject(pack)), movedObject(pack)) : null
+      })()
+      m.catch(() => this.#moved.delete(pack))
+      this.#moved.set(pack, m)
+    }
+    return m
+  }
+
+  async deleteMoved(pack: string): Promise<void> {
+    await this.backend.delete(movedObject(pack))
+    this.#moved.delete(pack)
+  }
+
+  /**
+   * Where a blob is now: its reference, or — its pack repacked by prune — the one its moved
+   * record gives. Null when it is nowhere.
+   */
+  async locate(ref: BlobRef): Promise<BlobRef | null> {
+    let now: BlobRef = ref
+    // A blob repacked again after its first move is found by following the records.
+    for (let hop = 0; hop < 8; hop++) {
+      const moved = await this.loadMoved(now.pack)
+      if (!moved) return hop === 0 ? null : now
+      const next = forward(now, moved)
+      if (!next) return null
+      now = next
+    }
+    return now
+  }
+
+  /** One blob's bytes, following its pack's moved record if prune repacked it. */
+  async readBlob(ref: BlobRef, into?: Buffer): Promise<Buffer> {
+    try {
+      return await this.readPackRange(ref.pack, ref.offset, ref.length, into)
+    } catch (err) {
+      if (!isEbsWorkerError(err, ErrorCode.ChunkMissing)) throw err
+      const now = await this.locate(ref)
+      if (!now) throw err
+      return this.readPackRange(now.pack, now.offset, now.length, into)
+    }
+  }
+
+  // ---- prune's decisions: condemned lists (condemned.ts) ----------------------------------------
+
+  async saveCondemned(c: Condemned): Promise<void> {
+    await this.backend.put(`${CONDEMNED}${c.id}`, await this.codec.encode('condemned', encodeCondemned(c)))
+  }
+
+  /** Every condemned list, oldest first. */
+  async listCondemned(): Promise<Condemned[]> {
+    const out: Condemned[] = []
+    for (const obj of (await this.listObjects(CONDEMNED)).sort((a, b) => a.name.localeCompare(b.name))) {
+      const blob = await this.backend.get(obj.name)
+      if (blob) out.push(decodeCondemned(await this.#decodeMeta('condemned', blob, obj.name), obj.name))
+    }
+    return out
+  }
+
+  async deleteCondemned(id: string): Promise<void> {
+    await this.backend.delete(`${CONDEMNED}${id}`)
+  }
+
+  // ---- maintenance: locks and listings (locks.ts, the maintenance room) -------------------------
+
+  /** Every object under `prefix` (names, sizes, times). */
+  async listObjects(prefix: string, options: ListOptions = {}): Promise<ObjectInfo[]> {
+    const out: ObjectInfo[] = []
+    for await (const obj of this.backend.list(prefix, options)) out.push(obj)
+    return out
+  }
+
+  async putLock(name: string, record: object, options: PutOptions = {}): Promise<void> {
+    await this.backend.put(name, await this.codec.encode('lock', Buffer.from(JSON.stringify(record))), options)
+  }
+
+  /** A lock's record (JSON), or null when it is gone or unreadable. */
+  async getLock(name: string): Promise<unknown> {
+    const blob = await this.backend.get(name)
+    if (!blob) return null
+    try {
+      return JSON.parse((await this.codec.decode('lock', blob)).toString('utf8'))
+    } catch {
+      return null
+    }
+  }
+
+  async deleteLock(name: string): Promise<void> {
+    await this.backend.delete(name)
+  }
+
+  /** An index object's plaintext (a run, or a version 1 index), or null when it is gone. */
+  async readIndexObject(name: string): Promise<Buffer | null> {
+    const blob = await this.backend.get(name)
+    return blob ? this.#decodeMeta('index', blob, name) : null
+  }
+
+  async deletePack(pack: string): Promise<void> {
+    await this.backend.delete(packObject(pack))
+  }
+
   // ---- records: small objects the programs keep here (checkpoints, task records) ------------
 
   /** Stores a record, encrypted like every blob when the repository is; replaces an earlier one. */
@@ -409,6 +571,16 @@ export class Repository {
     const name = recordObject(area, key)
     const blob = await this.backend.get(name)
     return blob ? this.#decodeMeta(RECORD_KIND[area], blob, name) : null
+  }
+
+  /** Every record of an area, by object name (prune reads the checkpoints of unfinished backups). */
+  async listRecords(area: RecordArea): Promise<Array<{ name: string; data: Buffer }>> {
+    const out: Array<{ name: string; data: Buffer }> = []
+    for (const obj of await this.listObjects(`${area}/`)) {
+      const blob = await this.backend.get(obj.name)
+      if (blob) out.push({ name: obj.name, data: await this.#decodeMeta(RECORD_KIND[area], blob, obj.name) })
+    }
+    return out
   }
 
   async deleteRecord(area: RecordArea, key: string): Promise<void> {

@@ -117,7 +117,8 @@ export class FileBackend implements Backend {
       if (entry.isDirectory()) {
         if (name.startsWith(prefix) || prefix.startsWith(name + '/')) yield* this.#walk(full, prefix)
       } else if (entry.isFile() && name.startsWith(prefix)) {
-        yield { name, size: (await stat(full)).size }
+        const st = await stat(full)
+        yield { name, size: st.size, modified: st.mtime }
       }
     }
   }

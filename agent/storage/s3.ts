@@ -137,7 +137,7 @@ export class S3Backend implements Backend {
       )
       for await (const page of pages) {
         for (const obj of page.Contents ?? []) {
-          if (obj.Key) yield { name: obj.Key.slice(this.#prefix.length), size: obj.Size ?? 0 }
+          if (obj.Key) yield { name: obj.Key.slice(this.#prefix.length), size: obj.Size ?? 0, modified: obj.LastModified ?? new Date(0) }
         }
       }
     } catch (err) {

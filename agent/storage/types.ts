@@ -5,6 +5,8 @@
 export interface ObjectInfo {
   name: string
   size: number
+  /** When it was last written, by the storage's clock (S3 LastModified, a file's mtime). */
+  modified: Date
 }
 
 export interface ListOptions {
