@@ -37,6 +37,41 @@ export function tuningArg(flag: string, knob: keyof Tuning, size = false): (valu
   }
 }
 
+/** How far ahead of this machine's clock a given time may be (clocks differ a little). */
+export const MAX_AHEAD_MS = 5 * 60_000
+
+const EXTENDED = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?([Zz]|([+-])(\d{2}):?(\d{2}))$/
+const BASIC = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/
+
+/**
+ * An argument parser for an instant in ISO 8601: a date, a time and its zone, such as
+ * 2026-11-23T04:51:25Z, 2026-11-23T05:51:25.5+01:00 or, as backup ids spell it, 20261123T045125Z.
+ * Refuses dates and times that do not exist (February 30, 24:00, a 60th second), a time without
+ * a zone (whose instant depends on the machine), times before 1970, and times more than
+ * MAX_AHEAD_MS ahead of now.
+ */
+export const instantArg = (name: string, now: () => number = Date.now) => (value: string): Date => {
+  const m = EXTENDED.exec(value) ?? BASIC.exec(value)
+  const refuse = (why: string): never => {
+    throw new InvalidArgumentError(`${name} must be an ISO 8601 time with its zone, like 2026-11-23T04:51:25Z: ${why}`)
+  }
+  if (!m) return refuse(`"${value}" is not one`)
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map((x) => Number(x ?? 0)) as [number, number, number, number, number, number]
+  const fraction = Math.floor(Number(`0${m[7] ?? ''}`) * 1000)
+  const d = new Date(0)
+  d.setUTCFullYear(year, month - 1, day)
+  d.setUTCHours(hour, minute, second, fraction)
+  if (d.getUTCFullYear() !== year || d.getUTCMonth() !== month - 1 || d.getUTCDate() !== day || d.getUTCHours() !== hour || d.getUTCMinutes() !== minute || d.getUTCSeconds() !== second) {
+    return refuse(`${value} does not exist`)
+  }
+  const [sign, offsetHours, offsetMinutes] = [m[9], Number(m[10] ?? 0), Number(m[11] ?? 0)]
+  if (offsetHours > 23 || offsetMinutes > 59) return refuse(`${value} has no such zone offset`)
+  const time = d.getTime() - (sign === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000
+  if (time < 0) return refuse(`${value} is before 1970`)
+  if (time > now() + MAX_AHEAD_MS) return refuse(`${value} is in the future (by more than ${MAX_AHEAD_MS / 60_000} minutes)`)
+  return new Date(time)
+}
+
 /** The options of the commands that work on a repository. */
 export interface RepositoryOptions {
   repo: string
