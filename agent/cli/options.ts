@@ -3,6 +3,7 @@
 // here beyond commander and core.
 import { InvalidArgumentError, Option, type Command } from 'commander'
 import { parseBytes } from '../core/units.ts'
+import { BUCKET_RULES, parseDuration, UNLIMITED, type BucketRule, type Duration, type Policy } from '../core/retention.ts'
 import { TUNING_LIMITS, type Tuning } from '../core/tuning.ts'
 
 /** An argument parser for a whole number > 0. */
@@ -86,4 +87,60 @@ export function withRepository(cmd: Command): Command {
     .addOption(new Option('--key-file <path>', 'key file of an encrypted repository').env('EBS_WORKER_KEY_FILE'))
     .option('--json', 'print one JSON object as the last line of stdout')
     .option('--no-progress', 'no progress bar, even on a terminal')
+}
+
+/** A keep-* count: a whole number ≥ 0 (0: the rule is not used), or `unlimited` (also spelled -1, as restic did). */
+const keepCount = (flag: string) => (value: string): number => {
+  if (value === 'unlimited' || value === '-1') return UNLIMITED
+  const n = Number(value)
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`${flag} must be a whole number ≥ 0, or unlimited`)
+  return n
+}
+
+const keepWithin = (value: string): Duration => {
+  const d = parseDuration(value)
+  if (!d) throw new InvalidArgumentError('--keep-within must be a duration of years, months, days and hours, like 1y2m3d4h, 30d or 36h')
+  return d
+}
+
+const keepTag = (value: string, earlier: Array<[string, string]> = []): Array<[string, string]> => {
+  const eq = value.indexOf('=')
+  if (eq <= 0) throw new InvalidArgumentError(`--keep-tag ${value}: expected key=value`)
+  return [...earlier, [value.slice(0, eq), value.slice(eq + 1)]]
+}
+
+/** The options of a retention policy (core/retention.ts), as restic spells them. */
+export interface PolicyOptions {
+  keepLast?: number
+  keepHourly?: number
+  keepDaily?: number
+  keepWeekly?: number
+  keepMonthly?: number
+  keepYearly?: number
+  keepWithin?: Duration
+  keepTag?: Array<[string, string]>
+}
+
+/** Adds the options of a retention policy: --keep-last … --keep-yearly N|unlimited, --keep-within, --keep-tag (repeatable). */
+export function withPolicy(cmd: Command, what: string): Command {
+  for (const rule of BUCKET_RULES) {
+    const of = rule === 'last' ? `the last n ${what}` : `the newest of each of the last n ${rule === 'daily' ? 'days' : rule.replace(/ly$/, 's')} that have one`
+    cmd.option(`--keep-${rule} <n>`, `keep ${of} (unlimited: all)`, keepCount(`--keep-${rule}`))
+  }
+  return cmd
+    .option('--keep-within <duration>', `keep the ${what} newer than this before the newest one (like 1y2m3d4h)`, keepWithin)
+    .option('--keep-tag <key=value>', `keep the ${what} with this tag (repeatable: any of them)`, keepTag)
+}
+
+const KEYS: Record<BucketRule, keyof PolicyOptions> = {
+  last: 'keepLast', hourly: 'keepHourly', daily: 'keepDaily', weekly: 'keepWeekly', monthly: 'keepMonthly', yearly: 'keepYearly',
+}
+
+/** The policy the options give (possibly empty: core/retention.ts isEmptyPolicy). */
+export function policyOf(o: PolicyOptions): Policy {
+  return {
+    counts: Object.fromEntries(BUCKET_RULES.filter((r) => o[KEYS[r]] !== undefined).map((r) => [r, o[KEYS[r]] as number])),
+    ...(o.keepWithin ? { within: o.keepWithin } : {}),
+    ...(o.keepTag ? { tags: o.keepTag } : {}),
+  }
 }

@@ -219,9 +219,7 @@ export interface GroupDecision<T> extends Decision<T> {
  * group is done by naming its items.
  */
 export function planRetention<T extends Candidate>(groups: ReadonlyMap<string, readonly T[]>, policy: Policy, now: number, what = 'backups'): GroupDecision<T>[] {
-  if (isEmptyPolicy(policy)) {
-    throw new EbsWorkerError(ErrorCode.BadInput, `no policy was given, so no ${what} would be forgotten: give --keep-* options, or name the ${what} to forget`)
-  }
+  requirePolicy(policy, what)
   const out = [...groups.keys()].sort().map((group) => ({ group, ...applyPolicy(groups.get(group)!, policy, now) }))
   const emptied = out.filter((g) => !g.keep.length && g.forget.length)
   if (emptied.length) {
@@ -230,6 +228,22 @@ export function planRetention<T extends Candidate>(groups: ReadonlyMap<string, r
       `nothing was forgotten (name the ${what} to forget a whole group)`)
   }
   return out
+}
+
+/** Refuses an empty policy (restic: "no policy was specified, no snapshots will be removed"). */
+export function requirePolicy(policy: Policy, what = 'backups'): void {
+  if (isEmptyPolicy(policy)) {
+    throw new EbsWorkerError(ErrorCode.BadInput, `no policy was given, so no ${what} would be forgotten: give --keep-* options, or name the ${what} to forget`)
+  }
+}
+
+/** A policy as JSON: its counts (-1: unlimited), `within` as restic spells it, `tags` as key=value. */
+export function policyJson(p: Policy): Record<string, unknown> {
+  return {
+    ...Object.fromEntries(BUCKET_RULES.filter((r) => p.counts[r]).map((r) => [r, p.counts[r]])),
+    ...(isZeroDuration(p.within) ? {} : { within: formatDuration(p.within!) }),
+    ...(p.tags?.length ? { tags: p.tags.map(([k, v]) => `${k}=${v}`) } : {}),
+  }
 }
 
 /** Items grouped by `keyOf`, in their given order within each group. */
@@ -248,6 +262,5 @@ export function groupItems<T>(items: readonly T[], keyOf: (item: T) => string): 
 export function describeReason(r: Reason): string {
   if (r.rule === 'within') return `within ${r.within}`
   if (r.rule === 'tag') return `tag ${r.tag}`
-  if (r.rule === 'last') return `${r.oldest ? 'oldest ' : ''}last ${r.period}`
   return `${r.oldest ? 'oldest ' : ''}${r.rule} ${r.period}`
 }
