@@ -164,9 +164,9 @@ export function validatePolicy(p: Policy): void {
   }
 }
 
-/** The policy in words, for people: `keep 7 daily, all weekly, within 1m of the newest, tagged env=prod`. */
+/** The policy in words, for people: `keep 3 latest, 7 daily, all weekly, within 1m of the newest, tagged env=prod`. */
 export function describePolicy(p: Policy): string {
-  const parts = BUCKET_RULES.filter((r) => p.counts[r]).map((r) => `${p.counts[r] === UNLIMITED ? 'all' : p.counts[r]} ${r}`)
+  const parts = BUCKET_RULES.filter((r) => p.counts[r]).map((r) => `${p.counts[r] === UNLIMITED ? 'all' : p.counts[r]} ${r === 'last' ? 'latest' : r}`)
   if (!isZeroDuration(p.within)) parts.push(`within ${formatDuration(p.within!)} of the newest`)
   if (p.tags?.length) parts.push(`tagged ${p.tags.map(([k, v]) => `${k}=${v}`).join(' or ')}`)
   return parts.length ? `keep ${parts.join(', ')}` : 'keep nothing'
@@ -212,28 +212,38 @@ export interface GroupDecision<T> extends Decision<T> {
   group: string
 }
 
+/** What is being forgotten, for messages: its name, and whether items can also be forgotten by naming them. */
+export interface Subject {
+  what: string
+  /** Items can be named instead (`ebs-worker forget ID…`): how a whole group is forgotten. */
+  named: boolean
+}
+
+const BACKUPS: Subject = { what: 'backups', named: true }
+
 /**
  * Applies the policy to each group (groups in key order). Refuses — BAD_INPUT, nothing decided —
  * a policy that is empty, or that would keep nothing of a group: a typo in a tag must not forget
  * everything (restic: "refusing to delete last snapshot of snapshot group"). Forgetting a whole
- * group is done by naming its items.
+ * group is done by naming its items, where they can be named.
  */
-export function planRetention<T extends Candidate>(groups: ReadonlyMap<string, readonly T[]>, policy: Policy, now: number, what = 'backups'): GroupDecision<T>[] {
-  requirePolicy(policy, what)
+export function planRetention<T extends Candidate>(groups: ReadonlyMap<string, readonly T[]>, policy: Policy, now: number, subject = BACKUPS): GroupDecision<T>[] {
+  requirePolicy(policy, subject)
   const out = [...groups.keys()].sort().map((group) => ({ group, ...applyPolicy(groups.get(group)!, policy, now) }))
   const emptied = out.filter((g) => !g.keep.length && g.forget.length)
   if (emptied.length) {
     throw new EbsWorkerError(ErrorCode.BadInput,
-      `refusing to forget every one of the ${what} of ${emptied.map((g) => g.group || 'the repository').join(', ')}: the policy (${describePolicy(policy)}) keeps none there; ` +
-      `nothing was forgotten (name the ${what} to forget a whole group)`)
+      `refusing to forget every one of the ${subject.what} of ${emptied.map((g) => g.group || 'the repository').join(', ')}: the policy (${describePolicy(policy)}) keeps none there; ` +
+      `nothing was forgotten${subject.named ? ` (name the ${subject.what} to forget a whole group)` : ''}`)
   }
   return out
 }
 
 /** Refuses an empty policy (restic: "no policy was specified, no snapshots will be removed"). */
-export function requirePolicy(policy: Policy, what = 'backups'): void {
+export function requirePolicy(policy: Policy, subject = BACKUPS): void {
   if (isEmptyPolicy(policy)) {
-    throw new EbsWorkerError(ErrorCode.BadInput, `no policy was given, so no ${what} would be forgotten: give --keep-* options, or name the ${what} to forget`)
+    throw new EbsWorkerError(ErrorCode.BadInput,
+      `no policy was given, so no ${subject.what} would be forgotten: give --keep-* options${subject.named ? `, or name the ${subject.what} to forget` : ''}`)
   }
 }
 
