@@ -283,3 +283,27 @@ t.test('two backups that each wrote an identical node keep their copies through 
   const s = await check(repo, '--read-data')
   t.equal(s.code, 0, `check is clean (${s.report.problems.map((p: any) => p.message)})`)
 })
+
+t.test('damage in a subtree later backups took whole names every backup that reaches it', async (t) => {
+  const dir = await tempDir(t)
+  const repo = join(dir, 'repo')
+  await cli(['init', '--repo', repo])
+  // 256 chunks: two leaves. The second backup changes only the second leaf, and takes the first whole.
+  const image = join(dir, 's.img')
+  await makeImage(image, 256 * MiB, [{ kind: 'random', offset: 0, length: 2 * MiB }, { kind: 'random', offset: 200 * MiB, length: MiB }])
+  const vol = ['--volume-id', 'vol-0000000000000000e', '--pack-size', '4MiB']
+  const first = (await cli(['backup', '--repo', repo, '--device', image, ...vol])).backupId as string
+  const h = await open(image, 'r+')
+  await h.write(randomBytes(MiB), 0, MiB, 200 * MiB)
+  await h.close()
+  const second = (await cli(['backup', '--repo', repo, '--device', image, '--parent', first, ...vol])).backupId as string
+  // The chunk at offset 0, in the first leaf.
+  const r = await Repository.open(new FileBackend(repo))
+  const m = await r.loadManifest(first)
+  const chunk0 = (await (await r.chunkList(m)).leaf(0))[0]!
+  await flipByte(join(repo, packObject(chunk0.pack)), chunk0.offset + 10)
+  const d = await check(repo, '--read-data')
+  t.equal(d.code, 3, 'exit 3')
+  t.match(d.damage, [{ kind: 'blob', pack: chunk0.pack, offset: chunk0.offset }], 'the chunk is named')
+  t.same(d.damage[0]?.backups, [first, second].sort(), 'with both backups, though the second never walked that leaf')
+})

@@ -22,7 +22,7 @@ import { decodeRun, isRun } from '../repo/index-run.ts'
 import { BACKUPS, CONDEMNED, INDEXES, MOVED, PACKS } from '../repo/layout.ts'
 import { listLocks } from '../repo/locks.ts'
 import type { Repository } from '../repo/repository.ts'
-import { decodeNode, validateShape, type BlobRef } from '../repo/tree.ts'
+import { decodeNode, isZeroRef, rootLevel, sameRef, TreeCursor, validateShape, type BlobRef } from '../repo/tree.ts'
 import { manifestRoot, RUN_SOURCE, Spill, walkLiveness, type LiveBlob, type PackLive, type Root } from './liveness.ts'
 import { checkpointsAsRoots } from './prune.ts'
 
@@ -78,6 +78,8 @@ export interface CheckResult {
 }
 
 const MAX_LISTED = 1000
+/** Backups named per problem at most. */
+const MAX_NAMED = 20
 /** Bytes read from a pack at once with --read-data (blobs are contiguous: one ranged GET). */
 const READ_RANGE = 16 * 1024 * 1024
 const TAIL = 12 // u32 trailer length | "EBWPACK1"
@@ -298,6 +300,7 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
     await spill.close()
   }
 
+  await nameAffected(repo, roots, labels, movedPacks, report.problems)
   await forgiveVanished(repo, report)
   result.damage = report.damage
   result.info = report.info
@@ -411,6 +414,76 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
         i = j
       }
     }
+  }
+}
+
+/**
+ * Every backup whose chunk list reaches a damaged place, shared subtrees included. The walk named
+ * the backups that reached a blob themselves, but a later backup of the same volume that took a
+ * subtree whole from the one before did not walk it. A second walk, only when there is damage,
+ * carries up the tree what each subtree reaches, by node location, for the backups that share it.
+ * Memory: the nodes above damage (a few per damaged place and level).
+ */
+async function nameAffected(repo: Repository, roots: readonly Root[], labels: readonly string[], moved: ReadonlySet<string>, problems: Problem[]): Promise<void> {
+  const WHOLE: ReadonlySet<ProblemKind> = new Set(['pack', 'moved', 'trailer'])
+  const placed = problems.filter((p) => p.severity === 'damage' && p.pack && p.kind !== 'run' && p.kind !== 'index' && (WHOLE.has(p.kind) || p.offset !== undefined))
+  if (!placed.length) return
+  const keyOfProblem = (p: Problem) => (WHOLE.has(p.kind) ? p.pack! : `${p.pack}:${p.offset}`)
+  const keys = new Set(placed.map(keyOfProblem))
+  const keyOf = (ref: BlobRef) => (keys.has(ref.pack) ? ref.pack : keys.has(`${ref.pack}:${ref.offset}`) ? `${ref.pack}:${ref.offset}` : null)
+  const where = async (ref: BlobRef) => (moved.has(ref.pack) ? ((await repo.locate(ref).catch(() => null)) ?? ref) : ref)
+  const reached = new Map<string, Set<number>>()
+  /** Node location → the damaged places under it (only nodes that have some). */
+  const under = new Map<string, string[]>()
+  const load = repo.nodeLoader()
+  const groups = new Map<string, number[]>()
+  for (const [i, r] of roots.entries()) (groups.get(r.group) ?? groups.set(r.group, []).get(r.group)!).push(i)
+  for (const list of groups.values()) {
+    list.sort((a, b) => roots[a]!.time.localeCompare(roots[b]!.time))
+    let previous: TreeCursor | null = null
+    for (const i of list) {
+      const root = roots[i]!
+      const prev = previous && previous.shape.chunks === root.shape.chunks && previous.shape.leafChunks === root.shape.leafChunks && previous.shape.fanout === root.shape.fanout ? previous : null
+      const visit = async (ref: BlobRef, level: number, index: number, placed: boolean): Promise<string[]> => {
+        if (isZeroRef(ref)) return []
+        const loc = await where(ref)
+        const node = `${loc.pack}:${loc.offset}`
+        if (placed && prev) {
+          const theirs = await prev.refAt(level, index).catch(() => null)
+          if (theirs && sameRef(theirs, ref)) return under.get(node) ?? []
+        }
+        const found = new Set<string>()
+        const own = keyOf(ref) ?? keyOf(loc)
+        if (own) found.add(own)
+        const entries = await load(ref, level).catch(() => [] as BlobRef[])
+        for (const [j, e] of entries.entries()) {
+          if (level === 0) {
+            const k = isZeroRef(e) ? null : keyOf(e) ?? keyOf(await where(e))
+            if (k) found.add(k)
+          } else {
+            for (const k of await visit(e, level - 1, index * root.shape.fanout + j, placed)) found.add(k)
+          }
+        }
+        const list = [...found]
+        if (list.length) under.set(node, list)
+        return list
+      }
+      const found: string[] = []
+      if (root.tree) {
+        found.push(...(await visit(root.tree, rootLevel(root.shape), 0, true)))
+        previous = new TreeCursor(root.shape, root.tree, load)
+      }
+      for (const sub of root.subtrees ?? []) found.push(...(await visit(sub.ref, sub.level, 0, false)))
+      for (const c of root.chunks ?? []) {
+        const k = isZeroRef(c) ? null : keyOf(c) ?? keyOf(await where(c))
+        if (k) found.push(k)
+      }
+      for (const k of found) (reached.get(k) ?? reached.set(k, new Set()).get(k)!).add(i)
+    }
+  }
+  for (const p of placed) {
+    const who = reached.get(keyOfProblem(p))
+    if (who?.size) p.backups = [...who].map((i) => labels[i]!).sort().slice(0, MAX_NAMED)
   }
 }
 
