@@ -11,7 +11,7 @@ import { LOCKS, PACKS, packObject } from '../agent/repo/layout.ts'
 import { PACK_MAGIC } from '../agent/repo/pack.ts'
 import { Repository } from '../agent/repo/repository.ts'
 import { FileBackend } from '../agent/storage/file.ts'
-import { cli, makeImage, MiB, ROOT, runCli, s3Available, s3RepoUrl, storageAt, tempDir, type Teardown } from './helpers.ts'
+import { cli, makeImage, MiB, type Region, ROOT, runCli, s3Available, s3RepoUrl, storageAt, tempDir, type Teardown } from './helpers.ts'
 
 interface PackFile { id: string; path: string; size: number; tree: boolean; entries: Array<{ offset: number; length: number }> }
 
@@ -40,10 +40,10 @@ async function flipByte(path: string, at: number): Promise<void> {
 }
 
 /** A repository with two backups of one volume (the second incremental, sharing most of its tree) and one of another. */
-async function fixture(t: Teardown, url?: string, extra: string[] = []) {
+async function fixture(t: Teardown, url?: string, extra: string[] = [], init: string[] = []) {
   const dir = await tempDir(t)
   const repo = url ?? join(dir, 'repo')
-  await cli(['init', '--repo', repo, ...extra])
+  await cli(['init', '--repo', repo, ...init, ...extra])
   const a = join(dir, 'a.img')
   const c = join(dir, 'c.img')
   await makeImage(a, 24 * MiB, [{ kind: 'random', offset: 0, length: 20 * MiB }])
@@ -55,6 +55,23 @@ async function fixture(t: Teardown, url?: string, extra: string[] = []) {
   const second = (await cli(['backup', '--repo', repo, '--device', a, '--volume-id', 'vol-0000000000000000a', '--parent', first, '--pack-size', '4MiB', ...extra])).backupId as string
   const other = (await cli(['backup', '--repo', repo, '--device', c, '--volume-id', 'vol-0000000000000000c', '--pack-size', '4MiB', ...extra])).backupId as string
   return { dir, repo, ids: { first, second, other } }
+}
+
+/** A repository and one volume's image: `backup()` backs it up (with a parent: incremental), `change()` writes a random MiB into it. */
+async function oneVolume(t: Teardown, size: number, regions: Region[]) {
+  const dir = await tempDir(t)
+  const repo = join(dir, 'repo')
+  await cli(['init', '--repo', repo])
+  const image = join(dir, 'vol.img')
+  await makeImage(image, size, regions)
+  const backup = async (parent?: string) =>
+    (await cli(['backup', '--repo', repo, '--device', image, '--volume-id', 'vol-0000000000000000d', '--pack-size', '4MiB', ...(parent ? ['--parent', parent] : [])])).backupId as string
+  const change = async (offset: number) => {
+    const h = await open(image, 'r+')
+    await h.write(randomBytes(MiB), 0, MiB, offset)
+    await h.close()
+  }
+  return { repo, backup, change }
 }
 
 /** Runs check; its exit status and JSON report. */
@@ -249,7 +266,7 @@ t.test('a version 1 repository is refused, naming migrate', async (t) => {
 t.test('on S3, encrypted: clean with --read-data, and a deleted pack named', { skip: !s3Available && 'no S3 test bed' }, async (t) => {
   const dir = await tempDir(t)
   const key = ['--key-file', join(dir, 'repo.key')]
-  const f = await fixture(t, await s3RepoUrl('check'), key)
+  const f = await fixture(t, await s3RepoUrl('check'), key, ['--encrypt'])
   const s = await check(f.repo, '--read-data', ...key)
   t.equal(s.code, 0, `exit 0 (${s.report.problems.map((p: any) => p.message)})`)
   t.ok(s.report.packs.read > 3, `every pack read (${s.report.packs.read})`)
@@ -263,20 +280,13 @@ t.test('on S3, encrypted: clean with --read-data, and a deleted pack named', { s
 })
 
 t.test('two backups that each wrote an identical node keep their copies through prune with repacking: both restore, check is clean', async (t) => {
-  const dir = await tempDir(t)
-  const repo = join(dir, 'repo')
-  await cli(['init', '--repo', repo])
-  const image = join(dir, 'p.img')
-  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 0, length: 16 * MiB }])
-  const vol = ['--volume-id', 'vol-0000000000000000d', '--pack-size', '4MiB']
-  const parent = (await cli(['backup', '--repo', repo, '--device', image, ...vol])).backupId as string
+  const { repo, backup, change } = await oneVolume(t, 16 * MiB, [{ kind: 'random', offset: 0, length: 16 * MiB }])
+  const parent = await backup()
   // The same change backed up twice from the same parent: the second finds the first's chunks in
   // its dedup window, so its leaf is byte for byte the first's (same id) — but it stores its own.
-  const h = await open(image, 'r+')
-  await h.write(randomBytes(MiB), 0, MiB, 5 * MiB)
-  await h.close()
-  const b1 = (await cli(['backup', '--repo', repo, '--device', image, '--parent', parent, ...vol])).backupId as string
-  const b2 = (await cli(['backup', '--repo', repo, '--device', image, '--parent', parent, ...vol])).backupId as string
+  await change(5 * MiB)
+  const b1 = await backup(parent)
+  const b2 = await backup(parent)
   await cli(['prune', '--repo', repo, '--grace', '0', '--max-unused', '0'])
   for (const id of [parent, b1, b2]) await cli(['verify', '--repo', repo, '--backup', id])
   t.pass('every backup verifies')
@@ -285,18 +295,11 @@ t.test('two backups that each wrote an identical node keep their copies through 
 })
 
 t.test('damage in a subtree later backups took whole names every backup that reaches it', async (t) => {
-  const dir = await tempDir(t)
-  const repo = join(dir, 'repo')
-  await cli(['init', '--repo', repo])
   // 256 chunks: two leaves. The second backup changes only the second leaf, and takes the first whole.
-  const image = join(dir, 's.img')
-  await makeImage(image, 256 * MiB, [{ kind: 'random', offset: 0, length: 2 * MiB }, { kind: 'random', offset: 200 * MiB, length: MiB }])
-  const vol = ['--volume-id', 'vol-0000000000000000e', '--pack-size', '4MiB']
-  const first = (await cli(['backup', '--repo', repo, '--device', image, ...vol])).backupId as string
-  const h = await open(image, 'r+')
-  await h.write(randomBytes(MiB), 0, MiB, 200 * MiB)
-  await h.close()
-  const second = (await cli(['backup', '--repo', repo, '--device', image, '--parent', first, ...vol])).backupId as string
+  const { repo, backup, change } = await oneVolume(t, 256 * MiB, [{ kind: 'random', offset: 0, length: 2 * MiB }, { kind: 'random', offset: 200 * MiB, length: MiB }])
+  const first = await backup()
+  await change(200 * MiB)
+  const second = await backup(first)
   // The chunk at offset 0, in the first leaf.
   const r = await Repository.open(new FileBackend(repo))
   const m = await r.loadManifest(first)

@@ -488,19 +488,26 @@ async function nameAffected(repo: Repository, roots: readonly Root[], labels: re
 }
 
 /**
- * Backups forgotten (and their packs pruned) while the check ran are not damage: a problem all of
- * whose backups are gone now, and that no index run shares, is told as information.
+ * What a prune running alongside took away is not damage: a problem all of whose backups were
+ * forgotten while the check ran, and that no index run shares, or an index run's problem whose
+ * run prune has deleted since, is told as information.
  */
 async function forgiveVanished(repo: Repository, report: Report): Promise<void> {
   const named = report.problems.filter((p) => p.severity === 'damage' && p.backups?.length && !p.run && p.kind !== 'manifest')
-  if (!named.length) return
-  const now = new Set(await repo.backupIds())
-  for (const p of named) {
-    if (p.backups!.some((b) => now.has(b) || !BACKUP_ID_PATTERN.test(b))) continue
+  const runs = report.problems.filter((p) => p.severity === 'damage' && p.kind === 'run' && p.run)
+  const forgive = (p: Problem, why: string): void => {
     p.severity = 'info'
-    p.message += ' (its backups were forgotten while the check ran)'
+    p.message += ` (${why} while the check ran)`
     report.damage--
     report.info++
+  }
+  if (named.length) {
+    const now = new Set(await repo.backupIds())
+    for (const p of named) if (!p.backups!.some((b) => now.has(b) || !BACKUP_ID_PATTERN.test(b))) forgive(p, 'its backups were forgotten')
+  }
+  if (runs.length) {
+    const now = new Set((await repo.listObjects(INDEXES)).map((obj) => obj.name.slice(INDEXES.length)))
+    for (const p of runs) if (!now.has(p.run!)) forgive(p, 'prune deleted the run')
   }
 }
 
