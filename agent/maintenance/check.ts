@@ -206,6 +206,12 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
     const fromCheckpoints = await checkpointsAsRoots(repo, (name, err) =>
       report.add({ severity: 'info', kind: 'checkpoint', object: name, message: `checkpoint ${name} cannot be read (its backup starts again from the beginning): ${describe(err)}` }))
     for (const r of fromCheckpoints) {
+      try {
+        validateShape(r.shape)
+      } catch (err) {
+        report.add({ severity: 'info', kind: 'checkpoint', object: r.group, message: `${r.group}: ${describe(err)} (its backup starts again from the beginning)` })
+        continue
+      }
       roots.push(r)
       labels.push(r.group)
     }
