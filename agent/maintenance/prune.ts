@@ -241,15 +241,19 @@ async function liveManifests(repo: Repository, forgotten?: ReadonlySet<string>):
   return out
 }
 
-/** The unfinished backups' checkpoints: what they made is kept for the next attempt. */
-async function checkpointsAsRoots(repo: Repository): Promise<Root[]> {
+/**
+ * The unfinished backups' checkpoints: what they made is kept for the next attempt. A damaged one
+ * is used by no one: passed over (and told to `onDamaged`, check's report).
+ */
+export async function checkpointsAsRoots(repo: Repository, onDamaged?: (name: string, err: unknown) => void): Promise<Root[]> {
   const roots: Root[] = []
   for (const { name, data } of await repo.listRecords('checkpoints')) {
     let c
     try {
       c = decodeCheckpoint(data, name)
-    } catch {
-      continue // a damaged checkpoint is not used by anyone
+    } catch (err) {
+      onDamaged?.(name, err)
+      continue
     }
     if (c.kind !== 'backup') continue
     const w = c.writer
