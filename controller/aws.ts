@@ -2,9 +2,10 @@
 // instance profile), and sessions of the roles it assumes in other accounts (STS AssumeRole,
 // refreshed before they expire). Every client is built by agent/aws/clients.ts from the settings
 // the command line read from the environment (configureAws): endpoint overrides
-// (AWS_ENDPOINT_URL_EC2, _KMS, _STS, _SQS) apply as the SDK documents them, which is how tests
-// point the clients at the stand-ins.
+// (AWS_ENDPOINT_URL_EC2, _KMS, _STS, _SQS, _IAM) apply as the SDK documents them, which is how
+// tests point the clients at the stand-ins.
 import type { EC2Client } from '@aws-sdk/client-ec2'
+import type { IAMClient } from '@aws-sdk/client-iam'
 import type { KMSClient } from '@aws-sdk/client-kms'
 import { AssumeRoleCommand, GetCallerIdentityCommand } from '@aws-sdk/client-sts'
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types'
@@ -32,6 +33,8 @@ export interface Session {
   credentials?: AwsCredentialIdentityProvider
   ec2(region: string): EC2Client
   kms(region: string): KMSClient
+  /** IAM (global; the Region names the partition). */
+  iam(region: string): IAMClient
 }
 
 const ROLE_ARN = /^arn:aws[\w-]*:iam::(\d{12}):role\/[\w+=,.@/-]+$/
@@ -48,6 +51,7 @@ function session(role: string, accountId: string, credentials?: AwsCredentialIde
     role, accountId, ...(credentials ? { credentials } : {}),
     ec2: (region) => clients.ec2(region),
     kms: (region) => clients.kms(region),
+    iam: (region) => clients.iam(region),
   }
 }
 

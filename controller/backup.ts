@@ -17,11 +17,12 @@ import {
   CopySnapshotCommand, CreateSnapshotsCommand, DeleteSnapshotCommand, DescribeSnapshotsCommand, ModifySnapshotAttributeCommand,
   type EC2Client,
 } from '@aws-sdk/client-ec2'
-import { assumeRole, type Session } from './aws.ts'
+import { assumeRole, ownSession, type Session } from './aws.ts'
 import { Cleanup, failedAfterCleanup, type CleanupReport } from './cleanup.ts'
 import { call, describeInstance, describeKey, describeVolumes, waitSnapshots, type Waits } from './ec2.ts'
 import { backupUsesWorkerDefaultKey, backupWorkerNeeds, defaultEbsKey, tryNeeds } from './keys.ts'
 import { settleAll } from '../agent/core/concurrency.ts'
+import { provisionable } from '../agent/aws/volume-types.ts'
 import { EbsWorkerError, ErrorCode } from '../agent/core/errors.ts'
 import { newRestorePointId, RESTORE_POINT_VERSION, RestorePointStore, type RestorePoint } from './restore-point.ts'
 import { succeeded, type TaskChannel } from './tasks.ts'
@@ -88,7 +89,8 @@ export async function surveyInstance(source: Session, region: string, instanceId
     const key = v.KmsKeyId ? keys.get(v.KmsKeyId) : undefined
     volumes.push({
       deviceName: m.DeviceName!, volumeId: v.VolumeId!, sizeGiB: v.Size!, volumeType: v.VolumeType ?? 'gp3',
-      ...(v.Iops ? { iops: v.Iops } : {}), ...(v.Throughput ? { throughput: v.Throughput } : {}),
+      // What the type was provisioned with: gp2's Iops is only its baseline, which CreateVolume refuses.
+      ...provisionable(v.VolumeType ?? 'gp3', { iops: v.Iops, throughput: v.Throughput }),
       encrypted: Boolean(v.Encrypted), ...(v.KmsKeyId ? { kmsKeyId: v.KmsKeyId } : {}), deleteOnTermination: Boolean(m.Ebs!.DeleteOnTermination),
       awsManaged: Boolean(key?.ok && key.manager === 'AWS'),
     })
@@ -163,9 +165,11 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
     const whoW = `worker role ${o.workerRole}`
     const worker = await assumeRole(o.workerRole, o.region, 'ebs-controller-check')
     const defaultKey = backupUsesWorkerDefaultKey(volumes, cross) ? await defaultEbsKey(worker, o.region, whoW) : undefined
-    const refused = (await tryNeeds(worker, o.region, backupWorkerNeeds(volumes, cross, reencryptArn, defaultKey))).filter((r) => !r.ok)
+    // Its grants as EBS makes them: simulated by the controller, with the key policies read in the keys' accounts.
+    const me = await ownSession(o.region)
+    const refused = (await tryNeeds(worker, o.region, backupWorkerNeeds(volumes, cross, reencryptArn, defaultKey), { simulator: me, readers: [me, source] })).filter((r) => !r.ok)
     if (refused.length) {
-      throw new EbsWorkerError(ErrorCode.AccessDenied, `the ${whoW} cannot use the keys the backup needs: ${refused.map((r) => `kms:${r.action} on ${r.need.label}`).join('; ')}. ` +
+      throw new EbsWorkerError(ErrorCode.AccessDenied, `the ${whoW} cannot use the keys the backup needs: ${refused.map((r) => `kms:${r.action} on ${r.need.label}${r.detail ? ` (${r.detail})` : ''}`).join('; ')}. ` +
         'The key policies must allow the worker account (packaging/iam/key-policy-*.json) and the worker role\'s policy must allow the actions. Nothing was created.')
     }
   }

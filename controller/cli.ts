@@ -57,6 +57,24 @@ function withRestoreTarget(c: Command): Command {
     .requiredOption('--restore-role <arn>', 'IAM role in the target account (instance, volumes)')
     .addOption(repoOption())
     .option('--worker-role <arn>', 'worker role to assume for the KMS checks before anything is created')
+    .option('--instance-type <type>', 'instance type (default: the original\'s)')
+    .option('--image-id <ami>', 'image to launch from before the volumes are swapped in, in the target account and Region (default: the original\'s)')
+    .option('--subnet-id <subnet>', 'subnet to launch into (needed where the target account has no default VPC); the instance goes into its AZ')
+    .option('--security-group-ids <ids>', 'security groups of the instance, comma-separated (of the subnet\'s VPC, or the default VPC)', (v: string) => v.split(',').map((x) => x.trim()).filter(Boolean))
+}
+
+/** The restore options restore-instance and its preflight share, as the flows take them. */
+interface RestoreTarget {
+  backup: string; targetAccount: string; targetRegion: string; targetKmsKey: string; restoreRole: string; repo: string; workerRole?: string
+  instanceType?: string; imageId?: string; subnetId?: string; securityGroupIds?: string[]
+}
+
+function restoreTarget(o: RestoreTarget) {
+  return {
+    restorePointId: o.backup, repo: o.repo, targetAccount: o.targetAccount, targetRegion: o.targetRegion, targetKmsKey: o.targetKmsKey, restoreRole: o.restoreRole,
+    ...(o.workerRole ? { workerRole: o.workerRole } : {}), ...(o.instanceType ? { instanceType: o.instanceType } : {}), ...(o.imageId ? { imageId: o.imageId } : {}),
+    ...(o.subnetId ? { subnetId: o.subnetId } : {}), ...(o.securityGroupIds?.length ? { securityGroupIds: o.securityGroupIds } : {}),
+  }
 }
 
 function withCommon(c: Command, queues = true): Command {
@@ -136,19 +154,16 @@ export async function main(argv: string[]): Promise<number> {
     }))
 
   withRestoreTarget(withCommon(program.command('restore-instance').description('rebuild an instance from a restore point, in this or another account')))
-    .option('--instance-type <type>', 'instance type (default: the original\'s)')
-    .option('--image-id <ami>', 'image to launch from before the volumes are swapped in (default: the original\'s)')
-    .option('--availability-zone <az>', 'AZ of the new instance (cross-account; default: the original\'s, in the target Region)')
+    .option('--availability-zone <az>', 'AZ of the new instance (cross-account; default: the subnet\'s, else the original\'s, in the target Region)')
     .option('--no-start', 'leave the instance stopped')
-    .action(run(async (o: Common & { backup: string; targetAccount: string; targetRegion: string; targetKmsKey: string; restoreRole: string; repo: string; workerRole?: string; instanceType?: string; imageId?: string; availabilityZone?: string; start: boolean }) => {
+    .action(run(async (o: Common & RestoreTarget & { availabilityZone?: string; start: boolean }) => {
       const tasks = channel(o)
       try {
         const out = await restoreInstance({
-          restorePointId: o.backup, repo: o.repo, targetAccount: o.targetAccount, targetRegion: o.targetRegion, targetKmsKey: o.targetKmsKey,
-          restoreRole: o.restoreRole, waits: waitsOf(o), noStart: !o.start, ...(o.workerRole ? { workerRole: o.workerRole } : {}),
-          ...(o.instanceType ? { instanceType: o.instanceType } : {}), ...(o.imageId ? { imageId: o.imageId } : {}), ...(o.availabilityZone ? { availabilityZone: o.availabilityZone } : {}),
+          ...restoreTarget(o), waits: waitsOf(o), noStart: !o.start, ...(o.availabilityZone ? { availabilityZone: o.availabilityZone } : {}),
         }, tasks)
         const human = [`instance ${out.instanceId} in ${o.targetAccount} ${o.targetRegion}:`, ...out.volumes.map((v) => `  ${v.deviceName}  ${v.volumeId}  ${v.kmsKeyId}`),
+          ...(out.droppedTags.length ? [`tags of the original not copied (reserved aws: keys, or beyond EC2's 50): ${out.droppedTags.join(', ')}`] : []),
           ...(out.cleanup.failed.length ? [`could not clean up: ${out.cleanup.failed.join('; ')}`] : [])].join('\n')
         print(o.json, human, { ok: true, ...out })
         if (out.cleanup.failed.length) status = 1
@@ -170,11 +185,8 @@ export async function main(argv: string[]): Promise<number> {
       }))
     }))
   withRestoreTarget(withCommon(preflight.command('restore-instance'), false))
-    .action(run(async (o: Common & { backup: string; targetAccount: string; targetRegion: string; targetKmsKey: string; restoreRole: string; repo: string; workerRole?: string }) => {
-      report(o, await preflightRestore({
-        restorePointId: o.backup, repo: o.repo, targetAccount: o.targetAccount, targetRegion: o.targetRegion, targetKmsKey: o.targetKmsKey,
-        restoreRole: o.restoreRole, ...(o.workerRole ? { workerRole: o.workerRole } : {}),
-      }))
+    .action(run(async (o: Common & RestoreTarget) => {
+      report(o, await preflightRestore(restoreTarget(o)))
     }))
 
   withCommon(program.command('sweep-snapshots').description("delete the snapshots of backups that never finished (a controller that died mid-run)"), false)

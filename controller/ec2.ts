@@ -1,14 +1,15 @@
 // The EC2 and KMS calls the flows share, with their errors turned into ours (agent/aws/errors.ts)
 // and waits that notice what AWS's own waiters would only time out on (a snapshot in "error"; a
-// volume rolled back because KMS refused EBS the key, agent/aws/waits.ts).
+// volume rolled back because KMS refused EBS the key) and wait out what EC2's eventual
+// consistency says of a resource just created ("no such id"; agent/aws/waits.ts).
 import {
-  DescribeInstancesCommand, DescribeSnapshotsCommand, DescribeVolumesCommand, type EC2Client, type Instance, type Volume,
+  DescribeInstancesCommand, DescribeVolumesCommand, type EC2Client, type Instance, type Volume,
 } from '@aws-sdk/client-ec2'
 import { CreateGrantCommand, DecryptCommand, DescribeKeyCommand, GenerateDataKeyWithoutPlaintextCommand, type KMSClient, type KeyMetadata } from '@aws-sdk/client-kms'
 import type { Session } from './aws.ts'
 import { EbsWorkerError, ErrorCode, describe } from '../agent/core/errors.ts'
 import { awsCall, awsErrorName } from '../agent/aws/errors.ts'
-import { poll, type PollOptions } from '../agent/aws/waits.ts'
+import { poll, Sighting, waitSnapshotsCompleted, type PollOptions } from '../agent/aws/waits.ts'
 
 export interface Waits {
   /** Longest wait for a snapshot to complete. */
@@ -42,22 +43,28 @@ export async function describeVolumes(ec2: EC2Client, who: string, volumeIds: st
   return out.Volumes ?? []
 }
 
-/** Waits until every snapshot is completed; one in "error" (or gone) fails at once. */
+/** Waits until every snapshot is completed; one in "error" (or gone) fails at once; one not visible yet is waited for (agent/aws/waits.ts). */
 export async function waitSnapshots(ec2: EC2Client, who: string, snapshotIds: string[], waits: Waits): Promise<void> {
-  if (!snapshotIds.length) return
-  await poll({ timeoutMs: waits.snapshotTimeoutMs, ...(waits.pollMs ? { pollMs: waits.pollMs } : {}) }, async () => {
-    const out = await call(who, 'DescribeSnapshots', () => ec2.send(new DescribeSnapshotsCommand({ SnapshotIds: snapshotIds })))
-    const failed = (out.Snapshots ?? []).filter((s) => s.State === 'error')
-    if (failed.length) {
-      throw new EbsWorkerError(ErrorCode.SnapshotFailed, `${who}: snapshot ${failed.map((s) => `${s.SnapshotId} (${s.StateMessage ?? 'error'})`).join(', ')} failed`)
-    }
-    return (out.Snapshots ?? []).length === snapshotIds.length && out.Snapshots!.every((s) => s.State === 'completed') ? true : undefined
-  }, () => new EbsWorkerError(ErrorCode.SnapshotTimeout, `${who}: snapshots ${snapshotIds.join(', ')} did not complete within ${Math.round(waits.snapshotTimeoutMs / 1000)} s`))
+  await waitSnapshotsCompleted(ec2, snapshotIds, { timeoutMs: waits.snapshotTimeoutMs, ...(waits.pollMs ? { pollMs: waits.pollMs } : {}), who })
 }
 
+/**
+ * Waits until an instance is in `wanted` state. Just launched, it may be unknown to
+ * DescribeInstances for a while (InvalidInstanceID.NotFound after RunInstances is the EC2
+ * Developer Guide's own example of eventual consistency): that is waited out (Sighting).
+ */
 export async function waitInstanceState(ec2: EC2Client, who: string, instanceId: string, wanted: string, waits: Waits): Promise<Instance> {
-  return poll(statePoll(waits), async () => {
-    const i = await describeInstance(ec2, who, instanceId)
+  const o = statePoll(waits)
+  const sighting = new Sighting(o)
+  return poll(o, async () => {
+    let i: Instance
+    try {
+      i = await describeInstance(ec2, who, instanceId)
+    } catch (err) {
+      if (!(err instanceof EbsWorkerError && err.code === ErrorCode.InstanceNotFound) || sighting.missing() !== 'not-yet') throw err
+      return undefined
+    }
+    sighting.seen()
     return i.State?.Name === wanted ? i : undefined
   }, () => new EbsWorkerError(ErrorCode.StateTimeout, `${who}: instance ${instanceId} did not become ${wanted} within ${Math.round(waits.stateTimeoutMs / 1000)} s`, { context: { instanceId } }))
 }
@@ -72,6 +79,8 @@ export async function describeKey(kms: KMSClient, who: string, keyRef: string): 
 export interface Outcome {
   ok: boolean
   detail?: string
+  /** The AWS error name of a refusal (UnauthorizedOperation, AccessDeniedException, InvalidSnapshot.NotFound…). */
+  awsError?: string
 }
 
 /**
@@ -85,7 +94,7 @@ export async function dryRun(send: () => Promise<unknown>): Promise<Outcome> {
   } catch (err) {
     const name = awsErrorName(err)
     if (name === 'DryRunOperation' || name === 'DryRunOperationException') return { ok: true }
-    return { ok: false, detail: `${name}: ${describe(err)}` }
+    return { ok: false, detail: `${name}: ${describe(err)}`, awsError: name }
   }
 }
 

@@ -3,10 +3,14 @@
 // EBS encryption", required KMS permissions): reading a snapshot under it needs a grant and
 // Decrypt, creating a volume under it a grant and GenerateDataKeyWithoutPlaintext. An AWS managed
 // key (aws/ebs) is usable through EBS by every principal of its account, and its key policy
-// (conditioned on kms:ViaService) refuses direct calls: it is never dry-run.
+// (conditioned on kms:ViaService) refuses direct calls: it is never dry-run. The worker role's
+// grants are only ever made by EBS, and its policy (packaging/iam/worker-policy.json) allows no
+// other: they are checked as EBS would make them (grants.ts), its other actions with KMS DryRun.
 import { GetEbsDefaultKmsKeyIdCommand } from '@aws-sdk/client-ec2'
 import type { Session } from './aws.ts'
 import { call, describeKey, kmsDryRun, type KmsAction, type Outcome } from './ec2.ts'
+import { grantByEbs, KEY_ARN, type GrantCheck } from './grants.ts'
+import { describe } from '../agent/core/errors.ts'
 
 /** Reading a snapshot encrypted under the key. */
 export const READ: readonly KmsAction[] = ['CreateGrant', 'Decrypt']
@@ -70,9 +74,26 @@ export function restoreRoleNeeds(targetKey: string, workerDefault?: string): Key
   ]
 }
 
-/** Each action of each need, dry-run with KMS as `s`. */
-export async function tryNeeds(s: Session, region: string, needs: KeyNeed[]): Promise<Array<{ need: KeyNeed; action: KmsAction } & Outcome>> {
+/**
+ * One action of a need as `s`: KMS DryRun, or with `grants` kms:CreateGrant as EBS makes the grant
+ * (grants.ts; `keyArn`: the key's ARN, when the caller knows it already).
+ */
+export async function tryAction(s: Session, region: string, key: string, action: KmsAction, grants?: GrantCheck, keyArn?: string): Promise<Outcome> {
+  if (action !== 'CreateGrant' || !grants) return kmsDryRun(s, region, key, action)
+  let arn = keyArn ?? (KEY_ARN.test(key) ? key : undefined)
+  if (!arn) {
+    try {
+      arn = (await describeKey(s.kms(region), s.role, key)).Arn!
+    } catch (err) {
+      return { ok: false, detail: describe(err) }
+    }
+  }
+  return grantByEbs(grants, s.role, region, arn)
+}
+
+/** Each action of each need as `s` (tryAction). */
+export async function tryNeeds(s: Session, region: string, needs: KeyNeed[], grants?: GrantCheck): Promise<Array<{ need: KeyNeed; action: KmsAction } & Outcome>> {
   const out: Array<{ need: KeyNeed; action: KmsAction } & Outcome> = []
-  for (const need of needs) for (const action of need.actions) out.push({ need, action, ...(await kmsDryRun(s, region, need.key, action)) })
+  for (const need of needs) for (const action of need.actions) out.push({ need, action, ...(await tryAction(s, region, need.key, action, grants)) })
   return out
 }

@@ -2,19 +2,24 @@
 // role × KMS key × action → ok / missing. Nothing is created: EC2 actions are asked with DryRun
 // (DryRunOperation = allowed, UnauthorizedOperation = not; EC2 API Reference, "DryRun"), KMS
 // grant and cryptographic actions with KMS's DryRun (DryRunOperationException = allowed,
-// AccessDeniedException = not; KMS Developer Guide, "Testing your permissions"), and only
-// read-only calls are made for real (DescribeInstances, DescribeVolumes, DescribeKey,
-// GetEbsDefaultKmsKeyId). The aws/ebs rule shows as a row of its own.
+// AccessDeniedException = not; KMS Developer Guide, "Testing your permissions"), the worker role's
+// kms:CreateGrant as EBS makes the grant (grants.ts: IAM policy simulation and the key policy),
+// and only read-only calls are made for real (DescribeInstances, DescribeVolumes, DescribeKey,
+// GetEbsDefaultKmsKeyId, GetKeyPolicy, DescribeImages…). The aws/ebs rule shows as a row of its own.
+// Calls on a snapshot that does not exist yet are asked about a placeholder id: EC2 validates a
+// DryRun request's parameters too, so InvalidSnapshot.NotFound there means the permission was not refused.
 import {
   CopySnapshotCommand, CreateSnapshotsCommand, CreateVolumeCommand, DeleteSnapshotCommand, ModifySnapshotAttributeCommand, RunInstancesCommand, type EC2Client,
 } from '@aws-sdk/client-ec2'
 import { assumeRole, ownSession, type Session } from './aws.ts'
 import { surveyInstance } from './backup.ts'
 import { describeKey, dryRun, type Outcome } from './ec2.ts'
-import { backupUsesWorkerDefaultKey, backupWorkerNeeds, CREATE, defaultEbsKey, restoreRoleNeeds, restoreWorkerNeed, tryNeeds, type DefaultKey, type KeyNeed } from './keys.ts'
+import { backupUsesWorkerDefaultKey, backupWorkerNeeds, CREATE, defaultEbsKey, restoreRoleNeeds, restoreWorkerNeed, tryAction, type DefaultKey, type KeyNeed } from './keys.ts'
+import { KEY_ARN, type GrantCheck } from './grants.ts'
 import { describe } from '../agent/core/errors.ts'
+import { TASK_ID_TAG } from '../agent/aws/volumes.ts'
 import { RestorePointStore } from './restore-point.ts'
-import type { RestoreOptions } from './restore.ts'
+import { checkImage, checkNetwork, type RestoreOptions } from './restore.ts'
 
 export interface Check {
   role: string
@@ -25,6 +30,18 @@ export interface Check {
 }
 
 const PLACEHOLDER_SNAPSHOT = 'snap-00000000000000000'
+
+/**
+ * A DryRun about PLACEHOLDER_SNAPSHOT: EC2 checks a DryRun request's parameters as well as the
+ * permission (EC2 API Reference, "DryRun"; a DryRun CreateVolume with bad parameters is refused
+ * with their error, kubernetes-retired/kube-aws#1208), and the placeholder does not exist:
+ * InvalidSnapshot.NotFound is the permission not refused, said so in the row's detail.
+ */
+async function placeholderDryRun(send: () => Promise<unknown>): Promise<Outcome> {
+  const outcome = await dryRun(send)
+  if (outcome.awsError !== 'InvalidSnapshot.NotFound') return outcome
+  return { ok: true, detail: `not refused: EC2 checked the request and found no snapshot ${PLACEHOLDER_SNAPSHOT} (a placeholder; ${outcome.detail})` }
+}
 
 function row(role: string, key: string, action: string, outcome: Outcome): Check {
   return { role, key, action, ok: outcome.ok, ...(outcome.detail ? { detail: outcome.detail } : {}) }
@@ -44,12 +61,13 @@ async function tryAssume(role: string, region: string, checks: Check[]): Promise
   }
 }
 
-/** The rows of one key need (keys.ts): DescribeKey, for real, then each action with DryRun. */
-async function needChecks(s: Session, region: string, need: KeyNeed): Promise<Check[]> {
-  const described = await describeKey(s.kms(region), s.role, need.key).then((): Outcome => ({ ok: true }), refused)
+/** The rows of one key need (keys.ts): DescribeKey, for real, then each action with DryRun (with `grants`, CreateGrant as EBS makes it). */
+async function needChecks(s: Session, region: string, need: KeyNeed, grants?: GrantCheck): Promise<Check[]> {
+  let arn = KEY_ARN.test(need.key) ? need.key : undefined
+  const described = await describeKey(s.kms(region), s.role, need.key).then((meta): Outcome => ((arn = meta.Arn ?? arn), { ok: true }), refused)
   // An AWS managed key is usable through EBS by its account; nothing else to try (keys.ts).
   const rows = [row(s.role, need.label, 'kms:DescribeKey', need.actions.length || !described.ok ? described : { ok: true, detail: 'AWS managed: usable through EBS by the account' })]
-  for (const r of await tryNeeds(s, region, [need])) rows.push(row(s.role, need.label, `kms:${r.action}`, r))
+  for (const action of need.actions) rows.push(row(s.role, need.label, `kms:${action}`, await tryAction(s, region, need.key, action, grants, arn)))
   return rows
 }
 
@@ -89,7 +107,7 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
   const workerAccount = o.workerAccount ?? source.accountId
   const cross = workerAccount !== source.accountId
   const dry = async (action: string, send: (ec2: EC2Client) => Promise<unknown>): Promise<void> => {
-    checks.push(row(o.sourceRole, '-', action, await dryRun(() => send(ec2))))
+    checks.push(row(o.sourceRole, '-', action, await placeholderDryRun(() => send(ec2))))
   }
   await dry('ec2:CreateSnapshots', (c) => c.send(new CreateSnapshotsCommand({ InstanceSpecification: { InstanceId: o.instanceId }, DryRun: true })))
   await dry('ec2:DeleteSnapshot', (c) => c.send(new DeleteSnapshotCommand({ SnapshotId: PLACEHOLDER_SNAPSHOT, DryRun: true })))
@@ -118,15 +136,21 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
     const worker = await tryAssume(o.workerRole, o.region, checks)
     if (worker) {
       const defaultKey = backupUsesWorkerDefaultKey(volumes, cross) ? await defaultKeyOrRow(worker, o.region, checks) : null
-      for (const need of backupWorkerNeeds(volumes, cross, o.reencryptWith, defaultKey ?? undefined)) checks.push(...await needChecks(worker, o.region, need))
-      checks.push(row(o.workerRole, '-', 'ec2:CreateVolume', await dryRun(() => worker.ec2(o.region).send(new CreateVolumeCommand({ AvailabilityZone: `${o.region}a`, Size: 1, DryRun: true })))))
+      const me = await ownSession(o.region)
+      const grants: GrantCheck = { simulator: me, readers: [me, source] }
+      for (const need of backupWorkerNeeds(volumes, cross, o.reencryptWith, defaultKey ?? undefined)) checks.push(...await needChecks(worker, o.region, need, grants))
+      // As the worker asks: its volumes carry their task's tag, which the fleet's policy requires.
+      checks.push(row(o.workerRole, '-', 'ec2:CreateVolume', await dryRun(() => worker.ec2(o.region).send(new CreateVolumeCommand({
+        AvailabilityZone: `${o.region}a`, Size: 1, DryRun: true, TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: 'ebs-controller-preflight' }] }],
+      })))))
     }
   }
   return checks
 }
 
 /** What a restore-instance preflight checks: the restore's own options. */
-export type RestorePreflightOptions = Pick<RestoreOptions, 'restorePointId' | 'repo' | 'targetAccount' | 'targetRegion' | 'targetKmsKey' | 'restoreRole' | 'workerRole'>
+export type RestorePreflightOptions = Pick<RestoreOptions, 'restorePointId' | 'repo' | 'targetAccount' | 'targetRegion' | 'targetKmsKey' | 'restoreRole' | 'workerRole'
+  | 'instanceType' | 'imageId' | 'subnetId' | 'securityGroupIds'>
 
 export async function preflightRestore(o: RestorePreflightOptions): Promise<Check[]> {
   const checks: Check[] = []
@@ -151,8 +175,16 @@ export async function preflightRestore(o: RestorePreflightOptions): Promise<Chec
   if (restore) {
     for (const need of restoreRoleNeeds(o.targetKmsKey, workerDefault)) checks.push(...await needChecks(restore, o.targetRegion, need))
     const ec2 = restore.ec2(o.targetRegion)
+    // Where the instance would launch: the image, and the subnet or default VPC (restore.ts).
+    const imageId = o.imageId ?? rp.instance.imageId
+    checks.push(row(o.restoreRole, '-', `launch from ${imageId}`, await checkImage(ec2, o.restoreRole, o, rp).then((): Outcome => ({ ok: true }), refused)))
+    checks.push(row(o.restoreRole, '-', `launch into ${o.subnetId ?? 'the default VPC'}${o.securityGroupIds?.length ? ` with ${o.securityGroupIds.join(', ')}` : ''}`,
+      await checkNetwork(ec2, o.restoreRole, o).then((): Outcome => ({ ok: true }), refused)))
     for (const [action, send] of [
-      ['ec2:RunInstances', (c: EC2Client) => c.send(new RunInstancesCommand({ ImageId: rp.instance.imageId, InstanceType: rp.instance.instanceType as never, MinCount: 1, MaxCount: 1, DryRun: true }))],
+      ['ec2:RunInstances', (c: EC2Client) => c.send(new RunInstancesCommand({
+        ImageId: imageId, InstanceType: (o.instanceType ?? rp.instance.instanceType) as never, MinCount: 1, MaxCount: 1, DryRun: true,
+        ...(o.subnetId ? { SubnetId: o.subnetId } : {}), ...(o.securityGroupIds?.length ? { SecurityGroupIds: o.securityGroupIds } : {}),
+      }))],
       ['ec2:CreateVolume', (c: EC2Client) => c.send(new CreateVolumeCommand({ AvailabilityZone: `${o.targetRegion}a`, Size: 1, Encrypted: true, KmsKeyId: o.targetKmsKey, DryRun: true }))],
     ] as const) {
       checks.push(row(o.restoreRole, '-', action, await dryRun(() => send(ec2))))
@@ -160,7 +192,7 @@ export async function preflightRestore(o: RestorePreflightOptions): Promise<Chec
   }
   if (o.workerRole) {
     const worker = await tryAssume(o.workerRole, o.targetRegion, checks)
-    if (worker) checks.push(...await needChecks(worker, o.targetRegion, restoreWorkerNeed(o.targetKmsKey, workerDefault)))
+    if (worker) checks.push(...await needChecks(worker, o.targetRegion, restoreWorkerNeed(o.targetKmsKey, workerDefault), { simulator: me, readers: [me, ...(restore ? [restore] : [])] }))
   }
   return checks
 }

@@ -2,10 +2,9 @@
 # Which GET path pays for restores, over HTTPS like real S3 and over plain http like the test bed:
 # restore and verify of one backup of the mixed-content bench image (scripts/bench-report.ts image,
 # encrypted repository, as `npm run bench`), many times over, with ebs-worker's ranged GETs on
-#   https-lean  the lean path over https: own SigV4 signing + node:https (RangeGetter#sendNode)
+#   https-lean  the lean path over https (the default): own SigV4 signing + raw-http.ts over TLS
 #   https-sdk   the SDK's GetObject over https (EBS_WORKER_S3_LEAN_GET=0)
-#   http-raw    the lean path over plain http with raw-http.ts, the hand-written HTTP/1.1 client
-#   http-node   the lean path over plain http with node:http (EBS_WORKER_S3_RAW_HTTP=0)
+#   http-raw    the lean path over plain http: raw-http.ts, the hand-written HTTP/1.1 client
 #   http-sdk    the SDK's GetObject over plain http (EBS_WORKER_S3_LEAN_GET=0)
 # against one test bed (scripts/testbed.sh with TESTBED_TLS=1: haproxy terminates TLS in front of
 # RGW; the same bucket is read through both endpoints).  The machine is small and RGW shares its
@@ -20,7 +19,8 @@
 # (plus Node's and the SDK's start-up, the same for all variants).
 #
 # Before the timed rounds, each variant verifies the backup once with counters loaded (--import)
-# that show which path its GETs really took (lean GETs, of them raw-http, SDK ranged GetObjects):
+# that show which path its GETs really took (lean GETs, of them raw-http over TLS and over plain
+# http, SDK ranged GetObjects):
 # a variant that silently fell back to the SDK would otherwise look like the SDK.
 #
 #   scripts/bench-get-path.sh                       # as root (apt-get for haproxy/time if missing)
@@ -28,7 +28,7 @@
 #
 # Knobs (environment):
 #   BENCH_ROUNDS    interleaved rounds (default 7; at least 5 for medians worth reading)
-#   BENCH_VARIANTS  subset/order of the variants above (default: all five)
+#   BENCH_VARIANTS  subset/order of the variants above (default: all four)
 #   BENCH_OPS       subset/order of "restore verify get" (default: all three)
 #   BENCH_GET_PASSES  how often `get` fetches all packs (default 3: about 1 GiB for a 1 GiB image)
 #   BENCH_GIB       image size in GiB, a multiple of 1/16 (default 1)
@@ -46,7 +46,7 @@ export PATH="$PATH:/usr/bin:/usr/sbin"
 NODE=$ROOT/node_modules/.bin/node
 TIME=/usr/bin/time
 ROUNDS=${BENCH_ROUNDS:-7}
-VARIANTS=${BENCH_VARIANTS:-https-lean https-sdk http-raw http-node http-sdk}
+VARIANTS=${BENCH_VARIANTS:-https-lean https-sdk http-raw http-sdk}
 OPS=${BENCH_OPS:-restore verify get}
 GIB=${BENCH_GIB:-1}
 BASE=${BENCH_DIR:-/tmp}
@@ -56,7 +56,7 @@ die() { echo "bench-get-path: $*" >&2; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS: \"$ROUNDS\" is not a positive number"
 [[ $GIB =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_GIB: \"$GIB\" is not a number of GiB"
 for v in $VARIANTS; do
-  case $v in https-lean|https-sdk|http-raw|http-node|http-sdk) ;; *) die "BENCH_VARIANTS: unknown variant $v" ;; esac
+  case $v in https-lean|https-sdk|http-raw|http-sdk) ;; *) die "BENCH_VARIANTS: unknown variant $v" ;; esac
 done
 for op in $OPS; do case $op in restore|verify|get) ;; *) die "BENCH_OPS: unknown operation $op" ;; esac; done
 if [ ! -x "$TIME" ]; then   # like bench.sh: only root with apt installs
@@ -81,12 +81,12 @@ trap 'exit 130' INT TERM
 export MEMSTORE_BYTES=${MEMSTORE_BYTES:-$(awk -v g="$GIB" 'BEGIN { printf "%.0f", (g + 2) * 2^30 }')}
 eval "$(TESTBED_TLS=1 scripts/testbed.sh start)"
 HTTP_ENDPOINT=$AWS_ENDPOINT_URL_S3
-# The JS SDK and node:https trust the test bed's CA through NODE_EXTRA_CA_CERTS (one file, read at
+# The JS SDK and raw-http.ts trust the test bed's CA through NODE_EXTRA_CA_CERTS (one file, read at
 # start; it replaces any value the environment had).  Set for every variant, http ones included,
 # so that all pay the same start-up.  AWS_CA_BUNDLE is the CLI's, not the JS SDK's: out of the way.
 export NODE_EXTRA_CA_CERTS=$TESTBED_CA_FILE
 unset AWS_CA_BUNDLE AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE AWS_PROFILE
-unset EBS_WORKER_S3_LEAN_GET EBS_WORKER_S3_RAW_HTTP
+unset EBS_WORKER_S3_LEAN_GET
 
 # ebs-worker from a copy of agent/ taken now (as bench.sh): edits during the run do not mix in.
 mkdir -p "$WORK/ebs-worker"
@@ -120,7 +120,6 @@ variant_env() {
     https-lean) echo "AWS_ENDPOINT_URL_S3=$TESTBED_HTTPS_ENDPOINT" ;;
     https-sdk) echo "AWS_ENDPOINT_URL_S3=$TESTBED_HTTPS_ENDPOINT EBS_WORKER_S3_LEAN_GET=0" ;;
     http-raw) echo "AWS_ENDPOINT_URL_S3=$HTTP_ENDPOINT" ;;
-    http-node) echo "AWS_ENDPOINT_URL_S3=$HTTP_ENDPOINT EBS_WORKER_S3_RAW_HTTP=0" ;;
     http-sdk) echo "AWS_ENDPOINT_URL_S3=$HTTP_ENDPOINT EBS_WORKER_S3_LEAN_GET=0" ;;
   esac
 }
@@ -135,10 +134,12 @@ op_args() {
 cat > "$WORK/ebs-worker/fetch-packs.mjs" <<JS
 // The GET path alone: every pack of the repository, PASSES times, whole, 8 in flight (restore's
 // default), through the backend's getRange into reused 20 MiB buffers (restore's request buffers).
-import { openBackend } from '$WORK/ebs-worker/agent/backend/open.ts'
+import { openBackend } from '$WORK/ebs-worker/agent/storage/open.ts'
+import { AwsClients } from '$WORK/ebs-worker/agent/aws/clients.ts'
+import { awsSettings } from '$WORK/ebs-worker/agent/aws/config.ts'
 const [repo, passes] = process.argv.slice(2)
 const started = Date.now()
-const backend = openBackend(repo)
+const backend = openBackend(repo, { aws: new AwsClients(awsSettings(process.env)) })
 const packs = []
 for await (const o of backend.list('packs/')) packs.push(o)
 const queue = Array.from({ length: Number(passes) }, () => packs).flat()
@@ -157,15 +158,16 @@ JS
 # --- which path the GETs took: counters loaded into one untimed verify per variant -------------
 cat > "$WORK/count-paths.mjs" <<JS
 // Wraps the lean getter, the raw-http pool and S3Client#send (same module instances as the CLI's)
-// and prints the counts on exit: lean = RangeGetter#get calls, raw = of them through raw-http.ts,
-// sdkRanged = GetObject with a Range through the SDK (the SDK path, or a lean GET that fell back).
-import { RangeGetter } from '$WORK/ebs-worker/agent/backend/s3-range.ts'
-import { RawHttpPool } from '$WORK/ebs-worker/agent/backend/raw-http.ts'
+// and prints the counts on exit: lean = RangeGetter#get calls, rawTls / raw = of them through
+// raw-http.ts over TLS / plain http, sdkRanged = GetObject with a Range through the SDK (the SDK
+// path, or a lean GET that fell back).
+import { RangeGetter } from '$WORK/ebs-worker/agent/storage/s3-range.ts'
+import { RawHttpPool } from '$WORK/ebs-worker/agent/storage/raw-http.ts'
 import { S3Client } from '@aws-sdk/client-s3'
-const n = { lean: 0, raw: 0, sdkRanged: 0, sdkOther: 0 }
+const n = { lean: 0, rawTls: 0, raw: 0, sdkRanged: 0, sdkOther: 0 }
 const wrap = (proto, name, count) => { const f = proto[name]; proto[name] = function (...a) { count(a); return f.apply(this, a) } }
 wrap(RangeGetter.prototype, 'get', () => n.lean++)
-wrap(RawHttpPool.prototype, 'get', () => n.raw++)
+wrap(RawHttpPool.prototype, 'get', ([req]) => req.tls ? n.rawTls++ : n.raw++)
 wrap(S3Client.prototype, 'send', ([cmd]) => cmd?.input?.Range ? n.sdkRanged++ : n.sdkOther++)
 process.on('exit', () => process.stderr.write('GET-PATHS ' + JSON.stringify(n) + '\n'))
 JS
@@ -178,6 +180,12 @@ for v in $VARIANTS; do
     > "$WORK/logs/paths-$v.json" 2> "$WORK/logs/paths-$v.log" || die "$v: verify failed: $(tail -n 5 "$WORK/logs/paths-$v.log")"
   counts=$(grep -o 'GET-PATHS .*' "$WORK/logs/paths-$v.log" | cut -d' ' -f2)
   log "$v: GET paths $counts"
+  case $v in   # a variant whose GETs took another path would measure that path under its name
+    https-lean) expect='"rawTls":[1-9][0-9]*,"raw":0,"sdkRanged":0,' ;;
+    http-raw) expect='"rawTls":0,"raw":[1-9][0-9]*,"sdkRanged":0,' ;;
+    *-sdk) expect='"lean":0,"rawTls":0,"raw":0,"sdkRanged":[1-9]' ;;
+  esac
+  [[ $counts =~ $expect ]] || die "$v: its GETs did not take the expected path: $counts"
   printf '%s\t%s\n' "$v" "$counts" >> "$WORK/paths.tsv"
 done
 
@@ -278,7 +286,7 @@ for op in ops:
               f"{stat(col(9), '{:.2f}')} | {check} |")
     # paired differences within a round, against the first variant of each scheme
     print()
-    for base, others in (("https-lean", ["https-sdk"]), ("http-raw", ["http-node", "http-sdk"])):
+    for base, others in (("https-lean", ["https-sdk"]), ("http-raw", ["http-sdk"])):
         for o in others:
             d = []
             for rnd in sorted(set(r[0] for r in rows)):
@@ -289,8 +297,8 @@ for op in ops:
             if d:
                 print(f"- {op}: {o} minus {base}, client CPU s/GiB per round: median {statistics.median(d):+.2f} "
                       f"(min {min(d):+.2f}, max {max(d):+.2f}; {sum(x > 0 for x in d)} of {len(d)} rounds positive)")
-print("\nGET paths taken (counters in one untimed verify per variant: lean = RangeGetter#get, raw = through raw-http.ts,")
-print("sdkRanged = ranged GetObject through the SDK):\n")
+print("\nGET paths taken (counters in one untimed verify per variant: lean = RangeGetter#get, rawTls / raw = through")
+print("raw-http.ts over TLS / plain http, sdkRanged = ranged GetObject through the SDK):\n")
 for v in variants:
     if v in paths: print(f"- {v}: {paths[v]}")
 PY

@@ -2,11 +2,13 @@
 # The Debian packages the test suite needs, installed when missing (as root, with apt-get):
 # loop devices, ext4 and XFS images (XFS holds the 64 TiB sparse files ext4 cannot), /usr/bin/time
 # for peak memory, systemd-analyze for the unit, python3-fusepy for the failing and
-# slow disks of test/fixtures/faulty-fs.py, packer for the AMI template, curl for user-data, and
-# Ceph (radosgw, mon, osd) for the local S3 of scripts/testbed.sh. Used by `npm test` and .ci/run.
+# slow disks of test/fixtures/faulty-fs.py, packer for the AMI template, curl for user-data,
+# Ceph (radosgw, mon, osd) for the local S3 of scripts/testbed.sh, and haproxy and openssl for its
+# TLS front and the TLS tests' certificates. Used by `npm test` and .ci/run.
 set -uo pipefail
+export PATH="$PATH:/usr/bin:/usr/sbin"   # haproxy is in /usr/sbin, which minimal PATHs (sudo, CI) may miss
 need=()
-for pkg_cmd in e2fsprogs:mkfs.ext4 xfsprogs:mkfs.xfs mount:mount util-linux:losetup systemd:systemd-analyze python3:python3 curl:curl packer:packer radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd; do
+for pkg_cmd in e2fsprogs:mkfs.ext4 xfsprogs:mkfs.xfs mount:mount util-linux:losetup systemd:systemd-analyze python3:python3 curl:curl packer:packer radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd haproxy:haproxy openssl:openssl; do
   command -v "${pkg_cmd#*:}" >/dev/null || need+=("${pkg_cmd%%:*}")
 done
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import fusepy' 2>/dev/null || need+=(python3-fusepy)

@@ -1,8 +1,9 @@
 // Three AWS accounts on this machine, for the controller's end-to-end tests: production (the
 // instance and the source role), backup (the worker fleet, the controller, the repository) and a
-// restore target. The EC2, KMS and STS stand-ins share one AwsWorld; the roles carry the IAM
-// policies of packaging/iam/ and the keys the key-policy statements there, so a flow that passes
-// proves those documents are enough. Workers are a real `ebs-worker daemon` child process on
+// restore target. The EC2, KMS, STS and IAM stand-ins share one AwsWorld; the roles carry the IAM
+// policies of packaging/iam/ (the worker role the fleet's own, worker-policy.json as the stack
+// fills it in) and the keys the key-policy statements there, so a flow that passes proves those
+// documents are enough. Workers are a real `ebs-worker daemon` child process on
 // fauxqs; the controller is the real `ebs-controller` child process.
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -14,6 +15,7 @@ import { cli, CLI, lastJsonLine, makeImage, MiB, ROOT, tempDir, type Teardown } 
 import { EbsStandIn } from './standin/ebs.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { AwsWorld, type PolicyDocument, type PolicyStatement } from './standin/iam.ts'
+import { IamStandIn } from './standin/iam-api.ts'
 import { startImds } from './standin/imds.ts'
 import { KmsStandIn } from './standin/kms.ts'
 import { StsStandIn } from './standin/sts.ts'
@@ -25,6 +27,8 @@ export const REGION = 'eu-west-1'
 export const BYTES_PER_GIB = 8 * MiB
 const WORKER = { instanceId: 'i-0b0b0b0b0b0b0b0b1', accountId: BACKUP, region: REGION, availabilityZone: 'eu-west-1a' }
 export const CONTROLLER_CLI = join(ROOT, 'controller/bin/ebs-controller.ts')
+/** The image of the tests' instances, public in REGION. */
+export const PUBLIC_IMAGE = 'ami-0abcdef0123456789'
 
 const PLACEHOLDERS: Record<string, string> = { CONTROLLER_ACCOUNT_ID: BACKUP, WORKER_ACCOUNT_ID: BACKUP, TARGET_ACCOUNT_ID: TARGET, SOURCE_ACCOUNT_ID: PROD }
 
@@ -33,6 +37,28 @@ export function iamDocument<T = PolicyDocument>(name: string): T {
   let text = readFileSync(join(ROOT, 'packaging/iam', name), 'utf8')
   for (const [k, v] of Object.entries(PLACEHOLDERS)) text = text.replaceAll(k, v)
   return JSON.parse(text) as T
+}
+
+/** The fleet's stack name: the worker instance carries it as its ebs-worker:fleet tag. */
+export const FLEET_STACK = 'ebs-worker-fleet'
+
+/**
+ * packaging/iam/worker-policy.json as CloudFormation fills it in for a stack in the backup
+ * account (packaging/cloudformation/fleet.yaml embeds it): pseudo parameters, the queues, the
+ * repository and KmsKeyArns, a list of key ARNs.
+ */
+export function fleetWorkerPolicy(kmsKeyArns: string[]): PolicyDocument {
+  const values: Record<string, string> = {
+    'AWS::Partition': 'aws', 'AWS::Region': REGION, 'AWS::AccountId': BACKUP, 'AWS::StackName': FLEET_STACK,
+    'TaskQueue.Arn': `arn:aws:sqs:${REGION}:${BACKUP}:tasks`, 'ReplyQueue.Arn': `arn:aws:sqs:${REGION}:${BACKUP}:replies`,
+    RepositoryBucket: 'ebs-worker-repository', RepositoryPrefix: 'backups',
+  }
+  let text = readFileSync(join(ROOT, 'packaging/iam/worker-policy.json'), 'utf8').replaceAll('"${KmsKeyArns}"', JSON.stringify(kmsKeyArns))
+  text = text.replace(/\$\{([^}]+)\}/g, (whole, name: string) => {
+    if (!(name in values)) throw new Error(`worker-policy.json: no value for ${whole}`)
+    return values[name]!
+  })
+  return JSON.parse(text) as PolicyDocument
 }
 
 /** The principals a trust policy names. */
@@ -55,7 +81,8 @@ export async function controllerWorld(t: Teardown) {
   world.addCredentials('AKIACONTROLLER', { arn: `arn:aws:iam::${BACKUP}:user/ebs-controller`, accountId: BACKUP, policy: iamDocument('controller-policy.json') })
 
   const roles = {
-    worker: world.addRole({ accountId: BACKUP, name: 'ebs-worker', trust: [BACKUP], policy: iamDocument('worker-ebs-statements.json') }),
+    // Its policy, the fleet's, once the keys exist (below).
+    worker: world.addRole({ accountId: BACKUP, name: 'ebs-worker', trust: [BACKUP] }),
     source: world.addRole({ accountId: PROD, name: 'ebs-backup-source', trust: trusted('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
     localSource: world.addRole({ accountId: BACKUP, name: 'ebs-backup-source', trust: trusted('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
     restore: world.addRole({ accountId: TARGET, name: 'ebs-restore', trust: trusted('restore-role-trust.json'), policy: iamDocument('restore-role-policy.json') }),
@@ -79,13 +106,23 @@ export async function controllerWorld(t: Teardown) {
     /** The restore target's key. */
     target: kms.addKey({ accountId: TARGET, region: REGION, aliases: ['alias/restored'] }),
   }
+  // The fleet's KmsKeyArns: the keys its workers use (source keys, restores' keys, and the Region's
+  // default EBS key, aws/ebs or the customer managed one it may be given).
+  roles.worker.policy = fleetWorkerPolicy([keys.prod, keys.backup, keys.workerDefault, KmsStandIn.arn(kms.awsEbsKey(BACKUP, REGION))])
   const sts = await new StsStandIn(world).start()
   t.teardown(() => sts.close())
+  const iam = await new IamStandIn(world).start()
+  t.teardown(() => iam.close())
 
   const roots = { sysBlock: join(dir, 'sys/block'), devDir: join(dir, 'dev'), byIdDir: join(dir, 'dev/disk/by-id') }
   await mkdir(roots.byIdDir, { recursive: true })
-  const ec2 = await new Ec2StandIn({ instance: WORKER, dir: join(dir, 'volumes'), roots, bytesPerGiB: BYTES_PER_GIB, delayMs: 30, world, kms }).start()
+  // EC2's eventual consistency is on: ids just created are missed by the next requests (standin/ec2.ts).
+  const ec2 = await new Ec2StandIn({ instance: WORKER, dir: join(dir, 'volumes'), roots, bytesPerGiB: BYTES_PER_GIB, delayMs: 30, visibilityLag: 2, world, kms }).start()
   t.teardown(() => ec2.close())
+  // The instances' image: a public AMI of the Region (as Amazon's own are), launchable by every account there.
+  ec2.addImage({ imageId: PUBLIC_IMAGE, ownerId: '137112412989', region: REGION, public: true, name: 'al2023-ami-2023.6-x86_64' })
+  // The fleet's instances carry its name, which the worker policy's attach and detach statements ask for.
+  ec2.instances.get(WORKER.instanceId)!.tags['ebs-worker:fleet'] = FLEET_STACK
   const ebs = await new EbsStandIn({ ec2, world }).start()
   t.teardown(() => ebs.close())
   const imds = await startImds(WORKER)
@@ -105,7 +142,7 @@ export async function controllerWorld(t: Teardown) {
     queueUrl, replyQueueUrl, repository: repo, concurrency: 4, waitTimeSeconds: 1, visibilityTimeoutSeconds: 30,
     shutdownGraceSeconds: 5, deviceTimeoutSeconds: 10, deviceRoots: roots, imdsEndpoint: imds.endpoint,
   }))
-  const endpoints = { AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_STS: sts.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint, AWS_REGION: REGION }
+  const endpoints = { AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_STS: sts.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint, AWS_ENDPOINT_URL_IAM: iam.endpoint, AWS_REGION: REGION }
   const log = { worker: '' }
   let workerRunning = false
   /** The worker fleet: one daemon with the worker role's credentials (its instance profile). */
@@ -143,8 +180,8 @@ export async function controllerWorld(t: Teardown) {
     })
   })
 
-  /** An instance whose volumes hold random data at distinct places (each one unique). */
-  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean }>) => {
+  /** An instance whose volumes hold random data at distinct places (each one unique); tagged `Name: app-1` unless `options.tags` says otherwise. */
+  const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean; volumeType?: string }>, options: { tags?: Record<string, string>; imageId?: string } = {}) => {
     const specs = []
     for (const [i, v] of volumes.entries()) {
       const image = join(dir, `src-${accountId}-${i}-${Math.random().toString(16).slice(2, 8)}.img`)
@@ -152,9 +189,9 @@ export async function controllerWorld(t: Teardown) {
         { kind: 'random', offset: (i + 1) * MiB, length: 3 * MiB },
         { kind: 'text', offset: 9 * MiB, length: MiB + 4096 * (i + 1) },
       ])
-      specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}) })
+      specs.push({ device: v.device, image, sizeGiB: 2, encrypted: v.encrypted ?? true, ...(v.kmsKeyId ? { kmsKeyId: v.kmsKeyId } : {}), ...(v.volumeType ? { volumeType: v.volumeType } : {}) })
     }
-    return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: 'ami-0abcdef0123456789', tags: { Name: 'app-1' }, volumes: specs })
+    return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: options.imageId ?? PUBLIC_IMAGE, tags: options.tags ?? { Name: 'app-1' }, volumes: specs })
   }
 
   return { dir, world, roles, kms, keys, ec2, repo, startWorker, controller, instance, log }

@@ -221,6 +221,42 @@ t.test('the aws/ebs rule: a restore into another account while the worker accoun
   record(w)
 })
 
+t.test('another account without a default VPC: restore into a subnet with a security group, from an image given with --image-id', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await w.instance(PROD, 'eu-west-1b', [{ device: '/dev/xvda', kmsKeyId: w.keys.prod }, { device: '/dev/sdf', kmsKeyId: w.keys.prod }])
+  const b = await w.controller(['backup-instance', '--instance', instanceId, '--source-role', w.roles.source.arn, '--worker-account', BACKUP])
+  t.equal(b.code, 0, `backup-instance succeeds${b.said}`)
+  w.ec2.defaultKeys.set(`${BACKUP}/${REGION}`, w.keys.workerDefault)
+  w.ec2.withoutDefaultVpc.add(`${TARGET}/${REGION}`)
+  const subnet = w.ec2.addSubnet({ ownerId: TARGET, region: REGION, availabilityZone: 'eu-west-1c' })
+  const group = w.ec2.addSecurityGroup({ ownerId: TARGET, region: REGION, vpcId: w.ec2.subnets.get(subnet)!.vpcId })
+  const image = w.ec2.addImage({ ownerId: TARGET, region: REGION })
+  const r = await w.controller(['restore-instance', '--backup', b.json!.restorePoint.id, '--target-account', TARGET, '--target-region', REGION, '--target-kms-key', w.keys.target,
+    '--restore-role', w.roles.restore.arn, '--subnet-id', subnet, '--security-group-ids', group, '--image-id', image])
+  t.equal(r.code, 0, `restore-instance succeeds${r.said}`)
+  const restored = w.ec2.instances.get(r.json!.instanceId)!
+  t.match(restored, { ownerId: TARGET, state: 'running', subnetId: subnet, securityGroupIds: [group], imageId: image, availabilityZone: 'eu-west-1c' }, 'in the subnet and its AZ, with the group, from the image')
+  await sameData(t, w, instanceId, restored.instanceId)
+  record(w)
+})
+
+t.test('same account: restore with --worker-role checks the worker role\'s grant on the target key as EBS makes it, then restores', async (t) => {
+  const w = await controllerWorld(t)
+  w.startWorker()
+  const instanceId = await sameAccountInstance(w)
+  const rp = await backupSameAccount(t, w, instanceId, 'backup-instance')
+  const r = await w.controller(['restore-instance', '--backup', rp.id, '--target-account', BACKUP, '--target-region', REGION, '--target-kms-key', w.keys.backup,
+    '--restore-role', w.roles.localRestore.arn, '--worker-role', w.roles.worker.arn])
+  t.equal(r.code, 0, `restore-instance succeeds with the fleet's worker policy${r.said}`)
+  const controller = `arn:aws:iam::${BACKUP}:user/ebs-controller`
+  t.same(w.world.calls.filter((c) => c.principal === controller && ['SimulatePrincipalPolicy', 'SimulateCustomPolicy', 'GetKeyPolicy'].includes(c.action)).map((c) => c.action).sort(),
+    ['GetKeyPolicy', 'SimulateCustomPolicy', 'SimulatePrincipalPolicy'], 'the controller simulated the worker role and read the target key\'s policy')
+  t.notOk(w.world.calls.some((c) => c.role === w.roles.worker.arn && c.action === 'CreateGrant'), 'no direct CreateGrant')
+  await sameData(t, w, instanceId, r.json!.instanceId)
+  record(w)
+})
+
 t.test('packaging/iam/ matches what the code calls, exactly', async (t) => {
   // Tagging on creation is authorized as ec2:CreateTags with ec2:CreateAction (EC2 User Guide,
   // "Grant permission to tag resources during creation"); the stand-in folds it into the create

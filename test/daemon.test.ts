@@ -37,6 +37,8 @@ interface WorldOptions {
   env?: Record<string, string | undefined>
   /** Daemon configuration that differs from this world's. */
   config?: Record<string, unknown>
+  /** Requests that miss an id just created (the EC2 stand-in's eventual consistency; default 2). */
+  visibilityLag?: number
 }
 
 async function world(t: Teardown, options: WorldOptions = {}) {
@@ -64,8 +66,9 @@ async function world(t: Teardown, options: WorldOptions = {}) {
     { keyId: 'cmk-restore-1', accountId: INSTANCE.accountId, region: INSTANCE.region, keyManager: 'CUSTOMER' },
   ]).start()
   t.teardown(() => kms.close())
+  // EC2's eventual consistency is on: ids just created are missed by the next requests (standin/ec2.ts).
   const ec2 = await new Ec2StandIn({
-    instance: INSTANCE, dir: join(dir, 'volumes'), roots, bytesPerGiB: 8 * MiB, delayMs: 50,
+    instance: INSTANCE, dir: join(dir, 'volumes'), roots, bytesPerGiB: 8 * MiB, delayMs: 50, visibilityLag: options.visibilityLag ?? 2,
     isAwsManagedKey: (ref) => kms.resolve(ref)?.keyManager === 'AWS',
     ...(options.exposeDevice ? { exposeDevice: options.exposeDevice } : {}),
   }).start()
@@ -425,6 +428,7 @@ t.test('a task whose earlier attempt left its volume in another zone: that volum
     TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: 'ebs-worker:task-id', Value: 'az-1' }] }],
   }))
   await until(() => ec2.volumes.get(stray.VolumeId!)?.state === 'available', 10_000, 'the stray volume')
+  ec2.settle(stray.VolumeId!) // made long before the task: visible by now
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'az-1', snapshotId }))
   const az = await reply('az-1')
   t.equal(az.status, 'succeeded', `the task succeeds here ${JSON.stringify(az.error ?? '')}`)
@@ -497,4 +501,76 @@ t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes 
   t.match(progress[0], { taskId: 'long-1', bytesTotal: size, percent: Number, bytesPerSecond: Number }, 'with bytes, percent and rate')
   second.daemon.kill('SIGTERM')
   t.equal((await second.exited).code, 0)
+})
+
+t.test('a new volume EC2 does not show yet is waited for, not taken for one KMS rolled back', async (t) => {
+  // EC2's eventual consistency: the first requests after CreateVolume answer InvalidVolume.NotFound.
+  const w = await world(t, { visibilityLag: 4 })
+  const { image, b } = await backedUpSnapshot(w)
+  t.equal(b.status, 'succeeded', `the backup succeeds ${JSON.stringify(b.error ?? '')}`)
+  t.equal(w.ec2.missed.get(b.result.volumeId), 4, 'after EC2 said "no such volume" four times')
+  t.equal(w.ec2.volumes.get(b.result.volumeId)!.state, 'deleted', 'its volume was used and deleted, not left behind')
+  const restored = join(w.dir, 'restored.img')
+  await cli(['restore', '--repo', w.repo, '--backup', b.result.backupId, '--device', restored])
+  t.equal(await sha256File(restored), await sha256File(image), 'and the backup holds the snapshot')
+})
+
+t.test('a cross-account restore waits out its new snapshot not visible yet, then shares it', async (t) => {
+  const w = await world(t, { visibilityLag: 3 })
+  const { b } = await backedUpSnapshot(w)
+  const cmk = 'arn:aws:kms:us-east-1:111122223333:key/cmk-restore-1'
+  await w.send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-lag', backupId: b.result.backupId, sizeGiB: 2, volume: { kmsKeyId: cmk }, snapshot: { shareWithAccount: '444455556666' } }))
+  const r = await w.reply('rst-lag')
+  t.equal(r.status, 'succeeded', `the restore succeeds ${JSON.stringify(r.error ?? '')}`)
+  t.equal(w.ec2.missed.get(r.result.snapshotId), 3, 'after EC2 said "no such snapshot" three times')
+  t.match(w.ec2.snapshots.get(r.result.snapshotId), { state: 'completed', sharedWith: ['444455556666'] }, 'a completed snapshot, shared')
+})
+
+t.test('a restore task for a gp2 volume with its recorded IOPS and throughput: made without them', async (t) => {
+  const w = await world(t)
+  const { image, b } = await backedUpSnapshot(w)
+  // What DescribeVolumes says of a gp2 volume (its baseline IOPS) cannot be asked of CreateVolume.
+  await w.send(JSON.stringify({ version: 1, type: 'restore', taskId: 'rst-gp2', backupId: b.result.backupId, sizeGiB: 2, volume: { volumeType: 'gp2', iops: 100, throughput: 125 } }))
+  const r = await w.reply('rst-gp2')
+  t.equal(r.status, 'succeeded', `the restore succeeds ${JSON.stringify(r.error ?? '')}`)
+  const target = w.ec2.volumes.get(r.result.volumeId)!
+  t.match(target, { volumeType: 'gp2', iops: 100, throughput: null }, 'a gp2 volume, at its baseline IOPS')
+  t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'holding the backup')
+})
+
+/** The worker instance's device names /dev/sd[f-p], all but the last `free` taken by volumes of its own. */
+async function occupyDeviceNames(w: Awaited<ReturnType<typeof world>>, free: number): Promise<string[]> {
+  const names = 'fghijklmnop'.split('').map((c) => `/dev/sd${c}`)
+  return Promise.all(names.slice(0, names.length - free).map((d) => w.ec2.occupyDevice(d)))
+}
+
+t.test('more tasks than free device names: the others wait for a name, and all succeed', async (t) => {
+  const w = await world(t, { config: { concurrency: 3 } })
+  await occupyDeviceNames(w, 1)
+  const image = join(w.dir, 'snapshot.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }])
+  const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 2 })
+  for (const i of [1, 2, 3]) await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: `names-${i}`, snapshotId }))
+  for (const i of [1, 2, 3]) {
+    const r = await w.reply(`names-${i}`)
+    t.equal(r.status, 'succeeded', `task ${i} succeeds ${JSON.stringify(r.error ?? '')}`)
+  }
+  const lines = w.state.log.split('\n')
+  const firstDone = lines.findIndex((l) => l.includes('"msg":"task succeeded"'))
+  t.equal(lines.slice(0, firstDone).filter((l) => l.includes('"msg":"task started"')).length, 3, 'the three ran at once, on one free name')
+  t.notMatch(w.state.log, /NO_FREE_DEVICE_NAME|DEVICE_UNUSABLE/, 'none failed for want of a name')
+})
+
+t.test('no device name free for longer than deviceNameWaitSeconds: the task is handed back, and done once one is free', async (t) => {
+  const w = await world(t, { config: { deviceNameWaitSeconds: 1 } })
+  const occupied = await occupyDeviceNames(w, 0)
+  const image = join(w.dir, 'snapshot.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }])
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'no-name', snapshotId: w.ec2.addSnapshot({ image, sizeGiB: 2 }) }))
+  await until(() => /"msg":"task failed, will be retried".*"code":"NO_FREE_DEVICE_NAME"/.test(w.state.log), 30_000, 'the task handed back')
+  w.ec2.freeDevice(occupied[4]!)
+  const r = await w.reply('no-name')
+  // The first reply of the task is this one: the attempt without a name sent none.
+  t.equal(r.status, 'succeeded', `once a name is free, the task delivered again succeeds ${JSON.stringify(r.error ?? '')}`)
+  t.notMatch(w.state.log, /"msg":"task failed",/, 'it never failed for good')
 })

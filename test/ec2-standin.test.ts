@@ -78,10 +78,59 @@ t.test('the AWS rules the flows depend on', async (t) => {
   const underDefault = await client.send(new CreateSnapshotCommand({ VolumeId: shared.VolumeId! }))
   t.match(underDefault, { State: 'pending', Encrypted: true, KmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:alias/aws/ebs' })
   await waitUntilSnapshotCompleted({ client, maxWaitTime: 10, minDelay: 1 }, { SnapshotIds: [underDefault.SnapshotId!] })
-  await t.rejects(share(underDefault.SnapshotId!), { name: 'InvalidParameter', message: /AWS Managed CMK can't be shared/ }, 'aws/ebs: not shareable')
+  await t.rejects(share(underDefault.SnapshotId!), { name: 'OperationNotPermitted', message: /EBS default key cannot be shared/ }, 'aws/ebs: not shareable')
   const cmkVolume = await client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, Encrypted: true, KmsKeyId: 'arn:aws:kms:eu-west-1:111122223333:key/cmk' }))
   await waitUntilVolumeAvailable({ client, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [cmkVolume.VolumeId!] })
   const underCmk = await client.send(new CreateSnapshotCommand({ VolumeId: cmkVolume.VolumeId! }))
   await share(underCmk.SnapshotId!)
   t.same(ec2.snapshots.get(underCmk.SnapshotId!)!.sharedWith, ['444455556666'], 'a customer managed key: shared')
+})
+
+t.test('CreateVolume takes Iops only for io1, io2 and gp3, Throughput only for gp3, as EC2 does', async (t) => {
+  const { client } = await setup(t)
+  const create = (VolumeType: 'gp2' | 'gp3' | 'io2' | 'st1', more: { Iops?: number; Throughput?: number } = {}) =>
+    client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 200, VolumeType, ...more }))
+  await t.rejects(create('gp2', { Iops: 600 }), { name: 'InvalidParameterCombination', message: /iops is not supported for gp2/ }, 'Iops on gp2: refused')
+  await t.rejects(create('st1', { Iops: 500 }), { name: 'InvalidParameterCombination' }, 'Iops on st1: refused')
+  await t.rejects(create('io2', { Iops: 4000, Throughput: 250 }), { name: 'InvalidParameterCombination', message: /throughput can only be specified for volumeType gp3/ }, 'Throughput on io2: refused')
+  await t.rejects(create('io2'), { name: 'InvalidParameterCombination', message: /iops must be specified for io2/ }, 'io2 without Iops: refused')
+  await t.rejects(client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, VolumeType: 'gp2', Iops: 100, DryRun: true })),
+    { name: 'InvalidParameterCombination' }, 'checked with DryRun too')
+  t.match(await create('gp3', { Iops: 6000, Throughput: 500 }), { VolumeType: 'gp3', Iops: 6000, Throughput: 500 }, 'gp3 takes both')
+  t.match(await create('io2', { Iops: 4000 }), { VolumeType: 'io2', Iops: 4000 }, 'io2 takes Iops')
+})
+
+t.test('DescribeVolumes reports gp2\'s baseline IOPS (3 per GiB, 100 to 16,000) and gp3\'s defaults', async (t) => {
+  const { client } = await setup(t)
+  const iopsOf = async (VolumeType: 'gp2' | 'gp3', Size: number) => {
+    const v = await client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size, VolumeType }))
+    const d = (await client.send(new DescribeVolumesCommand({ VolumeIds: [v.VolumeId!] }))).Volumes![0]!
+    return { iops: d.Iops, throughput: d.Throughput }
+  }
+  t.same(await iopsOf('gp2', 2), { iops: 100, throughput: undefined }, 'a small gp2 volume: 100')
+  t.same(await iopsOf('gp2', 1000), { iops: 3000, throughput: undefined }, '1,000 GiB: 3,000')
+  t.same(await iopsOf('gp3', 2), { iops: 3000, throughput: 125 }, 'gp3: 3,000 IOPS and 125 MiB/s')
+})
+
+t.test('eventual consistency: the first requests after a create find no such id, then it is there', async (t) => {
+  const { ec2, client } = await setup(t)
+  ec2.visibilityLag = 2
+  const v = await client.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1 }))
+  await t.rejects(client.send(new DescribeVolumesCommand({ VolumeIds: [v.VolumeId!] })), { name: 'InvalidVolume.NotFound' }, 'by id: not found')
+  const listed = await client.send(new DescribeVolumesCommand({ Filters: [{ Name: 'volume-id', Values: [v.VolumeId!] }] }))
+  t.same(listed.Volumes, [], 'by filter: not listed')
+  t.equal((await client.send(new DescribeVolumesCommand({ VolumeIds: [v.VolumeId!] }))).Volumes![0]!.VolumeId, v.VolumeId, 'then there')
+  t.equal(ec2.missed.get(v.VolumeId!), 2, 'missed by two requests')
+})
+
+t.test('DryRun checks the snapshot it names: one that does not exist is InvalidSnapshot.NotFound', async (t) => {
+  const { dir, ec2, client } = await setup(t)
+  const image = join(dir, 'snap.img')
+  await makeImage(image, 4 * MiB, [])
+  const known = ec2.addSnapshot({ image, sizeGiB: 1 })
+  const share = (SnapshotId: string) => client.send(new ModifySnapshotAttributeCommand({
+    SnapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { Add: [{ UserId: '444455556666' }] }, DryRun: true,
+  }))
+  await t.rejects(share('snap-00000000000000000'), { name: 'InvalidSnapshot.NotFound' }, 'an unknown snapshot')
+  await t.rejects(share(known), { name: 'DryRunOperation' }, 'a known one: DryRunOperation')
 })

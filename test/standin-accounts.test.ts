@@ -114,7 +114,7 @@ t.test('EC2 across accounts: default keys, the KMS rollback, sharing, aws/ebs, c
   const share = (SnapshotId: string, op: 'Add' | 'Remove' = 'Add') => prod.ec2.send(new ModifySnapshotAttributeCommand({
     SnapshotId, Attribute: 'createVolumePermission', CreateVolumePermission: { [op]: [{ UserId: BACKUP }] },
   }))
-  await t.rejects(share(rootSnap!.snapshotId), { name: 'InvalidParameter' }, 'an aws/ebs snapshot cannot be shared')
+  await t.rejects(share(rootSnap!.snapshotId), { name: 'OperationNotPermitted' }, 'an aws/ebs snapshot cannot be shared')
   await share(dataSnap!.snapshotId)
   t.same((await backup.ec2.send(new DescribeSnapshotsCommand({ SnapshotIds: [dataSnap!.snapshotId] }))).Snapshots!.map((s) => s.OwnerId), [PROD], 'visible once shared')
 
@@ -160,4 +160,16 @@ t.test('EC2 across accounts: default keys, the KMS rollback, sharing, aws/ebs, c
   await t.rejects(lim.ec2.send(new CreateSnapshotsCommand({ InstanceSpecification: { InstanceId: instanceId }, DryRun: true })), { name: 'UnauthorizedOperation' }, 'DryRun refused')
   await t.rejects(prod.ec2.send(new CreateSnapshotsCommand({ InstanceSpecification: { InstanceId: instanceId }, DryRun: true })), { name: 'DryRunOperation' }, 'DryRun allowed')
   t.same(world.actionsOf(limited.arn), ['ec2:CreateSnapshots', 'ec2:DescribeInstances'], 'the calls of a role')
+})
+
+t.test('KMS refusing EBS with EC2\'s eventual consistency on: the agent waits until the volume is seen, then gone: ACCESS_DENIED', async (t) => {
+  const { kms, ec2, clients } = await setup(t)
+  ec2.visibilityLag = 3
+  const backup = clients('AKIABACKUPADMIN')
+  const someoneElses = kms.addKey({ accountId: BACKUP, region: REGION, policy: { Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${BACKUP}:user/someone-else` }, Action: 'kms:*', Resource: '*' }] } })
+  const volumes = new Volumes({ client: backup.ec2, identity: { ...WORKER, instanceType: 'c6i.large' }, stateTimeoutSeconds: 30 })
+  await t.rejects(volumes.createEmpty('task-denied-late', 1, { kmsKeyId: someoneElses }), { code: 'ACCESS_DENIED', message: /rolled back while being created.*KMS key/ }, 'ACCESS_DENIED')
+  const made = [...ec2.volumes.values()].find((v) => v.tags['ebs-worker:task-id'] === 'task-denied-late')!
+  t.equal(ec2.missed.get(made.volumeId), 3, 'after three answers "no such volume" that were only EC2 catching up')
+  t.match(made, { state: 'deleted', stateReason: /KMS refused/ }, 'and the volume was rolled back')
 })

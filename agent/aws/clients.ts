@@ -11,6 +11,7 @@ import { Agent as HttpsAgent } from 'node:https'
 import { createRequire } from 'node:module'
 import type { EBSClient } from '@aws-sdk/client-ebs'
 import type { EC2Client } from '@aws-sdk/client-ec2'
+import type { IAMClient } from '@aws-sdk/client-iam'
 import type { KMSClient } from '@aws-sdk/client-kms'
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3'
 import type { SQSClient } from '@aws-sdk/client-sqs'
@@ -30,18 +31,15 @@ export interface S3Target {
   checksums?: S3Checksums | undefined
 }
 
-/** An S3 client with what the lean ranged GET (storage/s3-range.ts) shares with it: its sockets, timeouts and attempts. */
+/** An S3 client with what the lean ranged GET (storage/s3-range.ts) shares with it: its timeouts and attempts. */
 export interface S3Connection {
   client: S3Client
-  httpAgent: HttpAgent
-  httpsAgent: HttpsAgent
   connectionTimeout: number
   socketTimeout: number
   maxAttempts: number
   checksums: S3Checksums
-  /** Restores' ranged GETs may skip the SDK (settings.s3.leanGet), and over plain http node:http too (rawHttp). */
+  /** Restores' ranged GETs may skip the SDK (settings.s3.leanGet). */
   leanGet: boolean
-  rawHttp: boolean
 }
 
 interface Destroyable {
@@ -91,6 +89,11 @@ export class AwsClients {
     return this.#get('sts', region, (config) => new (require('@aws-sdk/client-sts') as typeof import('@aws-sdk/client-sts')).STSClient(config))
   }
 
+  /** IAM, a global service: the Region only says which partition's endpoint (the controller's policy simulation). */
+  iam(region?: string): IAMClient {
+    return this.#get('iam', region, (config) => new (require('@aws-sdk/client-iam') as typeof import('@aws-sdk/client-iam')).IAMClient(config))
+  }
+
   /**
    * S3 for a repository: one client (and connection pool) per target, since a repository URL may
    * name its own Region and endpoint. With an endpoint override and no Region, us-east-1 (what
@@ -125,8 +128,7 @@ export class AwsClients {
     const client = new S3Client(config)
     if (checksums !== 'when-required') client.middlewareStack.add(unsignedPayloadOverTls, UNSIGNED_PAYLOAD_STEP)
     const connection: S3Connection & Destroyable = {
-      client, httpAgent, httpsAgent, connectionTimeout, socketTimeout, maxAttempts, checksums,
-      leanGet: this.settings.s3.leanGet, rawHttp: this.settings.s3.rawHttp,
+      client, connectionTimeout, socketTimeout, maxAttempts, checksums, leanGet: this.settings.s3.leanGet,
       destroy: () => {
         client.destroy()
         httpAgent.destroy()

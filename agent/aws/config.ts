@@ -7,7 +7,7 @@
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 
 /** The services the agent and the controller call, as the SDK's endpoint variables name them. */
-export const AWS_SERVICES = ['s3', 'sqs', 'ec2', 'kms', 'ebs', 'sts'] as const
+export const AWS_SERVICES = ['s3', 'sqs', 'ec2', 'kms', 'ebs', 'sts', 'iam'] as const
 export type AwsServiceId = (typeof AWS_SERVICES)[number]
 
 export type S3Checksums = 'default' | 'when-required'
@@ -31,10 +31,12 @@ export interface AwsSettings {
      * `?checksums=` wins.
      */
     checksums: S3Checksums
-    /** EBS_WORKER_S3_LEAN_GET=0: restores' ranged GETs go through the SDK (storage/s3-range.ts). */
+    /**
+     * EBS_WORKER_S3_LEAN_GET=0: every GET goes through the SDK, restores' and verifies' ranged
+     * GETs included, which otherwise take the lean path (storage/s3-range.ts, raw-http.ts). An
+     * operator's escape hatch, should the lean path misbehave with some server or network.
+     */
     leanGet: boolean
-    /** EBS_WORKER_S3_RAW_HTTP=0: the lean GET uses node:http over plain http too (storage/raw-http.ts). */
-    rawHttp: boolean
   }
 }
 
@@ -64,10 +66,17 @@ export function awsSettings(env: Environment = {}): AwsSettings {
     imdsEndpoint: value('AWS_EC2_METADATA_SERVICE_ENDPOINT'),
     s3: {
       checksums: s3Checksums(value('EBS_WORKER_S3_CHECKSUMS') ?? 'default'),
-      leanGet: value('EBS_WORKER_S3_LEAN_GET') !== '0',
-      rawHttp: value('EBS_WORKER_S3_RAW_HTTP') !== '0',
+      leanGet: onOff('EBS_WORKER_S3_LEAN_GET', value('EBS_WORKER_S3_LEAN_GET') ?? '1'),
     },
   }
+}
+
+/** A switch: 1/true/on or 0/false/off; anything else is refused rather than taken for either. */
+function onOff(name: string, value: string): boolean {
+  const v = value.toLowerCase()
+  if (v === '1' || v === 'true' || v === 'on') return true
+  if (v === '0' || v === 'false' || v === 'off') return false
+  throw new EbsWorkerError(ErrorCode.BadInput, `${name} must be 1 or 0, not "${value}"`)
 }
 
 /** A checksums setting, from a URL option or the environment. */

@@ -5,7 +5,7 @@
 // so; throttling, service errors and the unknown stay retryable under the service's code.
 import { EbsWorkerError, ErrorCode, describe, type ErrorContext } from '../core/errors.ts'
 
-export type AwsService = 'EC2' | 'KMS' | 'EBS' | 'STS' | 'SQS' | 'S3' | 'IMDS'
+export type AwsService = 'EC2' | 'KMS' | 'EBS' | 'STS' | 'SQS' | 'S3' | 'IMDS' | 'IAM'
 
 export interface AwsCall {
   service: AwsService
@@ -38,9 +38,14 @@ export function awsErrorCode(service: AwsService, name: string, httpStatus?: num
       if (name === 'InvalidVolume.NotFound') return ErrorCode.VolumeNotFound
       if (name === 'InvalidSnapshot.NotFound') return ErrorCode.SnapshotNotFound
       if (name === 'InvalidInstanceID.NotFound' || name === 'InvalidInstanceID.Malformed') return ErrorCode.InstanceNotFound
+      if (name === 'InvalidAMIID.NotFound') return ErrorCode.ImageNotFound
+      // No default VPC and no subnet given: the request must name one.
+      if (name === 'VPCIdNotSpecified') return ErrorCode.BadInput
       // EC2 reports what KMS refused EBS as KMS.* (KMS.DisabledException, KMS.NotFoundException…).
       if (name.startsWith('KMS.')) return ErrorCode.AccessDenied
       if (name.startsWith('Invalid') || name === 'IncorrectState' || name === 'VolumeInUse' || name === 'MissingParameter') return ErrorCode.BadInput
+      // "The specified operation is not allowed" (Error codes): sharing an aws/ebs snapshot, among others.
+      if (name === 'OperationNotPermitted') return ErrorCode.BadInput
       return ErrorCode.AwsError
     case 'KMS':
       if (name === 'NotFoundException') return ErrorCode.KeyNotFound
@@ -55,6 +60,9 @@ export function awsErrorCode(service: AwsService, name: string, httpStatus?: num
       if (name === 'NoSuchBucket') return ErrorCode.RepoNotFound
       if (name === 'NoSuchKey' || name === 'NotFound' || httpStatus === 404) return ErrorCode.ObjectNotFound
       return ErrorCode.Storage
+    case 'IAM':
+      if (name === 'NoSuchEntity' || name === 'InvalidInput') return ErrorCode.BadInput
+      return ErrorCode.AwsError
     case 'STS':
     case 'SQS':
       return ErrorCode.AwsError

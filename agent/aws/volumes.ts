@@ -2,6 +2,7 @@
 // attach it here and find its device, detach and delete it. Every volume is tagged with the task
 // that made it, which is what makes a redelivered task find it again instead of making another,
 // and what limits detaching and deleting to volumes this agent created.
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
   AttachVolumeCommand,
   CreateSnapshotCommand,
@@ -10,12 +11,9 @@ import {
   DescribeSnapshotsCommand,
   GetEbsDefaultKmsKeyIdCommand,
   ModifySnapshotAttributeCommand,
-  waitUntilSnapshotCompleted,
   DeleteVolumeCommand,
   DescribeVolumesCommand,
   DetachVolumeCommand,
-  waitUntilVolumeAvailable,
-  waitUntilVolumeInUse,
   type EC2Client,
   type Volume,
   type VolumeType,
@@ -23,13 +21,15 @@ import {
 import { waitForEbsDevice, type DeviceRoots, type EbsDevice } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsCall } from './errors.ts'
-import { waitVolumeCreated } from './waits.ts'
+import { createVolumePerformance } from './volume-types.ts'
+import { VISIBILITY_MS, waitSnapshotsCompleted, waitVolumeCreated, waitVolumeState } from './waits.ts'
 import type { WorkerIdentity } from './identity.ts'
 
 export const TASK_ID_TAG = 'ebs-worker:task-id'
 
 export interface VolumeSpec {
   volumeType?: string
+  /** Sent only where the type takes it (io1, io2, gp3), and throughput only for gp3 (volume-types.ts). */
   iops?: number
   throughput?: number
   /** Encrypt with this key; otherwise the snapshot's key, or the Region's default EBS key. */
@@ -43,6 +43,10 @@ export interface VolumesOptions {
   deviceTimeoutMs?: number
   /** Longest wait for a volume state change. */
   stateTimeoutSeconds?: number
+  /** How long a volume or snapshot just created may be unknown to DescribeVolumes/DescribeSnapshots (default: waits.ts VISIBILITY_MS). */
+  visibleWithinSeconds?: number
+  /** How long an attach waits for a free device name before the task is handed back (default 900). */
+  deviceNameWaitSeconds?: number
 }
 
 /** A task's volume, new or found again; `tags` are those an earlier attempt left. */
@@ -57,7 +61,11 @@ const DEVICE_NAMES = 'fghijklmnop'.split('').map((c) => `/dev/sd${c}`)
 
 export class Volumes {
   readonly #o: VolumesOptions
-  #attachLock: Promise<void> = Promise.resolve()
+  #attachLock: Promise<unknown> = Promise.resolve()
+  /** Device names this agent attached a volume under, and when: DescribeVolumes may not show them yet. */
+  readonly #claims = new Map<string, { volumeId: string; at: number }>()
+  /** Tasks waiting for a device name, woken when a volume is detached. */
+  readonly #onRelease = new Set<() => void>()
 
   constructor(options: VolumesOptions) {
     this.#o = options
@@ -84,7 +92,12 @@ export class Volumes {
 
   async #create(taskId: string, source: { SnapshotId?: string; Size?: number; Encrypted?: boolean }, spec: VolumeSpec): Promise<CreatedVolume> {
     // The tag, set atomically at creation, is what finds the volume again after a crash or a
-    // redelivery (no ClientToken: EC2 would answer a retry with a volume since deleted).
+    // redelivery. ClientToken is an idempotency token in the EC2 model, and the SDK fills it with a
+    // new UUID for each command sent, the same for the SDK's own retries of it: a retry after a lost
+    // answer gets the volume that request made, a new attempt of the task makes a new request. A
+    // token of ours (the task id) would make EC2 answer a later attempt with the volume it made
+    // then, even once deleted. The tag lookup itself is eventually consistent: a task redelivered
+    // moments after its CreateVolume may not see that volume yet and make another (tagged too).
     let existing = await this.findByTask(taskId)
     if (existing && existing.AvailabilityZone !== this.#o.identity.availabilityZone) {
       // An earlier attempt ran on a worker in another zone, and a volume attaches only in its own.
@@ -102,14 +115,13 @@ export class Volumes {
         AvailabilityZone: this.#o.identity.availabilityZone,
         ...source,
         VolumeType: (spec.volumeType ?? 'gp3') as VolumeType,
-        ...(spec.iops ? { Iops: spec.iops } : {}),
-        ...(spec.throughput ? { Throughput: spec.throughput } : {}),
+        ...createVolumePerformance(spec.volumeType ?? 'gp3', spec),
         ...(spec.kmsKeyId ? { Encrypted: true, KmsKeyId: spec.kmsKeyId } : {}),
         TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
       })))).VolumeId!
     if (existing?.State !== 'in-use') {
       await waitVolumeCreated(this.#o.client, volumeId, {
-        timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000,
+        timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000, ...this.#visibility(),
         key: spec.kmsKeyId ?? (source.SnapshotId ? `of ${source.SnapshotId}${source.Encrypted ? " and this Region's default EBS key" : ''}` : "(this Region's default EBS key)"),
         advice: 'The worker role, the key policy or a grant must allow kms:CreateGrant, kms:Decrypt, kms:DescribeKey and kms:GenerateDataKeyWithoutPlaintext on it',
       })
@@ -132,25 +144,60 @@ export class Volumes {
       if (volume.Attachments?.length) {
         throw new EbsWorkerError(ErrorCode.DeviceUnusable, `volume ${volumeId} is attached to ${volume.Attachments[0]!.InstanceId}`)
       }
-      // Choosing a free device name and attaching is one step per process: two tasks attaching at
-      // once would otherwise pick the same name, and EC2 refuses the second ("already in use").
-      const attached = this.#attachLock.then(async () => {
-        const used = await this.#usedDeviceNames()
-        const device = DEVICE_NAMES.find((d) => !used.has(d))
-        if (!device) throw new EbsWorkerError(ErrorCode.DeviceUnusable, 'no free device name left on this instance')
-        await this.#ec2('AttachVolume', () =>
-          this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
-      })
-      this.#attachLock = attached.catch(() => {})
-      await attached
-      await this.#ec2('wait for in-use', () =>
-        waitUntilVolumeInUse({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
+      await this.#attachUnderFreeName(volumeId, signal)
+      await waitVolumeState(this.#o.client, volumeId, 'in-use', { timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000, ...this.#visibility() })
     }
     return waitForEbsDevice(volumeId, {
       ...(this.#o.roots ? { roots: this.#o.roots } : {}),
       timeoutMs: this.#o.deviceTimeoutMs ?? 120_000,
       ...(signal ? { signal } : {}),
     })
+  }
+
+  /**
+   * Attaches the volume under a free device name. When every name is taken (by the volumes of
+   * other tasks or the instance's own), it waits for one: woken when this agent releases a volume,
+   * looking again every few seconds, for at most deviceNameWaitSeconds and while the task is not
+   * stopped; then NO_FREE_DEVICE_NAME, a transient code: the task goes back to the queue, for this
+   * or another worker.
+   */
+  async #attachUnderFreeName(volumeId: string, signal?: AbortSignal): Promise<void> {
+    const waitSeconds = this.#o.deviceNameWaitSeconds ?? 900
+    const deadline = Date.now() + waitSeconds * 1000
+    for (;;) {
+      signal?.throwIfAborted()
+      const released = new Promise<void>((resolve) => this.#onRelease.add(resolve))
+      // Choosing a free device name and attaching is one step per process: two tasks attaching at
+      // once would otherwise pick the same name, and EC2 refuses the second ("already in use").
+      const attached = this.#attachLock.then(() => this.#attachIfFree(volumeId))
+      this.#attachLock = attached.then(() => {}, () => {})
+      if (await attached) return
+      const left = deadline - Date.now()
+      if (left <= 0) {
+        throw new EbsWorkerError(ErrorCode.NoFreeDeviceName, `no free device name on this instance (${DEVICE_NAMES[0]} to ${DEVICE_NAMES.at(-1)} are all in use) ` +
+          `after waiting ${waitSeconds} s for one: the task goes back to the queue`, { context: { volumeId } })
+      }
+      const stop = new AbortController()
+      const nap = sleep(Math.min(left, 5000), undefined, { signal: signal ? AbortSignal.any([signal, stop.signal]) : stop.signal }).catch(() => {})
+      await Promise.race([released, nap])
+      stop.abort()
+    }
+  }
+
+  /** Attaches the volume under the first device name free here; false when there is none. */
+  async #attachIfFree(volumeId: string): Promise<boolean> {
+    const used = await this.#usedDeviceNames()
+    // What this agent attached moments ago may not show in DescribeVolumes yet (eventual consistency).
+    for (const [device, claim] of this.#claims) {
+      if (Date.now() - claim.at < VISIBILITY_MS) used.add(device)
+      else this.#claims.delete(device)
+    }
+    const device = DEVICE_NAMES.find((d) => !used.has(d))
+    if (!device) return false
+    await this.#ec2('AttachVolume', () =>
+      this.#o.client.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: this.#o.identity.instanceId, Device: device })))
+    this.#claims.set(device, { volumeId, at: Date.now() })
+    return true
   }
 
   /** Detaches (and deletes) a volume this agent created; refuses any other volume. */
@@ -169,6 +216,10 @@ export class Volumes {
     if (volume.Attachments?.length) {
       await this.#ec2('DetachVolume', () => this.#o.client.send(new DetachVolumeCommand({ VolumeId: volumeId })))
       await this.#waitAvailable(volumeId)
+      // Its device name is free again: a task waiting for one can have it.
+      for (const [device, claim] of this.#claims) if (claim.volumeId === volumeId) this.#claims.delete(device)
+      for (const wake of this.#onRelease) wake()
+      this.#onRelease.clear()
     }
     if (!options.delete) return { deleted: false }
     await this.#ec2('DeleteVolume', () => this.#o.client.send(new DeleteVolumeCommand({ VolumeId: volumeId })))
@@ -191,8 +242,8 @@ export class Volumes {
       Description: `ebs-worker restore ${taskId}`,
       TagSpecifications: [{ ResourceType: 'snapshot', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
     })))).SnapshotId!
-    await this.#ec2('wait for snapshot', () =>
-      waitUntilSnapshotCompleted({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 3600, minDelay: 1, maxDelay: 15 }, { SnapshotIds: [snapshotId] }))
+    // Just created, it may not be visible yet (EC2's eventual consistency): the wait allows for that.
+    await waitSnapshotsCompleted(this.#o.client, [snapshotId], { timeoutMs: (this.#o.stateTimeoutSeconds ?? 3600) * 1000, ...this.#visibility() })
     return snapshotId
   }
 
@@ -218,8 +269,12 @@ export class Volumes {
   }
 
   async #waitAvailable(volumeId: string): Promise<void> {
-    await this.#ec2('wait for available', () =>
-      waitUntilVolumeAvailable({ client: this.#o.client, maxWaitTime: this.#o.stateTimeoutSeconds ?? 300, minDelay: 1, maxDelay: 5 }, { VolumeIds: [volumeId] }))
+    await waitVolumeState(this.#o.client, volumeId, 'available', { timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000, ...this.#visibility() })
+  }
+
+  /** How long a volume or snapshot just created may be unknown to EC2 before a wait gives up on it (waits.ts). */
+  #visibility(): { visibleWithinMs?: number } {
+    return this.#o.visibleWithinSeconds === undefined ? {} : { visibleWithinMs: this.#o.visibleWithinSeconds * 1000 }
   }
 
   /** EC2 errors as stable codes (aws/errors.ts): what is permanent (not found, denied, invalid) says so. */

@@ -33,8 +33,12 @@ export const ErrorCode = {
   VolumeNotFound: 'VOLUME_NOT_FOUND',
   /** The task's volume is busy elsewhere (another zone, another instance): a later attempt may succeed. */
   VolumeBusy: 'VOLUME_BUSY',
+  /** Every device name a volume can be attached under here is taken: a later attempt (here or on another worker) may succeed. */
+  NoFreeDeviceName: 'NO_FREE_DEVICE_NAME',
   SnapshotNotFound: 'SNAPSHOT_NOT_FOUND',
   InstanceNotFound: 'INSTANCE_NOT_FOUND',
+  /** An AMI that does not exist for the caller in the Region (AMIs are per Region and per account). */
+  ImageNotFound: 'IMAGE_NOT_FOUND',
   AccessDenied: 'ACCESS_DENIED',
   RoleNotAssumable: 'ROLE_NOT_ASSUMABLE',
   DefaultKeyNotShareable: 'DEFAULT_KEY_NOT_SHAREABLE',
@@ -62,7 +66,7 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
  * reply says `retryable: true`, a caller may try again. Every other code is permanent.
  */
 const RETRYABLE: ReadonlySet<string> = new Set<ErrorCode>([
-  ErrorCode.Storage, ErrorCode.RepoLocked, ErrorCode.Interrupted, ErrorCode.ImdsUnavailable, ErrorCode.VolumeBusy, ErrorCode.KmsError,
+  ErrorCode.Storage, ErrorCode.RepoLocked, ErrorCode.Interrupted, ErrorCode.ImdsUnavailable, ErrorCode.VolumeBusy, ErrorCode.NoFreeDeviceName, ErrorCode.KmsError,
   ErrorCode.AwsError, ErrorCode.SnapshotTimeout, ErrorCode.StateTimeout, ErrorCode.TaskTimeout, ErrorCode.Internal,
 ])
 

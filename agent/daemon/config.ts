@@ -35,6 +35,8 @@ const configSchema = z.strictObject({
   shutdownGraceSeconds: z.number().int().min(0).max(3600).default(60),
   /** How long to wait for an attached volume's device to appear. */
   deviceTimeoutSeconds: z.number().int().min(1).max(3600).default(120),
+  /** How long a task waits for a free device name (all of /dev/sd[f-p] taken) before it is handed back to the queue. */
+  deviceNameWaitSeconds: z.number().int().min(0).max(43200).default(900),
   deviceRoots: z.strictObject({ sysBlock: z.string(), devDir: z.string(), byIdDir: z.string() }).default(SYSTEM_ROOTS),
   /** IMDS endpoint (default: the SDK's, AWS_EC2_METADATA_SERVICE_ENDPOINT or 169.254.169.254). */
   imdsEndpoint: z.url().optional(),

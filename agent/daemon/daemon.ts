@@ -72,7 +72,9 @@ export class Daemon {
     const context: TaskContext = {
       config: s,
       tuning,
-      volumes: new Volumes({ client: aws.ec2(identity.region), identity, roots: s.deviceRoots, deviceTimeoutMs: s.deviceTimeoutSeconds * 1000 }),
+      volumes: new Volumes({
+        client: aws.ec2(identity.region), identity, roots: s.deviceRoots, deviceTimeoutMs: s.deviceTimeoutSeconds * 1000, deviceNameWaitSeconds: s.deviceNameWaitSeconds,
+      }),
       kms: aws.kms(identity.region),
       ebs: aws.ebs(identity.region),
       log: this.#log,

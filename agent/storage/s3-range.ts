@@ -1,30 +1,38 @@
 // A lean ranged GET for restores and verifies: the bytes of a pack range go from the socket
-// straight into the caller's (pooled) buffer. The SDK's GetObject path costs about 2 CPU-s per
-// GiB received (middleware stack, stream wrappers, a fresh buffer per piece kept alive until the
-// body is read), against about 0.5 for a plain request; on a small instance that shares its CPUs
-// with everything else, that is most of a restore's CPU besides decrypting and hashing.
+// straight into the caller's (pooled) buffer. The SDK's GetObject path costs about 4 CPU-s per
+// GiB received over https, 3 over plain http (middleware stack, stream wrappers, Node's HTTP
+// parser, a fresh buffer per piece kept alive until the body is read), against 1.5 and 0.8 here
+// (BENCHMARKS.md, "GET paths over HTTPS"); on a small instance that shares its CPUs with
+// everything else, that is most of a restore's CPU besides decrypting and hashing.
 //
 // Nothing of the S3 configuration is reimplemented: the endpoint (virtual-hosted or path-style,
 // Region, FIPS/dual-stack, custom endpoint) comes from the S3 client's own endpoint rules, the
 // credentials from its provider chain (session tokens included, refreshed as the SDK does), the
-// signature from @smithy/signature-v4 as the SDK signs. Only the outcome that matters for speed
-// is handled here: a 206/200 with a body. Anything else (an endpoint scheme other than plain
-// SigV4, a 3xx/4xx other than 404/416, a clock skew…) is left to the SDK path, by the caller.
-import { request as httpRequest, type Agent as HttpAgent, type IncomingMessage } from 'node:http'
-import { request as httpsRequest, type Agent as HttpsAgent } from 'node:https'
+// signature from @smithy/signature-v4 as the SDK signs. The request goes out through raw-http.ts,
+// over TLS for https endpoints (as S3 is reached) or plain http (test beds), on its own keep-alive
+// connections. Only the outcome that matters for speed is handled here: a 206/200 with a body.
+// Anything else is left to the SDK path, by the caller (UseSdk): for that request (a 3xx/4xx other
+// than 404/416, a clock skew, no credentials yet…) or for good (`permanent`: an endpoint scheme
+// other than plain SigV4, a TLS handshake refused, an answer raw-http.ts does not handle).
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import { getEndpointFromInstructions } from '@smithy/core/endpoints'
 import { SignatureV4 } from '@smithy/signature-v4'
-import { RawHttpPool, UnexpectedLengthError } from './raw-http.ts'
+import { RawHttpPool, RawHttpUnsupported, TlsRefused } from './raw-http.ts'
 
 /** sha256 of an empty body: a GET has none. */
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
 
-/** The request could not take the lean path or its answer is for the SDK to interpret. */
+/**
+ * The request could not take the lean path or its answer is for the SDK to interpret. With
+ * `permanent`, no later request can take it either (the endpoint, its TLS, its server): the caller
+ * sends every GET through the SDK from then on.
+ */
 export class UseSdk extends Error {
-  constructor(why: string) {
-    super(why)
+  readonly permanent: boolean
+  constructor(why: string, options: { permanent?: boolean; cause?: unknown } = {}) {
+    super(why, options.cause === undefined ? {} : { cause: options.cause })
     this.name = 'UseSdk'
+    this.permanent = options.permanent ?? false
   }
 }
 
@@ -40,8 +48,11 @@ export class S3Status extends Error {
 
 interface Target {
   protocol: 'http:' | 'https:'
-  hostname: string
-  port: string
+  /** Where to connect: the endpoint's host (an IPv6 address without its brackets) and port. */
+  host: string
+  port: number
+  /** The Host header, as the SDK sends and signs it. */
+  hostHeader: string
   /** Path up to the object key, ending in "/" (path-style: "/bucket/"). */
   basePath: string
   headers: Record<string, string>
@@ -51,23 +62,19 @@ interface Target {
 export interface RangeGetterOptions {
   client: S3Client
   bucket: string
-  httpAgent: HttpAgent
-  httpsAgent: HttpsAgent
+  /** The S3 client's: until a connection is up (TLS handshake included), and the longest silence of a peer, in ms. */
   connectionTimeout: number
   socketTimeout: number
-  /** Plain-http endpoints through raw-http.ts (else node:http). */
-  rawHttp: boolean
 }
 
 export class RangeGetter {
   readonly #options: RangeGetterOptions
   #target: Promise<Target> | null = null
-  /** Plain-http endpoints (S3-compatible servers nearby) skip node:http altogether. */
-  readonly #raw: RawHttpPool | null
+  readonly #raw: RawHttpPool
 
   constructor(options: RangeGetterOptions) {
     this.#options = options
-    this.#raw = options.rawHttp ? new RawHttpPool(options) : null
+    this.#raw = new RawHttpPool(options)
   }
 
   /** Resolved once: S3's endpoint rules do not depend on the key. */
@@ -78,16 +85,17 @@ export class RangeGetter {
       const endpoint = await getEndpointFromInstructions({ Bucket: bucket, Key: 'k' }, GetObjectCommand, config as never)
       const schemes = (endpoint.properties?.authSchemes ?? []) as Array<{ name?: string; signingName?: string; signingRegion?: string }>
       const scheme = schemes[0]
-      if (scheme && scheme.name !== 'sigv4') throw new UseSdk(`auth scheme ${scheme.name}`)
+      if (scheme && scheme.name !== 'sigv4') throw new UseSdk(`auth scheme ${scheme.name}`, { permanent: true })
       const url = endpoint.url
-      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UseSdk(`protocol ${url.protocol}`)
-      if (url.search) throw new UseSdk('endpoint with a query')
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UseSdk(`protocol ${url.protocol}`, { permanent: true })
+      if (url.search) throw new UseSdk('endpoint with a query', { permanent: true })
       const headers: Record<string, string> = {}
       for (const [name, values] of Object.entries(endpoint.headers ?? {})) headers[name.toLowerCase()] = values.join(',')
       return {
         protocol: url.protocol,
-        hostname: url.hostname,
-        port: url.port,
+        host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+        port: url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80,
+        hostHeader: url.host,
         basePath: url.pathname.endsWith('/') ? url.pathname : url.pathname + '/',
         headers,
         signer: new SignatureV4({
@@ -115,112 +123,47 @@ export class RangeGetter {
   async get(key: string, offset: number, length: number, out: Buffer): Promise<number> {
     const { client } = this.#options
     let t: Target
+    let path: string
     let signed: { headers: Record<string, string> }
-    const path = (target: Target): string => target.basePath + key.split('/').map(encodeSegment).join('/')
     try {
       t = await this.#resolve()
+      path = t.basePath + key.split('/').map(encodeSegment).join('/')
       signed = await t.signer.sign(
-      {
-        method: 'GET',
-        protocol: t.protocol,
-        hostname: t.hostname,
-        port: t.port ? Number(t.port) : undefined,
-        path: path(t),
-        query: {},
-        headers: {
-          ...t.headers,
-          host: t.hostname + (t.port ? `:${t.port}` : ''),
-          range: `bytes=${offset}-${offset + length - 1}`,
-          'x-amz-content-sha256': EMPTY_SHA256,
+        {
+          method: 'GET',
+          protocol: t.protocol,
+          hostname: t.host,
+          port: t.port,
+          path,
+          query: {},
+          headers: {
+            ...t.headers,
+            host: t.hostHeader,
+            range: `bytes=${offset}-${offset + length - 1}`,
+            'x-amz-content-sha256': EMPTY_SHA256,
+          },
         },
-      },
-      // The SDK's clock skew correction, learnt from earlier answers.
-      { signingDate: new Date(Date.now() + (client.config.systemClockOffset ?? 0)) },
+        // The SDK's clock skew correction, learnt from earlier answers.
+        { signingDate: new Date(Date.now() + (client.config.systemClockOffset ?? 0)) },
       )
     } catch (err) {
       // No credentials, an endpoint the rules refuse…: the SDK path reports it in its words.
-      throw err instanceof UseSdk ? err : new UseSdk(`signing: ${(err as Error)?.message ?? err}`)
+      throw err instanceof UseSdk ? err : new UseSdk(`signing: ${(err as Error)?.message ?? err}`, { cause: err })
     }
-    return await this.#send(t, path(t), signed.headers, length, out)
-  }
-
-  async #send(t: Target, path: string, headers: Record<string, string>, length: number, out: Buffer): Promise<number> {
-    if (this.#raw && t.protocol === 'http:') {
-      const res = await this.#raw
-        .get({ host: t.hostname, port: t.port ? Number(t.port) : 80, path, headers, out, limit: Math.min(length, out.length) })
-        .catch((err: unknown) => {
-          throw err instanceof UnexpectedLengthError ? new UseSdk(err.message) : err
-        })
-      if (res.status === 206 || res.status === 200) return res.received
-      const code = /<Code>([^<]*)<\/Code>/.exec(res.errorBody)?.[1] ?? (res.status === 404 ? 'NotFound' : `HTTP${res.status}`)
-      throw statusError(res.status, code)
+    let res
+    try {
+      res = await this.#raw.get({
+        host: t.host, port: t.port, tls: t.protocol === 'https:', path, headers: signed.headers, out, limit: Math.min(length, out.length),
+      })
+    } catch (err) {
+      // A refused handshake (the SDK, on the same CA store, then reports it in its words) or a
+      // server this client cannot talk to: the SDK does every GET from now on.
+      if (err instanceof TlsRefused || err instanceof RawHttpUnsupported) throw new UseSdk(err.message, { permanent: true, cause: err })
+      throw err
     }
-    return await this.#sendNode(t, path, headers, length, out)
-  }
-
-  #sendNode(t: Target, path: string, headers: Record<string, string>, length: number, out: Buffer): Promise<number> {
-    const { httpAgent, httpsAgent, connectionTimeout, socketTimeout } = this.#options
-    const send = t.protocol === 'https:' ? httpsRequest : httpRequest
-    return new Promise<number>((resolve, reject) => {
-      let settled = false
-      const fail = (err: Error): void => {
-        if (settled) return
-        settled = true
-        req.destroy()
-        reject(err)
-      }
-      const req = send({
-        protocol: t.protocol,
-        hostname: t.hostname,
-        port: t.port || undefined,
-        path,
-        method: 'GET',
-        headers,
-        agent: t.protocol === 'https:' ? httpsAgent : httpAgent,
-      })
-      const connectTimer = setTimeout(() => fail(new Error(`no connection to ${t.hostname} within ${connectionTimeout} ms`)), connectionTimeout)
-      req.on('socket', (socket) => {
-        if (!socket.connecting) clearTimeout(connectTimer)
-        else socket.once('connect', () => clearTimeout(connectTimer))
-      })
-      req.setTimeout(socketTimeout, () => fail(new Error(`socket idle for ${socketTimeout} ms`)))
-      req.on('error', (err) => {
-        clearTimeout(connectTimer)
-        fail(err)
-      })
-      req.on('response', (res: IncomingMessage) => {
-        clearTimeout(connectTimer)
-        const status = res.statusCode ?? 0
-        if (status !== 206 && status !== 200) {
-          collectError(res).then((code) => fail(statusError(status, code)), fail)
-          return
-        }
-        const announced = Number(res.headers['content-length'])
-        if (!Number.isSafeInteger(announced) || announced > length || announced > out.length) {
-          res.resume()
-          fail(new UseSdk(`unexpected Content-Length ${res.headers['content-length']}`))
-          return
-        }
-        let at = 0
-        res.on('data', (piece: Buffer) => {
-          if (at + piece.length > announced) {
-            fail(new Error(`response body longer than its Content-Length (${announced})`))
-            return
-          }
-          at += piece.copy(out, at)
-        })
-        res.on('end', () => {
-          if (at !== announced) fail(new Error(`response body ended after ${at} of ${announced} bytes`))
-          else if (!settled) {
-            settled = true
-            resolve(at)
-          }
-        })
-        res.on('close', () => fail(new Error(`response body ended after ${at} of ${announced} bytes`)))
-        res.on('error', fail)
-      })
-      req.end()
-    })
+    if (res.status === 206 || res.status === 200) return res.received
+    const code = /<Code>([^<]*)<\/Code>/.exec(res.errorBody)?.[1] ?? (res.status === 404 ? 'NotFound' : `HTTP${res.status}`)
+    throw statusError(res.status, code)
   }
 }
 
@@ -229,13 +172,6 @@ function statusError(status: number, code: string): Error {
   if (status >= 500 || status === 429) return new Error(`HTTP ${status} ${code}`)
   if (status === 404 || status === 416) return new S3Status(status, code)
   return new UseSdk(`HTTP ${status} ${code}`)
-}
-
-/** The S3 error code of an error answer (a short XML document). */
-async function collectError(res: IncomingMessage): Promise<string> {
-  let text = ''
-  for await (const piece of res) if (text.length < 8192) text += (piece as Buffer).toString('utf8')
-  return /<Code>([^<]*)<\/Code>/.exec(text)?.[1] ?? (res.statusCode === 404 ? 'NotFound' : `HTTP${res.statusCode}`)
 }
 
 /** Like the SDK's extendedEncodeURIComponent, for one path segment. */

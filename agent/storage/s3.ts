@@ -54,10 +54,7 @@ export class S3Backend implements Backend {
     this.client = c.client
     this.maxAttempts = c.maxAttempts
     this.#ranges = c.leanGet
-      ? new RangeGetter({
-        client: c.client, bucket: this.#bucket, httpAgent: c.httpAgent, httpsAgent: c.httpsAgent,
-        connectionTimeout: c.connectionTimeout, socketTimeout: c.socketTimeout, rawHttp: c.rawHttp,
-      })
+      ? new RangeGetter({ client: c.client, bucket: this.#bucket, connectionTimeout: c.connectionTimeout, socketTimeout: c.socketTimeout })
       : null
   }
 
@@ -92,8 +89,9 @@ export class S3Backend implements Backend {
           throw this.#error('GetObject', name, err)
         }
         // Any other answer (a 403, a redirect, a clock skew…) goes through the SDK, which knows
-        // every shape of them and words the error; an endpoint it cannot serve, for good.
-        if (/^(auth scheme|protocol|endpoint)/.test(err.message)) this.#ranges = null
+        // every shape of them and words the error; an endpoint the lean path cannot serve (its
+        // auth scheme, a TLS handshake refused, a server raw-http.ts cannot talk to), for good.
+        if (err.permanent) this.#ranges = null
       }
     }
     let out

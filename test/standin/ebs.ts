@@ -12,7 +12,10 @@
 //     ValidationException (Reason UNRELATED_SNAPSHOTS);
 //   - a snapshot the caller cannot see is ResourceNotFoundException (Reason SNAPSHOT_NOT_FOUND);
 //     one still pending cannot be accessed (the FAQ says so; the error it gets is our choice:
-//     ValidationException, Reason INVALID_SNAPSHOT_ID).
+//     ValidationException, Reason INVALID_SNAPSHOT_ID);
+//   - IAM authorizes a call on the snapshots it names (arn:aws:ec2:<region>::snapshot/<id>, with
+//     their tags as aws:ResourceTag/…: Service Authorization Reference, "Actions, resources, and
+//     condition keys for Amazon EBS direct APIs").
 // Departures, documented: EBS lists the blocks that were *written*; this stand-in lists the
 // blocks that are not all zeros (ListSnapshotBlocks) or whose bytes differ (ListChangedBlocks),
 // a subset of what EBS would list, which is what a reader that trusts the lists must cope with
@@ -88,7 +91,7 @@ export class EbsStandIn {
     const match = /^\/snapshots\/([^/]+)\/(blocks|changedblocks)$/.exec(url.pathname)
     if (req.method !== 'GET' || !match) throw new EbsError(404, 'ResourceNotFoundException', '', `no such operation: ${req.method} ${url.pathname}`)
     const api = match[2] === 'blocks' ? 'ListSnapshotBlocks' : 'ListChangedBlocks'
-    const account = this.#authorize(req, api)
+    const account = this.#authorize(req, api, [decodeURIComponent(match[1]!), ...(url.searchParams.get('firstSnapshotId') ? [url.searchParams.get('firstSnapshotId')!] : [])])
     const params = Object.fromEntries(url.searchParams)
     const maxResults = url.searchParams.has('maxResults') ? Number(url.searchParams.get('maxResults')) : 10_000
     if (!Number.isInteger(maxResults) || maxResults < 100 || maxResults > 10_000) {
@@ -174,12 +177,16 @@ export class EbsStandIn {
     return root
   }
 
-  /** The caller's account, once its identity policy allows the call (AccessDeniedException otherwise). */
-  #authorize(req: IncomingMessage, api: string): string {
+  /** The caller's account, once its identity policy allows the call on each snapshot (AccessDeniedException otherwise). */
+  #authorize(req: IncomingMessage, api: string, snapshotIds: string[]): string {
     const { world, ec2 } = this.#options
     if (!world) return ec2.accountId
     const { principal, region } = world.callerOf(req.headers.authorization, 'us-east-1')
-    if (!world.authorize(principal, 'ebs', api, region)) {
+    const requests = snapshotIds.map((id) => ({
+      action: `ebs:${api}`, resource: `arn:aws:ec2:${region}::snapshot/${id}`,
+      context: Object.fromEntries(Object.entries(ec2.snapshots.get(id)?.tags ?? {}).map(([k, v]) => [`aws:ResourceTag/${k}`, v])),
+    }))
+    if (world.authorizeAll(principal, 'ebs', api, region, requests)) {
       throw new EbsError(403, 'AccessDeniedException', 'UNAUTHORIZED_ACCOUNT', `User: ${principal.arn} is not authorized to perform: ebs:${api}`)
     }
     return principal.accountId

@@ -16,18 +16,70 @@
 //   - a snapshot neither owned by nor shared with this account does not exist for it; resources
 //     belong to one account and one Region (the request's, from its SigV4 credential scope);
 //   - CreateVolume with a ClientToken already used returns the volume it made then;
+//   - Iops and Throughput by volume type (CreateVolume: Iops "Required for io1 and io2 volumes.
+//     Optional for gp3 volumes. Omit for all other volume types"; Throughput "Supported for gp3
+//     volumes only"): anything else is InvalidParameterCombination, with the messages EC2 gives
+//     ("The parameter iops is not supported for gp2 volumes.", kubernetes-retired/kube-aws#1208;
+//     "throughput can only be specified for volumeType gp3.", runs-on/runs-on#426; "The parameter
+//     iops must be specified for io2 volumes.", velero-io/velero-plugin-for-aws#119); the type
+//     defaults to gp2; DescribeVolumes reports gp2's baseline Iops (3 per GiB, 100 to 16,000; EBS
+//     User Guide, "Amazon EBS volume types") and gp3's defaults (3,000 IOPS, 125 MiB/s);
 //   - creating → available, then in-use while attached (attaching → attached), with delays;
 //   - a volume attaches to one instance, in its own Availability Zone; an attached volume cannot
 //     be deleted; the root volume of a running instance cannot be detached;
 //   - a snapshot of a volume keeps its encryption and key; one encrypted with an AWS managed key
-//     (aws/ebs) cannot be shared with another account; CopySnapshot with KmsKeyId re-encrypts;
+//     (aws/ebs) cannot be shared with another account (ModifySnapshotAttribute: "Snapshots
+//     encrypted with your default KMS key cannot be shared with other accounts"; EC2 answers
+//     OperationNotPermitted "Encrypted snapshots with EBS default key cannot be shared",
+//     hashicorp/packer#7499 and #8271; ModifyImageAttribute says InvalidParameter instead);
+//     CopySnapshot with KmsKeyId re-encrypts;
 //   - KMS is authenticated asynchronously: CreateVolume with a key the caller cannot use answers
 //     "creating" and the volume is then silently rolled back (DescribeVolumes: InvalidVolume.
 //     NotFound), as the CreateVolume KmsKeyId documentation says ("the action can appear to
 //     complete, but eventually fails") and as seen in aws/aws-cli#2604 and
 //     kubernetes-sigs/aws-ebs-csi-driver#3010; a CopySnapshot under such a key ends in state
 //     "error";
-//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation.
+//   - with DryRun=true, an allowed call answers DryRunOperation, a refused one UnauthorizedOperation;
+//     EC2 also validates the request's parameters as for the call itself (a DryRun CreateVolume
+//     with Iops on gp2 is refused with InvalidParameterCombination, kubernetes-retired/kube-aws#1208),
+//     so here, once the permission is granted, a DryRun naming a snapshot that does not exist
+//     answers InvalidSnapshot.NotFound, and a DryRun CreateVolume is checked like CreateVolume;
+//   - eventual consistency (EC2 Developer Guide, "Eventual consistency in the Amazon EC2 API": "if
+//     you run a command to modify or describe the resource that you just created, its ID might not
+//     have propagated throughout the system, and you will get an error responding that the resource
+//     does not exist"): with `visibilityLag` N, the first N requests that name an id just made by
+//     CreateVolume, CreateSnapshot(s), CopySnapshot or RunInstances (or whose answer would list it)
+//     answer as if it did not exist (Invalid….NotFound, left out of lists). Off (0) by default. A
+//     volume KMS refuses is then rolled back only after it was first seen (a real rollback takes
+//     seconds, the lag usually less), so waits see "creating, then gone".
+//   - IAM authorizes a call on each resource it touches, with the resource's tags (aws:ResourceTag/…)
+//     and the request's (aws:RequestTag/…, aws:TagKeys), and the tags of a create call as
+//     ec2:CreateTags with ec2:CreateAction (Service Authorization Reference, "Actions, resources,
+//     and condition keys for Amazon EC2"; EC2 User Guide, "Grant permission to tag resources during
+//     creation"): CreateVolume the new volume and its snapshot, Attach/DetachVolume the volume and
+//     the instance, CreateSnapshot(s) the volume(s), the instance and the new snapshot, RunInstances
+//     the instance, its image, subnet, security groups, network interface and root volume; snapshot
+//     and image ARNs have no account (arn:aws:ec2:<region>::snapshot/<id>); Describe* calls and the
+//     account's EBS default key are "*". A new resource is named with "*" for its id;
+//   - tags (EC2 User Guide, "Tag your Amazon EC2 resources", Tag restrictions): "Maximum number of
+//     tags per resource – 50"; "The aws: prefix is reserved for AWS use […] Tags with the aws:
+//     prefix do not count against your tags per resource limit." A request setting a key with that
+//     prefix (in any case: "Tagging AWS resources", "Don't use aws:, AWS:, or any upper or lowercase
+//     combination") is InvalidParameterValue ("Tag keys starting with 'aws:' are reserved for
+//     internal use"), one leaving a resource more than 50 other tags TagLimitExceeded ("Error codes
+//     for the Amazon EC2 API": "You've reached the limit on the number of tags that you can assign
+//     to the specified resource"); AWS's own (addInstance's tags) may carry the prefix;
+//   - launching (RunInstances, "Find an AMI", "Default VPCs", "Error codes for the Amazon EC2 API"):
+//     an AMI lives in one Region and is usable by its owner, the accounts it is shared with and,
+//     when public, everyone; any other is InvalidAMIID.NotFound ("Check the AMI ID, and ensure
+//     that you specify the AWS Region in which the AMI is located"), also from DescribeImages; an
+//     instance goes into the given subnet (and its AZ), or without one into the default VPC, and
+//     an account without a default VPC in that Region is VPCIdNotSpecified ("You have no default
+//     VPC in which to carry out the request. Specify a VPC or subnet ID"; its message: "No default
+//     VPC for this user"); security groups must be of the instance's VPC (InvalidParameter: "you
+//     can't specify a security group and subnet that are in different VPCs"). DescribeAccountAttributes
+//     says default-vpc: its id, or "none". Images are registered with addImage (addInstance
+//     registers its own, private to its account, when unknown).
 // What EBS asks of KMS for the caller ("Amazon EBS encryption" / required KMS permissions:
 // kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext,
 // kms:ReEncrypt*): a new volume or copy under key K needs K's DescribeKey, CreateGrant and
@@ -44,16 +96,20 @@
 // Pages: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateVolume.html (KmsKeyId),
 //   …/API_CreateSnapshots.html, …/API_CopySnapshot.html, …/API_ModifySnapshotAttribute.html,
 //   …/API_GetEbsDefaultKmsKeyId.html, …/API_ModifyEbsDefaultKmsKeyId.html, …/API_RunInstances.html,
-//   …/errors-overview.html; https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
+//   …/errors-overview.html; https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html;
+//   https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
 //   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
-//   …/encryption-by-default.html.
+//   …/encryption-by-default.html; https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions,
+//   https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html, …/AWSEC2/latest/UserGuide/finding-an-ami.html,
+//   https://docs.aws.amazon.com/vpc/latest/userguide/default-vpc.html, …/APIReference/API_DescribeImages.html,
+//   …/APIReference/API_DescribeAccountAttributes.html, …/APIReference/API_DescribeSubnets.html.
 import { execFileSync } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { copyFile, mkdir, open, rm, symlink, unlink } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
 import { EBS_MODEL, serialOf } from '../../agent/device/ebs-device.ts'
-import { credentialScope, type AwsWorld, type Principal } from './iam.ts'
+import { credentialScope, type AuthorizationRequest, type AwsWorld, type ConditionContext, type Principal } from './iam.ts'
 import { KmsStandIn } from './kms.ts'
 import { fakeNvme } from './nvme.ts'
 
@@ -134,6 +190,38 @@ export interface Instance {
   architecture: string
   /** Attachments become loop devices (the worker instance). */
   plugged: boolean
+  /** Where RunInstances put it. */
+  subnetId?: string
+  vpcId?: string
+  securityGroupIds?: string[]
+}
+
+/** An AMI: in one Region, usable by its owner, the accounts in launchPermissions, everyone when public. */
+export interface Image {
+  imageId: string
+  ownerId: string
+  region: string
+  public: boolean
+  launchPermissions: string[]
+  name: string
+  architecture: string
+  rootDeviceName: string
+}
+
+export interface Subnet {
+  subnetId: string
+  ownerId: string
+  region: string
+  availabilityZone: string
+  vpcId: string
+}
+
+export interface SecurityGroup {
+  groupId: string
+  ownerId: string
+  region: string
+  vpcId: string
+  groupName: string
 }
 
 export interface InstanceSpec {
@@ -145,7 +233,7 @@ export interface InstanceSpec {
   rootDeviceName?: string
   tags?: Record<string, string>
   /** Attached in this order; the first whose device is rootDeviceName is the root volume. */
-  volumes: Array<{ device: string; image: string; sizeGiB: number; encrypted?: boolean; kmsKeyId?: string; volumeType?: string; deleteOnTermination?: boolean }>
+  volumes: Array<{ device: string; image: string; sizeGiB: number; encrypted?: boolean; kmsKeyId?: string; volumeType?: string; iops?: number; deleteOnTermination?: boolean }>
 }
 
 export interface Ec2StandInOptions {
@@ -156,6 +244,8 @@ export interface Ec2StandInOptions {
   bytesPerGiB?: number
   /** Delay of each state change (creating → available, attaching → attached, detaching). */
   delayMs?: number
+  /** Requests that find an id just created not there yet (eventual consistency; default 0). */
+  visibilityLag?: number
   /** The worker Region's default EBS key (an AWS-managed key unless a customer key is configured). */
   defaultKmsKeyId?: string
   /** Whether a key reference names an AWS managed key (default: the KMS stand-in's answer, or it mentions alias/aws/ebs). */
@@ -210,11 +300,38 @@ const tagSet = (tags: Record<string, string>): string => {
   const items = Object.entries(tags).map(([k, val]) => `<item>${el('key', k)}${el('value', val)}</item>`).join('')
   return items ? `<tagSet>${items}</tagSet>` : ''
 }
+/**
+ * A new volume's Iops and Throughput as DescribeVolumes reports them, or CreateVolume's error for
+ * a combination EC2 refuses (see the header). Sizes are the API's GiB.
+ */
+function volumePerformance(type: string, sizeGiB: number, iops: string | null, throughput: string | null): { iops: number | null; throughput: number | null } {
+  if (!['gp2', 'gp3', 'io1', 'io2', 'st1', 'sc1', 'standard'].includes(type)) throw new Ec2Error('InvalidParameterValue', `Value (${type}) for parameter volumeType is invalid.`)
+  if (iops !== null && !['io1', 'io2', 'gp3'].includes(type)) throw new Ec2Error('InvalidParameterCombination', `The parameter iops is not supported for ${type} volumes.`)
+  if (iops === null && (type === 'io1' || type === 'io2')) throw new Ec2Error('InvalidParameterCombination', `The parameter iops must be specified for ${type} volumes.`)
+  if (throughput !== null && type !== 'gp3') throw new Ec2Error('InvalidParameterCombination', 'throughput can only be specified for volumeType gp3.')
+  if (type === 'gp2') return { iops: Math.min(16_000, Math.max(100, 3 * sizeGiB)), throughput: null }
+  if (type === 'gp3') return { iops: iops === null ? 3000 : Number(iops), throughput: throughput === null ? 125 : Number(throughput) }
+  return { iops: iops === null ? null : Number(iops), throughput: null }
+}
+
 const hexId = (prefix: string): string => `${prefix}-${randomBytes(9).toString('hex').slice(0, 17)}`
 /** The AWS managed EBS key of an account and Region, by its alias. */
 const awsEbs = (region: string, accountId: string): string => `arn:aws:kms:${region}:${accountId}:alias/aws/ebs`
 /** instanceState.code of each instance state (EC2 API Reference, InstanceState). */
 const STATE_CODES: Record<Instance['state'], number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 }
+
+/** EC2's tag rules (Tag restrictions): reserved keys, and how many others one resource may have. */
+const RESERVED_TAG = /^aws:/i
+const MAX_TAGS = 50
+
+/** Refuses tags no caller may set: a reserved key, or more than MAX_TAGS on one resource (reserved ones do not count). */
+function checkTags(tags: Record<string, string>, adding: string[]): void {
+  const reserved = adding.find((k) => RESERVED_TAG.test(k))
+  if (reserved !== undefined) throw new Ec2Error('InvalidParameterValue', `Tag keys starting with 'aws:' are reserved for internal use (${reserved})`)
+  if (Object.keys(tags).filter((k) => !RESERVED_TAG.test(k)).length > MAX_TAGS) {
+    throw new Ec2Error('TagLimitExceeded', `You've reached the limit on the number of tags that you can assign to the specified resource (${MAX_TAGS})`)
+  }
+}
 
 /** What EBS asks of KMS for the caller. */
 const NEW_KEY = ['kms:DescribeKey', 'kms:CreateGrant', 'kms:GenerateDataKeyWithoutPlaintext']
@@ -228,8 +345,19 @@ export class Ec2StandIn {
   readonly defaultKeys = new Map<string, string>()
   /** While true, new snapshots stay pending (a snapshot that never completes). */
   holdSnapshots = false
+  /** How many of the first requests naming an id just created find it missing (eventual consistency); 0: none. */
+  visibilityLag: number
+  /** Per id just created: how many requests were answered as if it did not exist yet (for tests). */
+  readonly missed = new Map<string, number>()
+  /** Ids just created and not visible yet: requests left that miss them, and what waits for their first sighting. */
+  readonly #lag = new Map<string, { left: number; onSeen: Array<() => void> }>()
+  readonly images = new Map<string, Image>()
+  readonly subnets = new Map<string, Subnet>()
+  readonly securityGroups = new Map<string, SecurityGroup>()
+  /** "account/region" pairs whose default VPC was deleted (every other one has its default VPC). */
+  readonly withoutDefaultVpc = new Set<string>()
   readonly #clientTokens = new Map<string, string>()
-  readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
+  readonly #options: Required<Omit<Ec2StandInOptions, 'world' | 'kms' | 'visibilityLag'>> & Pick<Ec2StandInOptions, 'world' | 'kms'>
   #server: Server | null = null
   #nvmeIndex = 1
   #attachSeq = 0
@@ -243,6 +371,7 @@ export class Ec2StandIn {
       exposeDevice: (v, name, loop) => fakeNvme(options.roots, name, loop, serialOf(v.volumeId), EBS_MODEL, v.sizeGiB * this.bytesPerGiB),
       ...options,
     }
+    this.visibilityLag = options.visibilityLag ?? 0
     if (options.defaultKmsKeyId) this.defaultKeys.set(`${instance.accountId}/${instance.region}`, options.defaultKmsKeyId)
     this.instances.set(instance.instanceId, {
       instanceId: instance.instanceId, ownerId: instance.accountId, region: instance.region, availabilityZone: instance.availabilityZone,
@@ -259,6 +388,38 @@ export class Ec2StandIn {
   /** The account the worker instance runs in. */
   get accountId(): string {
     return this.#options.instance.accountId
+  }
+
+  /** An id just created: not visible to the next `visibilityLag` requests. */
+  #born(id: string): void {
+    if (this.visibilityLag > 0) this.#lag.set(id, { left: this.visibilityLag, onSeen: [] })
+  }
+
+  /** Whether this request misses `id` (counting it); its first sighting runs what waited for it. */
+  #hidden(id: string): boolean {
+    const lag = this.#lag.get(id)
+    if (!lag) return false
+    if (lag.left > 0) {
+      lag.left--
+      this.missed.set(id, (this.missed.get(id) ?? 0) + 1)
+      return true
+    }
+    this.#lag.delete(id)
+    for (const fn of lag.onSeen) fn()
+    return false
+  }
+
+  /** Runs `fn` once `id` has been seen by a request (at once when it is not lagging). */
+  #onceSeen(id: string, fn: () => void): void {
+    const lag = this.#lag.get(id)
+    if (lag) lag.onSeen.push(fn)
+    else fn()
+  }
+
+  /** Makes an id visible at once, as if the time of its lag had passed (a test's setup). */
+  settle(id: string): void {
+    const lag = this.#lag.get(id)
+    if (lag) lag.left = 0
   }
 
   async start(): Promise<this> {
@@ -348,9 +509,11 @@ export class Ec2StandIn {
   async addInstance(spec: InstanceSpec): Promise<string> {
     const instanceId = hexId('i')
     const rootDeviceName = spec.rootDeviceName ?? spec.volumes[0]?.device ?? '/dev/xvda'
+    const imageId = spec.imageId ?? 'ami-0123456789abcdef0'
+    if (!this.images.has(imageId)) this.addImage({ imageId, ownerId: spec.accountId, region: spec.region, rootDeviceName })
     this.instances.set(instanceId, {
       instanceId, ownerId: spec.accountId, region: spec.region, availabilityZone: spec.availabilityZone, instanceType: spec.instanceType ?? 'm6i.large',
-      imageId: spec.imageId ?? 'ami-0123456789abcdef0', rootDeviceName, state: 'running', tags: spec.tags ?? {}, launchTime: new Date().toISOString(),
+      imageId, rootDeviceName, state: 'running', tags: spec.tags ?? {}, launchTime: new Date().toISOString(),
       architecture: 'x86_64', plugged: false,
     })
     for (const v of spec.volumes) {
@@ -363,13 +526,63 @@ export class Ec2StandIn {
       const ctx = { accountId: spec.accountId, region: spec.region }
       this.volumes.set(volumeId, {
         volumeId, ownerId: spec.accountId, region: spec.region, sizeGiB: v.sizeGiB, snapshotId: null, availabilityZone: spec.availabilityZone,
-        state: 'in-use', stateReason: null, volumeType: v.volumeType ?? 'gp3', iops: null, throughput: null, encrypted: v.encrypted ?? false,
+        state: 'in-use', stateReason: null, volumeType: v.volumeType ?? 'gp3', ...volumePerformance(v.volumeType ?? 'gp3', v.sizeGiB, v.iops === undefined ? null : String(v.iops), null),
+        encrypted: v.encrypted ?? false,
         kmsKeyId: v.encrypted ? this.#keyArn(v.kmsKeyId ?? this.#defaultKey(spec.accountId, spec.region), ctx) : null, tags: {},
         createTime: new Date().toISOString(), file,
         attachment: { instanceId, device: v.device, state: 'attached', time: new Date().toISOString(), loop: null, name: null, deleteOnTermination: v.deleteOnTermination ?? true, seq: ++this.#attachSeq },
       })
     }
     return instanceId
+  }
+
+  /** Registers an AMI (private to its owner unless public or shared); returns its id. */
+  addImage(spec: Partial<Image> & { ownerId: string; region: string }): string {
+    const imageId = spec.imageId ?? hexId('ami')
+    this.images.set(imageId, {
+      imageId, public: false, launchPermissions: [], name: `image-${imageId}`, architecture: 'x86_64', rootDeviceName: '/dev/xvda', ...spec,
+    })
+    return imageId
+  }
+
+  /** A subnet of a VPC (of its own unless `vpcId` says), in one AZ; returns its id. */
+  addSubnet(spec: { ownerId: string; region: string; availabilityZone: string; vpcId?: string }): string {
+    const subnetId = hexId('subnet')
+    this.subnets.set(subnetId, { subnetId, vpcId: spec.vpcId ?? hexId('vpc'), ...spec })
+    return subnetId
+  }
+
+  addSecurityGroup(spec: { ownerId: string; region: string; vpcId: string; groupName?: string }): string {
+    const groupId = hexId('sg')
+    this.securityGroups.set(groupId, { groupId, groupName: spec.groupName ?? groupId, ...spec })
+    return groupId
+  }
+
+  /** The default VPC of an account in a Region, or null when it has none. */
+  defaultVpc(accountId: string, region: string): string | null {
+    if (this.withoutDefaultVpc.has(`${accountId}/${region}`)) return null
+    return `vpc-${createHash('sha256').update(`${accountId}/${region}`).digest('hex').slice(0, 17)}`
+  }
+
+  /** An image the caller may launch in the request's Region, or InvalidAMIID.NotFound. */
+  #visibleImage(id: string | null, ctx: { accountId: string; region: string }): Image {
+    const i = id ? this.images.get(id) : undefined
+    if (!i || i.region !== ctx.region || !(i.ownerId === ctx.accountId || i.public || i.launchPermissions.includes(ctx.accountId))) {
+      throw new Ec2Error('InvalidAMIID.NotFound', `The image id '[${id}]' does not exist`)
+    }
+    return i
+  }
+
+  #subnet(id: string | null, ctx: Ctx): Subnet {
+    const s = id ? this.subnets.get(id) : undefined
+    if (!s || s.ownerId !== ctx.accountId || s.region !== ctx.region) throw new Ec2Error('InvalidSubnetID.NotFound', `The subnet ID '${id}' does not exist`)
+    return s
+  }
+
+  #securityGroup(id: string, ctx: Ctx): SecurityGroup {
+    const g = this.securityGroups.get(id)
+    if (!g || g.ownerId !== ctx.accountId || g.region !== ctx.region) throw new Ec2Error('InvalidGroup.NotFound', `The security group '${id}' does not exist`)
+    return g
   }
 
   addSnapshot(spec: SnapshotSpec): string {
@@ -385,6 +598,29 @@ export class Ec2StandIn {
     return snapshotId
   }
 
+  /**
+   * Takes a device name of the worker instance: an empty volume of its own attached there (not
+   * exposed as a device), as the instance's data volumes or another program's would be.
+   */
+  async occupyDevice(device: string): Promise<string> {
+    const { instance, dir } = this.#options
+    const volumeId = hexId('vol')
+    const file = join(dir, `${volumeId}.img`)
+    await (await open(file, 'w')).close()
+    const now = new Date().toISOString()
+    this.volumes.set(volumeId, {
+      volumeId, ownerId: instance.accountId, region: instance.region, sizeGiB: 1, snapshotId: null, availabilityZone: instance.availabilityZone, state: 'in-use',
+      stateReason: null, volumeType: 'gp3', ...volumePerformance('gp3', 1, null, null), encrypted: false, kmsKeyId: null, tags: {}, createTime: now, file,
+      attachment: { instanceId: instance.instanceId, device, state: 'attached', time: now, loop: null, name: null, deleteOnTermination: false, seq: ++this.#attachSeq },
+    })
+    return volumeId
+  }
+
+  /** Detaches a volume (as someone else's DetachVolume would): its device name is free again. */
+  freeDevice(volumeId: string): void {
+    this.#finishDetach(this.volumes.get(volumeId)!)
+  }
+
   /** The volumes attached to an instance, in the order they were attached (its block device mapping). */
   attachedTo(instanceId: string): Volume[] {
     return [...this.volumes.values()].filter((v) => v.attachment?.instanceId === instanceId && v.state !== 'deleted').sort((a, b) => a.attachment!.seq - b.attachment!.seq)
@@ -392,14 +628,105 @@ export class Ec2StandIn {
 
   async #run(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
     const { world } = this.#options
-    if (world && !world.authorize(ctx.principal, 'ec2', action, ctx.region)) {
-      throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ec2:${action} because no identity-based policy allows the ec2:${action} action`)
+    const refused = world ? world.authorizeAll(ctx.principal, 'ec2', action, ctx.region, this.#authorizationOf(action, p, ctx)) : null
+    if (refused) {
+      throw new Ec2Error('UnauthorizedOperation', `You are not authorized to perform this operation. User: ${ctx.principal.arn} is not authorized to perform: ` +
+        `${refused.action} on resource: ${refused.resource} because no identity-based policy allows the ${refused.action} action`)
     }
-    if (p.get('DryRun') === 'true') throw new Ec2Error('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.')
+    if (p.get('DryRun') === 'true') {
+      this.#validate(action, p, ctx)
+      throw new Ec2Error('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.')
+    }
     return this.#dispatch(action, p, ctx)
   }
 
+  /** What a DryRun request is checked for besides the permission: the snapshot it names, CreateVolume's parameters. */
+  #validate(action: string, p: URLSearchParams, ctx: Ctx): void {
+    if (action === 'DeleteSnapshot' || action === 'ModifySnapshotAttribute') this.#visibleSnapshot(p.get('SnapshotId'), ctx)
+    if (action === 'CopySnapshot') this.#visibleSnapshot(p.get('SourceSnapshotId'), { accountId: ctx.accountId, region: p.get('SourceRegion') ?? ctx.region })
+    if (action === 'CreateVolume') {
+      const snapshot = p.get('SnapshotId') ? this.#visibleSnapshot(p.get('SnapshotId'), ctx) : null
+      volumePerformance(p.get('VolumeType') ?? 'gp2', Number(p.get('Size') ?? snapshot?.sizeGiB ?? 1), p.get('Iops'), p.get('Throughput'))
+    }
+  }
+
+  /** What IAM decides for an EC2 call: each resource it touches, with its context (see the top). */
+  #authorizationOf(action: string, p: URLSearchParams, ctx: Ctx): AuthorizationRequest[] {
+    const arn = (type: string, id: string, account = ctx.accountId): string => `arn:aws:ec2:${ctx.region}:${account}:${type}/${id}`
+    const requestTags: Record<string, string> = {}
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      for (let j = 1; p.has(`TagSpecification.${i}.Tag.${j}.Key`); j++) requestTags[p.get(`TagSpecification.${i}.Tag.${j}.Key`)!] = p.get(`TagSpecification.${i}.Tag.${j}.Value`) ?? ''
+    }
+    if (action === 'CreateTags') for (let j = 1; p.has(`Tag.${j}.Key`); j++) requestTags[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    const request: ConditionContext = {
+      ...Object.fromEntries(Object.entries(requestTags).map(([k, v]) => [`aws:RequestTag/${k}`, v])),
+      ...(Object.keys(requestTags).length ? { 'aws:TagKeys': Object.keys(requestTags) } : {}),
+    }
+    const withTags = (tags: Record<string, string> | undefined): ConditionContext => ({
+      ...request, ...Object.fromEntries(Object.entries(tags ?? {}).flatMap(([k, v]) => [[`aws:ResourceTag/${k}`, v], [`ec2:ResourceTag/${k}`, v]])),
+    })
+    const volume = (id: string | null) => ({ resource: arn('volume', id ?? '*'), context: withTags(id ? this.volumes.get(id)?.tags : undefined) })
+    const snapshot = (id: string | null) => ({ resource: arn('snapshot', id ?? '*', ''), context: withTags(id ? this.snapshots.get(id)?.tags : undefined) })
+    const instance = (id: string | null) => ({ resource: arn('instance', id ?? '*'), context: withTags(id ? this.instances.get(id)?.tags : undefined) })
+    let resources: Array<{ resource: string; context: ConditionContext }>
+    switch (action) {
+      case 'CreateVolume':
+        resources = [volume(null), ...(p.get('SnapshotId') ? [snapshot(p.get('SnapshotId'))] : [])]
+        break
+      case 'AttachVolume':
+      case 'DetachVolume': {
+        const id = p.get('VolumeId')
+        resources = [volume(id), instance(p.get('InstanceId') ?? (id ? this.volumes.get(id)?.attachment?.instanceId ?? null : null))]
+        break
+      }
+      case 'DeleteVolume':
+        resources = [volume(p.get('VolumeId'))]
+        break
+      case 'CreateSnapshot':
+        resources = [volume(p.get('VolumeId')), snapshot(null)]
+        break
+      case 'CreateSnapshots': {
+        const id = p.get('InstanceSpecification.InstanceId')
+        resources = [instance(id), ...(id ? this.attachedTo(id).map((v) => volume(v.volumeId)) : []), snapshot(null)]
+        break
+      }
+      case 'CopySnapshot':
+        resources = [snapshot(null), snapshot(p.get('SourceSnapshotId'))]
+        break
+      case 'DeleteSnapshot':
+      case 'ModifySnapshotAttribute':
+        resources = [snapshot(p.get('SnapshotId'))]
+        break
+      case 'CreateTags':
+        resources = listOf(p, 'ResourceId').map((id) => (id.startsWith('vol-') ? volume(id) : id.startsWith('i-') ? instance(id) : snapshot(id)))
+        break
+      case 'RunInstances':
+        resources = [instance(null), { resource: arn('image', p.get('ImageId') ?? '*', ''), context: request }, volume(null),
+          { resource: arn('network-interface', '*'), context: request },
+          ...(p.get('SubnetId') ? [{ resource: arn('subnet', p.get('SubnetId')!), context: request }] : []),
+          ...listOf(p, 'SecurityGroupId').map((id) => ({ resource: arn('security-group', id), context: request }))]
+        break
+      case 'StopInstances':
+      case 'StartInstances':
+      case 'TerminateInstances':
+        resources = listOf(p, 'InstanceId').map(instance)
+        break
+      default: // Describe*, the account's EBS default key
+        resources = [{ resource: '*', context: request }]
+    }
+    const requests: AuthorizationRequest[] = resources.map((r) => ({ action: `ec2:${action}`, ...r }))
+    // Tags on creation: ec2:CreateTags on each new resource of a tagged type, with ec2:CreateAction.
+    const types: Record<string, string> = { volume: 'volume', snapshot: 'snapshot', instance: 'instance' }
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      const type = types[p.get(`TagSpecification.${i}.ResourceType`)!]
+      if (!type || !p.has(`TagSpecification.${i}.Tag.1.Key`)) continue
+      requests.push({ action: 'ec2:CreateTags', resource: arn(type, '*', type === 'snapshot' ? '' : ctx.accountId), context: { ...request, 'ec2:CreateAction': action } })
+    }
+    return requests
+  }
+
   async #dispatch(action: string, p: URLSearchParams, ctx: Ctx): Promise<string> {
+    this.#checkTagSpecifications(p)
     switch (action) {
       case 'CreateVolume':
         return this.#volumeXml(await this.#createVolume(p, ctx), false)
@@ -444,6 +771,26 @@ export class Ec2StandIn {
         return this.#describeInstances(p, ctx)
       case 'RunInstances':
         return this.#runInstances(p, ctx)
+      case 'DescribeImages':
+        return this.#describeImages(p, ctx)
+      case 'DescribeSubnets': {
+        const ids = listOf(p, 'SubnetId')
+        const found = ids.length ? ids.map((id) => this.#subnet(id, ctx)) : [...this.subnets.values()].filter((x) => x.ownerId === ctx.accountId && x.region === ctx.region)
+        return `<subnetSet>${found.map((x) => `<item>${el('subnetId', x.subnetId)}${el('state', 'available')}${el('vpcId', x.vpcId)}${el('availabilityZone', x.availabilityZone)}` +
+          `${el('ownerId', x.ownerId)}${el('defaultForAz', false)}</item>`).join('')}</subnetSet>`
+      }
+      case 'DescribeSecurityGroups': {
+        const ids = listOf(p, 'GroupId')
+        const found = ids.length ? ids.map((id) => this.#securityGroup(id, ctx)) : [...this.securityGroups.values()].filter((x) => x.ownerId === ctx.accountId && x.region === ctx.region)
+        return `<securityGroupInfo>${found.map((x) => `<item>${el('ownerId', x.ownerId)}${el('groupId', x.groupId)}${el('groupName', x.groupName)}` +
+          `${el('groupDescription', x.groupName)}${el('vpcId', x.vpcId)}</item>`).join('')}</securityGroupInfo>`
+      }
+      case 'DescribeAccountAttributes': {
+        const names = listOf(p, 'AttributeName')
+        const attributes: Record<string, string> = { 'default-vpc': this.defaultVpc(ctx.accountId, ctx.region) ?? 'none', 'supported-platforms': 'VPC' }
+        return `<accountAttributeSet>${(names.length ? names : Object.keys(attributes)).filter((n) => n in attributes).map((n) => `<item>${el('attributeName', n)}` +
+          `<attributeValueSet><item>${el('attributeValue', attributes[n])}</item></attributeValueSet></item>`).join('')}</accountAttributeSet>`
+      }
       case 'StopInstances':
       case 'StartInstances':
       case 'TerminateInstances':
@@ -455,13 +802,13 @@ export class Ec2StandIn {
 
   #volume(id: string | null, ctx: Ctx): Volume {
     const v = id ? this.volumes.get(id) : undefined
-    if (!v || v.state === 'deleted' || v.ownerId !== ctx.accountId || v.region !== ctx.region) throw new Ec2Error('InvalidVolume.NotFound', `The volume '${id}' does not exist.`)
+    if (!v || v.state === 'deleted' || v.ownerId !== ctx.accountId || v.region !== ctx.region || this.#hidden(v.volumeId)) throw new Ec2Error('InvalidVolume.NotFound', `The volume '${id}' does not exist.`)
     return v
   }
 
   #instance(id: string | null, ctx: Ctx): Instance {
     const i = id ? this.instances.get(id) : undefined
-    if (!i || i.ownerId !== ctx.accountId || i.region !== ctx.region || i.state === 'terminated') {
+    if (!i || i.ownerId !== ctx.accountId || i.region !== ctx.region || i.state === 'terminated' || this.#hidden(i.instanceId)) {
       throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`)
     }
     return i
@@ -470,7 +817,7 @@ export class Ec2StandIn {
   #visibleSnapshot(id: string | null, ctx: { accountId: string; region: string }): Snapshot {
     const s = id ? this.snapshots.get(id) : undefined
     const visible = s && !s.deleted && s.region === ctx.region && (s.ownerId === ctx.accountId || s.sharedWith.includes(ctx.accountId))
-    if (!s || !visible) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    if (!s || !visible || this.#hidden(s.snapshotId)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     return s
   }
 
@@ -488,6 +835,8 @@ export class Ec2StandIn {
     if (snapshot && size < snapshot.sizeGiB) {
       throw new Ec2Error('InvalidParameterValue', `Volume of ${size}GiB is too small; minimum is ${snapshot.sizeGiB}GiB.`)
     }
+    const volumeType = p.get('VolumeType') ?? 'gp2'
+    const performance = volumePerformance(volumeType, size, p.get('Iops'), p.get('Throughput'))
     const { encrypted, keyRef, key } = this.#newKey(p, snapshot, ctx)
     // What EBS asks KMS for, on the caller's behalf: read the snapshot's key, write under the new one.
     const uses: Array<{ ref: string; actions: string[] }> = []
@@ -508,22 +857,25 @@ export class Ec2StandIn {
     await handle.close()
     const volume: Volume = {
       volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: size, snapshotId, availabilityZone: az, state: 'creating', stateReason: null,
-      volumeType: p.get('VolumeType') ?? 'gp2', iops: p.get('Iops') ? Number(p.get('Iops')) : null, throughput: p.get('Throughput') ? Number(p.get('Throughput')) : null,
+      volumeType, ...performance,
       encrypted, kmsKeyId: key, tags, createTime: new Date().toISOString(), file, attachment: null,
     }
     this.volumes.set(volumeId, volume)
+    this.#born(volumeId)
     if (token) this.#clientTokens.set(`${ctx.accountId}/${token}`, volumeId)
-    setTimeout(() => {
-      if (volume.state !== 'creating') return
-      if (refused.length) {
-        // KMS refused EBS: the volume is rolled back and simply disappears.
+    if (refused.length) {
+      // KMS refused EBS: the volume is rolled back and simply disappears (once it was seen, with a lag).
+      this.#onceSeen(volumeId, () => setTimeout(() => {
+        if (volume.state !== 'creating') return
         volume.state = 'deleted'
         volume.stateReason = `KMS refused: ${refused.join(', ')}`
         void rm(file, { force: true })
-      } else {
-        volume.state = 'available'
-      }
-    }, this.#options.delayMs)
+      }, this.#options.delayMs))
+    } else {
+      setTimeout(() => {
+        if (volume.state === 'creating') volume.state = 'available'
+      }, this.#options.delayMs)
+    }
     return volume
   }
 
@@ -537,8 +889,9 @@ export class Ec2StandIn {
         if (f.name.startsWith('tag:')) return f.values.includes(v.tags[f.name.slice(4)] ?? '\u0000')
         if (f.name === 'status') return f.values.includes(v.state)
         if (f.name === 'attachment.instance-id') return f.values.includes(v.attachment?.instanceId ?? '')
+        if (f.name === 'volume-id') return f.values.includes(v.volumeId)
         throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-      })
+      }) && (ids.length > 0 || !this.#hidden(v.volumeId)) // named ones were looked up (and counted) above
     })
   }
 
@@ -629,13 +982,23 @@ export class Ec2StandIn {
     const targets = ids.map((id) => {
       if (id.startsWith('vol-')) return this.#volume(id, ctx)
       const snap = this.snapshots.get(id)
-      if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region) {
+      if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region || this.#hidden(snap.snapshotId)) {
         throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
       }
       return snap
     })
-    for (const target of targets) {
-      for (let j = 1; p.has(`Tag.${j}.Key`); j++) target.tags[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    const adding: Record<string, string> = {}
+    for (let j = 1; p.has(`Tag.${j}.Key`); j++) adding[p.get(`Tag.${j}.Key`)!] = p.get(`Tag.${j}.Value`) ?? ''
+    for (const target of targets) checkTags({ ...target.tags, ...adding }, Object.keys(adding))
+    for (const target of targets) Object.assign(target.tags, adding)
+  }
+
+  /** Every TagSpecification of a create request, before anything is created: the tag rules. */
+  #checkTagSpecifications(p: URLSearchParams): void {
+    for (let i = 1; p.has(`TagSpecification.${i}.ResourceType`); i++) {
+      const tags: Record<string, string> = {}
+      for (let j = 1; p.has(`TagSpecification.${i}.Tag.${j}.Key`); j++) tags[p.get(`TagSpecification.${i}.Tag.${j}.Key`)!] = p.get(`TagSpecification.${i}.Tag.${j}.Value`) ?? ''
+      checkTags(tags, Object.keys(tags))
     }
   }
 
@@ -659,6 +1022,7 @@ export class Ec2StandIn {
       sharedWith: [], state: 'pending', statusMessage: null, volumeId: v.volumeId, tags, startTime: new Date().toISOString(), description, deleted: false,
     }
     this.snapshots.set(snapshotId, snap)
+    this.#born(snapshotId)
     if (!this.holdSnapshots) setTimeout(() => (snap.state = 'completed'), this.#options.delayMs)
     return snap
   }
@@ -696,6 +1060,7 @@ export class Ec2StandIn {
       description: p.get('Description') ?? `Copied for DestinationAmi from ${source.snapshotId}`, deleted: false,
     }
     this.snapshots.set(snapshotId, snap)
+    this.#born(snapshotId)
     setTimeout(() => {
       if (refused.length) {
         snap.state = 'error'
@@ -719,7 +1084,7 @@ export class Ec2StandIn {
     const owners = listOf(p, 'Owner').map((o) => (o === 'self' ? ctx.accountId : o))
     const visible = [...this.snapshots.values()].filter((x) => !x.deleted && x.region === ctx.region && (x.ownerId === ctx.accountId || x.sharedWith.includes(ctx.accountId)))
     for (const id of ids) {
-      if (!visible.some((x) => x.snapshotId === id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+      if (!visible.some((x) => x.snapshotId === id) || this.#hidden(id)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     }
     const filters = filtersOf(p)
     return visible.filter((x) => (!ids.length || ids.includes(x.snapshotId)) && (!owners.length || owners.includes(x.ownerId)) && filters.every((f) => {
@@ -729,14 +1094,14 @@ export class Ec2StandIn {
       if (f.name === 'snapshot-id') return f.values.includes(x.snapshotId)
       if (f.name === 'tag-key') return f.values.some((k) => k in x.tags)
       throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-    }))
+    }) && (ids.length > 0 || !this.#hidden(x.snapshotId))) // named ones were counted above
   }
 
   /** ModifySnapshotAttribute createVolumePermission add/remove: sharing, refused for AWS managed keys. */
   #share(p: URLSearchParams, ctx: Ctx): void {
     const id = p.get('SnapshotId')
     const snap = id ? this.snapshots.get(id) : undefined
-    if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
+    if (!snap || snap.deleted || snap.ownerId !== ctx.accountId || snap.region !== ctx.region || this.#hidden(snap.snapshotId)) throw new Ec2Error('InvalidSnapshot.NotFound', `The snapshot '${id}' does not exist.`)
     const adds: string[] = []
     const removes: string[] = []
     for (let i = 1; p.has(`CreateVolumePermission.Add.${i}.UserId`); i++) adds.push(p.get(`CreateVolumePermission.Add.${i}.UserId`)!)
@@ -746,7 +1111,7 @@ export class Ec2StandIn {
     else adds.push(...userIds)
     if (!adds.length && !removes.length) throw new Ec2Error('MissingParameter', 'no account to share with')
     if (adds.length && snap.encrypted && snap.kmsKeyId && this.#options.isAwsManagedKey(snap.kmsKeyId)) {
-      throw new Ec2Error('InvalidParameter', 'Snapshots encrypted with the AWS Managed CMK can\'t be shared. Try again with a customer managed CMK.')
+      throw new Ec2Error('OperationNotPermitted', 'Encrypted snapshots with EBS default key cannot be shared')
     }
     for (const a of adds) if (!snap.sharedWith.includes(a)) snap.sharedWith.push(a)
     snap.sharedWith = snap.sharedWith.filter((a) => !removes.includes(a))
@@ -758,7 +1123,8 @@ export class Ec2StandIn {
     return `<item>${el('instanceId', i.instanceId)}${el('imageId', i.imageId)}<instanceState>${el('code', STATE_CODES[i.state])}${el('name', i.state)}</instanceState>` +
       `${el('instanceType', i.instanceType)}${el('launchTime', i.launchTime)}<placement>${el('availabilityZone', i.availabilityZone)}${el('tenancy', 'default')}</placement>` +
       `${el('architecture', i.architecture)}${el('rootDeviceType', 'ebs')}${el('rootDeviceName', i.rootDeviceName)}<blockDeviceMapping>${mappings}</blockDeviceMapping>` +
-      `${el('virtualizationType', 'hvm')}${tagSet(i.tags)}</item>`
+      `${el('virtualizationType', 'hvm')}${el('subnetId', i.subnetId)}${el('vpcId', i.vpcId)}` +
+      `${i.securityGroupIds?.length ? `<groupSet>${i.securityGroupIds.map((g) => `<item>${el('groupId', g)}</item>`).join('')}</groupSet>` : ''}${tagSet(i.tags)}</item>`
   }
 
   #reservationXml(instances: Instance[], ownerId: string): string {
@@ -774,7 +1140,7 @@ export class Ec2StandIn {
         if (f.name.startsWith('tag:')) return f.values.includes(i.tags[f.name.slice(4)] ?? '\u0000')
         if (f.name === 'instance-state-name') return f.values.includes(i.state)
         throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
-      }))
+      }) && (ids.length > 0 || !this.#hidden(i.instanceId))) // named ones were counted above
     return `<reservationSet>${found.map((i) => `<item>${this.#reservationXml([i], i.ownerId)}</item>`).join('')}</reservationSet>`
   }
 
@@ -787,14 +1153,26 @@ export class Ec2StandIn {
     const imageId = p.get('ImageId')
     if (!imageId || !/^ami-[0-9a-f]{8,17}$/.test(imageId)) throw new Ec2Error('InvalidAMIID.Malformed', `Invalid id: "${imageId}"`)
     if (p.get('MinCount') !== '1' || p.get('MaxCount') !== '1') throw new Ec2Error('InvalidParameterValue', 'this stand-in launches one instance at a time (MinCount = MaxCount = 1)')
-    const az = p.get('Placement.AvailabilityZone') ?? `${ctx.region}a`
+    const image = this.#visibleImage(imageId, ctx)
+    const subnet = p.has('SubnetId') ? this.#subnet(p.get('SubnetId'), ctx) : null
+    const vpcId = subnet?.vpcId ?? this.defaultVpc(ctx.accountId, ctx.region)
+    if (!vpcId) throw new Ec2Error('VPCIdNotSpecified', 'No default VPC for this user')
+    const groups = listOf(p, 'SecurityGroupId').map((id) => this.#securityGroup(id, ctx))
+    const stray = groups.find((g) => g.vpcId !== vpcId)
+    if (stray) throw new Ec2Error('InvalidParameter', `Security group ${stray.groupId} and ${subnet ? `subnet ${subnet.subnetId}` : 'the default VPC'} belong to different networks.`)
+    const placement = p.get('Placement.AvailabilityZone')
+    // The stand-in's choice: EC2 documents no error for a Placement AZ other than the subnet's.
+    if (subnet && placement && placement !== subnet.availabilityZone) throw new Ec2Error('InvalidParameterValue', `The subnet ${subnet.subnetId} is in ${subnet.availabilityZone}, not ${placement}`)
+    const az = subnet?.availabilityZone ?? placement ?? `${ctx.region}a`
     if (!az.startsWith(ctx.region)) throw new Ec2Error('InvalidParameterValue', `Invalid availability zone: [${az}]`)
     const instanceId = hexId('i')
     const instance: Instance = {
       instanceId, ownerId: ctx.accountId, region: ctx.region, availabilityZone: az, instanceType: p.get('InstanceType') ?? 'm1.small', imageId,
-      rootDeviceName: '/dev/xvda', state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: 'x86_64', plugged: false,
+      rootDeviceName: image.rootDeviceName, state: 'pending', tags: this.#tagsOf(p, 'instance'), launchTime: new Date().toISOString(), architecture: image.architecture, plugged: false,
+      ...(subnet ? { subnetId: subnet.subnetId } : {}), vpcId, securityGroupIds: groups.map((g) => g.groupId),
     }
     this.instances.set(instanceId, instance)
+    this.#born(instanceId)
     if (token) this.#clientTokens.set(`${ctx.accountId}/run/${token}`, instanceId)
     // The image's root volume: 1 "GiB", unencrypted, deleted on termination.
     const volumeId = hexId('vol')
@@ -804,13 +1182,24 @@ export class Ec2StandIn {
     await handle.close()
     this.volumes.set(volumeId, {
       volumeId, ownerId: ctx.accountId, region: ctx.region, sizeGiB: 1, snapshotId: null, availabilityZone: az, state: 'in-use', stateReason: null,
-      volumeType: 'gp3', iops: null, throughput: null, encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
-      attachment: { instanceId, device: '/dev/xvda', state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
+      volumeType: 'gp3', ...volumePerformance('gp3', 1, null, null), encrypted: false, kmsKeyId: null, tags: this.#tagsOf(p, 'volume'), createTime: instance.launchTime, file,
+      attachment: { instanceId, device: image.rootDeviceName, state: 'attached', time: instance.launchTime, loop: null, name: null, deleteOnTermination: true, seq: ++this.#attachSeq },
     })
     setTimeout(() => {
       if (instance.state === 'pending') instance.state = 'running'
     }, this.#options.delayMs)
     return this.#reservationXml([instance], ctx.accountId)
+  }
+
+  /** DescribeImages of ImageId.N (each must be visible: InvalidAMIID.NotFound), else those of Owner.N. */
+  #describeImages(p: URLSearchParams, ctx: Ctx): string {
+    const ids = listOf(p, 'ImageId')
+    const owners = listOf(p, 'Owner').map((o) => (o === 'self' ? ctx.accountId : o))
+    const found = ids.length ? ids.map((id) => this.#visibleImage(id, ctx))
+      : [...this.images.values()].filter((i) => i.region === ctx.region && (!owners.length || owners.includes(i.ownerId)) && (i.ownerId === ctx.accountId || i.public || i.launchPermissions.includes(ctx.accountId)))
+    return `<imagesSet>${found.map((i) => `<item>${el('imageId', i.imageId)}${el('imageLocation', `${i.ownerId}/${i.name}`)}${el('imageState', 'available')}` +
+      `${el('imageOwnerId', i.ownerId)}${el('isPublic', i.public)}${el('architecture', i.architecture)}${el('imageType', 'machine')}${el('name', i.name)}` +
+      `${el('rootDeviceType', 'ebs')}${el('rootDeviceName', i.rootDeviceName)}${el('virtualizationType', 'hvm')}</item>`).join('')}</imagesSet>`
   }
 
   #changeInstances(action: string, p: URLSearchParams, ctx: Ctx): string {

@@ -1,9 +1,9 @@
 // Who is calling, and may they: the accounts, principals and IAM roles the AWS stand-ins share,
 // with the policy evaluation they need. No IAM emulator can be installed here, so this follows
 // the IAM User Guide ("Policy evaluation logic", "Cross-account policy evaluation logic", "IAM
-// JSON policy elements": Effect, Action, Resource, Principal, Condition with StringEquals /
-// StringLike / Bool) and the KMS Developer Guide ("Key policies", "Allowing users in other
-// accounts to use a KMS key", "Grants in AWS KMS", "AWS managed keys"):
+// JSON policy elements": Effect, Action, Resource, Principal, Condition) and the KMS Developer
+// Guide ("Key policies", "Allowing users in other accounts to use a KMS key", "Grants in AWS KMS",
+// "AWS managed keys"):
 //   - a request is signed with an access key id (SigV4 Authorization header: Credential=
 //     AKID/date/region/service/aws4_request); the key id names a principal of one account and the
 //     credential scope names the Region. Signatures are not verified (a documented departure);
@@ -12,7 +12,16 @@
 //   - a resource policy (a KMS key policy) that names a role directly, or "*", is enough within
 //     the key's account; one that names the account root delegates to the principal's identity
 //     policy; across accounts both the key policy and the identity policy must allow;
-//   - a KMS grant lets its grantee principal do the grant's operations, whatever the policies.
+//   - a KMS grant lets its grantee principal do the grant's operations, whatever the policies;
+//   - conditions ("IAM JSON policy elements: Condition", "… Condition operators", "Single-valued
+//     vs. multivalued context keys"): context key names compare case-insensitively; operators
+//     within a block, keys within an operator and ANDed, the values of one key ORed (NORed for a
+//     negated operator). String(Not)Equals(IgnoreCase), String(Not)Like (* and ?), Arn(Not)Equals,
+//     Arn(Not)Like (each of the six ARN components on its own), Bool, and Null ("true": the key is
+//     absent, "false": present); a key absent from the request makes a condition false, but true
+//     for a negated operator; the IfExists suffix makes an absent key true; ForAnyValue: and
+//     ForAllValues: compare each value of a multivalued key (ForAllValues: true when absent). Any
+//     other operator is a test error, not a silent "does not match".
 // Every call and every use of a KMS key is recorded, so tests can compare what the code did with
 // what the seeds and the IAM documents say it needs.
 
@@ -26,7 +35,7 @@ export interface PolicyStatement {
   Action: string | string[]
   Resource?: string | string[]
   Principal?: '*' | { AWS: string | string[] }
-  Condition?: Record<string, Record<string, string | string[] | boolean>>
+  Condition?: Record<string, Record<string, string | string[] | boolean | boolean[]>>
 }
 
 export interface PolicyDocument {
@@ -77,7 +86,15 @@ export interface KeyUse {
   allowed: boolean
 }
 
-export type ConditionContext = Record<string, string | boolean>
+/** The request context: each key's value, or values for a multivalued key (aws:TagKeys). */
+export type ConditionContext = Record<string, string | boolean | string[]>
+
+/** One thing IAM decides for a call: an action (service:Action) on a resource ARN ("*" for none), with its request context. */
+export interface AuthorizationRequest {
+  action: string
+  resource: string
+  context: ConditionContext
+}
 
 /** The access key id and Region of a SigV4 Authorization header (Credential=AKID/date/region/service/aws4_request), if it has one. */
 export function credentialScope(authorization: string | undefined): { accessKeyId: string; region: string } | null {
@@ -93,18 +110,63 @@ export function wildcard(pattern: string, value: string, caseInsensitive = false
   return re.test(value)
 }
 
+/** ArnLike: each of the six colon-separated components matched on its own (the resource part keeps its colons). */
+function arnLike(pattern: string, value: string): boolean {
+  const split = (arn: string): string[] => {
+    const parts = arn.split(':')
+    return parts.length < 6 ? [arn] : [...parts.slice(0, 5), parts.slice(5).join(':')]
+  }
+  const p = split(pattern)
+  const v = split(value)
+  return p.length === v.length && p.every((x, i) => wildcard(x, v[i]!))
+}
+
+/** One value of the request against one value of the policy, by the operator's base name. */
+const MATCHERS: Record<string, (policy: string, request: string) => boolean> = {
+  StringEquals: (p, r) => p === r,
+  StringEqualsIgnoreCase: (p, r) => p.toLowerCase() === r.toLowerCase(),
+  StringLike: (p, r) => wildcard(p, r),
+  ArnEquals: (p, r) => p === r,
+  ArnLike: arnLike,
+  Bool: (p, r) => p.toLowerCase() === r.toLowerCase(),
+}
+const NEGATED: Record<string, string> = {
+  StringNotEquals: 'StringEquals', StringNotEqualsIgnoreCase: 'StringEqualsIgnoreCase', StringNotLike: 'StringLike', ArnNotEquals: 'ArnEquals', ArnNotLike: 'ArnLike',
+}
+
+/** The request's values of a context key (names compare case-insensitively), or undefined when absent. */
+function contextValues(context: ConditionContext, key: string): string[] | undefined {
+  const name = Object.keys(context).find((k) => k.toLowerCase() === key.toLowerCase())
+  const value = name === undefined ? undefined : context[name]
+  return value === undefined ? undefined : asList(value as string | boolean | string[]).map(String)
+}
+
+/** One operator on one key: does the condition hold? */
+function conditionHolds(operator: string, key: string, expected: unknown, context: ConditionContext): boolean {
+  const values = asList(expected as string | string[] | boolean).map(String)
+  const actual = contextValues(context, key)
+  const set = /^(ForAnyValue|ForAllValues):(.+)$/.exec(operator)
+  let base = set ? set[2]! : operator
+  const ifExists = base.endsWith('IfExists')
+  if (ifExists) base = base.slice(0, -'IfExists'.length)
+  if (base === 'Null') {
+    if (set || ifExists) throw new Error(`condition operator ${operator} is not one IAM defines`)
+    return values.some((v) => (v.toLowerCase() === 'true' ? actual === undefined : actual !== undefined))
+  }
+  const negated = base in NEGATED
+  const match = MATCHERS[negated ? NEGATED[base]! : base]
+  if (!match) throw new Error(`condition operator ${operator} is not implemented by the IAM stand-in (test/standin/iam.ts)`)
+  // One request value against the policy's values: ORed, or NORed for a negated operator.
+  const one = (r: string): boolean => (negated ? !values.some((v) => match(v, r)) : values.some((v) => match(v, r)))
+  if (set?.[1] === 'ForAllValues') return (actual ?? []).every(one)
+  if (set?.[1] === 'ForAnyValue') return actual !== undefined && actual.some(one)
+  if (actual === undefined) return ifExists || negated
+  return actual.length === 1 ? one(actual[0]!) : actual.some(one)
+}
+
 function conditionsHold(condition: PolicyStatement['Condition'], context: ConditionContext): boolean {
   for (const [operator, entries] of Object.entries(condition ?? {})) {
-    for (const [key, expected] of Object.entries(entries)) {
-      const actual = context[key]
-      if (actual === undefined) return false
-      const values = asList(expected as string | string[] | boolean).map(String)
-      const ok =
-        operator === 'StringEquals' || operator === 'Bool' ? values.includes(String(actual))
-        : operator === 'StringLike' ? values.some((v) => wildcard(v, String(actual)))
-        : false // an operator this stand-in does not know never holds
-      if (!ok) return false
-    }
+    for (const [key, expected] of Object.entries(entries)) if (!conditionHolds(operator, key, expected, context)) return false
   }
   return true
 }
@@ -189,6 +251,17 @@ export class AwsWorld {
     const allowed = !principal.policy || evaluate(principal.policy, `${service}:${action}`, resource, context) === 'allow'
     this.record(principal, service, action, region, allowed)
     return allowed
+  }
+
+  /**
+   * The identity-policy decision for a call that IAM authorizes as several requests, one per
+   * resource it touches (and ec2:CreateTags for tags on creation), recorded once as the call:
+   * allowed only when every one is. Returns the first refused one.
+   */
+  authorizeAll(principal: Principal, service: string, action: string, region: string, requests: AuthorizationRequest[]): AuthorizationRequest | null {
+    const refused = principal.policy ? requests.find((r) => evaluate(principal.policy!, r.action, r.resource, r.context) !== 'allow') ?? null : null
+    this.record(principal, service, action, region, refused === null)
+    return refused
   }
 
   /** The distinct `service:Action` a role called (allowed or not). */

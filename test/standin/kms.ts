@@ -10,18 +10,26 @@
 //     the policy AWS gives it: usable by the account's principals through EC2 only, never by
 //     another account ("AWS managed keys", the default key policy of aws/ebs);
 //   - who may use a key is its key policy, the caller's identity policy and grants (test/standin/
-//     iam.ts); DryRun on CreateGrant, Decrypt, Encrypt, GenerateDataKey(WithoutPlaintext) answers
+//     iam.ts); a use through EBS carries kms:ViaService (ec2.<region>.amazonaws.com) and, for the
+//     grant EBS makes, kms:GrantIsForAWSResource = true, which a direct CreateGrant never has
+//     ("AWS KMS condition keys": "kms:GrantIsForAWSResource … only when an AWS service integrated
+//     with AWS KMS calls the operation on the user's behalf"); DryRun on CreateGrant, Decrypt,
+//     Encrypt, GenerateDataKey(WithoutPlaintext) answers
 //     DryRunOperationException when the call would succeed and AccessDeniedException when not
 //     (Developer Guide, "Testing your permissions", programming-dryrun.html);
 //   - Encrypt and Decrypt with symmetric keys: the ciphertext names its key, Decrypt with another
 //     KeyId is IncorrectKeyException, another encryption context InvalidCiphertextException, a
-//     disabled key DisabledException (API Reference, Encrypt, Decrypt).
+//     disabled key DisabledException (API Reference, Encrypt, Decrypt);
+//   - GetKeyPolicy returns the key policy as a JSON string; it is not a cross-account operation
+//     ("Cross-account use: No"): a key of another account is refused (AccessDeniedException: the
+//     exact answer is not documented).
 // With an AwsWorld (test/standin/iam.ts) it checks callers and records every use of a key in
 // world.keyUses; without one (the older tests) every caller may do everything.
 // Pages: https://docs.aws.amazon.com/kms/latest/APIReference/API_DescribeKey.html,
 //   https://docs.aws.amazon.com/kms/latest/developerguide/programming-dryrun.html,
 //   …/developerguide/key-policy-modifying-external-accounts.html, …/developerguide/grants.html,
-//   …/developerguide/concepts.html#aws-managed-key.
+//   …/developerguide/concepts.html#aws-managed-key, …/developerguide/conditions-kms.html#conditions-kms-grant-is-for-aws-resource,
+//   …/APIReference/API_GetKeyPolicy.html.
 import { createCipheriv, createDecipheriv, createHmac, randomBytes, randomUUID } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import { evaluate as evaluateOne, type AwsWorld, type ConditionContext, type PolicyDocument, type Principal } from './iam.ts'
@@ -137,7 +145,10 @@ export class KmsStandIn {
   #allowed(p: Principal, key: StandInKey, action: string, viaService?: string): boolean {
     if (!this.world) return true
     if (key.enabled === false) return false
-    const context: ConditionContext = { 'kms:CallerAccount': p.accountId, ...(viaService ? { 'kms:ViaService': viaService } : {}), 'aws:PrincipalArn': p.roleArn ?? p.arn }
+    const context: ConditionContext = {
+      'kms:CallerAccount': p.accountId, ...(viaService ? { 'kms:ViaService': viaService } : {}), 'aws:PrincipalArn': p.roleArn ?? p.arn,
+      ...(viaService && action.toLowerCase() === 'kms:creategrant' ? { 'kms:GrantIsForAWSResource': true } : {}),
+    }
     const grantee = p.roleArn ?? p.arn
     if ((key.grants ?? []).some((g) => g.grantee === grantee && g.operations.some((op) => `kms:${op}`.toLowerCase() === action.toLowerCase()))) return true
     const policy = key.policy ?? (key.keyManager === 'AWS' ? KmsStandIn.awsEbsPolicy(key.accountId, key.region) : KmsStandIn.rootPolicy(key.accountId))
@@ -204,6 +215,14 @@ export class KmsStandIn {
               Origin: 'AWS_KMS', KeyManager: key.keyManager, Description: key.keyManager === 'AWS' ? 'Default key that protects my EBS volumes when no other key is defined' : '',
             },
           })
+        }
+        if (operation === 'GetKeyPolicy') {
+          if (this.world && (key.accountId !== principal.accountId || this.check(principal, input.KeyId!, ['kms:GetKeyPolicy'], { region, via: 'kms:GetKeyPolicy' }).denied.length)) {
+            return denied('kms:GetKeyPolicy')
+          }
+          record(true)
+          const policy = key.policy ?? (key.keyManager === 'AWS' ? KmsStandIn.awsEbsPolicy(key.accountId, key.region) : KmsStandIn.rootPolicy(key.accountId))
+          return send(200, { Policy: JSON.stringify(policy), PolicyName: 'default' })
         }
         if (DRY_RUN_ACTIONS.has(operation)) {
           // A disabled key is DisabledException (this stand-in says so before checking permissions).
