@@ -12,6 +12,12 @@ t.test('the examples in docs/TASKS.md are what the code accepts', async (t) => {
   t.ok(blocks.length >= 8, `the doc has its examples (${blocks.length})`)
   const types = new Set<string>()
   for (const block of blocks) {
+    if (block.trimStart().startsWith('"error"')) {
+      // A reply's `error` member on its own.
+      const r = taskResult.shape.error.safeParse(JSON.parse(`{${block}}`).error)
+      t.ok(r.success, `the error example is valid${r.success ? '' : ': ' + r.error.message}`)
+      continue
+    }
     const json = JSON.parse(block)
     if ('status' in json) {
       const r = taskResult.safeParse(json)
