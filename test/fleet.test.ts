@@ -10,7 +10,8 @@ import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { parse, type Tags } from 'yaml'
-import { HEARTBEAT_SECONDS, NAMESPACE } from '../agent/daemon/metrics.ts'
+import { HEARTBEAT_SECONDS, maintenanceMetrics, NAMESPACE, taskEndMetrics } from '../agent/daemon/metrics.ts'
+import { parseTask } from '../agent/daemon/task.ts'
 import { ROOT, tempDir } from './helpers.ts'
 
 const run = promisify(execFile)
@@ -96,7 +97,8 @@ function unsub(node: unknown): unknown {
 
 t.test('every reference resolves', async (t) => {
   t.same(unresolved(tpl), [], 'no dangling Ref, GetAtt, Sub placeholder, condition or DependsOn')
-  for (const r of ['TaskQueue', 'TaskDeadLetterQueue', 'ReplyQueue', 'WorkerLaunchTemplate', 'WorkerInstanceProfile', 'WorkerGroup', 'BacklogScaling', 'DeadLetterAlarm', 'MissingHeartbeatAlarm', 'Dashboard']) {
+  for (const r of ['TaskQueue', 'TaskDeadLetterQueue', 'ReplyQueue', 'WorkerLaunchTemplate', 'WorkerInstanceProfile', 'WorkerGroup', 'BacklogScaling', 'DeadLetterAlarm', 'MissingHeartbeatAlarm', 'Dashboard',
+    'PruneScheduleRule', 'CheckScheduleRule', 'TaskQueuePolicy', 'RepositoryDamageAlarm', 'MaintenanceFailedAlarm']) {
     t.ok(tpl.Resources[r], `${r} is there`)
   }
   // The check itself can fail: a template with a typo in each kind of reference.
@@ -195,7 +197,8 @@ t.test('the dashboard is packaging/dashboard.json', async (t) => {
   const body = tpl.Resources.Dashboard.Properties.DashboardBody['Fn::Sub']
   t.same(JSON.parse(body), JSON.parse(await readFile(join(ROOT, 'packaging/dashboard.json'), 'utf8')))
   const metrics = JSON.stringify(JSON.parse(body))
-  for (const m of ['BytesRead', 'BytesStored', 'Throughput', 'TaskDuration', 'Tasks', 'TasksRunning', 'QueueWait', 'Heartbeat']) {
+  for (const m of ['BytesRead', 'BytesStored', 'Throughput', 'TaskDuration', 'Tasks', 'TasksRunning', 'QueueWait', 'Heartbeat',
+    'PruneBytesReclaimed', 'PrunePacksDeleted', 'PrunePacksRepacked', 'PruneDuration', 'CheckProblems']) {
     t.match(metrics, new RegExp(`"${NAMESPACE}","${m}"|MetricName=\\\\"${m}\\\\"`), `it shows ${m}`)
   }
 })
@@ -223,6 +226,107 @@ t.test('alarms watch the dead-letter queue and the agent\'s heartbeat', async (t
   const expected = beats.Period / HEARTBEAT_SECONDS
   t.match(hb.Metrics.find((m: any) => m.ReturnData).Expression, new RegExp(`\\(workers \\* ${expected}\\)`), `${expected} heartbeats per worker per period`)
   t.equal(hb.TreatMissingData, 'breaching', 'no data at all is an alarm')
+})
+
+/** A condition's value for these parameter values (Fn::Or, And, Not, Equals over Refs and literals). */
+function evaluate(node: any, params: Record<string, unknown>, conditions: Record<string, any>): unknown {
+  if (node === null || typeof node !== 'object') return node
+  if ('Ref' in node) return String(params[node.Ref])
+  if ('Condition' in node) return evaluate(conditions[node.Condition], params, conditions)
+  if ('Fn::Equals' in node) return String(evaluate(node['Fn::Equals'][0], params, conditions)) === String(evaluate(node['Fn::Equals'][1], params, conditions))
+  if ('Fn::Not' in node) return !evaluate(node['Fn::Not'][0], params, conditions)
+  if ('Fn::Or' in node) return node['Fn::Or'].some((c: unknown) => evaluate(c, params, conditions))
+  if ('Fn::And' in node) return node['Fn::And'].every((c: unknown) => evaluate(c, params, conditions))
+  throw new Error(`cannot evaluate ${JSON.stringify(node)}`)
+}
+
+/**
+ * What EventBridge sends to the queue for a rule's target, for these parameters (defaults for the
+ * others) and a scheduled event at `time`: Fn::If chosen, Fn::Sub filled in, then the input
+ * transformer's <time> (a string in quotes: inserted as it is).
+ */
+function sentBody(template: Template, rule: string, params: Record<string, unknown>, time: string): string {
+  const values: Record<string, unknown> = { 'AWS::StackName': 'ebs-fleet', ...Object.fromEntries(Object.entries(template.Parameters).map(([k, p]) => [k, p.Default])), ...params }
+  const target = template.Resources[rule].Properties.Targets[0]
+  const resolve = (node: any): string => {
+    if ('Fn::If' in node) {
+      const [cond, yes, no] = node['Fn::If']
+      return resolve(evaluate(template.Conditions![cond], values, template.Conditions!) ? yes : no)
+    }
+    return String(node['Fn::Sub']).replace(/\$\{([^}]+)\}/g, (_, name: string) => {
+      if (!(name in values)) throw new Error(`\${${name}} has no value`)
+      return String(values[name])
+    })
+  }
+  const paths = target.InputTransformer.InputPathsMap as Record<string, string>
+  let body = resolve(target.InputTransformer.InputTemplate)
+  for (const [name, path] of Object.entries(paths)) {
+    if (path !== '$.time') throw new Error(`only the event's time is used, not ${path}`)
+    body = body.replaceAll(`<${name}>`, time)
+  }
+  return body
+}
+
+t.test('the maintenance schedule sends valid prune and check tasks for the fleet\'s repository to the task queue', async (t) => {
+  const time = '2026-11-23T05:00:00Z'
+  const repository = 's3://my-bucket/backups'
+  const params = { RepositoryBucket: 'my-bucket' }
+  for (const [rule, schedule] of [['PruneScheduleRule', 'PruneSchedule'], ['CheckScheduleRule', 'CheckSchedule']] as const) {
+    const r = tpl.Resources[rule].Properties
+    t.same(r.ScheduleExpression, { Ref: schedule }, `${rule} runs on ${schedule}`)
+    t.match(tpl.Parameters[schedule].Default, /^cron\(\d+ \d+ \* \* \? \*\)$/, 'daily by default')
+    t.same(r.State, { 'Fn::If': ['MaintenanceEnabled', 'ENABLED', 'DISABLED'] }, 'switched off by the Maintenance parameter')
+    t.same(tpl.Conditions!.MaintenanceEnabled, { 'Fn::Equals': [{ Ref: 'Maintenance' }, 'enabled'] })
+    t.equal(r.Targets.length, 1)
+    t.same(r.Targets[0].Arn, { 'Fn::GetAtt': ['TaskQueue', 'Arn'] }, 'its target is the task queue')
+    t.equal(r.Targets[0].RoleArn, undefined, 'with no role (an SQS target is allowed by the queue policy)')
+  }
+  const bare = parseTask(sentBody(tpl, 'PruneScheduleRule', params, time))
+  t.ok(bare.ok, `the default prune task is valid ${bare.ok ? '' : bare.reason}`)
+  t.match(bare.ok && bare.task, { type: 'prune', taskId: `maintenance/prune/${time}`, repository, maxUnusedPercent: 5 }, 'a prune of the fleet\'s repository, named by the day')
+  t.equal(bare.ok && bare.task.type === 'prune' && bare.task.forget, undefined, 'by default it forgets nothing (ebs-controller forget owns retention)')
+  const withPolicy = parseTask(sentBody(tpl, 'PruneScheduleRule', { ...params, KeepDaily: 7, KeepWeekly: 5, KeepMonthly: -1 }, time))
+  t.ok(withPolicy.ok, `with a retention the prune task is valid ${withPolicy.ok ? '' : withPolicy.reason}`)
+  t.match(withPolicy.ok && withPolicy.task, { forget: { keepDaily: 7, keepWeekly: 5, keepMonthly: -1, groupBy: 'volume' } }, 'and forgets by it first')
+  const weekly = parseTask(sentBody(tpl, 'PruneScheduleRule', { ...params, KeepWeekly: 8 }, time))
+  t.match(weekly.ok && weekly.task, { forget: { keepDaily: 0, keepWeekly: 8, keepMonthly: 0 } }, 'one rule is enough')
+  const check = parseTask(sentBody(tpl, 'CheckScheduleRule', { ...params, CheckReadDataDays: 30 }, time))
+  t.ok(check.ok, `the check task is valid ${check.ok ? '' : check.reason}`)
+  t.match(check.ok && check.task, { type: 'check', taskId: `maintenance/check/${time}`, repository, readDataSubset: 'daily/30' }, 'a check reading a thirtieth of the packs a day')
+  // The check can fail: a typo in the input template.
+  const typo = parseTemplate((await readFile(TEMPLATE, 'utf8')).replace('"type": "check"', '"type": "chekc"'))
+  t.notOk(parseTask(sentBody(typo, 'CheckScheduleRule', params, time)).ok, 'a task the workers would reject is caught')
+
+  const policy = tpl.Resources.TaskQueuePolicy.Properties
+  t.same(policy.Queues, [{ Ref: 'TaskQueue' }])
+  t.same(policy.PolicyDocument.Statement, [{
+    Sid: 'ScheduledMaintenance', Effect: 'Allow', Principal: { Service: 'events.amazonaws.com' }, Action: 'sqs:SendMessage',
+    Resource: { 'Fn::GetAtt': ['TaskQueue', 'Arn'] },
+    Condition: { ArnEquals: { 'aws:SourceArn': [{ 'Fn::GetAtt': ['PruneScheduleRule', 'Arn'] }, { 'Fn::GetAtt': ['CheckScheduleRule', 'Arn'] }] } },
+  }], 'EventBridge may send to the task queue, for these two rules only')
+})
+
+t.test('alarms watch the repository check\'s damage and failed maintenance, as the agent emits them', async (t) => {
+  const times = { startedAt: '2026-11-23T05:00:00.000Z', finishedAt: '2026-11-23T05:01:00.000Z' }
+  const check = maintenanceMetrics('ebs-fleet', 'i-1', { taskId: 'c', type: 'check', status: 'succeeded', ...times, result: { damage: 2 } })!
+  const emitted = check._aws.CloudWatchMetrics[0]!
+  const damage = tpl.Resources.RepositoryDamageAlarm.Properties
+  t.match(damage, { Namespace: NAMESPACE, MetricName: 'CheckProblems', Threshold: 0, ComparisonOperator: 'GreaterThanThreshold' })
+  t.ok(emitted.Metrics.some((m) => m.Name === damage.MetricName), 'a metric a check task emits')
+  t.same(damage.Dimensions.map((d: { Name: string }) => d.Name), emitted.Dimensions[0], 'under the dimensions it is emitted with')
+  t.same(damage.Dimensions, [{ Name: 'Fleet', Value: { Ref: 'AWS::StackName' } }])
+  t.equal(damage.TreatMissingData, 'ignore', 'between checks the alarm keeps its state: damage stays in alarm until a check finds none')
+  const failed = tpl.Resources.MaintenanceFailedAlarm.Properties
+  const end = taskEndMetrics('ebs-fleet', 'i-1', { taskId: 'p', type: 'prune', status: 'failed', errorCode: 'STORAGE_ERROR', ...times })
+  const sets = end._aws.CloudWatchMetrics[0]!.Dimensions.map((s) => [...s].sort().join())
+  for (const [id, type] of [['prunes', 'prune'], ['checks', 'check']]) {
+    const stat = failed.Metrics.find((m: any) => m.Id === id).MetricStat
+    t.match(stat.Metric, { Namespace: NAMESPACE, MetricName: 'Tasks' }, `${id}: the Tasks metric`)
+    t.same(Object.fromEntries(stat.Metric.Dimensions.map((d: any) => [d.Name, d.Value])), { Fleet: { Ref: 'AWS::StackName' }, TaskType: type, Outcome: 'failed' }, `of failed ${type} tasks`)
+    t.ok(sets.includes(stat.Metric.Dimensions.map((d: any) => d.Name).sort().join()), 'a dimension set the daemon emits')
+  }
+  t.match(failed.Metrics.find((m: any) => m.ReturnData).Expression, /FILL\(prunes, 0\) \+ FILL\(checks, 0\)/)
+  for (const a of ['RepositoryDamageAlarm', 'MaintenanceFailedAlarm']) t.same(tpl.Resources[a].Properties.AlarmActions, [{ Ref: 'AlarmTopic' }], `${a} notifies`)
 })
 
 const cfnLint = await run('cfn-lint', ['--version']).then(() => true, () => false)

@@ -10,7 +10,7 @@ import { CreateQueueCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMe
 import { startFauxqs } from 'fauxqs'
 import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, tempDir, until } from './helpers.ts'
 import { startImds } from './standin/imds.ts'
-import { heartbeatMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics } from '../agent/daemon/metrics.ts'
+import { heartbeatMetrics, maintenanceMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics } from '../agent/daemon/metrics.ts'
 
 const UNITS = new Set(['Seconds', 'Microseconds', 'Milliseconds', 'Bytes', 'Kilobytes', 'Megabytes', 'Gigabytes', 'Terabytes', 'Bits',
   'Kilobits', 'Megabits', 'Gigabits', 'Terabits', 'Percent', 'Count', 'Bytes/Second', 'Kilobytes/Second', 'Megabytes/Second',
@@ -101,6 +101,34 @@ t.test('queue wait and heartbeat', async (t) => {
   t.match(pick(beat, 'TasksRunning', ['Fleet']), { value: 3, unit: 'Count' })
   t.throws(() => extract('{"_aws":{"Timestamp":1,"CloudWatchMetrics":[{"Namespace":"N","Dimensions":[["D"]],"Metrics":[{"Name":"M"}]}]},"M":1}'),
     /dimension D/, 'the parser can fail: a dimension without a value')
+})
+
+t.test('maintenance: a prune\'s reclaimed bytes, packs and duration; a check\'s problems; nothing for dry runs and failures', async (t) => {
+  const times = { startedAt: '2026-11-23T05:00:00.000Z', finishedAt: '2026-11-23T05:20:00.000Z' }
+  const pruned = {
+    repository: 's3://bucket/backups', dryRun: false, forget: { forgotten: 12 },
+    packs: { total: 900, kept: 800, deleted: 100, repacked: 7, left: 0 }, bytes: { total: 1e10, live: 8e9, reclaimed: 1_600_000_000, repacked: 5e7, written: 5e7 }, durationMs: 1_150_500,
+  }
+  const doc = maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'succeeded', ...times, result: pruned })!
+  const data = extract(JSON.stringify(doc))
+  t.match(pick(data, 'PruneBytesReclaimed', ['Fleet']), { value: 1_600_000_000, unit: 'Bytes', dimensions: { Fleet: 'prod' }, timestamp: Date.parse(times.finishedAt) })
+  t.match(pick(data, 'PrunePacksDeleted', ['Fleet']), { value: 100, unit: 'Count' })
+  t.match(pick(data, 'PrunePacksRepacked', ['Fleet']), { value: 7, unit: 'Count' })
+  t.match(pick(data, 'PruneBackupsForgotten', ['Fleet']), { value: 12, unit: 'Count' })
+  t.match(pick(data, 'PruneDuration', ['Fleet']), { value: 1150.5, unit: 'Seconds' }, 'prune\'s own duration')
+  t.equal(doc.repository, 's3://bucket/backups', 'the repository rides along')
+  const noForget = extract(JSON.stringify(maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'succeeded', ...times, result: { ...pruned, forget: undefined } })))
+  t.equal(pick(noForget, 'PruneBackupsForgotten', ['Fleet'])!.value, 0, 'no policy, none forgotten')
+  const negative = extract(JSON.stringify(maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'succeeded', ...times, result: { ...pruned, bytes: { reclaimed: -5 } } })))
+  t.equal(pick(negative, 'PruneBytesReclaimed', ['Fleet'])!.value, 0, 'repacking that wrote more than it freed reclaims 0, not less')
+  t.equal(maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'succeeded', ...times, result: { ...pruned, dryRun: true } }), null, 'a dry run reclaims nothing: no metrics')
+  t.equal(maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'failed', errorCode: 'REPO_LOCKED', ...times }), null, 'a failure: Tasks counts it')
+  const damaged = extract(JSON.stringify(maintenanceMetrics('prod', 'i-1', { taskId: 'c', type: 'check', status: 'succeeded', ...times, result: { healthy: false, damage: 3, info: 9, durationMs: 2000 } })))
+  t.match(pick(damaged, 'CheckProblems', ['Fleet']), { value: 3, unit: 'Count' }, 'CheckProblems counts damage, not information')
+  t.match(pick(damaged, 'CheckDuration', ['Fleet']), { value: 2, unit: 'Seconds' })
+  const healthy = extract(JSON.stringify(maintenanceMetrics('prod', 'i-1', { taskId: 'c', type: 'check', status: 'succeeded', ...times, result: { healthy: true, damage: 0, info: 2 } })))
+  t.equal(pick(healthy, 'CheckProblems', ['Fleet'])!.value, 0, 'a healthy check sends 0: the alarm gets a datapoint')
+  t.equal(maintenanceMetrics('prod', 'i-1', { taskId: 'r', type: 'read', status: 'succeeded', ...times, result: { bytesRead: 1 } }), null, 'other tasks: none')
 })
 
 t.test('a real daemon writes EMF lines that match its replies', async (t) => {

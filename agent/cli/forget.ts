@@ -5,38 +5,18 @@ import { Option, type Command } from 'commander'
 import { openRepository } from '../app/repository.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
-import {
-  describePolicy, describeReason, groupItems, isEmptyPolicy, planRetention, policyJson, requirePolicy, type GroupDecision,
-} from '../core/retention.ts'
+import { describePolicy, describeReason, isEmptyPolicy, policyJson, requirePolicy, type GroupDecision } from '../core/retention.ts'
+import { forgetByPolicy, GROUP_BY, RESTORE_POINT_TAG, type Dated, type GroupBy } from '../maintenance/forget.ts'
 import { describePrune, prune, type PruneResult } from '../maintenance/prune.ts'
-import type { BackupSummary } from '../repo/manifest.ts'
 import type { Repository } from '../repo/repository.ts'
 import type { CliContext } from './context.ts'
 import { policyOf, withPolicy, withRepository, type PolicyOptions, type RepositoryOptions } from './options.ts'
-
-const GROUP_BY = ['volume', 'device', 'tags', 'none'] as const
-type GroupBy = (typeof GROUP_BY)[number]
-
-/** The tag the controller puts on the backups of its restore points (controller/backup.ts). */
-const RESTORE_POINT_TAG = 'restore-point'
 
 interface ForgetOptions extends RepositoryOptions, PolicyOptions {
   groupBy?: GroupBy
   dryRun?: boolean
   prune?: boolean
   grace: number
-}
-
-type Dated = BackupSummary & { time: number }
-
-/** The key of a backup's group. */
-export function groupKey(by: GroupBy, b: BackupSummary): string {
-  switch (by) {
-    case 'volume': return b.source.volumeId ?? b.source.device
-    case 'device': return b.source.device
-    case 'tags': return Object.entries(b.tags).map(([k, v]) => `${k}=${v}`).sort().join(',')
-    case 'none': return ''
-  }
 }
 
 function groupTitle(by: GroupBy, key: string): string {
@@ -65,16 +45,16 @@ export function forgetCommand(program: Command, { print, aws }: CliContext): voi
       const by = opts.groupBy ?? 'volume'
       let groups: GroupDecision<Dated>[] = []
       let forget: Array<{ id: string; tags: Record<string, string> }>
+      const dryRun = opts.dryRun === true
       if (ids.length) {
         // Each must exist: a typo forgets nothing.
         forget = await Promise.all(ids.map(async (id) => ({ id, tags: (await repo.loadManifest(id)).tags })))
+        if (!dryRun) await forEachConcurrent(forget, 16, (b) => repo.forgetBackup(b.id))
       } else {
-        const backups = (await repo.listBackups()).map((b) => ({ ...b, time: Date.parse(b.createdAt) }))
-        groups = planRetention(groupItems(backups, (b) => groupKey(by, b)), policy, Date.now())
-        forget = groups.flatMap((g) => g.forget)
+        const planned = await forgetByPolicy(repo, policy, by, { dryRun })
+        groups = planned.groups
+        forget = planned.forgotten
       }
-      const dryRun = opts.dryRun === true
-      if (!dryRun) await forEachConcurrent(forget, 16, (b) => repo.forgetBackup(b.id))
       const ofRestorePoints = forget.filter((b) => RESTORE_POINT_TAG in b.tags).length
       if (ofRestorePoints) {
         process.stderr.write(`ebs-worker: note: ${ofRestorePoints} of these backups belong to restore points of ebs-controller (tag ${RESTORE_POINT_TAG}), ` +

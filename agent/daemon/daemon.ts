@@ -13,7 +13,7 @@ import { withDefaults } from '../core/tuning.ts'
 import { openRepository } from '../app/repository.ts'
 import type { Repository } from '../repo/repository.ts'
 import type { DaemonSettings } from './config.ts'
-import { runTask, type TaskContext } from './handlers/index.ts'
+import { ReplyNow, runTask, type TaskContext } from './handlers/index.ts'
 import { jsonLog, type DaemonLog } from './log.ts'
 import { MetricsEmitter } from './metrics.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
@@ -166,8 +166,9 @@ export class Daemon {
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'succeeded', startedAt, result })
       this.#log.info('task succeeded', { taskId: task.taskId, type: task.type, ...result })
     } catch (caught) {
-      const err = withContext(caught, { taskId: task.taskId, taskType: task.type, messageId: message.messageId })
-      if (err.retryable || signal.aborted) {
+      const now = caught instanceof ReplyNow
+      const err = withContext(now ? caught.error : caught, { taskId: task.taskId, taskType: task.type, messageId: message.messageId })
+      if ((err.retryable || signal.aborted) && !now) {
         // Transient: SQS redelivers the message, and parks it in the DLQ after maxReceiveCount
         // receives. The last attempt tells the controller, which would otherwise wait for ever.
         const last = !signal.aborted && this.#maxReceiveCount !== null && message.receiveCount >= this.#maxReceiveCount

@@ -16,6 +16,7 @@
 //   6. delete, then drop the condemned record and the lock.
 // Killed at any point, the repository is whole: nothing is deleted before the record says it
 // may be, and the next prune carries out what an earlier one condemned (after the same checks).
+import { setTimeout as sleep } from 'node:timers/promises'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { timestampedId } from '../core/ids.ts'
 import { chunkCount } from '../core/geometry.ts'
@@ -23,7 +24,7 @@ import { decodeCheckpoint } from '../pipeline/checkpoint.ts'
 import { DEFAULT_WINDOW_DAYS } from '../repo/dedup-window.ts'
 import { decodeRun, isRun } from '../repo/index-run.ts'
 import { INDEXES, MOVED, PACKS } from '../repo/layout.ts'
-import { listLocks, takePruneLock, type LockInfo } from '../repo/locks.ts'
+import { listLocks, takePruneLock, type Lease, type LockInfo } from '../repo/locks.ts'
 import type { ManifestV2 } from '../repo/manifest.ts'
 import { PackWriter } from '../repo/pack-writer.ts'
 import type { Repository } from '../repo/repository.ts'
@@ -46,6 +47,16 @@ export interface PruneOptions {
   /** A prune lock not rewritten for this long belongs to a prune that died (locks.ts). */
   staleLockMs?: number
   onProgress?: (p: PruneProgress) => void
+  /**
+   * Stops the prune at its next safe point (between objects) with INTERRUPTED: nothing is left
+   * half done, and the next prune carries out what this one condemned. The lock is released.
+   */
+  signal?: AbortSignal
+  /**
+   * The prune lock, taken already by the caller (who releases it): the daemon's prune task takes
+   * it before forgetting, so that a task finding another prune at work changes nothing.
+   */
+  lock?: Lease
   /**
    * In a dry run only: backups to count as forgotten already, so that `forget --dry-run --prune`
    * says what forgetting them would reclaim.
@@ -81,8 +92,15 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     throw new EbsWorkerError(ErrorCode.RepoVersion, `repository ${repo.url} is of format version ${repo.version}: run "ebs-worker migrate --repo ${repo.url}" first`)
   }
   const maxUnused = (o.maxUnusedPercent ?? 5) / 100
-  const lock = o.dryRun ? null : await takePruneLock(repo, undefined, o.staleLockMs)
+  const lock = o.dryRun || o.lock ? null : await takePruneLock(repo, undefined, o.staleLockMs)
+  const stopIfAborted = (): void => {
+    if (o.signal?.aborted) {
+      throw new EbsWorkerError(ErrorCode.Interrupted, `prune of ${repo.url} stopped (${String((o.signal.reason as Error | undefined)?.message ?? o.signal.reason)}): ` +
+        'nothing is half done; the next prune carries on from what this one condemned', { context: { repository: repo.url } })
+    }
+  }
   try {
+    stopIfAborted()
     // 1. What exists now (T0).
     const manifests = await liveManifests(repo, o.dryRun ? o.forgotten : undefined)
     const checkpointRoots = await checkpointsAsRoots(repo)
@@ -99,6 +117,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       await live.close()
     }
 
+    stopIfAborted()
     // What is there, and who is writing.
     const packs = (await repo.listObjects(PACKS)).map((obj) => ({ id: obj.name.split('/').pop()!, size: obj.size, modified: obj.modified }))
     const leases = (await listLocks(repo)).filter((l) => l.kind === 'backup' && !l.stale)
@@ -152,6 +171,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     const data = new PackWriter(repo, { packSize: 16 * 1024 * 1024, concurrency: 2, maxBlobBytes: repo.chunkSize + 64 })
     const trees = new PackWriter(repo, { packSize: 4 * 1024 * 1024, concurrency: 2, maxBlobBytes: 64 * 1024, tree: true })
     for (const [n, p] of toRepack.entries()) {
+      stopIfAborted()
       const u = usage.get(p.id)!
       const { entries } = await repo.readPackTrailer(p.id, p.size)
       const byOffset = new Map(entries.map((e) => [e.offset, e]))
@@ -174,6 +194,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     await trees.finish()
     result.bytes.written = data.bytesStored + trees.bytesStored
 
+    stopIfAborted()
     // 4. Condemn, with the backups running now: they may use what is condemned until they end.
     const runs = [...new Set([...(await runsToDrop(repo, toDelete)), ...earlier.flatMap((c) => c.runs)])]
     const needless = [...movedPacks].filter((pack) => !live.movedNeeded.has(pack) && !toDelete.has(pack))
@@ -185,6 +206,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
 
     // 5. Wait for the backups that were running, then spare what the new backups use.
     const waited = await waitForLeases(repo, condemned.waitFor, o)
+    stopIfAborted()
     if (!waited) {
       result.deferred = `backups still running after ${Math.round((o.maxWaitMs ?? HOUR) / 1000)} s (${condemned.waitFor.length} leases): the deletion is left to the next prune`
       result.durationMs = Math.round(performance.now() - started)
@@ -197,7 +219,11 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     const sizes = new Map(packs.map((p) => [p.id, p.size]))
     const steps = condemned.runs.length + condemned.packs.length + condemned.moved.length
     let done = 0
-    const step = () => o.onProgress?.({ phase: 'delete', done: ++done, total: steps })
+    const step = () => {
+      o.onProgress?.({ phase: 'delete', done: ++done, total: steps })
+      stopIfAborted()
+    }
+    stopIfAborted()
     for (const run of condemned.runs) {
       await repo.deleteRun(run)
       result.runsDeleted++
@@ -302,8 +328,8 @@ async function waitForLeases(repo: Repository, names: readonly string[], o: Prun
     const left = names.filter((n) => liveNow.has(n)).length
     o.onProgress?.({ phase: 'wait', done: names.length - left, total: names.length })
     if (!left) return true
-    if (Date.now() > deadline) return false
-    await new Promise((resolve) => setTimeout(resolve, o.pollMs ?? 5000))
+    if (Date.now() > deadline || o.signal?.aborted) return false
+    await sleep(o.pollMs ?? 5000, undefined, o.signal ? { signal: o.signal } : {}).catch(() => {})
   }
 }
 

@@ -2,6 +2,7 @@
 // AWS clients, the repositories, the log. One handler per task type (handlers/index.ts).
 import type { EBSClient } from '@aws-sdk/client-ebs'
 import type { KMSClient } from '@aws-sdk/client-kms'
+import type { EbsWorkerError } from '../../core/errors.ts'
 import type { Tuning } from '../../core/tuning.ts'
 import type { Volumes } from '../../aws/volumes.ts'
 import type { Repository } from '../../repo/repository.ts'
@@ -38,5 +39,31 @@ export function progressLog(ctx: TaskContext, taskId: string): (p: { bytesDone: 
       taskId, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Math.floor((p.bytesDone / p.bytesTotal) * 1000) / 10,
       bytesPerSecond: Math.round(rate), secondsLeft: rate > 0 ? Math.round((p.bytesTotal - p.bytesDone) / rate) : null,
     })
+  }
+}
+
+/**
+ * Thrown by a handler whose error is retryable for the sender but not worth SQS's redelivery: the
+ * task fails at once with a reply (`retryable: true`) and its message is deleted. A prune that
+ * finds another prune at work (REPO_LOCKED): that prune does the job, and the next scheduled one
+ * comes anyway; redeliveries would only wait for it and end in the dead-letter queue.
+ */
+export class ReplyNow extends Error {
+  readonly error: EbsWorkerError
+  constructor(error: EbsWorkerError) {
+    super(error.message)
+    this.name = 'ReplyNow'
+    this.error = error
+  }
+}
+
+/** A progress callback for maintenance (phase, done, total) that logs a line every progressLogSeconds. */
+export function phaseLog(ctx: TaskContext, taskId: string): (p: { phase: string; done: number; total: number }) => void {
+  let last = Date.now()
+  return (p) => {
+    const now = Date.now()
+    if (now - last < ctx.config.progressLogSeconds * 1000) return
+    last = now
+    ctx.log.info('task progress', { taskId, phase: p.phase, done: p.done, total: p.total })
   }
 }
