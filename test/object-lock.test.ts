@@ -1,0 +1,243 @@
+// S3 Object Lock against the test bed's real S3 (Ceph RGW), in a bucket made with Object Lock and
+// a lock period of seconds, so that locks run out while the test runs: what init refuses, what is
+// written locked and what is not, forget of a locked backup, prune leaving what is locked and
+// deleting it once the lock has run out, locks of what kept backups use extended, and a pack they
+// use brought back from behind a delete marker. And the worker's IAM policy that makes it safe.
+import t from 'tap'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { DeleteObjectCommand, HeadObjectCommand, ListObjectVersionsCommand, S3Client, type ObjectVersion, type DeleteMarkerEntry } from '@aws-sdk/client-s3'
+import { parsePeriod } from '../agent/core/units.ts'
+import { BACKUPS, CONFIG, PACKS } from '../agent/repo/layout.ts'
+import { takeBackupLease } from '../agent/repo/locks.ts'
+import { Repository } from '../agent/repo/repository.ts'
+import { cli, makeImage, MiB, ROOT, runCli, s3RepoUrl, sha256File, storageAt, tempDir } from './helpers.ts'
+
+/** Seconds each object is locked: long enough for a backup, a forget and a prune, short enough to wait out. */
+const PERIOD = 30
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+const until = (at: number) => sleep(Math.max(0, at - Date.now()))
+
+function s3(): S3Client {
+  return new S3Client({ forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' })
+}
+const client = s3()
+t.teardown(() => client.destroy())
+
+function where(url: string): { Bucket: string; prefix: string } {
+  const u = new URL(url)
+  return { Bucket: u.hostname, prefix: u.pathname.replace(/^\/+|\/+$/g, '') + '/' }
+}
+
+/** Every version and delete marker of the repository, by object name. */
+async function versionsOf(url: string): Promise<{ versions: ObjectVersion[]; markers: DeleteMarkerEntry[]; name: (key?: string) => string }> {
+  const { Bucket, prefix } = where(url)
+  const versions: ObjectVersion[] = []
+  const markers: DeleteMarkerEntry[] = []
+  let marker: { KeyMarker?: string; VersionIdMarker?: string } = {}
+  for (;;) {
+    const page = await client.send(new ListObjectVersionsCommand({ Bucket, Prefix: prefix, ...marker }))
+    versions.push(...(page.Versions ?? []))
+    markers.push(...(page.DeleteMarkers ?? []))
+    if (!page.IsTruncated) break
+    marker = { KeyMarker: page.NextKeyMarker!, VersionIdMarker: page.NextVersionIdMarker! }
+  }
+  return { versions, markers, name: (key) => (key ?? '').slice(prefix.length) }
+}
+
+/** The current version's lock (mode and date), null when it has none. */
+async function lockOf(url: string, name: string): Promise<{ mode: string; until: Date } | null> {
+  const { Bucket, prefix } = where(url)
+  const h = await client.send(new HeadObjectCommand({ Bucket, Key: prefix + name }))
+  return h.ObjectLockRetainUntilDate ? { mode: h.ObjectLockMode!, until: h.ObjectLockRetainUntilDate } : null
+}
+
+async function currentObjects(url: string): Promise<string[]> {
+  const v = await versionsOf(url)
+  return v.versions.filter((x) => x.IsLatest).map((x) => v.name(x.Key))
+}
+
+async function restoresExactly(url: string, dir: string, id: string, image: string): Promise<boolean> {
+  const out = join(dir, `r-${id}-${Math.random().toString(36).slice(2)}.img`)
+  await cli(['restore', '--repo', url, '--backup', id, '--device', out])
+  return (await sha256File(out)) === (await sha256File(image))
+}
+
+t.test('init refuses Object Lock for a file:// repository', async (t) => {
+  const dir = await tempDir(t)
+  const r = await runCli(['init', '--repo', join(dir, 'repo'), '--object-lock-period', '30d', '--json'])
+  t.equal(r.code, 2, 'exit status of bad input')
+  t.equal(r.json?.error.code, 'BAD_INPUT')
+  t.match(r.json?.error.message, /Object Lock needs an S3 bucket with Object Lock enabled/, r.json?.error.message)
+  t.equal((await runCli(['list', '--repo', join(dir, 'repo'), '--json'])).json?.error.code, 'REPO_NOT_FOUND', 'no repository was made')
+})
+
+t.test('init refuses a bucket without Object Lock', async (t) => {
+  const url = await s3RepoUrl('plain')
+  const r = await runCli(['init', '--repo', url, '--object-lock-period', '30d', '--json'])
+  t.equal(r.json?.error.code, 'BAD_INPUT')
+  t.match(r.json?.error.message, /does not have Object Lock enabled/, r.json?.error.message)
+  t.equal((await runCli(['list', '--repo', url, '--json'])).json?.error.code, 'REPO_NOT_FOUND', 'no config was written')
+})
+
+t.test('--object-lock-period takes 30d, 2w, 1y, 90s and refuses months, zero and the unbounded', async (t) => {
+  t.equal(parsePeriod('30d'), 30 * 86_400)
+  t.equal(parsePeriod('2w'), 14 * 86_400)
+  t.equal(parsePeriod('1y'), 365 * 86_400)
+  t.equal(parsePeriod('1y2w'), 379 * 86_400)
+  t.equal(parsePeriod('90s'), 90)
+  for (const bad of ['1m', '30', 'd', '1d1d', '-1d']) t.equal(parsePeriod(bad), null, `"${bad}" is not one`)
+  const url = await s3RepoUrl('bounds', { objectLock: true })
+  for (const bad of ['0s', '101y', '1m']) {
+    const r = await runCli(['init', '--repo', url, '--object-lock-period', bad, '--json'])
+    t.equal(r.json?.error.code, 'BAD_INPUT', `${bad} is refused: ${r.json?.error.message}`)
+  }
+  const r = await runCli(['init', '--repo', url, '--object-lock-mode', 'compliance', '--json'])
+  t.match(r.json?.error.message, /--object-lock-mode needs --object-lock-period/)
+})
+
+// One repository for what follows, in order: A kept, B forgotten right after it is made.
+const world = (async () => {
+  const dir = await tempDir(t)
+  const url = await s3RepoUrl('locked', { objectLock: true })
+  const init = await cli(['init', '--repo', url, '--object-lock-period', `${PERIOD}s`])
+  const images = { a: join(dir, 'a.img'), b: join(dir, 'b.img') }
+  await makeImage(images.a, 20 * MiB, [{ kind: 'random', offset: 0, length: 20 * MiB }])
+  await makeImage(images.b, 4 * MiB, [{ kind: 'random', offset: 0, length: 4 * MiB }])
+  // A's first pack (12 MiB) goes up as a multipart upload, which RGW does not lock by itself.
+  const a = (await cli(['backup', '--repo', url, '--device', images.a, '--pack-size', '12MiB'])).backupId as string
+  const aWritten = Date.now()
+  const b = (await cli(['backup', '--repo', url, '--device', images.b])).backupId as string
+  const bWritten = Date.now()
+  return { dir, url, init, images, a, b, aWritten, bWritten }
+})()
+world.catch(() => {})
+
+t.test('init on a bucket with Object Lock records the mode and period', async (t) => {
+  const { url, init } = await world
+  t.same(init.objectLock, { mode: 'governance', periodSeconds: PERIOD }, 'in the JSON')
+  const config = JSON.parse((await storageAt(url).get(CONFIG))!.toString('utf8'))
+  t.same(config.objectLock, { mode: 'governance', periodSeconds: PERIOD }, 'in the config')
+})
+
+t.test('forget of a locked backup succeeds: a delete marker hides its manifest, and it is gone from the list', async (t) => {
+  const { url, b } = await world
+  const r = await cli(['forget', '--repo', url, b])
+  t.same(r.forgotten, [b])
+  t.notOk((await cli(['list', '--repo', url])).backups.some((x: { id: string }) => x.id === b), 'not listed')
+  const v = await versionsOf(url)
+  t.ok(v.markers.some((m) => v.name(m.Key) === `${BACKUPS}${b}` && m.IsLatest), 'its manifest has a delete marker on top')
+  t.ok(v.versions.some((x) => v.name(x.Key) === `${BACKUPS}${b}` && !x.IsLatest), 'and its locked version under it')
+})
+
+t.test('prune right after leaves the locked versions, and says what it left until when', async (t) => {
+  const { url, b, bWritten } = await world
+  const before = await versionsOf(url)
+  const r = await cli(['prune', '--repo', url, '--grace', '0'])
+  t.ok(Date.now() < bWritten + PERIOD * 1000, 'within the lock period of what B wrote')
+  t.ok(r.packs.deleted >= 1, `B's packs are deleted for readers (${r.packs.deleted})`)
+  const after = await versionsOf(url)
+  const data = (v: typeof after) => v.versions.filter((x) => !v.name(x.Key).startsWith('locks/')).map((x) => x.VersionId).sort()
+  t.same(data(after), data(before), 'no version of a pack, run, manifest or config was deleted')
+  t.ok(r.locks.left.versions >= r.packs.deleted + 1, `prune reports ${r.locks.left.versions} versions left (${r.locks.left.bytes} bytes)`)
+  const manifest = r.kept.find((k: { object: string }) => k.object === `${BACKUPS}${b}`)
+  t.ok(manifest, 'B\'s manifest among them')
+  t.ok(Date.parse(manifest.until) > Date.now(), `with the date its lock runs out (${manifest.until})`)
+  t.ok(r.locks.left.lastUntil, `and the last of those dates (${r.locks.left.lastUntil})`)
+})
+
+t.test('every object a backup relies on is written locked for the period; the records of work under way are not', async (t) => {
+  const { url, aWritten } = await world
+  const objects = (await currentObjects(url)).filter((n) => n === CONFIG || /^(packs|index|backups|moved)\//.test(n))
+  t.ok(objects.some((n) => n.startsWith(PACKS)) && objects.some((n) => n.startsWith(BACKUPS)) && objects.includes(CONFIG), `packs, manifests and the config (${objects.length} objects)`)
+  for (const name of objects) {
+    const lock = await lockOf(url, name)
+    t.equal(lock?.mode, 'GOVERNANCE', `${name} is locked`)
+  }
+  const { Bucket } = where(url)
+  const big = (await versionsOf(url)).versions.filter((x) => x.IsLatest && (x.Size ?? 0) > 8 * MiB)
+  t.ok(big.length >= 1, 'a pack above the part size (a multipart upload)…')
+  for (const x of big) {
+    const h = await client.send(new HeadObjectCommand({ Bucket, Key: x.Key! }))
+    t.ok(h.ObjectLockRetainUntilDate && h.ObjectLockRetainUntilDate.getTime() >= aWritten - 10_000, `…is locked too, until ${h.ObjectLockRetainUntilDate?.toISOString()}`)
+  }
+  const repo = await Repository.open(storageAt(url))
+  await repo.saveRecord('tasks', 'task:1', Buffer.from('{}'))
+  await repo.saveRecord('checkpoints', 'task:1', Buffer.from('{}'))
+  const lease = await takeBackupLease(repo, 'x')
+  const records = (await currentObjects(url)).filter((n) => /^(tasks|checkpoints|locks)\//.test(n))
+  t.equal(records.length, 3, 'a task record, a checkpoint, a lease')
+  for (const name of records) t.equal(await lockOf(url, name), null, `${name} is not locked (rewritten or deleted as work goes on)`)
+  await lease.release()
+  await repo.deleteRecord('checkpoints', 'task:1')
+  await repo.deleteRecord('tasks', 'task:1')
+})
+
+t.test('prune extends the locks of what kept backups use', async (t) => {
+  const { url, a, aWritten } = await world
+  // Past half the period since A was written: its objects' locks run out within the other half.
+  await until(aWritten + (PERIOD / 2) * 1000 + 1000)
+  const kept = (await currentObjects(url)).filter((n) => n === CONFIG || n.startsWith(PACKS) || n === `${BACKUPS}${a}`)
+  const before = new Map<string, number>()
+  for (const name of kept) before.set(name, (await lockOf(url, name))!.until.getTime())
+  const r = await cli(['prune', '--repo', url, '--grace', '0'])
+  t.ok(r.locks.extended >= kept.length, `${r.locks.extended} locks extended (${r.locks.checked} read)`)
+  for (const name of kept) {
+    const now = (await lockOf(url, name))!.until.getTime()
+    t.ok(now > before.get(name)! + 5000, `${name}: until ${new Date(before.get(name)!).toISOString()} → ${new Date(now).toISOString()}`)
+  }
+  const again = await cli(['prune', '--repo', url, '--grace', '0'])
+  t.equal(again.locks.extended, 0, 'a prune right after has nothing to extend')
+})
+
+t.test('once their locks have run out, prune deletes the older versions and their delete markers', async (t) => {
+  const { url, b } = await world
+  const v = await versionsOf(url)
+  const hidden = new Set(v.markers.filter((m) => m.IsLatest).map((m) => v.name(m.Key)))
+  t.ok(hidden.has(`${BACKUPS}${b}`), 'B\'s objects are hidden, not deleted')
+  // Wait out their locks, the last of them.
+  let last = 0
+  for (const x of v.versions) {
+    if (!hidden.has(v.name(x.Key))) continue
+    const { Bucket } = where(url)
+    const h = await client.send(new HeadObjectCommand({ Bucket, Key: x.Key!, VersionId: x.VersionId! }))
+    last = Math.max(last, h.ObjectLockRetainUntilDate?.getTime() ?? 0)
+  }
+  t.ok(last > 0, `locked until ${new Date(last).toISOString()}`)
+  await until(last + 5000)
+  const r = await cli(['prune', '--repo', url, '--grace', '0'])
+  t.ok(r.locks.deleted.versions >= 2, `${r.locks.deleted.versions} versions deleted (${r.locks.deleted.bytes} bytes), ${r.locks.deleted.markers} markers`)
+  const after = await versionsOf(url)
+  t.same(after.versions.filter((x) => hidden.has(after.name(x.Key))).map((x) => after.name(x.Key)), [], 'no version of B\'s objects is left')
+  t.same(after.markers.map((m) => after.name(m.Key)), [], 'nor any delete marker')
+  t.same(after.versions.filter((x) => !x.IsLatest).map((x) => after.name(x.Key)), [], 'nor any older version at all')
+})
+
+t.test('the kept backup still restores exactly', async (t) => {
+  const { url, dir, a, images } = await world
+  t.ok(await restoresExactly(url, dir, a, images.a))
+})
+
+t.test('a pack kept backups use, hidden by a delete marker, is brought back by prune', async (t) => {
+  const { url, dir, a, images } = await world
+  const { Bucket, prefix } = where(url)
+  const pack = (await currentObjects(url)).find((n) => n.startsWith(PACKS))!
+  await client.send(new DeleteObjectCommand({ Bucket, Key: prefix + pack }))
+  const broken = await runCli(['restore', '--repo', url, '--backup', a, '--device', join(dir, 'broken.img'), '--json'])
+  t.equal(broken.json?.error.code, 'CHUNK_MISSING', 'A cannot be restored while its pack is hidden')
+  const r = await cli(['prune', '--repo', url, '--grace', '0'])
+  t.same(r.locks.restored, [pack], 'prune brings it back and says so')
+  t.ok(await restoresExactly(url, dir, a, images.a), 'A restores exactly again')
+})
+
+t.test('the worker\'s policy lets it keep locks alive, never bypass or shorten one', async (t) => {
+  const policy = JSON.parse(await readFile(join(ROOT, 'packaging/iam/worker-policy.json'), 'utf8'))
+  const granted = (action: string) => policy.Statement.some((s: any) => s.Effect === 'Allow' &&
+    [s.Action].flat().some((p: string) => new RegExp(`^${p.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*')}$`, 'i').test(action)))
+  t.notOk(granted('s3:BypassGovernanceRetention'), 'no s3:BypassGovernanceRetention')
+  t.ok(policy.Statement.some((s: any) => s.Effect === 'Deny' && [s.Action].flat().includes('s3:BypassGovernanceRetention')), 'and a Deny of it, whatever else the role is given')
+  for (const a of ['s3:PutObjectRetention', 's3:GetObjectRetention', 's3:ListBucketVersions', 's3:DeleteObjectVersion', 's3:GetBucketObjectLockConfiguration']) {
+    t.ok(granted(a), `${a} is granted`)
+  }
+})
