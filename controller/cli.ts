@@ -1,4 +1,4 @@
-// The ebs-controller command line: backup-instance, restore-instance, preflight, list. Each prints
+// The ebs-controller command line: backup-instance, restore-instance, preflight, list, forget. Each prints
 // a short summary, or with --json one JSON object as the last line of stdout. Exit status: 0 ok,
 // 1 failure (code and message on stderr and in the JSON), 2 bad input or usage; preflight exits 1
 // when a permission is missing.
@@ -14,7 +14,9 @@ import type { Waits } from './ec2.ts'
 import { VERSION } from '../agent/core/version.ts'
 import { awsSettings } from '../agent/aws/config.ts'
 import { configureAws } from './aws.ts'
-import { positiveInt } from '../agent/cli/options.ts'
+import { policyOf, positiveInt, withPolicy, type PolicyOptions } from '../agent/cli/options.ts'
+import { describePolicy, describeReason, policyJson } from '../agent/core/retention.ts'
+import { forgetRestorePoints } from './forget.ts'
 
 const account = (value: string): string => {
   if (!/^\d{12}$/.test(value)) throw new InvalidArgumentError('an AWS account id is 12 digits')
@@ -200,6 +202,34 @@ export async function main(argv: string[]): Promise<number> {
       // A restore point of the old layout (restore-points/<id>.json) does not say its instance without being read.
       const human = entries.map((e) => `${e.id}  ${e.instanceId ?? '-'}`).join('\n')
       print(o.json, human, { ok: true, restorePoints: entries.map((e) => e.id), instances: Object.fromEntries(entries.map((e) => [e.id, e.instanceId])) })
+    }))
+
+  withPolicy(program.command('forget')
+    .description('apply a retention policy to each instance\'s restore points: each is kept or forgotten whole, with its volume backups'), 'restore points')
+    .addOption(repoOption())
+    .option('--instance <id>', 'only this instance\'s restore points')
+    .option('--dry-run', 'say what would be forgotten, change nothing')
+    .option('--json', 'print one JSON object as the last line of stdout')
+    .action(run(async (o: PolicyOptions & { repo: string; instance?: string; dryRun?: boolean; json?: boolean }) => {
+      const policy = policyOf(o)
+      const out = await forgetRestorePoints({ repo: o.repo, policy, ...(o.instance ? { instanceId: o.instance } : {}), ...(o.dryRun ? { dryRun: true } : {}) })
+      const verb = o.dryRun ? 'would forget' : 'forgot'
+      const human = [describePolicy(policy), ...out.groups.flatMap((g) => [
+        `instance ${g.group}: ${g.keep.length + g.forget.length} restore points, keep ${g.keep.length}, ${o.dryRun ? 'would forget' : 'forget'} ${g.forget.length}`,
+        ...g.keep.map((k) => `  keep    ${k.item.id}  ${k.item.restorePoint.createdAt}  ${k.reasons.map(describeReason).join(', ')}`),
+        ...g.forget.map((p) => `  forget  ${p.id}  ${p.restorePoint.createdAt}  (${p.restorePoint.volumes.length} volume${p.restorePoint.volumes.length === 1 ? '' : 's'})`),
+      ]), `${verb} ${out.forgotten.length} restore points and ${out.backups.length} backups` +
+        (out.forgotten.length ? '; the workers\' next prune deletes the data no backup needs' : ''),
+      ...(out.spared.length ? [`left ${out.spared.length} backups that kept restore points also name`] : [])].join('\n')
+      print(o.json, human, {
+        ok: true, repository: o.repo, dryRun: Boolean(o.dryRun), policy: policyJson(policy),
+        groups: out.groups.map((g) => ({
+          instance: g.group,
+          keep: g.keep.map((k) => ({ id: k.item.id, createdAt: k.item.restorePoint.createdAt, reasons: k.reasons, backups: k.item.restorePoint.volumes.map((v) => v.backupId) })),
+          forget: g.forget.map((p) => ({ id: p.id, createdAt: p.restorePoint.createdAt, backups: p.restorePoint.volumes.map((v) => v.backupId) })),
+        })),
+        forgotten: out.forgotten, backupsForgotten: out.backups, backupsSpared: out.spared,
+      })
     }))
 
   try {

@@ -1,19 +1,117 @@
-// ebs-worker forget: removes backups from the repository's list (their data goes at the next prune).
-import type { Command } from 'commander'
+// ebs-worker forget: removes backups from the repository's list (their data goes at the next
+// prune): those named, or those a retention policy does not keep (restic's semantics, per group:
+// core/retention.ts). With --prune, prune runs next when something was forgotten.
+import { Option, type Command } from 'commander'
 import { openRepository } from '../app/repository.ts'
+import { forEachConcurrent } from '../core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import {
+  describePolicy, describeReason, groupItems, isEmptyPolicy, planRetention, policyJson, requirePolicy, type GroupDecision,
+} from '../core/retention.ts'
+import { describePrune, prune, type PruneResult } from '../maintenance/prune.ts'
+import type { BackupSummary } from '../repo/manifest.ts'
+import type { Repository } from '../repo/repository.ts'
 import type { CliContext } from './context.ts'
-import { withRepository, type RepositoryOptions } from './options.ts'
+import { policyOf, withPolicy, withRepository, type PolicyOptions, type RepositoryOptions } from './options.ts'
+
+const GROUP_BY = ['volume', 'device', 'tags', 'none'] as const
+type GroupBy = (typeof GROUP_BY)[number]
+
+/** The tag the controller puts on the backups of its restore points (controller/backup.ts). */
+const RESTORE_POINT_TAG = 'restore-point'
+
+interface ForgetOptions extends RepositoryOptions, PolicyOptions {
+  groupBy?: GroupBy
+  dryRun?: boolean
+  prune?: boolean
+  grace: number
+}
+
+type Dated = BackupSummary & { time: number }
+
+/** The key of a backup's group. */
+export function groupKey(by: GroupBy, b: BackupSummary): string {
+  switch (by) {
+    case 'volume': return b.source.volumeId ?? b.source.device
+    case 'device': return b.source.device
+    case 'tags': return Object.entries(b.tags).map(([k, v]) => `${k}=${v}`).sort().join(',')
+    case 'none': return ''
+  }
+}
+
+function groupTitle(by: GroupBy, key: string): string {
+  if (by === 'none') return 'all backups'
+  if (by === 'tags') return key ? `tags ${key}` : 'no tags'
+  return `${by} ${key}`
+}
 
 export function forgetCommand(program: Command, { print, aws }: CliContext): void {
-  withRepository(program.command('forget').description('forget backups: their manifests go; `prune` then deletes the data no backup needs'))
-    .argument('[ids...]', 'backup ids to forget')
+  const command = withRepository(program.command('forget')
+    .description('forget backups, named or by a retention policy: their manifests go; `prune` then deletes the data no backup needs'))
+  withPolicy(command, 'backups')
+    .argument('[ids...]', 'backup ids to forget (or give a policy)')
+    .addOption(new Option('--group-by <what>', 'apply the policy to each group: the backups of one volume (its volume id, else its device), one device, one set of tags, or all together')
+      .choices(GROUP_BY))
     .option('--dry-run', 'say what would be forgotten, change nothing')
-    .action(async (ids: string[], opts: RepositoryOptions & { dryRun?: boolean }) => {
-      if (!ids.length) throw new EbsWorkerError(ErrorCode.BadInput, 'name the backups to forget')
+    .option('--prune', 'then run prune (with its defaults) when backups were forgotten')
+    .addOption(new Option('--grace <seconds>', 'with --prune: prune\'s --grace').argParser(Number).default(3600).hideHelp())
+    .action(async (ids: string[], opts: ForgetOptions) => {
+      const policy = policyOf(opts)
+      if (ids.length && (!isEmptyPolicy(policy) || opts.groupBy)) {
+        throw new EbsWorkerError(ErrorCode.BadInput, 'give backup ids or a policy (--keep-*, --group-by), not both: nothing was forgotten')
+      }
+      if (!ids.length) requirePolicy(policy)
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
-      for (const id of ids) await repo.loadManifest(id) // each must exist: a typo forgets nothing
-      if (!opts.dryRun) for (const id of ids) await repo.forgetBackup(id)
-      print(ids.map((id) => `${opts.dryRun ? 'would forget' : 'forgot'} ${id}`), { repository: repo.url, dryRun: opts.dryRun === true, forgotten: ids })
+      const by = opts.groupBy ?? 'volume'
+      let groups: GroupDecision<Dated>[] = []
+      let forget: Array<{ id: string; tags: Record<string, string> }>
+      if (ids.length) {
+        // Each must exist: a typo forgets nothing.
+        forget = await Promise.all(ids.map(async (id) => ({ id, tags: (await repo.loadManifest(id)).tags })))
+      } else {
+        const backups = (await repo.listBackups()).map((b) => ({ ...b, time: Date.parse(b.createdAt) }))
+        groups = planRetention(groupItems(backups, (b) => groupKey(by, b)), policy, Date.now())
+        forget = groups.flatMap((g) => g.forget)
+      }
+      const dryRun = opts.dryRun === true
+      if (!dryRun) await forEachConcurrent(forget, 16, (b) => repo.forgetBackup(b.id))
+      const ofRestorePoints = forget.filter((b) => RESTORE_POINT_TAG in b.tags).length
+      if (ofRestorePoints) {
+        process.stderr.write(`ebs-worker: note: ${ofRestorePoints} of these backups belong to restore points of ebs-controller (tag ${RESTORE_POINT_TAG}), ` +
+          'which can no longer be restored whole; `ebs-controller forget` keeps or forgets restore points whole\n')
+      }
+      const pruned = opts.prune && forget.length ? await pruneAfter(repo, opts, new Set(forget.map((b) => b.id))) : null
+      const verb = dryRun ? 'would forget' : 'forgot'
+      const human = ids.length
+        ? ids.map((id) => `${verb} ${id}`)
+        : [describePolicy(policy), ...groups.flatMap((g) => [
+            `${groupTitle(by, g.group)}: ${g.keep.length + g.forget.length} backups, keep ${g.keep.length}, ${dryRun ? 'would forget' : 'forget'} ${g.forget.length}`,
+            ...g.keep.map((k) => `  keep    ${k.item.id}  ${k.item.createdAt}  ${k.reasons.map(describeReason).join(', ')}`),
+            ...g.forget.map((b) => `  forget  ${b.id}  ${b.createdAt}`),
+          ]), `${verb} ${forget.length} backups`]
+      print([...human, ...(pruned ? ['prune:', ...describePrune(pruned).map((l) => `  ${l}`)] : [])], {
+        repository: repo.url, dryRun,
+        ...(ids.length ? {} : {
+          policy: policyJson(policy), groupBy: by,
+          groups: groups.map((g) => ({
+            group: g.group,
+            keep: g.keep.map((k) => ({ id: k.item.id, createdAt: k.item.createdAt, reasons: k.reasons })),
+            forget: g.forget.map((b) => ({ id: b.id, createdAt: b.createdAt })),
+          })),
+        }),
+        forgotten: forget.map((b) => b.id),
+        ...(pruned ? { prune: pruned } : {}),
+      })
     })
+}
+
+/** prune after forgetting: a dry run counts the backups it would have forgotten as gone. */
+async function pruneAfter(repo: Repository, opts: ForgetOptions, forgotten: ReadonlySet<string>): Promise<PruneResult> {
+  const tty = opts.progress && !opts.json && process.stderr.isTTY
+  const r = await prune(repo, {
+    dryRun: opts.dryRun === true, forgotten, graceMs: opts.grace * 1000,
+    onProgress: (p) => tty && process.stderr.write(`\rprune: ${p.phase} ${p.done}/${p.total}      `),
+  })
+  if (tty) process.stderr.write('\n')
+  return r
 }

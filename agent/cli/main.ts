@@ -12,6 +12,7 @@ import { initCommand } from './init.ts'
 import { listCommand } from './list.ts'
 import { migrateCommand } from './migrate.ts'
 import { pruneCommand } from './prune.ts'
+import { checkCommand } from './check.ts'
 import { forgetCommand } from './forget.ts'
 import { ExitStatus, printer, printError, printUsageError, ReportedFailure } from './output.ts'
 import { restoreCommand } from './restore.ts'
@@ -24,7 +25,7 @@ export function buildProgram(context: CliContext): Command {
     .showHelpAfterError('(run with --help for usage)')
     // Set before the subcommands are added, so they inherit it: errors come back to main().
     .exitOverride()
-  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, migrateCommand, daemonCommand, doctorCommand]) {
+  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, daemonCommand, doctorCommand]) {
     command(program, context)
   }
   return program
@@ -42,7 +43,7 @@ export async function main(argv: string[]): Promise<number> {
     await buildProgram(context).parseAsync(argv, { from: 'user' })
     return ExitStatus.ok
   } catch (err) {
-    if (err instanceof ReportedFailure) return ExitStatus.failure
+    if (err instanceof ReportedFailure) return err.status
     const commanderCode = (err as { code?: string }).code
     if (commanderCode === 'commander.helpDisplayed' || commanderCode === 'commander.version') return ExitStatus.ok
     if (typeof commanderCode === 'string' && commanderCode.startsWith('commander.')) return printUsageError(err, json)

@@ -46,5 +46,14 @@ export function printError(program: string, err: unknown, json: boolean): number
   return exitStatusFor(err)
 }
 
-/** A command that has printed why it failed (doctor's problem lines): exit status 1, no error message. */
-export class ReportedFailure extends Error {}
+/**
+ * A command that has printed why it failed (doctor's problem lines, check's damage): its exit
+ * status (1 unless given: check's is 3, damage), no error message.
+ */
+export class ReportedFailure extends Error {
+  readonly status: number
+  constructor(status: number = ExitStatus.failure) {
+    super('reported')
+    this.status = status
+  }
+}

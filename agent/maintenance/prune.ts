@@ -49,6 +49,11 @@ export interface PruneOptions {
   /** A prune lock not rewritten for this long belongs to a prune that died (locks.ts). */
   staleLockMs?: number
   onProgress?: (p: PruneProgress) => void
+  /**
+   * In a dry run only: backups to count as forgotten already, so that `forget --dry-run --prune`
+   * says what forgetting them would reclaim.
+   */
+  forgotten?: ReadonlySet<string>
 }
 
 export interface PruneProgress {
@@ -84,7 +89,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
   const lock = o.dryRun ? null : await takePruneLock(repo, undefined, o.staleLockMs)
   try {
     // 1. What exists now (T0).
-    const manifests = await liveManifests(repo)
+    const manifests = await liveManifests(repo, o.dryRun ? o.forgotten : undefined)
     const checkpointRoots = await checkpointsAsRoots(repo)
     const movedPacks = new Set((await repo.listObjects(MOVED)).map((obj) => obj.name.slice(MOVED.length)))
     const earlier = await repo.listCondemned()
@@ -246,9 +251,10 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
 }
 
 /** Every version 2 manifest, by id. */
-async function liveManifests(repo: Repository): Promise<Map<string, ManifestV2>> {
+async function liveManifests(repo: Repository, forgotten?: ReadonlySet<string>): Promise<Map<string, ManifestV2>> {
   const out = new Map<string, ManifestV2>()
   for (const id of await repo.backupIds()) {
+    if (forgotten?.has(id)) continue
     const m = await repo.loadManifest(id).catch((err: unknown) => {
       // Forgotten between the listing and the read.
       if (err instanceof EbsWorkerError && err.code === ErrorCode.BackupNotFound) return null
@@ -261,15 +267,19 @@ async function liveManifests(repo: Repository): Promise<Map<string, ManifestV2>>
   return out
 }
 
-/** The unfinished backups' checkpoints: what they made is kept for the next attempt. */
-async function checkpointsAsRoots(repo: Repository): Promise<Root[]> {
+/**
+ * The unfinished backups' checkpoints: what they made is kept for the next attempt. A damaged one
+ * is used by no one: passed over (and told to `onDamaged`, check's report).
+ */
+export async function checkpointsAsRoots(repo: Repository, onDamaged?: (name: string, err: unknown) => void): Promise<Root[]> {
   const roots: Root[] = []
   for (const { name, data } of await repo.listRecords('checkpoints')) {
     let c
     try {
       c = decodeCheckpoint(data, name)
-    } catch {
-      continue // a damaged checkpoint is not used by anyone
+    } catch (err) {
+      onDamaged?.(name, err)
+      continue
     }
     if (c.kind !== 'backup') continue
     const w = c.writer

@@ -54,6 +54,11 @@ export interface BackupWriterOptions {
   lease?: Lease
   /** Packs a prune condemned: never deduplicated against. */
   condemned?: ReadonlySet<string>
+  /**
+   * The backup's time, when it is not now (`backup --time`: imports, tests): its createdAt and
+   * the timestamp of its id, so that ids stay in the order of the backups' times.
+   */
+  time?: Date | null
 }
 
 export interface CommitOptions {
@@ -102,6 +107,7 @@ export class BackupWriter {
   #failure: unknown = null
   readonly #lease: Lease | null
   readonly #condemned: ReadonlySet<string>
+  readonly #time: Date | null
 
   /** Use Repository.startBackup. */
   constructor(repo: Repository, window: DedupWindow, options: BackupWriterOptions) {
@@ -109,6 +115,7 @@ export class BackupWriter {
     this.#window = window
     this.#lease = options.lease ?? null
     this.#condemned = options.condemned ?? new Set()
+    this.#time = options.time ?? null
     this.size = options.size
     this.chunkSize = repo.chunkSize
     this.count = chunkCount(this.size, this.chunkSize)
@@ -120,7 +127,7 @@ export class BackupWriter {
     const resume = options.resume && this.#fits(options.resume) ? options.resume : null
     this.resumed = resume
     this.shape = { chunks: this.count, leafChunks: resume?.leafChunks ?? DEFAULT_LEAF_CHUNKS, fanout: resume?.fanout ?? DEFAULT_FANOUT }
-    this.id = resume?.backupId ?? newBackupId()
+    this.id = resume?.backupId ?? newBackupId(this.#time ?? new Date())
     this.stats = { ...emptyStats(this.count), ...resume?.stats }
     this.#storedBefore = this.stats.bytesStored
     this.#metadataBefore = this.stats.bytesMetadata ?? 0
@@ -260,7 +267,7 @@ export class BackupWriter {
     const manifest: ManifestV2 = {
       version: 2,
       id: this.id,
-      createdAt: new Date().toISOString(),
+      createdAt: (this.#time ?? new Date()).toISOString(),
       source: options.source,
       size: this.size,
       chunkSize: this.chunkSize,

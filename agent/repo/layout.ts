@@ -8,8 +8,8 @@ export const CONFIG = 'config'
 export const PACKS = 'packs/'
 /** Indexes: where chunks live. */
 export const INDEXES = 'index/'
-/** Manifests, one per backup, named by the backup id. */
-export const BACKUPS = 'backups/'
+/** Manifests, one per backup, named by the backup id (in core: the controller names them too). */
+export { BACKUPS, manifestObject } from '../core/backup-names.ts'
 /** Who is writing to the repository now: backups' leases, prune's exclusive lock. */
 export const LOCKS = 'locks/'
 /** Where the live blobs of a repacked pack went, by the pack's id. */
@@ -30,10 +30,6 @@ export function movedObject(packId: string): string {
 
 export function indexObject(name: string): string {
   return `${INDEXES}${name}`
-}
-
-export function manifestObject(backupId: string): string {
-  return `${BACKUPS}${backupId}`
 }
 
 /** A record's object: keys (task ids) may hold "/" and be long, so the name is their hash. */

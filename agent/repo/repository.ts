@@ -367,9 +367,9 @@ export class Repository {
 
   /**
    * A pack's own index, from its trailer: every blob it holds (version 1 packs' trailers too),
-   * and whether it is a tree pack. `size` is the pack's size, when the caller knows it (a listing).
+   * whether it is a tree pack, and where its blobs end (its trailer begins). `size` is the pack's size, when the caller knows it (a listing).
    */
-  async readPackTrailer(pack: string, size: number): Promise<{ entries: BlobRef[]; tree: boolean }> {
+  async readPackTrailer(pack: string, size: number): Promise<{ entries: BlobRef[]; tree: boolean; blobsEnd: number }> {
     const name = packObject(pack)
     const tailLength = 4 + PACK_MAGIC.length
     if (size < tailLength) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${pack} is too short to be a pack (${size} bytes)`, { context: { pack } })
@@ -377,7 +377,9 @@ export class Repository {
     if (!tail.subarray(4).equals(PACK_MAGIC)) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${pack} does not end like a pack`, { context: { pack, object: name } })
     const trailerLength = tail.readUInt32LE(0)
     if (trailerLength > size - tailLength) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${pack} announces a trailer longer than itself`, { context: { pack } })
-    const blob = await this.readPackRange(pack, size - tailLength - trailerLength, trailerLength)
+    // Where the blobs end and the trailer begins.
+    const blobsEnd = size - tailLength - trailerLength
+    const blob = await this.readPackRange(pack, blobsEnd, trailerLength)
     let plain: Buffer
     try {
       plain = await this.codec.decode('pack-trailer', blob)
@@ -386,9 +388,9 @@ export class Repository {
     }
     if (isRun(plain)) {
       const run = decodeRun(plain, `the trailer of pack ${pack}`)
-      return { entries: run.entries, tree: run.tree }
+      return { entries: run.entries, tree: run.tree, blobsEnd }
     }
-    return { entries: decodeIndex(plain, `the trailer of pack ${pack}`).map((e) => ({ ...e, pack })), tree: false }
+    return { entries: decodeIndex(plain, `the trailer of pack ${pack}`).map((e) => ({ ...e, pack })), tree: false, blobsEnd }
   }
 
   /** Reads chunk-list nodes: fetched, decoded, proven to be the node the reference names. */

@@ -120,8 +120,12 @@ export class FileBackend implements Backend {
       if (entry.isDirectory()) {
         if (name.startsWith(prefix) || prefix.startsWith(name + '/')) yield* this.#walk(full, prefix)
       } else if (entry.isFile() && name.startsWith(prefix)) {
-        const st = await stat(full)
-        yield { name, size: st.size, modified: st.mtime }
+        // Deleted since the directory was read (a lock released, a pack pruned): not there any more.
+        const st = await stat(full).catch((err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return null
+          throw storageError('list', full, err)
+        })
+        if (st) yield { name, size: st.size, modified: st.mtime }
       }
     }
   }
