@@ -140,14 +140,16 @@ export class S3Backend implements Backend {
       }
       // Explicit part size: lib-storage's default (5 MiB) would mean many small requests per
       // pack; parts of one pack go up in parallel and a failed upload is aborted, not leaked.
+      const partSize = partSizeFor(data.length, this.#partSize)
       const out = await new Upload({
         client: this.client,
         params,
-        partSize: partSizeFor(data.length, this.#partSize),
+        partSize,
         queueSize: this.#partConcurrency,
         leavePartsOnError: false,
       }).done()
-      if (r) await this.#lockUploaded(name, r, out.VersionId)
+      // One part goes up as a PutObject (lib-storage), which every server locks as asked.
+      if (r && data.length > partSize) await this.#lockUploaded(name, r, out.VersionId)
     } catch (err) {
       if (options.ifAbsent && status(err) === 412) throw new AlreadyExistsError(name)
       throw this.#error('PutObject', name, err)
