@@ -3,7 +3,7 @@
 // readers at once, its data stays as an older version, which a lock keeps until its date. One
 // listing of every version then serves three things, name by name:
 //   - locks kept alive: an object kept backups use (a live pack, a kept manifest, a needed moved
-//     record, the config) whose lock runs out within half a period is locked again until now +
+//     record, a current index run, the config) whose lock runs out within half a period is locked again until now +
 //     the period. Its own time says when that can be: written at t, it is locked until at least
 //     t + the period, so only objects older than half a period are asked for their lock (one
 //     GetObjectRetention each) and extended when due (one PutObjectRetention);
@@ -12,9 +12,11 @@
 //     is left, with its date and size in the report. Nothing is deleted while its lock holds:
 //     a version's own time and the period say when it cannot have run out yet, its retention
 //     says the rest;
-//   - objects kept backups use, hidden by a delete marker (prune never deletes those; something
-//     else did): brought back, their markers deleted, and named in the report. Manifests are
-//     not: a marker there is a `forget`, which may run while prune does.
+//   - packs, moved records and the config kept backups use, hidden by a delete marker (prune
+//     never deletes those; something else did): brought back, their markers deleted, and named
+//     in the report. Manifests are not: a marker there is a `forget`, which may run while prune
+//     does. (A hidden pack that prune's walk must read, a tree pack, stops prune before this:
+//     CHUNK_MISSING, which names it.)
 import pLimit from 'p-limit'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { BACKUPS, CONDEMNED, CONFIG, INDEXES, LOCKS, MOVED, PACKS, RECORD_AREAS } from '../repo/layout.ts'
@@ -27,6 +29,12 @@ const LOCKED_AREAS = [PACKS, INDEXES, BACKUPS, MOVED]
 const OUR_AREAS = [...LOCKED_AREAS, LOCKS, CONDEMNED, ...RECORD_AREAS.map((a) => `${a}/`)]
 const inLockedArea = (name: string): boolean => name === CONFIG || LOCKED_AREAS.some((a) => name.startsWith(a))
 const ours = (name: string): boolean => name === CONFIG || OUR_AREAS.some((a) => name.startsWith(a))
+/**
+ * What prune brings back from behind a delete marker when kept backups use it: packs, moved
+ * records, the config. Not manifests (a marker there is a `forget`, which may run while prune
+ * does) nor index runs (prune deletes the runs it has rewritten, and a run can be rebuilt).
+ */
+const restorable = (name: string): boolean => name === CONFIG || name.startsWith(PACKS) || name.startsWith(MOVED)
 
 /** At most this many of the versions left are named one by one (the totals count them all). */
 const LISTED_LEFT = 1000
@@ -156,7 +164,7 @@ export async function lockUpkeep(repo: Repository, uses: (name: string) => boole
     const data = all.filter((v) => !v.deleteMarker)
     let current = latest.deleteMarker ? null : latest
     let markers = all.filter((v) => v.deleteMarker && v !== latest)
-    if (!current && data.length && uses(name) && !name.startsWith(BACKUPS)) {
+    if (!current && data.length && uses(name) && restorable(name)) {
       // Used by kept backups, yet hidden: every marker goes and the newest version is back.
       let back = true
       for (const m of all.filter((v) => v.deleteMarker)) back = (await remove(m)) && back

@@ -123,7 +123,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       const goneMoved = new Set(condemnedMoved)
       const alsoUsed = new Set(spared)
       const uses = (name: string): boolean => {
-        if (name === CONFIG) return true
+        if (name === CONFIG || name.startsWith(INDEXES)) return true // a current run is live (prune hid those it replaced)
         if (name.startsWith(BACKUPS)) return manifests.has(name.slice(BACKUPS.length))
         if (name.startsWith(MOVED)) return live.movedNeeded.has(name.slice(MOVED.length)) && !goneMoved.has(name.slice(MOVED.length))
         if (!name.startsWith(PACKS)) return false
