@@ -58,6 +58,11 @@ export interface LockUpkeep {
   checked: number
   /** Objects kept backups use that a delete marker hid, brought back. */
   restored: string[]
+  /**
+   * Objects written over (a locked repository writes each of its objects once): their older
+   * versions of other content are kept, locked, and left for an operator to look at.
+   */
+  overwritten: string[]
   deleted: { versions: number; markers: number; bytes: number }
   /** Older versions still locked (or refused), kept until a later prune finds their lock run out. */
   left: { versions: number; bytes: number; firstUntil: string | null; lastUntil: string | null }
@@ -80,7 +85,7 @@ export async function lockUpkeep(repo: Repository, uses: (name: string) => boole
   const lock = repo.objectLock
   const bucket = await versions.lockConfiguration()
   const out: LockUpkeep = {
-    objectLock: lock, extended: 0, checked: 0, restored: [],
+    objectLock: lock, extended: 0, checked: 0, restored: [], overwritten: [],
     deleted: { versions: 0, markers: 0, bytes: 0 },
     left: { versions: 0, bytes: 0, firstUntil: null, lastUntil: null }, leftVersions: [],
   }
@@ -144,16 +149,24 @@ export async function lockUpkeep(repo: Repository, uses: (name: string) => boole
     return remove(v)
   }
 
-  /** The current version of an object kept backups use: locked until now + the period when its lock runs out within half of it. */
-  const keepLocked = async (v: ObjectVersion): Promise<void> => {
-    if (!lock) return
+  /**
+   * A version to keep (the current one of an object kept backups use, or one written over):
+   * locked until now + the period when its lock runs out within half of it. Returns its lock's
+   * date as it is afterwards, or (`estimated`) the earliest it can be when not asked; null when
+   * the repository has no lock or the version is gone.
+   */
+  const keepLocked = async (v: ObjectVersion, versionId?: string): Promise<{ until: number; estimated: boolean } | null> => {
+    if (!lock) return null
     const due = now + period / 2
-    if (v.modified.getTime() + period - slack(period) > due) return // young: its own lock reaches past that
-    const r = await versions.retention(v.name)
+    const atLeast = v.modified.getTime() + period - slack(period)
+    if (atLeast > due) return { until: atLeast, estimated: true } // young: its own lock reaches past that
+    const r = await versions.retention(v.name, versionId)
     out.checked++
-    if (r && r.until.getTime() >= due) return
-    if (!o.dryRun && !(await versions.extend(v.name, { mode: r?.mode ?? lock.mode, until: new Date(Date.now() + period) }))) return // gone meanwhile
+    if (r && r.until.getTime() >= due) return { until: r.until.getTime(), estimated: false }
+    const until = new Date(Date.now() + period)
+    if (!o.dryRun && !(await versions.extend(v.name, { mode: r?.mode ?? lock.mode, until }, versionId))) return null // gone meanwhile
     out.extended++
+    return { until: until.getTime(), estimated: false }
   }
 
   /** One name's versions, the newest first. */
@@ -164,6 +177,19 @@ export async function lockUpkeep(repo: Repository, uses: (name: string) => boole
     const data = all.filter((v) => !v.deleteMarker)
     let current = latest.deleteMarker ? null : latest
     let markers = all.filter((v) => v.deleteMarker && v !== latest)
+    // A locked repository writes each of these once (a retried put may write the same content
+    // twice): versions of other content mean something wrote over the object. Nothing of it is
+    // deleted or brought back; its older versions stay locked, for an operator to compare.
+    if (lock && inLockedArea(name) && new Set(data.map((v) => v.etag)).size > 1) {
+      out.overwritten.push(name)
+      for (const v of data) {
+        if (v === current) continue
+        const kept = await keepLocked(v, v.versionId)
+        leave(v, kept?.until ?? null, 'written over: an older version of other content, kept locked (docs/OPERATIONS.md, "Object Lock")', kept?.estimated ?? false)
+      }
+      if (current && uses(name)) await keepLocked(current)
+      return
+    }
     if (!current && data.length && uses(name) && restorable(name)) {
       // Used by kept backups, yet hidden: every marker goes and the newest version is back.
       let back = true
@@ -213,6 +239,9 @@ export function describeLockUpkeep(u: LockUpkeep, dryRun: boolean): string[] {
   const lines: string[] = []
   if (u.objectLock) lines.push(`locks: ${u.extended} ${dryRun ? 'to extend' : 'extended'} (${u.checked} read)`)
   for (const name of u.restored) lines.push(`${dryRun ? 'would bring back' : 'brought back'} ${name}: kept backups use it, a delete marker hid it`)
+  for (const name of u.overwritten) {
+    lines.push(`WRITTEN OVER ${name}: its older versions of other content are kept locked; compare them and put the original back (docs/OPERATIONS.md, "Object Lock")`)
+  }
   if (u.deleted.versions || u.deleted.markers) {
     lines.push(`older versions: ${u.deleted.versions} ${dryRun ? 'to delete' : 'deleted'} (${mib(u.deleted.bytes)}), ${u.deleted.markers} delete markers`)
   }

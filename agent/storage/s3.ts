@@ -248,8 +248,8 @@ class S3Versions implements Versions {
       // A page is one stretch of the listing (by name, a name's newest first), split into
       // versions and delete markers: put back together by name.
       const entries: ObjectVersion[] = []
-      for (const v of page.Versions ?? []) entries.push(this.#version(v.Key, v.VersionId, v.IsLatest, false, v.Size, v.LastModified))
-      for (const m of page.DeleteMarkers ?? []) entries.push(this.#version(m.Key, m.VersionId, m.IsLatest, true, 0, m.LastModified))
+      for (const v of page.Versions ?? []) entries.push(this.#version(v.Key, v.VersionId, v.IsLatest, false, v.Size, v.LastModified, v.ETag))
+      for (const m of page.DeleteMarkers ?? []) entries.push(this.#version(m.Key, m.VersionId, m.IsLatest, true, 0, m.LastModified, ''))
       entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : Number(b.latest) - Number(a.latest)))
       yield* entries
       if (!page.IsTruncated) return
@@ -257,8 +257,11 @@ class S3Versions implements Versions {
     }
   }
 
-  #version(key: string | undefined, versionId: string | undefined, latest: boolean | undefined, deleteMarker: boolean, size: number | undefined, modified: Date | undefined): ObjectVersion {
-    return { name: (key ?? '').slice(this.#prefix.length), versionId: versionId ?? 'null', latest: latest === true, deleteMarker, size: size ?? 0, modified: modified ?? new Date(0) }
+  #version(key: string | undefined, versionId: string | undefined, latest: boolean | undefined, deleteMarker: boolean, size: number | undefined, modified: Date | undefined, etag: string | undefined): ObjectVersion {
+    return {
+      name: (key ?? '').slice(this.#prefix.length), versionId: versionId ?? 'null', latest: latest === true, deleteMarker, size: size ?? 0,
+      modified: modified ?? new Date(0), etag: (etag ?? '').replace(/"/g, ''),
+    }
   }
 
   async retention(name: string, versionId?: string): Promise<Retention | null> {

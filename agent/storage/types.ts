@@ -45,6 +45,8 @@ export interface ObjectVersion {
   deleteMarker: boolean
   size: number
   modified: Date
+  /** The storage's tag of the content ('' for a delete marker): equal tags, equal content (not always the reverse). */
+  etag: string
 }
 
 /** The bucket's Object Lock: whether versions can be locked, and the retention new ones get by default. */
