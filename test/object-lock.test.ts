@@ -4,9 +4,10 @@
 // deleting it once the lock has run out, locks of what kept backups use extended, and a pack they
 // use brought back from behind a delete marker. And the worker's IAM policy that makes it safe.
 import t from 'tap'
+import { randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { DeleteObjectCommand, HeadObjectCommand, ListObjectVersionsCommand, S3Client, type ObjectVersion, type DeleteMarkerEntry } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, HeadObjectCommand, ListObjectVersionsCommand, PutObjectCommand, S3Client, type ObjectVersion, type DeleteMarkerEntry } from '@aws-sdk/client-s3'
 import { parsePeriod } from '../agent/core/units.ts'
 import { BACKUPS, CONFIG, INDEXES, PACKS } from '../agent/repo/layout.ts'
 import { takeBackupLease } from '../agent/repo/locks.ts'
@@ -257,6 +258,26 @@ t.test('a pack kept backups use, hidden by a delete marker, is brought back by p
   const r = await cli(['prune', '--repo', url, '--grace', '0'])
   t.same(r.locks.restored, [pack], 'prune brings it back and says so')
   t.ok(await restoresExactly(url, dir, a, images.a), 'A restores exactly again')
+})
+
+t.test('a pack written over is not mistaken for the original: prune keeps the locked original and says so', async (t) => {
+  const { url, dir, a, images } = await world
+  const { Bucket, prefix } = where(url)
+  const v = await versionsOf(url)
+  const original = v.versions.filter((x) => x.IsLatest && v.name(x.Key).startsWith(PACKS)).sort((x, y) => (y.Size ?? 0) - (x.Size ?? 0))[0]!
+  const pack = v.name(original.Key)
+  // What a role with s3:PutObject alone can do to a locked object: put a new version over it.
+  const over = await client.send(new PutObjectCommand({ Bucket, Key: original.Key!, Body: randomBytes(original.Size!), ChecksumAlgorithm: 'CRC32' }))
+  const r = await cli(['prune', '--repo', url, '--grace', '0'])
+  t.same(r.locks.overwritten, [pack], 'prune names it')
+  t.ok(r.kept.some((k: { object: string; versionId: string; why: string }) => k.object === pack && k.versionId === original.VersionId && /written over/.test(k.why)), 'and the original among what it leaves')
+  const after = await versionsOf(url)
+  t.ok(after.versions.some((x) => x.VersionId === original.VersionId), 'the original version is still there')
+  t.ok((await client.send(new HeadObjectCommand({ Bucket, Key: original.Key!, VersionId: original.VersionId! }))).ObjectLockRetainUntilDate!.getTime() > Date.now(), 'still locked')
+  // The way back: delete what was written over it; the original is the current version again.
+  await client.send(new DeleteObjectCommand({ Bucket, Key: prefix + pack, VersionId: over.VersionId! }))
+  t.ok(await restoresExactly(url, dir, a, images.a), 'A restores exactly')
+  t.same((await cli(['prune', '--repo', url, '--grace', '0'])).locks.overwritten, [], 'and prune finds nothing written over')
 })
 
 t.test('the worker\'s policy lets it keep locks alive, never bypass or shorten one', async (t) => {
