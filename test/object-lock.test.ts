@@ -120,6 +120,18 @@ const world = (async () => {
 })()
 world.catch(() => {})
 
+t.test('compliance mode: objects are written locked in compliance mode, and forget still works', async (t) => {
+  const dir = await tempDir(t)
+  const url = await s3RepoUrl('compliance', { objectLock: true })
+  const init = await cli(['init', '--repo', url, '--object-lock-period', '10s', '--object-lock-mode', 'compliance'])
+  t.same(init.objectLock, { mode: 'compliance', periodSeconds: 10 })
+  const image = join(dir, 'c.img')
+  await makeImage(image, 1 * MiB, [{ kind: 'random', offset: 0, length: 1 * MiB }])
+  const id = (await cli(['backup', '--repo', url, '--device', image])).backupId as string
+  t.equal((await lockOf(url, `${BACKUPS}${id}`))?.mode, 'COMPLIANCE', 'the manifest is locked in compliance mode')
+  t.same((await cli(['forget', '--repo', url, id])).forgotten, [id], 'and forgotten all the same (a delete marker)')
+})
+
 t.test('init on a bucket with Object Lock records the mode and period', async (t) => {
   const { url, init } = await world
   t.same(init.objectLock, { mode: 'governance', periodSeconds: PERIOD }, 'in the JSON')
