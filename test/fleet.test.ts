@@ -129,6 +129,8 @@ async function actionsInCode(): Promise<Map<string, string>> {
   const S3: Record<string, string[]> = {
     GetObject: ['s3:GetObject'], HeadObject: ['s3:GetObject'], PutObject: ['s3:PutObject'], DeleteObject: ['s3:DeleteObject'],
     ListObjectsV2: ['s3:ListBucket'], Upload: ['s3:PutObject', 's3:AbortMultipartUpload'],
+    ListObjectVersions: ['s3:ListBucketVersions'], GetObjectLockConfiguration: ['s3:GetBucketObjectLockConfiguration'],
+    GetObjectRetention: ['s3:GetObjectRetention'], PutObjectRetention: ['s3:PutObjectRetention'],
   }
   const WAITERS: Record<string, string> = { VolumeInUse: 'DescribeVolumes', VolumeAvailable: 'DescribeVolumes', VolumeDeleted: 'DescribeVolumes', SnapshotCompleted: 'DescribeSnapshots' }
   const needed = new Map<string, string>()
@@ -155,8 +157,12 @@ const grants = (pattern: string, action: string): boolean =>
 
 t.test('the policy allows every AWS call in the agent, and grants little else', async (t) => {
   const file = JSON.parse(await readFile(join(ROOT, 'packaging/iam/worker-policy.json'), 'utf8'))
-  const allowed: string[] = file.Statement.flatMap((s: any) => [s.Action].flat())
-  t.ok(file.Statement.every((s: any) => s.Effect === 'Allow' && !s.NotAction && !s.NotResource), 'plain Allow statements')
+  const allowed: string[] = file.Statement.filter((s: any) => s.Effect === 'Allow').flatMap((s: any) => [s.Action].flat())
+  // Plain Allow statements, and one Deny: nothing the role runs may lift an S3 Object Lock,
+  // whatever else it is given (test/object-lock.test.ts checks what lock upkeep needs).
+  const denied = file.Statement.filter((s: any) => s.Effect !== 'Allow')
+  t.same(denied, [{ Sid: 'NeverBypassObjectLock', Effect: 'Deny', Action: 's3:BypassGovernanceRetention', Resource: '*' }], 'one Deny: s3:BypassGovernanceRetention')
+  t.ok(file.Statement.every((s: any) => !s.NotAction && !s.NotResource), 'plain statements')
   t.notOk(allowed.some((a) => a === '*' || a.endsWith(':*')), 'no service-wide wildcard')
   const needed = await actionsInCode()
   t.ok(needed.has('ec2:CreateVolume') && needed.has('sqs:ReceiveMessage') && needed.has('s3:PutObject'), `the scan finds the calls (${[...needed.keys()].join(', ')})`)
@@ -174,6 +180,8 @@ t.test('the policy allows every AWS call in the agent, and grants little else', 
     'ec2:CreateTags': 'TagSpecifications on CreateVolume and CreateSnapshot (and CreateTags on its own volumes)',
     'kms:Decrypt': 'EBS uses the key on the caller\'s behalf for encrypted volumes',
     'kms:GenerateDataKeyWithoutPlaintext': 'same', 'kms:ReEncryptFrom': 'same', 'kms:ReEncryptTo': 'same', 'kms:CreateGrant': 'same, for AWS resources only',
+    's3:DeleteObjectVersion': 'DeleteObject with a VersionId: prune deletes older versions once their Object Lock has run out',
+    's3:PutObjectRetention': 'also PutObject with a retain-until date (a repository under Object Lock)',
   }
   for (const a of allowed) t.ok(needed.has(a) || a in indirect, `${a} is needed (${needed.get(a) ?? indirect[a] ?? 'by nothing'})`)
   const sensitive = file.Statement.filter((s: any) => [s.Action].flat().some((a: string) => ['ec2:DeleteVolume', 'ec2:DetachVolume', 'ec2:ModifySnapshotAttribute', 'ec2:CreateTags'].includes(a)))

@@ -128,12 +128,12 @@ export function storageAt(url: string): Backend {
 }
 
 let bucketCounter = 0
-/** A fresh bucket on the test bed's S3, as an s3:// repository URL. */
-export async function s3RepoUrl(prefix = 'repo'): Promise<string> {
+/** A fresh bucket on the test bed's S3 (with S3 Object Lock enabled when asked), as an s3:// repository URL. */
+export async function s3RepoUrl(prefix = 'repo', o: { objectLock?: boolean } = {}): Promise<string> {
   if (!s3Available) throw new Error('no S3 test bed: run the tests with "npm test", which starts one (scripts/testbed.sh)')
   const bucket = `t-${process.pid}-${Date.now().toString(36)}-${bucketCounter++}`
   const client = new S3Client({ forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' })
-  await client.send(new CreateBucketCommand({ Bucket: bucket }))
+  await client.send(new CreateBucketCommand({ Bucket: bucket, ...(o.objectLock ? { ObjectLockEnabledForBucket: true } : {}) }))
   client.destroy()
   return `s3://${bucket}/${prefix}`
 }

@@ -6,7 +6,7 @@ import { DEFAULT_TUNING, type Tuning } from '../core/tuning.ts'
 import type { AwsClients } from '../aws/clients.ts'
 import { openBackend } from '../storage/open.ts'
 import { LocalKeyFileProvider } from '../repo/keys.ts'
-import { DEFAULT_CHUNK_SIZE, Repository } from '../repo/repository.ts'
+import { DEFAULT_CHUNK_SIZE, Repository, type ObjectLock } from '../repo/repository.ts'
 import { KMS_PROVIDER, KmsKeyProvider } from './kms-key-provider.ts'
 
 export interface RepositoryAccess {
@@ -33,12 +33,19 @@ export interface NewRepository {
   kmsKey?: string | undefined
   /** …or else kept in this file (created if missing). */
   keyFile?: string | undefined
+  /** Lock every object the repository relies on (a bucket with Object Lock only). */
+  objectLock?: ObjectLock | undefined
 }
 
-/** Creates a repository: not encrypted, or with a new key in a key file or wrapped by KMS. */
+/**
+ * Creates a repository: not encrypted, or with a new key in a key file or wrapped by KMS; under
+ * Object Lock or not.
+ */
 export async function initRepository(url: string, o: NewRepository): Promise<Repository> {
   const keyProvider = o.kmsKey ? new KmsKeyProvider({ aws: o.aws, keyId: o.kmsKey })
     : o.keyFile ? await LocalKeyFileProvider.open(o.keyFile, { create: true }) : undefined
   const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_SIZE
-  return Repository.init(openBackend(url, { aws: o.aws }), keyProvider ? { chunkSize, keyProvider } : { chunkSize })
+  return Repository.init(openBackend(url, { aws: o.aws }), {
+    chunkSize, ...(keyProvider ? { keyProvider } : {}), ...(o.objectLock ? { objectLock: o.objectLock } : {}),
+  })
 }

@@ -13,7 +13,9 @@
 //   5. wait until those backups have ended (a backup that starts later reads the condemned record
 //      and dedups against none of it), then walk the backups that appeared since T0, and spare
 //      whatever they use;
-//   6. delete, then drop the condemned record and the lock.
+//   6. delete, then drop the condemned record and the lock;
+//   7. on a storage that keeps versions (S3): keep the Object Lock of what kept backups use alive,
+//      delete older versions whose lock has run out, report those it must leave (object-lock.ts).
 // Killed at any point, the repository is whole: nothing is deleted before the record says it
 // may be, and the next prune carries out what an earlier one condemned (after the same checks).
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -23,7 +25,7 @@ import { chunkCount } from '../core/geometry.ts'
 import { decodeCheckpoint } from '../pipeline/checkpoint.ts'
 import { DEFAULT_WINDOW_DAYS } from '../repo/dedup-window.ts'
 import { decodeRun, isRun } from '../repo/index-run.ts'
-import { INDEXES, MOVED, PACKS } from '../repo/layout.ts'
+import { BACKUPS, CONFIG, INDEXES, MOVED, PACKS } from '../repo/layout.ts'
 import { listLocks, takePruneLock, type Lease, type LockInfo } from '../repo/locks.ts'
 import type { ManifestV2 } from '../repo/manifest.ts'
 import { PackWriter } from '../repo/pack-writer.ts'
@@ -31,6 +33,7 @@ import type { Repository } from '../repo/repository.ts'
 import type { BlobRef } from '../repo/tree.ts'
 import type { Condemned } from '../repo/condemned.ts'
 import { manifestRoot, walkLiveness, type Root } from './liveness.ts'
+import { describeLockUpkeep, lockUpkeep, type LockUpkeep } from './object-lock.ts'
 
 export interface PruneOptions {
   /** Repack packs whose unused share exceeds this percentage (restic's --max-unused). */
@@ -65,7 +68,7 @@ export interface PruneOptions {
 }
 
 export interface PruneProgress {
-  phase: 'walk' | 'repack' | 'wait' | 'recheck' | 'delete'
+  phase: 'walk' | 'repack' | 'wait' | 'recheck' | 'delete' | 'locks'
   done: number
   total: number
 }
@@ -79,8 +82,10 @@ export interface PruneResult {
   movedDeleted: number
   /** Why a deletion was left for the next prune (backups still running), when it was. */
   deferred: string | null
-  /** Objects that could not be deleted yet (locked), with why. */
-  kept: Array<{ object: string; why: string }>
+  /** Objects that could not be deleted yet (locked), with why (the first 1000; `locks.left` counts them all). */
+  kept: Array<{ object: string; why: string; versionId?: string; until?: string | null; bytes?: number }>
+  /** Object Lock and older versions, on a storage that keeps versions (S3); null on file://. */
+  locks: LockUpkeep | null
   durationMs: number
 }
 
@@ -128,7 +133,24 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       dryRun: o.dryRun ?? false, backups: manifests.size,
       packs: { total: packs.length, kept: 0, deleted: 0, repacked: 0, left: 0 },
       bytes: { total: 0, live: 0, reclaimed: 0, repacked: 0, written: 0 },
-      runsDeleted: 0, movedDeleted: 0, deferred: null, kept: [], durationMs: 0,
+      runsDeleted: 0, movedDeleted: 0, deferred: null, kept: [], locks: null, durationMs: 0,
+    }
+    // 7. Locks and older versions: `uses` names what kept backups use, the packs and moved
+    // records that are not (or no longer) condemned.
+    const upkeep = async (condemnedPacks: readonly string[], condemnedMoved: readonly string[], spared: readonly string[] = []): Promise<void> => {
+      const gone = new Set(condemnedPacks)
+      const goneMoved = new Set(condemnedMoved)
+      const alsoUsed = new Set(spared)
+      const uses = (name: string): boolean => {
+        if (name === CONFIG || name.startsWith(INDEXES)) return true // a current run is live (prune hid those it replaced)
+        if (name.startsWith(BACKUPS)) return manifests.has(name.slice(BACKUPS.length))
+        if (name.startsWith(MOVED)) return live.movedNeeded.has(name.slice(MOVED.length)) && !goneMoved.has(name.slice(MOVED.length))
+        if (!name.startsWith(PACKS)) return false
+        const pack = name.slice(name.lastIndexOf('/') + 1)
+        return (usage.has(pack) || alsoUsed.has(pack)) && !gone.has(pack)
+      }
+      result.locks = await lockUpkeep(repo, uses, { dryRun: o.dryRun ?? false, onProgress: (done) => o.onProgress?.({ phase: 'locks', done, total: done }) })
+      result.kept = (result.locks?.leftVersions ?? []).map((v) => ({ object: v.object, why: v.why, versionId: v.versionId, until: v.until, bytes: v.bytes }))
     }
     const toDelete = new Set<string>()
     const toRepack: typeof packs = []
@@ -163,6 +185,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       result.packs.repacked = toRepack.length
       result.bytes.reclaimed = packs.filter((p) => toDelete.has(p.id)).reduce((n, p) => n + p.size, 0) +
         toRepack.reduce((n, p) => n + p.size - usage.get(p.id)!.liveBytes, 0)
+      await upkeep([...toDelete, ...toRepack.map((p) => p.id)], [...movedPacks].filter((pack) => !live.movedNeeded.has(pack) && !toDelete.has(pack)))
       result.durationMs = Math.round(performance.now() - started)
       return result
     }
@@ -209,9 +232,11 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     stopIfAborted()
     if (!waited) {
       result.deferred = `backups still running after ${Math.round((o.maxWaitMs ?? HOUR) / 1000)} s (${condemned.waitFor.length} leases): the deletion is left to the next prune`
+      await upkeep(condemned.packs, condemned.moved)
       result.durationMs = Math.round(performance.now() - started)
       return result
     }
+    const wasCondemned = [...condemned.packs]
     const spared = await spareWhatNewBackupsUse(repo, manifests, condemned, movedPacks)
     o.onProgress?.({ phase: 'recheck', done: 1, total: 1 })
 
@@ -243,6 +268,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     }
     for (const c of [...earlier, condemned]) await repo.deleteCondemned(c.id)
     result.packs.kept += spared
+    await upkeep(condemned.packs, condemned.moved, wasCondemned.filter((p) => !condemned.packs.includes(p)))
     result.durationMs = Math.round(performance.now() - started)
     return result
   } finally {
@@ -362,6 +388,6 @@ export function describePrune(r: PruneResult): string[] {
     `${r.dryRun ? 'would reclaim' : 'reclaimed'} ${mib(Math.max(0, r.bytes.reclaimed))} of ${mib(r.bytes.total)} (live ${mib(r.bytes.live)}, ${r.backups} backups)`,
     `packs: ${r.packs.total} total, ${r.packs.deleted} ${r.dryRun ? 'to delete' : 'deleted'}, ${r.packs.repacked} ${r.dryRun ? 'to repack' : 'repacked'}, ${r.packs.left} too young to tell`,
     ...(r.deferred ? [r.deferred] : []),
-    ...r.kept.map((k) => `kept ${k.object}: ${k.why}`),
+    ...(r.locks ? describeLockUpkeep(r.locks, r.dryRun) : []),
   ]
 }

@@ -9,11 +9,14 @@
 //   checkpoints/<hash>, tasks/<hash>
 //                               small blob-encoded records of the programs that use the
 //                               repository (a pipeline's checkpoint, the daemon's task records)
+// Under Object Lock (config.objectLock) the config, packs, index runs, manifests and moved
+// records are written locked for the repository's period; the records that are rewritten or
+// deleted as work goes on (checkpoints, tasks, locks, condemned lists) are not.
 import { createHash, createHmac, randomUUID } from 'node:crypto'
 import pLimit from 'p-limit'
 import { z } from 'zod'
 import { BlobCodec, type BlobKind } from './codec.ts'
-import { AlreadyExistsError, type Backend, type ListOptions, type ObjectInfo, type PutOptions } from '../storage/types.ts'
+import { AlreadyExistsError, type Backend, type ListOptions, type LockMode, type ObjectInfo, type PutOptions } from '../storage/types.ts'
 import { BackupWriter, type BackupWriterOptions } from './backup-writer.ts'
 import { treeList, v1List, type ChunkList } from './chunk-list.ts'
 import { readWindows, type ReadOptions, type ReadCounters, type WindowSink } from './chunk-reader.ts'
@@ -38,6 +41,8 @@ export const READABLE_VERSIONS: readonly number[] = [1, 2]
 export const EBS_BLOCK_SIZE = 512 * 1024
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024
+/** Object Lock periods: from a second (tests) to 100 years. */
+export const MAX_LOCK_SECONDS = 100 * 365 * 86_400
 
 const wrappedKeySchema = z.strictObject({ provider: z.string(), keyId: z.string(), ciphertext: z.string() })
 const configSchema = z.strictObject({
@@ -54,13 +59,29 @@ const configSchema = z.strictObject({
       key: wrappedKeySchema,
     })
     .nullable(),
+  // Absent when the repository is not under Object Lock (so that builds of version 2 that do not
+  // know it still read those; they refuse a locked one, whose objects they would write unlocked).
+  objectLock: z
+    .strictObject({
+      mode: z.enum(['governance', 'compliance']),
+      periodSeconds: z.number().int().min(1).max(MAX_LOCK_SECONDS),
+    })
+    .optional(),
 })
 export type RepositoryConfig = z.infer<typeof configSchema>
+
+/** S3 Object Lock for every object the repository relies on: the mode and how long each is locked. */
+export interface ObjectLock {
+  mode: LockMode
+  periodSeconds: number
+}
 
 export interface InitOptions {
   chunkSize?: number
   /** Encrypt with a new master secret wrapped by this provider. */
   keyProvider?: KeyProvider
+  /** Lock every object the repository relies on (a bucket with Object Lock only). */
+  objectLock?: ObjectLock
 }
 
 export interface DedupWindowOptions {
@@ -93,6 +114,35 @@ export function validateChunkSize(chunkSize: number): void {
   }
 }
 
+/** A put locked for the config's period from now, or nothing when the repository has no Object Lock. */
+function lockedFor(config: RepositoryConfig, backend: Backend): PutOptions {
+  const lock = config.objectLock
+  if (!lock) return {}
+  if (!backend.versions) {
+    throw new EbsWorkerError(ErrorCode.BadInput,
+      `repository ${backend.url} is under Object Lock, which this storage cannot keep: it can be read here, not written`, { context: { repository: backend.url } })
+  }
+  return { retention: { mode: lock.mode, until: new Date(Date.now() + lock.periodSeconds * 1000) } }
+}
+
+/** A new locked repository needs a bucket with Object Lock enabled (S3 locks versions of objects only there). */
+async function checkLockable(backend: Backend, lock: ObjectLock): Promise<void> {
+  if (!backend.versions) {
+    throw new EbsWorkerError(ErrorCode.BadInput,
+      `Object Lock needs an S3 bucket with Object Lock enabled; ${backend.url} cannot lock objects`, { context: { repository: backend.url } })
+  }
+  if (!Number.isInteger(lock.periodSeconds) || lock.periodSeconds < 1 || lock.periodSeconds > MAX_LOCK_SECONDS) {
+    throw new EbsWorkerError(ErrorCode.BadInput, `the Object Lock period must be from 1 second to 100 years, not ${lock.periodSeconds} seconds`)
+  }
+  const bucket = await backend.versions.lockConfiguration()
+  if (!bucket.enabled) {
+    throw new EbsWorkerError(ErrorCode.BadInput,
+      `the bucket of ${backend.url} does not have Object Lock enabled: create it with Object Lock ` +
+      `(aws s3api create-bucket --object-lock-enabled-for-bucket …) or enable it (aws s3api put-object-lock-configuration …)`,
+      { context: { repository: backend.url } })
+  }
+}
+
 export class Repository {
   readonly backend: Backend
   config: RepositoryConfig
@@ -114,9 +164,20 @@ export class Repository {
     return this.backend.url
   }
 
+  /** The repository's Object Lock, or null when it has none. */
+  get objectLock(): ObjectLock | null {
+    return this.config.objectLock ?? null
+  }
+
+  /** How an object the repository relies on is put: locked from now for the period, when it is under Object Lock. */
+  #locked(): PutOptions {
+    return lockedFor(this.config, this.backend)
+  }
+
   static async init(backend: Backend, options: InitOptions = {}): Promise<Repository> {
     const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE
     validateChunkSize(chunkSize)
+    if (options.objectLock) await checkLockable(backend, options.objectLock)
     let keys = null
     let encryption: RepositoryConfig['encryption'] = null
     if (options.keyProvider) {
@@ -132,9 +193,10 @@ export class Repository {
       chunkSize,
       compression: 'zstd',
       encryption,
+      ...(options.objectLock ? { objectLock: { ...options.objectLock } } : {}),
     }
     try {
-      await backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true })
+      await backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true, ...lockedFor(config, backend) })
     } catch (err) {
       if (err instanceof AlreadyExistsError) {
         throw new EbsWorkerError(ErrorCode.RepoExists, `a repository already exists at ${backend.url}`)
@@ -210,7 +272,7 @@ export class Repository {
   /** Writes an index run of stored chunks (sorted by id); returns its name. */
   async saveRun(entries: readonly BlobRef[]): Promise<string> {
     const name = newRunName()
-    await this.backend.put(indexObject(name), await this.codec.encode('index', encodeRun(entries, { sort: true })))
+    await this.backend.put(indexObject(name), await this.codec.encode('index', encodeRun(entries, { sort: true })), this.#locked())
     return name
   }
 
@@ -269,7 +331,7 @@ export class Repository {
     const trailer = await this.codec.encode('pack-trailer', builder.trailerPlaintext())
     const data = builder.finish(trailer)
     if (data.length > MAX_PACK_BYTES) throw new Error('pack exceeds 4 GiB')
-    await this.backend.put(packObject(builder.id), data)
+    await this.backend.put(packObject(builder.id), data, this.#locked())
     return data.length
   }
 
@@ -350,7 +412,7 @@ export class Repository {
 
   async saveManifest(manifest: ManifestV2): Promise<void> {
     const blob = await this.codec.encode('manifest', encodeManifest(manifest))
-    await this.backend.put(manifestObject(manifest.id), blob, { ifAbsent: true })
+    await this.backend.put(manifestObject(manifest.id), blob, { ifAbsent: true, ...this.#locked() })
   }
 
   async loadManifest(id: string): Promise<Manifest> {
@@ -436,13 +498,13 @@ export class Repository {
 
   /** Replaces a backup's manifest by its version 2 (the same backup; an atomic put). */
   async replaceManifest(manifest: ManifestV2): Promise<void> {
-    await this.backend.put(manifestObject(manifest.id), await this.codec.encode('manifest', encodeManifest(manifest)))
+    await this.backend.put(manifestObject(manifest.id), await this.codec.encode('manifest', encodeManifest(manifest)), this.#locked())
   }
 
   /** Marks the repository as of `version` (the last step of an upgrade). */
   async setVersion(version: number): Promise<void> {
     const config = { ...this.config, version }
-    await this.backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'))
+    await this.backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'), lockedFor(config, this.backend))
     this.config = config
   }
 
@@ -451,7 +513,7 @@ export class Repository {
   readonly #moved = new Map<string, Promise<Moved | null>>()
 
   async saveMoved(m: Moved): Promise<void> {
-    await this.backend.put(movedObject(m.pack), await this.codec.encode('moved', encodeMoved(m)))
+    await this.backend.put(movedObject(m.pack), await this.codec.encode('moved', encodeMoved(m)), this.#locked())
     this.#moved.delete(m.pack)
   }
 

@@ -61,6 +61,9 @@ export class FileBackend implements Backend {
   }
 
   async put(name: string, data: Buffer, options: PutOptions = {}): Promise<void> {
+    if (options.retention) {
+      throw new EbsWorkerError(ErrorCode.BadInput, `${this.url} cannot keep Object Lock: a file system has no versions or retention (use an S3 bucket with Object Lock)`)
+    }
     const path = this.#path(name)
     const tmp = join(this.root, TMP_DIR, `${randomBytes(12).toString('hex')}.tmp`)
     try {
