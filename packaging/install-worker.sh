@@ -26,7 +26,9 @@ share=$root/opt/ebs-worker/share
 
 install -D -m 0644 "$share/ebs-worker.sysusers" "$root/usr/lib/sysusers.d/ebs-worker.conf"
 systemd-sysusers --root="${root:-/}" "$root/usr/lib/sysusers.d/ebs-worker.conf"
-install -D -m 0644 "$share/ebs-worker.service" "$root/etc/systemd/system/ebs-worker.service"
+for unit in ebs-worker.service ebs-worker-health.service ebs-worker-health.timer; do
+  install -D -m 0644 "$share/$unit" "$root/etc/systemd/system/$unit"
+done
 install -D -m 0644 "$share/logrotate.conf" "$root/etc/logrotate.d/ebs-worker"
 install -D -m 0644 "$share/cloudwatch-agent.json" "$root/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/ebs-worker.json"
 install -d -m 0755 "$root/etc/ebs-worker"

@@ -3,7 +3,8 @@
 # Debian/Ubuntu workers (DEB), built with rpmbuild (Debian's "rpm" package) and dpkg-deb, no fpm:
 #   /opt/ebs-worker/                       the release (bin/, node/, lib/, share/, VERSION)
 #   /usr/bin/ebs-worker, /usr/bin/ebs-controller   links to its launchers
-#   /usr/lib/systemd/system/ebs-worker.service     the unit (enabled by the user-data, not here)
+#   /usr/lib/systemd/system/ebs-worker.service     the unit (enabled by the user-data, not here),
+#     ebs-worker-health.service and .timer          and the health report to Auto Scaling (same)
 #   /usr/lib/sysusers.d/ebs-worker.conf    the user ebs-worker (group disk), created on install
 #   /opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/ebs-worker.json
 #                                          a CloudWatch agent fragment, merged with the agent's
@@ -40,7 +41,9 @@ share=$tree/opt/ebs-worker/share
 install -d "$tree/usr/bin"
 ln -s /opt/ebs-worker/bin/ebs-worker "$tree/usr/bin/ebs-worker"
 ln -s /opt/ebs-worker/bin/ebs-controller "$tree/usr/bin/ebs-controller"
-install -D -m 0644 "$share/ebs-worker.service" "$tree/usr/lib/systemd/system/ebs-worker.service"
+for unit in ebs-worker.service ebs-worker-health.service ebs-worker-health.timer; do
+  install -D -m 0644 "$share/$unit" "$tree/usr/lib/systemd/system/$unit"
+done
 install -D -m 0644 "$share/ebs-worker.sysusers" "$tree/usr/lib/sysusers.d/ebs-worker.conf"
 install -D -m 0644 "$share/cloudwatch-agent.json" "$tree/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/ebs-worker.json"
 install -D -m 0644 "$share/logrotate.conf" "$tree/etc/logrotate.d/ebs-worker"
@@ -53,7 +56,7 @@ post_install='systemd-sysusers /usr/lib/sysusers.d/ebs-worker.conf || :
 install -d -m 0750 -o ebs-worker -g ebs-worker /var/log/ebs-worker || :
 systemctl daemon-reload >/dev/null 2>&1 || :'
 # Before removal (not upgrade): stop and disable the service; running tasks are handed back.
-pre_remove='systemctl --no-reload disable --now ebs-worker.service >/dev/null 2>&1 || :'
+pre_remove='systemctl --no-reload disable --now ebs-worker.service ebs-worker-health.timer >/dev/null 2>&1 || :'
 # After upgrade: a running daemon restarts on the new version (it hands its tasks back first).
 post_upgrade='systemctl daemon-reload >/dev/null 2>&1 || :
 systemctl try-restart ebs-worker.service >/dev/null 2>&1 || :'
@@ -106,6 +109,8 @@ systemctl daemon-reload >/dev/null 2>&1 || :
 /usr/bin/ebs-worker
 /usr/bin/ebs-controller
 /usr/lib/systemd/system/ebs-worker.service
+/usr/lib/systemd/system/ebs-worker-health.service
+/usr/lib/systemd/system/ebs-worker-health.timer
 /usr/lib/sysusers.d/ebs-worker.conf
 %dir /opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d
 /opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/ebs-worker.json

@@ -86,7 +86,7 @@ exec "$here/node/bin/node" "$here/lib/controller/bin/ebs-controller.js" "$@"
 LAUNCHER
 chmod 755 "$common/bin/ebs-controller"
 
-cp systemd/ebs-worker.service systemd/ebs-worker.sysusers packaging/cloudwatch-agent.json packaging/logrotate.conf packaging/user-data.sh packaging/install-worker.sh "$common/share/"
+cp systemd/ebs-worker.service systemd/ebs-worker-health.service systemd/ebs-worker-health.timer systemd/ebs-worker.sysusers packaging/cloudwatch-agent.json packaging/logrotate.conf packaging/user-data.sh packaging/install-worker.sh "$common/share/"
 cp docs/OPERATIONS.md docs/CONTROLLER.md README.md "$common/share/"
 echo "$version" > "$common/VERSION"
 # Reproducible-ish: fixed owner, order and times, so the same tree gives the same tar stream.

@@ -52,7 +52,7 @@ for (const a of ARCHES) {
     t.match(files, /^l\S+\s.*\s\/usr\/bin\/ebs-worker -> \/opt\/ebs-worker\/bin\/ebs-worker$/m, '/usr/bin/ebs-worker links to the launcher')
     t.match(files, /\s\/usr\/bin\/ebs-controller -> \/opt\/ebs-worker\/bin\/ebs-controller$/m)
     const list = (await rpmQ('-qlp', rpm)).split('\n')
-    for (const f of ['/usr/lib/systemd/system/ebs-worker.service', '/usr/lib/sysusers.d/ebs-worker.conf', FRAGMENT, '/etc/logrotate.d/ebs-worker',
+    for (const f of ['/usr/lib/systemd/system/ebs-worker.service', '/usr/lib/systemd/system/ebs-worker-health.service', '/usr/lib/systemd/system/ebs-worker-health.timer', '/usr/lib/sysusers.d/ebs-worker.conf', FRAGMENT, '/etc/logrotate.d/ebs-worker',
       '/opt/ebs-worker/node/bin/node', '/opt/ebs-worker/node/PROVENANCE', '/opt/ebs-worker/lib/agent/bin/ebs-worker.js']) t.ok(list.includes(f), `${f} is in it`)
     t.notOk(list.includes('/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json'), 'not the CloudWatch agent\'s main config')
     t.notOk(list.some((f) => f.startsWith('/usr/lib/.build-id')), 'no build-id links of a foreign build')
