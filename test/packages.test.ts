@@ -133,7 +133,7 @@ t.test('the Packer template validates for either architecture and installs the R
   const files = template.build.provisioner.flatMap((p: any) => (p.file ? [p.file.source] : []))
   t.same(files, ['${var.package}'])
   const inline = template.build.provisioner.find((p: any) => p.shell).shell.inline.join('\n')
-  t.match(inline, /dnf install -y amazon-cloudwatch-agent \/tmp\/ebs-worker\.rpm/)
+  t.match(inline, /dnf install -y amazon-cloudwatch-agent awscli-2 \/tmp\/ebs-worker\.rpm/, 'the CloudWatch agent, the aws command (the user-data\'s stack signal) and the package')
   t.notMatch(inline, /amazon-cloudwatch-agent\.json/, 'the agent\'s main config is not written')
   const filter = template.source['amazon-ebs'].worker.source_ami_filter.filters
   t.equal(filter.architecture, '${var.arch}')
