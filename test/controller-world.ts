@@ -50,6 +50,7 @@ export const FLEET_STACK = 'ebs-worker-fleet'
 export function fleetWorkerPolicy(kmsKeyArns: string[]): PolicyDocument {
   const values: Record<string, string> = {
     'AWS::Partition': 'aws', 'AWS::Region': REGION, 'AWS::AccountId': BACKUP, 'AWS::StackName': FLEET_STACK,
+    'AWS::StackId': `arn:aws:cloudformation:${REGION}:${BACKUP}:stack/${FLEET_STACK}/1f5a3c70-0000-11f0-8000-0a1b2c3d4e5f`,
     'TaskQueue.Arn': `arn:aws:sqs:${REGION}:${BACKUP}:tasks`, 'ReplyQueue.Arn': `arn:aws:sqs:${REGION}:${BACKUP}:replies`,
     RepositoryBucket: 'ebs-worker-repository', RepositoryPrefix: 'backups',
   }

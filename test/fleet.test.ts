@@ -79,6 +79,7 @@ function unresolved(tpl: Template): string[] {
     for (const d of [r.DependsOn ?? []].flat()) if (!resources.has(d)) bad.push(`${id}: DependsOn ${d}, no such resource`)
     walk(r.Properties, `${id}.Properties`)
     walk(r.UpdatePolicy, `${id}.UpdatePolicy`)
+    walk(r.CreationPolicy, `${id}.CreationPolicy`)
   }
   walk(tpl.Conditions, 'Conditions')
   walk(tpl.Outputs, 'Outputs')
@@ -98,7 +99,8 @@ function unsub(node: unknown): unknown {
 t.test('every reference resolves', async (t) => {
   t.same(unresolved(tpl), [], 'no dangling Ref, GetAtt, Sub placeholder, condition or DependsOn')
   for (const r of ['TaskQueue', 'TaskDeadLetterQueue', 'ReplyQueue', 'WorkerLaunchTemplate', 'WorkerInstanceProfile', 'WorkerGroup', 'BacklogScaling', 'DeadLetterAlarm', 'MissingHeartbeatAlarm', 'Dashboard',
-    'PruneScheduleRule', 'CheckScheduleRule', 'TaskQueuePolicy', 'RepositoryDamageAlarm', 'MaintenanceFailedAlarm']) {
+    'PruneScheduleRule', 'CheckScheduleRule', 'TaskQueuePolicy', 'RepositoryDamageAlarm', 'MaintenanceFailedAlarm',
+    'OldestTaskAgeAlarm', 'TaskFailureRateAlarm', 'S3GatewayEndpoint', 'EndpointSecurityGroup']) {
     t.ok(tpl.Resources[r], `${r} is there`)
   }
   // The check itself can fail: a template with a typo in each kind of reference.
@@ -138,7 +140,9 @@ async function actionsInCode(): Promise<Map<string, string>> {
   for (const f of files) {
     const text = await readFile(join(ROOT, 'agent', f), 'utf8')
     for (const m of text.matchAll(/import\s*\{([^}]*)\}\s*from\s*'@aws-sdk\/(client-[a-z0-9-]+|lib-storage)'/g)) {
-      const service = m[2] === 'lib-storage' ? 's3' : m[2]!.slice('client-'.length)
+      const sdkName = m[2] === 'lib-storage' ? 's3' : m[2]!.slice('client-'.length)
+      // The SDK's package names and IAM's service prefixes differ for some services.
+      const service = ({ 'auto-scaling': 'autoscaling' } as Record<string, string>)[sdkName] ?? sdkName
       for (const raw of m[1]!.split(',')) {
         const id = raw.trim().replace(/^type\s+/, '').split(/\s+as\s+/)[0]!
         const op = /^(\w+)Command$/.exec(id)?.[1] ?? /^paginate(\w+)$/.exec(id)?.[1] ?? (id === 'Upload' ? 'Upload' : undefined)
@@ -178,6 +182,7 @@ t.test('the policy allows every AWS call in the agent, and grants little else', 
   // Granted without a direct call, and why.
   const indirect: Record<string, string> = {
     'ec2:CreateTags': 'TagSpecifications on CreateVolume and CreateSnapshot (and CreateTags on its own volumes)',
+    'cloudformation:SignalResource': 'the user-data signals the group\'s CreationPolicy and UpdatePolicy (packaging/user-data.sh)',
     'kms:Decrypt': 'EBS uses the key on the caller\'s behalf for encrypted volumes',
     'kms:GenerateDataKeyWithoutPlaintext': 'same', 'kms:ReEncryptFrom': 'same', 'kms:ReEncryptTo': 'same', 'kms:CreateGrant': 'same, for AWS resources only',
     's3:DeleteObjectVersion': 'DeleteObject with a VersionId: prune deletes older versions once their Object Lock has run out',
@@ -217,7 +222,8 @@ t.test('the user-data gives user-data.sh what it requires, from the stack', asyn
   t.match(script, /^exec \/opt\/ebs-worker\/share\/user-data\.sh$/m, 'runs the script the release installs (share/user-data.sh)')
   const userData = await readFile(join(ROOT, 'packaging/user-data.sh'), 'utf8')
   const required = [...userData.matchAll(/^(\w+)=\$\(setting "\$\{(EBS_WORKER_\w+):-\}" [\w:-]+ ""\)$/gm)].map((m) => m[2]!)
-  t.same(required.sort(), ['EBS_WORKER_QUEUE_URL', 'EBS_WORKER_REPLY_QUEUE_URL', 'EBS_WORKER_REPOSITORY', 'EBS_WORKER_KEY_FILE'].sort(), 'the settings without a default')
+  t.same(required.sort(), ['EBS_WORKER_QUEUE_URL', 'EBS_WORKER_REPLY_QUEUE_URL', 'EBS_WORKER_REPOSITORY', 'EBS_WORKER_KEY_FILE', 'EBS_WORKER_ASG_NAME', 'EBS_WORKER_LIFECYCLE_HOOK'].sort(),
+    'the settings without a default (the key file and the group\'s are optional; the stack sets the group\'s)')
   for (const v of required.filter((v) => v !== 'EBS_WORKER_KEY_FILE')) t.match(script, new RegExp(`^export ${v}='[^']+'$`, 'm'), `${v} set`)
   t.match(script, /^export EBS_WORKER_FLEET='\$\{AWS::StackName\}'$/m, 'the fleet name the alarms and dashboard use')
   const md = tpl.Resources.WorkerLaunchTemplate.Properties.LaunchTemplateData.MetadataOptions
@@ -347,4 +353,82 @@ t.test('cfn-lint finds nothing (resource schemas, properties, types)', { skip: c
   const b = await run('cfn-lint', [broken]).then(() => ({ ok: true, out: '' }), (e: { stdout: string }) => ({ ok: false, out: e.stdout }))
   t.notOk(b.ok, 'and it does find a bad value')
   t.match(b.out, /sometimes/)
+})
+
+t.test('either architecture: the instance type follows it unless one is given', async (t) => {
+  t.same(tpl.Parameters.Architecture.AllowedValues, ['x86_64', 'arm64'])
+  t.same(tpl.Conditions!.IsArm, { 'Fn::Equals': [{ Ref: 'Architecture' }, 'arm64'] })
+  t.same(tpl.Resources.WorkerLaunchTemplate.Properties.LaunchTemplateData.InstanceType,
+    { 'Fn::If': ['HasInstanceType', { Ref: 'InstanceType' }, { 'Fn::If': ['IsArm', 'c7g.large', 'c6i.large'] }] }, 'Graviton (c7g) for arm64, c6i for x86_64')
+})
+
+t.test('endpoints: S3 through a gateway endpoint, the APIs the workers call through optional interface endpoints', async (t) => {
+  const s3 = tpl.Resources.S3GatewayEndpoint
+  t.match(s3, { Type: 'AWS::EC2::VPCEndpoint', Condition: 'HasRouteTables', Properties: { VpcEndpointType: 'Gateway', RouteTableIds: { Ref: 'RouteTableIds' } } })
+  t.same(s3.Properties.ServiceName, { 'Fn::Sub': 'com.amazonaws.${AWS::Region}.s3' })
+  const interfaces = Object.values(tpl.Resources).filter((r: any) => r.Type === 'AWS::EC2::VPCEndpoint' && r.Properties.VpcEndpointType === 'Interface')
+  const services = interfaces.map((r: any) => /com\.amazonaws\.\$\{AWS::Region\}\.([\w-]+)$/.exec(r.Properties.ServiceName['Fn::Sub'])?.[1])
+  // Every service the agent's code calls (but S3), the CloudWatch agent's, the signal's and Session Manager's.
+  const called = new Set([...(await actionsInCode()).keys()].map((a) => a.split(':')[0]!).filter((svc) => svc !== 's3'))
+  for (const svc of [...called, 'logs', 'monitoring', 'cloudformation', 'ssm', 'ssmmessages', 'ec2messages']) t.ok(services.includes(svc), `an interface endpoint for ${svc}`)
+  for (const r of interfaces as any[]) {
+    t.match(r, { Condition: 'CreateInterfaceEndpoints', Properties: { PrivateDnsEnabled: true, SubnetIds: { Ref: 'SubnetIds' }, SecurityGroupIds: [{ Ref: 'EndpointSecurityGroup' }] } })
+  }
+  const ingress = tpl.Resources.EndpointSecurityGroup.Properties.SecurityGroupIngress
+  t.same(ingress.map((r: any) => [r.IpProtocol, r.FromPort, r.ToPort, r.SourceSecurityGroupId]), [['tcp', 443, 443, { Ref: 'WorkerSecurityGroup' }]], 'endpoints take HTTPS from the workers only')
+})
+
+t.test('egress: HTTPS only; with endpoints and the S3 prefix list, to them alone', async (t) => {
+  const egress = tpl.Resources.WorkerSecurityGroup.Properties.SecurityGroupEgress['Fn::If']
+  t.equal(egress[0], 'RestrictEgress')
+  t.same(tpl.Conditions!.RestrictEgress, { 'Fn::And': [{ Condition: 'CreateInterfaceEndpoints' }, { 'Fn::Not': [{ 'Fn::Equals': [{ Ref: 'S3PrefixListId' }, ''] }] }] })
+  const restricted = [...egress[1], tpl.Resources.WorkerToEndpointsEgress.Properties]
+  t.same(restricted.map((r: any) => [r.IpProtocol, r.FromPort, r.ToPort, r.DestinationPrefixListId ?? r.DestinationSecurityGroupId ?? r.CidrIp]),
+    [['tcp', 443, 443, { Ref: 'S3PrefixListId' }], ['tcp', 443, 443, { Ref: 'EndpointSecurityGroup' }]], 'S3 (gateway) and the interface endpoints, nothing else')
+  t.equal(tpl.Resources.WorkerToEndpointsEgress.Condition, 'RestrictEgress')
+  t.same(egress[2].map((r: any) => [r.IpProtocol, r.FromPort, r.CidrIp]), [['tcp', 443, '0.0.0.0/0']], 'otherwise HTTPS anywhere (through a NAT)')
+})
+
+t.test('health, rollout and scale-in: the group, the user-data and the worker policy agree', async (t) => {
+  const group = tpl.Resources.WorkerGroup
+  const script = tpl.Resources.WorkerLaunchTemplate.Properties.LaunchTemplateData.UserData['Fn::Base64']['Fn::Sub'] as string
+  const exported = (name: string) => new RegExp(`^export ${name}='([^']*)'$`, 'm').exec(script)?.[1]
+  t.same(group.Properties.AutoScalingGroupName, { 'Fn::Sub': exported('EBS_WORKER_ASG_NAME') }, 'the daemon is told its group\'s name')
+  const hook = group.Properties.LifecycleHookSpecificationList
+  t.same(hook, [{ LifecycleHookName: exported('EBS_WORKER_LIFECYCLE_HOOK'), LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: { Ref: 'LifecycleHookTimeoutSeconds' }, DefaultResult: 'CONTINUE' }],
+    'a termination hook the daemon completes once drained')
+  t.equal(exported('EBS_WORKER_CFN_RESOURCE'), 'WorkerGroup', 'the user-data signals the group')
+  t.equal(exported('EBS_WORKER_CFN_STACK'), '${AWS::StackName}')
+  t.match(group.CreationPolicy, { ResourceSignal: { Count: { Ref: 'MinSize' } }, AutoScalingCreationPolicy: { MinSuccessfulInstancesPercent: 100 } })
+  t.match(group.UpdatePolicy.AutoScalingRollingUpdate, { MaxBatchSize: 1, WaitOnResourceSignals: true, MinSuccessfulInstancesPercent: 100 },
+    'one worker at a time, each must signal: a broken AMI stops at the first')
+  t.ok(group.UpdatePolicy.AutoScalingRollingUpdate.SuspendProcesses.includes('ReplaceUnhealthy'))
+  // The worker policy allows exactly this group's calls and this stack's signal.
+  const policy = tpl.Resources.WorkerRole.Properties.Policies[0].PolicyDocument.Statement
+  const asg = policy.find((s: any) => s.Sid === 'OwnGroupLifecycleAndHealth')
+  t.match(asg.Resource['Fn::Sub'], new RegExp(`:autoScalingGroup:\\*:autoScalingGroupName/${exported('EBS_WORKER_ASG_NAME')!.replace(/[${}:]/g, '\\$&')}$`))
+  t.same(asg.Condition, { StringEquals: { 'aws:ResourceTag/ebs-worker:fleet': { 'Fn::Sub': '${AWS::StackName}' } } })
+  t.same(policy.find((s: any) => s.Sid === 'SignalOwnStack').Resource, { 'Fn::Sub': '${AWS::StackId}' }, 'only its own stack')
+  t.equal(group.Properties.HealthCheckGracePeriod, 300, 'the boot is covered (health-check respects the grace period)')
+})
+
+t.test('alarms on the oldest task\'s age and on the failure rate, from metrics the agent emits', async (t) => {
+  const age = tpl.Resources.OldestTaskAgeAlarm.Properties
+  t.match(age, { Namespace: 'AWS/SQS', MetricName: 'ApproximateAgeOfOldestMessage', Threshold: { Ref: 'OldestTaskAgeAlarmSeconds' }, ComparisonOperator: 'GreaterThanThreshold' })
+  t.same(age.Dimensions, [{ Name: 'QueueName', Value: { 'Fn::GetAtt': ['TaskQueue', 'QueueName'] } }], 'of the task queue')
+  const rate = tpl.Resources.TaskFailureRateAlarm.Properties
+  t.match(rate, { Threshold: { Ref: 'FailureRateAlarmPercent' }, ComparisonOperator: 'GreaterThanThreshold', AlarmActions: [{ Ref: 'AlarmTopic' }] })
+  const stats = rate.Metrics.filter((m: any) => m.MetricStat)
+  t.same(stats.map((m: any) => m.MetricStat.Metric.Dimensions.find((d: any) => d.Name === 'Outcome').Value).sort(), ['failed', 'rejected', 'succeeded'])
+  t.notOk(JSON.stringify(rate).includes('SEARCH'), 'no SEARCH expression (alarms cannot use them)')
+  // The agent emits Tasks with exactly the dimensions the alarm names (EMF dimension sets).
+  for (const outcome of ['succeeded', 'failed', 'rejected'] as const) {
+    const doc = taskEndMetrics('prod', 'i-0123456789abcdef0', { taskId: 'x', type: 'backup', status: outcome, startedAt: '2026-01-01T00:00:00Z', finishedAt: '2026-01-01T00:00:01Z' })
+    const sets = (doc._aws as any).CloudWatchMetrics[0].Dimensions as string[][]
+    const wanted = stats[0].MetricStat.Metric.Dimensions.map((d: any) => d.Name)
+    t.ok(sets.some((set) => set.length === wanted.length && wanted.every((w: string) => set.includes(w))), `Tasks by ${wanted.join('+')} is emitted (${outcome})`)
+    t.equal((doc as any).Outcome, outcome)
+  }
+  t.equal(stats[0].MetricStat.Metric.Namespace, NAMESPACE)
+  t.match(rate.Metrics.find((m: any) => m.ReturnData).Expression, /100 \* \(FILL\(failed, 0\) \+ FILL\(rejected, 0\)\)/, 'failed and rejected over all that ended')
 })

@@ -59,7 +59,7 @@ t.test('a finished backup task: every figure, under each dimension set', async (
   const data = extract(JSON.stringify(doc))
   t.equal(data[0]!.namespace, NAMESPACE)
   t.equal(data[0]!.timestamp, Date.parse('2026-11-23T04:51:30.000Z'), 'timestamped when it finished')
-  for (const dims of [['Fleet'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']]) {
+  for (const dims of [['Fleet'], ['Fleet', 'Outcome'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']]) {
     t.match(pick(data, 'BytesRead', dims), { value: 1073741824, unit: 'Bytes' }, `BytesRead by ${dims}`)
     t.match(pick(data, 'BytesStored', dims), { value: 383674437, unit: 'Bytes' })
     t.match(pick(data, 'TaskDuration', dims), { value: 10, unit: 'Seconds' })
@@ -68,6 +68,7 @@ t.test('a finished backup task: every figure, under each dimension set', async (
   }
   t.same(pick(data, 'Tasks', ['Fleet', 'TaskType', 'Outcome'])!.dimensions, { Fleet: 'prod', TaskType: 'backup', Outcome: 'succeeded' })
   t.same(pick(data, 'Tasks', ['Fleet', 'Outcome', 'ErrorCode'])!.dimensions, { Fleet: 'prod', Outcome: 'succeeded', ErrorCode: 'none' })
+  t.same(pick(data, 'Tasks', ['Fleet', 'Outcome'])!.dimensions, { Fleet: 'prod', Outcome: 'succeeded' }, 'by outcome alone: the failure-rate alarm')
   t.equal(doc.taskId, 'b-1', 'the task id rides along for Logs Insights, not as a dimension')
 })
 

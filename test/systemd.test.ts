@@ -4,7 +4,7 @@
 // unix datagram socket the way the service manager receives them.
 import t from 'tap'
 import { execFile, spawn } from 'node:child_process'
-import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises'
+import { chmod, cp, mkdir, readFile, writeFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createServer } from 'node:net'
@@ -231,4 +231,26 @@ t.test('a daemon that cannot receive from its queue is not ready, not alive and 
   t.match(out.log, /"msg":"started".*"region":"us-east-1"/, 'it did start (IMDS answered)')
   daemon.kill('SIGTERM')
   t.equal(await exited, 0, 'and stops cleanly on SIGTERM')
+})
+
+t.test('the health report units verify, run health-check as the daemon\'s user, every minute', async (t) => {
+  const service = await readFile(join(ROOT, 'systemd/ebs-worker-health.service'), 'utf8')
+  const timer = await readFile(join(ROOT, 'systemd/ebs-worker-health.timer'), 'utf8')
+  const root = await unitRoot(t, service)
+  await rename(join(root, 'etc/systemd/system/ebs-worker.service'), join(root, 'etc/systemd/system/ebs-worker-health.service'))
+  await writeFile(join(root, 'etc/systemd/system/ebs-worker-health.timer'), timer)
+  const check = async (unit: string) => run('systemd-analyze', ['verify', `--root=${root}`, `/etc/systemd/system/${unit}`])
+    .then((r) => r.stderr.trim(), (e: { stderr?: string }) => String(e.stderr ?? e))
+  t.equal(await check('ebs-worker-health.timer'), '', 'the timer verifies, with its service')
+  t.equal(await check('ebs-worker-health.service'), '', 'the service verifies')
+  const s = settings(service)
+  t.equal(s.get('ExecStart')?.[0], '/opt/ebs-worker/bin/ebs-worker health-check --config /etc/ebs-worker/config.json --max-age 300')
+  t.same(s.get('User'), ['ebs-worker'])
+  t.same(s.get('PrivateDevices'), ['yes'], 'no block devices: it only reads a stamp and calls Auto Scaling')
+  t.same(settings(timer).get('OnUnitActiveSec'), ['1min'])
+  const { stdout } = await run('systemd-analyze', ['security', '--offline=true', `--root=${root}`, '/etc/systemd/system/ebs-worker-health.service'])
+  const exposure = Number(/Overall exposure level for ebs-worker-health\.service: ([\d.]+)/.exec(stdout)?.[1])
+  t.ok(exposure > 0 && exposure <= 3, `systemd-analyze security exposure ${exposure}`)
+  await writeFile(join(root, 'etc/systemd/system/ebs-worker-health.timer'), timer.replace('OnUnitActiveSec', 'OnUnitActivSec'))
+  t.match(await check('ebs-worker-health.timer'), /OnUnitActivSec/, 'and a typo is found')
 })

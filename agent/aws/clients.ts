@@ -9,6 +9,7 @@
 import { Agent as HttpAgent } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
 import { createRequire } from 'node:module'
+import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling'
 import type { EBSClient } from '@aws-sdk/client-ebs'
 import type { EC2Client } from '@aws-sdk/client-ec2'
 import type { IAMClient } from '@aws-sdk/client-iam'
@@ -87,6 +88,11 @@ export class AwsClients {
 
   sts(region?: string): STSClient {
     return this.#get('sts', region, (config) => new (require('@aws-sdk/client-sts') as typeof import('@aws-sdk/client-sts')).STSClient(config))
+  }
+
+  /** Auto Scaling: the worker's own lifecycle hook and health (daemon/auto-scaling.ts). */
+  autoScaling(region?: string): AutoScalingClient {
+    return this.#get('auto_scaling', region, (config) => new (require('@aws-sdk/client-auto-scaling') as typeof import('@aws-sdk/client-auto-scaling')).AutoScalingClient(config))
   }
 
   /** IAM, a global service: the Region only says which partition's endpoint (the controller's policy simulation). */

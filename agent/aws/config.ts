@@ -7,7 +7,7 @@
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 
 /** The services the agent and the controller call, as the SDK's endpoint variables name them. */
-export const AWS_SERVICES = ['s3', 'sqs', 'ec2', 'kms', 'ebs', 'sts', 'iam'] as const
+export const AWS_SERVICES = ['s3', 'sqs', 'ec2', 'kms', 'ebs', 'sts', 'iam', 'auto_scaling'] as const
 export type AwsServiceId = (typeof AWS_SERVICES)[number]
 
 export type S3Checksums = 'default' | 'when-required'

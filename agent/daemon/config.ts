@@ -40,6 +40,21 @@ const configSchema = z.strictObject({
   deviceRoots: z.strictObject({ sysBlock: z.string(), devDir: z.string(), byIdDir: z.string() }).default(SYSTEM_ROOTS),
   /** IMDS endpoint (default: the SDK's, AWS_EC2_METADATA_SERVICE_ENDPOINT or 169.254.169.254). */
   imdsEndpoint: z.url().optional(),
+  /**
+   * The worker's Auto Scaling group (daemon/auto-scaling.ts): on scale-in, with a termination
+   * lifecycle hook, the daemon drains (stops receiving, gives running tasks their grace, hands the
+   * rest back) and completes the hook; it keeps a health stamp that `ebs-worker health-check`
+   * turns into SetInstanceHealth Unhealthy when it goes stale.
+   */
+  autoScaling: z.strictObject({
+    groupName: z.string().regex(/^[\w.:\/-]{1,255}$/),
+    /** The EC2_INSTANCE_TERMINATING hook to complete once drained; none: the daemon only drains. */
+    lifecycleHookName: z.string().regex(/^[A-Za-z0-9._-]{1,255}$/).optional(),
+    /** How often IMDS's autoscaling/target-lifecycle-state is read. */
+    lifecyclePollSeconds: z.number().int().min(1).max(300).default(5),
+  }).optional(),
+  /** Where the daemon keeps its health stamp (its mtime: the last time it was healthy). */
+  healthFile: z.string().regex(/^\//).default('/var/lib/ebs-worker/healthy'),
   /** Backup and restore tuning (core/tuning.ts); what is not given keeps its default. */
   tuning: tuningSchema.default({}),
 })

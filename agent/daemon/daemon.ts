@@ -15,6 +15,7 @@ import type { Repository } from '../repo/repository.ts'
 import type { DaemonSettings } from './config.ts'
 import { ReplyNow, runTask, type TaskContext } from './handlers/index.ts'
 import { jsonLog, type DaemonLog } from './log.ts'
+import { completeLifecycleAction, LifecycleWatch, lifecycleStateReader, touchHealthStamp } from './auto-scaling.ts'
 import { MetricsEmitter } from './metrics.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { systemdNotifier, type SystemdNotifier } from './systemd.ts'
@@ -22,6 +23,8 @@ import { parseTask, TASK_PROTOCOL_VERSION, type TaskResult } from './task.ts'
 
 /** How often a queue that keeps failing is logged again (its first failure is logged at once). */
 const RECEIVE_FAILURE_LOG_MS = 60_000
+/** How often the health stamp is marked while the daemon is healthy (`ebs-worker health-check` reads it). */
+const HEALTH_STAMP_MS = 15_000
 
 export class Daemon {
   readonly #settings: DaemonSettings
@@ -37,11 +40,18 @@ export class Daemon {
   /** The receive failures since the last success, and when the last one was logged. */
   #failing: { since: number; count: number; loggedAt: number } | null = null
   #ready = false
+  #lifecycle: LifecycleWatch | null = null
+  #healthTimer: NodeJS.Timeout | null = null
+  #stopping: Promise<void> | null = null
+  /** Resolves when the daemon has ended by itself: drained for scale-in, its lifecycle hook completed. */
+  readonly finished: Promise<void>
+  #finish!: () => void
 
   constructor(settings: DaemonSettings, log: DaemonLog = jsonLog) {
     this.#settings = settings
     this.#log = log
     this.#metrics = new MetricsEmitter(settings.metrics)
+    this.finished = new Promise((resolve) => (this.#finish = resolve))
     // Does nothing outside a Type=notify unit; the watchdog is pinged only while the daemon is healthy.
     this.#systemd = systemdNotifier({
       env: settings.systemd, alive: () => this.healthy, onError: (err) => log.error('systemd-notify failed', { error: describe(err) }),
@@ -102,6 +112,17 @@ export class Daemon {
     })
     this.#metrics.start(identity.instanceId, () => this.#consumer?.active ?? 0, () => this.healthy)
     this.#consumer.start()
+    this.#healthTimer = setInterval(() => void this.#stampHealth(), HEALTH_STAMP_MS)
+    this.#healthTimer.unref()
+    if (s.autoScaling) {
+      this.#lifecycle = new LifecycleWatch({
+        read: lifecycleStateReader(imdsEndpoint),
+        pollMs: s.autoScaling.lifecyclePollSeconds * 1000,
+        onTerminating: () => void this.#scaleIn(),
+        onError: (err) => this.#log.error('cannot read the target lifecycle state from IMDS', { error: describe(err) }),
+      })
+      this.#lifecycle.start()
+    }
     this.#log.info('started', {
       instanceId: identity.instanceId, region, regionFrom: s.aws.region ? 'environment' : 'IMDS', queueUrl: s.queueUrl, maxReceiveCount: this.#maxReceiveCount,
     })
@@ -109,17 +130,62 @@ export class Daemon {
 
   /** Stops taking tasks; running ones get the configured grace, then are handed back. */
   async stop(): Promise<void> {
+    this.#stopping ??= this.#drain().then(() => this.#teardown())
+    await this.#stopping
+  }
+
+  async #drain(): Promise<void> {
     this.#systemd.stopping()
+    this.#lifecycle?.stop()
+    if (this.#healthTimer) clearInterval(this.#healthTimer)
     this.#log.info('stopping', { running: this.#consumer?.active ?? 0 })
     await this.#consumer?.stop(this.#settings.shutdownGraceSeconds * 1000)
+  }
+
+  #teardown(): void {
     this.#metrics.stop()
     this.#aws?.destroy()
     this.#systemd.close()
     this.#log.info('stopped')
   }
 
+  /**
+   * The group is scaling this instance in (its target lifecycle state is Terminated): drain as on
+   * SIGTERM, then complete the termination hook so the instance goes now, and end.
+   */
+  async #scaleIn(): Promise<void> {
+    const as = this.#settings.autoScaling!
+    this.#log.info('scale-in: draining before termination', { groupName: as.groupName, running: this.#consumer?.active ?? 0 })
+    this.#stopping ??= this.#drain().then(async () => {
+      if (as.lifecycleHookName) {
+        try {
+          await completeLifecycleAction(this.#aws!.autoScaling(this.#identity!.region), {
+            groupName: as.groupName, hookName: as.lifecycleHookName, instanceId: this.#identity!.instanceId,
+          })
+          this.#log.info('scale-in: lifecycle action completed', { groupName: as.groupName, lifecycleHookName: as.lifecycleHookName })
+        } catch (err) {
+          // The hook's timeout and default result (CONTINUE) end it anyway, only later.
+          this.#log.error('scale-in: cannot complete the lifecycle action', { error: describe(err) })
+        }
+      }
+      this.#teardown()
+    })
+    await this.#stopping
+    this.#finish()
+  }
+
+  async #stampHealth(): Promise<void> {
+    if (!this.healthy) return
+    try {
+      await touchHealthStamp(this.#settings.healthFile)
+    } catch (err) {
+      this.#log.error('cannot mark the health stamp', { healthFile: this.#settings.healthFile, error: describe(err) })
+    }
+  }
+
   /** A receive succeeded: the first makes the service ready; one after failures says so. */
   #received(): void {
+    if (!this.#ready || this.#failing) void this.#stampHealth()
     if (!this.#ready) {
       this.#ready = true
       this.#systemd.ready('polling for tasks')

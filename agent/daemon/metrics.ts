@@ -80,7 +80,8 @@ export function taskEndMetrics(fleet: string, instanceId: string, end: TaskEnd):
   return emf(
     finished,
     { Fleet: fleet, TaskType: end.type, Outcome: end.status, ErrorCode: end.errorCode ?? 'none' },
-    [['Fleet'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']],
+    // Fleet+Outcome: the failure-rate alarm's metrics (alarms cannot use SEARCH), fleet.yaml.
+    [['Fleet'], ['Fleet', 'Outcome'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']],
     {
       Tasks: [1, 'Count'],
       TaskDuration: [seconds, 'Seconds'],
