@@ -19,6 +19,11 @@ const configSchema = z.strictObject({
   replyQueueUrl: z.url(),
   /** Default repository for tasks that name none. */
   repository: z.string().regex(/^(s3|file):\/\//, 'repository is s3://bucket/prefix or file:///path'),
+  /**
+   * The repositories a task may name (its `repository`) besides the configured one, as URLs; one
+   * whose path ends in "/*" allows it and every repository under it. Default: none (the configured one only).
+   */
+  allowedRepositories: z.array(z.string().regex(/^(s3|file):\/\//, 'an allowed repository is s3://bucket/prefix or file:///path, optionally ending in /*')).min(1).optional(),
   /** Key file of an encrypted repository. */
   keyFile: z.string().optional(),
   /** Tasks run at once. */

@@ -8,10 +8,11 @@ import { GetQueueAttributesCommand, SendMessageCommand, type SQSClient } from '@
 import { AwsClients } from '../aws/clients.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { Volumes } from '../aws/volumes.ts'
-import { describe, toErrorJson, withContext } from '../core/errors.ts'
+import { describe, EbsWorkerError, ErrorCode, toErrorJson, withContext } from '../core/errors.ts'
 import { withDefaults } from '../core/tuning.ts'
 import { openRepository } from '../app/repository.ts'
 import type { Repository } from '../repo/repository.ts'
+import { repositoryAllowed, repositoryLocation } from '../storage/open.ts'
 import type { DaemonSettings } from './config.ts'
 import { runTask, type TaskContext } from './handlers/index.ts'
 import { jsonLog, type DaemonLog } from './log.ts'
@@ -19,6 +20,20 @@ import { MetricsEmitter } from './metrics.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { systemdNotifier, type SystemdNotifier } from './systemd.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type TaskResult } from './task.ts'
+
+/** Throws unless a task may name the repository `url` (REPOSITORY_NOT_ALLOWED; BAD_INPUT when malformed). */
+function checkRepository(url: string, allowed: readonly string[]): void {
+  let ok: boolean
+  try {
+    ok = repositoryAllowed(url, allowed)
+  } catch (err) {
+    throw withContext(err, { repository: url })
+  }
+  if (!ok) {
+    throw new EbsWorkerError(ErrorCode.RepositoryNotAllowed,
+      `the task's repository ${url} is not one this worker's configuration allows (allowedRepositories: ${allowed.join(', ')})`, { context: { repository: url } })
+  }
+}
 
 /** How often a queue that keeps failing is logged again (its first failure is logged at once). */
 const RECEIVE_FAILURE_LOG_MS = 60_000
@@ -67,6 +82,9 @@ export class Daemon {
     this.#sqs = this.#aws.sqs()
     const tuning = withDefaults(s.tuning)
     const repos = new Map<string, Promise<Repository>>()
+    const allowed = [s.repository, ...(s.allowedRepositories ?? [])]
+    // A malformed entry is a configuration error, found at start.
+    for (const entry of allowed) repositoryLocation(entry.replace(/\/\*(\?|$)/, '$1'))
     const aws = this.#aws
     // Volumes, snapshots and their keys are this instance's Region's, whatever AWS_REGION says.
     const context: TaskContext = {
@@ -78,7 +96,10 @@ export class Daemon {
       kms: aws.kms(identity.region),
       ebs: aws.ebs(identity.region),
       log: this.#log,
-      repository: (url = s.repository) => {
+      checkRepository: (url) => checkRepository(url, allowed),
+      repository: (url) => {
+        if (url === undefined) url = s.repository
+        else checkRepository(url, allowed)
         let repo = repos.get(url)
         if (!repo) {
           repo = openRepository(url, { aws, keyFile: s.keyFile, tuning })

@@ -600,11 +600,11 @@ export class Ec2StandIn {
 
   /**
    * Takes a device name of the worker instance: an empty volume of its own attached there (not
-   * exposed as a device), as the instance's data volumes or another program's would be.
+   * exposed as a device), as the instance's data volumes or another program's would be; with
+   * `volumeId`, under that id (a test that exposes the device itself, as an attached volume).
    */
-  async occupyDevice(device: string): Promise<string> {
+  async occupyDevice(device: string, volumeId = hexId('vol')): Promise<string> {
     const { instance, dir } = this.#options
-    const volumeId = hexId('vol')
     const file = join(dir, `${volumeId}.img`)
     await (await open(file, 'w')).close()
     const now = new Date().toISOString()
