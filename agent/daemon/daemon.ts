@@ -12,7 +12,7 @@ import { describe, EbsWorkerError, ErrorCode, toErrorJson, withContext } from '.
 import { withDefaults } from '../core/tuning.ts'
 import { openRepository } from '../app/repository.ts'
 import type { Repository } from '../repo/repository.ts'
-import { repositoryAllowed, repositoryLocation } from '../storage/open.ts'
+import { repositoryAllowed } from '../storage/open.ts'
 import type { DaemonSettings } from './config.ts'
 import { runTask, type TaskContext } from './handlers/index.ts'
 import { jsonLog, type DaemonLog } from './log.ts'
@@ -82,9 +82,8 @@ export class Daemon {
     this.#sqs = this.#aws.sqs()
     const tuning = withDefaults(s.tuning)
     const repos = new Map<string, Promise<Repository>>()
+    // Each entry was checked when the configuration was read (config.ts).
     const allowed = [s.repository, ...(s.allowedRepositories ?? [])]
-    // A malformed entry is a configuration error, found at start.
-    for (const entry of allowed) repositoryLocation(entry.replace(/\/\*(\?|$)/, '$1'))
     const aws = this.#aws
     // Volumes, snapshots and their keys are this instance's Region's, whatever AWS_REGION says.
     const context: TaskContext = {
