@@ -460,7 +460,7 @@ t.test('a task that fails every time is reported once, on its last attempt, and 
   const deadPort = (dead.address() as { port: number }).port
   await new Promise((resolve) => dead.close(resolve))
   const { sqs, dlqUrl, send, reply, state } = await world(t, {
-    maxReceiveCount: 2, env: { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${deadPort}`, AWS_MAX_ATTEMPTS: '2' },
+    maxReceiveCount: 2, env: { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${deadPort}`, AWS_MAX_ATTEMPTS: '2' }, config: { allowedRepositories: ['s3://nowhere/repo'] },
   })
   await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'poison', backupId: '20261123T000000Z-00000000', repository: 's3://nowhere/repo' }))
   const poison = await reply('poison')
