@@ -13,7 +13,7 @@ import { sweepSnapshots } from './sweep.ts'
 import type { Waits } from './ec2.ts'
 import { VERSION } from '../agent/core/version.ts'
 import { awsSettings } from '../agent/aws/config.ts'
-import { configureAws } from './aws.ts'
+import { configureAws, configureExternalId } from './aws.ts'
 import { policyOf, positiveInt, withPolicy, type PolicyOptions } from '../agent/cli/options.ts'
 import { describePolicy, describeReason, policyJson } from '../agent/core/retention.ts'
 import { forgetRestorePoints } from './forget.ts'
@@ -117,6 +117,7 @@ export async function main(argv: string[]): Promise<number> {
     const opts = args.at(-2) as Common
     try {
       configureAws(awsSettings(process.env))
+      configureExternalId(process.env.EBS_CONTROLLER_EXTERNAL_ID || undefined)
       await fn(...args)
     } catch (err) {
       const error = toErrorJson(err)

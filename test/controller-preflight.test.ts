@@ -78,6 +78,18 @@ t.test('backup: a missing EC2 action of the source role', async (t) => {
   t.equal(w.ec2.snapshots.size, before.snapshots, 'still nothing created')
 })
 
+t.test('backup: the source role\'s rights on the backup\'s own snapshots are simulated: sharing allowed with another account only is found', async (t) => {
+  const { w, args } = await backupWorld(t)
+  const before = counts(w)
+  // As if the policy named another worker account than the one this backup is for.
+  w.roles.source.policy = JSON.parse(JSON.stringify(w.roles.source.policy!).replaceAll(`"ec2:Add/userId":["${BACKUP}"]`, `"ec2:Add/userId":["${TARGET}"]`))
+  const r = await w.controller(args)
+  t.same(missing(r.json!.checks), [`${w.roles.source.arn} | - | ec2:ModifySnapshotAttribute`], 'the share row, and only it')
+  t.match(row(r.json!.checks, w.roles.source.arn, '-', 'ec2:ModifySnapshotAttribute')?.detail, /IAM policy simulator: implicitDeny on a snapshot tagged ebs-controller:restore-point, sharing it with 222222222222/)
+  t.ok(row(r.json!.checks, w.roles.source.arn, '-', 'ec2:DeleteSnapshot')?.ok, 'deleting them is still allowed')
+  t.same(counts(w), before, 'nothing was created')
+})
+
 t.test('backup: a role that cannot be assumed', async (t) => {
   const { w, instanceId } = await backupWorld(t)
   const p5 = await w.controller(['preflight', 'backup-instance', '--instance', instanceId, '--source-role', `arn:aws:iam::${PROD}:role/missing`])

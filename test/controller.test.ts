@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { cli, MiB, sha256File } from './helpers.ts'
 import { BACKUP, controllerWorld, PROD, REGION, TARGET } from './controller-world.ts'
 import { KmsStandIn } from './standin/kms.ts'
-import { evaluate, wildcard, type PolicyDocument } from './standin/iam.ts'
+import { wildcard, type PolicyDocument } from './standin/iam.ts'
 import { iamDocument } from './controller-world.ts'
 
 /** What each role did across the flows of this file: its API calls and what EBS asked of KMS for it. */
@@ -250,9 +250,10 @@ t.test('same account: restore with --worker-role checks the worker role\'s grant
     '--restore-role', w.roles.localRestore.arn, '--worker-role', w.roles.worker.arn])
   t.equal(r.code, 0, `restore-instance succeeds with the fleet's worker policy${r.said}`)
   const controller = `arn:aws:iam::${BACKUP}:user/ebs-controller`
+  // Once for each action the worker role needs on the key: the grant and GenerateDataKeyWithoutPlaintext, both as EBS asks for them.
   t.same(w.world.calls.filter((c) => c.principal === controller && ['SimulatePrincipalPolicy', 'SimulateCustomPolicy', 'GetKeyPolicy'].includes(c.action)).map((c) => c.action).sort(),
-    ['GetKeyPolicy', 'SimulateCustomPolicy', 'SimulatePrincipalPolicy'], 'the controller simulated the worker role and read the target key\'s policy')
-  t.notOk(w.world.calls.some((c) => c.role === w.roles.worker.arn && c.action === 'CreateGrant'), 'no direct CreateGrant')
+    ['GetKeyPolicy', 'GetKeyPolicy', 'SimulateCustomPolicy', 'SimulateCustomPolicy', 'SimulatePrincipalPolicy', 'SimulatePrincipalPolicy'], 'the controller simulated the worker role and read the target key\'s policy')
+  t.notOk(w.world.calls.some((c) => c.role === w.roles.worker.arn && ['CreateGrant', 'GenerateDataKeyWithoutPlaintext'].includes(c.action)), 'no direct CreateGrant or GenerateDataKeyWithoutPlaintext')
   await sameData(t, w, instanceId, r.json!.instanceId)
   record(w)
 })
@@ -268,7 +269,9 @@ t.test('packaging/iam/ matches what the code calls, exactly', async (t) => {
     const policy = iamDocument<PolicyDocument>(file)
     const did = [...(seen.get(role) ?? [])].filter((a) => !a.startsWith('sts:GetCallerIdentity'))
     t.ok(did.length > 0, `${role}: the flows ran`)
-    const refused = did.filter((a) => evaluate(policy, a, '*', {}) !== 'allow')
+    // Whether on these resources and with these conditions: the stand-ins enforced the documents
+    // during the flows, which succeeded; here, that no action is missing from them.
+    const refused = did.filter((a) => !policy.Statement.some((s) => s.Effect === 'Allow' && [s.Action].flat().some((x) => wildcard(x, a, true))))
     t.same(refused, [], `${role}: ${file} allows every call the code made`)
     const granted = policy.Statement.filter((s) => s.Effect === 'Allow').flatMap((s) => [s.Action].flat())
       .filter((a) => a.startsWith('ec2:') || a.startsWith('kms:') || a.startsWith('sts:')).filter((a) => !notRecorded.has(a))

@@ -132,6 +132,8 @@ async function attachedVolume(t: Teardown, w: Awaited<ReturnType<typeof world>>)
   await makeImage(image, 24 * MiB, [{ kind: 'random', offset: 2 * MiB, length: 5 * MiB }, { kind: 'text', offset: 12 * MiB, length: 3 * MiB }])
   const loop = attachLoop(t, image)
   await fakeNvme(w.roots, 'nvme1n1', loop, 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 24 * MiB)
+  // EC2 knows it as attached to this worker (a read checks that first).
+  await w.ec2.occupyDevice('/dev/sdf', VOL)
   return loop
 }
 
@@ -183,11 +185,70 @@ t.test('messages that are not valid tasks are rejected with a reply, and every m
   t.equal(await inQueue(), 0, 'every task message was settled and deleted')
 })
 
-t.test('a read task for a volume that never appears fails clearly', async (t) => {
+t.test('a read task for a volume attached here whose device never appears fails clearly', async (t) => {
   // A short device timeout: the other cases keep a long one, so a loaded machine does not fail them.
-  const { send, reply } = await world(t, { config: { deviceTimeoutSeconds: 1 } })
+  const { send, reply, ec2 } = await world(t, { config: { deviceTimeoutSeconds: 1 } })
+  await ec2.occupyDevice('/dev/sdg', 'vol-0000000000000000f')
   await send(JSON.stringify({ version: 1, type: 'read', taskId: 'no-device', volumeId: 'vol-0000000000000000f' }))
-  t.match(await reply('no-device'), { status: 'failed', error: { code: 'DEVICE_NOT_FOUND', retryable: false } }, 'a volume that never appears fails clearly')
+  t.match(await reply('no-device'), { status: 'failed', error: { code: 'DEVICE_NOT_FOUND', retryable: false } }, 'a device that never appears fails clearly')
+})
+
+t.test('a read task for a volume that does not exist, or is not attached here, fails at once with VOLUME_NOT_FOUND', async (t) => {
+  // The device timeout is long: failing at once means EC2 was asked, not the device tree waited on.
+  const w = await world(t, { config: { deviceTimeoutSeconds: 3600 } })
+  await makeImage(join(w.dir, 'other.img'), MiB, [])
+  const elsewhere = await w.ec2.addInstance({ accountId: INSTANCE.accountId, region: INSTANCE.region, availabilityZone: INSTANCE.availabilityZone, instanceType: 'm6i.large', volumes: [
+    { device: '/dev/xvda', image: join(w.dir, 'other.img'), sizeGiB: 1 }] })
+  const theirs = w.ec2.attachedTo(elsewhere)[0]!.volumeId
+  await w.send(JSON.stringify({ version: 1, type: 'read', taskId: 'missing', volumeId: 'vol-0000000000000000f' }))
+  await w.send(JSON.stringify({ version: 1, type: 'read', taskId: 'not-here', volumeId: theirs }))
+  t.match(await w.reply('missing'), { status: 'failed', error: { code: 'VOLUME_NOT_FOUND', retryable: false, message: /does not exist/ } }, 'a volume that does not exist')
+  const r = await w.reply('not-here')
+  t.match(r, { status: 'failed', error: { code: 'VOLUME_NOT_FOUND', retryable: false, message: /not attached to this worker/ } }, 'a volume attached to another instance')
+  t.match(r.error.message, elsewhere, 'naming where it is')
+})
+
+t.test('a task may name only the repositories the configuration allows; a malformed one is refused at once', async (t) => {
+  // With a dead-letter queue: a transient failure would go unanswered until its fifth attempt.
+  const w = await world(t, { maxReceiveCount: 5 })
+  const image = join(w.dir, 'snapshot.img')
+  await makeImage(image, 4 * MiB, [{ kind: 'random', offset: 0, length: MiB }])
+  const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 1 })
+  const elsewhere = `file://${join(w.dir, 'elsewhere')}`
+  await cli(['init', '--repo', elsewhere])
+  const cases: Array<[string, string, string, RegExp]> = [
+    ['etc', 'file:///etc', 'REPOSITORY_NOT_ALLOWED', /file:\/\/\/etc is not one this worker's configuration allows/],
+    ['other-repo', elsewhere, 'REPOSITORY_NOT_ALLOWED', /allowedRepositories/],
+    ['dot-dot', `${w.repo}/../elsewhere`, 'REPOSITORY_NOT_ALLOWED', /not one/],
+    ['bad-bucket', 's3://../x', 'BAD_INPUT', /not a bucket name/],
+    ['upper-bucket', 's3://My_Bucket/x', 'BAD_INPUT', /not a bucket name/],
+    ['other-bucket', 's3://some-bucket/backups', 'REPOSITORY_NOT_ALLOWED', /not one/],
+  ]
+  for (const [taskId, repository] of cases) await w.send(JSON.stringify({ version: 1, type: 'backup', taskId, snapshotId, repository }))
+  for (const [taskId, repository, code, message] of cases) {
+    t.match(await w.reply(taskId), { status: 'failed', error: { code, retryable: false, message, context: { repository } } }, `${repository}: ${code}, on its first attempt`)
+  }
+  t.equal(w.ec2.volumes.size, 0, 'before any volume was made')
+  t.equal((await cli(['list', '--repo', elsewhere])).backups.length, 0, 'nothing was written to the other repository')
+  // The configured repository, named: allowed.
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'named', snapshotId, repository: w.repo }))
+  t.match(await w.reply('named'), { status: 'succeeded' }, 'the configured repository, named by the task, is allowed')
+})
+
+t.test('allowedRepositories: a list of repositories, or of places under which any repository is allowed', async (t) => {
+  const dir = await tempDir(t)
+  const under = `file://${join(dir, 'repos')}`
+  const w = await world(t, { config: { allowedRepositories: [`${under}/*`] } })
+  await cli(['init', '--repo', `${under}/team-a`])
+  const image = join(w.dir, 'snapshot.img')
+  await makeImage(image, 4 * MiB, [{ kind: 'random', offset: 0, length: MiB }])
+  const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 1 })
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'team-a', snapshotId, repository: `${under}/team-a` }))
+  t.match(await w.reply('team-a'), { status: 'succeeded' }, 'a repository under an allowed place')
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'sibling', snapshotId, repository: `${under}-evil/x` }))
+  t.match(await w.reply('sibling'), { status: 'failed', error: { code: 'REPOSITORY_NOT_ALLOWED' } }, 'a directory whose name only begins the same is not under it')
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'configured', snapshotId, repository: w.repo }))
+  t.match(await w.reply('configured'), { status: 'succeeded' }, 'the configured repository is always allowed')
 })
 
 t.test('SIGTERM stops the daemon cleanly', async (t) => {
@@ -401,7 +462,7 @@ t.test('a task that fails every time is reported once, on its last attempt, and 
   const deadPort = (dead.address() as { port: number }).port
   await new Promise((resolve) => dead.close(resolve))
   const { sqs, dlqUrl, send, reply, state } = await world(t, {
-    maxReceiveCount: 2, env: { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${deadPort}`, AWS_MAX_ATTEMPTS: '2' },
+    maxReceiveCount: 2, env: { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${deadPort}`, AWS_MAX_ATTEMPTS: '2' }, config: { allowedRepositories: ['s3://nowhere/repo'] },
   })
   await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'poison', backupId: '20261123T000000Z-00000000', repository: 's3://nowhere/repo' }))
   const poison = await reply('poison')

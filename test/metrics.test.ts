@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
 import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, tempDir, until } from './helpers.ts'
+import { Ec2StandIn } from './standin/ec2.ts'
 import { startImds } from './standin/imds.ts'
 import { heartbeatMetrics, maintenanceMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics } from '../agent/daemon/metrics.ts'
 
@@ -148,6 +149,10 @@ t.test('a real daemon writes EMF lines that match its replies', async (t) => {
   const image = join(dir, 'volume.img')
   await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }, { kind: 'text', offset: 9 * MiB, length: 2 * MiB }])
   await fakeNvme(roots, 'nvme1n1', attachLoop(t, image), 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 16 * MiB)
+  // EC2 knows the volume as attached here (a read checks that first); its device is the loop device above.
+  const ec2 = await new Ec2StandIn({ instance, dir: join(dir, 'volumes'), roots }).start()
+  t.teardown(() => ec2.close())
+  await ec2.occupyDevice('/dev/sdf', 'vol-0123456789abcdef0')
   const repo = `file://${join(dir, 'repo')}`
   await cli(['init', '--repo', repo])
   const config = join(dir, 'config.json')
@@ -156,7 +161,7 @@ t.test('a real daemon writes EMF lines that match its replies', async (t) => {
     deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint,
   }))
   const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
-    env: { ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', EBS_WORKER_FLEET: 'test-fleet' },
+    env: { ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', EBS_WORKER_FLEET: 'test-fleet' },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let stdout = ''
@@ -204,9 +209,9 @@ t.test('a real daemon writes EMF lines that match its replies', async (t) => {
   t.equal(ended('read-ok').raw.instanceId, instance.instanceId, 'the worker is named')
 
   const missing = replies.get('read-missing')!
-  t.match(missing, { status: 'failed', error: { code: 'DEVICE_NOT_FOUND' } })
+  t.match(missing, { status: 'failed', error: { code: 'VOLUME_NOT_FOUND' } })
   t.same(pick(ended('read-missing').data, 'Tasks', ['Fleet', 'Outcome', 'ErrorCode'])!.dimensions,
-    { Fleet: 'test-fleet', Outcome: 'failed', ErrorCode: 'DEVICE_NOT_FOUND' }, 'failures counted by error code')
+    { Fleet: 'test-fleet', Outcome: 'failed', ErrorCode: 'VOLUME_NOT_FOUND' }, 'failures counted by error code')
   t.same(pick(ended('bad-type').data, 'Tasks', ['Fleet', 'Outcome', 'ErrorCode'])!.dimensions,
     { Fleet: 'test-fleet', Outcome: 'rejected', ErrorCode: 'UNKNOWN_TYPE' }, 'rejections too')
 

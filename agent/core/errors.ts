@@ -11,6 +11,8 @@ export const ErrorCode = {
   DeviceUnusable: 'DEVICE_UNUSABLE',
   TargetTooSmall: 'TARGET_TOO_SMALL',
   RepoNotFound: 'REPO_NOT_FOUND',
+  /** A task named a repository the worker's configuration does not allow (allowedRepositories). */
+  RepositoryNotAllowed: 'REPOSITORY_NOT_ALLOWED',
   RepoExists: 'REPO_EXISTS',
   RepoFormat: 'REPO_FORMAT',
   RepoVersion: 'REPO_VERSION',

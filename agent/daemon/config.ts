@@ -8,9 +8,19 @@ import { SYSTEM_ROOTS } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { awsSettings, type AwsSettings, type Environment } from '../aws/config.ts'
 import { tuningSchema } from '../core/tuning.ts'
+import { repositoryLocation } from '../storage/open.ts'
 import type { MetricsSettings } from './metrics.ts'
 
 export const DEFAULT_CONFIG_PATH = '/etc/ebs-worker/config.json'
+
+const wellFormed = (url: string): boolean => {
+  try {
+    repositoryLocation(url)
+    return true
+  } catch {
+    return false
+  }
+}
 
 const configSchema = z.strictObject({
   /** SQS queue the tasks arrive on. */
@@ -19,6 +29,12 @@ const configSchema = z.strictObject({
   replyQueueUrl: z.url(),
   /** Default repository for tasks that name none. */
   repository: z.string().regex(/^(s3|file):\/\//, 'repository is s3://bucket/prefix or file:///path'),
+  /**
+   * The repositories a task may name (its `repository`) besides the configured one, as URLs; one
+   * whose path ends in "/*" allows it and every repository under it. Default: none (the configured one only).
+   */
+  allowedRepositories: z.array(z.string().regex(/^(s3|file):\/\//, 'an allowed repository is s3://bucket/prefix or file:///path, optionally ending in /*')
+    .refine((entry) => wellFormed(entry.replace(/\/\*(\?|$)/, '$1')), 'not a well-formed repository URL (a bucket name S3 accepts, no . or .. segments, known options)')).min(1).optional(),
   /** Key file of an encrypted repository. */
   keyFile: z.string().optional(),
   /** Tasks run at once. */

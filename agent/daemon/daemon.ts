@@ -8,10 +8,11 @@ import { GetQueueAttributesCommand, SendMessageCommand, type SQSClient } from '@
 import { AwsClients } from '../aws/clients.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { Volumes } from '../aws/volumes.ts'
-import { describe, toErrorJson, withContext } from '../core/errors.ts'
+import { describe, EbsWorkerError, ErrorCode, toErrorJson, withContext } from '../core/errors.ts'
 import { withDefaults } from '../core/tuning.ts'
 import { openRepository } from '../app/repository.ts'
 import type { Repository } from '../repo/repository.ts'
+import { repositoryAllowed } from '../storage/open.ts'
 import type { DaemonSettings } from './config.ts'
 import { ReplyNow, runTask, type TaskContext } from './handlers/index.ts'
 import { jsonLog, type DaemonLog } from './log.ts'
@@ -20,6 +21,20 @@ import { MetricsEmitter } from './metrics.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
 import { systemdNotifier, type SystemdNotifier } from './systemd.ts'
 import { parseTask, TASK_PROTOCOL_VERSION, type TaskResult } from './task.ts'
+
+/** Throws unless a task may name the repository `url` (REPOSITORY_NOT_ALLOWED; BAD_INPUT when malformed). */
+function checkRepository(url: string, allowed: readonly string[]): void {
+  let ok: boolean
+  try {
+    ok = repositoryAllowed(url, allowed)
+  } catch (err) {
+    throw withContext(err, { repository: url })
+  }
+  if (!ok) {
+    throw new EbsWorkerError(ErrorCode.RepositoryNotAllowed,
+      `the task's repository ${url} is not one this worker's configuration allows (allowedRepositories: ${allowed.join(', ')})`, { context: { repository: url } })
+  }
+}
 
 /** How often a queue that keeps failing is logged again (its first failure is logged at once). */
 const RECEIVE_FAILURE_LOG_MS = 60_000
@@ -77,6 +92,8 @@ export class Daemon {
     this.#sqs = this.#aws.sqs()
     const tuning = withDefaults(s.tuning)
     const repos = new Map<string, Promise<Repository>>()
+    // Each entry was checked when the configuration was read (config.ts).
+    const allowed = [s.repository, ...(s.allowedRepositories ?? [])]
     const aws = this.#aws
     // Volumes, snapshots and their keys are this instance's Region's, whatever AWS_REGION says.
     const context: TaskContext = {
@@ -88,7 +105,10 @@ export class Daemon {
       kms: aws.kms(identity.region),
       ebs: aws.ebs(identity.region),
       log: this.#log,
-      repository: (url = s.repository) => {
+      checkRepository: (url) => checkRepository(url, allowed),
+      repository: (url) => {
+        if (url === undefined) url = s.repository
+        else checkRepository(url, allowed)
         let repo = repos.get(url)
         if (!repo) {
           repo = openRepository(url, { aws, keyFile: s.keyFile, tuning })

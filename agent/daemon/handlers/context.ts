@@ -17,8 +17,13 @@ export interface TaskContext {
   kms: KMSClient
   ebs: EBSClient
   log: DaemonLog
-  /** A repository (the configured one when `url` is undefined), opened once. */
+  /**
+   * A repository (the configured one when `url` is undefined), opened once. A `url` the
+   * configuration does not allow is REPOSITORY_NOT_ALLOWED, a malformed one BAD_INPUT.
+   */
   repository(url: string | undefined): Promise<Repository>
+  /** Throws unless the configuration allows a task to name `url` (see `repository`). */
+  checkRepository(url: string): void
 }
 
 /** Runs one task of type T; resolves to the figures of its `succeeded` reply. */

@@ -24,6 +24,8 @@ export const read: Handler<'read'> = async (task, ctx, signal) => {
   const made = await madeBackup(await ctx.repository(task.repository), task.taskId)
   if (made) return { ...made, volumeId: task.volumeId }
   await checkParent(ctx, task)
+  // A volume that does not exist or is attached elsewhere fails now, not after the device timeout.
+  await ctx.volumes.assertAttachedHere(task.volumeId)
   return readVolume(ctx, task.volumeId, task, signal)
 }
 
