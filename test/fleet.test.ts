@@ -162,10 +162,14 @@ const grants = (pattern: string, action: string): boolean =>
 t.test('the policy allows every AWS call in the agent, and grants little else', async (t) => {
   const file = JSON.parse(await readFile(join(ROOT, 'packaging/iam/worker-policy.json'), 'utf8'))
   const allowed: string[] = file.Statement.filter((s: any) => s.Effect === 'Allow').flatMap((s: any) => [s.Action].flat())
-  // Plain Allow statements, and one Deny: nothing the role runs may lift an S3 Object Lock,
-  // whatever else it is given (test/object-lock.test.ts checks what lock upkeep needs).
+  // Plain Allow statements, and two Denies, whatever else the role is given: nothing it runs may
+  // lift an S3 Object Lock (test/object-lock.test.ts checks what lock upkeep needs), nor write or
+  // delete the repository's keys (test/iam-narrowed.test.ts).
   const denied = file.Statement.filter((s: any) => s.Effect !== 'Allow')
-  t.same(denied, [{ Sid: 'NeverBypassObjectLock', Effect: 'Deny', Action: 's3:BypassGovernanceRetention', Resource: '*' }], 'one Deny: s3:BypassGovernanceRetention')
+  t.same(denied, [
+    { Sid: 'NeverBypassObjectLock', Effect: 'Deny', Action: 's3:BypassGovernanceRetention', Resource: '*' },
+    { Sid: 'NeverWriteTheKeys', Effect: 'Deny', Action: ['s3:PutObject', 's3:DeleteObject'], Resource: 'arn:${AWS::Partition}:s3:::${RepositoryBucket}/${RepositoryPrefix}/keys/*' },
+  ], 'two Denies: s3:BypassGovernanceRetention, and writing or deleting keys/')
   t.ok(file.Statement.every((s: any) => !s.NotAction && !s.NotResource), 'plain statements')
   t.notOk(allowed.some((a) => a === '*' || a.endsWith(':*')), 'no service-wide wildcard')
   const needed = await actionsInCode()

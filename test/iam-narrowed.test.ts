@@ -17,7 +17,7 @@ import { backup } from '../agent/pipeline/backup.ts'
 import { taskBackup } from '../agent/daemon/task-records.ts'
 import { Repository } from '../agent/repo/repository.ts'
 import { FileBackend } from '../agent/storage/file.ts'
-import { CONFIG, LOCKS, manifestObject, PACKS } from '../agent/repo/layout.ts'
+import { CONFIG, keyObject, KEYS, LOCKS, manifestObject, PACKS } from '../agent/repo/layout.ts'
 import { prune } from '../agent/maintenance/prune.ts'
 import { tempDir } from './helpers.ts'
 import { RESTORE_TAG } from '../controller/restore.ts'
@@ -175,6 +175,10 @@ t.test('worker role: s3:DeleteObject on what backups and the prune task delete, 
   const object = (name: string) => `arn:aws:s3:::ebs-worker-repository/backups/${name}`
   for (const name of new Set(deleted)) t.equal(evaluate(policy, 's3:DeleteObject', object(name), {}), 'allow', `worker-policy.json lets the worker delete ${name}`)
   t.equal(evaluate(policy, 's3:DeleteObject', object(CONFIG), {}), 'implicit', 'but not the config, which nothing deletes')
+  t.notOk(deleted.some((n) => n.startsWith(KEYS)), 'nor did anything delete a key')
+  for (const action of ['s3:DeleteObject', 's3:PutObject']) {
+    t.equal(evaluate(policy, action, object(keyObject('9c1e0b7d4a613f2a')), {}), 'deny', `${action} of the repository's keys (ebs-worker key add|remove, an administrator's) is denied`)
+  }
   t.equal(evaluate(policy, 's3:DeleteObject', 'arn:aws:s3:::ebs-worker-repository/other/x', {}), 'implicit', 'nor anything outside the repository')
   t.equal(evaluate(policy, 's3:PutObject', object(manifestObject(second.id)), {}), 'allow', 'which it writes')
 })

@@ -9,6 +9,7 @@ import { cliContext, type CliContext } from './context.ts'
 import { daemonCommand, healthCheckCommand } from './daemon.ts'
 import { doctorCommand } from './doctor.ts'
 import { initCommand } from './init.ts'
+import { keyCommand } from './key.ts'
 import { listCommand } from './list.ts'
 import { migrateCommand } from './migrate.ts'
 import { pruneCommand } from './prune.ts'
@@ -25,7 +26,7 @@ export function buildProgram(context: CliContext): Command {
     .showHelpAfterError('(run with --help for usage)')
     // Set before the subcommands are added, so they inherit it: errors come back to main().
     .exitOverride()
-  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, daemonCommand, healthCheckCommand, doctorCommand]) {
+  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, keyCommand, daemonCommand, healthCheckCommand, doctorCommand]) {
     command(program, context)
   }
   return program

@@ -3,7 +3,7 @@
 // readers at once, its data stays as an older version, which a lock keeps until its date. One
 // listing of every version then serves three things, name by name:
 //   - locks kept alive: an object kept backups use (a live pack, a kept manifest, a needed moved
-//     record, a current index run, the config) whose lock runs out within half a period is locked again until now +
+//     record, a current index run, the config and keys) whose lock runs out within half a period is locked again until now +
 //     the period. Its own time says when that can be: written at t, it is locked until at least
 //     t + the period, so only objects older than half a period are asked for their lock (one
 //     GetObjectRetention each) and extended when due (one PutObjectRetention);
@@ -19,12 +19,12 @@
 //     CHUNK_MISSING, which names it.)
 import pLimit from 'p-limit'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
-import { BACKUPS, CONDEMNED, CONFIG, INDEXES, LOCKS, MOVED, PACKS, RECORD_AREAS } from '../repo/layout.ts'
+import { BACKUPS, CONDEMNED, CONFIG, INDEXES, KEYS, LOCKS, MOVED, PACKS, RECORD_AREAS } from '../repo/layout.ts'
 import type { ObjectLock, Repository } from '../repo/repository.ts'
 import type { ObjectVersion } from '../storage/types.ts'
 
 /** The areas whose objects a locked repository writes locked (and the config). */
-const LOCKED_AREAS = [PACKS, INDEXES, BACKUPS, MOVED]
+const LOCKED_AREAS = [KEYS, PACKS, INDEXES, BACKUPS, MOVED]
 /** Every area of the agent's (restore-points/ is the controller's). */
 const OUR_AREAS = [...LOCKED_AREAS, LOCKS, CONDEMNED, ...RECORD_AREAS.map((a) => `${a}/`)]
 const inLockedArea = (name: string): boolean => name === CONFIG || LOCKED_AREAS.some((a) => name.startsWith(a))
@@ -32,7 +32,8 @@ const ours = (name: string): boolean => name === CONFIG || OUR_AREAS.some((a) =>
 /**
  * What prune brings back from behind a delete marker when kept backups use it: packs, moved
  * records, the config. Not manifests (a marker there is a `forget`, which may run while prune
- * does) nor index runs (prune deletes the runs it has rewritten, and a run can be rebuilt).
+ * does) nor index runs (prune deletes the runs it has rewritten, and a run can be rebuilt),
+ * nor keys (a marker there is a `key remove`).
  */
 const restorable = (name: string): boolean => name === CONFIG || name.startsWith(PACKS) || name.startsWith(MOVED)
 

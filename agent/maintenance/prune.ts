@@ -25,7 +25,7 @@ import { chunkCount } from '../core/geometry.ts'
 import { decodeCheckpoint } from '../pipeline/checkpoint.ts'
 import { DEFAULT_WINDOW_DAYS } from '../repo/dedup-window.ts'
 import { decodeRun, isRun } from '../repo/index-run.ts'
-import { BACKUPS, CONFIG, INDEXES, MOVED, PACKS } from '../repo/layout.ts'
+import { BACKUPS, CONFIG, INDEXES, KEYS, MOVED, PACKS } from '../repo/layout.ts'
 import { listLocks, takePruneLock, type Lease, type LockInfo } from '../repo/locks.ts'
 import type { ManifestV2 } from '../repo/manifest.ts'
 import { PackWriter } from '../repo/pack-writer.ts'
@@ -142,7 +142,8 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       const goneMoved = new Set(condemnedMoved)
       const alsoUsed = new Set(spared)
       const uses = (name: string): boolean => {
-        if (name === CONFIG || name.startsWith(INDEXES)) return true // a current run is live (prune hid those it replaced)
+        if (name === CONFIG || name.startsWith(KEYS)) return true // the repository's keys: kept locked while they exist
+        if (name.startsWith(INDEXES)) return true // a current run is live (prune hid those it replaced)
         if (name.startsWith(BACKUPS)) return manifests.has(name.slice(BACKUPS.length))
         if (name.startsWith(MOVED)) return live.movedNeeded.has(name.slice(MOVED.length)) && !goneMoved.has(name.slice(MOVED.length))
         if (!name.startsWith(PACKS)) return false

@@ -4,6 +4,8 @@ import { createHash } from 'node:crypto'
 
 /** The repository's configuration: format, version, chunk size, the wrapped key. Plain JSON. */
 export const CONFIG = 'config'
+/** Further access keys: the master secret wrapped by another key file or KMS key, one per object. Plain JSON. */
+export const KEYS = 'keys/'
 /** Packs of chunk blobs. */
 export const PACKS = 'packs/'
 /** Indexes: where chunks live. */
@@ -22,6 +24,10 @@ export type RecordArea = (typeof RECORD_AREAS)[number]
 
 export function packObject(packId: string): string {
   return `${PACKS}${packId.slice(0, 2)}/${packId}`
+}
+
+export function keyObject(keyId: string): string {
+  return `${KEYS}${keyId}`
 }
 
 export function movedObject(packId: string): string {

@@ -3,13 +3,14 @@
 // them through a BackupWriter (backup-writer.ts), a restore reads them through chunk-reader.ts.
 //
 //   config                      JSON, plain: format, version, chunk size, wrapped key
+//   keys/<id>                   JSON, plain: the same master secret wrapped by further keys
 //   packs/<2 hex>/<pack id>     chunk blobs + trailer (pack.ts)
 //   index/<name>                where chunks live (chunk-index.ts), blob-encoded
 //   backups/<backup id>         manifests (manifest.ts), blob-encoded, written last
 //   checkpoints/<hash>, tasks/<hash>
 //                               small blob-encoded records of the programs that use the
 //                               repository (a pipeline's checkpoint, the daemon's task records)
-// Under Object Lock (config.objectLock) the config, packs, index runs, manifests and moved
+// Under Object Lock (config.objectLock) the config, keys, packs, index runs, manifests and moved
 // records are written locked for the repository's period; the records that are rewritten or
 // deleted as work goes on (checkpoints, tasks, locks, condemned lists) are not.
 import { createHash, createHmac, randomUUID } from 'node:crypto'
@@ -24,12 +25,14 @@ import { ChunkIndex, decodeIndex } from './chunk-index.ts'
 import { DEFAULT_WINDOW_DAYS, DEFAULT_WINDOW_ENTRIES, DedupWindow } from './dedup-window.ts'
 import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../core/errors.ts'
 import { BACKUP_ID_PATTERN, timestampedId } from '../core/ids.ts'
-import { deriveKeys, newMasterSecret, type KeyProvider, type RepositoryKeys, type WrappedKey } from './keys.ts'
+import {
+  CONFIG_KEY_ID, deriveKeys, KEY_ID_PATTERN, newKeyId, newMasterSecret, type KeyEntry, type KeyProvider, type RepositoryKeys, type StoredKey, type WrappedKey,
+} from './keys.ts'
 import { decodeRun, encodeRun, forEachEntry, isRun, newRunName } from './index-run.ts'
 import { decodeManifest, encodeManifest, summaryOf, type BackupSummary, type Manifest, type ManifestV2 } from './manifest.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
 import { MAX_PACK_BYTES, PACK_MAGIC, PackBuilder } from './pack.ts'
-import { BACKUPS, CONDEMNED, CONFIG, indexObject, INDEXES, manifestObject, movedObject, packObject, recordObject, type RecordArea } from './layout.ts'
+import { BACKUPS, CONDEMNED, CONFIG, indexObject, INDEXES, keyObject, KEYS, manifestObject, movedObject, packObject, recordObject, type RecordArea } from './layout.ts'
 import { decodeNode, type BlobRef, type NodeLoader } from './tree.ts'
 import { decodeMoved, encodeMoved, forward, type Moved } from './moved.ts'
 import { decodeCondemned, encodeCondemned, type Condemned } from './condemned.ts'
@@ -56,7 +59,8 @@ const configSchema = z.strictObject({
     .strictObject({
       cipher: z.literal('aes-256-gcm'),
       chunkIds: z.literal('hmac-sha256'),
-      key: wrappedKeySchema,
+      // Null once `key remove config` took it out: the repository's keys are then all under keys/.
+      key: wrappedKeySchema.nullable(),
     })
     .nullable(),
   // Absent when the repository is not under Object Lock (so that builds of version 2 that do not
@@ -69,6 +73,116 @@ const configSchema = z.strictObject({
     .optional(),
 })
 export type RepositoryConfig = z.infer<typeof configSchema>
+
+const storedKeySchema = z.strictObject({
+  format: z.literal('ebs-worker-key'),
+  version: z.literal(1),
+  id: z.string().regex(KEY_ID_PATTERN),
+  createdAt: z.iso.datetime(),
+  key: wrappedKeySchema,
+})
+
+/** A key object's content, or why it cannot be used (the object's name must match its id). */
+function parseStoredKey(name: string, raw: Buffer): StoredKey | string {
+  let json: unknown
+  try {
+    json = JSON.parse(raw.toString('utf8'))
+  } catch {
+    return `${name} is not JSON`
+  }
+  const parsed = storedKeySchema.safeParse(json)
+  if (!parsed.success) return `${name} is not a key object: ${z.prettifyError(parsed.error)}`
+  if (keyObject(parsed.data.id) !== name) return `${name} holds the key ${parsed.data.id}, not its own`
+  return parsed.data
+}
+
+/** Every key object under keys/, read (a stored key), or why not (a string). */
+async function readStoredKeys(backend: Backend): Promise<Array<{ id: string; key: StoredKey | string }>> {
+  const names: string[] = []
+  for await (const obj of backend.list(KEYS)) names.push(obj.name)
+  names.sort()
+  const limit = pLimit(8)
+  const read = await Promise.all(names.map((name) => limit(async () => {
+    const raw = await backend.get(name)
+    return raw ? { id: name.slice(KEYS.length), key: parseStoredKey(name, raw) } : null
+  })))
+  return read.filter((k) => k !== null)
+}
+
+/**
+ * Whether a master secret is the repository's: it decrypts its first manifest (or, with none, its
+ * first index run). A repository with neither has nothing a wrong secret could misread yet.
+ */
+async function belongs(backend: Backend, secret: Buffer): Promise<boolean> {
+  const codec = new BlobCodec({ key: deriveKeys(secret).encryption, compressionLevel: DEFAULT_TUNING.compressionLevel })
+  for (const [area, kind] of [[BACKUPS, 'manifest'], [INDEXES, 'index']] as const) {
+    let first: string | null = null
+    for await (const obj of backend.list(area)) {
+      first = obj.name
+      break
+    }
+    const blob = first ? await backend.get(first) : null
+    if (!blob) continue
+    return codec.decode(kind, blob).then(() => true, () => false)
+  }
+  return true
+}
+
+const describeKey = (w: WrappedKey): string =>
+  w.provider === 'local-file' ? `the key file with fingerprint ${w.keyId}` : w.provider === 'aws-kms' ? `KMS key ${w.keyId}` : `a "${w.provider}" key ${w.keyId}`
+
+/**
+ * The master secret, unwrapped by the first of the repository's keys the caller has: the
+ * config's key first (no request more than before keys/ existed), then each under keys/. With a
+ * key file, only keys wrapped by a key file are tried; without, those `keyProviderFor` has a
+ * provider for (KMS). Returns which key opened it.
+ */
+async function unlock(backend: Backend, configKey: WrappedKey | null, options: OpenOptions): Promise<{ secret: Buffer; keyId: string }> {
+  const providerFor = (w: WrappedKey): KeyProvider | null =>
+    options.keyProvider ? (options.keyProvider.name === w.provider ? options.keyProvider : null) : (options.keyProviderFor?.(w) ?? null)
+  const known: WrappedKey[] = []
+  const failures: unknown[] = []
+  /** A key object that unwrapped another secret than the repository's. */
+  let foreign: EbsWorkerError | null = null
+  const attempt = async (keyId: string, w: WrappedKey): Promise<{ secret: Buffer; keyId: string } | null> => {
+    known.push(w)
+    const provider = providerFor(w)
+    if (!provider) return null
+    try {
+      return { secret: await provider.unwrap(w), keyId }
+    } catch (err) {
+      failures.push(err)
+      return null
+    }
+  }
+  if (configKey) {
+    const opened = await attempt(CONFIG_KEY_ID, configKey)
+    if (opened) return opened
+  }
+  for (const { id, key } of await readStoredKeys(backend)) {
+    if (typeof key === 'string') continue // a damaged key object opens nothing; `key list` names it
+    const opened = await attempt(id, key.key)
+    if (!opened) continue
+    // Anyone who may write keys/ can put a key there of another secret, their own: it must be
+    // this repository's, the one its backups are encrypted with.
+    if (await belongs(backend, opened.secret)) return opened
+    foreign ??= new EbsWorkerError(ErrorCode.WrongKey,
+      `key ${id} (${describeKey(key.key)}) is not one of repository ${backend.url}: what it unwraps does not decrypt the repository's backups`,
+      { context: { repository: backend.url, object: keyObject(id) } })
+  }
+  // Refused for another reason than a wrong key (KMS denied, disabled, not answering): that says most.
+  const other = failures.find((err) => !isEbsWorkerError(err, ErrorCode.WrongKey))
+  if (other) throw other
+  if (foreign) throw foreign
+  if (failures.length === 1) throw failures[0]
+  const keys = known.length ? known.map(describeKey).join('; ') : 'none'
+  if (failures.length || options.keyProvider) {
+    throw new EbsWorkerError(ErrorCode.WrongKey, `the key given opens none of the keys of repository ${backend.url}, which are: ${keys}`,
+      { context: { repository: backend.url } })
+  }
+  throw new EbsWorkerError(ErrorCode.KeyRequired, `repository ${backend.url} is encrypted: give its key (--key-file). Its keys: ${keys}`,
+    { context: { repository: backend.url } })
+}
 
 /** S3 Object Lock for every object the repository relies on: the mode and how long each is locked. */
 export interface ObjectLock {
@@ -148,10 +262,17 @@ export class Repository {
   config: RepositoryConfig
   readonly codec: BlobCodec
   readonly #idKey: Buffer | null
+  /** The master secret of an encrypted repository: new keys wrap it (`key add`). */
+  readonly #secret: Buffer | null
+  /** Which key opened it: `config`, the id of one under keys/, or null (not encrypted). */
+  readonly keyInUse: string | null
 
-  private constructor(backend: Backend, config: RepositoryConfig, keys: RepositoryKeys | null, level: number) {
+  private constructor(backend: Backend, config: RepositoryConfig, secret: Buffer | null, keyInUse: string | null, level: number) {
+    const keys = secret ? deriveKeys(secret) : null
     this.backend = backend
     this.config = config
+    this.#secret = secret
+    this.keyInUse = keyInUse
     this.codec = new BlobCodec({ key: keys?.encryption ?? null, compressionLevel: level, maxChunkBytes: config.chunkSize })
     this.#idKey = keys?.chunkId ?? null
   }
@@ -178,11 +299,10 @@ export class Repository {
     const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE
     validateChunkSize(chunkSize)
     if (options.objectLock) await checkLockable(backend, options.objectLock)
-    let keys = null
+    let secret = null
     let encryption: RepositoryConfig['encryption'] = null
     if (options.keyProvider) {
-      const secret = newMasterSecret()
-      keys = deriveKeys(secret)
+      secret = newMasterSecret()
       encryption = { cipher: 'aes-256-gcm', chunkIds: 'hmac-sha256', key: await options.keyProvider.wrap(secret) }
     }
     const config: RepositoryConfig = {
@@ -203,7 +323,7 @@ export class Repository {
       }
       throw err
     }
-    return new Repository(backend, config, keys, DEFAULT_TUNING.compressionLevel)
+    return new Repository(backend, config, secret, secret ? CONFIG_KEY_ID : null, DEFAULT_TUNING.compressionLevel)
   }
 
   static async open(backend: Backend, options: OpenOptions = {}): Promise<Repository> {
@@ -233,15 +353,8 @@ export class Repository {
     }
     const config = parsed.data
     validateChunkSize(config.chunkSize)
-    let keys = null
-    if (config.encryption) {
-      const provider = options.keyProvider ?? options.keyProviderFor?.(config.encryption.key) ?? null
-      if (!provider) {
-        throw new EbsWorkerError(ErrorCode.KeyRequired, `repository ${backend.url} is encrypted: give its key (--key-file)`)
-      }
-      keys = deriveKeys(await provider.unwrap(config.encryption.key))
-    }
-    return new Repository(backend, config, keys, options.compressionLevel ?? DEFAULT_TUNING.compressionLevel)
+    const opened = config.encryption ? await unlock(backend, config.encryption.key, options) : null
+    return new Repository(backend, config, opened?.secret ?? null, opened?.keyId ?? null, options.compressionLevel ?? DEFAULT_TUNING.compressionLevel)
   }
 
   /**
@@ -506,6 +619,77 @@ export class Repository {
     const config = { ...this.config, version }
     await this.backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'), lockedFor(config, this.backend))
     this.config = config
+  }
+
+  // ---- access keys: the config's and keys/<id> (`ebs-worker key`) ---------------------------------
+
+  /** The repository's keys: the config's (when it still has one), then those under keys/ by id. */
+  async listKeys(): Promise<KeyEntry[]> {
+    const encryption = this.#encryption()
+    const out: KeyEntry[] = []
+    if (encryption.key) out.push({ id: CONFIG_KEY_ID, key: encryption.key, createdAt: this.config.createdAt, current: this.keyInUse === CONFIG_KEY_ID })
+    for (const { id, key } of await readStoredKeys(this.backend)) {
+      out.push(typeof key === 'string'
+        ? { id, key: null, createdAt: null, current: false, error: key }
+        : { id, key: key.key, createdAt: key.createdAt, current: this.keyInUse === id })
+    }
+    return out
+  }
+
+  /**
+   * Adds a key: the master secret wrapped by `provider`, as a new object keys/<id> (create-only,
+   * locked under Object Lock); the config is not rewritten. Refuses a key the repository has already.
+   */
+  async addKey(provider: KeyProvider): Promise<KeyEntry> {
+    this.#encryption()
+    const wrapped = await provider.wrap(this.#secret!)
+    const same = (await this.listKeys()).find((k) => k.key?.provider === wrapped.provider && k.key.keyId === wrapped.keyId)
+    if (same) {
+      throw new EbsWorkerError(ErrorCode.BadInput, `${describeKey(wrapped)} opens repository ${this.url} already (key ${same.id})`, { context: { repository: this.url } })
+    }
+    const stored: StoredKey = { format: 'ebs-worker-key', version: 1, id: newKeyId(), createdAt: new Date().toISOString(), key: wrapped }
+    await this.backend.put(keyObject(stored.id), Buffer.from(JSON.stringify(stored, null, 2) + '\n'), { ifAbsent: true, ...this.#locked() })
+    return { id: stored.id, key: wrapped, createdAt: stored.createdAt, current: false }
+  }
+
+  /**
+   * Removes a key. Refuses the key this opening used (open with another to remove it) and the
+   * last key that can open the repository. The config's key is taken out of the config (an atomic
+   * rewrite), which a repository under Object Lock refuses: its config is written once.
+   */
+  async removeKey(id: string): Promise<KeyEntry> {
+    this.#encryption()
+    const keys = await this.listKeys()
+    const entry = keys.find((k) => k.id === id)
+    if (!entry) {
+      throw new EbsWorkerError(ErrorCode.BadInput, `repository ${this.url} has no key ${id} (its keys: ${keys.map((k) => k.id).join(', ')})`, { context: { repository: this.url } })
+    }
+    if (entry.key && !keys.some((k) => k !== entry && k.key)) {
+      throw new EbsWorkerError(ErrorCode.BadInput, `key ${id} is the last key of repository ${this.url}: without it nobody could open it`, { context: { repository: this.url } })
+    }
+    if (id === this.keyInUse) {
+      throw new EbsWorkerError(ErrorCode.BadInput,
+        `key ${id} is the key that opened the repository now: open it with another of its keys (--key-file, or no key file for a KMS key) to remove this one`, { context: { repository: this.url } })
+    }
+    if (id === CONFIG_KEY_ID) {
+      if (this.config.objectLock) {
+        throw new EbsWorkerError(ErrorCode.BadInput,
+          `the config's key cannot be removed from a repository under Object Lock: its config is written once, and its locked version would keep the key anyway`, { context: { repository: this.url } })
+      }
+      const config: RepositoryConfig = { ...this.config, encryption: { ...this.#encryption(), key: null } }
+      await this.backend.put(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'))
+      this.config = config
+    } else {
+      await this.backend.delete(keyObject(id))
+    }
+    return entry
+  }
+
+  #encryption(): NonNullable<RepositoryConfig['encryption']> {
+    if (!this.config.encryption || !this.#secret) {
+      throw new EbsWorkerError(ErrorCode.BadInput, `repository ${this.url} is not encrypted: it has no keys`, { context: { repository: this.url } })
+    }
+    return this.config.encryption
   }
 
   // ---- repacked packs: moved records (moved.ts) ------------------------------------------------
