@@ -100,8 +100,19 @@ export function logLevelFromEnv(env: Record<string, string | undefined>): LogLev
   return value
 }
 
+const stderr = pino.destination({ dest: 2, sync: true })
+let rootDestination: DestinationStream = stderr
+
 /** The process's root logger (stderr; EBS_WORKER_LOG_LEVEL, else info). */
-export const log: Log = createLog({ level: safeLevel() })
+export const log: Log = createLog({ level: safeLevel(), destination: { write: (line: string) => void rootDestination.write(line) } })
+
+/** Sends the root logger's lines to `destination` (a test reads what the layers log); returns the undo. */
+export function logTo(destination: DestinationStream): () => void {
+  rootDestination = destination
+  return () => {
+    rootDestination = stderr
+  }
+}
 
 function safeLevel(): LogLevel {
   try {
