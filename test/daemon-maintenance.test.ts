@@ -15,7 +15,7 @@ import { NAMESPACE } from '../agent/daemon/metrics.ts'
 import { LOCKS, PACKS, packObject } from '../agent/repo/layout.ts'
 import { takeBackupLease, takePruneLock } from '../agent/repo/locks.ts'
 import { Repository } from '../agent/repo/repository.ts'
-import { cli, CLI, makeImage, MiB, s3Available, s3RepoUrl, sha256File, storageAt, tempDir, type Teardown, until } from './helpers.ts'
+import { cli, CLI, logWhere, makeImage, MiB, s3Available, s3RepoUrl, sha256File, storageAt, tempDir, type Teardown, until } from './helpers.ts'
 import { startImds } from './standin/imds.ts'
 
 const INSTANCE = { instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', accountId: '111122223333' }
@@ -204,7 +204,7 @@ t.test('another prune at work: the task fails at once with REPO_LOCKED, changing
   t.same((await cli(['list', '--repo', repo])).backups.map((b: { id: string }) => b.id).sort(), ids.sort(), 'nothing was forgotten')
   await until(async () => (await w.inQueue()) === 0, 10_000, 'the task queue to drain').catch(() => {})
   t.equal(await w.inQueue(), 0, 'the message was deleted: no redelivery only to find the lock again')
-  t.match(w.state.log, /"msg":"task failed".*"taskId":"locked-1"/, 'logged as failed, not as retried')
+  t.equal(logWhere(w.state.log, { msg: 'task failed', taskId: 'locked-1', level: 'error' }).length, 1, 'logged as failed, not as retried')
   t.notMatch(w.state.log, /task failed, will be retried/)
   // The other prune ends: the next task runs.
   await other.release()
@@ -226,14 +226,14 @@ t.test('a prune waiting for a running backup keeps its message invisible (heartb
   // A 5 s visibility: without its heartbeat the message would reappear, and the second slot would take it.
   const w = await world(t, repo, { visibilityTimeoutSeconds: 5, progressLogSeconds: 1 })
   await w.send({ version: 1, type: 'prune', taskId: 'waits-1' })
-  await until(() => /"msg":"task progress".*"phase":"wait"/.test(w.state.log), 60_000, 'the prune to wait for the backup')
+  await until(() => logWhere(w.state.log, { msg: 'task progress', taskId: 'waits-1', phase: 'wait' }).length > 0, 60_000, 'the prune to wait for the backup')
   // Three visibility timeouts pass while it waits.
   await new Promise((resolve) => setTimeout(resolve, 15_000))
   await lease.release()
   const r = await w.reply('waits-1')
   t.equal(r.status, 'succeeded', `the prune succeeds once the backup ended ${JSON.stringify(r.error ?? '')}`)
   t.equal(r.result.deferred, null, 'having waited for it, not deferred')
-  t.equal((w.state.log.match(/"msg":"task started".*"taskId":"waits-1"/g) ?? []).length, 1, 'the message was received once: its visibility was extended')
+  t.equal(logWhere(w.state.log, { msg: 'task started', taskId: 'waits-1' }).length, 1, 'the message was received once: its visibility was extended')
   t.equal(w.replies.size, 1, 'one reply')
 })
 
@@ -267,7 +267,7 @@ t.test('a check task reports a deleted pack as damage, on the S3 test bed; Check
   t.ok(bad.result.damage >= 1, `damage counted (${bad.result.damage})`)
   t.match(bad.result.problems.find((p: { pack?: string }) => p.pack === victim), { severity: 'damage', kind: 'pack', backups: [id] }, 'the missing pack is named, with its backup')
   t.match(w.metricsOf('check-damaged', 'CheckProblems')?.get('CheckProblems'), { value: bad.result.damage, unit: 'Count' }, 'CheckProblems carries the damage count')
-  t.match(w.state.log, /"msg":"task succeeded".*"taskId":"check-damaged"/)
+  t.equal(logWhere(w.state.log, { msg: 'task succeeded', taskId: 'check-damaged', taskType: 'check' }).length, 1, 'its log says so')
 })
 
 t.test('a check task on a file:// repository with a deleted pack, through the worker\'s configured repository', async (t) => {

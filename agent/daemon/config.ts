@@ -8,6 +8,7 @@ import { SYSTEM_ROOTS } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { awsSettings, type AwsSettings, type Environment } from '../aws/config.ts'
 import { tuningSchema } from '../core/tuning.ts'
+import { LOG_LEVELS, logLevelFromEnv } from '../core/log.ts'
 import { repositoryLocation } from '../storage/open.ts'
 import type { MetricsSettings } from './metrics.ts'
 
@@ -71,6 +72,8 @@ const configSchema = z.strictObject({
   }).optional(),
   /** Where the daemon keeps its health stamp (its mtime: the last time it was healthy). */
   healthFile: z.string().regex(/^\//).default('/var/lib/ebs-worker/healthy'),
+  /** The log's level (debug, info, warn, error); EBS_WORKER_LOG_LEVEL, when set, wins. */
+  logLevel: z.enum(LOG_LEVELS).default('info'),
   /** Backup and restore tuning (core/tuning.ts); what is not given keeps its default. */
   tuning: tuningSchema.default({}),
 })
@@ -110,6 +113,7 @@ export async function loadDaemonSettings(path: string, env: Environment): Promis
   const config = await loadConfig(path)
   return {
     ...config,
+    logLevel: logLevelFromEnv(env) ?? config.logLevel,
     aws: awsSettings(env),
     metrics: { enabled: env.EBS_WORKER_METRICS !== 'off', fleet: env.EBS_WORKER_FLEET || 'default' },
     systemd: { NOTIFY_SOCKET: env.NOTIFY_SOCKET, WATCHDOG_USEC: env.WATCHDOG_USEC, WATCHDOG_PID: env.WATCHDOG_PID },

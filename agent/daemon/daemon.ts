@@ -8,14 +8,14 @@ import { GetQueueAttributesCommand, SendMessageCommand, type SQSClient } from '@
 import { AwsClients } from '../aws/clients.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { Volumes } from '../aws/volumes.ts'
-import { describe, EbsWorkerError, ErrorCode, toErrorJson, withContext } from '../core/errors.ts'
+import { EbsWorkerError, ErrorCode, toErrorJson, withContext } from '../core/errors.ts'
 import { withDefaults } from '../core/tuning.ts'
 import { openRepository } from '../app/repository.ts'
 import type { Repository } from '../repo/repository.ts'
 import { repositoryAllowed } from '../storage/open.ts'
 import type { DaemonSettings } from './config.ts'
 import { ReplyNow, runTask, type TaskContext } from './handlers/index.ts'
-import { jsonLog, type DaemonLog } from './log.ts'
+import { configureLog, log as rootLog, type Log } from '../core/log.ts'
 import { completeLifecycleAction, LifecycleWatch, lifecycleStateReader, touchHealthStamp } from './auto-scaling.ts'
 import { MetricsEmitter } from './metrics.ts'
 import { QueueConsumer, type ReceivedMessage } from './queue.ts'
@@ -43,7 +43,7 @@ const HEALTH_STAMP_MS = 15_000
 
 export class Daemon {
   readonly #settings: DaemonSettings
-  readonly #log: DaemonLog
+  readonly #log: Log
   readonly #metrics: MetricsEmitter
   readonly #systemd: SystemdNotifier
   #identity: WorkerIdentity | null = null
@@ -62,14 +62,16 @@ export class Daemon {
   readonly finished: Promise<void>
   #finish!: () => void
 
-  constructor(settings: DaemonSettings, log: DaemonLog = jsonLog) {
+  /** `log`: where its lines go (default: the process's root logger, given the settings' level and fleet). */
+  constructor(settings: DaemonSettings, log: Log = rootLog) {
     this.#settings = settings
+    if (log === rootLog) configureLog({ level: settings.logLevel, bindings: { fleet: settings.metrics.fleet ?? 'default' } })
     this.#log = log
     this.#metrics = new MetricsEmitter(settings.metrics)
     this.finished = new Promise((resolve) => (this.#finish = resolve))
     // Does nothing outside a Type=notify unit; the watchdog is pinged only while the daemon is healthy.
     this.#systemd = systemdNotifier({
-      env: settings.systemd, alive: () => this.healthy, onError: (err) => log.error('systemd-notify failed', { error: describe(err) }),
+      env: settings.systemd, alive: () => this.healthy, onError: (err) => log.error({ error: err }, 'systemd-notify failed'),
     })
   }
 
@@ -87,6 +89,8 @@ export class Daemon {
     const imdsEndpoint = s.imdsEndpoint ?? s.aws.imdsEndpoint
     const identity = await whoAmI(imdsEndpoint ? { endpoint: imdsEndpoint } : {})
     this.#identity = identity
+    // Every line from here on (the tasks' children included) says which worker wrote it.
+    this.#log.setBindings({ instanceId: identity.instanceId })
     const region = s.aws.region ?? identity.region
     this.#aws = new AwsClients({ ...s.aws, region })
     this.#sqs = this.#aws.sqs()
@@ -128,7 +132,7 @@ export class Daemon {
       maxVisibilitySeconds: s.maxVisibilitySeconds,
       handler: (m, signal) => this.#handle(m, context, signal),
       onReceived: () => this.#received(),
-      onError: (err, what) => (what === 'receive' ? this.#receiveFailed(err) : this.#log.error(what, { error: describe(err) })),
+      onError: (err, what) => (what === 'receive' ? this.#receiveFailed(err) : this.#log.error({ error: err }, what)),
     })
     this.#metrics.start(identity.instanceId, () => this.#consumer?.active ?? 0, () => this.healthy)
     this.#consumer.start()
@@ -139,13 +143,14 @@ export class Daemon {
         read: lifecycleStateReader(imdsEndpoint),
         pollMs: s.autoScaling.lifecyclePollSeconds * 1000,
         onTerminating: () => void this.#scaleIn(),
-        onError: (err) => this.#log.error('cannot read the target lifecycle state from IMDS', { error: describe(err) }),
+        // Read again at the next poll: a warning until it works.
+        onError: (err) => this.#log.warn({ error: err }, 'cannot read the target lifecycle state from IMDS; trying again'),
       })
       this.#lifecycle.start()
     }
-    this.#log.info('started', {
-      instanceId: identity.instanceId, region, regionFrom: s.aws.region ? 'environment' : 'IMDS', queueUrl: s.queueUrl, maxReceiveCount: this.#maxReceiveCount,
-    })
+    this.#log.info({
+      region, regionFrom: s.aws.region ? 'environment' : 'IMDS', queueUrl: s.queueUrl, maxReceiveCount: this.#maxReceiveCount, logLevel: this.#log.level,
+    }, 'started')
   }
 
   /** Stops taking tasks; running ones get the configured grace, then are handed back. */
@@ -158,7 +163,7 @@ export class Daemon {
     this.#systemd.stopping()
     this.#lifecycle?.stop()
     if (this.#healthTimer) clearInterval(this.#healthTimer)
-    this.#log.info('stopping', { running: this.#consumer?.active ?? 0 })
+    this.#log.info({ running: this.#consumer?.active ?? 0 }, 'stopping')
     await this.#consumer?.stop(this.#settings.shutdownGraceSeconds * 1000)
   }
 
@@ -175,17 +180,17 @@ export class Daemon {
    */
   async #scaleIn(): Promise<void> {
     const as = this.#settings.autoScaling!
-    this.#log.info('scale-in: draining before termination', { groupName: as.groupName, running: this.#consumer?.active ?? 0 })
+    this.#log.info({ groupName: as.groupName, running: this.#consumer?.active ?? 0 }, 'scale-in: draining before termination')
     this.#stopping ??= this.#drain().then(async () => {
       if (as.lifecycleHookName) {
         try {
           await completeLifecycleAction(this.#aws!.autoScaling(this.#identity!.region), {
             groupName: as.groupName, hookName: as.lifecycleHookName, instanceId: this.#identity!.instanceId,
           })
-          this.#log.info('scale-in: lifecycle action completed', { groupName: as.groupName, lifecycleHookName: as.lifecycleHookName })
+          this.#log.info({ groupName: as.groupName, lifecycleHookName: as.lifecycleHookName }, 'scale-in: lifecycle action completed')
         } catch (err) {
-          // The hook's timeout and default result (CONTINUE) end it anyway, only later.
-          this.#log.error('scale-in: cannot complete the lifecycle action', { error: describe(err) })
+          // The hook's timeout and default result (CONTINUE) end it anyway, only later: a warning.
+          this.#log.warn({ error: err }, 'scale-in: cannot complete the lifecycle action; the hook\'s timeout ends it')
         }
       }
       this.#teardown()
@@ -199,7 +204,7 @@ export class Daemon {
     try {
       await touchHealthStamp(this.#settings.healthFile)
     } catch (err) {
-      this.#log.error('cannot mark the health stamp', { healthFile: this.#settings.healthFile, error: describe(err) })
+      this.#log.error({ healthFile: this.#settings.healthFile, error: err }, 'cannot mark the health stamp')
     }
   }
 
@@ -210,12 +215,12 @@ export class Daemon {
       this.#ready = true
       this.#systemd.ready('polling for tasks')
       this.#metrics.beat()
-      this.#log.info('receiving tasks', { queueUrl: this.#settings.queueUrl })
+      this.#log.info({ queueUrl: this.#settings.queueUrl }, 'receiving tasks')
     } else if (this.#failing) {
       this.#metrics.beat()
-      this.#log.info('receiving tasks again', {
+      this.#log.info({
         queueUrl: this.#settings.queueUrl, failures: this.#failing.count, seconds: Math.round((Date.now() - this.#failing.since) / 1000),
-      })
+      }, 'receiving tasks again')
     }
     this.#failing = null
   }
@@ -228,17 +233,18 @@ export class Daemon {
     this.#failing.count++
     if (!first && now - this.#failing.loggedAt < RECEIVE_FAILURE_LOG_MS) return
     this.#failing.loggedAt = now
-    this.#log.error(first ? 'cannot receive from the task queue' : 'still cannot receive from the task queue', {
-      queueUrl: this.#settings.queueUrl, error: describe(err), failures: this.#failing.count, seconds: Math.round((now - this.#failing.since) / 1000),
-    })
+    this.#log.error({
+      queueUrl: this.#settings.queueUrl, error: err, failures: this.#failing.count, seconds: Math.round((now - this.#failing.since) / 1000),
+    }, first ? 'cannot receive from the task queue' : 'still cannot receive from the task queue')
   }
 
   async #handle(message: ReceivedMessage, context: TaskContext, signal: AbortSignal): Promise<void> {
     const startedAt = new Date().toISOString()
     this.#metrics.taskStarted(message)
     const parsed = parseTask(message.body)
+    this.#log.debug({ messageId: message.messageId, receiveCount: message.receiveCount, bytes: message.body.length, valid: parsed.ok }, 'message received')
     if (!parsed.ok) {
-      this.#log.error('task rejected', { messageId: message.messageId, code: parsed.code, reason: parsed.reason })
+      this.#log.error({ messageId: message.messageId, ...(parsed.taskId ? { taskId: parsed.taskId } : {}), error: { code: parsed.code, message: parsed.reason, retryable: false } }, 'task rejected')
       await this.#reply({
         taskId: parsed.taskId ?? `message:${message.messageId}`, type: 'unknown', status: 'rejected', startedAt,
         error: { code: parsed.code, message: parsed.reason, retryable: false },
@@ -246,11 +252,13 @@ export class Daemon {
       return
     }
     const task = parsed.task
-    this.#log.info('task started', { taskId: task.taskId, type: task.type, receiveCount: message.receiveCount, continuation: message.continuation })
+    // The task's own logger: every line of it, its handler's included, names the task.
+    const log = this.#log.child({ taskId: task.taskId, taskType: task.type })
+    log.info({ messageId: message.messageId, receiveCount: message.receiveCount, continuation: message.continuation }, 'task started')
     try {
-      const result = await runTask(task, context, signal)
+      const result = await runTask(task, { ...context, log }, signal)
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'succeeded', startedAt, result })
-      this.#log.info('task succeeded', { taskId: task.taskId, type: task.type, ...result })
+      log.info({ result }, 'task succeeded')
     } catch (caught) {
       const now = caught instanceof ReplyNow
       const err = withContext(now ? caught.error : caught, { taskId: task.taskId, taskType: task.type, messageId: message.messageId })
@@ -258,9 +266,8 @@ export class Daemon {
         // Transient: SQS redelivers the message, and parks it in the DLQ after maxReceiveCount
         // receives. The last attempt tells the controller, which would otherwise wait for ever.
         const last = !signal.aborted && this.#maxReceiveCount !== null && message.receiveCount >= this.#maxReceiveCount
-        this.#log.error(last ? 'task failed on its last attempt' : 'task failed, will be retried', {
-          taskId: task.taskId, code: err.code, error: describe(err), receiveCount: message.receiveCount, context: err.context,
-        })
+        // An attempt SQS delivers again is a warning; the last one, an error.
+        log[last ? 'error' : 'warn']({ error: err, receiveCount: message.receiveCount }, last ? 'task failed on its last attempt' : 'task failed, will be retried')
         if (last) {
           err.message += ` (attempt ${message.receiveCount} of ${this.#maxReceiveCount}; the task goes to the dead-letter queue)`
           await this.#reply({ taskId: task.taskId, type: task.type, status: 'failed', startedAt, error: toErrorJson(err) })
@@ -269,7 +276,7 @@ export class Daemon {
         }
         throw err
       }
-      this.#log.error('task failed', { taskId: task.taskId, code: err.code, error: describe(err), context: err.context })
+      log.error({ error: err }, 'task failed')
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'failed', startedAt, error: toErrorJson(err) })
     }
   }
@@ -282,7 +289,8 @@ export class Daemon {
       const max = policy ? Number((JSON.parse(policy) as { maxReceiveCount?: unknown }).maxReceiveCount) : NaN
       return Number.isInteger(max) && max > 0 ? max : null
     } catch (err) {
-      this.#log.error('cannot read the task queue\'s redrive policy: the last attempt of a failing task will not be reported', { error: describe(err) })
+      // The daemon works without it: a warning.
+      this.#log.warn({ error: err }, 'cannot read the task queue\'s redrive policy: the last attempt of a failing task will not be reported')
       return null
     }
   }

@@ -20,6 +20,7 @@ import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsError } from '../aws/errors.ts'
 import type { S3Connection } from '../aws/clients.ts'
 import { RangeGetter, S3Status, UseSdk } from './s3-range.ts'
+import { log } from '../core/log.ts'
 import {
   AlreadyExistsError, InterruptedTransfer, type Backend, type BucketLock, type ListOptions, type LockMode, type ObjectInfo, type ObjectVersion,
   type PutOptions, type Retention, type Versions,
@@ -108,7 +109,12 @@ export class S3Backend implements Backend {
         // Any other answer (a 403, a redirect, a clock skew…) goes through the SDK, which knows
         // every shape of them and words the error; an endpoint the lean path cannot serve (its
         // auth scheme, a TLS handshake refused, a server raw-http.ts cannot talk to), for good.
-        if (err.permanent) this.#ranges = null
+        if (err.permanent) {
+          this.#ranges = null
+          log.warn({ repository: this.url, error: err }, 'the lean ranged GET cannot be used with this endpoint; every GET goes through the SDK from now on')
+        } else {
+          log.debug({ repository: this.url, object: name, error: err }, 'lean ranged GET answered otherwise; this GET goes through the SDK')
+        }
       }
     }
     let out

@@ -439,13 +439,14 @@ export class Ec2StandIn {
         this.#run(action, params, ctx)
           .then((inner) => {
             const xml = `<?xml version="1.0" encoding="UTF-8"?>\n<${action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>${requestId}</requestId>${inner}</${action}Response>`
-            res.writeHead(200, { 'Content-Type': 'text/xml;charset=UTF-8' }).end(xml)
+            res.writeHead(200, { 'Content-Type': 'text/xml;charset=UTF-8', 'x-amzn-RequestId': requestId }).end(xml)
           })
           .catch((err: unknown) => {
             const e = err instanceof Ec2Error ? err : new Ec2Error('InternalError', String(err))
             const xml = `<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>${e.code}</Code><Message>${xmlEscape(e.message)}</Message></Error></Errors><RequestID>${requestId}</RequestID></Response>`
             const status = e.code === 'InternalError' ? 500 : e.code === 'UnauthorizedOperation' || e.code === 'DryRunOperation' ? (e.code === 'DryRunOperation' ? 412 : 403) : 400
-            res.writeHead(status, { 'Content-Type': 'text/xml;charset=UTF-8' }).end(xml)
+            // EC2 gives the request id in the body and, as its other APIs do, in x-amzn-RequestId.
+            res.writeHead(status, { 'Content-Type': 'text/xml;charset=UTF-8', 'x-amzn-RequestId': requestId }).end(xml)
           })
       })
     })

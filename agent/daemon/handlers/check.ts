@@ -33,7 +33,7 @@ export const check: Handler<'check'> = async (task, ctx, signal) => {
     const problem = { severity: 'damage', kind: 'config', object: 'config', message: describe(err) }
     return { repository: url, healthy: false, damage: 1, info: 0, problems: [problem] }
   }
-  const r = await checkRepository(repo, { readData: readDataOf(task.readData, task.readDataSubset, Date.now()), signal, onProgress: phaseLog(ctx, task.taskId) })
+  const r = await checkRepository(repo, { readData: readDataOf(task.readData, task.readDataSubset, Date.now()), signal, onProgress: phaseLog(ctx) })
   const problems = [...r.problems.filter((p) => p.severity === 'damage'), ...r.problems.filter((p) => p.severity !== 'damage')].slice(0, MAX_PROBLEMS)
   return { repository: repo.url, ...r, problems, ...(r.problems.length > problems.length ? { problemsListed: problems.length } : {}) }
 }

@@ -7,7 +7,7 @@ import type { Tuning } from '../../core/tuning.ts'
 import type { Volumes } from '../../aws/volumes.ts'
 import type { Repository } from '../../repo/repository.ts'
 import type { DaemonConfig } from '../config.ts'
-import type { DaemonLog } from '../log.ts'
+import type { Log } from '../../core/log.ts'
 import type { Task } from '../task.ts'
 
 export interface TaskContext {
@@ -16,7 +16,8 @@ export interface TaskContext {
   volumes: Volumes
   kms: KMSClient
   ebs: EBSClient
-  log: DaemonLog
+  /** The task's logger: its lines carry taskId and taskType. */
+  log: Log
   /**
    * A repository (the configured one when `url` is undefined), opened once. A `url` the
    * configuration does not allow is REPOSITORY_NOT_ALLOWED, a malformed one BAD_INPUT.
@@ -30,7 +31,7 @@ export interface TaskContext {
 export type Handler<T extends Task['type']> = (task: Extract<Task, { type: T }>, ctx: TaskContext, signal: AbortSignal) => Promise<Record<string, unknown>>
 
 /** A progress callback that logs a line every progressLogSeconds: long tasks show they move. */
-export function progressLog(ctx: TaskContext, taskId: string): (p: { bytesDone: number; bytesTotal: number }) => void {
+export function progressLog(ctx: TaskContext): (p: { bytesDone: number; bytesTotal: number }) => void {
   const started = Date.now()
   let last = started
   let first: number | null = null
@@ -40,10 +41,10 @@ export function progressLog(ctx: TaskContext, taskId: string): (p: { bytesDone: 
     if (now - last < ctx.config.progressLogSeconds * 1000) return
     last = now
     const rate = (p.bytesDone - first) / ((now - started) / 1000)
-    ctx.log.info('task progress', {
-      taskId, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Math.floor((p.bytesDone / p.bytesTotal) * 1000) / 10,
+    ctx.log.info({
+      bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Math.floor((p.bytesDone / p.bytesTotal) * 1000) / 10,
       bytesPerSecond: Math.round(rate), secondsLeft: rate > 0 ? Math.round((p.bytesTotal - p.bytesDone) / rate) : null,
-    })
+    }, 'task progress')
   }
 }
 
@@ -63,12 +64,12 @@ export class ReplyNow extends Error {
 }
 
 /** A progress callback for maintenance (phase, done, total) that logs a line every progressLogSeconds. */
-export function phaseLog(ctx: TaskContext, taskId: string): (p: { phase: string; done: number; total: number }) => void {
+export function phaseLog(ctx: TaskContext): (p: { phase: string; done: number; total: number }) => void {
   let last = Date.now()
   return (p) => {
     const now = Date.now()
     if (now - last < ctx.config.progressLogSeconds * 1000) return
     last = now
-    ctx.log.info('task progress', { taskId, phase: p.phase, done: p.done, total: p.total })
+    ctx.log.info({ phase: p.phase, done: p.done, total: p.total }, 'task progress')
   }
 }

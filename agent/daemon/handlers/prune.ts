@@ -45,18 +45,17 @@ export const prune: Handler<'prune'> = async (task, ctx, signal) => {
         kept: f.groups.reduce((n, g) => n + g.keep.length, 0), forgotten: f.forgotten.length,
         ids: f.forgotten.slice(0, MAX_IDS).map((b) => b.id), ofRestorePoints: f.ofRestorePoints,
       }
-      ctx.log.info(dryRun ? 'would forget backups' : 'forgot backups', { taskId: task.taskId, repository: repo.url, ...forgot, ids: undefined })
+      ctx.log.info({ repository: repo.url, ...forgot, ids: undefined }, dryRun ? 'would forget backups' : 'forgot backups')
       if (f.ofRestorePoints) {
-        ctx.log.error('forgot backups of restore points: those restore points can no longer be restored whole (ebs-controller forget keeps or forgets them whole)', {
-          taskId: task.taskId, ofRestorePoints: f.ofRestorePoints,
-        })
+        ctx.log.error({ ofRestorePoints: f.ofRestorePoints },
+          'forgot backups of restore points: those restore points can no longer be restored whole (ebs-controller forget keeps or forgets them whole)')
       }
     }
     const r = await pruneRepository(repo, {
       maxUnusedPercent: task.maxUnusedPercent, ...(task.maxRepackBytes !== undefined ? { maxRepackBytes: task.maxRepackBytes } : {}),
       maxWaitMs: task.maxWaitSeconds * 1000, dryRun, signal, ...(lock ? { lock } : {}),
       ...(dryRun && forgotten ? { forgotten } : {}),
-      onProgress: phaseLog(ctx, task.taskId),
+      onProgress: phaseLog(ctx),
     })
     return {
       repository: repo.url, ...(forgot ? { forget: forgot } : {}), ...r,
