@@ -9,7 +9,7 @@ import { Repository } from '../agent/repo/repository.ts'
 import { FileBackend } from '../agent/storage/file.ts'
 import type { Backend, ListOptions, PutOptions } from '../agent/storage/types.ts'
 import { LOCKS, PACKS } from '../agent/repo/layout.ts'
-import { cli, faultyFile, makeImage, MiB, sha256File, tempDir, type Teardown, until } from './helpers.ts'
+import { cli, runCli, faultyFile, makeImage, MiB, sha256File, tempDir, type Teardown, until } from './helpers.ts'
 
 async function bytesIn(dir: string): Promise<number> {
   let n = 0
@@ -111,6 +111,10 @@ t.test('a prune killed after any of its writes leaves a repository the next prun
     // (Random images pack a little differently each time: a prune may need fewer writes than the probe's.)
     const cut = await prune(await Repository.open(dyingAfter(n)(new FileBackend(f.repo))), { graceMs: 0, maxUnusedPercent: 0 }).then(() => null, (err: unknown) => err)
     t.ok(cut === null || /killed/.test(String(cut)), `killed after ${n} writes${cut === null ? ' (it had finished)' : ''}`)
+    // Between the two, the repository is whole: check finds no damage (what the killed prune left
+    // half-done, a lock or packs nobody refers to, is information).
+    const checked = await runCli(['check', '--repo', f.repo, '--read-data', '--json'])
+    t.equal(checked.code, 0, `check passes after the kill (${(checked.json?.problems ?? []).filter((p: { severity: string }) => p.severity === 'damage').map((p: { message: string }) => p.message).join('; ')})`)
     // The next prune comes once the killed one's lock is stale (a day later, say).
     const r = await prune(await Repository.open(new FileBackend(f.repo)), { graceMs: 0, maxUnusedPercent: 0, maxWaitMs: 0, staleLockMs: 0 })
     t.equal(r.deferred, null, 'the next prune finishes')
