@@ -2,8 +2,8 @@
 // (docs/FORMAT.md describes them), so nothing else spells a prefix out.
 import { createHash } from 'node:crypto'
 
-/** The repository's configuration: format, version, chunk size, the wrapped key. Plain JSON. */
-export const CONFIG = 'config'
+/** The repository's configuration: format, version, chunk size, the wrapped key. Plain JSON (in core: the controller checks it is there). */
+export { CONFIG } from '../core/backup-names.ts'
 /** Packs of chunk blobs. */
 export const PACKS = 'packs/'
 /** Indexes: where chunks live. */
