@@ -8,7 +8,7 @@
 // restore-points/<id>.json, still load and list.
 import { TIMESTAMPED, timestampedId } from '../agent/core/ids.ts'
 import { z } from 'zod'
-import { manifestObject } from '../agent/core/backup-names.ts'
+import { CONFIG, manifestObject } from '../agent/core/backup-names.ts'
 import { EbsWorkerError, ErrorCode, withContext } from '../agent/core/errors.ts'
 import { openBackend } from '../agent/storage/open.ts'
 import { AlreadyExistsError, type Backend } from '../agent/storage/types.ts'
@@ -83,6 +83,17 @@ export class RestorePointStore {
       throw new EbsWorkerError(ErrorCode.BadInput, `a repository URL is s3://bucket/prefix or file:///path, not ${repo}`)
     }
     this.#backend = typeof repo === 'string' ? openBackend(repo, { aws: ownClients() }) : repo
+  }
+
+  /** Refuses a place that holds no repository (no config object): REPO_NOT_FOUND, rather than no restore points. */
+  async assertRepository(): Promise<void> {
+    let config: Buffer | null
+    try {
+      config = await this.#backend.get(CONFIG)
+    } catch (err) {
+      throw this.#failed(err, {})
+    }
+    if (!config) throw new EbsWorkerError(ErrorCode.RepoNotFound, `no ebs-worker repository at ${this.#backend.url} (create one with "ebs-worker init")`, { context: { repository: this.#backend.url } })
   }
 
   /** Writes a restore point once (never overwritten): restore-points/<instance id>/<id>.json. */

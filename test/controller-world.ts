@@ -182,6 +182,27 @@ export async function controllerWorld(t: Teardown) {
     })
   })
 
+  /**
+   * Runs ebs-controller on a terminal (a pseudo-terminal from script(1), which stdout and stderr
+   * share), without --json: what a person at a terminal sees.
+   */
+  const controllerOnTerminal = (args: string[]): Promise<{ code: number | null; output: string }> => new Promise((resolve, reject) => {
+    const quote = (a: string): string => `'${a.replace(/'/g, `'\\''`)}'`
+    const command = [process.execPath, CONTROLLER_CLI, ...args, '--poll-ms', '50'].map(quote).join(' ')
+    const child = spawn('script', ['-qefc', command, '/dev/null'], {
+      env: {
+        ...process.env, ...endpoints, AWS_ACCESS_KEY_ID: 'AKIACONTROLLER', AWS_SECRET_ACCESS_KEY: 'x', AWS_SESSION_TOKEN: '',
+        EBS_CONTROLLER_QUEUE_URL: queueUrl, EBS_CONTROLLER_REPLY_QUEUE_URL: replyQueueUrl, EBS_CONTROLLER_REPO: repo,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let output = ''
+    child.stdout.on('data', (d) => (output += d))
+    child.stderr.on('data', (d) => (output += d))
+    child.on('error', reject)
+    child.on('close', (code) => resolve({ code, output: output.replace(/\r\n/g, '\n') }))
+  })
+
   /** An instance whose volumes hold random data at distinct places (each one unique); tagged `Name: app-1` unless `options.tags` says otherwise. */
   const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean; volumeType?: string }>, options: { tags?: Record<string, string>; imageId?: string } = {}) => {
     const specs = []
@@ -196,5 +217,5 @@ export async function controllerWorld(t: Teardown) {
     return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: options.imageId ?? PUBLIC_IMAGE, tags: options.tags ?? { Name: 'app-1' }, volumes: specs })
   }
 
-  return { dir, world, roles, kms, keys, ec2, repo, startWorker, controller, instance, log, endpoints }
+  return { dir, world, roles, kms, keys, ec2, repo, startWorker, controller, controllerOnTerminal, instance, log, endpoints }
 }

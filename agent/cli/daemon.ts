@@ -9,7 +9,8 @@ export function configOption(): Option {
   return new Option('--config <path>', 'configuration file').env('EBS_WORKER_CONFIG').default(DEFAULT_CONFIG_PATH)
 }
 
-export function daemonCommand(program: Command, { signal, env }: CliContext): void {
+export function daemonCommand(program: Command, context: CliContext): void {
+  const { signal } = context
   program
     .command('daemon')
     .description('run the worker: take tasks from SQS and answer on the reply queue (docs/TASKS.md)')
@@ -17,7 +18,7 @@ export function daemonCommand(program: Command, { signal, env }: CliContext): vo
     .action(async (opts: { config: string }) => {
       // Loaded only here: the EC2/SQS/KMS/EBS clients cost ~0.3 s of start-up the other commands do not need.
       const { Daemon } = await import('../daemon/daemon.ts')
-      const daemon = new Daemon(await loadDaemonSettings(opts.config, env))
+      const daemon = new Daemon(await loadDaemonSettings(opts.config, context.env))
       await daemon.start()
       // SIGTERM/SIGINT: stop taking tasks, give running ones their grace, hand the rest back. Or
       // the daemon ends by itself: drained for scale-in, its lifecycle hook completed.
@@ -27,7 +28,8 @@ export function daemonCommand(program: Command, { signal, env }: CliContext): vo
     })
 }
 
-export function healthCheckCommand(program: Command, { print, env }: CliContext): void {
+export function healthCheckCommand(program: Command, context: CliContext): void {
+  const { print } = context
   program
     .command('health-check')
     .description("report this instance Unhealthy to its Auto Scaling group when the daemon has not been healthy for --max-age (ebs-worker-health.timer)")
@@ -41,7 +43,7 @@ export function healthCheckCommand(program: Command, { print, env }: CliContext)
       const [{ checkHealth }, { whoAmI }, { AwsClients }] = await Promise.all([
         import('../daemon/auto-scaling.ts'), import('../aws/identity.ts'), import('../aws/clients.ts'),
       ])
-      const settings = await loadDaemonSettings(opts.config, env)
+      const settings = await loadDaemonSettings(opts.config, context.env)
       const endpoint = settings.imdsEndpoint ?? settings.aws.imdsEndpoint
       const identity = await whoAmI(endpoint ? { endpoint } : {})
       const aws = new AwsClients({ ...settings.aws, region: settings.aws.region ?? identity.region })

@@ -10,7 +10,7 @@ import { forgetByPolicy, GROUP_BY, RESTORE_POINT_TAG, type Dated, type GroupBy }
 import { describePrune, prune, type PruneResult } from '../maintenance/prune.ts'
 import type { Repository } from '../repo/repository.ts'
 import type { CliContext } from './context.ts'
-import { policyOf, withPolicy, withRepository, type PolicyOptions, type RepositoryOptions } from './options.ts'
+import { policyOf, wholeNumber, withPolicy, withRepository, type PolicyOptions, type RepositoryOptions } from './options.ts'
 
 interface ForgetOptions extends RepositoryOptions, PolicyOptions {
   groupBy?: GroupBy
@@ -34,7 +34,7 @@ export function forgetCommand(program: Command, { print, aws }: CliContext): voi
       .choices(GROUP_BY))
     .option('--dry-run', 'say what would be forgotten, change nothing')
     .option('--prune', 'then run prune (with its defaults) when backups were forgotten')
-    .addOption(new Option('--grace <seconds>', 'with --prune: prune\'s --grace').argParser(Number).default(3600).hideHelp())
+    .addOption(new Option('--grace <seconds>', 'with --prune: prune\'s --grace').argParser(wholeNumber('--grace')).default(3600).hideHelp())
     .action(async (ids: string[], opts: ForgetOptions) => {
       const policy = policyOf(opts)
       if (ids.length && (!isEmptyPolicy(policy) || opts.groupBy)) {

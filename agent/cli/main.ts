@@ -24,12 +24,26 @@ export function buildProgram(context: CliContext): Command {
     .description('Back up block devices (EBS volumes) into a deduplicated, compressed, encrypted repository, and restore them')
     .version(VERSION)
     .showHelpAfterError('(run with --help for usage)')
-    // Set before the subcommands are added, so they inherit it: errors come back to main().
+    // Set before the subcommands are added, so they inherit them: errors come back to main(),
+    // and each command's help lists the AWS options below.
     .exitOverride()
+    .configureHelp({ showGlobalOptions: true })
+  awsOptions(program).hook('preAction', () => context.configure(program.opts()))
   for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, keyCommand, daemonCommand, healthCheckCommand, doctorCommand]) {
     command(program, context)
   }
   return program
+}
+
+/**
+ * The AWS CLI's global options, before or after the command: --region, --profile (its credentials
+ * and Region) and --endpoint-url (every service's), over the environment's settings (aws/config.ts).
+ */
+export function awsOptions(program: Command): Command {
+  return program
+    .option('--region <region>', 'AWS Region of the calls (over AWS_REGION and the profile\'s)')
+    .option('--profile <name>', 'profile of the shared AWS config and credentials files (over AWS_PROFILE): its credentials and Region')
+    .option('--endpoint-url <url>', 'endpoint of every AWS service (over AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE>); a repository URL\'s ?endpoint= still wins for its S3')
 }
 
 /** Runs the CLI; resolves to the exit status. */

@@ -20,6 +20,20 @@ export const intInRange = (name: string, min: number, max: number) => (value: st
   return n
 }
 
+/** An argument parser for a number ≥ 0, fractions allowed (hours, seconds). */
+export const nonNegativeNumber = (name: string) => (value: string): number => {
+  const n = Number(value)
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a number ≥ 0`)
+  return n
+}
+
+/** An argument parser for a whole number ≥ 0 (seconds). */
+export const wholeNumber = (name: string) => (value: string): number => {
+  const n = Number(value)
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`${name} must be a whole number ≥ 0`)
+  return n
+}
+
 /** Sizes like 1048576, 1MiB, 512KiB, 32M. */
 export function parseSize(value: string): number {
   const n = parseBytes(value)

@@ -3,11 +3,11 @@ import { InvalidArgumentError, Option, type Command } from 'commander'
 import { openRepository } from '../app/repository.ts'
 import { describePrune, prune } from '../maintenance/prune.ts'
 import type { CliContext } from './context.ts'
-import { parseSize, withRepository, type RepositoryOptions } from './options.ts'
+import { parseSize, wholeNumber, withRepository, type RepositoryOptions } from './options.ts'
 
 const percent = (value: string): number => {
   const n = Number(value.replace(/%$/, ''))
-  if (!Number.isFinite(n) || n < 0 || n > 100) throw new InvalidArgumentError('--max-unused must be a percentage from 0 to 100')
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 100) throw new InvalidArgumentError('--max-unused must be a percentage from 0 to 100')
   return n
 }
 
@@ -16,10 +16,9 @@ export function pruneCommand(program: Command, { print, aws }: CliContext): void
     .option('--max-unused <percent>', 'repack packs with more than this unused share', percent, 5)
     .option('--max-repack-size <size>', 'repack at most this many bytes of packs in this run', parseSize)
     .option('--dry-run', 'say what would be deleted and repacked, change nothing')
-    .option('--max-wait <seconds>', 'longest wait for running backups before leaving the deletion to the next prune', Number, 3600)
-    .addOption(new Option('--grace <seconds>', 'unreferenced packs younger than this are left (a backup may be writing them)').argParser(Number).default(3600).hideHelp())
+    .option('--max-wait <seconds>', 'longest wait for running backups before leaving the deletion to the next prune', wholeNumber('--max-wait'), 3600)
+    .addOption(new Option('--grace <seconds>', 'unreferenced packs younger than this are left (a backup may be writing them)').argParser(wholeNumber('--grace')).default(3600).hideHelp())
     .action(async (opts: RepositoryOptions & { maxUnused: number; maxRepackSize?: number; dryRun?: boolean; maxWait: number; grace: number }) => {
-      if (!Number.isFinite(opts.maxWait) || opts.maxWait < 0) throw new InvalidArgumentError('--max-wait must be a number of seconds ≥ 0')
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const tty = opts.progress && !opts.json && process.stderr.isTTY
       const r = await prune(repo, {

@@ -2,8 +2,8 @@
 // (docs/FORMAT.md describes them), so nothing else spells a prefix out.
 import { createHash } from 'node:crypto'
 
-/** The repository's configuration: format, version, chunk size, the wrapped key. Plain JSON. */
-export const CONFIG = 'config'
+/** The repository's configuration: format, version, chunk size, the wrapped key. Plain JSON (in core: the controller checks it is there). */
+export { CONFIG } from '../core/backup-names.ts'
 /** Further access keys: the master secret wrapped by another key file or KMS key, one per object. Plain JSON. */
 export const KEYS = 'keys/'
 /** Packs of chunk blobs. */

@@ -1,7 +1,10 @@
-// Repository URLs: file:///abs/path, a plain path, or s3://bucket/prefix[?region=…&endpoint=…&
-// path-style=true|false&checksums=when-required]. Options in the URL win over the program's AWS
-// settings (aws/config.ts: AWS_REGION, AWS_ENDPOINT_URL_S3, EBS_WORKER_S3_CHECKSUMS…).
-import { isAbsolute, resolve } from 'node:path'
+// Repository URLs: s3://bucket/prefix[?region=…&endpoint=…&path-style=true|false&
+// checksums=when-required], file:///abs/path, or an absolute path (/abs/path, the same as its
+// file:// URL). Anything else is refused, a relative path too: "s3:/bucket/x" or "backups" must not
+// quietly become a directory wherever the program happens to run. Options in the URL win over the
+// program's AWS settings (aws/config.ts: AWS_REGION, --endpoint-url, AWS_ENDPOINT_URL_S3,
+// EBS_WORKER_S3_CHECKSUMS…).
+import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import type { AwsClients, S3Target } from '../aws/clients.ts'
@@ -28,11 +31,41 @@ export function openBackend(url: string, options: BackendOptions): Backend {
     const s3 = new S3Backend({ bucket, prefix, connection: options.aws.s3(target), ...options.tuning })
     return withRetries(s3, { attempts: s3.maxAttempts })
   }
-  if (url.startsWith('file://')) return new FileBackend(fileURLToPath(url))
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
-    throw new EbsWorkerError(ErrorCode.BadInput, `unsupported repository URL ${url} (use s3://bucket/prefix or file:///path)`)
+  return new FileBackend(localPath(url))
+}
+
+/**
+ * The directory of a file:// URL or an absolute path; BAD_INPUT for anything else, saying what
+ * was probably meant.
+ */
+export function localPath(url: string): string {
+  const usage = 'a repository is s3://bucket/prefix, file:///absolute/path or /absolute/path'
+  if (/^file:/i.test(url)) {
+    if (!url.startsWith('file://')) throw new EbsWorkerError(ErrorCode.BadInput, `repository URL ${url}: a file URL is file:///absolute/path (${usage})`)
+    let host = ''
+    try {
+      host = new URL(url).hostname
+    } catch {
+      throw new EbsWorkerError(ErrorCode.BadInput, `invalid repository URL ${url} (${usage})`)
+    }
+    if (host && host !== 'localhost') {
+      throw new EbsWorkerError(ErrorCode.BadInput, `repository URL ${url} names the host "${host}": a file URL is file:///absolute/path, with three slashes (a relative path is not taken)`)
+    }
+    try {
+      return fileURLToPath(url)
+    } catch (err) {
+      throw new EbsWorkerError(ErrorCode.BadInput, `invalid repository URL ${url}: ${(err as Error).message}`)
+    }
   }
-  return new FileBackend(isAbsolute(url) ? url : resolve(url))
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(url)
+  if (scheme) {
+    const hint = scheme[1]!.toLowerCase() === 's3' ? `; did you mean s3://${url.slice(3).replace(/^\/*/, '')}?` : ''
+    throw new EbsWorkerError(ErrorCode.BadInput, `unsupported repository URL ${url} (${usage})${hint}`)
+  }
+  if (!url.startsWith('/')) {
+    throw new EbsWorkerError(ErrorCode.BadInput, `repository ${JSON.stringify(url)} is a relative path: give it absolute (${usage}), such as file://${resolve(url)}`)
+  }
+  return url
 }
 
 /** The bucket, the prefix, and what the URL's options say (the rest comes from the AWS settings). */
@@ -98,16 +131,7 @@ export function repositoryLocation(url: string): RepositoryLocation {
     const options = [...new URL(url).searchParams].map(([k, v]) => `${k}=${v}`).sort().join('&')
     return { scheme: 's3', bucket, prefix, options }
   }
-  if (url.startsWith('file://')) {
-    let path: string
-    try {
-      path = fileURLToPath(url)
-    } catch (err) {
-      throw new EbsWorkerError(ErrorCode.BadInput, `invalid repository URL ${url}: ${(err as Error).message}`)
-    }
-    return { scheme: 'file', path: resolve(path) }
-  }
-  throw new EbsWorkerError(ErrorCode.BadInput, `unsupported repository URL ${url} (use s3://bucket/prefix or file:///path)`)
+  return { scheme: 'file', path: resolve(localPath(url)) }
 }
 
 /**
