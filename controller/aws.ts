@@ -16,9 +16,23 @@ import { awsSettings, type AwsSettings } from '../agent/aws/config.ts'
 
 let settings: AwsSettings = awsSettings()
 
+let externalId: string | undefined
+
 /** The AWS settings every client of the controller is built from; its command line sets them once, from the environment. */
 export function configureAws(s: AwsSettings): void {
   settings = s
+}
+
+/**
+ * The external id every AssumeRole carries (EBS_CONTROLLER_EXTERNAL_ID), for roles whose trust
+ * policy asks for one (sts:ExternalId: an account run by a third party; packaging/iam/README.md).
+ * STS API Reference, AssumeRole: ExternalId, 2 to 1224 of [\w+=,.@:/-].
+ */
+export function configureExternalId(id: string | undefined): void {
+  if (id !== undefined && !/^[\w+=,.@:/-]{2,1224}$/.test(id)) {
+    throw new EbsWorkerError(ErrorCode.BadInput, 'EBS_CONTROLLER_EXTERNAL_ID is 2 to 1224 letters, digits or +=,.@:/-_')
+  }
+  externalId = id
 }
 
 /** Clients with the controller's own credentials (its queues); the caller destroys them. */
@@ -75,13 +89,14 @@ export async function assumeRole(roleArn: string, region: string, sessionName = 
   let current: AwsCredentialIdentity | null = null
   const fetch = async (): Promise<AwsCredentialIdentity> => {
     try {
-      const out = await sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: sessionName, DurationSeconds: 3600 }))
+      const out = await sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: sessionName, DurationSeconds: 3600, ...(externalId ? { ExternalId: externalId } : {}) }))
       const c = out.Credentials!
       return { accessKeyId: c.AccessKeyId!, secretAccessKey: c.SecretAccessKey!, sessionToken: c.SessionToken!, ...(c.Expiration ? { expiration: c.Expiration } : {}) }
     } catch (err) {
       const name = awsErrorName(err)
       throw new EbsWorkerError(ErrorCode.RoleNotAssumable,
-        `cannot assume the role ${roleArn}: ${name}: ${describe(err)}. Its trust policy must name the controller's account or role, ` +
+        `cannot assume the role ${roleArn}: ${name}: ${describe(err)}. Its trust policy must let the controller's principal assume it ` +
+        '(aws:PrincipalArn; and sts:ExternalId = EBS_CONTROLLER_EXTERNAL_ID if it asks for one), ' +
         'and the controller\'s identity policy must allow sts:AssumeRole on it (packaging/iam/)', { cause: err })
     }
   }

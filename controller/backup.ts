@@ -44,6 +44,8 @@ export interface BackupOptions {
   /** Back up every volume in full, even when an earlier restore point of the instance exists. */
   full?: boolean
   waits: Waits
+  /** Told each step of the flow as it begins (the command line shows them on a terminal). */
+  onStep?: (step: string) => void
 }
 
 export interface BackupOutcome {
@@ -140,6 +142,8 @@ async function keptParentSnapshots(ec2: EC2Client, who: string, parents: Map<str
 }
 
 export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Promise<BackupOutcome> {
+  const step = o.onStep ?? (() => {})
+  step(`inspecting ${o.instanceId} with the source role`)
   const source = await assumeRole(o.sourceRole, o.region, 'ebs-controller-backup')
   const who = `source role ${o.sourceRole}`
   const sourceAccount = source.accountId
@@ -163,6 +167,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
   if (o.workerRole) {
     // The workers' keys (keys.ts), checked as the worker role before anything is created.
     const whoW = `worker role ${o.workerRole}`
+    step(`checking the keys the ${whoW} will use`)
     const worker = await assumeRole(o.workerRole, o.region, 'ebs-controller-check')
     const defaultKey = backupUsesWorkerDefaultKey(volumes, cross) ? await defaultEbsKey(worker, o.region, whoW) : undefined
     // Its grants as EBS makes them: simulated by the controller, with the key policies read in the keys' accounts.
@@ -184,6 +189,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
   const id = newRestorePointId()
   const cleanup = new Cleanup()
   try {
+    step(`snapshotting ${volumes.length} volume${volumes.length === 1 ? '' : 's'} of ${o.instanceId} (restore point ${id})`)
     const created = await call(who, `CreateSnapshots ${o.instanceId}`, () => ec2.send(new CreateSnapshotsCommand({
       InstanceSpecification: { InstanceId: o.instanceId },
       Description: `ebs-controller ${id}`,
@@ -195,6 +201,7 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       snapshotOf.set(s.VolumeId!, s.SnapshotId!)
       if (!o.keepSnapshots) cleanup.add(`delete snapshot ${s.SnapshotId}`, () => ec2.send(new DeleteSnapshotCommand({ SnapshotId: s.SnapshotId! })))
     }
+    step(`waiting for the snapshots to complete: ${[...snapshotOf.values()].join(', ')}`)
     await waitSnapshots(ec2, who, [...snapshotOf.values()], o.waits)
 
     // What the worker reads: the snapshot, or its re-encrypted copy; shared when the worker is elsewhere.
@@ -214,8 +221,10 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       readFrom.set(v.volumeId, snapshotId)
     }
     const copies = volumes.filter((v) => cross && v.awsManaged).map((v) => readFrom.get(v.volumeId)!)
+    if (copies.length) step(`waiting for the re-encrypted copies: ${copies.join(', ')}`)
     await waitSnapshots(ec2, who, copies, o.waits)
     if (cross) {
+      step(`sharing the snapshots with the worker account ${workerAccount}`)
       // The worker account needs the kept parent snapshots too, for ListChangedBlocks.
       for (const snapshotId of [...readFrom.values(), ...parentSnapshots.values()]) {
         await call(who, `share ${snapshotId} with ${workerAccount}`, () => ec2.send(new ModifySnapshotAttributeCommand({
@@ -229,6 +238,8 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
 
     // Every task is waited for, even after one failed: cleanup must not pull a snapshot from under
     // a worker still reading it, and no reply is left unread.
+    step(`workers backing up ${volumes.length} volume${volumes.length === 1 ? '' : 's'}${parents.size ? ` (${parents.size} incremental)` : ''}`)
+    let done = 0
     const results = await settleAll(volumes.map(async (v) => {
       const r = await tasks.run({
         version: 1, type: 'backup', taskId: `${id}/${v.volumeId}`, snapshotId: readFrom.get(v.volumeId)!,
@@ -237,7 +248,9 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
         ...(parentSnapshots.has(v.volumeId) ? { parentSnapshotId: parentSnapshots.get(v.volumeId)! } : {}),
         tags: { instance: o.instanceId, device: v.deviceName, 'restore-point': id },
       })
-      return { v, figures: succeeded(r, `backup of ${v.volumeId} (${v.deviceName})`) }
+      const figures = succeeded(r, `backup of ${v.volumeId} (${v.deviceName})`)
+      step(`backed up ${v.deviceName} ${v.volumeId} (${++done}/${volumes.length}): backup ${String(figures.backupId)}`)
+      return { v, figures }
     }))
 
     const restorePoint: RestorePoint = {
@@ -256,7 +269,9 @@ export async function backupInstance(o: BackupOptions, tasks: TaskChannel): Prom
       })),
       worker: { accountId: workerAccount, ...(reencryptArn ? { reencryptedWith: reencryptArn } : {}) },
     }
+    step(`recording restore point ${id}`)
     await store.save(restorePoint)
+    if (!o.keepSnapshots || cross) step('cleaning up')
     return { restorePoint, cleanup: await cleanup.run() }
   } catch (err) {
     throw failedAfterCleanup(err, (await cleanup.run()).failed)

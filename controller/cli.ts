@@ -1,7 +1,9 @@
-// The ebs-controller command line: backup-instance, restore-instance, preflight, list. Each prints
-// a short summary, or with --json one JSON object as the last line of stdout. Exit status: 0 ok,
-// 1 failure (code and message on stderr and in the JSON), 2 bad input or usage; preflight exits 1
-// when a permission is missing.
+// The ebs-controller command line: backup-instance, restore-instance, preflight, list, forget. Each prints
+// a short summary, or with --json one JSON object on stdout and nothing else there. Exit status
+// as ebs-worker's (agent/cli/output.ts): 0 ok, 1 failure (code and message on stderr and in the
+// JSON), 2 bad input or usage, 10 no repository, 12 wrong key; preflight exits 1 when a permission
+// is missing. The AWS CLI's --region, --profile and --endpoint-url are taken before or after the
+// command. On a terminal, the long flows say on stderr what they are doing.
 import { Command, InvalidArgumentError, Option } from 'commander'
 import { backupInstance } from './backup.ts'
 import { EbsWorkerError, ErrorCode, toErrorJson } from '../agent/core/errors.ts'
@@ -12,18 +14,20 @@ import { TaskChannel } from './tasks.ts'
 import { sweepSnapshots } from './sweep.ts'
 import type { Waits } from './ec2.ts'
 import { VERSION } from '../agent/core/version.ts'
-import { awsSettings } from '../agent/aws/config.ts'
-import { configureAws } from './aws.ts'
-import { positiveInt } from '../agent/cli/options.ts'
+import { assertProfileExists, awsSettings, withAwsFlags, type AwsFlags } from '../agent/aws/config.ts'
+import { configureAws, configureExternalId, ownClients } from './aws.ts'
+import { nonNegativeNumber, policyOf, positiveInt, withPolicy, type PolicyOptions } from '../agent/cli/options.ts'
+import { ExitStatus, exitStatusFor, printUsageError } from '../agent/cli/output.ts'
+import { describePolicy, describeReason, policyJson } from '../agent/core/retention.ts'
+import { forgetRestorePoints } from './forget.ts'
 
 const account = (value: string): string => {
   if (!/^\d{12}$/.test(value)) throw new InvalidArgumentError('an AWS account id is 12 digits')
   return value
 }
 
-interface Common {
+interface Common extends AwsFlags {
   json?: boolean
-  region?: string
   queueUrl?: string
   replyQueueUrl?: string
   taskTimeout: number
@@ -76,8 +80,7 @@ function restoreTarget(o: RestoreTarget) {
 }
 
 function withCommon(c: Command, queues = true): Command {
-  c.option('--json', 'print one JSON object as the last line of stdout')
-    .addOption(new Option('--region <region>', 'Region of the instance (backup) or of the AWS calls').env('AWS_REGION'))
+  c.option('--json', 'print one JSON object on stdout, and nothing else there')
     .addOption(new Option('--snapshot-timeout <seconds>', 'longest wait for snapshots').argParser(positiveInt('--snapshot-timeout')).default(3600))
     .addOption(new Option('--state-timeout <seconds>', 'longest wait for a volume or instance state change').argParser(positiveInt('--state-timeout')).default(600))
     .addOption(new Option('--poll-ms <ms>', 'first poll interval of the waits').argParser(positiveInt('--poll-ms')).default(500).hideHelp())
@@ -100,33 +103,68 @@ function channel(o: Common): TaskChannel {
   return new TaskChannel({ queueUrl: o.queueUrl, replyQueueUrl: o.replyQueueUrl, timeoutMs: o.taskTimeout * 1000 })
 }
 
-function region(o: Common): string {
-  if (!o.region) throw new EbsWorkerError(ErrorCode.BadInput, 'no Region: pass --region or set AWS_REGION')
-  return o.region
+/** The Region of the calls (the instance's, for a backup): --region, AWS_REGION, else the profile's. */
+async function region(): Promise<string> {
+  const clients = ownClients()
+  try {
+    const r = await clients.resolveRegion()
+    if (!r) throw new EbsWorkerError(ErrorCode.BadInput, 'no Region: pass --region, set AWS_REGION, or use a profile (--profile, AWS_PROFILE) that has one')
+    return r
+  } finally {
+    clients.destroy()
+  }
+}
+
+function onStep(o: Common): { onStep?: (step: string) => void } {
+  const steps = stepsOf(o)
+  return steps ? { onStep: steps } : {}
 }
 
 function print(json: boolean | undefined, human: string, obj: Record<string, unknown>): void {
-  process.stdout.write(json ? `${human}\n${JSON.stringify(obj)}\n` : `${human}\n`)
+  process.stdout.write(json ? `${JSON.stringify(obj)}\n` : `${human}\n`)
+}
+
+/**
+ * What a long flow is doing, on stderr, when that is a terminal and the output is not JSON: one
+ * line a step, with the time since the start (nothing in logs and pipes).
+ */
+function stepsOf(o: Common): ((step: string) => void) | undefined {
+  if (o.json || !process.stderr.isTTY) return undefined
+  const started = Date.now()
+  return (step) => {
+    const s = Math.round((Date.now() - started) / 1000)
+    process.stderr.write(`[${String(Math.floor(s / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}] ${step}\n`)
+  }
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let status = 0
+  let status: number = ExitStatus.ok
+  const json = argv.includes('--json')
+  /** An action with the program's options merged in (the AWS flags), its failure reported. */
   const run = (fn: (...args: any[]) => Promise<void>) => async (...args: any[]): Promise<void> => {
-    const opts = args.at(-2) as Common
+    const opts = (args.at(-1) as Command).optsWithGlobals() as Common
+    args[args.length - 2] = opts
     try {
-      configureAws(awsSettings(process.env))
+      const env = withAwsFlags(process.env, opts)
+      if (opts.profile !== undefined) await assertProfileExists(env, opts.profile)
+      configureAws(awsSettings(env))
+      configureExternalId(process.env.EBS_CONTROLLER_EXTERNAL_ID || undefined)
       await fn(...args)
     } catch (err) {
       const error = toErrorJson(err)
-      status = error.code === ErrorCode.BadInput ? 2 : 1
+      status = exitStatusFor(err)
       process.stderr.write(`ebs-controller: ${error.code}: ${error.message}\n`)
-      if (opts?.json) process.stdout.write(JSON.stringify({ ok: false, error: { ...error, notCleaned: error.context?.notCleaned ?? [] } }) + '\n')
+      if (opts.json) process.stdout.write(JSON.stringify({ ok: false, error: { ...error, notCleaned: error.context?.notCleaned ?? [] } }) + '\n')
     }
   }
   const program = new Command('ebs-controller').version(VERSION)
     .description('Drives ebs-worker fleets through SQS: instance-level backups and restores, same or cross account, with KMS')
     .exitOverride()
     .showHelpAfterError()
+    .configureHelp({ showGlobalOptions: true })
+    .option('--region <region>', 'AWS Region of the calls, and the instance\'s for a backup (over AWS_REGION and the profile\'s)')
+    .option('--profile <name>', 'profile of the shared AWS config and credentials files (over AWS_PROFILE): its credentials and Region')
+    .option('--endpoint-url <url>', 'endpoint of every AWS service (over AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE>)')
 
   withBackupSource(withCommon(program.command('backup-instance').description('snapshot an instance, have workers back up every volume, record a restore point')))
     .addOption(repoOption())
@@ -136,7 +174,7 @@ export async function main(argv: string[]): Promise<number> {
       const tasks = channel(o)
       try {
         const out = await backupInstance({
-          instanceId: o.instance, sourceRole: o.sourceRole, repo: o.repo, region: region(o), waits: waitsOf(o),
+          instanceId: o.instance, sourceRole: o.sourceRole, repo: o.repo, region: await region(), waits: waitsOf(o), ...onStep(o),
           ...(o.workerAccount ? { workerAccount: o.workerAccount } : {}), ...(o.workerRole ? { workerRole: o.workerRole } : {}),
           ...(o.reencryptWith ? { reencryptWith: o.reencryptWith } : {}), ...(o.keepSnapshots ? { keepSnapshots: true } : {}), ...(o.full ? { full: true } : {}),
         }, tasks)
@@ -158,7 +196,7 @@ export async function main(argv: string[]): Promise<number> {
       const tasks = channel(o)
       try {
         const out = await restoreInstance({
-          ...restoreTarget(o), waits: waitsOf(o), noStart: !o.start, ...(o.availabilityZone ? { availabilityZone: o.availabilityZone } : {}),
+          ...restoreTarget(o), waits: waitsOf(o), ...onStep(o), noStart: !o.start, ...(o.availabilityZone ? { availabilityZone: o.availabilityZone } : {}),
         }, tasks)
         const human = [`instance ${out.instanceId} in ${o.targetAccount} ${o.targetRegion}:`, ...out.volumes.map((v) => `  ${v.deviceName}  ${v.volumeId}  ${v.kmsKeyId}`),
           ...(out.droppedTags.length ? [`tags of the original not copied (reserved aws: keys, or beyond EC2's 50): ${out.droppedTags.join(', ')}`] : []),
@@ -178,7 +216,7 @@ export async function main(argv: string[]): Promise<number> {
   withBackupSource(withCommon(preflight.command('backup-instance'), false))
     .action(run(async (o: Common & { instance: string; sourceRole: string; workerAccount?: string; workerRole?: string; reencryptWith?: string }) => {
       report(o, await preflightBackup({
-        instanceId: o.instance, sourceRole: o.sourceRole, region: region(o),
+        instanceId: o.instance, sourceRole: o.sourceRole, region: await region(),
         ...(o.workerAccount ? { workerAccount: o.workerAccount } : {}), ...(o.workerRole ? { workerRole: o.workerRole } : {}), ...(o.reencryptWith ? { reencryptWith: o.reencryptWith } : {}),
       }))
     }))
@@ -190,12 +228,11 @@ export async function main(argv: string[]): Promise<number> {
   withCommon(program.command('sweep-snapshots').description("delete the snapshots of backups that never finished (a controller that died mid-run)"), false)
     .requiredOption('--source-role <arn>', 'IAM role in the instances\' account')
     .addOption(repoOption())
-    .option('--older-than-hours <n>', 'only snapshots started at least this long ago (a backup may still be running)', Number, 24)
+    .option('--older-than-hours <n>', 'only snapshots started at least this long ago (a backup may still be running)', nonNegativeNumber('--older-than-hours'), 24)
     .option('--dry-run', 'say what would be deleted, delete nothing')
     .action(run(async (o: Common & { sourceRole: string; repo: string; olderThanHours: number; dryRun?: boolean }) => {
-      if (!Number.isFinite(o.olderThanHours) || o.olderThanHours < 0) throw new EbsWorkerError(ErrorCode.BadInput, '--older-than-hours must be a number ≥ 0')
       const out = await sweepSnapshots({
-        sourceRole: o.sourceRole, region: region(o), repo: o.repo, olderThanMs: o.olderThanHours * 3600_000, ...(o.dryRun ? { dryRun: true } : {}),
+        sourceRole: o.sourceRole, region: await region(), repo: o.repo, olderThanMs: o.olderThanHours * 3600_000, ...(o.dryRun ? { dryRun: true } : {}),
       })
       const verb = o.dryRun ? 'would delete' : 'deleted'
       const human = [...out.deleted.map((d) => `${verb} ${d.snapshotId} (restore point ${d.restorePoint} never written)`),
@@ -204,21 +241,61 @@ export async function main(argv: string[]): Promise<number> {
       if (out.failed.length) status = 1
     }))
 
-  program.command('list').description('list the restore points of a repository, with their instance')
+  program.command('list').description('list the restore points of a repository: instance, time, volumes')
     .addOption(repoOption())
-    .option('--json', 'print one JSON object as the last line of stdout')
-    .action(run(async (o: { repo: string; json?: boolean }) => {
-      const entries = await new RestorePointStore(o.repo).entries()
-      // A restore point of the old layout (restore-points/<id>.json) does not say its instance without being read.
-      const human = entries.map((e) => `${e.id}  ${e.instanceId ?? '-'}`).join('\n')
-      print(o.json, human, { ok: true, restorePoints: entries.map((e) => e.id), instances: Object.fromEntries(entries.map((e) => [e.id, e.instanceId])) })
+    .option('--instance <id>', 'only this instance\'s restore points')
+    .option('--json', 'print one JSON object on stdout, and nothing else there')
+    .action(run(async (o: { repo: string; instance?: string; json?: boolean }) => {
+      const store = new RestorePointStore(o.repo)
+      await store.assertRepository()
+      const points = (await Promise.all((await store.entries()).map((e) => store.read(e))))
+        .filter((rp) => o.instance === undefined || rp.instance.instanceId === o.instance)
+      const human = points.map((rp) => [`${rp.id}  ${rp.instance.instanceId}  ${rp.createdAt}  ${rp.volumes.length} volume${rp.volumes.length === 1 ? '' : 's'}`,
+        ...rp.volumes.map((v) => `  ${v.deviceName}  ${v.volumeId}  ${v.sizeGiB} GiB  backup ${v.backupId}`)].join('\n')).join('\n')
+      print(o.json, human || (o.instance ? `no restore points of ${o.instance}` : 'no restore points'), {
+        ok: true, repository: o.repo,
+        restorePoints: points.map((rp) => ({
+          id: rp.id, instanceId: rp.instance.instanceId, createdAt: rp.createdAt,
+          volumes: rp.volumes.map((v) => ({ deviceName: v.deviceName, volumeId: v.volumeId, sizeGiB: v.sizeGiB, backupId: v.backupId })),
+        })),
+      })
+    }))
+
+  withPolicy(program.command('forget')
+    .description('apply a retention policy to each instance\'s restore points: each is kept or forgotten whole, with its volume backups'), 'restore points')
+    .addOption(repoOption())
+    .option('--instance <id>', 'only this instance\'s restore points')
+    .option('--dry-run', 'say what would be forgotten, change nothing')
+    .option('--json', 'print one JSON object on stdout, and nothing else there')
+    .action(run(async (o: PolicyOptions & { repo: string; instance?: string; dryRun?: boolean; json?: boolean }) => {
+      const policy = policyOf(o)
+      await new RestorePointStore(o.repo).assertRepository()
+      const out = await forgetRestorePoints({ repo: o.repo, policy, ...(o.instance ? { instanceId: o.instance } : {}), ...(o.dryRun ? { dryRun: true } : {}) })
+      const verb = o.dryRun ? 'would forget' : 'forgot'
+      const human = [describePolicy(policy), ...out.groups.flatMap((g) => [
+        `instance ${g.group}: ${g.keep.length + g.forget.length} restore points, keep ${g.keep.length}, ${o.dryRun ? 'would forget' : 'forget'} ${g.forget.length}`,
+        ...g.keep.map((k) => `  keep    ${k.item.id}  ${k.item.restorePoint.createdAt}  ${k.reasons.map(describeReason).join(', ')}`),
+        ...g.forget.map((p) => `  forget  ${p.id}  ${p.restorePoint.createdAt}  (${p.restorePoint.volumes.length} volume${p.restorePoint.volumes.length === 1 ? '' : 's'})`),
+      ]), `${verb} ${out.forgotten.length} restore points and ${out.backups.length} backups` +
+        (out.forgotten.length ? '; the workers\' next prune deletes the data no backup needs' : ''),
+      ...(out.spared.length ? [`left ${out.spared.length} backups that kept restore points also name`] : [])].join('\n')
+      print(o.json, human, {
+        ok: true, repository: o.repo, dryRun: Boolean(o.dryRun), policy: policyJson(policy),
+        groups: out.groups.map((g) => ({
+          instance: g.group,
+          keep: g.keep.map((k) => ({ id: k.item.id, createdAt: k.item.restorePoint.createdAt, reasons: k.reasons, backups: k.item.restorePoint.volumes.map((v) => v.backupId) })),
+          forget: g.forget.map((p) => ({ id: p.id, createdAt: p.restorePoint.createdAt, backups: p.restorePoint.volumes.map((v) => v.backupId) })),
+        })),
+        forgotten: out.forgotten, backupsForgotten: out.backups, backupsSpared: out.spared,
+      })
     }))
 
   try {
     await program.parseAsync(argv, { from: 'user' })
   } catch (err) {
-    const code = (err as { exitCode?: number }).exitCode
-    return code === 0 ? 0 : 2
+    const code = (err as { code?: string }).code
+    if (code === 'commander.helpDisplayed' || code === 'commander.version' || (err as { exitCode?: number }).exitCode === 0) return ExitStatus.ok
+    return printUsageError(err, json)
   }
   return status
 }

@@ -3,7 +3,10 @@
 // cannot tell: the grant EBS makes carries kms:GrantIsForAWSResource = true and kms:ViaService =
 // ec2.<region>.amazonaws.com, a direct call neither ("AWS KMS condition keys"), so a policy that
 // allows grants only for AWS resources (the fleet's, packaging/iam/worker-policy.json, as AWS
-// recommends) refuses every direct one. What the KMS Developer Guide says to determine access to
+// recommends) refuses every direct one. The same holds for the other actions EBS asks for on the
+// role's behalf (kms:Decrypt, kms:GenerateDataKeyWithoutPlaintext), which that policy allows only
+// with kms:ViaService: they are found the same way (useByEbs), with the context of EBS's request
+// for them (kms:ViaService, no kms:GrantIsForAWSResource). What the KMS Developer Guide says to determine access to
 // a key ("Determining access to a KMS key": examine the key policy, then the IAM policies), with
 // the context of EBS's request:
 //   - the role's IAM policies: IAM SimulatePrincipalPolicy of kms:CreateGrant on the key, with
@@ -64,10 +67,10 @@ export function statementsFor(policy: { Statement?: Statement | Statement[] }, r
   return { direct, account }
 }
 
-/** The context of the grant EBS asks KMS for, on the role's behalf, in `region`. */
-function ebsGrantContext(roleArn: string, accountId: string, region: string): ContextEntry[] {
+/** The context of what EBS asks KMS for (`action`: the grant, or Decrypt…), on the role's behalf, in `region`. */
+function ebsContext(action: string, roleArn: string, accountId: string, region: string): ContextEntry[] {
   return [
-    { ContextKeyName: 'kms:GrantIsForAWSResource', ContextKeyType: 'boolean', ContextKeyValues: ['true'] },
+    ...(action === 'CreateGrant' ? [{ ContextKeyName: 'kms:GrantIsForAWSResource', ContextKeyType: 'boolean' as const, ContextKeyValues: ['true'] }] : []),
     { ContextKeyName: 'kms:ViaService', ContextKeyType: 'string', ContextKeyValues: [`ec2.${region}.amazonaws.com`] },
     { ContextKeyName: 'kms:CallerAccount', ContextKeyType: 'string', ContextKeyValues: [accountId] },
     { ContextKeyName: 'aws:PrincipalArn', ContextKeyType: 'string', ContextKeyValues: [roleArn] },
@@ -80,11 +83,15 @@ const decisionOf = (results: EvaluationResult[] | undefined): Decision => {
   return decisions.includes('explicitDeny') ? 'explicitDeny' : decisions.length && decisions.every((d) => d === 'allowed') ? 'allowed' : 'implicitDeny'
 }
 
-/** May EBS make a grant on `keyArn` for `roleArn` in `region` (see the top): ok, or not with the reason. */
-export async function grantByEbs(g: GrantCheck, roleArn: string, region: string, keyArn: string): Promise<Outcome> {
+/**
+ * May EBS do `action` (kms:CreateGrant, kms:Decrypt…) with `keyArn` for `roleArn` in `region` (see
+ * the top): ok, or not with the reason. The grant is the one EBS makes; the other actions EBS asks
+ * for with kms:ViaService too, which a worker policy may require (packaging/iam/worker-policy.json).
+ */
+export async function useByEbs(g: GrantCheck, roleArn: string, region: string, keyArn: string, action: string = 'CreateGrant'): Promise<Outcome> {
   const roleAccount = accountOfRole(roleArn)
   const keyAccount = KEY_ARN.exec(keyArn)?.[1]
-  const what = `kms:CreateGrant on ${keyArn} as EBS asks for it (kms:GrantIsForAWSResource, kms:ViaService ec2.${region}.amazonaws.com)`
+  const what = `kms:${action} on ${keyArn} as EBS asks for it (${action === 'CreateGrant' ? 'kms:GrantIsForAWSResource, ' : ''}kms:ViaService ec2.${region}.amazonaws.com)`
   // A refusal says what KMS would answer EBS, as the other rows say what AWS answered.
   const refusedBecause = (why: string): Outcome => ({ ok: false, detail: `AccessDeniedException: KMS would refuse EBS ${what}: ${why}` })
   const unknown = (why: string): Outcome => ({ ok: false, detail: `cannot check ${what}: ${why}` })
@@ -95,11 +102,11 @@ export async function grantByEbs(g: GrantCheck, roleArn: string, region: string,
   const reader = g.readers.find((s) => s.accountId === keyAccount)
   if (!reader) return unknown(`its key policy can be read only in account ${keyAccount} (kms:GetKeyPolicy is not cross-account), and no role of that account is at hand`)
   const iam = g.simulator.iam(region)
-  const context = ebsGrantContext(roleArn, roleAccount, region)
+  const context = ebsContext(action, roleArn, roleAccount, region)
   let identity: Decision
   try {
     identity = decisionOf((await iam.send(new SimulatePrincipalPolicyCommand({
-      PolicySourceArn: roleArn, ActionNames: ['kms:CreateGrant'], ResourceArns: [keyArn], ContextEntries: context,
+      PolicySourceArn: roleArn, ActionNames: [`kms:${action}`], ResourceArns: [keyArn], ContextEntries: context,
     }))).EvaluationResults)
   } catch (err) {
     return unknown(`IAM SimulatePrincipalPolicy of ${roleArn}: ${awsErrorName(err)}: ${describe(err)} (the controller needs iam:SimulatePrincipalPolicy)`)
@@ -112,7 +119,7 @@ export async function grantByEbs(g: GrantCheck, roleArn: string, region: string,
   }
   const { direct, account } = statementsFor(policy, roleArn, roleAccount)
   const simulate = async (statements: Statement[]): Promise<Decision> => statements.length ? decisionOf((await iam.send(new SimulateCustomPolicyCommand({
-    PolicyInputList: [JSON.stringify({ Version: '2012-10-17', Statement: statements })], ActionNames: ['kms:CreateGrant'], ResourceArns: [keyArn], ContextEntries: context,
+    PolicyInputList: [JSON.stringify({ Version: '2012-10-17', Statement: statements })], ActionNames: [`kms:${action}`], ResourceArns: [keyArn], ContextEntries: context,
   }))).EvaluationResults) : 'implicitDeny'
   let byRole: Decision
   let byAccount: Decision

@@ -3,13 +3,14 @@
 // EBS encryption", required KMS permissions): reading a snapshot under it needs a grant and
 // Decrypt, creating a volume under it a grant and GenerateDataKeyWithoutPlaintext. An AWS managed
 // key (aws/ebs) is usable through EBS by every principal of its account, and its key policy
-// (conditioned on kms:ViaService) refuses direct calls: it is never dry-run. The worker role's
-// grants are only ever made by EBS, and its policy (packaging/iam/worker-policy.json) allows no
-// other: they are checked as EBS would make them (grants.ts), its other actions with KMS DryRun.
+// (conditioned on kms:ViaService) refuses direct calls: it is never dry-run. The worker role uses
+// volume keys only through EBS, and its policy (packaging/iam/worker-policy.json) allows nothing
+// else (grants for AWS resources, the rest with kms:ViaService): each of its actions is checked
+// as EBS would ask (grants.ts), the other roles' with KMS DryRun.
 import { GetEbsDefaultKmsKeyIdCommand } from '@aws-sdk/client-ec2'
 import type { Session } from './aws.ts'
 import { call, describeKey, kmsDryRun, type KmsAction, type Outcome } from './ec2.ts'
-import { grantByEbs, KEY_ARN, type GrantCheck } from './grants.ts'
+import { KEY_ARN, useByEbs, type GrantCheck } from './grants.ts'
 import { describe } from '../agent/core/errors.ts'
 
 /** Reading a snapshot encrypted under the key. */
@@ -75,11 +76,11 @@ export function restoreRoleNeeds(targetKey: string, workerDefault?: string): Key
 }
 
 /**
- * One action of a need as `s`: KMS DryRun, or with `grants` kms:CreateGrant as EBS makes the grant
- * (grants.ts; `keyArn`: the key's ARN, when the caller knows it already).
+ * One action of a need as `s`: KMS DryRun, or with `grants` (the worker role) the action as EBS asks
+ * for it (grants.ts; `keyArn`: the key's ARN, when the caller knows it already).
  */
 export async function tryAction(s: Session, region: string, key: string, action: KmsAction, grants?: GrantCheck, keyArn?: string): Promise<Outcome> {
-  if (action !== 'CreateGrant' || !grants) return kmsDryRun(s, region, key, action)
+  if (!grants) return kmsDryRun(s, region, key, action)
   let arn = keyArn ?? (KEY_ARN.test(key) ? key : undefined)
   if (!arn) {
     try {
@@ -88,7 +89,7 @@ export async function tryAction(s: Session, region: string, key: string, action:
       return { ok: false, detail: describe(err) }
     }
   }
-  return grantByEbs(grants, s.role, region, arn)
+  return useByEbs(grants, s.role, region, arn, action)
 }
 
 /** Each action of each need as `s` (tryAction). */

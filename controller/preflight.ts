@@ -7,16 +7,20 @@
 // and only read-only calls are made for real (DescribeInstances, DescribeVolumes, DescribeKey,
 // GetEbsDefaultKmsKeyId, GetKeyPolicy, DescribeImages…). The aws/ebs rule shows as a row of its own.
 // Calls on a snapshot that does not exist yet are asked about a placeholder id: EC2 validates a
-// DryRun request's parameters too, so InvalidSnapshot.NotFound there means the permission was not refused.
+// DryRun request's parameters too, so InvalidSnapshot.NotFound there means the permission was not
+// refused; those the source role may make only on the controller's own (tagged) snapshots are
+// simulated instead (snapshotRightsRows).
 import {
-  CopySnapshotCommand, CreateSnapshotsCommand, CreateVolumeCommand, DeleteSnapshotCommand, ModifySnapshotAttributeCommand, RunInstancesCommand, type EC2Client,
+  CopySnapshotCommand, CreateSnapshotsCommand, CreateVolumeCommand, RunInstancesCommand, type EC2Client,
 } from '@aws-sdk/client-ec2'
+import { SimulatePrincipalPolicyCommand, type ContextEntry } from '@aws-sdk/client-iam'
 import { assumeRole, ownSession, type Session } from './aws.ts'
-import { surveyInstance } from './backup.ts'
+import { CONTROLLER_TAG, surveyInstance } from './backup.ts'
 import { describeKey, dryRun, type Outcome } from './ec2.ts'
 import { backupUsesWorkerDefaultKey, backupWorkerNeeds, CREATE, defaultEbsKey, restoreRoleNeeds, restoreWorkerNeed, tryAction, type DefaultKey, type KeyNeed } from './keys.ts'
 import { KEY_ARN, type GrantCheck } from './grants.ts'
 import { describe } from '../agent/core/errors.ts'
+import { awsErrorName } from '../agent/aws/errors.ts'
 import { TASK_ID_TAG } from '../agent/aws/volumes.ts'
 import { RestorePointStore } from './restore-point.ts'
 import { checkImage, checkNetwork, type RestoreOptions } from './restore.ts'
@@ -41,6 +45,38 @@ async function placeholderDryRun(send: () => Promise<unknown>): Promise<Outcome>
   const outcome = await dryRun(send)
   if (outcome.awsError !== 'InvalidSnapshot.NotFound') return outcome
   return { ok: true, detail: `not refused: EC2 checked the request and found no snapshot ${PLACEHOLDER_SNAPSHOT} (a placeholder; ${outcome.detail})` }
+}
+
+/**
+ * The source role's ec2:DeleteSnapshot and ec2:ModifySnapshotAttribute (sharing with
+ * `workerAccount`, when given) on the backup's own snapshots. Those do not exist before the backup,
+ * and packaging/iam/source-role-policy.json allows both only on snapshots carrying the
+ * controller's tag (and sharing only with the worker accounts): a DryRun about a placeholder
+ * snapshot, which has no tags, would be refused whatever the policy. So the source role simulates
+ * its own identity policies (IAM SimulatePrincipalPolicy, which works in the caller's own account)
+ * for a snapshot with that tag, with the account added as ec2:Add/userId. The simulation does not
+ * see service control policies or permission boundaries, which a DryRun would.
+ */
+async function snapshotRightsRows(source: Session, region: string, workerAccount: string | undefined): Promise<Check[]> {
+  const resource = `arn:aws:ec2:${region}::snapshot/${PLACEHOLDER_SNAPSHOT}`
+  const tagged = { ContextKeyName: `aws:ResourceTag/${CONTROLLER_TAG}`, ContextKeyType: 'string' as const, ContextKeyValues: ['ebs-controller-preflight'] }
+  const asks: Array<[string, ContextEntry[]]> = [['ec2:DeleteSnapshot', [tagged]]]
+  if (workerAccount) asks.push(['ec2:ModifySnapshotAttribute', [tagged, { ContextKeyName: 'ec2:Add/userId', ContextKeyType: 'stringList', ContextKeyValues: [workerAccount] }]])
+  const rows: Check[] = []
+  for (const [action, context] of asks) {
+    let outcome: Outcome
+    try {
+      const out = await source.iam(region).send(new SimulatePrincipalPolicyCommand({ PolicySourceArn: source.role, ActionNames: [action], ResourceArns: [resource], ContextEntries: context }))
+      const decision = out.EvaluationResults?.[0]?.EvalDecision ?? 'implicitDeny'
+      const what = `on a snapshot tagged ${CONTROLLER_TAG}${workerAccount && action.endsWith('Attribute') ? `, sharing it with ${workerAccount}` : ''}`
+      outcome = decision === 'allowed' ? { ok: true, detail: `IAM policy simulator: allowed ${what}` } : { ok: false, detail: `IAM policy simulator: ${decision} ${what}` }
+    } catch (err) {
+      outcome = { ok: false, detail: `cannot check ${action} on the backup's snapshots (they do not exist yet) without the IAM policy simulator: ${awsErrorName(err)}: ${describe(err)} ` +
+        '(the source role needs iam:SimulatePrincipalPolicy on itself, packaging/iam/source-role-policy.json)' }
+    }
+    rows.push(row(source.role, '-', action, outcome))
+  }
+  return rows
 }
 
 function row(role: string, key: string, action: string, outcome: Outcome): Check {
@@ -110,7 +146,6 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
     checks.push(row(o.sourceRole, '-', action, await placeholderDryRun(() => send(ec2))))
   }
   await dry('ec2:CreateSnapshots', (c) => c.send(new CreateSnapshotsCommand({ InstanceSpecification: { InstanceId: o.instanceId }, DryRun: true })))
-  await dry('ec2:DeleteSnapshot', (c) => c.send(new DeleteSnapshotCommand({ SnapshotId: PLACEHOLDER_SNAPSHOT, DryRun: true })))
   for (const [key, lookup] of survey.keys) {
     // What DescribeKey answered while the volumes were looked at.
     checks.push(row(o.sourceRole, key, 'kms:DescribeKey', lookup.ok ? { ok: true } : refused(lookup.error)))
@@ -123,8 +158,8 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
       })
     }
   }
+  checks.push(...await snapshotRightsRows(source, o.region, cross ? workerAccount : undefined))
   if (cross) {
-    await dry('ec2:ModifySnapshotAttribute', (c) => c.send(new ModifySnapshotAttributeCommand({ SnapshotId: PLACEHOLDER_SNAPSHOT, Attribute: 'createVolumePermission', CreateVolumePermission: { Add: [{ UserId: workerAccount }] }, DryRun: true })))
     if (o.reencryptWith) {
       await dry('ec2:CopySnapshot', (c) => c.send(new CopySnapshotCommand({ SourceSnapshotId: PLACEHOLDER_SNAPSHOT, SourceRegion: o.region, Encrypted: true, KmsKeyId: o.reencryptWith, DryRun: true })))
       // Reading the aws/ebs snapshots needs no more: that key is usable through EBS by every

@@ -8,6 +8,7 @@
 // restore-points/<id>.json, still load and list.
 import { TIMESTAMPED, timestampedId } from '../agent/core/ids.ts'
 import { z } from 'zod'
+import { CONFIG, manifestObject } from '../agent/core/backup-names.ts'
 import { EbsWorkerError, ErrorCode, withContext } from '../agent/core/errors.ts'
 import { openBackend } from '../agent/storage/open.ts'
 import { AlreadyExistsError, type Backend } from '../agent/storage/types.ts'
@@ -60,6 +61,11 @@ const DIR = 'restore-points/'
 /** An EC2 instance id, as it names the folder of its restore points. */
 const INSTANCE_ID = /^i-[0-9a-f]{8,17}$/
 
+/** Whether `id` is an EC2 instance id (i-0123456789abcdef0). */
+export function isInstanceId(id: string): boolean {
+  return INSTANCE_ID.test(id)
+}
+
 /** A restore point as listed: its id, its instance (unknown for the old layout) and its object. */
 export interface RestorePointEntry {
   id: string
@@ -77,6 +83,17 @@ export class RestorePointStore {
       throw new EbsWorkerError(ErrorCode.BadInput, `a repository URL is s3://bucket/prefix or file:///path, not ${repo}`)
     }
     this.#backend = typeof repo === 'string' ? openBackend(repo, { aws: ownClients() }) : repo
+  }
+
+  /** Refuses a place that holds no repository (no config object): REPO_NOT_FOUND, rather than no restore points. */
+  async assertRepository(): Promise<void> {
+    let config: Buffer | null
+    try {
+      config = await this.#backend.get(CONFIG)
+    } catch (err) {
+      throw this.#failed(err, {})
+    }
+    if (!config) throw new EbsWorkerError(ErrorCode.RepoNotFound, `no ebs-worker repository at ${this.#backend.url} (create one with "ebs-worker init")`, { context: { repository: this.#backend.url } })
   }
 
   /** Writes a restore point once (never overwritten): restore-points/<instance id>/<id>.json. */
@@ -142,6 +159,26 @@ export class RestorePointStore {
     return null
   }
 
+  /** The restore point an entry of entries() names. */
+  read(e: RestorePointEntry): Promise<RestorePoint> {
+    return this.#read(e)
+  }
+
+  /**
+   * Forgets a restore point: first each of `backups` (their manifests; the data goes at the
+   * workers' next prune), then the restore point's objects (`objects`: it may be in both
+   * layouts), last. Cut short, it leaves the restore point, which a forget run again finishes.
+   */
+  async forget(id: string, objects: readonly string[], backups: readonly string[]): Promise<void> {
+    for (const object of [...backups.map(manifestObject), ...objects]) {
+      try {
+        await this.#backend.delete(object)
+      } catch (err) {
+        throw this.#failed(err, { restorePointId: id, object })
+      }
+    }
+  }
+
   async #read(e: RestorePointEntry): Promise<RestorePoint> {
     let data: Buffer | null
     try {
@@ -174,6 +211,6 @@ export class RestorePointStore {
 
 /** restore-points/<instance id>/: an instance's folder (an id that could name another path is refused). */
 function folderOf(instanceId: string): string {
-  if (!INSTANCE_ID.test(instanceId)) throw new EbsWorkerError(ErrorCode.BadInput, `${instanceId} is not an EC2 instance id (i-0123456789abcdef0)`)
+  if (!isInstanceId(instanceId)) throw new EbsWorkerError(ErrorCode.BadInput, `${instanceId} is not an EC2 instance id (i-0123456789abcdef0)`)
   return `${DIR}${instanceId}/`
 }

@@ -73,6 +73,8 @@ export interface RestoreOptions {
   /** Leave the instance stopped. */
   noStart?: boolean
   waits: Waits
+  /** Told each step of the flow as it begins (the command line shows them on a terminal). */
+  onStep?: (step: string) => void
 }
 
 export interface RestoreOutcome {
@@ -160,6 +162,8 @@ function defaultKeyRefusal(rp: RestorePoint, key: string, workerAccount: string,
 }
 
 export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Promise<RestoreOutcome> {
+  const step = o.onStep ?? (() => {})
+  step(`reading restore point ${o.restorePointId}`)
   const rp = await new RestorePointStore(o.repo).load(o.restorePointId)
   const me = await ownSession(o.targetRegion)
   const restore = await assumeRole(o.restoreRole, o.targetRegion, 'ebs-controller-restore')
@@ -207,6 +211,8 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
   const undo = new Cleanup() // undone only if the restore fails
   try {
     // 1. The workers: volumes holding the backups (and, across accounts, shared snapshots of them).
+    step(`workers restoring ${rp.volumes.length} volume${rp.volumes.length === 1 ? '' : 's'} of ${rp.instance.instanceId}`)
+    let done = 0
     const restored = await settleAll(rp.volumes.map(async (v, i) => {
       const r = await tasks.run({
         version: 1, type: 'restore', taskId: `${runId}/${i}`, backupId: v.backupId, repository: o.repo, sizeGiB: v.sizeGiB,
@@ -218,6 +224,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       })
       const figures = succeeded(r, `restore of ${v.deviceName} from ${v.backupId}`)
       const volumeId = String(figures.volumeId)
+      step(`restored ${v.deviceName} (${++done}/${rp.volumes.length}) onto ${volumeId}`)
       const release = `delete worker volume ${volumeId} (detach task)`
       const releaseRun = async (): Promise<void> => {
         succeeded(await tasks.run({ version: 1, type: 'detach', taskId: `${runId}/${i}/detach`, volumeId, delete: true }), `deleting worker volume ${volumeId}`)
@@ -252,6 +259,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
           `an instance attaches only volumes of its own AZ. Pass a subnet of ${az}, or run the restore with workers of ${launch.availabilityZone}`)
       }
     }
+    step(`launching a ${o.instanceType ?? rp.instance.instanceType} instance in ${az}`)
     const { tags, dropped: droppedTags } = launchTags(rp.instance.tags, { Key: RESTORE_TAG, Value: `${rp.id} ${runId}` })
     const run = await call(who, 'RunInstances', () => ec2.send(new RunInstancesCommand({
       ImageId: launch.imageId, InstanceType: (o.instanceType ?? rp.instance.instanceType) as _InstanceType, MinCount: 1, MaxCount: 1,
@@ -263,6 +271,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     undo.add(`terminate instance ${instanceId}`, () => ec2.send(new TerminateInstancesCommand({ InstanceIds: [instanceId] })))
     await waitInstanceState(ec2, who, instanceId, 'running', o.waits)
     await call(who, `StopInstances ${instanceId}`, () => ec2.send(new StopInstancesCommand({ InstanceIds: [instanceId] })))
+    step(`stopping ${instanceId} to swap its volumes`)
     const stopped = await waitInstanceState(ec2, who, instanceId, 'stopped', o.waits)
     // The launch's own volumes make way for the restored ones.
     for (const m of stopped.BlockDeviceMappings ?? []) {
@@ -278,6 +287,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     for (const r of restored) {
       let volumeId = r.volumeId
       if (cross) {
+        step(`creating ${r.v.deviceName} in ${o.targetAccount} from ${r.snapshotId}`)
         const created = await call(who, `CreateVolume from ${r.snapshotId}`, () => ec2.send(new CreateVolumeCommand({
           AvailabilityZone: az, SnapshotId: r.snapshotId!, Encrypted: true, KmsKeyId: targetKeyArn, VolumeType: r.v.volumeType as VolumeType,
           ...createVolumePerformance(r.v.volumeType, r.v),
@@ -301,6 +311,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
     }
 
     // 4. Attached in the original device order; the original root goes where the instance boots from.
+    step(`attaching ${volumes.length} volume${volumes.length === 1 ? '' : 's'} to ${instanceId}`)
     for (const v of volumes) {
       const device = v.deviceName === rp.instance.rootDeviceName ? (stopped.RootDeviceName ?? v.deviceName) : v.deviceName
       await call(who, `AttachVolume ${v.volumeId} ${device}`, () => ec2.send(new AttachVolumeCommand({ InstanceId: instanceId, VolumeId: v.volumeId, Device: device })))
@@ -308,6 +319,7 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
       v.deviceName = device
     }
     if (!o.noStart) {
+      step(`starting ${instanceId}`)
       await call(who, `StartInstances ${instanceId}`, () => ec2.send(new StartInstancesCommand({ InstanceIds: [instanceId] })))
       await waitInstanceState(ec2, who, instanceId, 'running', o.waits)
     }

@@ -5,11 +5,13 @@
 #   /usr/lib/sysusers.d/ebs-worker.conf, the user ebs-worker (group disk)
 #   /etc/systemd/system/ebs-worker.service   enabled at first boot by the user-data, not here
 #   /etc/logrotate.d/ebs-worker, /var/log/ebs-worker (owned by ebs-worker)
-#   /opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json, the agent enabled
+#   /opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/ebs-worker.json, a fragment the
+#   agent merges with its other configuration at start (its main config is left alone), enabled
+# The RPM and DEB packages (scripts/package.sh) install the same files; this is for hosts without them.
 # Usage: install-worker.sh TARBALL. INSTALL_ROOT (default /) and SYSTEMCTL let a test install
 # into a directory.
 set -euo pipefail
-tarball=${1:?usage: install-worker.sh ebs-worker-VERSION-linux-x64.tar.gz}
+tarball=${1:?usage: install-worker.sh ebs-worker-VERSION-linux-ARCH.tar.gz}
 root=${INSTALL_ROOT:-}
 root=${root%/}
 systemctl=${SYSTEMCTL:-systemctl}
@@ -24,9 +26,11 @@ share=$root/opt/ebs-worker/share
 
 install -D -m 0644 "$share/ebs-worker.sysusers" "$root/usr/lib/sysusers.d/ebs-worker.conf"
 systemd-sysusers --root="${root:-/}" "$root/usr/lib/sysusers.d/ebs-worker.conf"
-install -D -m 0644 "$share/ebs-worker.service" "$root/etc/systemd/system/ebs-worker.service"
+for unit in ebs-worker.service ebs-worker-health.service ebs-worker-health.timer; do
+  install -D -m 0644 "$share/$unit" "$root/etc/systemd/system/$unit"
+done
 install -D -m 0644 "$share/logrotate.conf" "$root/etc/logrotate.d/ebs-worker"
-install -D -m 0644 "$share/cloudwatch-agent.json" "$root/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
+install -D -m 0644 "$share/cloudwatch-agent.json" "$root/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/ebs-worker.json"
 install -d -m 0755 "$root/etc/ebs-worker"
 # The log file systemd appends the daemon's output to (StandardOutput=append:), before first start.
 uid=$(awk -F: '$1 == "ebs-worker" { print $3 }' "$root/etc/passwd")

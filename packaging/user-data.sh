@@ -15,11 +15,18 @@
 #   EBS_WORKER_VISIBILITY_TIMEOUT tag ebs-worker:visibility-timeout (default 300 s)
 #   EBS_WORKER_SHUTDOWN_GRACE   tag ebs-worker:shutdown-grace    (default 60 s; the unit's TimeoutStopSec is 90)
 #   EBS_WORKER_FLEET            tag ebs-worker:fleet             (default "default": the metrics' Fleet dimension)
-# The Region comes from IMDS (placement/region).
+#   EBS_WORKER_ASG_NAME         tag ebs-worker:asg-name          (optional: the Auto Scaling group; with it the
+#                               daemon drains on scale-in and ebs-worker-health.timer reports its health)
+#   EBS_WORKER_LIFECYCLE_HOOK   tag ebs-worker:lifecycle-hook    (optional: the termination hook the daemon completes)
+#   EBS_WORKER_CFN_STACK, EBS_WORKER_CFN_RESOURCE (parameters only, optional): the stack and the
+#                               Auto Scaling group's logical id to signal (CreationPolicy and
+#                               UpdatePolicy): SUCCESS once the service is ready, FAILURE if anything
+#                               here fails, with `aws cloudformation signal-resource`
+# The Region and the instance id come from IMDS.
 #
 # For tests and image builds, overridable: EBS_WORKER_ROOT (files are written under it, default
 # /), IMDS_ENDPOINT (default http://169.254.169.254), EBS_WORKER_BIN (the ebs-worker command),
-# SYSTEMCTL (the systemctl command).
+# SYSTEMCTL (the systemctl command), AWS_CLI (the aws command).
 set -euo pipefail
 umask 022
 
@@ -28,9 +35,31 @@ root=${root%/}
 imds=${IMDS_ENDPOINT:-http://169.254.169.254}
 bin=${EBS_WORKER_BIN:-/opt/ebs-worker/bin/ebs-worker}
 systemctl=${SYSTEMCTL:-systemctl}
+aws=${AWS_CLI:-aws}
+cfn_stack=${EBS_WORKER_CFN_STACK:-}
+cfn_resource=${EBS_WORKER_CFN_RESOURCE:-WorkerGroup}
+region=
+instance_id=
+tmp=
 
 log() { echo "ebs-worker user-data: $*" >&2; }
 die() { log "$*"; exit 1; }
+
+# CloudFormation waits for a signal from each new worker (the group's CreationPolicy and rolling
+# UpdatePolicy): a worker that does not come up fails the deployment and rolls it back.
+signal() {
+  [ -n "$cfn_stack" ] || return 0
+  if [ -z "$region" ] || [ -z "$instance_id" ]; then log "cannot signal $cfn_stack: no Region or instance id from IMDS"; return 0; fi
+  "$aws" cloudformation signal-resource --region "$region" --stack-name "$cfn_stack" \
+    --logical-resource-id "$cfn_resource" --unique-id "$instance_id" --status "$1" >&2 \
+    || log "signalling $1 to $cfn_stack failed"
+}
+finish() {
+  local rc=$?
+  [ -z "$tmp" ] || rm -f "$tmp"
+  [ "$rc" = 0 ] || signal FAILURE
+}
+trap finish EXIT
 
 # IMDSv2: a session token first, then every read with it.
 token=$(curl -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT "$imds/latest/api/token" \
@@ -39,6 +68,7 @@ meta() { curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" "$imds/lat
 tag() { meta "tags/instance/$1" 2>/dev/null || true; }
 
 region=$(meta placement/region) || die "IMDS gave no Region"
+instance_id=$(meta instance-id) || die "IMDS gave no instance id"
 
 setting() { # setting VALUE_FROM_PARAMETER TAG_KEY DEFAULT
   if [ -n "$1" ]; then printf '%s' "$1"; return; fi
@@ -54,6 +84,8 @@ key_file=$(setting "${EBS_WORKER_KEY_FILE:-}" ebs-worker:key-file "")
 visibility=$(setting "${EBS_WORKER_VISIBILITY_TIMEOUT:-}" ebs-worker:visibility-timeout 300)
 grace=$(setting "${EBS_WORKER_SHUTDOWN_GRACE:-}" ebs-worker:shutdown-grace 60)
 fleet=$(setting "${EBS_WORKER_FLEET:-}" ebs-worker:fleet default)
+asg_name=$(setting "${EBS_WORKER_ASG_NAME:-}" ebs-worker:asg-name "")
+lifecycle_hook=$(setting "${EBS_WORKER_LIFECYCLE_HOOK:-}" ebs-worker:lifecycle-hook "")
 
 # Shapes checked here so the values can be written into JSON as they are (no quotes or
 # backslashes can pass); the agent's schema then checks the whole file.
@@ -67,12 +99,16 @@ check shutdown-grace "$grace" '^[0-9]+$' 'seconds'
 check fleet "$fleet" '^[A-Za-z0-9._-]{1,64}$' 'a name'
 check region "$region" '^[a-z0-9-]+$' 'a Region'
 [ -z "$key_file" ] || check key-file "$key_file" '^/[A-Za-z0-9._/-]+$' 'an absolute path'
+[ -z "$asg_name" ] || check asg-name "$asg_name" '^[A-Za-z0-9._-]{1,255}$' 'an Auto Scaling group name'
+[ -z "$lifecycle_hook" ] || check lifecycle-hook "$lifecycle_hook" '^[A-Za-z0-9._-]{1,255}$' 'a lifecycle hook name'
+[ -z "$lifecycle_hook" ] || [ -n "$asg_name" ] || die "lifecycle-hook \"$lifecycle_hook\" needs asg-name too"
+[ -z "$cfn_stack" ] || check cfn-stack "$cfn_stack" '^[A-Za-z][A-Za-z0-9-]{0,127}$' 'a stack name'
+check cfn-resource "$cfn_resource" '^[A-Za-z0-9]+$' 'a logical resource id'
 
 etc=$root/etc/ebs-worker
 mkdir -p "$etc"
 conf=$etc/config.json
 tmp=$(mktemp "$etc/.config.json.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
 {
   printf '{\n'
   printf '  "queueUrl": "%s",\n' "$queue_url"
@@ -81,13 +117,18 @@ trap 'rm -f "$tmp"' EXIT
   [ -z "$key_file" ] || printf '  "keyFile": "%s",\n' "$key_file"
   printf '  "concurrency": %d,\n' "$((10#$concurrency))"
   printf '  "visibilityTimeoutSeconds": %d,\n' "$((10#$visibility))"
+  if [ -n "$asg_name" ]; then
+    printf '  "autoScaling": { "groupName": "%s"' "$asg_name"
+    [ -z "$lifecycle_hook" ] || printf ', "lifecycleHookName": "%s"' "$lifecycle_hook"
+    printf ' },\n'
+  fi
   printf '  "shutdownGraceSeconds": %d\n' "$((10#$grace))"
   printf '}\n'
 } > "$tmp"
 "$bin" doctor --config "$tmp" --only config >&2 || die "the configuration is not valid (see above); nothing was started"
 chmod 644 "$tmp"
 mv "$tmp" "$conf"
-trap - EXIT
+tmp=
 
 # The daemon's environment: the SDK's Region for SQS and S3, the metrics' fleet.
 printf 'AWS_REGION=%s\nEBS_WORKER_FLEET=%s\n' "$region" "$fleet" > "$etc/environment"
@@ -98,5 +139,9 @@ mkdir -p "$dropin"
 printf '[Service]\nTimeoutStopSec=%d\n' "$((10#$grace + 30))" > "$dropin/stop-timeout.conf"
 
 $systemctl daemon-reload
+# Type=notify: this returns once the daemon is ready (it has received from its queue), or fails.
 $systemctl enable --now ebs-worker.service
+# In an Auto Scaling group: the daemon's own health, reported to the group (ebs-worker health-check).
+[ -z "$asg_name" ] || $systemctl enable --now ebs-worker-health.timer
+signal SUCCESS
 log "configured (queue $queue_url, repository $repository, concurrency $concurrency) and started"

@@ -4,11 +4,12 @@
 # for peak memory, systemd-analyze for the unit, python3-fusepy for the failing and
 # slow disks of test/fixtures/faulty-fs.py, packer for the AMI template, curl for user-data,
 # Ceph (radosgw, mon, osd) for the local S3 of scripts/testbed.sh, and haproxy and openssl for its
-# TLS front and the TLS tests' certificates. Used by `npm test` and .ci/run.
+# TLS front and the TLS tests' certificates, rpm (rpmbuild, rpm, rpm2archive) for the RPM packages
+# of scripts/package.sh (dpkg-deb, for the DEB, is part of every Debian). Used by `npm test` and .ci/run.
 set -uo pipefail
 export PATH="$PATH:/usr/bin:/usr/sbin"   # haproxy is in /usr/sbin, which minimal PATHs (sudo, CI) may miss
 need=()
-for pkg_cmd in e2fsprogs:mkfs.ext4 xfsprogs:mkfs.xfs mount:mount util-linux:losetup systemd:systemd-analyze python3:python3 curl:curl packer:packer radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd haproxy:haproxy openssl:openssl; do
+for pkg_cmd in e2fsprogs:mkfs.ext4 xfsprogs:mkfs.xfs mount:mount util-linux:losetup systemd:systemd-analyze python3:python3 curl:curl packer:packer radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd haproxy:haproxy openssl:openssl rpm:rpmbuild rpm:rpm2archive; do
   command -v "${pkg_cmd#*:}" >/dev/null || need+=("${pkg_cmd%%:*}")
 done
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import fusepy' 2>/dev/null || need+=(python3-fusepy)

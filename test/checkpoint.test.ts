@@ -11,7 +11,8 @@ import { checkpointObjectName, decodeCheckpoint, encodeCheckpoint, type Checkpoi
 import { isEbsWorkerError } from '../agent/core/errors.ts'
 import { Repository } from '../agent/repo/repository.ts'
 import { restore } from '../agent/pipeline/restore.ts'
-import { makeImage, MiB, sha256File, tempDir, type Teardown } from './helpers.ts'
+import { logLines, makeImage, MiB, sha256File, tempDir, type Teardown } from './helpers.ts'
+import { logTo } from '../agent/core/log.ts'
 
 const stats = { bytesRead: 1, bytesNew: 2, bytesStored: 3, chunksTotal: 10, chunksZero: 4, chunksNew: 5, chunksReused: 6, chunksFromParent: 7, durationMs: 8 }
 
@@ -111,8 +112,12 @@ t.test('a checkpoint that does not fit is not used', async (t) => {
   // A damaged checkpoint is no reason to fail: it is ignored.
   await backup(repo, { device: image, checkpoint: { key: 'task:t2', intervalMs: 0 }, signal: AbortSignal.abort() }).catch(() => {})
   await writeFile(join(dir, 'repo', checkpointObjectName('task:t2')), 'garbage')
-  const c = await backup(repo, { device: image, checkpoint: { key: 'task:t2' } })
+  const logged = { text: '' }
+  const undo = logTo({ write: (line: string) => void (logged.text += line) })
+  const c = await backup(repo, { device: image, checkpoint: { key: 'task:t2' } }).finally(undo)
   t.equal(c.resumedFrom, null, 'a damaged checkpoint: started afresh')
+  t.match(logLines(logged.text), [{ level: 'warn', msg: /cannot read the checkpoint; the work starts afresh/, checkpoint: checkpointObjectName('task:t2'), error: { code: 'REPO_FORMAT', message: /damaged/ } }],
+    'saying so in a warning, not an error')
   t.ok(await holdsImage(c.id), 'and the backup is right')
 })
 

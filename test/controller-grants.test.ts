@@ -63,7 +63,8 @@ t.test('preflight: a controller that may not simulate says the grant could not b
   const controller = w.world.principals.get('AKIACONTROLLER')!
   controller.policy = { ...controller.policy!, Statement: controller.policy!.Statement.filter((s) => s.Sid !== 'TheWorkerRolesGrantsAsEbsMakesThem') }
   const r = await w.controller(['preflight', ...args])
-  t.same(missing(r.json!.checks), [`${w.roles.worker.arn} | ${w.keys.prod} | kms:CreateGrant`])
+  // The worker role's Decrypt, which its policy allows only through EBS (kms:ViaService), is simulated too.
+  t.same(missing(r.json!.checks), [`${w.roles.worker.arn} | ${w.keys.prod} | kms:CreateGrant`, `${w.roles.worker.arn} | ${w.keys.prod} | kms:Decrypt`])
   t.match((r.json!.checks as Check[]).find((c) => !c.ok)!.detail, /cannot check kms:CreateGrant.*AccessDenied.*iam:SimulatePrincipalPolicy/)
 })
 

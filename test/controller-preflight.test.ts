@@ -31,7 +31,10 @@ t.test('backup: every permission there: each row ok, as a table, nothing created
     [w.roles.source.arn, '-', 'ec2:CreateSnapshots'], [w.roles.source.arn, '-', 'ec2:ModifySnapshotAttribute'], [w.roles.source.arn, w.keys.prod, 'kms:DescribeKey'],
     [w.roles.worker.arn, w.keys.prod, 'kms:CreateGrant'], [w.roles.worker.arn, w.keys.prod, 'kms:Decrypt'],
   ] as Array<[string, string, string]>) t.ok(row(checks, role, key, action)?.ok, `row ${role} × ${key} × ${action}: ok`)
-  t.match(ok.stdout, /role\s+KMS key\s+action\s+result/, 'printed as a table')
+  t.same(JSON.parse(ok.stdout), ok.json, 'with --json, stdout is the JSON alone')
+  const term = await w.controllerOnTerminal(args)
+  t.equal(term.code, 0, 'on a terminal, without --json')
+  t.match(term.output, /role\s+KMS key\s+action\s+result/, 'printed as a table')
   t.same(counts(w), before, 'nothing was created')
 })
 
@@ -55,7 +58,9 @@ t.test('backup: a source key the worker account may not use: each action named, 
   t.same(missing(p1.json!.checks), [
     `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:DescribeKey`, `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:CreateGrant`, `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:Decrypt`,
   ], 'the worker role cannot use the private key: each action named')
-  t.match(p1.stdout, /missing:\n(.*\n)*.*kms:CreateGrant: AccessDeniedException/, 'with the reason')
+  t.match(row(p1.json!.checks, w.roles.worker.arn, w.keys.prodPrivate, 'kms:CreateGrant')?.detail, /AccessDeniedException/, 'with the reason')
+  const term = await w.controllerOnTerminal(['preflight', 'backup-instance', '--instance', privateInstance, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn])
+  t.match(term.output, /missing:\n(.*\n)*.*kms:CreateGrant: AccessDeniedException/, 'on a terminal too, with the reason')
   t.same(counts(w), before, 'nothing was created')
 })
 
@@ -76,6 +81,18 @@ t.test('backup: a missing EC2 action of the source role', async (t) => {
   const p4 = await w.controller(args)
   t.same(missing(p4.json!.checks), [`${w.roles.source.arn} | - | ec2:CreateSnapshots`], 'a missing EC2 action')
   t.equal(w.ec2.snapshots.size, before.snapshots, 'still nothing created')
+})
+
+t.test('backup: the source role\'s rights on the backup\'s own snapshots are simulated: sharing allowed with another account only is found', async (t) => {
+  const { w, args } = await backupWorld(t)
+  const before = counts(w)
+  // As if the policy named another worker account than the one this backup is for.
+  w.roles.source.policy = JSON.parse(JSON.stringify(w.roles.source.policy!).replaceAll(`"ec2:Add/userId":["${BACKUP}"]`, `"ec2:Add/userId":["${TARGET}"]`))
+  const r = await w.controller(args)
+  t.same(missing(r.json!.checks), [`${w.roles.source.arn} | - | ec2:ModifySnapshotAttribute`], 'the share row, and only it')
+  t.match(row(r.json!.checks, w.roles.source.arn, '-', 'ec2:ModifySnapshotAttribute')?.detail, /IAM policy simulator: implicitDeny on a snapshot tagged ebs-controller:restore-point, sharing it with 222222222222/)
+  t.ok(row(r.json!.checks, w.roles.source.arn, '-', 'ec2:DeleteSnapshot')?.ok, 'deleting them is still allowed')
+  t.same(counts(w), before, 'nothing was created')
 })
 
 t.test('backup: a role that cannot be assumed', async (t) => {

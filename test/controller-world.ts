@@ -30,7 +30,13 @@ export const CONTROLLER_CLI = join(ROOT, 'controller/bin/ebs-controller.ts')
 /** The image of the tests' instances, public in REGION. */
 export const PUBLIC_IMAGE = 'ami-0abcdef0123456789'
 
-const PLACEHOLDERS: Record<string, string> = { CONTROLLER_ACCOUNT_ID: BACKUP, WORKER_ACCOUNT_ID: BACKUP, TARGET_ACCOUNT_ID: TARGET, SOURCE_ACCOUNT_ID: PROD }
+/** The roles' names (the same in each account), and the controller's principal. */
+export const ROLE_NAMES = { source: 'ebs-backup-source', restore: 'ebs-restore', worker: 'ebs-worker' }
+export const CONTROLLER_ARN = `arn:aws:iam::${BACKUP}:user/ebs-controller`
+const PLACEHOLDERS: Record<string, string> = {
+  CONTROLLER_ACCOUNT_ID: BACKUP, WORKER_ACCOUNT_ID: BACKUP, TARGET_ACCOUNT_ID: TARGET, SOURCE_ACCOUNT_ID: PROD, CONTROLLER_PRINCIPAL_ARN: CONTROLLER_ARN,
+  SOURCE_ROLE_NAME: ROLE_NAMES.source, RESTORE_ROLE_NAME: ROLE_NAMES.restore, WORKER_ROLE_NAME: ROLE_NAMES.worker,
+}
 
 /** A document of packaging/iam/ with its placeholders filled in. */
 export function iamDocument<T = PolicyDocument>(name: string): T {
@@ -49,7 +55,8 @@ export const FLEET_STACK = 'ebs-worker-fleet'
  */
 export function fleetWorkerPolicy(kmsKeyArns: string[]): PolicyDocument {
   const values: Record<string, string> = {
-    'AWS::Partition': 'aws', 'AWS::Region': REGION, 'AWS::AccountId': BACKUP, 'AWS::StackName': FLEET_STACK,
+    'AWS::Partition': 'aws', 'AWS::URLSuffix': 'amazonaws.com', 'AWS::Region': REGION, 'AWS::AccountId': BACKUP, 'AWS::StackName': FLEET_STACK,
+    'AWS::StackId': `arn:aws:cloudformation:${REGION}:${BACKUP}:stack/${FLEET_STACK}/1f5a3c70-0000-11f0-8000-0a1b2c3d4e5f`,
     'TaskQueue.Arn': `arn:aws:sqs:${REGION}:${BACKUP}:tasks`, 'ReplyQueue.Arn': `arn:aws:sqs:${REGION}:${BACKUP}:replies`,
     RepositoryBucket: 'ebs-worker-repository', RepositoryPrefix: 'backups',
   }
@@ -59,11 +66,6 @@ export function fleetWorkerPolicy(kmsKeyArns: string[]): PolicyDocument {
     return values[name]!
   })
   return JSON.parse(text) as PolicyDocument
-}
-
-/** The principals a trust policy names. */
-function trusted(name: string): string[] {
-  return iamDocument(name).Statement.flatMap((s) => (s.Principal && s.Principal !== '*' ? [s.Principal.AWS].flat() : []))
 }
 
 export interface ControllerRun {
@@ -78,15 +80,15 @@ export interface ControllerRun {
 export async function controllerWorld(t: Teardown) {
   const dir = await tempDir(t)
   const world = new AwsWorld(BACKUP)
-  world.addCredentials('AKIACONTROLLER', { arn: `arn:aws:iam::${BACKUP}:user/ebs-controller`, accountId: BACKUP, policy: iamDocument('controller-policy.json') })
+  world.addCredentials('AKIACONTROLLER', { arn: CONTROLLER_ARN, accountId: BACKUP, policy: iamDocument('controller-policy.json') })
 
   const roles = {
     // Its policy, the fleet's, once the keys exist (below).
-    worker: world.addRole({ accountId: BACKUP, name: 'ebs-worker', trust: [BACKUP] }),
-    source: world.addRole({ accountId: PROD, name: 'ebs-backup-source', trust: trusted('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
-    localSource: world.addRole({ accountId: BACKUP, name: 'ebs-backup-source', trust: trusted('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
-    restore: world.addRole({ accountId: TARGET, name: 'ebs-restore', trust: trusted('restore-role-trust.json'), policy: iamDocument('restore-role-policy.json') }),
-    localRestore: world.addRole({ accountId: BACKUP, name: 'ebs-restore', trust: trusted('restore-role-trust.json'), policy: iamDocument('restore-role-policy.json') }),
+    worker: world.addRole({ accountId: BACKUP, name: ROLE_NAMES.worker, trust: [BACKUP] }),
+    source: world.addRole({ accountId: PROD, name: ROLE_NAMES.source, trust: [], trustPolicy: iamDocument('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
+    localSource: world.addRole({ accountId: BACKUP, name: ROLE_NAMES.source, trust: [], trustPolicy: iamDocument('source-role-trust.json'), policy: iamDocument('source-role-policy.json') }),
+    restore: world.addRole({ accountId: TARGET, name: ROLE_NAMES.restore, trust: [], trustPolicy: iamDocument('restore-role-trust.json'), policy: iamDocument('restore-role-policy.json') }),
+    localRestore: world.addRole({ accountId: BACKUP, name: ROLE_NAMES.restore, trust: [], trustPolicy: iamDocument('restore-role-trust.json'), policy: iamDocument('restore-role-policy.json') }),
   }
 
   const kms = await new KmsStandIn([], { world }).start()
@@ -180,6 +182,27 @@ export async function controllerWorld(t: Teardown) {
     })
   })
 
+  /**
+   * Runs ebs-controller on a terminal (a pseudo-terminal from script(1), which stdout and stderr
+   * share), without --json: what a person at a terminal sees.
+   */
+  const controllerOnTerminal = (args: string[]): Promise<{ code: number | null; output: string }> => new Promise((resolve, reject) => {
+    const quote = (a: string): string => `'${a.replace(/'/g, `'\\''`)}'`
+    const command = [process.execPath, CONTROLLER_CLI, ...args, '--poll-ms', '50'].map(quote).join(' ')
+    const child = spawn('script', ['-qefc', command, '/dev/null'], {
+      env: {
+        ...process.env, ...endpoints, AWS_ACCESS_KEY_ID: 'AKIACONTROLLER', AWS_SECRET_ACCESS_KEY: 'x', AWS_SESSION_TOKEN: '',
+        EBS_CONTROLLER_QUEUE_URL: queueUrl, EBS_CONTROLLER_REPLY_QUEUE_URL: replyQueueUrl, EBS_CONTROLLER_REPO: repo,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let output = ''
+    child.stdout.on('data', (d) => (output += d))
+    child.stderr.on('data', (d) => (output += d))
+    child.on('error', reject)
+    child.on('close', (code) => resolve({ code, output: output.replace(/\r\n/g, '\n') }))
+  })
+
   /** An instance whose volumes hold random data at distinct places (each one unique); tagged `Name: app-1` unless `options.tags` says otherwise. */
   const instance = async (accountId: string, az: string, volumes: Array<{ device: string; kmsKeyId?: string; encrypted?: boolean; volumeType?: string }>, options: { tags?: Record<string, string>; imageId?: string } = {}) => {
     const specs = []
@@ -194,5 +217,5 @@ export async function controllerWorld(t: Teardown) {
     return ec2.addInstance({ accountId, region: REGION, availabilityZone: az, instanceType: 'm6i.xlarge', imageId: options.imageId ?? PUBLIC_IMAGE, tags: options.tags ?? { Name: 'app-1' }, volumes: specs })
   }
 
-  return { dir, world, roles, kms, keys, ec2, repo, startWorker, controller, instance, log }
+  return { dir, world, roles, kms, keys, ec2, repo, startWorker, controller, controllerOnTerminal, instance, log, endpoints }
 }

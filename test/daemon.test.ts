@@ -3,7 +3,7 @@
 // tree of the test's own), results on the reply queue.
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { copyFile, mkdir, open, readdir, stat, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { CreateVolumeCommand, EC2Client } from '@aws-sdk/client-ec2'
 import { devNumber } from '../agent/device/block-device.ts'
@@ -14,7 +14,8 @@ import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
-import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, sha256File, tempDir, type Teardown, until } from './helpers.ts'
+import { attachLoop, cli, CLI, fakeNvme, logLines, logWhere, makeImage, MiB, ROOT, sha256File, tempDir, type Teardown, until } from './helpers.ts'
+import { VERSION } from '../agent/core/version.ts'
 import { EbsStandIn } from './standin/ebs.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { KmsStandIn } from './standin/kms.ts'
@@ -123,7 +124,7 @@ async function world(t: Teardown, options: WorldOptions = {}) {
     }
   }
   const reply = (taskId: string) => replyWhere(taskId, (r) => r.taskId === taskId)
-  return { dir, sqs, queueUrl, dlqUrl, roots, ec2, ebsCalls, repo, daemon, exited, spawnDaemon, state, replies, send, replyWhere, reply }
+  return { dir, sqs, queueUrl, dlqUrl, roots, ec2, ebs, ebsCalls, repo, daemon, exited, spawnDaemon, state, replies, send, replyWhere, reply }
 }
 
 /** A loop device with an NVMe identity in the world's device tree: the "attached volume". */
@@ -132,6 +133,8 @@ async function attachedVolume(t: Teardown, w: Awaited<ReturnType<typeof world>>)
   await makeImage(image, 24 * MiB, [{ kind: 'random', offset: 2 * MiB, length: 5 * MiB }, { kind: 'text', offset: 12 * MiB, length: 3 * MiB }])
   const loop = attachLoop(t, image)
   await fakeNvme(w.roots, 'nvme1n1', loop, 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 24 * MiB)
+  // EC2 knows it as attached to this worker (a read checks that first).
+  await w.ec2.occupyDevice('/dev/sdf', VOL)
   return loop
 }
 
@@ -183,20 +186,188 @@ t.test('messages that are not valid tasks are rejected with a reply, and every m
   t.equal(await inQueue(), 0, 'every task message was settled and deleted')
 })
 
-t.test('a read task for a volume that never appears fails clearly', async (t) => {
+t.test('a read task for a volume attached here whose device never appears fails clearly', async (t) => {
   // A short device timeout: the other cases keep a long one, so a loaded machine does not fail them.
-  const { send, reply } = await world(t, { config: { deviceTimeoutSeconds: 1 } })
+  const { send, reply, ec2 } = await world(t, { config: { deviceTimeoutSeconds: 1 } })
+  await ec2.occupyDevice('/dev/sdg', 'vol-0000000000000000f')
   await send(JSON.stringify({ version: 1, type: 'read', taskId: 'no-device', volumeId: 'vol-0000000000000000f' }))
-  t.match(await reply('no-device'), { status: 'failed', error: { code: 'DEVICE_NOT_FOUND', retryable: false } }, 'a volume that never appears fails clearly')
+  t.match(await reply('no-device'), { status: 'failed', error: { code: 'DEVICE_NOT_FOUND', retryable: false } }, 'a device that never appears fails clearly')
 })
 
-t.test('SIGTERM stops the daemon cleanly', async (t) => {
-  const { daemon, exited, state, send, reply } = await world(t)
+t.test('a read task for a volume that does not exist, or is not attached here, fails at once with VOLUME_NOT_FOUND', async (t) => {
+  // The device timeout is long: failing at once means EC2 was asked, not the device tree waited on.
+  const w = await world(t, { config: { deviceTimeoutSeconds: 3600 } })
+  await makeImage(join(w.dir, 'other.img'), MiB, [])
+  const elsewhere = await w.ec2.addInstance({ accountId: INSTANCE.accountId, region: INSTANCE.region, availabilityZone: INSTANCE.availabilityZone, instanceType: 'm6i.large', volumes: [
+    { device: '/dev/xvda', image: join(w.dir, 'other.img'), sizeGiB: 1 }] })
+  const theirs = w.ec2.attachedTo(elsewhere)[0]!.volumeId
+  await w.send(JSON.stringify({ version: 1, type: 'read', taskId: 'missing', volumeId: 'vol-0000000000000000f' }))
+  await w.send(JSON.stringify({ version: 1, type: 'read', taskId: 'not-here', volumeId: theirs }))
+  t.match(await w.reply('missing'), { status: 'failed', error: { code: 'VOLUME_NOT_FOUND', retryable: false, message: /does not exist/ } }, 'a volume that does not exist')
+  const r = await w.reply('not-here')
+  t.match(r, { status: 'failed', error: { code: 'VOLUME_NOT_FOUND', retryable: false, message: /not attached to this worker/ } }, 'a volume attached to another instance')
+  t.match(r.error.message, elsewhere, 'naming where it is')
+})
+
+t.test('a task may name only the repositories the configuration allows; a malformed one is refused at once', async (t) => {
+  // With a dead-letter queue: a transient failure would go unanswered until its fifth attempt.
+  const w = await world(t, { maxReceiveCount: 5 })
+  const image = join(w.dir, 'snapshot.img')
+  await makeImage(image, 4 * MiB, [{ kind: 'random', offset: 0, length: MiB }])
+  const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 1 })
+  const elsewhere = `file://${join(w.dir, 'elsewhere')}`
+  await cli(['init', '--repo', elsewhere])
+  const cases: Array<[string, string, string, RegExp]> = [
+    ['etc', 'file:///etc', 'REPOSITORY_NOT_ALLOWED', /file:\/\/\/etc is not one this worker's configuration allows/],
+    ['other-repo', elsewhere, 'REPOSITORY_NOT_ALLOWED', /allowedRepositories/],
+    ['dot-dot', `${w.repo}/../elsewhere`, 'REPOSITORY_NOT_ALLOWED', /not one/],
+    ['bad-bucket', 's3://../x', 'BAD_INPUT', /not a bucket name/],
+    ['upper-bucket', 's3://My_Bucket/x', 'BAD_INPUT', /not a bucket name/],
+    ['other-bucket', 's3://some-bucket/backups', 'REPOSITORY_NOT_ALLOWED', /not one/],
+  ]
+  for (const [taskId, repository] of cases) await w.send(JSON.stringify({ version: 1, type: 'backup', taskId, snapshotId, repository }))
+  for (const [taskId, repository, code, message] of cases) {
+    t.match(await w.reply(taskId), { status: 'failed', error: { code, retryable: false, message, context: { repository } } }, `${repository}: ${code}, on its first attempt`)
+  }
+  t.equal(w.ec2.volumes.size, 0, 'before any volume was made')
+  t.equal((await cli(['list', '--repo', elsewhere])).backups.length, 0, 'nothing was written to the other repository')
+  // The configured repository, named: allowed.
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'named', snapshotId, repository: w.repo }))
+  t.match(await w.reply('named'), { status: 'succeeded' }, 'the configured repository, named by the task, is allowed')
+})
+
+t.test('allowedRepositories: a list of repositories, or of places under which any repository is allowed', async (t) => {
+  const dir = await tempDir(t)
+  const under = `file://${join(dir, 'repos')}`
+  const w = await world(t, { config: { allowedRepositories: [`${under}/*`] } })
+  await cli(['init', '--repo', `${under}/team-a`])
+  const image = join(w.dir, 'snapshot.img')
+  await makeImage(image, 4 * MiB, [{ kind: 'random', offset: 0, length: MiB }])
+  const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 1 })
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'team-a', snapshotId, repository: `${under}/team-a` }))
+  t.match(await w.reply('team-a'), { status: 'succeeded' }, 'a repository under an allowed place')
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'sibling', snapshotId, repository: `${under}-evil/x` }))
+  t.match(await w.reply('sibling'), { status: 'failed', error: { code: 'REPOSITORY_NOT_ALLOWED' } }, 'a directory whose name only begins the same is not under it')
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'configured', snapshotId, repository: w.repo }))
+  t.match(await w.reply('configured'), { status: 'succeeded' }, 'the configured repository is always allowed')
+})
+
+t.test('SIGTERM stops the daemon cleanly, and it ends at once when nothing runs', async (t) => {
+  // A grace longer than tap's timeout: were the grace timer left running once the (no) handlers
+  // finished, the process would live on for it and the test would time out.
+  const { daemon, exited, state, send, reply } = await world(t, { config: { shutdownGraceSeconds: 900 } })
   await send(JSON.stringify({ version: 1, type: 'format-disk', taskId: 'up' }))
   await reply('up') // the daemon is up and polling
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'SIGTERM: the daemon stops cleanly')
   t.match(state.log, /"msg":"stopped"/, 'and says so')
+  t.match(logWhere(state.log, { msg: 'started' })[0], { level: 'info', logLevel: 'info' }, 'at the default level, info')
+  t.same(logWhere(state.log, { level: 'debug' }), [], 'which leaves debug lines out')
+})
+
+/** A Logs Insights query of docs/OPERATIONS.md, as far as the test reads it: its filters and the fields it names. */
+interface InsightsQuery {
+  text: string
+  filters: Array<(line: Record<string, unknown>) => boolean>
+  fields: string[]
+}
+
+/** A field of a log line as CloudWatch Logs flattens JSON: `error.context.service`. */
+const flat = (line: Record<string, unknown>, path: string): unknown =>
+  path.split('.').reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined), line)
+
+/**
+ * The documented queries (the code block after "CloudWatch Logs Insights" in docs/OPERATIONS.md),
+ * read minimally: `filter` clauses of `a = "v"`, `a like /re/`, `ispresent(a)` joined by `and`; the
+ * fields of `fields` (less `as` names), `stats … by`, and the filters. Anything else is refused,
+ * so a query the test cannot read fails rather than passes.
+ */
+async function documentedQueries(): Promise<InsightsQuery[]> {
+  const doc = await readFile(join(ROOT, 'docs/OPERATIONS.md'), 'utf8')
+  const block = /\*\*CloudWatch Logs Insights\*\*[\s\S]*?```\n([\s\S]*?)```/.exec(doc)
+  if (!block) throw new Error('no Logs Insights block in docs/OPERATIONS.md')
+  return block[1]!.split('\n').filter((l) => l.trim()).map((text) => {
+    const q: InsightsQuery = { text, filters: [], fields: [] }
+    for (const command of text.split(' | ').map((c) => c.trim())) {
+      const [verb, ...rest] = command.split(' ')
+      const args = rest.join(' ')
+      if (verb === 'fields') q.fields.push(...args.split(',').map((f) => f.trim().split(' as ')[0]!.trim()))
+      else if (verb === 'stats') q.fields.push(...(/ by (.*)$/.exec(args)?.[1] ?? '').split(',').map((f) => f.trim()).filter(Boolean))
+      else if (verb === 'filter') {
+        for (const clause of args.split(' and ')) {
+          let m
+          if ((m = /^([\w.@]+) = ["'](.*)["']$/.exec(clause))) {
+            const [, field, value] = m
+            q.fields.push(field!)
+            q.filters.push((l) => flat(l, field!) === value)
+          } else if ((m = /^([\w.@]+) like \/(.*)\/$/.exec(clause))) {
+            const [, field, re] = m
+            q.fields.push(field!)
+            q.filters.push((l) => new RegExp(re!).test(String(flat(l, field!) ?? '')))
+          } else if ((m = /^ispresent\(([\w.@]+)\)$/.exec(clause))) {
+            const [, field] = m
+            q.fields.push(field!)
+            q.filters.push((l) => flat(l, field!) !== undefined)
+          } else throw new Error(`a filter the test cannot read: ${clause} (in ${text})`)
+        }
+      } else if (verb !== 'sort' && verb !== 'limit') throw new Error(`a command the test cannot read: ${command}`)
+    }
+    q.fields = [...new Set(q.fields.filter((f) => !f.startsWith('@') && !f.includes('(')))]
+    return q
+  })
+}
+
+t.test('the log: version, fleet, instance on every line, a child per task; a fallback is a warning, a failure an error with its AWS request id; the documented queries find them', async (t) => {
+  const w = await world(t, { env: { EBS_WORKER_FLEET: 'blue', EBS_WORKER_LOG_LEVEL: 'debug' } })
+  const image = join(w.dir, 'v.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 2 * MiB }])
+  const s1 = w.ec2.addSnapshot({ image, sizeGiB: 2, volumeId: 'vol-0feedfeedfeedfeed' })
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'full', snapshotId: s1 }))
+  const full = await w.reply('full')
+  t.equal(full.status, 'succeeded', `a full backup ${JSON.stringify(full.error ?? '')}`)
+  // A snapshot of another lineage, with the first as its parent: EBS refuses to compare them (400,
+  // with its x-amzn-RequestId), and the backup reads the whole volume instead.
+  const s2 = w.ec2.addSnapshot({ image, sizeGiB: 2 })
+  const fallbackTask = 'policy-42/i-0abc/xvdf' // the id docs/OPERATIONS.md's first query follows
+  await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: fallbackTask, snapshotId: s2, parentBackupId: full.result.backupId, parentSnapshotId: s1 }))
+  t.match(await w.reply(fallbackTask), { status: 'succeeded', result: { blockListing: 'none' } }, 'the backup EBS could not help with succeeds')
+  await w.send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-missing', snapshotId: 'snap-00000000000000000' }))
+  t.match(await w.reply('att-missing'), { status: 'failed', error: { code: 'SNAPSHOT_NOT_FOUND' } })
+  w.daemon.kill('SIGTERM')
+  t.equal((await w.exited).code, 0)
+
+  const lines = logLines(w.state.log)
+  t.ok(lines.length > 10, `the daemon logged (${lines.length} lines)`)
+  t.same(lines.filter((l) => l.version !== VERSION || l.fleet !== 'blue' || l.instanceId !== INSTANCE.instanceId), [], 'every line has the version, the fleet and the instance')
+  t.same(lines.filter((l) => typeof l.time !== 'string' || !['debug', 'info', 'warn', 'error'].includes(l.level) || typeof l.msg !== 'string'), [], 'a time, a level word and a msg')
+  t.ok(logWhere(w.state.log, { level: 'debug', msg: 'message received' }).length >= 3, 'EBS_WORKER_LOG_LEVEL=debug: the debug lines too')
+  t.match(logWhere(w.state.log, { msg: 'started' })[0], { logLevel: 'debug' })
+  for (const taskId of ['full', fallbackTask, 'att-missing']) {
+    const own = lines.filter((l) => l.taskId === taskId)
+    t.ok(own.length >= 2 && own.every((l) => typeof l.taskType === 'string'), `${taskId}: its lines (${own.length}) carry taskId and taskType`)
+  }
+
+  const fallback = logWhere(w.state.log, { msg: 'no block list from EBS; reading the whole volume' })
+  t.equal(fallback.length, 1, 'the fallback is logged once')
+  t.match(fallback[0], {
+    level: 'warn', taskId: fallbackTask, taskType: 'backup', api: 'ListChangedBlocks',
+    error: { code: 'BAD_INPUT', httpStatus: 400, requestId: String, context: { service: 'EBS', operation: 'ListChangedBlocks' }, stack: /UNRELATED_SNAPSHOTS|ValidationException/, cause: { type: 'ValidationException' } },
+  }, 'a fallback that worked is a warning, with the error it worked around')
+  t.ok(w.ebs.requestIds.includes(fallback[0]!.error.requestId), 'the request id is the one EBS answered with')
+  t.same(lines.filter((l) => l.taskId === fallbackTask && l.level === 'error'), [], 'and no error for that task')
+
+  const failed = logWhere(w.state.log, { msg: 'task failed', taskId: 'att-missing' })
+  t.match(failed, [{
+    level: 'error', taskType: 'attach',
+    error: { code: 'SNAPSHOT_NOT_FOUND', retryable: false, requestId: /^[0-9a-f-]{36}$/, httpStatus: 400, context: { service: 'EC2', taskId: 'att-missing' }, stack: /^EbsWorkerError: .*\n\s+at / },
+  }], 'a failure is an error with its code, context, AWS request id and stack')
+
+  for (const q of await documentedQueries()) {
+    const matched = lines.filter((l) => q.filters.every((f) => f(l)))
+    t.ok(matched.length > 0, `${q.text}: finds lines`)
+    const missing = q.fields.filter((f) => !matched.some((l) => flat(l, f) !== undefined))
+    t.same(missing, [], `${q.text}: every field it names is on the lines it finds`)
+  }
 })
 
 t.test('without AWS_REGION the daemon takes its Region from IMDS, then builds its clients and works', async (t) => {
@@ -210,7 +381,7 @@ t.test('without AWS_REGION the daemon takes its Region from IMDS, then builds it
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'no-region-1', snapshotId }))
   const r = await reply('no-region-1')
   t.equal(r.status, 'succeeded', `a backup task succeeds ${JSON.stringify(r.error ?? '')}`)
-  t.match(state.log, /"msg":"started".*"region":"us-east-1","regionFrom":"IMDS"/, 'the Region came from IMDS')
+  t.equal(logWhere(state.log, { msg: 'started', region: 'us-east-1', regionFrom: 'IMDS' }).length, 1, 'the Region came from IMDS')
   t.notMatch(state.log, /Region is missing/, 'no client went without one')
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'stops cleanly')
@@ -401,7 +572,7 @@ t.test('a task that fails every time is reported once, on its last attempt, and 
   const deadPort = (dead.address() as { port: number }).port
   await new Promise((resolve) => dead.close(resolve))
   const { sqs, dlqUrl, send, reply, state } = await world(t, {
-    maxReceiveCount: 2, env: { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${deadPort}`, AWS_MAX_ATTEMPTS: '2' },
+    maxReceiveCount: 2, env: { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${deadPort}`, AWS_MAX_ATTEMPTS: '2' }, config: { allowedRepositories: ['s3://nowhere/repo'] },
   })
   await send(JSON.stringify({ version: 1, type: 'restore', taskId: 'poison', backupId: '20261123T000000Z-00000000', repository: 's3://nowhere/repo' }))
   const poison = await reply('poison')
@@ -409,7 +580,8 @@ t.test('a task that fails every time is reported once, on its last attempt, and 
   // (SQS will not: the message goes to the dead-letter queue).
   t.match(poison, { status: 'failed', error: { code: 'STORAGE_ERROR', message: /attempt 2 of 2; the task goes to the dead-letter queue/, retryable: true } },
     'a task failing every time is reported once, on its last attempt')
-  t.equal((state.log.match(/"msg":"task failed, will be retried".*"taskId":"poison"/g) ?? []).length, 1, 'after one retry')
+  t.equal(logWhere(state.log, { msg: 'task failed, will be retried', taskId: 'poison', level: 'warn' }).length, 1, 'after one retry (a warning)')
+  t.equal(logWhere(state.log, { msg: 'task failed on its last attempt', taskId: 'poison', level: 'error' }).length, 1, 'the last attempt an error')
   const inDlq = async (): Promise<number> =>
     Number((await sqs.send(new GetQueueAttributesCommand({ QueueUrl: dlqUrl, AttributeNames: ['ApproximateNumberOfMessages'] }))).Attributes!.ApproximateNumberOfMessages)
   await until(async () => (await inDlq()) === 1, 30_000, 'the poison message in the DLQ')
@@ -485,7 +657,7 @@ t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes 
   await until(() => existsSync(checkpoint) || state.log.includes('task succeeded'), 60_000, 'a checkpoint')
   daemon.kill('SIGTERM')
   t.equal((await exited).code, 0, 'the worker stops at once (no grace)')
-  t.match(state.log, /"msg":"task failed, will be retried".*checkpointed/, 'saying the backup was checkpointed')
+  t.match(logWhere(state.log, { msg: 'task failed, will be retried', taskId: 'long-1' })[0], { level: 'warn', error: { code: 'INTERRUPTED', message: /checkpointed/ } }, 'saying the backup was checkpointed')
 
   const second = spawnDaemon()
   const r = await reply('long-1')
@@ -496,7 +668,7 @@ t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes 
   await cli(['restore', '--repo', repo, '--backup', r.result.backupId, '--device', restored])
   t.equal(await sha256File(restored, size), await sha256File(image), 'which holds the snapshot, byte for byte')
   t.notOk(existsSync(checkpoint), 'and the checkpoint is gone')
-  const progress = state.log.split('\n').filter((l) => l.includes('"msg":"task progress"')).map((l) => JSON.parse(l))
+  const progress = logWhere(state.log, { msg: 'task progress' })
   t.ok(progress.length > 0, `the long task logged its progress (${progress.length} lines)`)
   t.match(progress[0], { taskId: 'long-1', bytesTotal: size, percent: Number, bytesPerSecond: Number }, 'with bytes, percent and rate')
   second.daemon.kill('SIGTERM')
@@ -567,10 +739,10 @@ t.test('no device name free for longer than deviceNameWaitSeconds: the task is h
   const image = join(w.dir, 'snapshot.img')
   await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }])
   await w.send(JSON.stringify({ version: 1, type: 'backup', taskId: 'no-name', snapshotId: w.ec2.addSnapshot({ image, sizeGiB: 2 }) }))
-  await until(() => /"msg":"task failed, will be retried".*"code":"NO_FREE_DEVICE_NAME"/.test(w.state.log), 30_000, 'the task handed back')
+  await until(() => logWhere(w.state.log, { msg: 'task failed, will be retried', taskId: 'no-name' }).some((l) => l.error?.code === 'NO_FREE_DEVICE_NAME'), 30_000, 'the task handed back')
   w.ec2.freeDevice(occupied[4]!)
   const r = await w.reply('no-name')
   // The first reply of the task is this one: the attempt without a name sent none.
   t.equal(r.status, 'succeeded', `once a name is free, the task delivered again succeeds ${JSON.stringify(r.error ?? '')}`)
-  t.notMatch(w.state.log, /"msg":"task failed",/, 'it never failed for good')
+  t.same(logWhere(w.state.log, { msg: 'task failed' }), [], 'it never failed for good')
 })

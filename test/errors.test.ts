@@ -37,7 +37,7 @@ t.test('input that cannot be used', async (t) => {
     ['device is a directory', ['backup', '--repo', repo, '--device', dir], 1, 'DEVICE_UNUSABLE', /neither a block device nor a regular file/],
     ['unknown backup', ['restore', '--repo', repo, '--backup', '20200101T000000Z-00000000', '--device', join(dir, 'x.img')], 1, 'BACKUP_NOT_FOUND', /does not exist/],
     ['malformed backup id', ['verify', '--repo', repo, '--backup', '../../etc/passwd'], 2, 'BAD_INPUT', /not a backup id/],
-    ['no repository there', ['list', '--repo', join(dir, 'empty')], 1, 'REPO_NOT_FOUND', /ebs-worker init/],
+    ['no repository there', ['list', '--repo', join(dir, 'empty')], 10, 'REPO_NOT_FOUND', /ebs-worker init/],
     ['repository exists', ['init', '--repo', repo], 1, 'REPO_EXISTS', /already exists/],
     ['missing option', ['backup', '--repo', repo], 2, 'BAD_INPUT', /--device/],
     ['bad chunk size', ['init', '--repo', join(dir, 'r2'), '--chunk-size', '1000'], 2, 'BAD_INPUT', /multiple of 512 KiB/],
@@ -61,7 +61,7 @@ t.test('restore target smaller than the backup is refused and left untouched', a
   const small = join(dir, 'small.img')
   await makeImage(small, 4 * MiB, [{ kind: 'random', offset: 0, length: 4 * MiB }])
   const before = await sha256File(small)
-  const r = await runCli(['restore', '--repo', repo, '--backup', backupId, '--device', small, '--json'])
+  const r = await runCli(['restore', '--repo', repo, '--backup', backupId, '--device', small, '--force', '--json'])
   t.equal(r.code, 1)
   t.equal(r.json?.error.code, 'TARGET_TOO_SMALL')
   t.equal(await sha256File(small), before, 'target unchanged')
@@ -84,6 +84,8 @@ t.test('encrypted repository: no key, wrong key', async (t) => {
   await writeFile(other, randomBytes(32).toString('base64'))
   const wrong = await runCli(['verify', '--repo', repo, '--backup', backupId, '--key-file', other, '--json'])
   t.equal(wrong.json?.error.code, 'WRONG_KEY', 'wrong key: WRONG_KEY')
+  t.equal(wrong.code, 12, 'wrong key: exit 12 (restic\'s)')
+  t.equal(none.code, 1, 'no key: exit 1')
   t.match(wrong.json?.error.message, /fingerprint/, 'names the key fingerprints')
   await writeFile(other, 'too short')
   const bad = await runCli(['verify', '--repo', repo, '--backup', backupId, '--key-file', other, '--json'])

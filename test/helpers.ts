@@ -128,12 +128,12 @@ export function storageAt(url: string): Backend {
 }
 
 let bucketCounter = 0
-/** A fresh bucket on the test bed's S3, as an s3:// repository URL. */
-export async function s3RepoUrl(prefix = 'repo'): Promise<string> {
+/** A fresh bucket on the test bed's S3 (with S3 Object Lock enabled when asked), as an s3:// repository URL. */
+export async function s3RepoUrl(prefix = 'repo', o: { objectLock?: boolean } = {}): Promise<string> {
   if (!s3Available) throw new Error('no S3 test bed: run the tests with "npm test", which starts one (scripts/testbed.sh)')
   const bucket = `t-${process.pid}-${Date.now().toString(36)}-${bucketCounter++}`
   const client = new S3Client({ forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' })
-  await client.send(new CreateBucketCommand({ Bucket: bucket }))
+  await client.send(new CreateBucketCommand({ Bucket: bucket, ...(o.objectLock ? { ObjectLockEnabledForBucket: true } : {}) }))
   client.destroy()
   return `s3://${bucket}/${prefix}`
 }
@@ -197,4 +197,26 @@ export async function faultyFile(t: Teardown, image: string, o: { badStart?: num
   const file = join(mnt, 'disk.img')
   await until(() => existsSync(file), 10_000, `the FUSE file system (is python3-fusepy installed?) ${log}`)
   return file
+}
+
+/** One line of the log (agent/core/log.ts): pino's JSON, level as a word. */
+export type LogLine = { time: string; level: 'debug' | 'info' | 'warn' | 'error'; msg: string; version: string } & Record<string, any>
+
+/** The log lines in `text` (a process's stderr), parsed; what is not a JSON object (a stray line) is left out. */
+export function logLines(text: string): LogLine[] {
+  const out: LogLine[] = []
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{')) continue
+    try {
+      out.push(JSON.parse(line) as LogLine)
+    } catch {
+      // a line cut short by the process's end
+    }
+  }
+  return out
+}
+
+/** The log lines of `text` whose fields equal those of `match` (a RegExp tests a string field). */
+export function logWhere(text: string, match: Record<string, string | number | boolean | RegExp>): LogLine[] {
+  return logLines(text).filter((l) => Object.entries(match).every(([k, v]) => (v instanceof RegExp ? typeof l[k] === 'string' && v.test(l[k]) : l[k] === v)))
 }

@@ -97,9 +97,12 @@ t.test('the shipped documents use only condition operators the evaluator impleme
     }
   }
   t.same([...used].filter((op) => !implemented.includes(op.replace(/IfExists$/, '').replace(/^For(Any|All)Values?:/, ''))), [], `operators: ${[...used].join(', ')}`)
-  // Who sets each key: EC2 (tags, CreateAction), KMS (grants EBS makes); s3:prefix only S3, which
-  // these stand-ins do not authorize (the controller's repository here is a directory).
-  t.same([...keys].sort(), ['aws:RequestTag/…', 'aws:ResourceTag/…', 'ec2:CreateAction', 'kms:GrantIsForAWSResource', 's3:prefix'], 'the keys')
+  // Who sets each key: EC2 (tags, CreateAction, the accounts and groups ModifySnapshotAttribute
+  // adds), KMS (grants and uses EBS makes, a direct call's encryption context), STS (the caller of
+  // AssumeRole); s3:prefix only S3, which these stand-ins do not authorize (the controller's
+  // repository here is a directory).
+  t.same([...keys].sort(), ['aws:PrincipalArn', 'aws:RequestTag/…', 'aws:ResourceTag/…', 'ec2:Add/…', 'ec2:CreateAction', 'kms:EncryptionContext:purpose', 'kms:GrantIsForAWSResource',
+    'kms:ViaService', 's3:prefix'], 'the keys')
 })
 
 /** A world with the worker role (the fleet's policy) and an admin, EC2, KMS and IAM stand-ins, and clients as each. */

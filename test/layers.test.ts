@@ -14,16 +14,17 @@ const MAY_IMPORT: Record<string, string[]> = {
   storage: ['core', 'aws'],
   repo: ['core', 'storage'],
   pipeline: ['core', 'device', 'repo'],
+  maintenance: ['core', 'storage', 'repo', 'pipeline'],
   app: ['core', 'aws', 'storage', 'repo'],
-  daemon: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'app'],
-  cli: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'app', 'daemon'],
+  daemon: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'maintenance', 'app'],
+  cli: ['core', 'device', 'aws', 'storage', 'repo', 'pipeline', 'maintenance', 'app', 'daemon'],
   bin: ['cli'],
 }
 /**
  * What the controller may use of the agent: its errors, ids, AWS helpers, storage, the task
- * protocol, and the command line's option parsers.
+ * protocol, and the command line's option parsers and exit statuses.
  */
-const CONTROLLER_MAY_IMPORT = ['agent/core/', 'agent/aws/', 'agent/storage/', 'agent/daemon/task.ts', 'agent/cli/options.ts']
+const CONTROLLER_MAY_IMPORT = ['agent/core/', 'agent/aws/', 'agent/storage/', 'agent/daemon/task.ts', 'agent/cli/options.ts', 'agent/cli/output.ts']
 
 async function sources(dir: string): Promise<string[]> {
   const out: string[] = []

@@ -9,8 +9,9 @@ import { join } from 'node:path'
 import { CreateQueueCommand, DeleteMessageCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
 import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, tempDir, until } from './helpers.ts'
+import { Ec2StandIn } from './standin/ec2.ts'
 import { startImds } from './standin/imds.ts'
-import { heartbeatMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics } from '../agent/daemon/metrics.ts'
+import { heartbeatMetrics, maintenanceMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics } from '../agent/daemon/metrics.ts'
 
 const UNITS = new Set(['Seconds', 'Microseconds', 'Milliseconds', 'Bytes', 'Kilobytes', 'Megabytes', 'Gigabytes', 'Terabytes', 'Bits',
   'Kilobits', 'Megabits', 'Gigabits', 'Terabits', 'Percent', 'Count', 'Bytes/Second', 'Kilobytes/Second', 'Megabytes/Second',
@@ -59,7 +60,7 @@ t.test('a finished backup task: every figure, under each dimension set', async (
   const data = extract(JSON.stringify(doc))
   t.equal(data[0]!.namespace, NAMESPACE)
   t.equal(data[0]!.timestamp, Date.parse('2026-11-23T04:51:30.000Z'), 'timestamped when it finished')
-  for (const dims of [['Fleet'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']]) {
+  for (const dims of [['Fleet'], ['Fleet', 'Outcome'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']]) {
     t.match(pick(data, 'BytesRead', dims), { value: 1073741824, unit: 'Bytes' }, `BytesRead by ${dims}`)
     t.match(pick(data, 'BytesStored', dims), { value: 383674437, unit: 'Bytes' })
     t.match(pick(data, 'TaskDuration', dims), { value: 10, unit: 'Seconds' })
@@ -68,6 +69,7 @@ t.test('a finished backup task: every figure, under each dimension set', async (
   }
   t.same(pick(data, 'Tasks', ['Fleet', 'TaskType', 'Outcome'])!.dimensions, { Fleet: 'prod', TaskType: 'backup', Outcome: 'succeeded' })
   t.same(pick(data, 'Tasks', ['Fleet', 'Outcome', 'ErrorCode'])!.dimensions, { Fleet: 'prod', Outcome: 'succeeded', ErrorCode: 'none' })
+  t.same(pick(data, 'Tasks', ['Fleet', 'Outcome'])!.dimensions, { Fleet: 'prod', Outcome: 'succeeded' }, 'by outcome alone: the failure-rate alarm')
   t.equal(doc.taskId, 'b-1', 'the task id rides along for Logs Insights, not as a dimension')
 })
 
@@ -103,6 +105,34 @@ t.test('queue wait and heartbeat', async (t) => {
     /dimension D/, 'the parser can fail: a dimension without a value')
 })
 
+t.test('maintenance: a prune\'s reclaimed bytes, packs and duration; a check\'s problems; nothing for dry runs and failures', async (t) => {
+  const times = { startedAt: '2026-11-23T05:00:00.000Z', finishedAt: '2026-11-23T05:20:00.000Z' }
+  const pruned = {
+    repository: 's3://bucket/backups', dryRun: false, forget: { forgotten: 12 },
+    packs: { total: 900, kept: 800, deleted: 100, repacked: 7, left: 0 }, bytes: { total: 1e10, live: 8e9, reclaimed: 1_600_000_000, repacked: 5e7, written: 5e7 }, durationMs: 1_150_500,
+  }
+  const doc = maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'succeeded', ...times, result: pruned })!
+  const data = extract(JSON.stringify(doc))
+  t.match(pick(data, 'PruneBytesReclaimed', ['Fleet']), { value: 1_600_000_000, unit: 'Bytes', dimensions: { Fleet: 'prod' }, timestamp: Date.parse(times.finishedAt) })
+  t.match(pick(data, 'PrunePacksDeleted', ['Fleet']), { value: 100, unit: 'Count' })
+  t.match(pick(data, 'PrunePacksRepacked', ['Fleet']), { value: 7, unit: 'Count' })
+  t.match(pick(data, 'PruneBackupsForgotten', ['Fleet']), { value: 12, unit: 'Count' })
+  t.match(pick(data, 'PruneDuration', ['Fleet']), { value: 1150.5, unit: 'Seconds' }, 'prune\'s own duration')
+  t.equal(doc.repository, 's3://bucket/backups', 'the repository rides along')
+  const noForget = extract(JSON.stringify(maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'succeeded', ...times, result: { ...pruned, forget: undefined } })))
+  t.equal(pick(noForget, 'PruneBackupsForgotten', ['Fleet'])!.value, 0, 'no policy, none forgotten')
+  const negative = extract(JSON.stringify(maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'succeeded', ...times, result: { ...pruned, bytes: { reclaimed: -5 } } })))
+  t.equal(pick(negative, 'PruneBytesReclaimed', ['Fleet'])!.value, 0, 'repacking that wrote more than it freed reclaims 0, not less')
+  t.equal(maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'succeeded', ...times, result: { ...pruned, dryRun: true } }), null, 'a dry run reclaims nothing: no metrics')
+  t.equal(maintenanceMetrics('prod', 'i-1', { taskId: 'p', type: 'prune', status: 'failed', errorCode: 'REPO_LOCKED', ...times }), null, 'a failure: Tasks counts it')
+  const damaged = extract(JSON.stringify(maintenanceMetrics('prod', 'i-1', { taskId: 'c', type: 'check', status: 'succeeded', ...times, result: { healthy: false, damage: 3, info: 9, durationMs: 2000 } })))
+  t.match(pick(damaged, 'CheckProblems', ['Fleet']), { value: 3, unit: 'Count' }, 'CheckProblems counts damage, not information')
+  t.match(pick(damaged, 'CheckDuration', ['Fleet']), { value: 2, unit: 'Seconds' })
+  const healthy = extract(JSON.stringify(maintenanceMetrics('prod', 'i-1', { taskId: 'c', type: 'check', status: 'succeeded', ...times, result: { healthy: true, damage: 0, info: 2 } })))
+  t.equal(pick(healthy, 'CheckProblems', ['Fleet'])!.value, 0, 'a healthy check sends 0: the alarm gets a datapoint')
+  t.equal(maintenanceMetrics('prod', 'i-1', { taskId: 'r', type: 'read', status: 'succeeded', ...times, result: { bytesRead: 1 } }), null, 'other tasks: none')
+})
+
 t.test('a real daemon writes EMF lines that match its replies', async (t) => {
   const dir = await tempDir(t)
   const fauxqs = await startFauxqs({ port: 0, logger: false })
@@ -119,6 +149,10 @@ t.test('a real daemon writes EMF lines that match its replies', async (t) => {
   const image = join(dir, 'volume.img')
   await makeImage(image, 16 * MiB, [{ kind: 'random', offset: MiB, length: 4 * MiB }, { kind: 'text', offset: 9 * MiB, length: 2 * MiB }])
   await fakeNvme(roots, 'nvme1n1', attachLoop(t, image), 'vol0123456789abcdef0', 'Amazon Elastic Block Store', 16 * MiB)
+  // EC2 knows the volume as attached here (a read checks that first); its device is the loop device above.
+  const ec2 = await new Ec2StandIn({ instance, dir: join(dir, 'volumes'), roots }).start()
+  t.teardown(() => ec2.close())
+  await ec2.occupyDevice('/dev/sdf', 'vol-0123456789abcdef0')
   const repo = `file://${join(dir, 'repo')}`
   await cli(['init', '--repo', repo])
   const config = join(dir, 'config.json')
@@ -127,7 +161,7 @@ t.test('a real daemon writes EMF lines that match its replies', async (t) => {
     deviceTimeoutSeconds: 1, deviceRoots: roots, imdsEndpoint: imds.endpoint,
   }))
   const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
-    env: { ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', EBS_WORKER_FLEET: 'test-fleet' },
+    env: { ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', EBS_WORKER_FLEET: 'test-fleet' },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let stdout = ''
@@ -175,9 +209,9 @@ t.test('a real daemon writes EMF lines that match its replies', async (t) => {
   t.equal(ended('read-ok').raw.instanceId, instance.instanceId, 'the worker is named')
 
   const missing = replies.get('read-missing')!
-  t.match(missing, { status: 'failed', error: { code: 'DEVICE_NOT_FOUND' } })
+  t.match(missing, { status: 'failed', error: { code: 'VOLUME_NOT_FOUND' } })
   t.same(pick(ended('read-missing').data, 'Tasks', ['Fleet', 'Outcome', 'ErrorCode'])!.dimensions,
-    { Fleet: 'test-fleet', Outcome: 'failed', ErrorCode: 'DEVICE_NOT_FOUND' }, 'failures counted by error code')
+    { Fleet: 'test-fleet', Outcome: 'failed', ErrorCode: 'VOLUME_NOT_FOUND' }, 'failures counted by error code')
   t.same(pick(ended('bad-type').data, 'Tasks', ['Fleet', 'Outcome', 'ErrorCode'])!.dimensions,
     { Fleet: 'test-fleet', Outcome: 'rejected', ErrorCode: 'UNKNOWN_TYPE' }, 'rejections too')
 

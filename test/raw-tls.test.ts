@@ -20,7 +20,8 @@ import { openBackend } from '../agent/storage/open.ts'
 import { AwsClients } from '../agent/aws/clients.ts'
 import { awsSettings } from '../agent/aws/config.ts'
 import type { Backend } from '../agent/storage/types.ts'
-import { tempDir, type Teardown } from './helpers.ts'
+import { logLines, tempDir, type Teardown } from './helpers.ts'
+import { logTo } from '../agent/core/log.ts'
 
 const body = randomBytes(3 * 1024 * 1024 + 17)
 
@@ -251,10 +252,15 @@ t.test('S3 over https: a server whose answers raw-http cannot read (chunked) is 
   })
   const { backend, aws } = s3At(srv.port)
   t.teardown(() => aws.destroy())
+  const logged = { text: '' }
+  t.teardown(logTo({ write: (line: string) => void (logged.text += line) }))
   t.ok((await backend.getRange('packs/p1', 0, 5000)).equals(body.subarray(0, 5000)), 'read through the SDK')
   t.same([srv.rawRequests(), srv.sdkRequests()], [1, 1], 'one lean try, then the SDK')
   t.ok((await backend.getRange('packs/p1', 5000, 5000)).equals(body.subarray(5000, 10000)))
   t.same([srv.rawRequests(), srv.sdkRequests()], [1, 2], 'the next read goes straight to the SDK')
+  const lines = logLines(logged.text)
+  t.match(lines, [{ level: 'warn', msg: /lean ranged GET cannot be used .*every GET goes through the SDK/, repository: 's3://bucket/prefix', error: { type: 'UseSdk', stack: String, cause: { type: 'RawHttpUnsupported' } } }],
+    'a fallback that worked: one warning, not an error')
 })
 
 t.test('S3 over https with EBS_WORKER_S3_LEAN_GET=0: every GET goes through the SDK', async (t) => {

@@ -1,18 +1,22 @@
 // The release artifact as a worker gets it: scripts/release.sh builds the tarball, it is unpacked
 // into an empty directory, and the bundled runtime runs the compiled agent with no other Node on
 // PATH: --version, then a backup and restore round trip (file://, and S3 on the test bed).
+// The packages made of it and the AMI template: test/packages.test.ts.
 import t from 'tap'
 import { execFile, spawn } from 'node:child_process'
 import { access, mkdir, readdir, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { makeImage, MiB, ROOT, s3Available, s3RepoUrl, sha256File, tempDir } from './helpers.ts'
+import { localNodeDist, NODE_VERSION } from './node-dist.ts'
 
 const run = promisify(execFile)
 const version = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')).version as string
 
 const work = await tempDir(t, 'release')
-const build = await run('bash', [join(ROOT, 'scripts/release.sh'), join(work, 'out')], { maxBuffer: 16 * MiB })
+// The runtime from a local stand-in of the Node.js distribution (test/node-dist.ts): no network.
+const releaseEnv = { ...process.env, NODE_DIST: await localNodeDist(work), NODE_CACHE: join(work, 'node-cache') }
+const build = await run('bash', [join(ROOT, 'scripts/release.sh'), join(work, 'out')], { env: releaseEnv, maxBuffer: 16 * MiB })
 const tarball = /^tarball (.+)$/m.exec(build.stdout)?.[1] ?? ''
 const sum = /^sha256 ([0-9a-f]{64})$/m.exec(build.stdout)?.[1] ?? ''
 
@@ -33,7 +37,6 @@ for (const tool of ['sh', 'dirname', 'readlink']) {
 }
 const env: NodeJS.ProcessEnv = { ...process.env, PATH: bin }
 delete env.NODE_OPTIONS
-const hasPacker = await run('packer', ['version']).then(() => true, () => false)
 
 function ebsWorker(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -55,7 +58,7 @@ async function json(args: string[]): Promise<Record<string, any>> {
 
 t.test('the script names the tarball and its checksum', async (t) => {
   t.match(tarball, new RegExp(`/ebs-worker-${version.replace(/\./g, '\\.')}-linux-x64\\.tar\\.gz$`))
-  t.match(build.stdout, new RegExp(`^version ${version.replace(/\./g, '\\.')} \\(node v24\\.`, 'm'), 'version and bundled runtime printed')
+  t.match(build.stdout, new RegExp(`^version ${version.replace(/\./g, '\\.')} \\(node v${NODE_VERSION.replace(/\./g, '\\.')}, linux-x64\\)$`, 'm'), 'version, bundled runtime and architecture printed')
   t.equal(await sha256File(tarball), sum, 'the printed sha256 is the tarball\'s')
   t.equal((await readFile(`${tarball}.sha256`, 'utf8')).trim(), `${sum}  ebs-worker-${version}-linux-x64.tar.gz`, 'sha256sum -c file beside it')
 })
@@ -63,6 +66,10 @@ t.test('the script names the tarball and its checksum', async (t) => {
 t.test('the tarball holds the runtime, the compiled agent and production dependencies only', async (t) => {
   t.equal((await readFile(join(home, 'VERSION'), 'utf8')).trim(), version)
   await access(join(home, 'node/bin/node'))
+  const provenance = await readFile(join(home, 'node/PROVENANCE'), 'utf8')
+  const shasums = await readFile(join(releaseEnv.NODE_DIST, 'SHASUMS256.txt'), 'utf8')
+  const sha = /^sha256 ([0-9a-f]{64}) /m.exec(provenance)?.[1]
+  t.ok(sha && shasums.includes(`${sha}  node-v${NODE_VERSION}-linux-x64.tar.gz`), `the runtime's tarball is the one SHASUMS256.txt names (${provenance.trim()})`)
   await access(join(home, 'lib/agent/bin/ebs-worker.js'))
   t.same((await readdir(join(home, 'lib/agent'))).filter((f) => f.endsWith('.ts')), [], 'compiled JavaScript, no TypeScript to strip at run time')
   const modules = await readdir(join(home, 'lib/node_modules'))
@@ -123,8 +130,9 @@ t.test('packaging/install-worker.sh installs the release as the AMI build does (
   t.equal(stdout.trim(), version, 'runs from /opt/ebs-worker')
   const unit = await readFile(join(root, 'etc/systemd/system/ebs-worker.service'), 'utf8')
   t.equal(unit, await readFile(join(ROOT, 'systemd/ebs-worker.service'), 'utf8'), 'the unit')
-  t.same(JSON.parse(await readFile(join(root, 'opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json'), 'utf8')),
-    JSON.parse(await readFile(join(ROOT, 'packaging/cloudwatch-agent.json'), 'utf8')), 'the CloudWatch agent config')
+  t.same(JSON.parse(await readFile(join(root, 'opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/ebs-worker.json'), 'utf8')),
+    JSON.parse(await readFile(join(ROOT, 'packaging/cloudwatch-agent.json'), 'utf8')), 'the CloudWatch agent fragment')
+  await t.rejects(access(join(root, 'opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json')), 'the agent\'s main config is not written')
   await access(join(root, 'etc/logrotate.d/ebs-worker'))
   const user = /^ebs-worker:x:(\d+):(\d+):/m.exec(await readFile(join(root, 'etc/passwd'), 'utf8'))
   t.ok(user, 'the ebs-worker user')
@@ -132,21 +140,4 @@ t.test('packaging/install-worker.sh installs the release as the AMI build does (
   const log = await stat(join(root, 'var/log/ebs-worker'))
   t.equal(log.uid, Number(user![1]), 'the log directory belongs to it')
   t.equal(await readFile(calls, 'utf8'), 'daemon-reload\nenable amazon-cloudwatch-agent.service\n', 'the CloudWatch agent enabled; the worker waits for the user-data')
-})
-
-t.test('the Packer template validates and names only files that exist', { skip: hasPacker ? false : 'packer is not installed (.ci/run installs it)' }, async (t) => {
-  const template = JSON.parse(await readFile(join(ROOT, 'packaging/ebs-worker.pkr.json'), 'utf8'))
-  const files = template.build.provisioner.flatMap((p: any) => (p.file ? [p.file.source] : []))
-  t.same(files, ['${var.tarball}', 'packaging/install-worker.sh'])
-  const inline = template.build.provisioner.find((p: any) => p.shell).shell.inline.join('\n')
-  t.match(inline, /dnf install -y amazon-cloudwatch-agent logrotate/)
-  t.match(inline, /install-worker\.sh \/tmp\/ebs-worker\.tar\.gz/)
-  t.match(template.source['amazon-ebs'].worker.source_ami_filter.filters.name, /^al2023-ami-/, 'Amazon Linux 2023')
-  const validate = (tb: string) => run('packer', ['validate', '-var', `tarball=${tb}`, '-var', `version=${version}`, 'packaging/ebs-worker.pkr.json'], { cwd: ROOT })
-    .then(() => ({ ok: true, out: '' }), (e: { stdout: string; stderr: string }) => ({ ok: false, out: e.stdout + e.stderr }))
-  const good = await validate(tarball)
-  t.ok(good.ok, `packer validate passes: ${good.out}`)
-  const bad = await validate(join(work, 'missing.tar.gz'))
-  t.notOk(bad.ok, 'and fails on a missing tarball')
-  t.match(bad.out, /missing\.tar\.gz/)
 })

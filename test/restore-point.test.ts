@@ -102,16 +102,26 @@ for (const [where, repo, skip] of repos) {
       t.equal(await store.latestOf('i-0aaaaaaaaaaaaaaaa'), null, 'an instance with none: null')
     })
 
-    t.test('ebs-controller list: each restore point with its instance', async (t) => {
+    t.test('ebs-controller list: each restore point with its instance, time and volumes; --instance; --json prints only JSON', async (t) => {
       const url = await repo(t)
       const store = new RestorePointStore(url)
       const old = sample(at(1), A)
       await saveOldLayout(storageAt(url), old)
       const rp = sample(at(2), B)
       await store.save(rp)
-      const { stdout } = await promisify(execFile)(process.execPath, [join(ROOT, 'controller/bin/ebs-controller.ts'), 'list', '--repo', url, '--json'])
-      t.match(stdout, `${old.id}  -\n${rp.id}  ${B}\n`, 'one line each, oldest first; the old layout does not say its instance')
-      t.same(lastJsonLine(stdout), { ok: true, restorePoints: [old.id, rp.id], instances: { [old.id]: null, [rp.id]: B } }, 'and in the JSON')
+      const list = (args: string[]) => promisify(execFile)(process.execPath, [join(ROOT, 'controller/bin/ebs-controller.ts'), 'list', '--repo', url, ...args])
+      const human = (await list([])).stdout
+      const lines = (x: RestorePoint) => [`${x.id}  ${x.instance.instanceId}  ${x.createdAt}  ${x.volumes.length} volume${x.volumes.length === 1 ? '' : 's'}`,
+        ...x.volumes.map((v) => `  ${v.deviceName}  ${v.volumeId}  ${v.sizeGiB} GiB  backup ${v.backupId}`)]
+      t.equal(human, [...lines(old), ...lines(rp)].join('\n') + '\n', 'oldest first: id, instance (the old layout\'s too, read), time, and each volume')
+      const entry = (x: RestorePoint) => ({
+        id: x.id, instanceId: x.instance.instanceId, createdAt: x.createdAt,
+        volumes: x.volumes.map((v) => ({ deviceName: v.deviceName, volumeId: v.volumeId, sizeGiB: v.sizeGiB, backupId: v.backupId })),
+      })
+      const { stdout } = await list(['--json'])
+      t.same(JSON.parse(stdout), { ok: true, repository: url, restorePoints: [entry(old), entry(rp)] }, 'with --json: one JSON object, nothing else on stdout')
+      t.same(JSON.parse((await list(['--instance', A, '--json'])).stdout).restorePoints, [entry(old)], '--instance: only that instance\'s (the old layout\'s included)')
+      t.equal((await list(['--instance', 'i-0aaaaaaaaaaaaaaaa'])).stdout, 'no restore points of i-0aaaaaaaaaaaaaaaa\n', 'an instance without any: said so')
     })
   })
 }

@@ -50,10 +50,10 @@ for (const backend of backends) {
       t.equal((await stat(fresh)).size, size, 'restored image has the source size')
       t.equal(r1.zeroChunksSkipped, b1.chunksZero, 'a new target skips zero chunks')
 
-      // Restore over an image full of old data: zero chunks must be written.
+      // Restore over an image full of old data (an image file that is not empty: --force): zero chunks must be written.
       const dirty = join(dir, 'dirty.img')
       await makeImage(dirty, size, [{ kind: 'random', offset: 0, length: size }])
-      const r2 = await cli(['restore', '--repo', repo, '--backup', b1.backupId, '--device', dirty, ...keyArgs])
+      const r2 = await cli(['restore', '--repo', repo, '--backup', b1.backupId, '--device', dirty, '--force', ...keyArgs])
       t.equal(r2.zeroChunksSkipped, 0, 'a used target gets its zero chunks written')
       t.equal(await sha256File(dirty), source, 'restore over old data equals the source')
 

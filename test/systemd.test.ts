@@ -4,14 +4,14 @@
 // unix datagram socket the way the service manager receives them.
 import t from 'tap'
 import { execFile, spawn } from 'node:child_process'
-import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises'
+import { chmod, cp, mkdir, readFile, writeFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createServer } from 'node:net'
 import { z } from 'zod'
 import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs'
 import { startFauxqs } from 'fauxqs'
-import { cli, CLI, ROOT, tempDir, until } from './helpers.ts'
+import { cli, CLI, logWhere, ROOT, tempDir, until } from './helpers.ts'
 import { startImds } from './standin/imds.ts'
 import { systemdNotifier } from '../agent/daemon/systemd.ts'
 
@@ -221,14 +221,36 @@ t.test('a daemon that cannot receive from its queue is not ready, not alive and 
     queueUrl: () => `http://127.0.0.1:${port}/000000000000/tasks`,
   })
   await until(() => /"msg":"started"/.test(out.log), 30_000, `the daemon's start (log: ${out.log})`)
-  await until(() => /"level":"error","msg":"cannot receive from the task queue"/.test(out.log), 30_000, `a receive error in the log (log: ${out.log})`)
+  await until(() => logWhere(out.log, { level: 'error', msg: 'cannot receive from the task queue' }).length > 0, 30_000, `a receive error in the log (log: ${out.log})`)
   t.pass('it logs that it cannot receive')
   // A healthy daemon is ready within a second here (the test above) and pings every 100 ms.
   await new Promise((resolve) => setTimeout(resolve, 3000))
   t.notOk(messages.some((m) => m.startsWith('READY=1')), `no READY=1: ${messages.join(' | ')}`)
   t.notOk(messages.includes('WATCHDOG=1'), 'no watchdog pings: systemd would restart it')
   t.notMatch(out.stdout, /"Heartbeat"/, 'no Heartbeat metric')
-  t.match(out.log, /"msg":"started".*"region":"us-east-1"/, 'it did start (IMDS answered)')
+  t.equal(logWhere(out.log, { msg: 'started', region: 'us-east-1' }).length, 1, 'it did start (IMDS answered)')
   daemon.kill('SIGTERM')
   t.equal(await exited, 0, 'and stops cleanly on SIGTERM')
+})
+
+t.test('the health report units verify, run health-check as the daemon\'s user, every minute', async (t) => {
+  const service = await readFile(join(ROOT, 'systemd/ebs-worker-health.service'), 'utf8')
+  const timer = await readFile(join(ROOT, 'systemd/ebs-worker-health.timer'), 'utf8')
+  const root = await unitRoot(t, service)
+  await rename(join(root, 'etc/systemd/system/ebs-worker.service'), join(root, 'etc/systemd/system/ebs-worker-health.service'))
+  await writeFile(join(root, 'etc/systemd/system/ebs-worker-health.timer'), timer)
+  const check = async (unit: string) => run('systemd-analyze', ['verify', `--root=${root}`, `/etc/systemd/system/${unit}`])
+    .then((r) => r.stderr.trim(), (e: { stderr?: string }) => String(e.stderr ?? e))
+  t.equal(await check('ebs-worker-health.timer'), '', 'the timer verifies, with its service')
+  t.equal(await check('ebs-worker-health.service'), '', 'the service verifies')
+  const s = settings(service)
+  t.equal(s.get('ExecStart')?.[0], '/opt/ebs-worker/bin/ebs-worker health-check --config /etc/ebs-worker/config.json --max-age 300')
+  t.same(s.get('User'), ['ebs-worker'])
+  t.same(s.get('PrivateDevices'), ['yes'], 'no block devices: it only reads a stamp and calls Auto Scaling')
+  t.same(settings(timer).get('OnUnitActiveSec'), ['1min'])
+  const { stdout } = await run('systemd-analyze', ['security', '--offline=true', `--root=${root}`, '/etc/systemd/system/ebs-worker-health.service'])
+  const exposure = Number(/Overall exposure level for ebs-worker-health\.service: ([\d.]+)/.exec(stdout)?.[1])
+  t.ok(exposure > 0 && exposure <= 3, `systemd-analyze security exposure ${exposure}`)
+  await writeFile(join(root, 'etc/systemd/system/ebs-worker-health.timer'), timer.replace('OnUnitActiveSec', 'OnUnitActivSec'))
+  t.match(await check('ebs-worker-health.timer'), /OnUnitActivSec/, 'and a typo is found')
 })

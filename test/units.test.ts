@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { BlobCodec } from '../agent/repo/codec.ts'
 import { ChunkIndex, decodeIndex, encodeIndex, type IndexEntry } from '../agent/repo/chunk-index.ts'
 import { parseSize } from '../agent/cli/options.ts'
-import { parseS3Url } from '../agent/storage/open.ts'
+import { parseS3Url, repositoryAllowed } from '../agent/storage/open.ts'
 import { backupChecksum, decodeManifest, encodeManifest, newBackupId, treeChecksum, ZERO_ID, type ManifestV1, type ManifestV2 } from '../agent/repo/manifest.ts'
 import { planStretches, type PlanInput } from '../agent/core/plan.ts'
 import { planWindow } from '../agent/repo/chunk-reader.ts'
@@ -142,4 +142,18 @@ t.test('parsing', async (t) => {
   t.match(parseS3Url('s3://bucket?region=eu-west-1&path-style=false'), { bucket: 'bucket', prefix: '', region: 'eu-west-1', forcePathStyle: false })
   t.throws(() => parseS3Url('s3://bucket/x?colour=blue'), { code: 'BAD_INPUT' })
   t.throws(() => parseS3Url('s3://bucket/x?checksums=never'), { code: 'BAD_INPUT' })
+  for (const bad of ['s3://../x', 's3://ab/x', 's3://My-Bucket/x', 's3://my_bucket/x', 's3://a..b/x', 's3://-bucket/x', 's3://192.168.1.1/x', 's3://xn--bucket/x', 's3://bucket/a/%2E%2E%2Fb', 's3://bucket:9000/x']) {
+    t.throws(() => parseS3Url(bad), { code: 'BAD_INPUT' }, `${bad} is refused`)
+  }
+})
+
+t.test('repository allowlists compare where the URL points', async (t) => {
+  const allowed = ['s3://backups-bucket/prod', 's3://backups-bucket/teams/*', 'file:///srv/repos/*', 's3://other-bucket/x?region=eu-west-1']
+  for (const ok of ['s3://backups-bucket/prod', 's3://backups-bucket/prod/', 's3://backups-bucket/teams/a', 's3://backups-bucket/teams/a/b', 'file:///srv/repos/a',
+    'file:///srv/repos/a/../b', 's3://other-bucket/x?region=eu-west-1', 's3://backups-bucket/teams', 'file:///srv/repos']) t.ok(repositoryAllowed(ok, allowed), `${ok} is allowed`)
+  for (const no of ['s3://backups-bucket/prod/sub', 's3://backups-bucket/production', 's3://backups-bucket/teamsx/a', 's3://backups-bucket/teams/../prod2',
+    'file:///srv/repos-x/a', 'file:///srv/repos/../etc', 'file:///etc', 's3://other-bucket/x', 's3://other-bucket/x?region=eu-west-1&endpoint=http://evil.example',
+    's3://backups-bucket/prod?endpoint=http://evil.example']) t.notOk(repositoryAllowed(no, allowed), `${no} is not`)
+  t.throws(() => repositoryAllowed('s3://../x', allowed), { code: 'BAD_INPUT' })
+  t.throws(() => repositoryAllowed('ftp://x/y', allowed), { code: 'BAD_INPUT' })
 })

@@ -26,9 +26,13 @@ async function userData(t: Teardown, tags: Record<string, string> | undefined, p
   await writeFile(bin, `#!/bin/sh\nexec "${process.execPath}" "${CLI}" "$@"\n`)
   const systemctl = join(dir, 'systemctl')
   await writeFile(systemctl, `#!/bin/sh\necho "$@" >> "${join(dir, 'systemctl.log')}"\n`)
+  // And an aws command that records its arguments (the CloudFormation signal).
+  const aws = join(dir, 'aws')
+  await writeFile(aws, `#!/bin/sh\necho "$@" >> "${join(dir, 'aws.log')}"\n`)
   await chmod(bin, 0o755)
   await chmod(systemctl, 0o755)
-  const env = { PATH: process.env.PATH, EBS_WORKER_ROOT: root, IMDS_ENDPOINT: imds.endpoint, EBS_WORKER_BIN: bin, SYSTEMCTL: systemctl, ...params }
+  await chmod(aws, 0o755)
+  const env = { PATH: process.env.PATH, EBS_WORKER_ROOT: root, IMDS_ENDPOINT: imds.endpoint, EBS_WORKER_BIN: bin, SYSTEMCTL: systemctl, AWS_CLI: aws, ...params }
   let code = 0
   let stderr = ''
   try {
@@ -38,8 +42,9 @@ async function userData(t: Teardown, tags: Record<string, string> | undefined, p
     stderr = (err as { stderr: string }).stderr
   }
   const calls = await readFile(join(dir, 'systemctl.log'), 'utf8').catch(() => '')
+  const awsCalls = await readFile(join(dir, 'aws.log'), 'utf8').catch(() => '')
   const exists = (p: string) => access(join(root, p)).then(() => true, () => false)
-  return { code, stderr, root, calls, exists, imds }
+  return { code, stderr, root, calls, awsCalls, exists, imds }
 }
 
 const TAGS = {
@@ -103,4 +108,26 @@ t.test('a value the daemon\'s schema refuses stops it too (doctor --only config)
   t.match(r.stderr, /the configuration is not valid/)
   t.notOk(await r.exists('etc/ebs-worker/config.json'), 'no config left behind')
   t.equal(r.calls, '', 'nothing started')
+})
+
+t.test('in an Auto Scaling group: drain and health settings, the health timer, and the stack signalled', async (t) => {
+  const stack = { EBS_WORKER_ASG_NAME: 'prod-workers', EBS_WORKER_LIFECYCLE_HOOK: 'drain', EBS_WORKER_CFN_STACK: 'prod', EBS_WORKER_CFN_RESOURCE: 'WorkerGroup' }
+  const r = await userData(t, TAGS, stack)
+  t.equal(r.code, 0, r.stderr)
+  const config = await loadConfig(join(r.root, 'etc/ebs-worker/config.json'))
+  t.same(config.autoScaling, { groupName: 'prod-workers', lifecycleHookName: 'drain', lifecyclePollSeconds: 5 }, 'the daemon drains and completes the hook on scale-in')
+  t.equal(r.calls, 'daemon-reload\nenable --now ebs-worker.service\nenable --now ebs-worker-health.timer\n', 'the service, then the health report')
+  t.equal(r.awsCalls, `cloudformation signal-resource --region eu-west-1 --stack-name prod --logical-resource-id WorkerGroup --unique-id ${INSTANCE.instanceId} --status SUCCESS\n`,
+    'SUCCESS, once the service has started (Type=notify: ready)')
+
+  const bad = await userData(t, { ...TAGS, 'ebs-worker:concurrency': 'many' }, stack)
+  t.not(bad.code, 0)
+  t.equal(bad.calls, '', 'nothing started')
+  t.equal(bad.awsCalls, `cloudformation signal-resource --region eu-west-1 --stack-name prod --logical-resource-id WorkerGroup --unique-id ${INSTANCE.instanceId} --status FAILURE\n`,
+    'FAILURE: the rollout stops at this worker')
+
+  const hookOnly = await userData(t, TAGS, { EBS_WORKER_LIFECYCLE_HOOK: 'drain' })
+  t.not(hookOnly.code, 0)
+  t.match(hookOnly.stderr, /lifecycle-hook "drain" needs asg-name too/)
+  t.equal(hookOnly.awsCalls, '', 'no stack to signal')
 })

@@ -5,8 +5,10 @@
 import { DEFAULT_TUNING, type Tuning } from '../core/tuning.ts'
 import type { AwsClients } from '../aws/clients.ts'
 import { openBackend } from '../storage/open.ts'
-import { LocalKeyFileProvider } from '../repo/keys.ts'
-import { DEFAULT_CHUNK_SIZE, Repository } from '../repo/repository.ts'
+import { access } from 'node:fs/promises'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { LocalKeyFileProvider, type KeyProvider } from '../repo/keys.ts'
+import { DEFAULT_CHUNK_SIZE, Repository, type ObjectLock } from '../repo/repository.ts'
 import { KMS_PROVIDER, KmsKeyProvider } from './kms-key-provider.ts'
 
 export interface RepositoryAccess {
@@ -33,12 +35,30 @@ export interface NewRepository {
   kmsKey?: string | undefined
   /** …or else kept in this file (created if missing). */
   keyFile?: string | undefined
+  /** Lock every object the repository relies on (a bucket with Object Lock only). */
+  objectLock?: ObjectLock | undefined
 }
 
-/** Creates a repository: not encrypted, or with a new key in a key file or wrapped by KMS. */
+/**
+ * Creates a repository: not encrypted, or with a new key in a key file or wrapped by KMS; under
+ * Object Lock or not.
+ */
 export async function initRepository(url: string, o: NewRepository): Promise<Repository> {
   const keyProvider = o.kmsKey ? new KmsKeyProvider({ aws: o.aws, keyId: o.kmsKey })
     : o.keyFile ? await LocalKeyFileProvider.open(o.keyFile, { create: true }) : undefined
   const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_SIZE
-  return Repository.init(openBackend(url, { aws: o.aws }), keyProvider ? { chunkSize, keyProvider } : { chunkSize })
+  return Repository.init(openBackend(url, { aws: o.aws }), {
+    chunkSize, ...(keyProvider ? { keyProvider } : {}), ...(o.objectLock ? { objectLock: o.objectLock } : {}),
+  })
+}
+
+/**
+ * The provider of a key to add to a repository (`key add`): a KMS key (id, ARN or alias), or a
+ * key file, made with a new random key when the file does not exist.
+ */
+export async function newKeyProvider(o: { aws: AwsClients; kmsKey?: string | undefined; keyFile?: string | undefined }): Promise<{ provider: KeyProvider; created: boolean }> {
+  if (o.kmsKey) return { provider: new KmsKeyProvider({ aws: o.aws, keyId: o.kmsKey }), created: false }
+  if (!o.keyFile) throw new EbsWorkerError(ErrorCode.BadInput, 'a new key is a key file or a KMS key')
+  const existed = await access(o.keyFile).then(() => true, () => false)
+  return { provider: await LocalKeyFileProvider.open(o.keyFile, { create: true }), created: !existed }
 }

@@ -9,6 +9,7 @@
 import { Agent as HttpAgent } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
 import { createRequire } from 'node:module'
+import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling'
 import type { EBSClient } from '@aws-sdk/client-ebs'
 import type { EC2Client } from '@aws-sdk/client-ec2'
 import type { IAMClient } from '@aws-sdk/client-iam'
@@ -50,6 +51,7 @@ export class AwsClients {
   readonly settings: AwsSettings
   readonly #credentials: AwsCredentialIdentityProvider | undefined
   readonly #clients = new Map<string, Destroyable>()
+  #profileRegion: Promise<string | undefined> | null = null
 
   /** `credentials`: another identity's (an assumed role); otherwise the SDK's default chain. */
   constructor(settings: AwsSettings, options: { credentials?: AwsCredentialIdentityProvider } = {}) {
@@ -60,6 +62,30 @@ export class AwsClients {
   /** The Region clients get when the caller names none (undefined: the SDK's own). */
   get region(): string | undefined {
     return this.settings.region
+  }
+
+  /**
+   * The Region of the calls when the caller names none: the settings' (--region, AWS_REGION),
+   * else the profile's, as the SDK resolves it from the shared config file; undefined if neither says.
+   */
+  async resolveRegion(): Promise<string | undefined> {
+    return this.settings.region ?? (await this.#regionOfProfile())
+  }
+
+  /** The profile's Region, as the SDK reads it (a client built without a Region resolves it so). */
+  #regionOfProfile(): Promise<string | undefined> {
+    this.#profileRegion ??= (async () => {
+      const { STSClient } = require('@aws-sdk/client-sts') as typeof import('@aws-sdk/client-sts')
+      const probe = new STSClient(this.settings.profile ? { profile: this.settings.profile } : {})
+      try {
+        return await probe.config.region()
+      } catch {
+        return undefined
+      } finally {
+        probe.destroy()
+      }
+    })()
+    return this.#profileRegion
   }
 
   /**
@@ -89,6 +115,11 @@ export class AwsClients {
     return this.#get('sts', region, (config) => new (require('@aws-sdk/client-sts') as typeof import('@aws-sdk/client-sts')).STSClient(config))
   }
 
+  /** Auto Scaling: the worker's own lifecycle hook and health (daemon/auto-scaling.ts). */
+  autoScaling(region?: string): AutoScalingClient {
+    return this.#get('auto_scaling', region, (config) => new (require('@aws-sdk/client-auto-scaling') as typeof import('@aws-sdk/client-auto-scaling')).AutoScalingClient(config))
+  }
+
   /** IAM, a global service: the Region only says which partition's endpoint (the controller's policy simulation). */
   iam(region?: string): IAMClient {
     return this.#get('iam', region, (config) => new (require('@aws-sdk/client-iam') as typeof import('@aws-sdk/client-iam')).IAMClient(config))
@@ -96,15 +127,16 @@ export class AwsClients {
 
   /**
    * S3 for a repository: one client (and connection pool) per target, since a repository URL may
-   * name its own Region and endpoint. With an endpoint override and no Region, us-east-1 (what
-   * S3-compatible servers expect); path-style addressing unless the target says otherwise.
+   * name its own Region and endpoint. With an endpoint override and no Region, the profile's, else
+   * us-east-1 (what S3-compatible servers expect); path-style addressing unless the target says otherwise.
    */
   s3(target: S3Target = {}): S3Connection {
     const endpoint = target.endpoint ?? this.settings.endpoints.s3
-    const region = target.region ?? this.settings.region ?? (endpoint ? 'us-east-1' : undefined)
+    const named = target.region ?? this.settings.region
+    const region = named ?? (endpoint ? async () => (await this.#regionOfProfile()) ?? 'us-east-1' : undefined)
     const checksums = target.checksums ?? this.settings.s3.checksums
     const forcePathStyle = target.forcePathStyle ?? endpoint !== undefined
-    const key = `s3 ${JSON.stringify([endpoint, region, checksums, forcePathStyle])}`
+    const key = `s3 ${JSON.stringify([endpoint, named ?? (endpoint ? '(profile or us-east-1)' : null), checksums, forcePathStyle])}`
     const known = this.#clients.get(key) as (S3Connection & Destroyable) | undefined
     if (known) return known
     const { S3Client } = require('@aws-sdk/client-s3') as typeof import('@aws-sdk/client-s3')
@@ -122,6 +154,7 @@ export class AwsClients {
       maxAttempts,
       ...(region ? { region } : {}),
       ...(endpoint ? { endpoint } : {}),
+      ...(this.settings.profile ? { profile: this.settings.profile } : {}),
       ...(this.#credentials ? { credentials: this.#credentials } : {}),
       ...(checksums === 'when-required' ? { requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' } : {}),
     }
@@ -156,6 +189,7 @@ export class AwsClients {
         ...(r ? { region: r } : {}),
         ...(endpoint ? { endpoint } : {}),
         ...(maxAttempts ? { maxAttempts } : {}),
+        ...(this.settings.profile ? { profile: this.settings.profile } : {}),
         ...(this.#credentials ? { credentials: this.#credentials } : {}),
       })
       this.#clients.set(key, client)
@@ -168,6 +202,7 @@ interface ClientConfig {
   region?: string
   endpoint?: string
   maxAttempts?: number
+  profile?: string
   credentials?: AwsCredentialIdentityProvider
 }
 

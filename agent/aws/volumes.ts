@@ -136,6 +136,19 @@ export class Volumes {
     })))
   }
 
+  /**
+   * A volume a task names as attached here (a `read`): it must exist and be attached to this
+   * instance, else VOLUME_NOT_FOUND at once rather than a wait for a device that cannot appear.
+   */
+  async assertAttachedHere(volumeId: string): Promise<void> {
+    const volume = await this.#describe(volumeId)
+    const here = volume.Attachments?.some((a) => a.InstanceId === this.#o.identity.instanceId && a.State !== 'detaching' && a.State !== 'detached')
+    if (!here) {
+      const where = volume.Attachments?.length ? `attached to ${volume.Attachments.map((a) => a.InstanceId).join(', ')}` : 'not attached'
+      throw new EbsWorkerError(ErrorCode.VolumeNotFound, `volume ${volumeId} is not attached to this worker (${this.#o.identity.instanceId}): it is ${where}`, { context: { volumeId } })
+    }
+  }
+
   /** Attaches the volume to this instance (unless it already is) and finds its device. */
   async attachHere(volumeId: string, signal?: AbortSignal): Promise<EbsDevice> {
     const volume = await this.#describe(volumeId)
@@ -257,7 +270,7 @@ export class Volumes {
   async #describe(volumeId: string): Promise<Volume> {
     const out = await this.#ec2('DescribeVolumes', () => this.#o.client.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] })))
     const v = out.Volumes?.[0]
-    if (!v) throw new EbsWorkerError(ErrorCode.VolumeNotFound, `volume ${volumeId} does not exist`)
+    if (!v) throw new EbsWorkerError(ErrorCode.VolumeNotFound, `volume ${volumeId} does not exist`, { context: { volumeId } })
     return v
   }
 

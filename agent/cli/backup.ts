@@ -8,7 +8,7 @@ import { formatBytes } from '../core/units.ts'
 import { openRepository } from '../app/repository.ts'
 import { backup } from '../pipeline/backup.ts'
 import type { CliContext } from './context.ts'
-import { tuningArg, withRepository, type RepositoryOptions } from './options.ts'
+import { instantArg, tuningArg, withRepository, type RepositoryOptions } from './options.ts'
 import { withProgress } from './progress.ts'
 
 interface BackupFlags extends RepositoryOptions {
@@ -18,6 +18,7 @@ interface BackupFlags extends RepositoryOptions {
   volumeId?: string
   snapshotId?: string
   tag?: string[]
+  time?: Date
   readConcurrency: number
   uploadConcurrency: number
   packSize: number
@@ -32,6 +33,7 @@ export function backupCommand(program: Command, { print, signal, aws }: CliConte
     .option('--volume-id <id>', 'EBS volume id to record in the manifest')
     .option('--snapshot-id <id>', 'EBS snapshot id to record in the manifest')
     .option('--tag <key=value...>', 'tags to record in the manifest')
+    .option('--time <iso-8601>', 'the backup\'s time, when not now (imports, tests): 2026-11-23T04:51:25Z; its id takes the same time', instantArg('--time'))
     .option('--read-concurrency <n>', 'chunk reads in flight', tuningArg('--read-concurrency', 'readConcurrency'), DEFAULT_TUNING.readConcurrency)
     .option('--upload-concurrency <n>', 'packs uploading at once', tuningArg('--upload-concurrency', 'uploadConcurrency'), DEFAULT_TUNING.uploadConcurrency)
     .option('--pack-size <size>', 'target pack size', tuningArg('--pack-size', 'packSize', true), DEFAULT_TUNING.packSize)
@@ -55,6 +57,7 @@ export function backupCommand(program: Command, { print, signal, aws }: CliConte
         ...(changed ? { changedRanges: changed } : {}),
         source: { ...(opts.volumeId ? { volumeId: opts.volumeId } : {}), ...(opts.snapshotId ? { snapshotId: opts.snapshotId } : {}) },
         tags,
+        ...(opts.time ? { time: opts.time } : {}),
         readConcurrency: opts.readConcurrency,
         uploadConcurrency: opts.uploadConcurrency,
         packSize: opts.packSize,
@@ -69,7 +72,7 @@ export function backupCommand(program: Command, { print, signal, aws }: CliConte
           `  read ${formatBytes(s.bytesRead)} in ${secs.toFixed(1)} s (${formatBytes(s.bytesRead / Math.max(secs, 0.001))}/s), stored ${formatBytes(s.bytesStored)} new`,
           `  chunks: ${s.chunksTotal} total, ${s.chunksNew} new, ${s.chunksReused} already stored, ${s.chunksZero} zero, ${s.chunksFromParent} from parent`,
         ],
-        { backupId: result.id, size: result.size, parent: result.parent, checksum: result.checksum, ...s },
+        { backupId: result.id, createdAt: result.createdAt, size: result.size, parent: result.parent, checksum: result.checksum, ...s },
       )
     })
 }

@@ -1,26 +1,39 @@
 // What every command gets from the program: how to print, the signal that interrupts it, and
 // the one settings object of the program (built here, at its edge, from the environment).
 import { AwsClients } from '../aws/clients.ts'
-import { awsSettings, type Environment } from '../aws/config.ts'
+import { assertProfileExists, awsSettings, withAwsFlags, type AwsFlags, type Environment } from '../aws/config.ts'
 import type { Printer } from './output.ts'
 
 export interface CliContext {
   print: Printer
   /** Aborted by SIGINT and SIGTERM. */
   signal: AbortSignal
-  /** The environment the program was started with (the daemon and doctor read their settings from it). */
-  env: Environment
+  /**
+   * The environment the program was started with, as its --region, --profile and --endpoint-url
+   * amend it (the daemon and doctor read their settings from it). Read it in an action, not before.
+   */
+  readonly env: Environment
   /** The program's AWS clients, from the environment's settings, built on first use. */
   aws(): AwsClients
   /** Closes what aws() built. */
   close(): void
+  /** Takes the program's AWS flags, before a command runs (a profile that no shared file names is refused). */
+  configure(flags: AwsFlags): Promise<void>
 }
 
-export function cliContext(print: Printer, signal: AbortSignal, env: Environment): CliContext {
+export function cliContext(print: Printer, signal: AbortSignal, started: Environment): CliContext {
   let aws: AwsClients | null = null
+  let env = started
   return {
-    print, signal, env,
+    print, signal,
+    get env() {
+      return env
+    },
     aws: () => (aws ??= new AwsClients(awsSettings(env))),
     close: () => aws?.destroy(),
+    configure: async (flags) => {
+      env = withAwsFlags(started, flags)
+      if (flags.profile !== undefined) await assertProfileExists(env, flags.profile)
+    },
   }
 }

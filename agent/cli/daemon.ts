@@ -1,6 +1,6 @@
 // ebs-worker daemon: the worker service (docs/TASKS.md). Its settings are built here, at its
 // start, from the configuration file and the environment (daemon/config.ts).
-import { Option, type Command } from 'commander'
+import { InvalidArgumentError, Option, type Command } from 'commander'
 import { DEFAULT_CONFIG_PATH, loadDaemonSettings } from '../daemon/config.ts'
 import type { CliContext } from './context.ts'
 
@@ -9,7 +9,8 @@ export function configOption(): Option {
   return new Option('--config <path>', 'configuration file').env('EBS_WORKER_CONFIG').default(DEFAULT_CONFIG_PATH)
 }
 
-export function daemonCommand(program: Command, { signal, env }: CliContext): void {
+export function daemonCommand(program: Command, context: CliContext): void {
+  const { signal } = context
   program
     .command('daemon')
     .description('run the worker: take tasks from SQS and answer on the reply queue (docs/TASKS.md)')
@@ -17,10 +18,40 @@ export function daemonCommand(program: Command, { signal, env }: CliContext): vo
     .action(async (opts: { config: string }) => {
       // Loaded only here: the EC2/SQS/KMS/EBS clients cost ~0.3 s of start-up the other commands do not need.
       const { Daemon } = await import('../daemon/daemon.ts')
-      const daemon = new Daemon(await loadDaemonSettings(opts.config, env))
+      const daemon = new Daemon(await loadDaemonSettings(opts.config, context.env))
       await daemon.start()
-      // SIGTERM/SIGINT: stop taking tasks, give running ones their grace, hand the rest back.
-      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
+      // SIGTERM/SIGINT: stop taking tasks, give running ones their grace, hand the rest back. Or
+      // the daemon ends by itself: drained for scale-in, its lifecycle hook completed.
+      const stopped = new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
+      await Promise.race([stopped, daemon.finished])
       await daemon.stop()
+    })
+}
+
+export function healthCheckCommand(program: Command, context: CliContext): void {
+  const { print } = context
+  program
+    .command('health-check')
+    .description("report this instance Unhealthy to its Auto Scaling group when the daemon has not been healthy for --max-age (ebs-worker-health.timer)")
+    .addOption(configOption())
+    .option('--max-age <seconds>', 'how long the daemon may go without being healthy', (v) => {
+      if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError('a positive number of seconds')
+      return Number(v)
+    }, 300)
+    .option('--json', 'one JSON object on stdout')
+    .action(async (opts: { config: string; maxAge: number }) => {
+      const [{ checkHealth }, { whoAmI }, { AwsClients }] = await Promise.all([
+        import('../daemon/auto-scaling.ts'), import('../aws/identity.ts'), import('../aws/clients.ts'),
+      ])
+      const settings = await loadDaemonSettings(opts.config, context.env)
+      const endpoint = settings.imdsEndpoint ?? settings.aws.imdsEndpoint
+      const identity = await whoAmI(endpoint ? { endpoint } : {})
+      const aws = new AwsClients({ ...settings.aws, region: settings.aws.region ?? identity.region })
+      try {
+        const v = await checkHealth({ client: aws.autoScaling(identity.region), instanceId: identity.instanceId, healthFile: settings.healthFile, maxAgeSeconds: opts.maxAge })
+        print([v.healthy ? `healthy: ${v.reason}` : `unhealthy, reported to Auto Scaling: ${v.reason}`], { instanceId: identity.instanceId, ...v })
+      } finally {
+        aws.destroy()
+      }
     })
 }

@@ -5,7 +5,8 @@ import type { CliContext } from './context.ts'
 import { configOption } from './daemon.ts'
 import { ReportedFailure } from './output.ts'
 
-export function doctorCommand(program: Command, { print, env }: CliContext): void {
+export function doctorCommand(program: Command, context: CliContext): void {
+  const { print } = context
   program
     .command('doctor')
     .description('check that this worker can work: IMDS, identity, queues, repository, KMS keys, devices, memory, disk')
@@ -16,7 +17,7 @@ export function doctorCommand(program: Command, { print, env }: CliContext): voi
     .action(async (opts: { config: string; only?: string[]; kmsKey?: string[] }) => {
       // Loaded only here, like the daemon: its EC2/SQS clients cost start-up the other commands do not need.
       const { doctor } = await import('../daemon/doctor.ts')
-      const checks = await doctor({ configPath: opts.config, env, ...(opts.only ? { only: opts.only } : {}), ...(opts.kmsKey ? { kmsKeys: opts.kmsKey } : {}) })
+      const checks = await doctor({ configPath: opts.config, env: context.env, ...(opts.only ? { only: opts.only } : {}), ...(opts.kmsKey ? { kmsKeys: opts.kmsKey } : {}) })
       const problems = checks.filter((c) => c.status === 'problem').length
       print([...checks.map(formatCheck), problems ? `${problems} problem(s)` : 'no problems'], { ok: problems === 0, checks })
       if (problems) throw new ReportedFailure()

@@ -6,11 +6,15 @@ import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { VERSION } from '../core/version.ts'
 import { backupCommand } from './backup.ts'
 import { cliContext, type CliContext } from './context.ts'
-import { daemonCommand } from './daemon.ts'
+import { daemonCommand, healthCheckCommand } from './daemon.ts'
 import { doctorCommand } from './doctor.ts'
 import { initCommand } from './init.ts'
+import { keyCommand } from './key.ts'
 import { listCommand } from './list.ts'
 import { migrateCommand } from './migrate.ts'
+import { pruneCommand } from './prune.ts'
+import { checkCommand } from './check.ts'
+import { forgetCommand } from './forget.ts'
 import { ExitStatus, printer, printError, printUsageError, ReportedFailure } from './output.ts'
 import { restoreCommand } from './restore.ts'
 import { verifyCommand } from './verify.ts'
@@ -20,12 +24,26 @@ export function buildProgram(context: CliContext): Command {
     .description('Back up block devices (EBS volumes) into a deduplicated, compressed, encrypted repository, and restore them')
     .version(VERSION)
     .showHelpAfterError('(run with --help for usage)')
-    // Set before the subcommands are added, so they inherit it: errors come back to main().
+    // Set before the subcommands are added, so they inherit them: errors come back to main(),
+    // and each command's help lists the AWS options below.
     .exitOverride()
-  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, migrateCommand, daemonCommand, doctorCommand]) {
+    .configureHelp({ showGlobalOptions: true })
+  awsOptions(program).hook('preAction', () => context.configure(program.opts()))
+  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, keyCommand, daemonCommand, healthCheckCommand, doctorCommand]) {
     command(program, context)
   }
   return program
+}
+
+/**
+ * The AWS CLI's global options, before or after the command: --region, --profile (its credentials
+ * and Region) and --endpoint-url (every service's), over the environment's settings (aws/config.ts).
+ */
+export function awsOptions(program: Command): Command {
+  return program
+    .option('--region <region>', 'AWS Region of the calls (over AWS_REGION and the profile\'s)')
+    .option('--profile <name>', 'profile of the shared AWS config and credentials files (over AWS_PROFILE): its credentials and Region')
+    .option('--endpoint-url <url>', 'endpoint of every AWS service (over AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE>); a repository URL\'s ?endpoint= still wins for its S3')
 }
 
 /** Runs the CLI; resolves to the exit status. */
@@ -40,7 +58,7 @@ export async function main(argv: string[]): Promise<number> {
     await buildProgram(context).parseAsync(argv, { from: 'user' })
     return ExitStatus.ok
   } catch (err) {
-    if (err instanceof ReportedFailure) return ExitStatus.failure
+    if (err instanceof ReportedFailure) return err.status
     const commanderCode = (err as { code?: string }).code
     if (commanderCode === 'commander.helpDisplayed' || commanderCode === 'commander.version') return ExitStatus.ok
     if (typeof commanderCode === 'string' && commanderCode.startsWith('commander.')) return printUsageError(err, json)

@@ -3,7 +3,11 @@
 // status, which scripts and the daemon read to tell "bad input" from "damaged data" from "try again".
 import { EbsWorkerError, ErrorCode, describe, toErrorJson } from '../core/errors.ts'
 
-export const ExitStatus = { ok: 0, failure: 1, badInput: 2, damaged: 3, interrupted: 130 } as const
+/**
+ * 10 and 12 are restic's codes for "repository does not exist" and "wrong password": a script
+ * tells a missing repository (create it) and a wrong key (fix the key) from other failures.
+ */
+export const ExitStatus = { ok: 0, failure: 1, badInput: 2, damaged: 3, repoNotFound: 10, wrongKey: 12, interrupted: 130 } as const
 
 export function exitStatusFor(err: unknown): number {
   if (!(err instanceof EbsWorkerError)) return ExitStatus.failure
@@ -14,6 +18,10 @@ export function exitStatusFor(err: unknown): number {
     case ErrorCode.ChunkMissing:
     case ErrorCode.ChecksumMismatch:
       return ExitStatus.damaged
+    case ErrorCode.RepoNotFound:
+      return ExitStatus.repoNotFound
+    case ErrorCode.WrongKey:
+      return ExitStatus.wrongKey
     case ErrorCode.Interrupted:
       return ExitStatus.interrupted
     default:
@@ -46,5 +54,14 @@ export function printError(program: string, err: unknown, json: boolean): number
   return exitStatusFor(err)
 }
 
-/** A command that has printed why it failed (doctor's problem lines): exit status 1, no error message. */
-export class ReportedFailure extends Error {}
+/**
+ * A command that has printed why it failed (doctor's problem lines, check's damage): its exit
+ * status (1 unless given: check's is 3, damage), no error message.
+ */
+export class ReportedFailure extends Error {
+  readonly status: number
+  constructor(status: number = ExitStatus.failure) {
+    super('reported')
+    this.status = status
+  }
+}

@@ -1,6 +1,8 @@
 // ebs-worker restore: a backup onto a block device or image file; with --volume-id only onto
 // that attached EBS volume.
+import { stat } from 'node:fs/promises'
 import type { Command } from 'commander'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
 import { formatBytes } from '../core/units.ts'
 import { assertVolumeDevice } from '../device/ebs-device.ts'
@@ -18,9 +20,16 @@ export function restoreCommand(program: Command, { print, signal, aws }: CliCont
     .requiredOption('--backup <id>', 'backup id')
     .requiredOption('--device <path>', 'target block device or image file (an image file is created if missing)')
     .option('--fresh-target', 'the target is a new empty volume: skip writing zero chunks')
+    .option('--force', 'overwrite an image file that is not empty')
     .option('--volume-id <id>', 'refuse unless the device is this attached EBS volume (by its NVMe serial)')
     .option(...getsInFlight)
-    .action(async (opts: RepositoryOptions & { backup: string; device: string; freshTarget?: boolean; volumeId?: string; concurrency: number }) => {
+    .action(async (opts: RepositoryOptions & { backup: string; device: string; freshTarget?: boolean; force?: boolean; volumeId?: string; concurrency: number }) => {
+      // An image file that holds something is likely a mistake (a source image, another restore):
+      // overwritten only when asked. A block device is the target a restore is for.
+      const existing = await stat(opts.device).catch(() => null)
+      if (existing?.isFile() && existing.size > 0 && !opts.force) {
+        throw new EbsWorkerError(ErrorCode.BadInput, `${opts.device} is an image file that is not empty (${formatBytes(existing.size)}): the restore would overwrite it; pass --force to do so`, { context: { device: opts.device } })
+      }
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       // Before anything is opened for writing: the device must be that volume (its NVMe serial).
       if (opts.volumeId) await assertVolumeDevice(opts.device, opts.volumeId)

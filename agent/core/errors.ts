@@ -11,9 +11,13 @@ export const ErrorCode = {
   DeviceUnusable: 'DEVICE_UNUSABLE',
   TargetTooSmall: 'TARGET_TOO_SMALL',
   RepoNotFound: 'REPO_NOT_FOUND',
+  /** A task named a repository the worker's configuration does not allow (allowedRepositories). */
+  RepositoryNotAllowed: 'REPOSITORY_NOT_ALLOWED',
   RepoExists: 'REPO_EXISTS',
   RepoFormat: 'REPO_FORMAT',
   RepoVersion: 'REPO_VERSION',
+  /** Another process holds the repository's lock for this (a prune): a later attempt may get it. */
+  RepoLocked: 'REPO_LOCKED',
   KeyRequired: 'KEY_REQUIRED',
   WrongKey: 'WRONG_KEY',
   BackupNotFound: 'BACKUP_NOT_FOUND',
@@ -64,7 +68,7 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
  * reply says `retryable: true`, a caller may try again. Every other code is permanent.
  */
 const RETRYABLE: ReadonlySet<string> = new Set<ErrorCode>([
-  ErrorCode.Storage, ErrorCode.Interrupted, ErrorCode.ImdsUnavailable, ErrorCode.VolumeBusy, ErrorCode.NoFreeDeviceName, ErrorCode.KmsError,
+  ErrorCode.Storage, ErrorCode.RepoLocked, ErrorCode.Interrupted, ErrorCode.ImdsUnavailable, ErrorCode.VolumeBusy, ErrorCode.NoFreeDeviceName, ErrorCode.KmsError,
   ErrorCode.AwsError, ErrorCode.SnapshotTimeout, ErrorCode.StateTimeout, ErrorCode.TaskTimeout, ErrorCode.Internal,
 ])
 

@@ -8,9 +8,20 @@ import { SYSTEM_ROOTS } from '../device/ebs-device.ts'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { awsSettings, type AwsSettings, type Environment } from '../aws/config.ts'
 import { tuningSchema } from '../core/tuning.ts'
+import { LOG_LEVELS, logLevelFromEnv } from '../core/log.ts'
+import { repositoryLocation } from '../storage/open.ts'
 import type { MetricsSettings } from './metrics.ts'
 
 export const DEFAULT_CONFIG_PATH = '/etc/ebs-worker/config.json'
+
+const wellFormed = (url: string): boolean => {
+  try {
+    repositoryLocation(url)
+    return true
+  } catch {
+    return false
+  }
+}
 
 const configSchema = z.strictObject({
   /** SQS queue the tasks arrive on. */
@@ -19,6 +30,12 @@ const configSchema = z.strictObject({
   replyQueueUrl: z.url(),
   /** Default repository for tasks that name none. */
   repository: z.string().regex(/^(s3|file):\/\//, 'repository is s3://bucket/prefix or file:///path'),
+  /**
+   * The repositories a task may name (its `repository`) besides the configured one, as URLs; one
+   * whose path ends in "/*" allows it and every repository under it. Default: none (the configured one only).
+   */
+  allowedRepositories: z.array(z.string().regex(/^(s3|file):\/\//, 'an allowed repository is s3://bucket/prefix or file:///path, optionally ending in /*')
+    .refine((entry) => wellFormed(entry.replace(/\/\*(\?|$)/, '$1')), 'not a well-formed repository URL (a bucket name S3 accepts, no . or .. segments, known options)')).min(1).optional(),
   /** Key file of an encrypted repository. */
   keyFile: z.string().optional(),
   /** Tasks run at once. */
@@ -40,6 +57,23 @@ const configSchema = z.strictObject({
   deviceRoots: z.strictObject({ sysBlock: z.string(), devDir: z.string(), byIdDir: z.string() }).default(SYSTEM_ROOTS),
   /** IMDS endpoint (default: the SDK's, AWS_EC2_METADATA_SERVICE_ENDPOINT or 169.254.169.254). */
   imdsEndpoint: z.url().optional(),
+  /**
+   * The worker's Auto Scaling group (daemon/auto-scaling.ts): on scale-in, with a termination
+   * lifecycle hook, the daemon drains (stops receiving, gives running tasks their grace, hands the
+   * rest back) and completes the hook; it keeps a health stamp that `ebs-worker health-check`
+   * turns into SetInstanceHealth Unhealthy when it goes stale.
+   */
+  autoScaling: z.strictObject({
+    groupName: z.string().regex(/^[\w.:\/-]{1,255}$/),
+    /** The EC2_INSTANCE_TERMINATING hook to complete once drained; none: the daemon only drains. */
+    lifecycleHookName: z.string().regex(/^[A-Za-z0-9._-]{1,255}$/).optional(),
+    /** How often IMDS's autoscaling/target-lifecycle-state is read. */
+    lifecyclePollSeconds: z.number().int().min(1).max(300).default(5),
+  }).optional(),
+  /** Where the daemon keeps its health stamp (its mtime: the last time it was healthy). */
+  healthFile: z.string().regex(/^\//).default('/var/lib/ebs-worker/healthy'),
+  /** The log's level (debug, info, warn, error); EBS_WORKER_LOG_LEVEL, when set, wins. */
+  logLevel: z.enum(LOG_LEVELS).default('info'),
   /** Backup and restore tuning (core/tuning.ts); what is not given keeps its default. */
   tuning: tuningSchema.default({}),
 })
@@ -79,6 +113,7 @@ export async function loadDaemonSettings(path: string, env: Environment): Promis
   const config = await loadConfig(path)
   return {
     ...config,
+    logLevel: logLevelFromEnv(env) ?? config.logLevel,
     aws: awsSettings(env),
     metrics: { enabled: env.EBS_WORKER_METRICS !== 'off', fleet: env.EBS_WORKER_FLEET || 'default' },
     systemd: { NOTIFY_SOCKET: env.NOTIFY_SOCKET, WATCHDOG_USEC: env.WATCHDOG_USEC, WATCHDOG_PID: env.WATCHDOG_PID },

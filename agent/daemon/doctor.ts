@@ -172,7 +172,7 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
       const fix = code === ErrorCode.RepoNotFound ? `create it once: ebs-worker init --repo ${config.repository}${config.keyFile ? ` --encrypt --key-file ${config.keyFile}` : ''}`
         : code === ErrorCode.KeyRequired || code === ErrorCode.WrongKey || code === ErrorCode.BadInput ? 'keyFile must be the key the repository was created with, readable by the ebs-worker user'
         : code === ErrorCode.RepoVersion ? 'upgrade ebs-worker to a release that reads this repository format'
-        : denied(err) || /AccessDenied|403/.test(describe(err)) ? 'the instance role needs s3:GetObject, s3:PutObject, s3:ListBucket, s3:DeleteObject and s3:AbortMultipartUpload on the repository prefix'
+        : denied(err) || /AccessDenied|403/.test(describe(err)) ? 'the instance role needs s3:GetObject, s3:PutObject, s3:ListBucket and s3:AbortMultipartUpload on the repository prefix, and s3:DeleteObject on its index/pack-* and checkpoints/* (packaging/iam/worker-policy.json)'
         : 'check the repository URL and the network path to S3'
       add({ name: 'repository', status: 'problem', detail: `${config.repository}: [${code}] ${describe(err)}`, fix })
     }

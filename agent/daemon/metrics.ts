@@ -7,7 +7,8 @@
 // are neither (the task id, the instance id) stay searchable in CloudWatch Logs Insights.
 //
 // Every metric carries the dimension Fleet (EBS_WORKER_FLEET, else "default"), so several fleets can
-// share an account; task outcomes are also split by task type, outcome and error code.
+// share an account; task outcomes are also split by task type, outcome and error code. Prune and
+// check tasks add their own figures (maintenanceMetrics), which the fleet's alarms watch.
 import type { ReceivedMessage } from './queue.ts'
 import type { TaskResult } from './task.ts'
 
@@ -79,7 +80,8 @@ export function taskEndMetrics(fleet: string, instanceId: string, end: TaskEnd):
   return emf(
     finished,
     { Fleet: fleet, TaskType: end.type, Outcome: end.status, ErrorCode: end.errorCode ?? 'none' },
-    [['Fleet'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']],
+    // Fleet+Outcome: the failure-rate alarm's metrics (alarms cannot use SEARCH), fleet.yaml.
+    [['Fleet'], ['Fleet', 'Outcome'], ['Fleet', 'TaskType', 'Outcome'], ['Fleet', 'Outcome', 'ErrorCode']],
     {
       Tasks: [1, 'Count'],
       TaskDuration: [seconds, 'Seconds'],
@@ -90,6 +92,38 @@ export function taskEndMetrics(fleet: string, instanceId: string, end: TaskEnd):
     },
     { event: 'metrics', taskId: end.taskId, instanceId },
   )
+}
+
+const obj = (v: unknown): Record<string, unknown> => (typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : {})
+
+/**
+ * The maintenance figures of a finished task, from its reply: for a prune that changed the
+ * repository (not a dry run), what it reclaimed, deleted and repacked and how long it took; for a
+ * check, the damage it found (0 when healthy: the alarm on CheckProblems > 0 has a datapoint after
+ * every check). Null for other tasks, failures and dry runs.
+ */
+export function maintenanceMetrics(fleet: string, instanceId: string, end: TaskEnd): EmfDocument | null {
+  if (end.status !== 'succeeded' || !end.result) return null
+  const r = end.result
+  const time = Date.parse(end.finishedAt)
+  const properties = { event: 'metrics', taskId: end.taskId, instanceId, repository: r.repository }
+  if (end.type === 'prune' && r.dryRun !== true) {
+    const packs = obj(r.packs)
+    return emf(time, { Fleet: fleet }, [['Fleet']], {
+      PruneBytesReclaimed: [Math.max(0, num(obj(r.bytes).reclaimed)), 'Bytes'],
+      PrunePacksDeleted: [num(packs.deleted), 'Count'],
+      PrunePacksRepacked: [num(packs.repacked), 'Count'],
+      PruneBackupsForgotten: [num(obj(r.forget).forgotten), 'Count'],
+      PruneDuration: [num(r.durationMs) / 1000, 'Seconds'],
+    }, properties)
+  }
+  if (end.type === 'check') {
+    return emf(time, { Fleet: fleet }, [['Fleet']], {
+      CheckProblems: [num(r.damage), 'Count'],
+      CheckDuration: [num(r.durationMs) / 1000, 'Seconds'],
+    }, properties)
+  }
+  return null
 }
 
 /** The EMF document when a task starts: how long it waited in the queue. */
@@ -167,5 +201,7 @@ export class MetricsEmitter {
 
   taskEnded(end: TaskEnd): void {
     this.#emit(taskEndMetrics(this.#fleet, this.#instanceId, end))
+    const maintenance = maintenanceMetrics(this.#fleet, this.#instanceId, end)
+    if (maintenance) this.#emit(maintenance)
   }
 }

@@ -120,9 +120,16 @@ export class QueueConsumer {
     await this.#loop
     this.#loop = null
     const all = Promise.allSettled([...this.#running.values()].map((r) => r.done))
-    const timer = sleep(graceMs, 'timeout' as const)
-    if ((await Promise.race([all.then(() => 'done' as const), timer])) === 'timeout') {
-      for (const r of this.#running.values()) r.abort.abort(new Error('worker stopping'))
+    // The grace timer is cancelled once the handlers are done: left running, it would keep the
+    // process alive for the rest of the grace after everything had stopped.
+    const cancel = new AbortController()
+    const timer = sleep(graceMs, 'timeout' as const, { signal: cancel.signal }).catch(() => 'done' as const)
+    try {
+      if ((await Promise.race([all.then(() => 'done' as const), timer])) === 'timeout') {
+        for (const r of this.#running.values()) r.abort.abort(new Error('worker stopping'))
+      }
+    } finally {
+      cancel.abort()
     }
     await Promise.allSettled([...this.#running.values()].map((r) => r.done))
   }

@@ -3,6 +3,7 @@
 // a valid task never throws: it becomes a rejection with a stable code and a readable reason.
 import { z } from 'zod'
 import { BACKUP_ID_PATTERN } from '../core/ids.ts'
+import { BUCKET_RULES, isEmptyPolicy, parseDuration, UNLIMITED, type BucketRule, type Policy } from '../core/retention.ts'
 
 export const TASK_PROTOCOL_VERSION = 1
 
@@ -69,7 +70,80 @@ export const detachTask = z.strictObject({
 })
 export const backupTask = z.strictObject({ ...base, type: z.literal('backup'), ...attachFields, ...readFields })
 
-export const task = z.discriminatedUnion('type', [attachTask, readTask, restoreTask, detachTask, backupTask])
+/** A keep-* count: a whole number ≥ 0 (0: the rule is not used), or "unlimited" (also -1, as restic spells it). */
+const keepCount = z.union([z.number().int().min(-1).max(1_000_000), z.literal('unlimited')])
+/** A retention policy, as `ebs-worker forget`'s options: applied per group before the prune. */
+const forgetFields = z.strictObject({
+  keepLast: keepCount.optional(),
+  keepHourly: keepCount.optional(),
+  keepDaily: keepCount.optional(),
+  keepWeekly: keepCount.optional(),
+  keepMonthly: keepCount.optional(),
+  keepYearly: keepCount.optional(),
+  /** restic's durations, as `forget --keep-within`: 1y2m3d4h, 30d, 36h (each unit once). */
+  keepWithin: z.string().refine((d) => parseDuration(d) !== null, 'keepWithin is a duration of years, months, days and hours, each once, like 1y2m3d4h, 30d or 36h').optional(),
+  keepTag: z.array(z.string().regex(/^[^=]+=/, 'keepTag entries are key=value')).max(100).optional(),
+  groupBy: z.enum(['volume', 'device', 'tags', 'none']).default('volume'),
+})
+export type ForgetPolicy = z.infer<typeof forgetFields>
+const forgetPolicy = forgetFields.refine((p) => !isEmptyPolicy(taskPolicy(p)),
+  'forget needs a policy that keeps something (keepLast … keepYearly, keepWithin, keepTag): an empty one would forget every backup')
+
+const KEEP: Record<BucketRule, 'keepLast' | 'keepHourly' | 'keepDaily' | 'keepWeekly' | 'keepMonthly' | 'keepYearly'> = {
+  last: 'keepLast', hourly: 'keepHourly', daily: 'keepDaily', weekly: 'keepWeekly', monthly: 'keepMonthly', yearly: 'keepYearly',
+}
+
+/** A task's `forget` as the policy core/retention.ts applies. */
+export function taskPolicy(f: Omit<ForgetPolicy, 'groupBy'>): Policy {
+  const counts: Policy['counts'] = {}
+  for (const rule of BUCKET_RULES) {
+    const n = f[KEEP[rule]]
+    if (n !== undefined) counts[rule] = n === 'unlimited' ? UNLIMITED : n
+  }
+  const within = f.keepWithin === undefined ? null : parseDuration(f.keepWithin)
+  return {
+    counts,
+    ...(within ? { within } : {}),
+    ...(f.keepTag?.length ? { tags: f.keepTag.map((t) => [t.slice(0, t.indexOf('=')), t.slice(t.indexOf('=') + 1)] as const) } : {}),
+  }
+}
+
+export const pruneTask = z.strictObject({
+  ...base,
+  type: z.literal('prune'),
+  repository: repository.optional(),
+  /** Forget by this policy first (as `ebs-worker forget --keep-…`), under the prune lock. */
+  forget: forgetPolicy.optional(),
+  /** Repack packs whose unused share exceeds this percentage (`prune --max-unused`). */
+  maxUnusedPercent: z.number().min(0).max(100).default(5),
+  /** Repack at most this many bytes of packs in this run (`prune --max-repack-size`). */
+  maxRepackBytes: z.number().int().positive().optional(),
+  /** Longest wait for running backups before leaving the deletion to the next prune (`prune --max-wait`). */
+  maxWaitSeconds: z.number().int().min(0).max(43200).default(3600),
+  /** Say what would be forgotten, deleted and repacked; change nothing. */
+  dryRun: z.boolean().default(false),
+})
+
+/** `check --read-data-subset`: N/M, P%, or daily/M (the day's part of M: every pack once in M days). */
+const readDataSubset = z.string().refine((s) => {
+  const part = /^(\d{1,10})\/(\d{1,10})$/.exec(s)
+  if (part) return Number(part[1]) >= 1 && Number(part[1]) <= Number(part[2])
+  const daily = /^daily\/(\d{1,10})$/.exec(s)
+  if (daily) return Number(daily[1]) >= 1
+  const percent = /^(\d{1,3}(?:\.\d+)?)%$/.exec(s)
+  return percent !== null && Number(percent[1]) > 0 && Number(percent[1]) <= 100
+}, 'readDataSubset is N/M (1 ≤ N ≤ M), daily/M, or a percentage like 10%')
+
+export const checkTask = z.strictObject({
+  ...base,
+  type: z.literal('check'),
+  repository: repository.optional(),
+  /** Also read and re-hash every blob of every pack (`check --read-data`). */
+  readData: z.boolean().default(false),
+  readDataSubset: readDataSubset.optional(),
+}).refine((t) => !(t.readData && t.readDataSubset), 'give readData or readDataSubset, not both')
+
+export const task = z.discriminatedUnion('type', [attachTask, readTask, restoreTask, detachTask, backupTask, pruneTask, checkTask])
 export type Task = z.infer<typeof task>
 export type TaskType = Task['type']
 

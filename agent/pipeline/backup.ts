@@ -25,6 +25,8 @@ export interface BackupOptions {
   writtenRanges?: Iterable<ByteRange>
   source?: { volumeId?: string; snapshotId?: string }
   tags?: Record<string, string>
+  /** The backup's time, when not now (imports, tests): its createdAt and its id's timestamp. */
+  time?: Date
   /** Chunk reads in flight. */
   readConcurrency?: number
   /** Packs uploading at once. */
@@ -53,6 +55,8 @@ export interface BackupProgress {
 
 export interface BackupResult {
   id: string
+  /** The backup's time, as its manifest says. */
+  createdAt: string
   size: number
   chunkSize: number
   parent: string | null
@@ -83,7 +87,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const saved = key ? await loadCheckpoint(repo, key) : null
     const writer = await repo.startBackup({
       size, parent, packSize: options.packSize ?? DEFAULT_TUNING.packSize, uploadConcurrency: options.uploadConcurrency ?? DEFAULT_TUNING.uploadConcurrency,
-      resume: saved?.kind === 'backup' ? saved.writer : null,
+      resume: saved?.kind === 'backup' ? saved.writer : null, time: options.time ?? null,
     })
     const resumedFrom = writer.resumed && saved ? saved.savedAt : null
     const earlierMs = writer.resumed?.stats.durationMs ?? 0
@@ -143,7 +147,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await dropCheckpoint(repo, key)
     bytesDone = size
     report()
-    return { id: manifest.id, size, chunkSize, parent: manifest.parent, checksum: manifest.checksum, stats: manifest.stats, resumedFrom }
+    return { id: manifest.id, createdAt: manifest.createdAt, size, chunkSize, parent: manifest.parent, checksum: manifest.checksum, stats: manifest.stats, resumedFrom }
   } finally {
     await device.handle.close()
   }

@@ -11,6 +11,7 @@
 // resumed across the upgrade starts afresh.)
 import { z } from 'zod'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
+import { log } from '../core/log.ts'
 import type { WriterState } from '../repo/backup-writer.ts'
 import type { Repository } from '../repo/repository.ts'
 import { recordObject } from '../repo/layout.ts'
@@ -169,7 +170,8 @@ export async function loadCheckpoint(repo: Repository, key: string): Promise<Che
   try {
     const data = await repo.loadRecord('checkpoints', key)
     return data ? decodeCheckpoint(data, checkpointObjectName(key)) : null
-  } catch {
+  } catch (err) {
+    log.warn({ checkpoint: checkpointObjectName(key), error: err }, 'cannot read the checkpoint; the work starts afresh')
     return null
   }
 }
@@ -212,7 +214,12 @@ export async function underCheckpoints<T>(run: CheckpointRun, work: (gate: Check
       throw err
     }
     // Every worker has stopped: what is marked done is what the next attempt can skip.
-    const saved = gate ? await gate.saveNow().then(() => true, () => false) : false
+    const saved = gate
+      ? await gate.saveNow().then(() => true, (saveErr: unknown) => {
+        log.warn({ checkpoint: checkpointObjectName(run.key!), error: saveErr }, `cannot save the checkpoint of the interrupted ${run.what}; ${run.lost}`)
+        return false
+      })
+      : false
     await run.drain?.()
     throw new EbsWorkerError(ErrorCode.Interrupted,
       `${run.what} interrupted; ${saved ? 'its progress is checkpointed and the next attempt goes on from there' : run.lost}`,
@@ -222,5 +229,8 @@ export async function underCheckpoints<T>(run: CheckpointRun, work: (gate: Check
 
 /** Drops the checkpoint of work that is recorded as done; failing to is harmless (it no longer fits). */
 export async function dropCheckpoint(repo: Repository, key: string | null): Promise<void> {
-  if (key) await repo.deleteRecord('checkpoints', key).catch(() => {})
+  if (key) {
+    await repo.deleteRecord('checkpoints', key).catch((err: unknown) =>
+      log.warn({ checkpoint: checkpointObjectName(key), error: err }, 'cannot drop the checkpoint of finished work; it is left over, and harmless'))
+  }
 }

@@ -14,6 +14,7 @@ import type { DedupWindow } from './dedup-window.ts'
 import { newBackupId, treeChecksum, type BackupStats, type ManifestV2 } from './manifest.ts'
 import { PackWriter } from './pack-writer.ts'
 import type { Repository } from './repository.ts'
+import type { Lease } from './locks.ts'
 import {
   DEFAULT_FANOUT, DEFAULT_LEAF_CHUNKS, isZeroRef, leafCount, span, TreeBuilder, TreeCursor, ZERO_REF,
   type BlobRef, type BuilderState, type TreeShape,
@@ -49,6 +50,15 @@ export interface BackupWriterOptions {
   uploadConcurrency: number
   /** An earlier attempt's state to go on from; used only if it fits. */
   resume?: WriterState | null
+  /** This backup's lease on the repository (locks.ts), released when it ends. */
+  lease?: Lease
+  /** Packs a prune condemned: never deduplicated against. */
+  condemned?: ReadonlySet<string>
+  /**
+   * The backup's time, when it is not now (`backup --time`: imports, tests): its createdAt and
+   * the timestamp of its id, so that ids stay in the order of the backups' times.
+   */
+  time?: Date | null
 }
 
 export interface CommitOptions {
@@ -95,11 +105,17 @@ export class BackupWriter {
   /** Leaves and subtrees go to the builder one at a time, in order. */
   #chain: Promise<void> = Promise.resolve()
   #failure: unknown = null
+  readonly #lease: Lease | null
+  readonly #condemned: ReadonlySet<string>
+  readonly #time: Date | null
 
   /** Use Repository.startBackup. */
   constructor(repo: Repository, window: DedupWindow, options: BackupWriterOptions) {
     this.#repo = repo
     this.#window = window
+    this.#lease = options.lease ?? null
+    this.#condemned = options.condemned ?? new Set()
+    this.#time = options.time ?? null
     this.size = options.size
     this.chunkSize = repo.chunkSize
     this.count = chunkCount(this.size, this.chunkSize)
@@ -111,7 +127,7 @@ export class BackupWriter {
     const resume = options.resume && this.#fits(options.resume) ? options.resume : null
     this.resumed = resume
     this.shape = { chunks: this.count, leafChunks: resume?.leafChunks ?? DEFAULT_LEAF_CHUNKS, fanout: resume?.fanout ?? DEFAULT_FANOUT }
-    this.id = resume?.backupId ?? newBackupId()
+    this.id = resume?.backupId ?? newBackupId(this.#time ?? new Date())
     this.stats = { ...emptyStats(this.count), ...resume?.stats }
     this.#storedBefore = this.stats.bytesStored
     this.#metadataBefore = this.stats.bytesMetadata ?? 0
@@ -198,7 +214,7 @@ export class BackupWriter {
     } else {
       const id = this.#repo.chunkId(data)
       const theirs = await this.#parentEntry(i, length)
-      const known = theirs && theirs.id.equals(id) ? theirs : this.#window.get(id)
+      const known = this.#usable(theirs && theirs.id.equals(id) ? theirs : null) ?? this.#usable(this.#window.get(id))
       if (known) {
         this.stats.chunksReused++
         outcome = theirs === known ? 'parent' : 'known'
@@ -251,7 +267,7 @@ export class BackupWriter {
     const manifest: ManifestV2 = {
       version: 2,
       id: this.id,
-      createdAt: new Date().toISOString(),
+      createdAt: (this.#time ?? new Date()).toISOString(),
       source: options.source,
       size: this.size,
       chunkSize: this.chunkSize,
@@ -262,6 +278,7 @@ export class BackupWriter {
       tags: options.tags,
     }
     await this.#repo.saveManifest(manifest)
+    await this.#lease?.release()
     return manifest
   }
 
@@ -270,6 +287,7 @@ export class BackupWriter {
     await this.#chain.catch(() => {})
     await this.#data.settle()
     await this.#trees.settle()
+    await this.#lease?.release()
   }
 
   /** The parent's entry for chunk `i` when it is a whole chunk there too (else null). */
@@ -278,6 +296,11 @@ export class BackupWriter {
     if (!tree || length !== this.chunkSize || (i + 1) * this.chunkSize > this.parent!.size) return null
     const entry = await tree.entryAt(i)
     return entry && !isZeroRef(entry) ? entry : null
+  }
+
+  /** A stored copy this backup may refer to: not in a pack a prune condemned. */
+  #usable(ref: BlobRef | null): BlobRef | null {
+    return ref && !this.#condemned.has(ref.pack) ? ref : null
   }
 
   /** Moves what is ready into the list, in order; leaves go to the builder one at a time. */

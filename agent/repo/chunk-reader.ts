@@ -167,15 +167,26 @@ export async function readWindows(
   return counters
 
   async function fetchRequest(req: RangeRequest, buffer: Buffer, plainBuffer: Buffer): Promise<void> {
-    let data: Buffer
+    let data: Buffer | null
     try {
       data = await repo.readPackRange(req.pack, req.offset, req.length, buffer)
+      counters.bytesFetched += data.length
     } catch (err) {
-      throw atChunk(manifest, req.chunks[0]!, err)
+      // A pack prune repacked: each chunk is read where its moved record says it went.
+      if (!(err instanceof EbsWorkerError && err.code === ErrorCode.ChunkMissing && (await repo.loadMoved(req.pack)))) throw atChunk(manifest, req.chunks[0]!, err)
+      data = null
     }
-    counters.bytesFetched += data.length
     for (const chunk of req.chunks) {
-      const blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
+      let blob: Buffer
+      if (data) blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
+      else {
+        try {
+          blob = await repo.readBlob(chunk, buffer)
+        } catch (err) {
+          throw atChunk(manifest, chunk, err)
+        }
+        counters.bytesFetched += blob.length
+      }
       let plain: Buffer
       try {
         plain = await repo.decodeChunk(blob, chunk.id, chunk.rawLength, plainBuffer)

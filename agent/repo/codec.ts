@@ -25,7 +25,7 @@ const FLAG_AES_GCM = 2
 const NONCE_BYTES = 12
 const TAG_BYTES = 16
 
-export type BlobKind = 'chunk' | 'tree' | 'index' | 'manifest' | 'pack-trailer' | 'checkpoint' | 'task'
+export type BlobKind = 'chunk' | 'tree' | 'index' | 'manifest' | 'pack-trailer' | 'checkpoint' | 'task' | 'lock' | 'moved' | 'condemned'
 
 export interface BlobCodecOptions {
   /** 32-byte AES-256-GCM key, or null for a repository without encryption. */

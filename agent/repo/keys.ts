@@ -111,3 +111,37 @@ export class LocalKeyFileProvider implements KeyProvider {
     }
   }
 }
+
+/**
+ * The config's own wrapped key (`encryption.key`), as `ebs-worker key` names it beside the keys
+ * under keys/ (docs/FORMAT.md, "Keys").
+ */
+export const CONFIG_KEY_ID = 'config'
+
+/** An id of a key under keys/: 16 random hex digits. */
+export const KEY_ID_PATTERN = /^[0-9a-f]{16}$/
+
+export function newKeyId(): string {
+  return randomBytes(8).toString('hex')
+}
+
+/** What a key object `keys/<id>` holds (plain JSON: it is read before the repository is open). */
+export interface StoredKey {
+  format: 'ebs-worker-key'
+  version: 1
+  id: string
+  createdAt: string
+  key: WrappedKey
+}
+
+/** One access key of a repository, as `key list` shows it. */
+export interface KeyEntry {
+  /** `config` for the config's own key, else the id of `keys/<id>`. */
+  id: string
+  /** The wrapped key; null when its object cannot be read (`error` says why). */
+  key: WrappedKey | null
+  createdAt: string | null
+  /** The key this opening used. */
+  current: boolean
+  error?: string
+}

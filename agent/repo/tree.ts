@@ -124,6 +124,18 @@ export function leafCount(shape: TreeShape): number {
   return Math.max(1, Math.ceil(shape.chunks / shape.leafChunks))
 }
 
+/** How many entries node `index` of `level` holds: the shape says it (the last nodes may be partial). */
+export function entriesAt(shape: TreeShape, level: number, index: number): number {
+  return level === 0
+    ? Math.min(shape.leafChunks, shape.chunks - index * shape.leafChunks)
+    : Math.min(shape.fanout, Math.ceil(Math.min(span(shape, level), shape.chunks - index * span(shape, level)) / span(shape, level - 1)))
+}
+
+/** The same blob at the same place (a shared subtree is the same node where it is stored, not only by id). */
+export function sameRef(a: BlobRef, b: BlobRef): boolean {
+  return a.pack === b.pack && a.offset === b.offset && a.length === b.length && a.rawLength === b.rawLength && a.id.equals(b.id)
+}
+
 export function validateShape(shape: TreeShape): void {
   const ok = Number.isSafeInteger(shape.chunks) && shape.chunks >= 0 && Number.isInteger(shape.leafChunks) && shape.leafChunks >= 1 &&
     shape.leafChunks <= 65536 && Number.isInteger(shape.fanout) && shape.fanout >= 2 && shape.fanout <= 65536
@@ -305,9 +317,7 @@ export class TreeCursor {
     if (held) return held.entries
     const ref = await this.refAt(level, index)
     if (!ref) throw new EbsWorkerError(ErrorCode.RepoFormat, `the chunk list has no node ${index} at level ${level}`)
-    const count = level === 0
-      ? Math.min(this.shape.leafChunks, this.shape.chunks - index * this.shape.leafChunks)
-      : Math.min(this.shape.fanout, Math.ceil(Math.min(span(this.shape, level), this.shape.chunks - index * span(this.shape, level)) / span(this.shape, level - 1)))
+    const count = entriesAt(this.shape, level, index)
     const entries = isZeroRef(ref) ? Array.from({ length: count }, () => ZERO_REF) : await this.#load(ref, level)
     if (entries.length !== count) {
       throw new EbsWorkerError(ErrorCode.RepoFormat, `chunk-list node ${index} at level ${level} has ${entries.length} entries, expected ${count}`)

@@ -61,6 +61,9 @@ export class FileBackend implements Backend {
   }
 
   async put(name: string, data: Buffer, options: PutOptions = {}): Promise<void> {
+    if (options.retention) {
+      throw new EbsWorkerError(ErrorCode.BadInput, `${this.url} cannot keep Object Lock: a file system has no versions or retention (use an S3 bucket with Object Lock)`)
+    }
     const path = this.#path(name)
     const tmp = join(this.root, TMP_DIR, `${randomBytes(12).toString('hex')}.tmp`)
     try {
@@ -117,7 +120,12 @@ export class FileBackend implements Backend {
       if (entry.isDirectory()) {
         if (name.startsWith(prefix) || prefix.startsWith(name + '/')) yield* this.#walk(full, prefix)
       } else if (entry.isFile() && name.startsWith(prefix)) {
-        yield { name, size: (await stat(full)).size }
+        // Deleted since the directory was read (a lock released, a pack pruned): not there any more.
+        const st = await stat(full).catch((err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return null
+          throw storageError('list', full, err)
+        })
+        if (st) yield { name, size: st.size, modified: st.mtime }
       }
     }
   }

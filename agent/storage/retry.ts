@@ -5,7 +5,7 @@
 // has no SDK under it. Writes are not retried here: the SDK resends their (in-memory) bodies.
 import { setTimeout as sleep } from 'node:timers/promises'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
-import { InterruptedTransfer, type Backend, type ListOptions, type ObjectInfo, type PutOptions } from './types.ts'
+import { InterruptedTransfer, type Backend, type ListOptions, type ObjectInfo, type PutOptions, type Versions } from './types.ts'
 
 export interface RetryPolicy {
   /** Attempts in all, the first included. */
@@ -25,6 +25,10 @@ class RetryingBackend implements Backend {
 
   get url(): string {
     return this.#inner.url
+  }
+
+  get versions(): Versions | undefined {
+    return this.#inner.versions
   }
 
   get(name: string): Promise<Buffer | null> {

@@ -1,10 +1,14 @@
 // The storage a repository lives on: a flat namespace of immutable objects. Both backends give
 // the same guarantees the repository format relies on: a put is atomic (readers see the whole
 // object or none), and `ifAbsent` puts never overwrite (manifests are created exactly once).
+// A storage that keeps versions (S3) also has `versions`: older versions and delete markers,
+// and S3 Object Lock's retention of each version (docs/FORMAT.md, "Object Lock").
 
 export interface ObjectInfo {
   name: string
   size: number
+  /** When it was last written, by the storage's clock (S3 LastModified, a file's mtime). */
+  modified: Date
 }
 
 export interface ListOptions {
@@ -15,6 +19,60 @@ export interface ListOptions {
 export interface PutOptions {
   /** Fail with AlreadyExistsError instead of replacing an existing object. */
   ifAbsent?: boolean
+  /** Store this version under Object Lock until then; only a storage with `versions` can. */
+  retention?: Retention
+}
+
+/**
+ * S3 Object Lock's modes: under either, a version cannot be deleted or overwritten in place until
+ * its retain-until date, and the date can be moved later, never earlier, without
+ * s3:BypassGovernanceRetention (governance); by nobody at all (compliance).
+ */
+export type LockMode = 'governance' | 'compliance'
+
+export interface Retention {
+  mode: LockMode
+  until: Date
+}
+
+/** One version of an object, or a delete marker, as a storage with versions lists them. */
+export interface ObjectVersion {
+  name: string
+  versionId: string
+  /** The name's current version: what readers get (a delete marker: the name reads as missing). */
+  latest: boolean
+  /** A delete marker: no data; it hides the versions under it. */
+  deleteMarker: boolean
+  size: number
+  modified: Date
+  /** The storage's tag of the content ('' for a delete marker): equal tags, equal content (not always the reverse). */
+  etag: string
+}
+
+/** The bucket's Object Lock: whether versions can be locked, and the retention new ones get by default. */
+export interface BucketLock {
+  enabled: boolean
+  defaultRetention: { mode: LockMode; seconds: number } | null
+}
+
+/**
+ * What a storage that keeps versions adds (an S3 bucket; file:// has none). There, `delete`
+ * leaves a delete marker: the object reads as missing at once, its data stays as an older
+ * version until deleted by version id, which a lock refuses until its date.
+ */
+export interface Versions {
+  lockConfiguration(): Promise<BucketLock>
+  /** Every version and delete marker under `prefix`, by name, a name's newest first. */
+  list(prefix: string): AsyncIterable<ObjectVersion>
+  /** A version's retention (the current version's without `versionId`); null when it has none or is gone. */
+  retention(name: string, versionId?: string): Promise<Retention | null>
+  /**
+   * Sets a version's retention (the current version's without `versionId`). A storage only
+   * lengthens one: an earlier date is refused. False when there is no such object any more.
+   */
+  extend(name: string, retention: Retention, versionId?: string): Promise<boolean>
+  /** Deletes one version or delete marker for good; refused while a lock holds it. */
+  delete(name: string, versionId: string): Promise<void>
 }
 
 export interface Backend {
@@ -34,8 +92,13 @@ export interface Backend {
    * only those whose name sorts after it (S3 skips the others server-side).
    */
   list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo>
-  /** Deletes if present; deleting a missing object is not an error. */
+  /**
+   * Deletes if present; deleting a missing object is not an error. With `versions`, the object
+   * gets a delete marker (allowed even while a lock holds its data).
+   */
   delete(name: string): Promise<void>
+  /** Older versions, delete markers and Object Lock, where the storage keeps versions. */
+  readonly versions?: Versions
 }
 
 export class AlreadyExistsError extends Error {

@@ -22,7 +22,7 @@
 // anyway. Lineage: a snapshot belongs to the volume it was taken of, a volume to the snapshot
 // it was created from, back to the first volume or seeded snapshot; two snapshots are related
 // when those roots match.
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { open, type FileHandle } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { Ec2StandIn } from './ec2.ts'
@@ -59,6 +59,8 @@ export class EbsStandIn {
   readonly #options: EbsStandInOptions
   #server: Server | null = null
   endpoint = ''
+  /** The request id of every answer, in order. */
+  readonly requestIds: string[] = []
 
   constructor(options: EbsStandInOptions) {
     this.#options = options
@@ -68,11 +70,14 @@ export class EbsStandIn {
     this.#server = createServer((req, res) => {
       req.resume()
       req.on('end', () => {
+        // Every answer has its request id, as EBS's do (x-amzn-RequestId), which the SDK reads into $metadata.requestId.
+        const requestId = randomUUID()
+        this.requestIds.push(requestId)
         this.#route(req)
-          .then((body) => res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(body)))
+          .then((body) => res.writeHead(200, { 'Content-Type': 'application/json', 'x-amzn-RequestId': requestId }).end(JSON.stringify(body)))
           .catch((err: unknown) => {
             const e = err instanceof EbsError ? err : new EbsError(500, 'InternalServerException', '', String(err))
-            res.writeHead(e.status, { 'Content-Type': 'application/json', 'x-amzn-ErrorType': e.type })
+            res.writeHead(e.status, { 'Content-Type': 'application/json', 'x-amzn-ErrorType': e.type, 'x-amzn-RequestId': requestId })
               .end(JSON.stringify({ Message: e.message, ...(e.reason ? { Reason: e.reason } : {}) }))
           })
       })

@@ -53,7 +53,9 @@
 //     volume KMS refuses is then rolled back only after it was first seen (a real rollback takes
 //     seconds, the lag usually less), so waits see "creating, then gone".
 //   - IAM authorizes a call on each resource it touches, with the resource's tags (aws:ResourceTag/…)
-//     and the request's (aws:RequestTag/…, aws:TagKeys), and the tags of a create call as
+//     and the request's (aws:RequestTag/…, aws:TagKeys), ModifySnapshotAttribute with the accounts
+//     and groups it adds or removes (ec2:Add/userId, ec2:Add/group, ec2:Remove/userId,
+//     ec2:Remove/group, each the list of the request's) and ec2:Attribute/<name>, and the tags of a create call as
 //     ec2:CreateTags with ec2:CreateAction (Service Authorization Reference, "Actions, resources,
 //     and condition keys for Amazon EC2"; EC2 User Guide, "Grant permission to tag resources during
 //     creation"): CreateVolume the new volume and its snapshot, Attach/DetachVolume the volume and
@@ -101,7 +103,8 @@
 //   …/ebs-modifying-snapshot-permissions.html (share), …/ebs-copy-snapshot.html,
 //   …/encryption-by-default.html; https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions,
 //   https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html, …/AWSEC2/latest/UserGuide/finding-an-ami.html,
-//   https://docs.aws.amazon.com/vpc/latest/userguide/default-vpc.html, …/APIReference/API_DescribeImages.html,
+//   https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html (ModifySnapshotAttribute's
+//   condition keys), https://docs.aws.amazon.com/vpc/latest/userguide/default-vpc.html, …/APIReference/API_DescribeImages.html,
 //   …/APIReference/API_DescribeAccountAttributes.html, …/APIReference/API_DescribeSubnets.html.
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
@@ -436,13 +439,14 @@ export class Ec2StandIn {
         this.#run(action, params, ctx)
           .then((inner) => {
             const xml = `<?xml version="1.0" encoding="UTF-8"?>\n<${action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>${requestId}</requestId>${inner}</${action}Response>`
-            res.writeHead(200, { 'Content-Type': 'text/xml;charset=UTF-8' }).end(xml)
+            res.writeHead(200, { 'Content-Type': 'text/xml;charset=UTF-8', 'x-amzn-RequestId': requestId }).end(xml)
           })
           .catch((err: unknown) => {
             const e = err instanceof Ec2Error ? err : new Ec2Error('InternalError', String(err))
             const xml = `<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>${e.code}</Code><Message>${xmlEscape(e.message)}</Message></Error></Errors><RequestID>${requestId}</RequestID></Response>`
             const status = e.code === 'InternalError' ? 500 : e.code === 'UnauthorizedOperation' || e.code === 'DryRunOperation' ? (e.code === 'DryRunOperation' ? 412 : 403) : 400
-            res.writeHead(status, { 'Content-Type': 'text/xml;charset=UTF-8' }).end(xml)
+            // EC2 gives the request id in the body and, as its other APIs do, in x-amzn-RequestId.
+            res.writeHead(status, { 'Content-Type': 'text/xml;charset=UTF-8', 'x-amzn-RequestId': requestId }).end(xml)
           })
       })
     })
@@ -600,11 +604,11 @@ export class Ec2StandIn {
 
   /**
    * Takes a device name of the worker instance: an empty volume of its own attached there (not
-   * exposed as a device), as the instance's data volumes or another program's would be.
+   * exposed as a device), as the instance's data volumes or another program's would be; with
+   * `volumeId`, under that id (a test that exposes the device itself, as an attached volume).
    */
-  async occupyDevice(device: string): Promise<string> {
+  async occupyDevice(device: string, volumeId = hexId('vol')): Promise<string> {
     const { instance, dir } = this.#options
-    const volumeId = hexId('vol')
     const file = join(dir, `${volumeId}.img`)
     await (await open(file, 'w')).close()
     const now = new Date().toISOString()
@@ -694,9 +698,28 @@ export class Ec2StandIn {
         resources = [snapshot(null), snapshot(p.get('SourceSnapshotId'))]
         break
       case 'DeleteSnapshot':
-      case 'ModifySnapshotAttribute':
         resources = [snapshot(p.get('SnapshotId'))]
         break
+      case 'ModifySnapshotAttribute': {
+        // Who the request adds or removes, as condition keys (see the top).
+        const change = (op: 'Add' | 'Remove', field: 'UserId' | 'Group'): string[] => {
+          const out: string[] = []
+          for (let i = 1; p.has(`CreateVolumePermission.${op}.${i}.${field}`); i++) out.push(p.get(`CreateVolumePermission.${op}.${i}.${field}`)!)
+          if ((p.get('OperationType') ?? 'add') === op.toLowerCase()) out.push(...listOf(p, field))
+          return out
+        }
+        const keys: ConditionContext = {}
+        for (const op of ['Add', 'Remove'] as const) {
+          const users = change(op, 'UserId')
+          const groups = change(op, 'Group')
+          if (users.length) keys[`ec2:${op}/userId`] = users
+          if (groups.length) keys[`ec2:${op}/group`] = groups
+        }
+        if (p.get('Attribute')) keys[`ec2:Attribute/${p.get('Attribute')}`] = p.get('Attribute')!
+        const target = snapshot(p.get('SnapshotId'))
+        resources = [{ ...target, context: { ...target.context, ...keys } }]
+        break
+      }
       case 'CreateTags':
         resources = listOf(p, 'ResourceId').map((id) => (id.startsWith('vol-') ? volume(id) : id.startsWith('i-') ? instance(id) : snapshot(id)))
         break

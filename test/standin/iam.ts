@@ -26,6 +26,7 @@
 // what the seeds and the IAM documents say it needs.
 
 // Pages: https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
+//   …/reference_policies_condition-keys.html#condition-keys-principalarn, …/reference_policies_iam-condition-keys.html#ck_externalid,
 //   …/reference_policies_evaluation-logic-cross-account.html, …/reference_policies_elements.html,
 //   https://docs.aws.amazon.com/kms/latest/developerguide/key-policies.html.
 
@@ -57,8 +58,10 @@ export interface Role {
   arn: string
   accountId: string
   name: string
-  /** Who may assume it: principal ARNs, role ARNs, or account ids (any principal of that account). */
+  /** Who may assume it: principal ARNs, role ARNs, or account ids (any principal of that account); with `trustPolicy`, unused. */
   trust: string[]
+  /** Its trust policy, evaluated with its conditions (mayAssume); instead of `trust`. */
+  trustPolicy?: PolicyDocument
   policy?: PolicyDocument
 }
 
@@ -227,9 +230,29 @@ export class AwsWorld {
     return { accessKeyId, secretAccessKey: `secret-${accessKeyId}`, sessionToken: `token-${accessKeyId}`, principal }
   }
 
-  /** May `caller` assume `role`: its trust policy names the caller, its role, or its account. */
-  mayAssume(caller: Principal, role: Role): boolean {
-    const trusted = role.trust.some((t) => t === caller.arn || t === caller.roleArn || t === caller.accountId || t === `arn:aws:iam::${caller.accountId}:root`)
+  /**
+   * May `caller` assume `role` (with `externalId`, if the request gave one): its trust policy
+   * allows the caller (naming it, its role, or its account) under its conditions, and no statement
+   * of it denies; and the caller's identity policy allows sts:AssumeRole on the role. The trust
+   * policy's context ("AWS global condition context keys", "Available keys for AWS STS"):
+   * aws:PrincipalArn is the caller's ARN, the role's for a role session ("For IAM roles, the
+   * request context returns the ARN of the role, not the ARN of the user that assumed the role");
+   * aws:PrincipalAccount its account; sts:ExternalId the ExternalId of the request, absent when it
+   * gave none.
+   */
+  mayAssume(caller: Principal, role: Role, externalId?: string): boolean {
+    const names = (t: string): boolean => t === '*' || t === caller.arn || t === caller.roleArn || t === caller.accountId || t === `arn:aws:iam::${caller.accountId}:root`
+    let trusted: boolean
+    if (role.trustPolicy) {
+      const context: ConditionContext = {
+        'aws:PrincipalArn': caller.roleArn ?? caller.arn, 'aws:PrincipalAccount': caller.accountId, ...(externalId !== undefined ? { 'sts:ExternalId': externalId } : {}),
+      }
+      const applies = role.trustPolicy.Statement.filter((st) => (st.Principal === '*' ? true : asList(st.Principal?.AWS).some(names)))
+      const decision = evaluate({ Statement: applies.map(({ Principal: _, ...st }) => st) }, 'sts:AssumeRole', role.arn, context)
+      trusted = decision === 'allow'
+    } else {
+      trusted = role.trust.some(names)
+    }
     const allowed = !caller.policy || evaluate(caller.policy, 'sts:AssumeRole', role.arn) === 'allow'
     return trusted && allowed
   }

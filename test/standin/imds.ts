@@ -20,6 +20,12 @@ export interface ImdsStandIn {
   endpoint: string
   /** Requests seen, for tests that check the client used tokens. */
   requests: Array<{ method: string; path: string; token: boolean }>
+  /**
+   * An instance in an Auto Scaling group: /latest/meta-data/autoscaling/target-lifecycle-state
+   * (EC2 Auto Scaling User Guide, "Retrieve the target lifecycle state through instance
+   * metadata": InService, then Terminated once scale-in picks it). 404 until set.
+   */
+  setTargetLifecycleState(state: string): void
   close(): Promise<void>
 }
 
@@ -83,6 +89,7 @@ export async function startImds(identity: InstanceIdentity, options: { tags?: Re
   return {
     endpoint: `http://127.0.0.1:${port}`,
     requests,
+    setTargetLifecycleState: (state) => (values['/latest/meta-data/autoscaling/target-lifecycle-state'] = state),
     close: () => new Promise((resolve) => server.close(() => resolve())),
   }
 }

@@ -13,7 +13,10 @@
 //     iam.ts); a use through EBS carries kms:ViaService (ec2.<region>.amazonaws.com) and, for the
 //     grant EBS makes, kms:GrantIsForAWSResource = true, which a direct CreateGrant never has
 //     ("AWS KMS condition keys": "kms:GrantIsForAWSResource … only when an AWS service integrated
-//     with AWS KMS calls the operation on the user's behalf"); DryRun on CreateGrant, Decrypt,
+//     with AWS KMS calls the operation on the user's behalf"; kms:ViaService "limits use of a KMS
+//     key to requests from specified AWS services", so a direct call never has it); a direct
+//     Encrypt, Decrypt or GenerateDataKey* carries its encryption context as
+//     kms:EncryptionContext:<key> and kms:EncryptionContextKeys; DryRun on CreateGrant, Decrypt,
 //     Encrypt, GenerateDataKey(WithoutPlaintext) answers
 //     DryRunOperationException when the call would succeed and AccessDeniedException when not
 //     (Developer Guide, "Testing your permissions", programming-dryrun.html);
@@ -29,7 +32,8 @@
 //   https://docs.aws.amazon.com/kms/latest/developerguide/programming-dryrun.html,
 //   …/developerguide/key-policy-modifying-external-accounts.html, …/developerguide/grants.html,
 //   …/developerguide/concepts.html#aws-managed-key, …/developerguide/conditions-kms.html#conditions-kms-grant-is-for-aws-resource,
-//   …/APIReference/API_GetKeyPolicy.html.
+//   …/APIReference/API_GetKeyPolicy.html, …/developerguide/conditions-kms.html#conditions-kms-via-service,
+//   …/developerguide/conditions-kms.html#conditions-kms-encryption-context.
 import { createCipheriv, createDecipheriv, createHmac, randomBytes, randomUUID } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import { evaluate as evaluateOne, type AwsWorld, type ConditionContext, type PolicyDocument, type Principal } from './iam.ts'
@@ -132,20 +136,21 @@ export class KmsStandIn {
    * May `principal` do `actions` (kms:…) with the key `ref`: key policy, identity policy, grants
    * (test/standin/iam.ts). Records each use in world.keyUses.
    */
-  check(principal: Principal, ref: string, actions: string[], o: { region: string; via: string; viaService?: string }): KeyCheck {
+  check(principal: Principal, ref: string, actions: string[], o: { region: string; via: string; viaService?: string; context?: ConditionContext }): KeyCheck {
     const key = this.resolve(ref, { accountId: principal.accountId, region: o.region }) ?? this.resolve(ref)
     if (!key || key.region !== o.region) return { key: undefined, denied: actions }
-    const denied = actions.filter((a) => !this.#allowed(principal, key, a, o.viaService))
+    const denied = actions.filter((a) => !this.#allowed(principal, key, a, o.viaService, o.context))
     for (const action of actions) {
       this.world?.keyUses.push({ key: KmsStandIn.arn(key), action, role: principal.roleArn ?? principal.arn, accountId: principal.accountId, via: o.via, allowed: !denied.includes(action) })
     }
     return { key, denied }
   }
 
-  #allowed(p: Principal, key: StandInKey, action: string, viaService?: string): boolean {
+  #allowed(p: Principal, key: StandInKey, action: string, viaService?: string, extra: ConditionContext = {}): boolean {
     if (!this.world) return true
     if (key.enabled === false) return false
     const context: ConditionContext = {
+      ...extra,
       'kms:CallerAccount': p.accountId, ...(viaService ? { 'kms:ViaService': viaService } : {}), 'aws:PrincipalArn': p.roleArn ?? p.arn,
       ...(viaService && action.toLowerCase() === 'kms:creategrant' ? { 'kms:GrantIsForAWSResource': true } : {}),
     }
@@ -231,7 +236,9 @@ export class KmsStandIn {
             return send(400, { __type: 'DisabledException', message: `${KmsStandIn.arn(key)} is disabled.` })
           }
           const action = operation === 'ReEncrypt' ? 'kms:ReEncryptFrom' : `kms:${operation}`
-          const refused = this.check(principal, input.KeyId!, [action], { region, via: `kms:${operation}${input.DryRun ? ' (DryRun)' : ''}` }).denied.length > 0
+          const refused = this.check(principal, input.KeyId!, [action], {
+            region, via: `kms:${operation}${input.DryRun ? ' (DryRun)' : ''}`, context: encryptionContextKeys(input.EncryptionContext ?? {}),
+          }).denied.length > 0
           if (refused) return denied(action)
           record(true)
           if (input.DryRun) return send(400, { __type: 'DryRunOperationException', message: 'The request would have succeeded, but the DryRun option is set.' })
@@ -301,6 +308,17 @@ export class KmsStandIn {
 function sealedKeyArn(blob: Buffer): string | null {
   if (blob.length < 6 + 12 + 16 || blob.toString('latin1', 0, 4) !== 'SKMS') return null
   return blob.toString('utf8', 6, 6 + blob.readUInt16BE(4))
+}
+
+/**
+ * A request's encryption context as condition keys ("AWS KMS condition keys":
+ * kms:EncryptionContext:<key> is each pair's value, kms:EncryptionContextKeys the list of its keys;
+ * absent when the request has none).
+ */
+function encryptionContextKeys(context: Record<string, string>): ConditionContext {
+  const keys = Object.keys(context)
+  if (!keys.length) return {}
+  return { ...Object.fromEntries(Object.entries(context).map(([k, v]) => [`kms:EncryptionContext:${k}`, v])), 'kms:EncryptionContextKeys': keys }
 }
 
 function contextBytes(context: Record<string, string>): Buffer {

@@ -2,8 +2,10 @@
 // encoded POST, Version 2011-06-15, XML answers), so @aws-sdk/client-sts runs unchanged. Follows
 // the STS API Reference ("AssumeRole", "GetCallerIdentity", "Common errors") and the IAM User
 // Guide ("Granting a user permissions to switch roles"): a role may be assumed only by a
-// principal its trust policy names (directly, through its role, or through its account) and whose
-// identity policy allows sts:AssumeRole on it; otherwise AccessDenied (HTTP 403). The credentials
+// principal its trust policy names (directly, through its role, or through its account), under the
+// trust policy's conditions (aws:PrincipalArn, sts:ExternalId from the request's ExternalId, …:
+// AwsWorld.mayAssume), and whose identity policy allows sts:AssumeRole on it; otherwise
+// AccessDenied (HTTP 403). The credentials
 // returned belong to the role's account: every stand-in sharing the AwsWorld sees them as a
 // session of that role.
 // Pages: https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html,
@@ -26,7 +28,8 @@ export class StsStandIn extends QueryServer {
     const sessionName = p.get('RoleSessionName') ?? ''
     if (!/^[\w+=,.@-]{2,64}$/.test(sessionName)) throw new QueryError(400, 'ValidationError', 'RoleSessionName must be 2-64 of [\\w+=,.@-]')
     const role = this.world.roles.get(roleArn)
-    if (!role || !this.world.mayAssume(principal, role)) {
+    const externalId = p.get('ExternalId') ?? undefined
+    if (!role || !this.world.mayAssume(principal, role, externalId)) {
       this.world.record(principal, 'sts', action, region, false)
       throw new QueryError(403, 'AccessDenied', `User: ${principal.arn} is not authorized to perform: sts:AssumeRole on resource: ${roleArn}`)
     }

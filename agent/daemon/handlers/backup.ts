@@ -1,7 +1,6 @@
 // backup: attach + read + detach in one task; the volume is released whatever the read's
 // outcome. Redelivered after the backup was made, the task reports it and removes a volume left
 // behind; before, it finds its volume (by tag) and its checkpoint again.
-import { describe } from '../../core/errors.ts'
 import { madeBackup } from '../task-records.ts'
 import type { Handler } from './context.ts'
 import { checkParent, readVolume } from './read.ts'
@@ -21,6 +20,6 @@ export const backup: Handler<'backup'> = async (task, ctx, signal) => {
     return await readVolume(ctx, volumeId, task, signal)
   } finally {
     await volumes.release(volumeId, { delete: true }).catch((err: unknown) =>
-      ctx.log.error('could not release volume', { taskId: task.taskId, volumeId, error: describe(err) }))
+      ctx.log.error({ volumeId, error: err }, 'could not release volume'))
   }
 }

@@ -24,6 +24,8 @@ export const read: Handler<'read'> = async (task, ctx, signal) => {
   const made = await madeBackup(await ctx.repository(task.repository), task.taskId)
   if (made) return { ...made, volumeId: task.volumeId }
   await checkParent(ctx, task)
+  // A volume that does not exist or is attached elsewhere fails now, not after the device timeout.
+  await ctx.volumes.assertAttachedHere(task.volumeId)
   return readVolume(ctx, task.volumeId, task, signal)
 }
 
@@ -46,7 +48,7 @@ export async function readVolume(ctx: TaskContext, volumeId: string, task: ReadS
     readConcurrency, uploadConcurrency, packSize,
     // A task cut short (the visibility cap, SIGTERM, a crash) goes on from here next time.
     ...taskBackup(repo, task.taskId, ctx.config.checkpointIntervalSeconds),
-    onProgress: progressLog(ctx, task.taskId),
+    onProgress: progressLog(ctx),
     signal,
   })
   return {
@@ -89,7 +91,8 @@ async function blockListing(ctx: TaskContext, task: ReadSpec, deviceSize: number
     return { ranges: query.kind === 'changed' ? { changedRanges: blocks.ranges() } : { writtenRanges: blocks.ranges() }, figures }
   } catch (err) {
     if (signal.aborted) throw err
-    ctx.log.error('no block list from EBS; reading the whole volume', { taskId: task.taskId, api, error: describe(err) })
+    // A fallback that works (slower, never wrong): a warning.
+    ctx.log.warn({ api, error: err }, 'no block list from EBS; reading the whole volume')
     return { ranges: {}, figures: { blockListing: 'none', blockListingError: `${api}: ${describe(err)}` } }
   }
 }

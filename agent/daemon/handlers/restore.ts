@@ -1,6 +1,6 @@
 // restore: a new encrypted volume holding a backup, detached and ready for the controller; for a
 // cross-account restore also snapshotted and shared.
-import { EbsWorkerError, ErrorCode, describe, isEbsWorkerError } from '../../core/errors.ts'
+import { EbsWorkerError, ErrorCode, isEbsWorkerError } from '../../core/errors.ts'
 import { assertVolumeDevice } from '../../device/ebs-device.ts'
 import { assertShareableKey } from '../../aws/kms.ts'
 import { restore as restoreBackup } from '../../pipeline/restore.ts'
@@ -42,7 +42,7 @@ export const restore: Handler<'restore'> = async (task, ctx, signal) => {
         concurrency: ctx.tuning.restoreConcurrency, maxRequestBytes: ctx.tuning.maxRequestBytes,
         // Cut short (the visibility cap, SIGTERM, a crash), the next attempt goes on from here on the same volume.
         checkpoint: restoreCheckpoint(task.taskId, volumeId, config.checkpointIntervalSeconds),
-        onProgress: progressLog(ctx, task.taskId),
+        onProgress: progressLog(ctx),
       })
       await volumes.tag(volumeId, { [RESTORED_TAG]: task.backupId })
       figures = {
@@ -65,6 +65,6 @@ export const restore: Handler<'restore'> = async (task, ctx, signal) => {
     // kept (detached) for the retry, which finds it by its tag; after a permanent one no retry
     // comes, so it is deleted.
     if (!done) await volumes.release(volumeId, { delete: permanent }).catch((err: unknown) =>
-      ctx.log.error('could not release volume', { taskId: task.taskId, volumeId, error: describe(err) }))
+      ctx.log.error({ volumeId, error: err }, 'could not release volume'))
   }
 }
