@@ -31,7 +31,10 @@ t.test('backup: every permission there: each row ok, as a table, nothing created
     [w.roles.source.arn, '-', 'ec2:CreateSnapshots'], [w.roles.source.arn, '-', 'ec2:ModifySnapshotAttribute'], [w.roles.source.arn, w.keys.prod, 'kms:DescribeKey'],
     [w.roles.worker.arn, w.keys.prod, 'kms:CreateGrant'], [w.roles.worker.arn, w.keys.prod, 'kms:Decrypt'],
   ] as Array<[string, string, string]>) t.ok(row(checks, role, key, action)?.ok, `row ${role} × ${key} × ${action}: ok`)
-  t.match(ok.stdout, /role\s+KMS key\s+action\s+result/, 'printed as a table')
+  t.same(JSON.parse(ok.stdout), ok.json, 'with --json, stdout is the JSON alone')
+  const term = await w.controllerOnTerminal(args)
+  t.equal(term.code, 0, 'on a terminal, without --json')
+  t.match(term.output, /role\s+KMS key\s+action\s+result/, 'printed as a table')
   t.same(counts(w), before, 'nothing was created')
 })
 
@@ -55,7 +58,9 @@ t.test('backup: a source key the worker account may not use: each action named, 
   t.same(missing(p1.json!.checks), [
     `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:DescribeKey`, `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:CreateGrant`, `${w.roles.worker.arn} | ${w.keys.prodPrivate} | kms:Decrypt`,
   ], 'the worker role cannot use the private key: each action named')
-  t.match(p1.stdout, /missing:\n(.*\n)*.*kms:CreateGrant: AccessDeniedException/, 'with the reason')
+  t.match(row(p1.json!.checks, w.roles.worker.arn, w.keys.prodPrivate, 'kms:CreateGrant')?.detail, /AccessDeniedException/, 'with the reason')
+  const term = await w.controllerOnTerminal(['preflight', 'backup-instance', '--instance', privateInstance, '--source-role', w.roles.source.arn, '--worker-account', BACKUP, '--worker-role', w.roles.worker.arn])
+  t.match(term.output, /missing:\n(.*\n)*.*kms:CreateGrant: AccessDeniedException/, 'on a terminal too, with the reason')
   t.same(counts(w), before, 'nothing was created')
 })
 
