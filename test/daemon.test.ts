@@ -85,7 +85,7 @@ async function world(t: Teardown, options: WorldOptions = {}) {
     queueUrl, replyQueueUrl, repository: repo, concurrency: 2, waitTimeSeconds: 1, visibilityTimeoutSeconds: 5,
     shutdownGraceSeconds: 5, deviceTimeoutSeconds: 15, deviceRoots: roots, imdsEndpoint: imds.endpoint, ...options.config,
   }))
-  const state = { log: '' }
+  const state = { log: '', out: '' }
   /** Starts a daemon process on this world's config; killed when the test ends. */
   const spawnDaemon = () => {
     const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
@@ -93,9 +93,10 @@ async function world(t: Teardown, options: WorldOptions = {}) {
         ...process.env, AWS_ENDPOINT_URL_SQS: fauxqs.address, AWS_ENDPOINT_URL_EC2: ec2.endpoint, AWS_ENDPOINT_URL_KMS: kms.endpoint, AWS_ENDPOINT_URL_EBS: ebs.endpoint,
         AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', ...options.env,
       },
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: ['ignore', 'pipe', 'pipe'],
     })
     daemon.stderr.on('data', (d) => (state.log += d))
+    daemon.stdout.on('data', (d) => (state.out += d)) // EMF metric lines
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => daemon.on('exit', (code, signal) => resolve({ code, signal })))
     t.teardown(() => {
       daemon.kill('SIGKILL')
@@ -671,6 +672,11 @@ t.test('a backup cut short by SIGTERM is checkpointed, and the next worker goes 
   const progress = logWhere(state.log, { msg: 'task progress' })
   t.ok(progress.length > 0, `the long task logged its progress (${progress.length} lines)`)
   t.match(progress[0], { taskId: 'long-1', bytesTotal: size, percent: Number, bytesPerSecond: Number }, 'with bytes, percent and rate')
+  // And the fleet's metrics saw the bytes move while the task ran, not only at its end.
+  const moved = state.out.split('\n').filter((l) => l.includes('"BytesMoved"')).map((l) => JSON.parse(l))
+  t.ok(moved.length > 0, `BytesMoved metric lines while it ran (${moved.length})`)
+  t.ok(moved.every((m) => m.TaskType === 'backup' && m.BytesMoved > 0 && m.Fleet), 'each of a backup, with the bytes moved since the one before')
+  t.ok(moved.reduce((sum, m) => sum + m.BytesMoved, 0) <= 2 * size, 'at most what two workers read (the second went on from a checkpoint)')
   second.daemon.kill('SIGTERM')
   t.equal((await second.exited).code, 0)
 })

@@ -256,7 +256,8 @@ export class Daemon {
     const log = this.#log.child({ taskId: task.taskId, taskType: task.type })
     log.info({ messageId: message.messageId, receiveCount: message.receiveCount, continuation: message.continuation }, 'task started')
     try {
-      const result = await runTask(task, { ...context, log }, signal)
+      const moved = (bytes: number): void => this.#metrics.taskProgress(task.type, bytes)
+      const result = await runTask(task, { ...context, log, moved }, signal)
       await this.#reply({ taskId: task.taskId, type: task.type, status: 'succeeded', startedAt, result })
       log.info({ result }, 'task succeeded')
     } catch (caught) {

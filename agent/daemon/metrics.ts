@@ -145,6 +145,18 @@ export function heartbeatMetrics(fleet: string, instanceId: string, running: num
 
 export const HEARTBEAT_SECONDS = 60
 
+/**
+ * Bytes a running task moved (read from its volume or written to it) since its last report: sent
+ * every progressLogSeconds while the task runs, so a long task shows on the fleet's graphs as it
+ * goes rather than as one spike when it ends. Summed over time it is what the tasks moved (the end
+ * metrics' BytesRead/BytesWritten count whole tasks and are not part of this sum).
+ */
+export function progressMetrics(fleet: string, instanceId: string, taskType: string, bytes: number, now: number): EmfDocument {
+  return emf(now, { Fleet: fleet, TaskType: taskType }, [['Fleet'], ['Fleet', 'TaskType']], {
+    BytesMoved: [bytes, 'Bytes'],
+  }, { event: 'metrics', instanceId })
+}
+
 /** What the environment says about metrics: EBS_WORKER_METRICS=off, EBS_WORKER_FLEET. */
 export interface MetricsSettings {
   enabled?: boolean
@@ -193,6 +205,11 @@ export class MetricsEmitter {
     if (this.#heartbeat) clearInterval(this.#heartbeat)
     this.#heartbeat = null
     this.#beat = () => {}
+  }
+
+  /** A running task moved `bytes` since its last report (progressMetrics). */
+  taskProgress(taskType: string, bytes: number): void {
+    this.#emit(progressMetrics(this.#fleet, this.#instanceId, taskType, bytes, Date.now()))
   }
 
   taskStarted(message: ReceivedMessage): void {

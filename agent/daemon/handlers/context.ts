@@ -18,6 +18,8 @@ export interface TaskContext {
   ebs: EBSClient
   /** The task's logger: its lines carry taskId and taskType. */
   log: Log
+  /** Reports bytes a running task moved since its last report (the BytesMoved metric, every progressLogSeconds). */
+  moved?: (bytes: number) => void
   /**
    * A repository (the configured one when `url` is undefined), opened once. A `url` the
    * configuration does not allow is REPOSITORY_NOT_ALLOWED, a malformed one BAD_INPUT.
@@ -35,8 +37,10 @@ export function progressLog(ctx: TaskContext): (p: { bytesDone: number; bytesTot
   const started = Date.now()
   let last = started
   let first: number | null = null
+  let reported: number | null = null
   return (p) => {
     first ??= p.bytesDone // a resumed task starts part-way
+    reported ??= p.bytesDone
     const now = Date.now()
     if (now - last < ctx.config.progressLogSeconds * 1000) return
     last = now
@@ -45,6 +49,9 @@ export function progressLog(ctx: TaskContext): (p: { bytesDone: number; bytesTot
       bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Math.floor((p.bytesDone / p.bytesTotal) * 1000) / 10,
       bytesPerSecond: Math.round(rate), secondsLeft: rate > 0 ? Math.round((p.bytesTotal - p.bytesDone) / rate) : null,
     }, 'task progress')
+    // The fleet's throughput while long tasks run, not only when they end (the dashboard's "Bytes moved").
+    if (p.bytesDone > reported) ctx.moved?.(p.bytesDone - reported)
+    reported = Math.max(reported, p.bytesDone)
   }
 }
 
