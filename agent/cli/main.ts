@@ -6,7 +6,7 @@ import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { VERSION } from '../core/version.ts'
 import { backupCommand } from './backup.ts'
 import { cliContext, type CliContext } from './context.ts'
-import { daemonCommand, healthCheckCommand } from './daemon.ts'
+import { daemonCommand, healthCheckCommand, sweepVolumesCommand } from './daemon.ts'
 import { doctorCommand } from './doctor.ts'
 import { initCommand } from './init.ts'
 import { listCommand } from './list.ts'
@@ -25,7 +25,7 @@ export function buildProgram(context: CliContext): Command {
     .showHelpAfterError('(run with --help for usage)')
     // Set before the subcommands are added, so they inherit it: errors come back to main().
     .exitOverride()
-  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, daemonCommand, healthCheckCommand, doctorCommand]) {
+  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, daemonCommand, healthCheckCommand, sweepVolumesCommand, doctorCommand]) {
     command(program, context)
   }
   return program
