@@ -35,6 +35,11 @@ export const WORKER_TAG = 'ebs-worker:worker'
 /** `true`: the worker deletes the volume when done with it (and the sweep once its worker is gone); `false`: kept. */
 export const TRANSIENT_TAG = 'ebs-worker:transient'
 
+/** The tags a worker's new volume carries from its creation (the fleet's policy requires them). */
+export function newVolumeTags(taskId: string, workerId: string): Array<{ Key: string; Value: string }> {
+  return [{ Key: TASK_ID_TAG, Value: taskId }, { Key: WORKER_TAG, Value: workerId }, { Key: TRANSIENT_TAG, Value: 'true' }]
+}
+
 export interface VolumeSpec {
   volumeType?: string
   /** Sent only where the type takes it (io1, io2, gp3), and throughput only for gp3 (volume-types.ts). */
@@ -131,9 +136,7 @@ export class Volumes {
         VolumeType: (spec.volumeType ?? 'gp3') as VolumeType,
         ...createVolumePerformance(spec.volumeType ?? 'gp3', spec),
         ...(spec.kmsKeyId ? { Encrypted: true, KmsKeyId: spec.kmsKeyId } : {}),
-        TagSpecifications: [{ ResourceType: 'volume', Tags: [
-          { Key: TASK_ID_TAG, Value: taskId }, { Key: WORKER_TAG, Value: this.#o.identity.instanceId }, { Key: TRANSIENT_TAG, Value: 'true' },
-        ] }],
+        TagSpecifications: [{ ResourceType: 'volume', Tags: newVolumeTags(taskId, this.#o.identity.instanceId) }],
       })))).VolumeId!
     if (existing?.State === 'available') await this.#takeOver(existing)
     if (existing?.State !== 'in-use') {
