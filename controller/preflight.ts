@@ -21,7 +21,7 @@ import { backupUsesWorkerDefaultKey, backupWorkerNeeds, CREATE, defaultEbsKey, r
 import { KEY_ARN, type GrantCheck } from './grants.ts'
 import { describe } from '../agent/core/errors.ts'
 import { awsErrorName } from '../agent/aws/errors.ts'
-import { TASK_ID_TAG } from '../agent/aws/volumes.ts'
+import { newVolumeTags } from '../agent/aws/volumes.ts'
 import { RestorePointStore } from './restore-point.ts'
 import { checkImage, checkNetwork, type RestoreOptions } from './restore.ts'
 
@@ -174,9 +174,9 @@ export async function preflightBackup(o: BackupPreflightOptions): Promise<Check[
       const me = await ownSession(o.region)
       const grants: GrantCheck = { simulator: me, readers: [me, source] }
       for (const need of backupWorkerNeeds(volumes, cross, o.reencryptWith, defaultKey ?? undefined)) checks.push(...await needChecks(worker, o.region, need, grants))
-      // As the worker asks: its volumes carry their task's tag, which the fleet's policy requires.
+      // As the worker asks: its volumes carry their task's and worker's tags, as transient, which the fleet's policy requires.
       checks.push(row(o.workerRole, '-', 'ec2:CreateVolume', await dryRun(() => worker.ec2(o.region).send(new CreateVolumeCommand({
-        AvailabilityZone: `${o.region}a`, Size: 1, DryRun: true, TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: 'ebs-controller-preflight' }] }],
+        AvailabilityZone: `${o.region}a`, Size: 1, DryRun: true, TagSpecifications: [{ ResourceType: 'volume', Tags: newVolumeTags('ebs-controller-preflight', 'ebs-controller-preflight') }],
       })))))
     }
   }

@@ -2,7 +2,9 @@
 // Another AWS Account"; DESIGN.md §2). The worker account is the controller's own.
 //   Same account: `restore` tasks make empty volumes encrypted with the target key in the worker's
 //   AZ and restore into them; the restore role then launches an instance in that AZ, swaps its
-//   launch root volume for the restored ones, in the original device order, and starts it.
+//   launch root volume for the restored ones, in the original device order, and starts it. The
+//   workers keep those volumes (ebs-worker:transient=false: no worker may delete them), so a
+//   failed restore has the restore role delete them.
 //   Another account, all seed steps: before anything is created, the worker account's default EBS
 //   key in the target Region must not be aws/ebs (its snapshots could not be shared); `restore`
 //   tasks make empty volumes under that default key, restore, snapshot and share the snapshots
@@ -238,7 +240,13 @@ export async function restoreInstance(o: RestoreOptions, tasks: TaskChannel): Pr
         })))
         return { v, volumeId, snapshotId }
       }
-      undo.add(release, releaseRun)
+      // Same account: the restored volume is the workers' no more (kept, ebs-worker:transient=false,
+      // which the worker role may not delete): should the restore fail, the restore role deletes it.
+      undo.add(`delete restored volume ${volumeId}`, async () => {
+        await ec2.send(new DetachVolumeCommand({ VolumeId: volumeId })).catch(() => {})
+        await waitVolumeState(ec2, volumeId, 'available', { ...statePoll(o.waits), visibleWithinMs: 0, who }).catch(() => {})
+        await ec2.send(new DeleteVolumeCommand({ VolumeId: volumeId }))
+      })
       return { v, volumeId, snapshotId: undefined }
     }))
 

@@ -298,7 +298,9 @@ t.test('packaging/iam/ matches what the code calls, exactly', async (t) => {
     t.same(refused, [], `${role}: ${file} allows every call the code made`)
     const granted = policy.Statement.filter((s) => s.Effect === 'Allow').flatMap((s) => [s.Action].flat())
       .filter((a) => a.startsWith('ec2:') || a.startsWith('kms:') || a.startsWith('sts:')).filter((a) => !notRecorded.has(a))
-    const unused = granted.filter((g) => !did.some((a) => wildcard(g, a, true)))
+    // The worker's volume sweep calls DescribeInstances only when there are old orphan candidates,
+    // which these flows leave none of (test/volume-sweep.test.ts runs it).
+    const unused = granted.filter((g) => !did.some((a) => wildcard(g, a, true)) && !(role === 'worker' && g === 'ec2:DescribeInstances'))
     t.same(unused, [], `${role}: ${file} allows nothing (EC2, KMS, STS) the code does not call`)
   }
 })

@@ -40,6 +40,8 @@ interface WorldOptions {
   config?: Record<string, unknown>
   /** Requests that miss an id just created (the EC2 stand-in's eventual consistency; default 2). */
   visibilityLag?: number
+  /** Runs before the daemon starts (EC2's state as the daemon will find it). */
+  beforeStart?: (ec2: Ec2StandIn) => Promise<void>
 }
 
 async function world(t: Teardown, options: WorldOptions = {}) {
@@ -103,6 +105,7 @@ async function world(t: Teardown, options: WorldOptions = {}) {
     })
     return { daemon, exited }
   }
+  await options.beforeStart?.(ec2)
   const { daemon, exited } = spawnDaemon()
 
   const replies = new Map<string, Record<string, any>>()
@@ -420,6 +423,7 @@ t.test('a backup task: a volume from the snapshot in the worker\'s zone, read, t
   const volume = w.ec2.volumes.get(b.result.volumeId)!
   t.match(volume, { snapshotId, encrypted: true, kmsKeyId: 'arn:aws:kms:us-east-1:111122223333:key/src', availabilityZone: 'us-east-1a' }, 'the volume came from the snapshot, in the worker\'s AZ, with its key')
   t.equal(volume.tags['ebs-worker:task-id'], 'policy-1/i-0abc/xvdf', 'tagged with the task')
+  t.match(volume.tags, { 'ebs-worker:worker': INSTANCE.instanceId, 'ebs-worker:transient': 'true' }, 'with the worker, as transient')
   t.equal(volume.state, 'deleted', 'and deleted after the backup')
   const restored = join(w.dir, 'restored.img')
   await cli(['restore', '--repo', w.repo, '--backup', b.result.backupId, '--device', restored])
@@ -438,6 +442,7 @@ t.test('a restore task: a new encrypted volume holding the backup, detached; red
   t.match(target, { state: 'available', encrypted: true, snapshotId: null, attachment: null }, 'a new encrypted volume, detached after')
   t.equal(await sha256File(target.file, 16 * MiB), await sha256File(image), 'the new volume holds the backup, byte for byte')
   t.equal(target.tags['ebs-worker:restored-backup'], b.result.backupId, 'and is tagged with the backup it holds')
+  t.equal(target.tags['ebs-worker:transient'], 'false', 'and as kept: no sweep deletes it')
   // Delivered again: the tag says the work is done; the same volume is reported, not written again.
   w.replies.delete('rst-1')
   await w.send(task)
@@ -457,6 +462,7 @@ t.test('a cross-account restore: refused under aws/ebs before any volume is made
   const r3 = await w.reply('rst-3')
   t.equal(r3.status, 'succeeded', `with a customer managed key it succeeds ${JSON.stringify(r3.error ?? '')}`)
   t.match(w.ec2.snapshots.get(r3.result.snapshotId), { encrypted: true, kmsKeyId: cmk, sharedWith: ['444455556666'], state: 'completed' }, 'a completed snapshot under that key, shared with the target account')
+  t.equal(w.ec2.volumes.get(r3.result.volumeId)!.tags['ebs-worker:transient'], 'true', 'its volume, staging for the snapshot, stays transient (the controller has it deleted)')
 })
 
 t.test('attach and detach tasks: a shared snapshot under this Region\'s default key; a missing snapshot fails for good', async (t) => {
@@ -472,8 +478,44 @@ t.test('attach and detach tasks: a shared snapshot under this Region\'s default 
   await w.send(JSON.stringify({ version: 1, type: 'detach', taskId: 'det-1', volumeId: a.result.volumeId }))
   t.match(await w.reply('det-1'), { status: 'succeeded', result: { deleted: true } }, 'detach deletes it')
   t.equal(w.ec2.volumes.get(a.result.volumeId)!.state, 'deleted')
+  await w.send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-3', snapshotId: shared, sharedFromAccount: '444455556666' }))
+  const kept = await w.reply('att-3')
+  await w.send(JSON.stringify({ version: 1, type: 'detach', taskId: 'det-3', volumeId: kept.result.volumeId, delete: false }))
+  t.match(await w.reply('det-3'), { status: 'succeeded', result: { deleted: false } }, 'detach with delete: false keeps it')
+  t.match(w.ec2.volumes.get(kept.result.volumeId), { state: 'available', tags: { 'ebs-worker:transient': 'false' } }, 'detached, marked as kept: no sweep deletes it')
   await w.send(JSON.stringify({ version: 1, type: 'attach', taskId: 'att-2', snapshotId: 'snap-00000000000000000' }))
   t.match(await w.reply('att-2'), { status: 'failed', error: { code: 'SNAPSHOT_NOT_FOUND', retryable: false } }, 'a missing snapshot fails for good')
+})
+
+t.test('the daemon sweeps at start: the transient volumes of a terminated worker go, nothing else', async (t) => {
+  const made: Record<string, string> = {}
+  const w = await world(t, {
+    beforeStart: async (ec2) => {
+      const gone = await ec2.addInstance({ accountId: INSTANCE.accountId, region: INSTANCE.region, availabilityZone: INSTANCE.availabilityZone, volumes: [] })
+      ec2.instances.get(gone)!.state = 'terminated'
+      const client = new EC2Client({ endpoint: ec2.endpoint, region: INSTANCE.region, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
+      t.teardown(() => client.destroy())
+      const volume = async (name: string, tags: Record<string, string>) => {
+        const v = await client.send(new CreateVolumeCommand({
+          AvailabilityZone: INSTANCE.availabilityZone, Size: 1, TagSpecifications: [{ ResourceType: 'volume', Tags: Object.entries(tags).map(([Key, Value]) => ({ Key, Value })) }],
+        }))
+        const volume = ec2.volumes.get(v.VolumeId!)!
+        await until(() => volume.state === 'available', 10_000, 'the volume is created')
+        volume.createTime = new Date(Date.now() - 2 * 3600_000).toISOString()
+        ec2.settle(v.VolumeId!) // made two hours ago: visible by now
+        made[name] = v.VolumeId!
+      }
+      await volume('orphan', { 'ebs-worker:task-id': 'b-1', 'ebs-worker:worker': gone, 'ebs-worker:transient': 'true' })
+      await volume('kept', { 'ebs-worker:task-id': 'r-1', 'ebs-worker:worker': gone, 'ebs-worker:transient': 'false' })
+      await volume('mine', { 'ebs-worker:task-id': 'b-2', 'ebs-worker:worker': INSTANCE.instanceId, 'ebs-worker:transient': 'true' })
+    },
+  })
+  await until(() => w.state.log.includes('"msg":"volume sweep"'), 30_000, 'the start-up sweep')
+  const line = JSON.parse(w.state.log.split('\n').find((l) => l.includes('"msg":"volume sweep"'))!)
+  t.match(line, { deleted: [{ volumeId: made.orphan, taskId: 'b-1' }], failed: [], kept: 1 }, 'it logs what it deleted and how many it kept')
+  t.equal(w.ec2.volumes.get(made.orphan!)!.state, 'deleted', 'the orphan is gone')
+  t.equal(w.ec2.volumes.get(made.kept!)!.state, 'available', 'a kept volume of the same worker is not')
+  t.equal(w.ec2.volumes.get(made.mine!)!.state, 'available', 'nor a volume of this (live) worker')
 })
 
 t.test('a daemon killed mid-backup: the redelivered task finishes once, nothing duplicated or leaked', async (t) => {
@@ -607,6 +649,28 @@ t.test('a task whose earlier attempt left its volume in another zone: that volum
   t.equal(az.status, 'succeeded', `the task succeeds here ${JSON.stringify(az.error ?? '')}`)
   t.equal(ec2.volumes.get(stray.VolumeId!)!.state, 'deleted', 'the leftover in the other zone was deleted')
   t.match(ec2.volumes.get(az.result.volumeId), { availabilityZone: 'us-east-1a', state: 'deleted' }, 'and the work done with a volume of this zone')
+})
+
+t.test('a task whose earlier attempt on another worker left its volume here: this worker takes it over (its worker tag) and uses it', async (t) => {
+  const { dir, ec2, send, reply } = await world(t)
+  const image = join(dir, 'snap.img')
+  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 3 * MiB, length: 4 * MiB }])
+  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2 })
+  const ec2Client = new EC2Client({ endpoint: ec2.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
+  t.teardown(() => ec2Client.destroy())
+  const left = await ec2Client.send(new CreateVolumeCommand({
+    AvailabilityZone: INSTANCE.availabilityZone, SnapshotId: snapshotId,
+    TagSpecifications: [{ ResourceType: 'volume', Tags: [
+      { Key: 'ebs-worker:task-id', Value: 'took-1' }, { Key: 'ebs-worker:worker', Value: 'i-0dddddddddddddddd' }, { Key: 'ebs-worker:transient', Value: 'true' },
+    ] }],
+  }))
+  await until(() => ec2.volumes.get(left.VolumeId!)?.state === 'available', 10_000, 'the volume left behind')
+  ec2.settle(left.VolumeId!)
+  await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'took-1', snapshotId }))
+  const r = await reply('took-1')
+  t.equal(r.status, 'succeeded', `the task succeeds ${JSON.stringify(r.error ?? '')}`)
+  t.equal(r.result.volumeId, left.VolumeId, 'with the volume the earlier attempt made')
+  t.equal(ec2.volumes.get(left.VolumeId!)!.tags['ebs-worker:worker'], INSTANCE.instanceId, 'which it took over first: a sweep leaves it alone')
 })
 
 t.test('a restore onto a volume too small for the backup fails for good, and leaves no volume behind', async (t) => {

@@ -5,7 +5,7 @@
 // of packaging/iam/ (the worker role the fleet's worker-policy.json, as the stack fills it in).
 import t from 'tap'
 import {
-  AttachVolumeCommand, CreateSnapshotsCommand, CreateVolumeCommand, EC2Client, waitUntilVolumeAvailable,
+  AttachVolumeCommand, CreateSnapshotsCommand, CreateTagsCommand, CreateVolumeCommand, DeleteVolumeCommand, EC2Client, waitUntilVolumeAvailable,
 } from '@aws-sdk/client-ec2'
 import { IAMClient, SimulateCustomPolicyCommand, SimulatePrincipalPolicyCommand } from '@aws-sdk/client-iam'
 import { CreateGrantCommand, KMSClient } from '@aws-sdk/client-kms'
@@ -97,11 +97,11 @@ t.test('the shipped documents use only condition operators the evaluator impleme
     }
   }
   t.same([...used].filter((op) => !implemented.includes(op.replace(/IfExists$/, '').replace(/^For(Any|All)Values?:/, ''))), [], `operators: ${[...used].join(', ')}`)
-  // Who sets each key: EC2 (tags, CreateAction, the accounts and groups ModifySnapshotAttribute
+  // Who sets each key: EC2 (tags and the request's tag keys, CreateAction, the accounts and groups ModifySnapshotAttribute
   // adds), KMS (grants and uses EBS makes, a direct call's encryption context), STS (the caller of
   // AssumeRole); s3:prefix only S3, which these stand-ins do not authorize (the controller's
   // repository here is a directory).
-  t.same([...keys].sort(), ['aws:PrincipalArn', 'aws:RequestTag/…', 'aws:ResourceTag/…', 'ec2:Add/…', 'ec2:CreateAction', 'kms:EncryptionContext:purpose', 'kms:GrantIsForAWSResource',
+  t.same([...keys].sort(), ['aws:PrincipalArn', 'aws:RequestTag/…', 'aws:ResourceTag/…', 'aws:TagKeys', 'ec2:Add/…', 'ec2:CreateAction', 'kms:EncryptionContext:purpose', 'kms:GrantIsForAWSResource',
     'kms:ViaService', 's3:prefix'], 'the keys')
 })
 
@@ -137,7 +137,11 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
   return { world, kms, ec2, worker, instance, listed, unlisted, asWorker: as(session.accessKeyId, session.sessionToken), asAdmin: as('AKIAADMIN'), asController: as('AKIACONTROLLER') }
 }
 
-const taskTag = [{ ResourceType: 'volume' as const, Tags: [{ Key: 'ebs-worker:task-id', Value: 't-1' }] }]
+/** The tags the worker creates its volumes with (agent/aws/volumes.ts). */
+const taskTags = (tags: Record<string, string> = {}) => [{ ResourceType: 'volume' as const, Tags: Object.entries({
+  'ebs-worker:task-id': 't-1', 'ebs-worker:worker': 'i-0b0b0b0b0b0b0b0b1', 'ebs-worker:transient': 'true', ...tags,
+}).map(([Key, Value]) => ({ Key, Value })) }]
+const taskTag = taskTags()
 
 t.test('KMS: a direct CreateGrant by the fleet\'s worker role is refused, even as DryRun: kms:GrantIsForAWSResource is absent', async (t) => {
   const { asWorker, worker, listed } = await setup(t)
@@ -155,6 +159,34 @@ t.test('EC2: the fleet policy refuses a volume without its task tag', async (t) 
   const { asWorker } = await setup(t)
   await t.rejects(asWorker.ec2.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, DryRun: true })), { name: 'UnauthorizedOperation', message: /ec2:CreateVolume on resource: arn:aws:ec2:eu-west-1:222222222222:volume/ })
   await t.rejects(asWorker.ec2.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, DryRun: true, TagSpecifications: taskTag })), { name: 'DryRunOperation' })
+})
+
+t.test('EC2: the fleet policy lets the worker create volumes only tagged with their task and worker, as transient', async (t) => {
+  const { asWorker } = await setup(t)
+  const create = (TagSpecifications: ReturnType<typeof taskTags>) => asWorker.ec2.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, DryRun: true, TagSpecifications }))
+  await t.rejects(create(taskTags()), { name: 'DryRunOperation' }, 'task, worker, transient=true: allowed')
+  await t.rejects(create([{ ResourceType: 'volume', Tags: [{ Key: 'ebs-worker:task-id', Value: 't-1' }] }]), { name: 'UnauthorizedOperation' }, 'the task tag alone: refused')
+  await t.rejects(create(taskTags({ 'ebs-worker:transient': 'false' })), { name: 'UnauthorizedOperation' }, 'made as kept: refused')
+})
+
+t.test('EC2: the fleet policy lets the worker delete only its transient volumes, and never make a kept one transient', async (t) => {
+  const { asWorker } = await setup(t)
+  const make = async () => {
+    const v = await asWorker.ec2.send(new CreateVolumeCommand({ AvailabilityZone: 'eu-west-1a', Size: 1, TagSpecifications: taskTag }))
+    await waitUntilVolumeAvailable({ client: asWorker.ec2, maxWaitTime: 10, minDelay: 1 }, { VolumeIds: [v.VolumeId!] })
+    return v.VolumeId!
+  }
+  const tag = (id: string, tags: Record<string, string>) => asWorker.ec2.send(new CreateTagsCommand({ Resources: [id], Tags: Object.entries(tags).map(([Key, Value]) => ({ Key, Value })) }))
+  const del = (id: string) => asWorker.ec2.send(new DeleteVolumeCommand({ VolumeId: id, DryRun: true }))
+  const kept = await make()
+  await t.rejects(del(kept), { name: 'DryRunOperation' }, 'a transient volume: deleting allowed')
+  await tag(kept, { 'ebs-worker:restored-backup': 'b-1', 'ebs-worker:transient': 'false' })
+  t.pass('marking it kept (a restore done): allowed')
+  await t.rejects(del(kept), { name: 'UnauthorizedOperation', message: /ec2:DeleteVolume/ }, 'a kept volume: deleting refused')
+  await t.rejects(tag(kept, { 'ebs-worker:transient': 'true' }), { name: 'UnauthorizedOperation' }, 'making it transient again: refused')
+  await t.rejects(tag(kept, { Name: 'x' }), { name: 'UnauthorizedOperation' }, 'any other tag: refused')
+  await tag(kept, { 'ebs-worker:worker': 'i-0c0c0c0c0c0c0c0c1' })
+  t.pass('taking it over (its worker tag): allowed')
 })
 
 t.test('EC2: the fleet policy lets the worker attach its volumes only to the fleet\'s instances', async (t) => {

@@ -11,7 +11,7 @@ import { startFauxqs } from 'fauxqs'
 import { attachLoop, cli, CLI, fakeNvme, makeImage, MiB, tempDir, until } from './helpers.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { startImds } from './standin/imds.ts'
-import { heartbeatMetrics, maintenanceMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics } from '../agent/daemon/metrics.ts'
+import { heartbeatMetrics, maintenanceMetrics, NAMESPACE, taskEndMetrics, taskStartMetrics, volumeSweepMetrics } from '../agent/daemon/metrics.ts'
 
 const UNITS = new Set(['Seconds', 'Microseconds', 'Milliseconds', 'Bytes', 'Kilobytes', 'Megabytes', 'Gigabytes', 'Terabytes', 'Bits',
   'Kilobits', 'Megabits', 'Gigabits', 'Terabits', 'Percent', 'Count', 'Bytes/Second', 'Kilobytes/Second', 'Megabytes/Second',
@@ -103,6 +103,13 @@ t.test('queue wait and heartbeat', async (t) => {
   t.match(pick(beat, 'TasksRunning', ['Fleet']), { value: 3, unit: 'Count' })
   t.throws(() => extract('{"_aws":{"Timestamp":1,"CloudWatchMetrics":[{"Namespace":"N","Dimensions":[["D"]],"Metrics":[{"Name":"M"}]}]},"M":1}'),
     /dimension D/, 'the parser can fail: a dimension without a value')
+})
+
+t.test('a volume sweep: the orphans it deleted and the deletions that failed', async (t) => {
+  const data = extract(JSON.stringify(volumeSweepMetrics('f', 'i-1', { deleted: 2, failed: 1, kept: 5 }, 7000)))
+  t.match(pick(data, 'OrphanVolumesDeleted', ['Fleet']), { value: 2, unit: 'Count', dimensions: { Fleet: 'f' }, timestamp: 7000 })
+  t.match(pick(data, 'OrphanVolumeDeletesFailed', ['Fleet']), { value: 1, unit: 'Count' })
+  t.equal(data.length, 2, 'nothing else (the volumes kept are a property, not a metric)')
 })
 
 t.test('maintenance: a prune\'s reclaimed bytes, packs and duration; a check\'s problems; nothing for dry runs and failures', async (t) => {

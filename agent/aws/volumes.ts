@@ -1,7 +1,11 @@
 // The worker's own EBS volumes: create one from a snapshot in this instance's Availability Zone,
 // attach it here and find its device, detach and delete it. Every volume is tagged with the task
 // that made it, which is what makes a redelivered task find it again instead of making another,
-// and what limits detaching and deleting to volumes this agent created.
+// and what limits detaching and deleting to volumes this agent created; with the worker instance
+// that made it (or took it over), and whether it is transient: a volume the worker deletes (a
+// copy of a snapshot to back up, a restore under way or staged for a cross-account snapshot), as
+// opposed to a restored volume kept for its instance. The volume sweep (volume-sweep.ts) deletes
+// only transient volumes of workers that are gone; the worker role may delete no other volume.
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
   AttachVolumeCommand,
@@ -26,6 +30,15 @@ import { VISIBILITY_MS, waitSnapshotsCompleted, waitVolumeCreated, waitVolumeSta
 import type { WorkerIdentity } from './identity.ts'
 
 export const TASK_ID_TAG = 'ebs-worker:task-id'
+/** The worker instance that made the volume, or took it over from a worker that is gone. */
+export const WORKER_TAG = 'ebs-worker:worker'
+/** `true`: the worker deletes the volume when done with it (and the sweep once its worker is gone); `false`: kept. */
+export const TRANSIENT_TAG = 'ebs-worker:transient'
+
+/** The tags a worker's new volume carries from its creation (the fleet's policy requires them). */
+export function newVolumeTags(taskId: string, workerId: string): Array<{ Key: string; Value: string }> {
+  return [{ Key: TASK_ID_TAG, Value: taskId }, { Key: WORKER_TAG, Value: workerId }, { Key: TRANSIENT_TAG, Value: 'true' }]
+}
 
 export interface VolumeSpec {
   volumeType?: string
@@ -66,6 +79,8 @@ export class Volumes {
   readonly #claims = new Map<string, { volumeId: string; at: number }>()
   /** Tasks waiting for a device name, woken when a volume is detached. */
   readonly #onRelease = new Set<() => void>()
+  /** Volumes this agent took over from a worker that is gone: the sweep may delete one just before (attachHere). */
+  readonly #takenOver = new Set<string>()
 
   constructor(options: VolumesOptions) {
     this.#o = options
@@ -103,6 +118,10 @@ export class Volumes {
       // An earlier attempt ran on a worker in another zone, and a volume attaches only in its own.
       // Detached, it is a leftover of ours: delete it and start here. Otherwise it may still be
       // in use over there: try again later (SQS redelivers).
+      if (existing.Tags?.some((t) => t.Key === TRANSIENT_TAG && t.Value === 'false')) {
+        throw new EbsWorkerError(ErrorCode.DeviceUnusable,
+          `volume ${existing.VolumeId} of task ${taskId} in ${existing.AvailabilityZone} is kept (${TRANSIENT_TAG}=false), and this worker is in ${this.#o.identity.availabilityZone}: not deleting it`)
+      }
       if (existing.State !== 'available') {
         throw new EbsWorkerError(ErrorCode.VolumeBusy,
           `volume ${existing.VolumeId} of task ${taskId} is ${existing.State} in ${existing.AvailabilityZone}, not this worker's ${this.#o.identity.availabilityZone}: retrying later`)
@@ -117,8 +136,9 @@ export class Volumes {
         VolumeType: (spec.volumeType ?? 'gp3') as VolumeType,
         ...createVolumePerformance(spec.volumeType ?? 'gp3', spec),
         ...(spec.kmsKeyId ? { Encrypted: true, KmsKeyId: spec.kmsKeyId } : {}),
-        TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: TASK_ID_TAG, Value: taskId }] }],
+        TagSpecifications: [{ ResourceType: 'volume', Tags: newVolumeTags(taskId, this.#o.identity.instanceId) }],
       })))).VolumeId!
+    if (existing?.State === 'available') await this.#takeOver(existing)
     if (existing?.State !== 'in-use') {
       await waitVolumeCreated(this.#o.client, volumeId, {
         timeoutMs: (this.#o.stateTimeoutSeconds ?? 300) * 1000, ...this.#visibility(),
@@ -127,6 +147,19 @@ export class Volumes {
       })
     }
     return { volumeId, created: !existing, tags: Object.fromEntries((existing?.Tags ?? []).map((t) => [t.Key!, t.Value ?? ''])) }
+  }
+
+  /**
+   * A volume an earlier attempt of the task made on another worker, found by its tag: it is this
+   * worker's now (its worker tag), so that the volume sweep, which deletes the transient volumes
+   * of workers that are gone, leaves it alone from here on (the sweep reads the tag again just
+   * before it deletes).
+   */
+  async #takeOver(volume: Volume): Promise<void> {
+    const worker = volume.Tags?.find((t) => t.Key === WORKER_TAG)?.Value
+    if (worker === this.#o.identity.instanceId) return
+    await this.tag(volume.VolumeId!, { [WORKER_TAG]: this.#o.identity.instanceId })
+    this.#takenOver.add(volume.VolumeId!)
   }
 
   /** Tags one of this agent's volumes (a restore marks the backup it now holds). */
@@ -151,7 +184,17 @@ export class Volumes {
 
   /** Attaches the volume to this instance (unless it already is) and finds its device. */
   async attachHere(volumeId: string, signal?: AbortSignal): Promise<EbsDevice> {
-    const volume = await this.#describe(volumeId)
+    let volume: Volume
+    try {
+      volume = await this.#describe(volumeId)
+    } catch (err) {
+      // Taken over from a worker that is gone, and deleted meanwhile by a sweep that had read it
+      // just before: the next attempt of the task makes a new one.
+      if (this.#takenOver.has(volumeId) && err instanceof EbsWorkerError && err.code === ErrorCode.VolumeNotFound) {
+        throw new EbsWorkerError(ErrorCode.VolumeBusy, `volume ${volumeId}, left by a worker that is gone, was deleted by a volume sweep as this task took it over: retrying`, { context: { volumeId } })
+      }
+      throw err
+    }
     const mine = volume.Attachments?.find((a) => a.InstanceId === this.#o.identity.instanceId)
     if (!mine) {
       if (volume.Attachments?.length) {
@@ -213,8 +256,11 @@ export class Volumes {
     return true
   }
 
-  /** Detaches (and deletes) a volume this agent created; refuses any other volume. */
-  async release(volumeId: string, options: { delete: boolean }): Promise<{ deleted: boolean }> {
+  /**
+   * Detaches (and deletes) a volume this agent created; refuses any other volume. One detached and
+   * kept is marked so (`ebs-worker:transient=false`): no sweep deletes it, nor may the worker role.
+   */
+  async release(volumeId: string, options: { delete: boolean; keep?: boolean }): Promise<{ deleted: boolean }> {
     let volume: Volume
     try {
       volume = await this.#describe(volumeId)
@@ -234,9 +280,17 @@ export class Volumes {
       for (const wake of this.#onRelease) wake()
       this.#onRelease.clear()
     }
-    if (!options.delete) return { deleted: false }
+    if (!options.delete) {
+      if (options.keep) await this.keep(volumeId)
+      return { deleted: false }
+    }
     await this.#ec2('DeleteVolume', () => this.#o.client.send(new DeleteVolumeCommand({ VolumeId: volumeId })))
     return { deleted: true }
+  }
+
+  /** Marks one of this agent's volumes as kept (`ebs-worker:transient=false`), with more tags if given. */
+  async keep(volumeId: string, tags: Record<string, string> = {}): Promise<void> {
+    await this.tag(volumeId, { ...tags, [TRANSIENT_TAG]: 'false' })
   }
 
   /** The key EBS uses in this Region when a volume is encrypted without a key being named. */

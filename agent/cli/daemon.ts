@@ -55,3 +55,39 @@ export function healthCheckCommand(program: Command, context: CliContext): void 
       }
     })
 }
+
+export function sweepVolumesCommand(program: Command, { print, env }: CliContext): void {
+  program
+    .command('sweep-volumes')
+    .description('delete the task volumes of workers that are gone: transient, detached, older than --older-than, their worker terminated (the daemon does this itself every volumeSweep.intervalMinutes; docs/OPERATIONS.md)')
+    .addOption(configOption())
+    .option('--older-than <minutes>', 'only volumes created at least this long ago (default: volumeSweep.olderThanMinutes of the configuration)', (v) => {
+      if (!/^\d+$/.test(v) || Number(v) < 10) throw new InvalidArgumentError('a number of minutes, at least 10')
+      return Number(v)
+    })
+    .option('--dry-run', 'say what would be deleted; delete nothing')
+    .option('--json', 'one JSON object on stdout')
+    .action(async (opts: { config: string; olderThan?: number; dryRun?: boolean }) => {
+      const [{ sweepVolumes }, { whoAmI }, { AwsClients }] = await Promise.all([
+        import('../aws/volume-sweep.ts'), import('../aws/identity.ts'), import('../aws/clients.ts'),
+      ])
+      const settings = await loadDaemonSettings(opts.config, env)
+      const endpoint = settings.imdsEndpoint ?? settings.aws.imdsEndpoint
+      const identity = await whoAmI(endpoint ? { endpoint } : {})
+      const aws = new AwsClients({ ...settings.aws, region: settings.aws.region ?? identity.region })
+      const olderThanMinutes = opts.olderThan ?? settings.volumeSweep.olderThanMinutes
+      try {
+        const out = await sweepVolumes({ client: aws.ec2(identity.region), olderThanMs: olderThanMinutes * 60_000, dryRun: opts.dryRun === true })
+        const verb = opts.dryRun ? 'would delete' : 'deleted'
+        print([
+          ...out.deleted.map((v) => `${verb} ${v.volumeId} (task ${v.taskId}, worker ${v.worker}, created ${v.createdAt})`),
+          ...out.failed.map((v) => `could not delete ${v.volumeId} (task ${v.taskId}, worker ${v.worker}): ${v.error}`),
+          ...out.kept.map((v) => `kept ${v.volumeId} (task ${v.taskId}, worker ${v.worker}): ${v.why}`),
+          `${out.deleted.length} ${verb}, ${out.kept.length} kept, ${out.failed.length} failed`,
+        ], { dryRun: opts.dryRun === true, olderThanMinutes, ...out })
+        if (out.failed.length) process.exitCode = 1
+      } finally {
+        aws.destroy()
+      }
+    })
+}

@@ -6,7 +6,7 @@ import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { VERSION } from '../core/version.ts'
 import { backupCommand } from './backup.ts'
 import { cliContext, type CliContext } from './context.ts'
-import { daemonCommand, healthCheckCommand } from './daemon.ts'
+import { daemonCommand, healthCheckCommand, sweepVolumesCommand } from './daemon.ts'
 import { doctorCommand } from './doctor.ts'
 import { initCommand } from './init.ts'
 import { keyCommand } from './key.ts'
@@ -29,7 +29,7 @@ export function buildProgram(context: CliContext): Command {
     .exitOverride()
     .configureHelp({ showGlobalOptions: true })
   awsOptions(program).hook('preAction', () => context.configure(program.opts()))
-  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, keyCommand, daemonCommand, healthCheckCommand, doctorCommand]) {
+  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, keyCommand, daemonCommand, healthCheckCommand, sweepVolumesCommand, doctorCommand]) {
     command(program, context)
   }
   return program

@@ -70,6 +70,17 @@ const configSchema = z.strictObject({
     /** How often IMDS's autoscaling/target-lifecycle-state is read. */
     lifecyclePollSeconds: z.number().int().min(1).max(300).default(5),
   }).optional(),
+  /**
+   * The volume sweep (aws/volume-sweep.ts): at start and every intervalMinutes, delete the
+   * transient task volumes of workers that are gone (terminated), detached and older than
+   * olderThanMinutes. Every worker of the fleet sweeps; `ebs-worker sweep-volumes --dry-run` shows
+   * what a sweep would do.
+   */
+  volumeSweep: z.strictObject({
+    enabled: z.boolean().default(true),
+    intervalMinutes: z.number().int().min(5).max(10080).default(60),
+    olderThanMinutes: z.number().int().min(10).max(10080).default(60),
+  }).default({ enabled: true, intervalMinutes: 60, olderThanMinutes: 60 }),
   /** Where the daemon keeps its health stamp (its mtime: the last time it was healthy). */
   healthFile: z.string().regex(/^\//).default('/var/lib/ebs-worker/healthy'),
   /** The log's level (debug, info, warn, error); EBS_WORKER_LOG_LEVEL, when set, wins. */

@@ -8,6 +8,7 @@ import { GetQueueAttributesCommand, SendMessageCommand, type SQSClient } from '@
 import { AwsClients } from '../aws/clients.ts'
 import { whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { Volumes } from '../aws/volumes.ts'
+import { sweepVolumes } from '../aws/volume-sweep.ts'
 import { EbsWorkerError, ErrorCode, toErrorJson, withContext } from '../core/errors.ts'
 import { withDefaults } from '../core/tuning.ts'
 import { openRepository } from '../app/repository.ts'
@@ -57,6 +58,7 @@ export class Daemon {
   #ready = false
   #lifecycle: LifecycleWatch | null = null
   #healthTimer: NodeJS.Timeout | null = null
+  #sweepTimer: NodeJS.Timeout | null = null
   #stopping: Promise<void> | null = null
   /** Resolves when the daemon has ended by itself: drained for scale-in, its lifecycle hook completed. */
   readonly finished: Promise<void>
@@ -138,6 +140,11 @@ export class Daemon {
     this.#consumer.start()
     this.#healthTimer = setInterval(() => void this.#stampHealth(), HEALTH_STAMP_MS)
     this.#healthTimer.unref()
+    if (s.volumeSweep.enabled) {
+      void this.#sweepVolumes()
+      this.#sweepTimer = setInterval(() => void this.#sweepVolumes(), s.volumeSweep.intervalMinutes * 60_000)
+      this.#sweepTimer.unref()
+    }
     if (s.autoScaling) {
       this.#lifecycle = new LifecycleWatch({
         read: lifecycleStateReader(imdsEndpoint),
@@ -163,6 +170,7 @@ export class Daemon {
     this.#systemd.stopping()
     this.#lifecycle?.stop()
     if (this.#healthTimer) clearInterval(this.#healthTimer)
+    if (this.#sweepTimer) clearInterval(this.#sweepTimer)
     this.#log.info({ running: this.#consumer?.active ?? 0 }, 'stopping')
     await this.#consumer?.stop(this.#settings.shutdownGraceSeconds * 1000)
   }
@@ -197,6 +205,20 @@ export class Daemon {
     })
     await this.#stopping
     this.#finish()
+  }
+
+  /** One volume sweep (aws/volume-sweep.ts): a log line with what it deleted and kept, and its metric. */
+  async #sweepVolumes(): Promise<void> {
+    const olderThanMinutes = this.#settings.volumeSweep.olderThanMinutes
+    try {
+      const out = await sweepVolumes({ client: this.#aws!.ec2(this.#identity!.region), olderThanMs: olderThanMinutes * 60_000 })
+      const fields = { deleted: out.deleted, failed: out.failed, kept: out.kept.length, olderThanMinutes }
+      if (out.failed.length) this.#log.error(fields, 'volume sweep: some orphaned task volumes could not be deleted')
+      else this.#log.info(fields, 'volume sweep')
+      this.#metrics.volumeSweep({ deleted: out.deleted.length, failed: out.failed.length, kept: out.kept.length })
+    } catch (err) {
+      this.#log.error({ error: err }, 'volume sweep failed')
+    }
   }
 
   async #stampHealth(): Promise<void> {

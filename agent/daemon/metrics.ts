@@ -143,6 +143,14 @@ export function heartbeatMetrics(fleet: string, instanceId: string, running: num
   }, { event: 'metrics' })
 }
 
+/** A volume sweep's figures (aws/volume-sweep.ts): orphaned task volumes deleted, and deletions that failed. */
+export function volumeSweepMetrics(fleet: string, instanceId: string, figures: { deleted: number; failed: number; kept: number }, now: number): EmfDocument {
+  return emf(now, { Fleet: fleet }, [['Fleet']], {
+    OrphanVolumesDeleted: [figures.deleted, 'Count'],
+    OrphanVolumeDeletesFailed: [figures.failed, 'Count'],
+  }, { event: 'metrics', instanceId, volumesKept: figures.kept })
+}
+
 export const HEARTBEAT_SECONDS = 60
 
 /**
@@ -214,6 +222,10 @@ export class MetricsEmitter {
 
   taskStarted(message: ReceivedMessage): void {
     this.#emit(taskStartMetrics(this.#fleet, this.#instanceId, message, Date.now()))
+  }
+
+  volumeSweep(figures: { deleted: number; failed: number; kept: number }): void {
+    this.#emit(volumeSweepMetrics(this.#fleet, this.#instanceId, figures, Date.now()))
   }
 
   taskEnded(end: TaskEnd): void {

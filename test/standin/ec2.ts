@@ -1162,6 +1162,7 @@ export class Ec2StandIn {
       filters.every((f) => {
         if (f.name.startsWith('tag:')) return f.values.includes(i.tags[f.name.slice(4)] ?? '\u0000')
         if (f.name === 'instance-state-name') return f.values.includes(i.state)
+        if (f.name === 'instance-id') return f.values.includes(i.instanceId)
         throw new Ec2Error('InvalidParameterValue', `The filter '${f.name}' is invalid`)
       }) && (ids.length > 0 || !this.#hidden(i.instanceId))) // named ones were counted above
     return `<reservationSet>${found.map((i) => `<item>${this.#reservationXml([i], i.ownerId)}</item>`).join('')}</reservationSet>`

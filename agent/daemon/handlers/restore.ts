@@ -44,7 +44,11 @@ export const restore: Handler<'restore'> = async (task, ctx, signal) => {
         checkpoint: restoreCheckpoint(task.taskId, volumeId, config.checkpointIntervalSeconds),
         onProgress: progressLog(ctx),
       })
-      await volumes.tag(volumeId, { [RESTORED_TAG]: task.backupId })
+      // Kept for its instance (same account), the volume is no longer transient: neither the
+      // worker nor a volume sweep may delete it. A cross-account one is staging for a snapshot: the
+      // controller has it deleted (a detach task).
+      if (task.snapshot) await volumes.tag(volumeId, { [RESTORED_TAG]: task.backupId })
+      else await volumes.keep(volumeId, { [RESTORED_TAG]: task.backupId })
       figures = {
         volumeId, backupId: task.backupId, sizeGiB, bytesWritten: result.bytesWritten, chunksVerified: result.chunksVerified, durationMs: result.durationMs,
         ...(result.resumedFrom ? { resumedFrom: result.resumedFrom } : {}),
