@@ -72,7 +72,8 @@ async function world(t: Teardown, repo: string, config: Record<string, unknown> 
   }
   /** The metrics of the EMF line about `taskId` that has `metric`, as CloudWatch would read them (name -> value, unit, dimensions). */
   const metricsOf = (taskId: string, metric: string): Map<string, { value: number; unit: string; dimensions: string[][] }> | null => {
-    for (const line of state.out.split('\n').filter(Boolean)) {
+    // Whole lines only: the last one may still be arriving.
+    for (const line of state.out.split('\n').slice(0, -1).filter(Boolean)) {
       const doc = JSON.parse(line) as Record<string, any>
       if (doc.taskId !== taskId) continue
       const directive = doc._aws.CloudWatchMetrics[0]
@@ -146,6 +147,7 @@ t.test('a prune task forgets by its policy, reclaims the space, and the kept bac
   t.equal((await cli(['check', '--repo', repo, '--read-data'])).healthy, true, 'and the repository checks clean, data included')
 
   // Its metrics: as replied, per fleet.
+  await until(() => w.metricsOf('maintenance/prune/2026-11-23T05:00:00Z', 'PruneBytesReclaimed') !== null, 10_000, 'the prune\'s metrics')
   const m = w.metricsOf('maintenance/prune/2026-11-23T05:00:00Z', 'PruneBytesReclaimed')!
   t.ok(m, 'the prune task sent its metrics')
   t.match(m.get('PruneBytesReclaimed'), { value: r.result.bytes.reclaimed, unit: 'Bytes', dimensions: [['Fleet']] })
@@ -248,6 +250,8 @@ t.test('a check task reports a deleted pack as damage, on the S3 test bed; Check
   await w.send({ version: 1, type: 'check', taskId: 'check-healthy', readData: true })
   const ok = await w.reply('check-healthy')
   t.match(ok, { status: 'succeeded', result: { repository: repo, healthy: true, damage: 0, backups: 1, readData: 'all' } }, 'a healthy repository')
+  // The metric line follows the reply (the task's end is counted once it is settled).
+  await until(() => w.metricsOf('check-healthy', 'CheckProblems') !== null, 10_000, 'the check\'s metrics')
   t.match(w.metricsOf('check-healthy', 'CheckProblems')?.get('CheckProblems'), { value: 0, unit: 'Count', dimensions: [['Fleet']] }, 'CheckProblems 0: the alarm has its datapoint')
 
   // A data pack the backup needs goes missing.
@@ -266,6 +270,7 @@ t.test('a check task reports a deleted pack as damage, on the S3 test bed; Check
   t.match(bad.result, { healthy: false, readData: '1/1' }, 'and found the repository damaged (daily/1: every pack)')
   t.ok(bad.result.damage >= 1, `damage counted (${bad.result.damage})`)
   t.match(bad.result.problems.find((p: { pack?: string }) => p.pack === victim), { severity: 'damage', kind: 'pack', backups: [id] }, 'the missing pack is named, with its backup')
+  await until(() => w.metricsOf('check-damaged', 'CheckProblems') !== null, 10_000, 'the check\'s metrics')
   t.match(w.metricsOf('check-damaged', 'CheckProblems')?.get('CheckProblems'), { value: bad.result.damage, unit: 'Count' }, 'CheckProblems carries the damage count')
   t.equal(logWhere(w.state.log, { msg: 'task succeeded', taskId: 'check-damaged', taskType: 'check' }).length, 1, 'its log says so')
 })
