@@ -92,24 +92,18 @@ V1_REV=${SCALE_V1_REV-0f1bbca}
 export SCALE_SEED=${SCALE_SEED:-ebs-worker bench-scale}
 log() { echo "[bench-scale $(date +%T)] $*" >&2; }
 die() { echo "bench-scale: $*" >&2; exit 1; }
+. scripts/bench-lib.sh   # (the working directory is the repository, above)
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 for p in $PARTS; do [[ $p =~ ^(startup|sparse|metadata)$ ]] || die "SCALE_PARTS: unknown part \"$p\""; done
 
 # --- dependencies ---------------------------------------------------------------------------
 install_missing() {  # like bench.sh: only root with apt installs; try without `apt-get update` first
-  local pkgs=() out
+  local pkgs=()
   [ -x "$TIME" ] || pkgs+=(time)
   command -v strace >/dev/null || [ -x /usr/bin/strace ] || pkgs+=(strace)
   if has_part sparse; then command -v mkfs.xfs >/dev/null || [ -x /usr/sbin/mkfs.xfs ] || pkgs+=(xfsprogs); fi
   if has_part sparse || has_part metadata; then [ -x /usr/bin/python3 ] || pkgs+=(python3); fi
-  [ ${#pkgs[@]} -eq 0 ] && return 0
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null ||
-    die "missing ${pkgs[*]}; as root, run: apt-get install -y --no-install-recommends ${pkgs[*]}"
-  log "installing ${pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  out=$(apt-get install -y --no-install-recommends "${pkgs[@]}" 2>&1) ||
-    out=$( { apt-get update -qq && apt-get install -y --no-install-recommends "${pkgs[@]}"; } 2>&1) ||
-    { echo "$out" | tail -n 20 >&2; die "failed to install ${pkgs[*]}"; }
+  apt_install "${pkgs[@]}"
 }
 [ "$(id -u)" = 0 ] || die "run as root (loop devices, mount, dropping the page cache)"
 install_missing

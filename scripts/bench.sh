@@ -27,22 +27,16 @@ AWS=/usr/bin/aws
 TIME=/usr/bin/time
 log() { echo "[bench $(date +%T)] $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
+. scripts/bench-lib.sh   # (the working directory is the repository, above)
 
 # --- dependencies ---------------------------------------------------------------------------
 install_missing() {  # like testbed.sh: only root with apt installs; try without `apt-get update` first
-  local pkgs=() out
+  local pkgs=()
   [ -x "$AWS" ] || pkgs+=(awscli)
   command -v rclone >/dev/null || pkgs+=(rclone)
   command -v restic >/dev/null || pkgs+=(restic)
   [ -x "$TIME" ] || pkgs+=(time)
-  [ ${#pkgs[@]} -eq 0 ] && return 0
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null ||
-    die "missing ${pkgs[*]}; as root, run: apt-get install -y --no-install-recommends ${pkgs[*]}"
-  log "installing ${pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  out=$(apt-get install -y --no-install-recommends "${pkgs[@]}" 2>&1) ||
-    out=$( { apt-get update -qq && apt-get install -y --no-install-recommends "${pkgs[@]}"; } 2>&1) ||
-    { echo "$out" | tail -n 20 >&2; die "failed to install ${pkgs[*]}"; }
+  apt_install "${pkgs[@]}"
 }
 install_missing
 [ -x "$NODE" ] || { log "node_modules missing: npm ci"; npm ci --no-audit --no-fund >&2; }
