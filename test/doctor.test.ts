@@ -172,7 +172,7 @@ t.test('memory for the configured tuning: larger packs need more', async (t) => 
   const tuning = { packSize: 64 * MiB, uploadConcurrency: 4 }
   await writeFile(path, JSON.stringify({ queueUrl: 'https://sqs.us-east-1.amazonaws.com/1/q', replyQueueUrl: 'https://sqs.us-east-1.amazonaws.com/1/r', repository: 's3://b/p', concurrency: 2, tuning }))
   const perTask = memoryPerTask(withDefaults(tuning))
-  t.equal(perTask, 16 * MiB + 6 * 64 * MiB + 32 * MiB, 'reads, six packs of 64 MiB, and the buffers')
+  t.equal(perTask, 16 * MiB + 5 * 64 * MiB + 32 * MiB, 'reads, five packs of 64 MiB (four uploading, one filling), and the buffers')
   const facts = (mem: number) => ({ memAvailable: async () => mem, freeDisk: async () => 0 })
   t.match(await doctor({ configPath: path, only: ['memory'], system: facts(MEMORY_BASE + 2 * perTask) }), [{ status: 'ok' }])
   t.match(await doctor({ configPath: path, only: ['memory'], system: facts(MEMORY_BASE + 2 * MEMORY_PER_TASK) }), [{ status: 'problem', fix: /lower concurrency to 0/ }],

@@ -10,23 +10,29 @@ export interface Tuning {
   readConcurrency: number
   /** Packs uploading at once during a backup. */
   uploadConcurrency: number
-  /** A pack is sealed once it reaches this many bytes. */
+  /**
+   * A pack is sealed once it reaches this many bytes. 8 MiB: one PUT each (cheaper in requests than
+   * a 16 MiB pack's multipart upload), and (uploads + 1) pack buffers stay small.
+   */
   packSize: number
   /** zstd level of new blobs: 1 is within a few percent of 3's ratio on disk data, at about twice the speed. */
   compressionLevel: number
   /** Ranged GETs in flight during a restore or a verify. */
   restoreConcurrency: number
-  /** Upper bound of one coalesced GET: a 16 MiB pack may hold one more blob, so 20 MiB takes a whole pack. */
+  /**
+   * Upper bound of one coalesced GET: 8 MiB, the size AWS suggests for ranged GETs, and with 8
+   * in flight 64 MiB of request buffers (a whole 16 MiB pack per GET would be 160 MiB).
+   */
   maxRequestBytes: number
 }
 
 export const DEFAULT_TUNING: Readonly<Tuning> = Object.freeze({
   readConcurrency: 16,
   uploadConcurrency: 4,
-  packSize: 16 * MiB,
+  packSize: 8 * MiB,
   compressionLevel: 1,
   restoreConcurrency: 8,
-  maxRequestBytes: 20 * MiB,
+  maxRequestBytes: 8 * MiB,
 })
 
 /** The bounds each knob is checked against, wherever it comes from (inclusive). */

@@ -30,12 +30,12 @@ export interface SystemFacts {
 export const MiB = 1024 * 1024
 /**
  * Memory a task needs with this tuning (README, "How it works"): a backup holds its reads in
- * flight × the chunk size + (uploads + 2) × the pack size, a restore its GETs in flight × (the
+ * flight × the chunk size + (uploads + 1) × the pack size, a restore its GETs in flight × (the
  * largest request + a chunk); the larger of the two, and 32 MiB for the SDK's and zstd's buffers.
- * At the defaults: max(16 × 1 + 6 × 16, 8 × (20 + 1)) + 32 = 200 MiB.
+ * At the defaults: max(16 × 1 + 5 × 8, 8 × (8 + 1)) + 32 = 104 MiB.
  */
 export function memoryPerTask(t: Tuning, chunkSize = DEFAULT_CHUNK_SIZE): number {
-  const backup = t.readConcurrency * chunkSize + (t.uploadConcurrency + 2) * t.packSize
+  const backup = t.readConcurrency * chunkSize + (t.uploadConcurrency + 1) * t.packSize
   const restore = t.restoreConcurrency * (t.maxRequestBytes + chunkSize)
   return Math.max(backup, restore) + 32 * MiB
 }

@@ -12,6 +12,7 @@ import { openForRead, readAt } from '../device/block-device.ts'
 import { dataExtents } from '../device/extents.ts'
 import type { BackupStats, ManifestV2 } from '../repo/manifest.ts'
 import type { Repository } from '../repo/repository.ts'
+import { sharedBuffer } from '../repo/codec.ts'
 import { dropCheckpoint, loadCheckpoint, underCheckpoints } from './checkpoint.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
 
@@ -118,11 +119,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       drain: () => writer.abandon(),
     }, async (gate) => {
       // Read buffers are reused: one per reader, so memory does not depend on the volume size.
+      // They are shared with the codec threads, which hash and encode each chunk where it was read.
       const buffers: Buffer[] = []
       await forEachConcurrent(offsets(), options.readConcurrency ?? DEFAULT_TUNING.readConcurrency, async (offset) => {
         await gate?.enter()
         const length = chunkLength(size, chunkSize, offset / chunkSize)
-        const whole = buffers.pop() ?? Buffer.allocUnsafeSlow(chunkSize)
+        const whole = buffers.pop() ?? sharedBuffer(chunkSize)
         try {
           const buf = whole.subarray(0, length)
           const got = await readAt(device.handle, buf, offset).catch((err: unknown) => {

@@ -10,6 +10,9 @@
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import type { Stretch } from '../core/plan.ts'
 import { chunkCount, chunkLength } from '../core/geometry.ts'
+import pLimit from 'p-limit'
+import { sealBound, sharedBuffer } from './codec.ts'
+import { codecThreadCount } from './codec-threads.ts'
 import type { DedupWindow } from './dedup-window.ts'
 import { newBackupId, treeChecksum, type BackupStats, type ManifestV2 } from './manifest.ts'
 import { PackWriter } from './pack-writer.ts'
@@ -108,6 +111,9 @@ export class BackupWriter {
   readonly #lease: Lease | null
   readonly #condemned: ReadonlySet<string>
   readonly #time: Date | null
+  /** Output buffers of chunk encodings, one per encoding in flight. */
+  readonly #sealBuffers: Buffer[] = []
+  readonly #sealing = pLimit(2 * codecThreadCount())
 
   /** Use Repository.startBackup. */
   constructor(repo: Repository, window: DedupWindow, options: BackupWriterOptions) {
@@ -207,12 +213,13 @@ export class BackupWriter {
     this.stats.bytesRead += length
     let outcome: ChunkOutcome
     let ref: BlobRef
-    if (isZero(data)) {
+    // Zero test and id on a codec thread when `data` is shared (the pipeline's read buffers are).
+    const id = await this.#repo.codec.identifyChunk(data)
+    if (!id) {
       this.stats.chunksZero++
       outcome = 'zero'
       ref = ZERO_REF
     } else {
-      const id = this.#repo.chunkId(data)
       const theirs = await this.#parentEntry(i, length)
       const known = this.#usable(theirs && theirs.id.equals(id) ? theirs : null) ?? this.#usable(this.#window.get(id))
       if (known) {
@@ -222,7 +229,16 @@ export class BackupWriter {
       } else {
         this.stats.chunksNew++
         this.stats.bytesNew += length
-        ref = await this.#data.add(id, await this.#repo.codec.encodeParts('chunk', data), length)
+        // Encoded on a codec thread into a reused shared buffer, then copied into the pack. Two
+        // encodings per thread in flight keep the threads busy; more would only hold buffers.
+        ref = await this.#sealing(async () => {
+          const out = this.#sealBuffers.pop() ?? sharedBuffer(sealBound(this.chunkSize))
+          try {
+            return await this.#data.add(id, [await this.#repo.codec.sealChunk(data, out)], length)
+          } finally {
+            this.#sealBuffers.push(out)
+          }
+        })
         // Two identical chunks of this backup are stored once (while the window has room).
         this.#window.add(ref)
         outcome = 'new'
@@ -380,15 +396,4 @@ export class BackupWriter {
   #throwIfFailed(): void {
     if (this.#failure !== null) throw this.#failure
   }
-}
-
-const ZEROS = Buffer.alloc(1024 * 1024)
-
-/** Whether a buffer holds only zero bytes (compared a MiB at a time, natively). */
-function isZero(data: Buffer): boolean {
-  for (let at = 0; at < data.length; at += ZEROS.length) {
-    const n = Math.min(ZEROS.length, data.length - at)
-    if (!data.subarray(at, at + n).equals(ZEROS.subarray(0, n))) return false
-  }
-  return true
 }

@@ -8,7 +8,8 @@ import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
 import { chunkLength } from '../core/geometry.ts'
 import type { ChunkList } from './chunk-list.ts'
-import { decodeBufferSize } from './codec.ts'
+import { decodeBufferSize, sharedBuffer } from './codec.ts'
+import { codecThreadCount } from './codec-threads.ts'
 import type { Manifest } from './manifest.ts'
 import type { Repository } from './repository.ts'
 import { isZeroRef, type BlobRef } from './tree.ts'
@@ -126,10 +127,13 @@ export async function readWindows(
 ): Promise<ReadCounters> {
   const counters = options.counters ?? { bytesFetched: 0, chunksVerified: 0, requests: 0 }
   const windowChunks = Math.max(list.leafChunks, Math.floor((options.windowChunks ?? DEFAULT_WINDOW_CHUNKS) / list.leafChunks) * list.leafChunks)
-  // Request and decompression buffers are reused (one per GET in flight) across windows: fresh
-  // 16 MiB buffers would cost a page fault per 4 KiB and garbage collection.
+  // Request and decode buffers are reused across windows (fresh 16 MiB buffers would cost a
+  // page fault per 4 KiB and garbage collection), and shared with the codec threads, which
+  // decrypt, decompress and verify each chunk where it landed. Decode buffers: enough chunks in
+  // flight to keep every codec thread busy, a few per request.
   const buffers: Buffer[] = []
   const plainBuffers: Buffer[] = []
+  const decodesPerRequest = Math.max(2, Math.ceil((2 * codecThreadCount()) / options.concurrency))
   const start = Math.floor((options.from ?? 0) / list.leafChunks)
   for (let leaf = start; leaf < list.leaves; leaf += windowChunks / list.leafChunks) {
     options.signal?.throwIfAborted()
@@ -151,13 +155,11 @@ export async function readWindows(
     await forEachConcurrent(requests, options.concurrency, async (req) => {
       await options.gate?.enter()
       let buffer = buffers.pop()
-      if (!buffer || buffer.length < bufferBytes) buffer = Buffer.allocUnsafeSlow(bufferBytes)
-      const plainBuffer = plainBuffers.pop() ?? Buffer.allocUnsafeSlow(decodeBufferSize(manifest.chunkSize))
+      if (!buffer || buffer.length < bufferBytes) buffer = sharedBuffer(bufferBytes)
       try {
-        await fetchRequest(req, buffer, plainBuffer)
+        await fetchRequest(req, buffer)
       } finally {
         buffers.push(buffer)
-        plainBuffers.push(plainBuffer)
         options.gate?.leave()
       }
     }, options.signal)
@@ -166,7 +168,7 @@ export async function readWindows(
   }
   return counters
 
-  async function fetchRequest(req: RangeRequest, buffer: Buffer, plainBuffer: Buffer): Promise<void> {
+  async function fetchRequest(req: RangeRequest, buffer: Buffer): Promise<void> {
     let data: Buffer | null
     try {
       data = await repo.readPackRange(req.pack, req.offset, req.length, buffer)
@@ -176,7 +178,9 @@ export async function readWindows(
       if (!(err instanceof EbsWorkerError && err.code === ErrorCode.ChunkMissing && (await repo.loadMoved(req.pack)))) throw atChunk(manifest, req.chunks[0]!, err)
       data = null
     }
-    for (const chunk of req.chunks) {
+    // The chunks of one ranged read are decoded side by side (each blob is a view of `buffer`).
+    // Chunks read one by one from where a prune moved them share `buffer`: one at a time.
+    await forEachConcurrent(req.chunks, data ? decodesPerRequest : 1, async (chunk) => {
       let blob: Buffer
       if (data) blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
       else {
@@ -187,18 +191,22 @@ export async function readWindows(
         }
         counters.bytesFetched += blob.length
       }
-      let plain: Buffer
-      try {
-        plain = await repo.decodeChunk(blob, chunk.id, chunk.rawLength, plainBuffer)
-      } catch (err) {
-        throw atChunk(manifest, chunk, err)
-      }
       const expected = chunkLength(manifest.size, manifest.chunkSize, chunk.targets[0]!)
-      if (plain.length !== expected) throw atChunk(manifest, chunk, new Error(`holds ${plain.length} bytes, expected ${expected}`))
-      counters.chunksVerified++
-      // A chunk is a view of the request buffer or of plainBuffer: the sink is done with it before reuse.
-      await sink.chunk(chunk.targets, plain)
-    }
+      const plainBuffer = plainBuffers.pop() ?? sharedBuffer(decodeBufferSize(manifest.chunkSize))
+      try {
+        let plain: Buffer
+        try {
+          plain = await repo.decodeChunk(blob, chunk.id, expected, plainBuffer)
+        } catch (err) {
+          throw atChunk(manifest, chunk, err)
+        }
+        counters.chunksVerified++
+        // A chunk is a view of plainBuffer: the sink is done with it before reuse.
+        await sink.chunk(chunk.targets, plain)
+      } finally {
+        plainBuffers.push(plainBuffer)
+      }
+    }, options.signal)
   }
 }
 

@@ -1,5 +1,6 @@
 // Turns a stream of encoded blobs into uploaded packs, with a bounded number of packs in flight:
-// memory is (concurrency + 2) pack buffers, whatever the volume size. For data packs, each
+// memory is (concurrency + 1) pack buffers (those uploading and the one being filled), whatever
+// the volume size. For data packs, each
 // pack's index run is written as soon as the pack is durable, so a backup killed midway leaves
 // packs the next backup finds (its dedup window loads the newest runs) and reuses; every
 // CONSOLIDATE entries, and at the end, those runs are folded into one sorted run, so a backup
@@ -7,6 +8,7 @@
 // (chunk-list nodes) are not indexed: their nodes are found through the references that lead
 // to them.
 import type { BlobRef } from './tree.ts'
+import { sharedBuffer } from './codec.ts'
 import { PackBuilder } from './pack.ts'
 import type { Repository } from './repository.ts'
 
@@ -44,16 +46,23 @@ export class PackWriter {
 
   /**
    * Copies a blob into the current pack (the parts may be reused once this resolves) and says
-   * where it will be; then waits while too many packs are uploading: backpressure on the readers.
-   * The blob is durable once flush() or finish() has resolved.
+   * where it will be. A blob that would start a new pack while `concurrency` packs are uploading
+   * waits for one of them: backpressure on the readers, and at most `concurrency` + 1 pack
+   * buffers. The blob is durable once flush() or finish() has resolved.
    */
   async add(id: Buffer, parts: readonly Buffer[], rawLength: number): Promise<BlobRef> {
     this.#throwIfFailed()
-    if (this.#builder.bytes > 0 && this.#builder.bytes + partsLength(parts) > this.#builder.buffer.length - 64 * 1024) this.#seal()
+    const length = partsLength(parts)
+    while (this.#builder.bytes > 0 && (this.#builder.sealedBound >= this.#options.packSize || this.#builder.bytes + length > this.#builder.buffer.length - 64 * 1024)) {
+      if (this.#inflight.size < this.#options.concurrency) {
+        this.#seal()
+        break
+      }
+      await Promise.race(this.#inflight)
+      this.#throwIfFailed()
+    }
     const ref = this.#builder.add(id, parts, rawLength)
-    if (this.#builder.sealedBound >= this.#options.packSize) this.#seal()
-    while (this.#inflight.size > this.#options.concurrency) await Promise.race(this.#inflight)
-    this.#throwIfFailed()
+    if (this.#builder.sealedBound >= this.#options.packSize && this.#inflight.size < this.#options.concurrency) this.#seal()
     return ref
   }
 
@@ -87,7 +96,8 @@ export class PackWriter {
 
   #newBuilder(): PackBuilder {
     const capacity = this.#options.packSize + this.#options.maxBlobBytes + 64 * 1024
-    return new PackBuilder(this.#free.pop() ?? Buffer.allocUnsafeSlow(capacity), { tree: this.#options.tree ?? false })
+    // Shared with the codec threads, which hash a sealed pack for its upload.
+    return new PackBuilder(this.#free.pop() ?? sharedBuffer(capacity), { tree: this.#options.tree ?? false })
   }
 
   #seal(): void {

@@ -13,7 +13,7 @@
 // Under Object Lock (config.objectLock) the config, keys, packs, index runs, manifests and moved
 // records are written locked for the repository's period; the records that are rewritten or
 // deleted as work goes on (checkpoints, tasks, locks, condemned lists) are not.
-import { createHash, createHmac, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import pLimit from 'p-limit'
 import { z } from 'zod'
 import { BlobCodec, type BlobKind } from './codec.ts'
@@ -261,7 +261,6 @@ export class Repository {
   readonly backend: Backend
   config: RepositoryConfig
   readonly codec: BlobCodec
-  readonly #idKey: Buffer | null
   /** The master secret of an encrypted repository: new keys wrap it (`key add`). */
   readonly #secret: Buffer | null
   /** Which key opened it: `config`, the id of one under keys/, or null (not encrypted). */
@@ -273,8 +272,7 @@ export class Repository {
     this.config = config
     this.#secret = secret
     this.keyInUse = keyInUse
-    this.codec = new BlobCodec({ key: keys?.encryption ?? null, compressionLevel: level, maxChunkBytes: config.chunkSize })
-    this.#idKey = keys?.chunkId ?? null
+    this.codec = new BlobCodec({ key: keys?.encryption ?? null, idKey: keys?.chunkId ?? null, compressionLevel: level, maxChunkBytes: config.chunkSize })
   }
 
   get chunkSize(): number {
@@ -358,12 +356,12 @@ export class Repository {
   }
 
   /**
-   * Content address of a chunk: SHA-256, or HMAC-SHA256 with a derived key when encrypted.
-   * Synchronous on purpose: with SHA extensions it runs at GB/s, and WebCrypto's off-thread
-   * digest copies its input first, which measured no faster in total.
+   * Content address of a chunk or node: SHA-256, or HMAC-SHA256 with a derived key when
+   * encrypted. On the calling thread: for the small blobs and checks; a backup's chunks are
+   * identified on the codec threads (codec.identifyChunk).
    */
   chunkId(data: Buffer): Buffer {
-    return this.#idKey ? createHmac('sha256', this.#idKey).update(data).digest() : createHash('sha256').update(data).digest()
+    return this.codec.chunkId(data)
   }
 
   /** The format version: 2, or 1 for a repository not yet migrated (read only). */
@@ -444,7 +442,9 @@ export class Repository {
     const trailer = await this.codec.encode('pack-trailer', builder.trailerPlaintext())
     const data = builder.finish(trailer)
     if (data.length > MAX_PACK_BYTES) throw new Error('pack exceeds 4 GiB')
-    await this.backend.put(packObject(builder.id), data, this.#locked())
+    // The body's hash for the upload's signature, on a codec thread (pack buffers are shared).
+    const sha256 = this.backend.usesBodySha256 ? (await this.codec.bodySha256(data)).toString('hex') : undefined
+    await this.backend.put(packObject(builder.id), data, { ...this.#locked(), ...(sha256 ? { sha256 } : {}) })
     return data.length
   }
 
@@ -469,13 +469,9 @@ export class Repository {
     return buf
   }
 
-  /** Decodes one chunk blob and proves it is the chunk `id`; `into`: see BlobCodec.decode. */
-  async decodeChunk(blob: Buffer, id: Buffer, rawLength: number, into?: Buffer): Promise<Buffer> {
-    const plain = await this.codec.decode('chunk', blob, rawLength, into)
-    if (!this.chunkId(plain).equals(id)) {
-      throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `chunk ${id.toString('hex').slice(0, 16)}… does not match its id`)
-    }
-    return plain
+  /** Decodes one chunk blob into `into` and proves it is the chunk `id` (on a codec thread when both are shared buffers). */
+  async decodeChunk(blob: Buffer, id: Buffer, rawLength: number, into: Buffer): Promise<Buffer> {
+    return await this.codec.openChunk(blob, id, rawLength, into)
   }
 
   /**

@@ -1,72 +1,77 @@
-// Pooled zstd contexts on node:zlib's internals. zlib's one-shot zstdCompress()/zstdDecompress()
-// make a context, a chunk-sized output buffer and a joined copy of the result for every call:
-// three allocations of about a chunk each, which at hundreds of chunks per second made V8 run a
-// full garbage collection every ~20 chunks (external memory pressure). Here a stream's own
-// processing writes each frame into a buffer chosen per call. This is the one module that relies
-// on node:zlib's private members (_processChunk, _outBuffer, _outOffset, _chunkSize, push), those
-// of Node 24, which package.json pins; test/zstd.test.ts fails if Node changes them. A mismatch
-// that slipped through would fail loudly rather than corrupt data: frames carry their content
-// checksum and every chunk is checked against its id on restore.
+// zstd contexts reused frame after frame, run synchronously into buffers the caller chooses.
+// node:zlib's one-shot zstdCompressSync()/zstdDecompressSync() make a context, an output buffer
+// and a joined copy of the result per call, and close the context: at hundreds of chunks per
+// second that is three chunk-sized allocations each and a full garbage collection every few
+// dozen chunks. Here one context per thread (blob-format.ts runs on the codec threads,
+// codec-threads.ts) writes each whole frame straight where it goes.
+//
+// This is the one module that relies on node:zlib's private members: a stream's native `_handle`
+// (its writeSync and onerror) and `_writeState`, those of Node 24, which package.json pins;
+// test/zstd.test.ts fails if Node changes them. A mismatch that slipped through would fail loudly
+// rather than corrupt data: frames carry their content checksum and every chunk is checked
+// against its id on restore.
 import zlib from 'node:zlib'
 
-/** A compressor's sample buffer: SAMPLES slices of SAMPLE_BYTES (codec.ts, worthCompressing). */
-export const SAMPLE_BYTES = 4096
-export const SAMPLES = 8
+/** The parts of a node:zlib stream this module uses (Node 24). */
+export interface ZlibInternals {
+  _handle: {
+    writeSync(flush: number, input: Uint8Array, inOff: number, inLen: number, out: Uint8Array, outOff: number, outLen: number): void
+    onerror: (message: string, errno: number) => void
+  }
+  /** After writeSync: [output bytes still free, input bytes not consumed]. */
+  _writeState: Uint32Array
+}
 
-/** One zstd context and its output buffer, reused chunk after chunk. */
-export class ZstdRunner {
-  readonly #stream: ZlibInternals
-  #own = Buffer.allocUnsafeSlow(0)
-  #pieces: Buffer[] = []
-  #pending: ((err: Error | null) => void) | null = null
-  /** Set once the stream failed: it is then dropped from the pool. */
-  failure: Error | null = null
+/** The largest zstd frame of `n` input bytes, with room for its header and checksum. */
+export function compressBound(n: number): number {
+  return n + (n >> 7) + 1024
+}
+
+/** One zstd context: a whole frame in, a whole frame out, each call. */
+class ZstdContext {
+  readonly #stream: zlib.ZstdCompress | zlib.ZstdDecompress
+  readonly #internals: ZlibInternals
+  #error: string | null = null
+  /** Set once the context failed or was left mid-frame: it must then be replaced. */
+  broken = false
 
   constructor(stream: zlib.ZstdCompress | zlib.ZstdDecompress) {
-    this.#stream = stream as unknown as ZlibInternals
-    // Output is collected here, not through the stream's readable side.
-    this.#stream.push = (piece: Buffer | null) => {
-      if (piece) this.#pieces.push(piece)
-      return true
+    this.#stream = stream
+    this.#internals = stream as unknown as ZlibInternals
+    // node:zlib reports a failure (a damaged frame) through the handle's onerror, synchronously.
+    this.#internals._handle.onerror = (message: string) => {
+      this.#error = message
     }
-    // node:zlib reports a failure (a damaged frame) by destroying the stream, without calling back.
-    stream.on('error', (err: Error) => {
-      this.failure = err
-      this.#pending?.(err)
-    })
   }
 
   /**
-   * Runs one whole frame through the context: the output as views of `out` (or of the runner's
-   * own buffer of `size` bytes), valid until the runner's next use. More than one piece when the
-   * output did not fit (node:zlib then goes on in buffers of its own).
+   * Runs `input` through as one frame into `out` at `at`; returns the bytes written. Throws (and
+   * is broken from then on) on a damaged frame, or when the output did not fit in `out` — which
+   * must therefore have at least one byte to spare.
    */
-  run(input: Buffer, out: Buffer | null, size: number): Promise<Buffer[]> {
-    if (!out) {
-      if (this.#own.length < size) this.#own = Buffer.allocUnsafeSlow(size)
-      out = this.#own
+  protected run(input: Uint8Array, out: Uint8Array, at: number): number {
+    if (this.broken) throw new Error('zstd context used after a failure')
+    const room = out.length - at
+    this.#internals._handle.writeSync(zlib.constants.ZSTD_e_end, input, 0, input.length, out, at, room)
+    const [freeOut, leftIn] = this.#internals._writeState as unknown as [number, number]
+    if (this.#error !== null) {
+      this.broken = true
+      throw new Error(this.#error)
     }
-    const s = this.#stream
-    s._outBuffer = out
-    s._outOffset = 0
-    s._chunkSize = out.length
-    this.#pieces = []
-    return new Promise<Buffer[]>((resolve, reject) => {
-      if (this.failure) return reject(this.failure)
-      this.#pending = (err) => {
-        this.#pending = null
-        if (err) reject(err)
-        else resolve(this.#pieces)
-      }
-      s._processChunk(input, zlib.constants.ZSTD_e_end, () => this.#pending?.(this.failure))
-    })
+    // Output that filled the buffer may not be the whole frame: the context is mid-frame now.
+    if (freeOut === 0 || leftIn !== 0) {
+      this.broken = true
+      throw new Error(`zstd output larger than the ${room} bytes expected`)
+    }
+    return room - freeOut
+  }
+
+  close(): void {
+    this.#stream.close()
   }
 }
 
-export class Compressor extends ZstdRunner {
-  /** Where worthCompressing gathers its sample (one per pooled compressor). */
-  readonly sample = Buffer.allocUnsafeSlow(SAMPLE_BYTES * SAMPLES)
-
+export class ZstdCompressor extends ZstdContext {
   constructor(level: number) {
     super(zlib.createZstdCompress({
       params: {
@@ -76,25 +81,48 @@ export class Compressor extends ZstdRunner {
     }))
   }
 
-  /** One zstd frame of `plain`, as views of the compressor's buffer (valid until its next use). */
-  compress(plain: Buffer): Promise<Buffer[]> {
-    // zstd's bound for one frame, plus room for its header and checksum.
-    return this.run(plain, null, plain.length + (plain.length >> 7) + 1024)
+  /** One frame of `plain` into `out` at `at` (room for compressBound(plain.length) needed). */
+  compress(plain: Uint8Array, out: Uint8Array, at = 0): number {
+    return this.run(plain, out, at)
   }
 }
 
-export class Decompressor extends ZstdRunner {
+export class ZstdDecompressor extends ZstdContext {
   constructor() {
     super(zlib.createZstdDecompress())
   }
+
+  /**
+   * One whole frame into `out` at `at`; returns the bytes written. A truncated frame ends short
+   * without an error from zstd: its caller checks the length it expected (and the context, left
+   * mid-frame, is marked broken by a `short` result).
+   */
+  decompress(frame: Uint8Array, out: Uint8Array, at = 0, expected?: number): number {
+    const n = this.run(frame, out, at)
+    if (expected !== undefined && n !== expected) {
+      this.broken = true
+      throw new Error(`frame holds ${n} bytes, expected ${expected}`)
+    }
+    return n
+  }
 }
 
-/** The parts of node:zlib's stream classes the pooled codecs use (Node 24). */
-export interface ZlibInternals {
-  _outBuffer: Buffer
-  _outOffset: number
-  _chunkSize: number
-  _processChunk(chunk: Buffer, flushFlag: number, cb: () => void): void
-  push(chunk: Buffer | null): boolean
+/**
+ * The content size a zstd frame announces in its header (RFC 8878, 3.1.1.1), or null when it
+ * does not (our frames do: they are compressed in one call).
+ */
+export function frameContentSize(frame: Uint8Array): number | null {
+  if (frame.length < 6 || frame[0] !== 0x28 || frame[1] !== 0xb5 || frame[2] !== 0x2f || frame[3] !== 0xfd) return null
+  const fhd = frame[4]!
+  const fcsFlag = fhd >> 6
+  const singleSegment = (fhd >> 5) & 1
+  const dictIdBytes = [0, 1, 2, 4][fhd & 3]!
+  const fcsBytes = [singleSegment ? 1 : 0, 2, 4, 8][fcsFlag]!
+  if (fcsBytes === 0) return null
+  let at = 5 + (singleSegment ? 0 : 1) + dictIdBytes
+  if (frame.length < at + fcsBytes) return null
+  let size = 0
+  for (let i = fcsBytes - 1; i >= 0; i--) size = size * 256 + frame[at + i]!
+  at += fcsBytes
+  return fcsBytes === 2 ? size + 256 : size
 }
-

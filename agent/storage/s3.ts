@@ -38,11 +38,13 @@ export interface S3BackendOptions {
   partConcurrency?: number
 }
 
-export const DEFAULT_PART_SIZE = 8 * 1024 * 1024
+// A default pack (8 MiB, plus its last blob and trailer) goes up as one PutObject.
+export const DEFAULT_PART_SIZE = 16 * 1024 * 1024
 const MIN_PART_SIZE = 5 * 1024 * 1024
 
 export class S3Backend implements Backend {
   readonly url: string
+  readonly usesBodySha256 = true
   readonly client: S3Client
   /** Attempts per request (the SDK's), and per read whose body broke (storage/retry.ts). */
   readonly maxAttempts: number
@@ -139,7 +141,18 @@ export class S3Backend implements Backend {
     const params = { Bucket: this.#bucket, Key: this.#key(name), Body: data, ...lock }
     try {
       if (options.ifAbsent || data.length <= this.#partSize) {
-        await this.client.send(new PutObjectCommand(options.ifAbsent ? { ...params, IfNoneMatch: '*' } : params))
+        const command = new PutObjectCommand(options.ifAbsent ? { ...params, IfNoneMatch: '*' } : params)
+        const sha256 = options.sha256
+        // SigV4 takes a body hash given in x-amz-content-sha256 as it is (UNSIGNED-PAYLOAD over
+        // TLS, set after this, wins: then nothing is hashed).
+        if (sha256) {
+          command.middlewareStack.add((next) => async (args) => {
+            const headers = (args.request as { headers?: Record<string, string> }).headers
+            if (headers) headers['x-amz-content-sha256'] = sha256
+            return next(args)
+          }, { step: 'build', name: 'ebsWorkerBodySha256', priority: 'high' })
+        }
+        await this.client.send(command)
         return
       }
       // Explicit part size: lib-storage's default (5 MiB) would mean many small requests per

@@ -21,6 +21,11 @@ export interface PutOptions {
   ifAbsent?: boolean
   /** Store this version under Object Lock until then; only a storage with `versions` can. */
   retention?: Retention
+  /**
+   * The body's SHA-256 (hex), when the caller has it: an S3 upload's signature needs it, which
+   * the SDK would otherwise compute itself, on the main thread.
+   */
+  sha256?: string
 }
 
 /**
@@ -87,6 +92,8 @@ export interface Backend {
   getRange(name: string, offset: number, length: number, into?: Buffer): Promise<Buffer>
   /** Stores an object; large ones go up as multipart uploads with the backend's part size. */
   put(name: string, data: Buffer, options?: PutOptions): Promise<void>
+  /** Whether put() can use the body's SHA-256 (PutOptions.sha256): S3's signature needs one. */
+  readonly usesBodySha256?: boolean
   /**
    * Every object whose name starts with `prefix`, in no particular order; with `startAfter`,
    * only those whose name sorts after it (S3 skips the others server-side).

@@ -1,0 +1,80 @@
+// The codec threads (agent/repo/codec-threads.ts) do the CPU work on chunks in shared buffers:
+// what they encode is the blob format the main thread's engine reads and the other way round,
+// ids are the same, damage is reported as such, the work is spread over the pool's threads, and
+// a thread that dies fails only its own requests.
+import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import { BlobCodec, decodeBufferSize, sealBound, sharedBuffer } from '../agent/repo/codec.ts'
+import { CodecThreads } from '../agent/repo/codec-threads.ts'
+
+const MiB = 1024 * 1024
+
+function shared(data: Buffer): Buffer {
+  const b = sharedBuffer(data.length)
+  data.copy(b)
+  return b
+}
+
+const text = Buffer.from('ebs-worker moves blocks. '.repeat(50_000)).subarray(0, MiB)
+const random = randomBytes(MiB)
+const short = Buffer.from('a short last chunk '.repeat(100))
+const mixed = Buffer.concat([randomBytes(MiB / 2), Buffer.alloc(MiB / 2, 'z')])
+
+for (const encrypted of [true, false]) {
+  t.test(`${encrypted ? 'encrypted' : 'plain'} repository: threads and the main thread speak one format`, async (t) => {
+    const threads = new CodecThreads(2)
+    t.teardown(() => threads.close())
+    const options = { key: encrypted ? randomBytes(32) : null, idKey: encrypted ? randomBytes(32) : null, compressionLevel: 1, maxChunkBytes: MiB, threads }
+    const codec = new BlobCodec(options)
+    for (const [name, data] of [['text', text], ['random', random], ['short', short], ['mixed', mixed]] as const) {
+      const input = shared(data)
+      const id = await codec.identifyChunk(input)
+      t.same(id, codec.chunkId(data), `${name}: the thread's id is the main thread's`)
+      const blob = await codec.sealChunk(input, sharedBuffer(sealBound(data.length)))
+      t.ok(blob.buffer instanceof SharedArrayBuffer, `${name}: encoded in place, in the shared buffer`)
+      if (name === 'text') t.ok(blob.length < data.length / 5, 'text is compressed')
+      if (name === 'random') t.ok(blob.length <= data.length + 29, 'random data is stored raw')
+      // Thread-encoded, main-decoded; main-encoded, thread-decoded.
+      t.same(await codec.openChunk(Buffer.from(blob), id!, data.length, Buffer.alloc(decodeBufferSize(data.length))), data, `${name}: the main thread reads what a thread wrote`)
+      const mainBlob = await codec.sealChunk(Buffer.from(data), Buffer.alloc(sealBound(data.length)))
+      const back = await codec.openChunk(shared(mainBlob), id!, data.length, sharedBuffer(decodeBufferSize(data.length)))
+      t.same(back, data, `${name}: a thread reads what the main thread wrote`)
+    }
+    t.equal(await codec.identifyChunk(sharedBuffer(MiB)), null, 'a zero chunk has no id: it is not stored')
+  })
+}
+
+t.test('damage and a wrong id are CHUNK_CORRUPT, from a thread too', async (t) => {
+  const threads = new CodecThreads(1)
+  t.teardown(() => threads.close())
+  const codec = new BlobCodec({ key: randomBytes(32), idKey: randomBytes(32), compressionLevel: 1, maxChunkBytes: MiB, threads })
+  const input = shared(text)
+  const id = (await codec.identifyChunk(input))!
+  const blob = shared(await codec.sealChunk(input, sharedBuffer(sealBound(MiB))))
+  const out = sharedBuffer(decodeBufferSize(MiB))
+  for (const at of [0, 5, 40, blob.length - 3]) {
+    const damaged = shared(blob)
+    damaged[at]! ^= 0x04
+    await t.rejects(codec.openChunk(damaged, id, MiB, out), { code: 'CHUNK_CORRUPT' }, `a flipped bit at ${at}`)
+  }
+  await t.rejects(codec.openChunk(blob, randomBytes(32), MiB, out), { code: 'CHUNK_CORRUPT', message: /does not match its id/ }, 'another id')
+  await t.rejects(codec.openChunk(blob, id, MiB - 1, out), { code: 'CHUNK_CORRUPT' }, 'another length')
+  const other = new BlobCodec({ key: randomBytes(32), idKey: randomBytes(32), compressionLevel: 1, maxChunkBytes: MiB, threads })
+  await t.rejects(other.openChunk(blob, id, MiB, out), { code: 'CHUNK_CORRUPT', message: /authentication failed/ }, 'another key')
+  t.same(await codec.openChunk(blob, id, MiB, out), text, 'and the thread still works after those')
+})
+
+t.test('work is spread over every thread of the pool, and a dead thread is replaced', async (t) => {
+  const threads = new CodecThreads(3)
+  t.teardown(() => threads.close())
+  const codec = new BlobCodec({ key: randomBytes(32), idKey: randomBytes(32), compressionLevel: 1, maxChunkBytes: MiB, threads })
+  const inputs = Array.from({ length: 12 }, () => shared(randomBytes(MiB)))
+  const blobs = await Promise.all(inputs.map((d) => codec.sealChunk(d, sharedBuffer(sealBound(MiB)))))
+  t.equal(threads.running, 3, 'twelve chunks at once started all three threads')
+  t.equal(blobs.length, 12)
+  await threads.close()
+  t.equal(threads.running, 0, 'closed')
+  const id = await codec.identifyChunk(inputs[0]!)
+  t.same(id, codec.chunkId(inputs[0]!), 'the next request starts a thread again')
+  t.equal(threads.running, 1)
+})
