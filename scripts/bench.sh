@@ -57,24 +57,11 @@ for p in $PROTOCOLS; do
 done
 
 # --- work directory and test bed; both go away on exit, whatever happens ---------------------
-mkdir -p "$BASE" bench-results
-WORK=$(mktemp -d "$BASE/ebs-worker-bench-XXXXXX")
-mkdir -p "$WORK/logs"
-TESTBED_DIR=
-cleanup() {
-  local rc=$?
-  [ -z "$TESTBED_DIR" ] || scripts/testbed.sh stop "$TESTBED_DIR" >/dev/null 2>&1 || true
-  if [ "${BENCH_KEEP:-0}" = 1 ] || [ $rc != 0 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 max_gib=$(printf '%s\n' $SIZES | sort -g | tail -n 1)
 # Buckets are emptied after each tool, but a large image still needs room for one full copy plus
-# what RGW's garbage collection has not handed back yet.
-export MEMSTORE_BYTES=${MEMSTORE_BYTES:-$(awk -v g="$max_gib" 'BEGIN { printf "%.0f", (2 * g + 4) * 2^30 }')}
-# TESTBED_TLS=1 puts haproxy (TLS, a throwaway CA) in front of RGW; its other endpoint stays plain http.
-eval "$(TESTBED_TLS=$TLS scripts/testbed.sh start)"
+# what RGW's garbage collection has not handed back yet.  TLS=1 puts haproxy (TLS, a throwaway CA)
+# in front of RGW; its other endpoint stays plain http.
+bench_start bench "$TLS" "$(awk -v g="$max_gib" 'BEGIN { printf "%.0f", (2 * g + 4) * 2^30 }')"
 # Untimed bookkeeping (bucket creation, sizes, deletion) always goes over plain http.
 ENDPOINT=$AWS_ENDPOINT_URL_S3
 export CEPH_CONF=$TESTBED_DIR/ceph.conf   # for radosgw-admin gc below
