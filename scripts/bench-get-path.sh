@@ -52,6 +52,7 @@ GIB=${BENCH_GIB:-1}
 BASE=${BENCH_DIR:-/tmp}
 log() { echo "[get-path $(date +%T)] $*" >&2; }
 die() { echo "bench-get-path: $*" >&2; exit 1; }
+. scripts/bench-lib.sh   # (the working directory is the repository, above)
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS: \"$ROUNDS\" is not a positive number"
 [[ $GIB =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_GIB: \"$GIB\" is not a number of GiB"
@@ -59,27 +60,11 @@ for v in $VARIANTS; do
   case $v in https-lean|https-sdk|http-raw|http-sdk) ;; *) die "BENCH_VARIANTS: unknown variant $v" ;; esac
 done
 for op in $OPS; do case $op in restore|verify|get) ;; *) die "BENCH_OPS: unknown operation $op" ;; esac; done
-if [ ! -x "$TIME" ]; then   # like bench.sh: only root with apt installs
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing GNU time; as root: apt-get install -y time"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends time >&2 ||
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends time >&2; }
-fi
+[ -x "$TIME" ] || apt_install time   # like bench.sh: only root with apt installs
 [ -x "$NODE" ] || { log "node_modules missing: npm ci"; npm ci --no-audit --no-fund >&2; }
 
 # --- work directory and test bed (with its https front); both go away on exit ----------------
-mkdir -p "$BASE" bench-results
-WORK=$(mktemp -d "$BASE/ebs-worker-get-path-XXXXXX")
-mkdir -p "$WORK/logs"
-TESTBED_DIR=
-cleanup() {
-  local rc=$?
-  [ -z "$TESTBED_DIR" ] || scripts/testbed.sh stop "$TESTBED_DIR" >/dev/null 2>&1 || true
-  if [ "${BENCH_KEEP:-0}" = 1 ] || [ $rc != 0 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-export MEMSTORE_BYTES=${MEMSTORE_BYTES:-$(awk -v g="$GIB" 'BEGIN { printf "%.0f", (g + 2) * 2^30 }')}
-eval "$(TESTBED_TLS=1 scripts/testbed.sh start)"
+bench_start get-path 1 "$(awk -v g="$GIB" 'BEGIN { printf "%.0f", (g + 2) * 2^30 }')"
 HTTP_ENDPOINT=$AWS_ENDPOINT_URL_S3
 # The JS SDK and raw-http.ts trust the test bed's CA through NODE_EXTRA_CA_CERTS (one file, read at
 # start; it replaces any value the environment had).  Set for every variant, http ones included,
