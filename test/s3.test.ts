@@ -11,7 +11,8 @@ import { HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/clie
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { PACKS } from '../agent/repo/layout.ts'
-import { cli, makeImage, MiB, ROOT, runCli, s3RepoUrl, sha256File, tempDir } from './helpers.ts'
+import { createHash } from 'node:crypto'
+import { cli, makeImage, MiB, ROOT, runCli, s3RepoUrl, sha256File, storageAt, tempDir } from './helpers.ts'
 
 /** A TCP proxy to the test bed that can cut connections: a network that fails for real. */
 interface ProxyMode {
@@ -253,4 +254,16 @@ t.test('over https, a certificate the CA store does not vouch for fails at once,
   t.match(r.json?.error.message, /certificate/, r.json?.error.message)
   t.notMatch(r.json?.error.message, /attempts/, 'not retried')
   t.ok(Date.now() - started < 10_000, 'at once')
+})
+
+t.test('a PUT signed with the body hash the caller gives: the server checks it against the body', async (t) => {
+  const backend = storageAt(await s3RepoUrl('body/hash'))
+  t.equal(backend.usesBodySha256, true, 'an S3 repository takes the body hash from the repository (computed on a codec thread)')
+  const body = Buffer.from('a pack, or something like one')
+  const right = createHash('sha256').update(body).digest('hex')
+  await backend.put('packs/aa/right', body, { sha256: right })
+  t.same(await backend.get('packs/aa/right'), body, 'stored with the hash given')
+  const wrong = createHash('sha256').update('something else').digest('hex')
+  await t.rejects(backend.put('packs/aa/wrong', body, { sha256: wrong }), 'a hash that is not the body\'s is refused by the server: the SDK signed with it, not its own')
+  t.equal(await backend.get('packs/aa/wrong'), null, 'and nothing was stored')
 })

@@ -31,6 +31,10 @@ class RetryingBackend implements Backend {
     return this.#inner.versions
   }
 
+  get usesBodySha256(): boolean {
+    return this.#inner.usesBodySha256 ?? false
+  }
+
   get(name: string): Promise<Buffer | null> {
     return this.#retry(name, () => this.#inner.get(name))
   }
