@@ -5,11 +5,12 @@
 # slow disks of test/fixtures/faulty-fs.py, packer for the AMI template, curl for user-data,
 # Ceph (radosgw, mon, osd) for the local S3 of scripts/testbed.sh, and haproxy and openssl for its
 # TLS front and the TLS tests' certificates, rpm (rpmbuild, rpm, rpm2archive) for the RPM packages
-# of scripts/package.sh (dpkg-deb, for the DEB, is part of every Debian). Used by `npm test` and .ci/run.
+# of scripts/package.sh (dpkg-deb, for the DEB, is part of every Debian), strace to count a
+# restore's flushes. Used by `npm test` and .ci/run.
 set -uo pipefail
 export PATH="$PATH:/usr/bin:/usr/sbin"   # haproxy is in /usr/sbin, which minimal PATHs (sudo, CI) may miss
 need=()
-for pkg_cmd in e2fsprogs:mkfs.ext4 xfsprogs:mkfs.xfs mount:mount util-linux:losetup systemd:systemd-analyze python3:python3 curl:curl packer:packer radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd haproxy:haproxy openssl:openssl rpm:rpmbuild rpm:rpm2archive; do
+for pkg_cmd in e2fsprogs:mkfs.ext4 xfsprogs:mkfs.xfs mount:mount util-linux:losetup systemd:systemd-analyze python3:python3 curl:curl packer:packer radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd haproxy:haproxy openssl:openssl rpm:rpmbuild rpm:rpm2archive strace:strace; do
   command -v "${pkg_cmd#*:}" >/dev/null || need+=("${pkg_cmd%%:*}")
 done
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import fusepy' 2>/dev/null || need+=(python3-fusepy)

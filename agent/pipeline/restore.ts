@@ -54,6 +54,9 @@ export interface RestoreResult {
 
 export type VerifyResult = Omit<RestoreResult, 'bytesWritten' | 'zeroChunksSkipped' | 'resumedFrom'>
 
+/** Written bytes between two background flushes of the target. */
+const FLUSH_EVERY = 64 * 1024 * 1024
+
 export async function restore(repo: Repository, options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now()
   const manifest = await repo.loadManifest(options.backupId)
@@ -75,13 +78,33 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   const counters: ReadCounters = { bytesFetched: 0, chunksVerified: 0, requests: 0 }
   const report = (): void => options.onProgress?.({ bytesDone, bytesTotal: size })
   const where = { device: options.device, backupId: manifest.id }
-  const write = (data: Buffer, offset: number): Promise<void> =>
-    writeAt(device.handle, data, offset).catch((err: unknown) => {
-      throw new EbsWorkerError(ErrorCode.DeviceUnusable, `cannot write ${options.device} at offset ${offset}: ${describe(err)}`, { cause: err, context: { ...where, offset } })
-    })
   const sync = (): Promise<void> => device.handle.datasync().catch((err: unknown) => {
     throw new EbsWorkerError(ErrorCode.DeviceUnusable, `cannot flush ${options.device}: ${describe(err)}`, { cause: err, context: where })
   })
+  // What is written is flushed as the restore goes, one fdatasync at a time in the background:
+  // the device's writeback then overlaps the download instead of following it (the kernel would
+  // start on its own only past its dirty threshold, gigabytes on a large instance), and the last
+  // flush, before success is reported, finds little left.
+  let unflushed = 0
+  let flushing: Promise<void> | null = null
+  let flushFailure: unknown = null
+  const flushSoon = (bytes: number): void => {
+    unflushed += bytes
+    if (unflushed < FLUSH_EVERY || flushing) return
+    unflushed = 0
+    flushing = sync().catch((err: unknown) => {
+      flushFailure ??= err
+    }).finally(() => {
+      flushing = null
+    })
+  }
+  const write = async (data: Buffer, offset: number): Promise<void> => {
+    if (flushFailure) throw flushFailure
+    await writeAt(device.handle, data, offset).catch((err: unknown) => {
+      throw new EbsWorkerError(ErrorCode.DeviceUnusable, `cannot write ${options.device} at offset ${offset}: ${describe(err)}`, { cause: err, context: { ...where, offset } })
+    })
+    flushSoon(data.length)
+  }
   const figures = (): { bytesWritten: number; bytesFetched: number; chunksVerified: number; requests: number; durationMs: number } => ({
     bytesWritten,
     bytesFetched: (earlier.bytesFetched ?? 0) + counters.bytesFetched,
@@ -151,6 +174,8 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
       })
     })
     // Durable before success is reported: the caller may detach and snapshot the volume next.
+    await flushing
+    if (flushFailure) throw flushFailure
     await sync()
     await dropCheckpoint(repo, key)
     bytesDone = size
@@ -161,6 +186,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
       zeroChunksSkipped, requests: total.requests, durationMs: total.durationMs, resumedFrom: resumed?.savedAt ?? null,
     }
   } finally {
+    await flushing // (never rejects: its failure is kept in flushFailure)
     await device.handle.close()
   }
 }
