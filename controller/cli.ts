@@ -4,22 +4,19 @@
 // JSON), 2 bad input or usage, 10 no repository, 12 wrong key; preflight exits 1 when a permission
 // is missing. The AWS CLI's --region, --profile and --endpoint-url are taken before or after the
 // command. On a terminal, the long flows say on stderr what they are doing.
+//
+// Each action loads the flow it runs (and with it the AWS SDK clients that flow uses) when it
+// runs: `--version`, `--help` and one command do not pay for every other's (BENCHMARKS.md, "Start-up").
 import { Command, InvalidArgumentError, Option } from 'commander'
-import { backupInstance } from './backup.ts'
 import { EbsWorkerError, ErrorCode, toErrorJson } from '../agent/core/errors.ts'
-import { formatChecks, preflightBackup, preflightRestore, type Check } from './preflight.ts'
-import { restoreInstance } from './restore.ts'
-import { RestorePointStore } from './restore-point.ts'
-import { TaskChannel } from './tasks.ts'
-import { sweepSnapshots } from './sweep.ts'
+import type { Check } from './preflight.ts'
+import type { TaskChannel } from './tasks.ts'
 import type { Waits } from './ec2.ts'
 import { VERSION } from '../agent/core/version.ts'
 import { assertProfileExists, awsSettings, withAwsFlags, type AwsFlags } from '../agent/aws/config.ts'
-import { configureAws, configureExternalId, ownClients } from './aws.ts'
 import { nonNegativeNumber, policyOf, positiveInt, withPolicy, type PolicyOptions } from '../agent/cli/options.ts'
 import { ExitStatus, exitStatusFor, printUsageError } from '../agent/cli/output.ts'
 import { describePolicy, describeReason, policyJson } from '../agent/core/retention.ts'
-import { forgetRestorePoints } from './forget.ts'
 
 const account = (value: string): string => {
   if (!/^\d{12}$/.test(value)) throw new InvalidArgumentError('an AWS account id is 12 digits')
@@ -96,15 +93,17 @@ function waitsOf(o: Common): Waits {
   return { snapshotTimeoutMs: o.snapshotTimeout * 1000, stateTimeoutMs: o.stateTimeout * 1000, pollMs: o.pollMs }
 }
 
-function channel(o: Common): TaskChannel {
+async function channel(o: Common): Promise<TaskChannel> {
   if (!o.queueUrl || !o.replyQueueUrl) {
     throw new EbsWorkerError(ErrorCode.BadInput, 'the task and reply queues are needed: --queue-url and --reply-queue-url (or EBS_CONTROLLER_QUEUE_URL, EBS_CONTROLLER_REPLY_QUEUE_URL)')
   }
+  const { TaskChannel } = await import('./tasks.ts')
   return new TaskChannel({ queueUrl: o.queueUrl, replyQueueUrl: o.replyQueueUrl, timeoutMs: o.taskTimeout * 1000 })
 }
 
 /** The Region of the calls (the instance's, for a backup): --region, AWS_REGION, else the profile's. */
 async function region(): Promise<string> {
+  const { ownClients } = await import('./aws.ts')
   const clients = ownClients()
   try {
     const r = await clients.resolveRegion()
@@ -147,6 +146,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       const env = withAwsFlags(process.env, opts)
       if (opts.profile !== undefined) await assertProfileExists(env, opts.profile)
+      const { configureAws, configureExternalId } = await import('./aws.ts')
       configureAws(awsSettings(env))
       configureExternalId(process.env.EBS_CONTROLLER_EXTERNAL_ID || undefined)
       await fn(...args)
@@ -171,8 +171,9 @@ export async function main(argv: string[]): Promise<number> {
     .option('--keep-snapshots', 'keep the instance snapshots after the backup (default: delete them)')
     .option('--full', 'back up every volume in full (default: incremental from the instance\'s latest restore point)')
     .action(run(async (o: Common & { instance: string; sourceRole: string; repo: string; workerAccount?: string; workerRole?: string; reencryptWith?: string; keepSnapshots?: boolean; full?: boolean }) => {
-      const tasks = channel(o)
+      const tasks = await channel(o)
       try {
+        const { backupInstance } = await import('./backup.ts')
         const out = await backupInstance({
           instanceId: o.instance, sourceRole: o.sourceRole, repo: o.repo, region: await region(), waits: waitsOf(o), ...onStep(o),
           ...(o.workerAccount ? { workerAccount: o.workerAccount } : {}), ...(o.workerRole ? { workerRole: o.workerRole } : {}),
@@ -193,8 +194,9 @@ export async function main(argv: string[]): Promise<number> {
     .option('--availability-zone <az>', 'AZ of the new instance (cross-account; default: the subnet\'s, else the original\'s, in the target Region)')
     .option('--no-start', 'leave the instance stopped')
     .action(run(async (o: Common & RestoreTarget & { availabilityZone?: string; start: boolean }) => {
-      const tasks = channel(o)
+      const tasks = await channel(o)
       try {
+        const { restoreInstance } = await import('./restore.ts')
         const out = await restoreInstance({
           ...restoreTarget(o), waits: waitsOf(o), ...onStep(o), noStart: !o.start, ...(o.availabilityZone ? { availabilityZone: o.availabilityZone } : {}),
         }, tasks)
@@ -209,20 +211,23 @@ export async function main(argv: string[]): Promise<number> {
     }))
 
   const preflight = program.command('preflight').description('check every permission a backup or restore needs, before anything is created')
-  const report = (o: Common, checks: Check[]): void => {
+  const report = async (o: Common, checks: Check[]): Promise<void> => {
+    const { formatChecks } = await import('./preflight.ts')
     print(o.json, formatChecks(checks), { ok: checks.every((c) => c.ok), checks })
     if (!checks.every((c) => c.ok)) status = 1
   }
   withBackupSource(withCommon(preflight.command('backup-instance'), false))
     .action(run(async (o: Common & { instance: string; sourceRole: string; workerAccount?: string; workerRole?: string; reencryptWith?: string }) => {
-      report(o, await preflightBackup({
+      const { preflightBackup } = await import('./preflight.ts')
+      await report(o, await preflightBackup({
         instanceId: o.instance, sourceRole: o.sourceRole, region: await region(),
         ...(o.workerAccount ? { workerAccount: o.workerAccount } : {}), ...(o.workerRole ? { workerRole: o.workerRole } : {}), ...(o.reencryptWith ? { reencryptWith: o.reencryptWith } : {}),
       }))
     }))
   withRestoreTarget(withCommon(preflight.command('restore-instance'), false))
     .action(run(async (o: Common & RestoreTarget) => {
-      report(o, await preflightRestore(restoreTarget(o)))
+      const { preflightRestore } = await import('./preflight.ts')
+      await report(o, await preflightRestore(restoreTarget(o)))
     }))
 
   withCommon(program.command('sweep-snapshots').description("delete the snapshots of backups that never finished (a controller that died mid-run)"), false)
@@ -231,6 +236,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--older-than-hours <n>', 'only snapshots started at least this long ago (a backup may still be running)', nonNegativeNumber('--older-than-hours'), 24)
     .option('--dry-run', 'say what would be deleted, delete nothing')
     .action(run(async (o: Common & { sourceRole: string; repo: string; olderThanHours: number; dryRun?: boolean }) => {
+      const { sweepSnapshots } = await import('./sweep.ts')
       const out = await sweepSnapshots({
         sourceRole: o.sourceRole, region: await region(), repo: o.repo, olderThanMs: o.olderThanHours * 3600_000, ...(o.dryRun ? { dryRun: true } : {}),
       })
@@ -246,6 +252,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--instance <id>', 'only this instance\'s restore points')
     .option('--json', 'print one JSON object on stdout, and nothing else there')
     .action(run(async (o: { repo: string; instance?: string; json?: boolean }) => {
+      const { RestorePointStore } = await import('./restore-point.ts')
       const store = new RestorePointStore(o.repo)
       await store.assertRepository()
       const points = (await Promise.all((await store.entries()).map((e) => store.read(e))))
@@ -269,6 +276,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--json', 'print one JSON object on stdout, and nothing else there')
     .action(run(async (o: PolicyOptions & { repo: string; instance?: string; dryRun?: boolean; json?: boolean }) => {
       const policy = policyOf(o)
+      const [{ RestorePointStore }, { forgetRestorePoints }] = await Promise.all([import('./restore-point.ts'), import('./forget.ts')])
       await new RestorePointStore(o.repo).assertRepository()
       const out = await forgetRestorePoints({ repo: o.repo, policy, ...(o.instance ? { instanceId: o.instance } : {}), ...(o.dryRun ? { dryRun: true } : {}) })
       const verb = o.dryRun ? 'would forget' : 'forgot'

@@ -22,9 +22,9 @@ const MAY_IMPORT: Record<string, string[]> = {
 }
 /**
  * What the controller may use of the agent: its errors, ids, AWS helpers, storage, the task
- * protocol, and the command line's option parsers and exit statuses.
+ * protocol, and the command line's option parsers, exit statuses and compile cache.
  */
-const CONTROLLER_MAY_IMPORT = ['agent/core/', 'agent/aws/', 'agent/storage/', 'agent/daemon/task.ts', 'agent/cli/options.ts', 'agent/cli/output.ts']
+const CONTROLLER_MAY_IMPORT = ['agent/core/', 'agent/aws/', 'agent/storage/', 'agent/daemon/task.ts', 'agent/cli/options.ts', 'agent/cli/output.ts', 'agent/cli/compile-cache.ts']
 
 async function sources(dir: string): Promise<string[]> {
   const out: string[] = []

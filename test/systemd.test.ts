@@ -88,6 +88,14 @@ t.test('the unit runs the release launcher as the dedicated user, sandboxed', as
   t.ok(exposure > 0 && exposure <= 3, `systemd-analyze security exposure ${exposure} (0 = locked down, 10 = none)`)
 })
 
+t.test('both units keep Node\'s compile cache in their CacheDirectory, across restarts', async (t) => {
+  for (const unit of ['ebs-worker.service', 'ebs-worker-health.service']) {
+    const s = settings(await readFile(join(ROOT, 'systemd', unit), 'utf8'))
+    t.same(s.get('CacheDirectory'), ['ebs-worker'], `${unit}: /var/cache/ebs-worker, writable under ProtectSystem=strict`)
+    t.ok(s.get('Environment')?.includes('NODE_COMPILE_CACHE=%C/ebs-worker'), `${unit}: NODE_COMPILE_CACHE there (not PrivateTmp's /tmp, gone at each restart)`)
+  }
+})
+
 t.test('sysusers.d creates the user in the disk group', async (t) => {
   const root = await tempDir(t, 'sysusers-root')
   await mkdir(join(root, 'etc'), { recursive: true })

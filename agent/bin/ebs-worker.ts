@@ -7,5 +7,8 @@ if (major < 24) {
   process.stderr.write(`ebs-worker needs Node.js 24 or later (this is ${process.version}); run it with "npx ebs-worker" from the checkout\n`)
   process.exit(1)
 }
+// Node's compile cache, before anything else is loaded (cli/compile-cache.ts).
+const { useCompileCache } = await import('../cli/compile-cache.ts')
+useCompileCache()
 const { main } = await import('../cli/main.ts')
 process.exitCode = await main(process.argv.slice(2))

@@ -2,11 +2,8 @@
 import { readFile } from 'node:fs/promises'
 import type { Command } from 'commander'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
-import { parseChangedRanges } from '../core/plan.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
 import { formatBytes } from '../core/units.ts'
-import { openRepository } from '../app/repository.ts'
-import { backup } from '../pipeline/backup.ts'
 import type { CliContext } from './context.ts'
 import { instantArg, tuningArg, withRepository, type RepositoryOptions } from './options.ts'
 import { withProgress } from './progress.ts'
@@ -39,6 +36,9 @@ export function backupCommand(program: Command, { print, signal, aws }: CliConte
     .option('--pack-size <size>', 'target pack size', tuningArg('--pack-size', 'packSize', true), DEFAULT_TUNING.packSize)
     .option('--compression-level <n>', 'zstd level (1-19)', tuningArg('--compression-level', 'compressionLevel'), DEFAULT_TUNING.compressionLevel)
     .action(async (opts: BackupFlags) => {
+      const [{ openRepository }, { backup }, { parseChangedRanges }] = await Promise.all([
+        import('../app/repository.ts'), import('../pipeline/backup.ts'), import('../core/plan.ts'),
+      ])
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile, tuning: { compressionLevel: opts.compressionLevel } })
       const changed = opts.changedRanges
         ? parseChangedRanges(await readFile(opts.changedRanges, 'utf8').catch((err: unknown) => {

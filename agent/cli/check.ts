@@ -2,7 +2,6 @@
 // the packs) every blob re-hashed (maintenance/check.ts). Exit 0 healthy, 3 damaged.
 import { InvalidArgumentError, type Command } from 'commander'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
-import { openRepository } from '../app/repository.ts'
 import { check, describeCheck, parseSubset, type ReadDataSubset } from '../maintenance/check.ts'
 import type { CliContext } from './context.ts'
 import { ExitStatus, ReportedFailure } from './output.ts'
@@ -22,6 +21,7 @@ export function checkCommand(program: Command, { print, aws, signal }: CliContex
     .option('--read-data-subset <subset>', 'read only some packs: N/M (the N-th of M groups by pack id) or P% (a random share)', subset)
     .action(async (opts: RepositoryOptions & { readData?: boolean; readDataSubset?: ReadDataSubset }) => {
       if (opts.readData && opts.readDataSubset) throw new InvalidArgumentError('give --read-data or --read-data-subset, not both')
+      const { openRepository } = await import('../app/repository.ts')
       let repo
       try {
         repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })

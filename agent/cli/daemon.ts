@@ -1,5 +1,6 @@
 // ebs-worker daemon: the worker service (docs/TASKS.md). Its settings are built here, at its
 // start, from the configuration file and the environment (daemon/config.ts).
+import { flushCompileCache } from 'node:module'
 import { InvalidArgumentError, Option, type Command } from 'commander'
 import { DEFAULT_CONFIG_PATH, loadDaemonSettings } from '../daemon/config.ts'
 import type { CliContext } from './context.ts'
@@ -20,6 +21,9 @@ export function daemonCommand(program: Command, context: CliContext): void {
       const { Daemon } = await import('../daemon/daemon.ts')
       const daemon = new Daemon(await loadDaemonSettings(opts.config, context.env))
       await daemon.start()
+      // The compile cache (cli/compile-cache.ts) is written when a process exits, which a daemon
+      // may not do for weeks: write it now that the daemon's code is loaded.
+      flushCompileCache()
       // SIGTERM/SIGINT: stop taking tasks, give running ones their grace, hand the rest back. Or
       // the daemon ends by itself: drained for scale-in, its lifecycle hook completed.
       const stopped = new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))

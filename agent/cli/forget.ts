@@ -2,12 +2,11 @@
 // prune): those named, or those a retention policy does not keep (restic's semantics, per group:
 // core/retention.ts). With --prune, prune runs next when something was forgotten.
 import { Option, type Command } from 'commander'
-import { openRepository } from '../app/repository.ts'
 import { forEachConcurrent } from '../core/concurrency.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { describePolicy, describeReason, isEmptyPolicy, policyJson, requirePolicy, type GroupDecision } from '../core/retention.ts'
 import { forgetByPolicy, GROUP_BY, RESTORE_POINT_TAG, type Dated, type GroupBy } from '../maintenance/forget.ts'
-import { describePrune, prune, type PruneResult } from '../maintenance/prune.ts'
+import type { PruneResult } from '../maintenance/prune.ts'
 import type { Repository } from '../repo/repository.ts'
 import type { CliContext } from './context.ts'
 import { policyOf, wholeNumber, withPolicy, withRepository, type PolicyOptions, type RepositoryOptions } from './options.ts'
@@ -41,6 +40,7 @@ export function forgetCommand(program: Command, { print, aws }: CliContext): voi
         throw new EbsWorkerError(ErrorCode.BadInput, 'give backup ids or a policy (--keep-*, --group-by), not both: nothing was forgotten')
       }
       if (!ids.length) requirePolicy(policy)
+      const [{ openRepository }, { describePrune }] = await Promise.all([import('../app/repository.ts'), import('../maintenance/prune.ts')])
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const by = opts.groupBy ?? 'volume'
       let groups: GroupDecision<Dated>[] = []
@@ -87,6 +87,7 @@ export function forgetCommand(program: Command, { print, aws }: CliContext): voi
 
 /** prune after forgetting: a dry run counts the backups it would have forgotten as gone. */
 async function pruneAfter(repo: Repository, opts: ForgetOptions, forgotten: ReadonlySet<string>): Promise<PruneResult> {
+  const { prune } = await import('../maintenance/prune.ts')
   const tty = opts.progress && !opts.json && process.stderr.isTTY
   const r = await prune(repo, {
     dryRun: opts.dryRun === true, forgotten, graceMs: opts.grace * 1000,

@@ -4,7 +4,6 @@ import { InvalidArgumentError, Option, type Command } from 'commander'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { formatBytes, formatPeriod, parsePeriod } from '../core/units.ts'
 import { DEFAULT_CHUNK_SIZE, MAX_LOCK_SECONDS } from '../repo/repository.ts'
-import { initRepository } from '../app/repository.ts'
 import type { CliContext } from './context.ts'
 import { parseSize, withRepository, type RepositoryOptions } from './options.ts'
 
@@ -20,6 +19,7 @@ export function initCommand(program: Command, { print, aws }: CliContext): void 
       if (opts.encrypt && !opts.keyFile && !opts.kmsKey) throw new EbsWorkerError(ErrorCode.BadInput, '--encrypt needs --key-file or --kms-key')
       if (opts.objectLockMode && opts.objectLockPeriod === undefined) throw new EbsWorkerError(ErrorCode.BadInput, '--object-lock-mode needs --object-lock-period')
       const objectLock = opts.objectLockPeriod === undefined ? undefined : { mode: opts.objectLockMode ?? 'governance', periodSeconds: opts.objectLockPeriod }
+      const { initRepository } = await import('../app/repository.ts')
       const repo = await initRepository(opts.repo, { aws: aws(), chunkSize: opts.chunkSize, kmsKey: opts.kmsKey, keyFile: opts.encrypt ? opts.keyFile : undefined, objectLock })
       const { id, chunkSize, encryption } = repo.config
       const lock = repo.objectLock

@@ -3,7 +3,6 @@
 // config and every further one in its own object keys/<id> (docs/FORMAT.md, "Keys"). The
 // break-glass key of docs/OPERATIONS.md is one of these: a key file kept offline beside a KMS key.
 import type { Command } from 'commander'
-import { newKeyProvider, openRepository } from '../app/repository.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import type { KeyEntry } from '../repo/keys.ts'
 import type { CliContext } from './context.ts'
@@ -37,6 +36,7 @@ export function keyCommand(program: Command, { print, aws }: CliContext): void {
     .option('--new-kms-key <key>', 'the KMS key (ARN, id or alias) to add')
     .action(async (opts: RepositoryOptions & { newKeyFile?: string; newKmsKey?: string }) => {
       if (!opts.newKeyFile === !opts.newKmsKey) throw new EbsWorkerError(ErrorCode.BadInput, 'give the key to add: --new-key-file or --new-kms-key (one of them)')
+      const { newKeyProvider, openRepository } = await import('../app/repository.ts')
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const { provider, created } = await newKeyProvider({ aws: aws(), keyFile: opts.newKeyFile, kmsKey: opts.newKmsKey })
       const added = await repo.addKey(provider)
@@ -49,6 +49,7 @@ export function keyCommand(program: Command, { print, aws }: CliContext): void {
 
   withRepository(key.command('list').description('list the keys of the repository (* the one used now)'))
     .action(async (opts: RepositoryOptions) => {
+      const { openRepository } = await import('../app/repository.ts')
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const keys = await repo.listKeys()
       print(keys.map(keyLine), { repository: repo.url, keys: keys.map(keyJson) })
@@ -57,6 +58,7 @@ export function keyCommand(program: Command, { print, aws }: CliContext): void {
   withRepository(key.command('remove').description('remove a key (not the one used now, nor the last)'))
     .argument('<id>', 'the key\'s id, as `key list` shows it (config: the config\'s own key)')
     .action(async (id: string, opts: RepositoryOptions) => {
+      const { openRepository } = await import('../app/repository.ts')
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const removed = await repo.removeKey(id)
       const lock = repo.objectLock

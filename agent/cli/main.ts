@@ -4,22 +4,40 @@
 import { Command } from 'commander'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { VERSION } from '../core/version.ts'
-import { backupCommand } from './backup.ts'
 import { cliContext, type CliContext } from './context.ts'
-import { daemonCommand, healthCheckCommand, sweepVolumesCommand } from './daemon.ts'
-import { doctorCommand } from './doctor.ts'
-import { initCommand } from './init.ts'
-import { keyCommand } from './key.ts'
-import { listCommand } from './list.ts'
-import { migrateCommand } from './migrate.ts'
-import { pruneCommand } from './prune.ts'
-import { checkCommand } from './check.ts'
-import { forgetCommand } from './forget.ts'
 import { ExitStatus, printer, printError, printUsageError, ReportedFailure } from './output.ts'
-import { restoreCommand } from './restore.ts'
-import { verifyCommand } from './verify.ts'
 
-export function buildProgram(context: CliContext): Command {
+/** What a command's module exports: adds the command, its options and its action to the program. */
+type Define = (program: Command, context: CliContext) => void
+
+/**
+ * Every command, in the order of the help, and the module that defines it. Only the module of the
+ * command being run is loaded, and each loads the heavy part of its work (the pipeline, the
+ * repository with its storage and AWS clients) only in its action, so that `--version`, `--help`
+ * and one command's run do not pay for the others (BENCHMARKS.md, "Start-up").
+ */
+const COMMANDS: Record<string, () => Promise<Define>> = {
+  init: async () => (await import('./init.ts')).initCommand,
+  backup: async () => (await import('./backup.ts')).backupCommand,
+  restore: async () => (await import('./restore.ts')).restoreCommand,
+  verify: async () => (await import('./verify.ts')).verifyCommand,
+  list: async () => (await import('./list.ts')).listCommand,
+  forget: async () => (await import('./forget.ts')).forgetCommand,
+  prune: async () => (await import('./prune.ts')).pruneCommand,
+  check: async () => (await import('./check.ts')).checkCommand,
+  migrate: async () => (await import('./migrate.ts')).migrateCommand,
+  key: async () => (await import('./key.ts')).keyCommand,
+  daemon: async () => (await import('./daemon.ts')).daemonCommand,
+  'health-check': async () => (await import('./daemon.ts')).healthCheckCommand,
+  'sweep-volumes': async () => (await import('./daemon.ts')).sweepVolumesCommand,
+  doctor: async () => (await import('./doctor.ts')).doctorCommand,
+}
+
+/**
+ * The program, with the command that `argv` names; when it names none, with every command (for
+ * the help, and commander's "unknown command … Did you mean"), unless it asks only for the version.
+ */
+export async function buildProgram(context: CliContext, argv: string[]): Promise<Command> {
   const program = new Command('ebs-worker')
     .description('Back up block devices (EBS volumes) into a deduplicated, compressed, encrypted repository, and restore them')
     .version(VERSION)
@@ -29,10 +47,26 @@ export function buildProgram(context: CliContext): Command {
     .exitOverride()
     .configureHelp({ showGlobalOptions: true })
   awsOptions(program).hook('preAction', () => context.configure(program.opts()))
-  for (const command of [initCommand, backupCommand, restoreCommand, verifyCommand, listCommand, forgetCommand, pruneCommand, checkCommand, migrateCommand, keyCommand, daemonCommand, healthCheckCommand, sweepVolumesCommand, doctorCommand]) {
-    command(program, context)
-  }
+  const named = commandName(program, argv)
+  const wanted = named !== undefined && Object.hasOwn(COMMANDS, named) ? [named]
+    : argv.includes('--version') || argv.includes('-V') ? []
+      : Object.keys(COMMANDS)
+  for (const name of wanted) (await COMMANDS[name]!())(program, context)
   return program
+}
+
+/**
+ * The command `argv` names: its first argument that is neither an option nor the value of one of
+ * the program's options (`--region eu-west-1 list`); in `help backup`, backup.
+ */
+function commandName(program: Command, argv: string[]): string | undefined {
+  const takesValue = new Set(program.options.filter((o) => o.required || o.optional).map((o) => o.long))
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!
+    if (!arg.startsWith('-')) return arg === 'help' ? argv[i + 1] : arg
+    if (takesValue.has(arg)) i++
+  }
+  return undefined
 }
 
 /**
@@ -55,7 +89,7 @@ export async function main(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal)
   const context = cliContext(printer(json), controller.signal, process.env)
   try {
-    await buildProgram(context).parseAsync(argv, { from: 'user' })
+    await (await buildProgram(context, argv)).parseAsync(argv, { from: 'user' })
     return ExitStatus.ok
   } catch (err) {
     if (err instanceof ReportedFailure) return err.status

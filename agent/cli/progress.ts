@@ -1,6 +1,6 @@
 // Progress on a terminal: one bar on stderr with bytes, rate and time left. Silent when stderr
-// is not a TTY or when output is JSON, so logs and pipes stay clean.
-import cliProgress from 'cli-progress'
+// is not a TTY or when output is JSON, so logs and pipes stay clean (and cli-progress is not even
+// loaded then).
 import { formatBytes } from '../core/units.ts'
 
 export interface ProgressReporter {
@@ -10,8 +10,9 @@ export interface ProgressReporter {
 
 const silent: ProgressReporter = { update() {}, stop() {} }
 
-export function progressBar(label: string, enabled: boolean): ProgressReporter {
+export async function progressBar(label: string, enabled: boolean): Promise<ProgressReporter> {
   if (!enabled || !process.stderr.isTTY) return silent
+  const { default: cliProgress } = await import('cli-progress')
   const started = performance.now()
   const bar = new cliProgress.SingleBar(
     {
@@ -52,7 +53,7 @@ export async function withProgress<T>(
   enabled: boolean,
   work: (onProgress: (p: { bytesDone: number; bytesTotal: number }) => void) => Promise<T>,
 ): Promise<T> {
-  const bar = progressBar(label, enabled)
+  const bar = await progressBar(label, enabled)
   try {
     return await work((p) => bar.update(p.bytesDone, p.bytesTotal))
   } finally {

@@ -1,7 +1,5 @@
 // ebs-worker prune: deletes what no backup needs, repacks mostly unused packs (maintenance/prune.ts).
 import { InvalidArgumentError, Option, type Command } from 'commander'
-import { openRepository } from '../app/repository.ts'
-import { describePrune, prune } from '../maintenance/prune.ts'
 import type { CliContext } from './context.ts'
 import { parseSize, wholeNumber, withRepository, type RepositoryOptions } from './options.ts'
 
@@ -19,6 +17,7 @@ export function pruneCommand(program: Command, { print, aws }: CliContext): void
     .option('--max-wait <seconds>', 'longest wait for running backups before leaving the deletion to the next prune', wholeNumber('--max-wait'), 3600)
     .addOption(new Option('--grace <seconds>', 'unreferenced packs younger than this are left (a backup may be writing them)').argParser(wholeNumber('--grace')).default(3600).hideHelp())
     .action(async (opts: RepositoryOptions & { maxUnused: number; maxRepackSize?: number; dryRun?: boolean; maxWait: number; grace: number }) => {
+      const [{ openRepository }, { describePrune, prune }] = await Promise.all([import('../app/repository.ts'), import('../maintenance/prune.ts')])
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const tty = opts.progress && !opts.json && process.stderr.isTTY
       const r = await prune(repo, {

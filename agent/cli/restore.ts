@@ -5,9 +5,6 @@ import type { Command } from 'commander'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { DEFAULT_TUNING } from '../core/tuning.ts'
 import { formatBytes } from '../core/units.ts'
-import { assertVolumeDevice } from '../device/ebs-device.ts'
-import { openRepository } from '../app/repository.ts'
-import { restore } from '../pipeline/restore.ts'
 import type { CliContext } from './context.ts'
 import { tuningArg, withRepository, type RepositoryOptions } from './options.ts'
 import { withProgress } from './progress.ts'
@@ -30,6 +27,9 @@ export function restoreCommand(program: Command, { print, signal, aws }: CliCont
       if (existing?.isFile() && existing.size > 0 && !opts.force) {
         throw new EbsWorkerError(ErrorCode.BadInput, `${opts.device} is an image file that is not empty (${formatBytes(existing.size)}): the restore would overwrite it; pass --force to do so`, { context: { device: opts.device } })
       }
+      const [{ openRepository }, { restore }, { assertVolumeDevice }] = await Promise.all([
+        import('../app/repository.ts'), import('../pipeline/restore.ts'), import('../device/ebs-device.ts'),
+      ])
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       // Before anything is opened for writing: the device must be that volume (its NVMe serial).
       if (opts.volumeId) await assertVolumeDevice(opts.device, opts.volumeId)

@@ -1,8 +1,6 @@
 // ebs-worker verify: reads back, decrypts, decompresses and re-hashes every chunk of a backup.
 import type { Command } from 'commander'
 import { formatBytes } from '../core/units.ts'
-import { openRepository } from '../app/repository.ts'
-import { verify } from '../pipeline/restore.ts'
 import type { CliContext } from './context.ts'
 import { withRepository, type RepositoryOptions } from './options.ts'
 import { withProgress } from './progress.ts'
@@ -13,6 +11,7 @@ export function verifyCommand(program: Command, { print, signal, aws }: CliConte
     .requiredOption('--backup <id>', 'backup id')
     .option(...getsInFlight)
     .action(async (opts: RepositoryOptions & { backup: string; concurrency: number }) => {
+      const [{ openRepository }, { verify }] = await Promise.all([import('../app/repository.ts'), import('../pipeline/restore.ts')])
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const r = await withProgress('verify ', opts.progress && !opts.json, (onProgress) =>
         verify(repo, { backupId: opts.backup, concurrency: opts.concurrency, onProgress, signal }))
