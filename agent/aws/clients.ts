@@ -9,6 +9,7 @@
 import { Agent as HttpAgent } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
 import { createRequire } from 'node:module'
+import { Readable } from 'node:stream'
 import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling'
 import type { EBSClient } from '@aws-sdk/client-ebs'
 import type { EC2Client } from '@aws-sdk/client-ec2'
@@ -18,7 +19,8 @@ import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3'
 import type { SQSClient } from '@aws-sdk/client-sqs'
 import type { STSClient } from '@aws-sdk/client-sts'
 import type { AwsCredentialIdentityProvider } from '@aws-sdk/types'
-import type { BuildMiddleware, MetadataBearer } from '@smithy/types'
+import type { NodeHttpHandler } from '@smithy/node-http-handler'
+import type { BuildMiddleware, HttpHandlerOptions, MetadataBearer } from '@smithy/types'
 import { S3_MAX_ATTEMPTS, type AwsServiceId, type AwsSettings, type S3Checksums } from './config.ts'
 
 const require = createRequire(import.meta.url)
@@ -149,7 +151,7 @@ export class AwsClients {
     const socketTimeout = 60_000
     const maxAttempts = this.settings.maxAttempts ?? S3_MAX_ATTEMPTS
     const config: S3ClientConfig = {
-      requestHandler: new NodeHttpHandler({ connectionTimeout, socketTimeout, httpAgent, httpsAgent }),
+      requestHandler: new (slicingHandler(NodeHttpHandler))({ connectionTimeout, socketTimeout, httpAgent, httpsAgent }),
       forcePathStyle,
       maxAttempts,
       ...(region ? { region } : {}),
@@ -222,3 +224,32 @@ const unsignedPayloadOverTls: BuildMiddleware<object, MetadataBearer> = (next, c
   return next(args)
 }
 const UNSIGNED_PAYLOAD_STEP = { step: 'build', name: 'ebsWorkerUnsignedPayload', priority: 'low' } as const
+
+/** Slices of a large body written over TLS (see slicingHandler). */
+const BODY_SLICE = 256 * 1024
+
+/**
+ * Over TLS a body handed over whole (the SDK's `end(buffer)`) is encrypted whole at once and
+ * waits in memory, encrypted, until the socket drains: a pack's size again per upload in flight
+ * (measured: 70–85 MiB more peak RSS for a backup over https than over http). Large bodies are
+ * sent as a stream of slices instead (views of the buffer, no copy), which TLS encrypts as the
+ * socket takes them. Each attempt gets a stream of its own, so the SDK's retries still send the
+ * whole body. Over plain http the kernel takes the buffer as it is: nothing to gain.
+ */
+function slicingHandler(Base: typeof NodeHttpHandler): typeof NodeHttpHandler {
+  return class SlicingHandler extends Base {
+    override handle(request: Parameters<NodeHttpHandler['handle']>[0], options?: HttpHandlerOptions): ReturnType<NodeHttpHandler['handle']> {
+      const body: unknown = request.body
+      if (request.protocol !== 'https:' || !(body instanceof Uint8Array) || body.byteLength <= 4 * BODY_SLICE) return super.handle(request, options)
+      const sliced = Object.assign(Object.create(Object.getPrototypeOf(request) as object) as typeof request, request)
+      sliced.body = Readable.from(slices(body), { objectMode: false, highWaterMark: BODY_SLICE })
+      return super.handle(sliced, options)
+    }
+  }
+}
+
+function* slices(body: Uint8Array): Generator<Buffer> {
+  for (let at = 0; at < body.byteLength; at += BODY_SLICE) {
+    yield Buffer.from(body.buffer, body.byteOffset + at, Math.min(BODY_SLICE, body.byteLength - at))
+  }
+}
