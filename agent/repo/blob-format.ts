@@ -112,18 +112,13 @@ export class BlobEngine {
    */
   open(kind: BlobKind, blob: Uint8Array, out: Uint8Array, expected?: number): number {
     const payload = this.#decrypt(kind, blob)
-    const flags = blob[0]!
-    if (!(flags & FLAG_ZSTD)) {
+    if (!(blob[0]! & FLAG_ZSTD)) {
       if (expected !== undefined && payload.length !== expected) throw new BlobDamage(`holds ${payload.length} bytes, expected ${expected}`)
       if (payload.length > out.length) throw new BlobDamage(`holds ${payload.length} bytes, more than the ${out.length} expected`)
       out.set(payload)
       return payload.length
     }
-    try {
-      return this.#decompressorFor().decompress(payload, out, 0, expected ?? frameContentSize(payload) ?? undefined)
-    } catch (err) {
-      throw new BlobDamage(`zstd: ${(err as Error).message}`)
-    }
+    return this.#decompress(payload, out, expected ?? frameContentSize(payload) ?? undefined)
   }
 
   /** Decodes a blob of unknown plain size into a new buffer (the small blobs: indexes, manifests, records). */
@@ -134,7 +129,15 @@ export class BlobEngine {
     if (size === null) throw new BlobDamage('zstd: the frame does not say its size')
     // One spare byte: output that fills its buffer cannot be told from output that did not fit.
     const out = Buffer.allocUnsafe(size + 1)
-    return out.subarray(0, this.open(kind, blob, out))
+    return out.subarray(0, this.#decompress(payload, out, size))
+  }
+
+  #decompress(frame: Uint8Array, out: Uint8Array, expected: number | undefined): number {
+    try {
+      return this.#decompressorFor().decompress(frame, out, 0, expected)
+    } catch (err) {
+      throw new BlobDamage(`zstd: ${(err as Error).message}`)
+    }
   }
 
   /** Whether a buffer holds only zero bytes (compared a MiB at a time, natively). */
