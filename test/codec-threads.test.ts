@@ -6,8 +6,9 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { BlobCodec, decodeBufferSize, sealBound, sharedBuffer } from '../agent/repo/codec.ts'
 import { CodecThreads } from '../agent/repo/codec-threads.ts'
+import { join } from 'node:path'
+import { cli, makeImage, MiB, runCli, tempDir } from './helpers.ts'
 
-const MiB = 1024 * 1024
 
 function shared(data: Buffer): Buffer {
   const b = sharedBuffer(data.length)
@@ -77,4 +78,19 @@ t.test('work is spread over every thread of the pool, and a dead thread is repla
   const id = await codec.identifyChunk(inputs[0]!)
   t.same(id, codec.chunkId(inputs[0]!), 'the next request starts a thread again')
   t.equal(threads.running, 1)
+})
+
+t.test('EBS_WORKER_CODEC_THREADS sets the count; a value that is not a count is refused, saying so', async (t) => {
+  const dir = await tempDir(t)
+  const image = join(dir, 'vol.img')
+  await makeImage(image, 4 * MiB, [{ kind: 'random', offset: 0, length: 4 * MiB }])
+  const repo = `file://${join(dir, 'repo')}`
+  await cli(['init', '--repo', repo])
+  const ok = await cli(['backup', '--repo', repo, '--device', image], { EBS_WORKER_CODEC_THREADS: '3' })
+  t.equal(ok.chunksNew, 4, 'three threads back up as well')
+  for (const bad of ['0', 'many', '2.5']) {
+    const r = await runCli(['backup', '--repo', repo, '--device', image, '--json'], { EBS_WORKER_CODEC_THREADS: bad })
+    t.equal(r.json?.error?.code, 'BAD_INPUT', `"${bad}": BAD_INPUT`)
+    t.match(r.json?.error?.message, /EBS_WORKER_CODEC_THREADS/, 'naming the variable')
+  }
 })

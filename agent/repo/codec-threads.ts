@@ -13,6 +13,7 @@ import { getCompileCacheDir } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { Worker } from 'node:worker_threads'
 import { createHash } from 'node:crypto'
+import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import type { BlobProfile } from './blob-format.ts'
 
 /** A buffer the codec threads can work in without a copy. */
@@ -52,9 +53,15 @@ interface Thread {
   profiles: Set<number>
 }
 
+/** One per core, or EBS_WORKER_CODEC_THREADS (1–256); a value that is not such a number is refused. */
 export function codecThreadCount(): number {
-  const env = Number(process.env.EBS_WORKER_CODEC_THREADS)
-  return Number.isInteger(env) && env >= 1 && env <= 256 ? env : availableParallelism()
+  const raw = process.env.EBS_WORKER_CODEC_THREADS
+  if (raw === undefined || raw === '') return availableParallelism()
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < 1 || n > 256) {
+    throw new EbsWorkerError(ErrorCode.BadInput, `EBS_WORKER_CODEC_THREADS must be a whole number from 1 to 256, not "${raw}"`)
+  }
+  return n
 }
 
 export class CodecThreads {
