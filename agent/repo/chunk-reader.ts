@@ -9,6 +9,7 @@ import { forEachConcurrent } from '../core/concurrency.ts'
 import { chunkLength } from '../core/geometry.ts'
 import type { ChunkList } from './chunk-list.ts'
 import { decodeBufferSize, sharedBuffer } from './codec.ts'
+import pLimit from 'p-limit'
 import { codecThreadCount } from './codec-threads.ts'
 import type { Manifest } from './manifest.ts'
 import type { Repository } from './repository.ts'
@@ -129,11 +130,12 @@ export async function readWindows(
   const windowChunks = Math.max(list.leafChunks, Math.floor((options.windowChunks ?? DEFAULT_WINDOW_CHUNKS) / list.leafChunks) * list.leafChunks)
   // Request and decode buffers are reused across windows (fresh 16 MiB buffers would cost a
   // page fault per 4 KiB and garbage collection), and shared with the codec threads, which
-  // decrypt, decompress and verify each chunk where it landed. Decode buffers: enough chunks in
-  // flight to keep every codec thread busy, a few per request.
+  // decrypt, decompress and verify each chunk where it landed. Decode buffers: two chunks per
+  // codec thread in flight (decoding, or being handed on), whatever the requests in flight.
   const buffers: Buffer[] = []
   const plainBuffers: Buffer[] = []
-  const decodesPerRequest = Math.max(2, Math.ceil((2 * codecThreadCount()) / options.concurrency))
+  const decodes = Math.max(2, 2 * codecThreadCount())
+  const decoding = pLimit(decodes)
   const start = Math.floor((options.from ?? 0) / list.leafChunks)
   for (let leaf = start; leaf < list.leaves; leaf += windowChunks / list.leafChunks) {
     options.signal?.throwIfAborted()
@@ -180,7 +182,7 @@ export async function readWindows(
     }
     // The chunks of one ranged read are decoded side by side (each blob is a view of `buffer`).
     // Chunks read one by one from where a prune moved them share `buffer`: one at a time.
-    await forEachConcurrent(req.chunks, data ? decodesPerRequest : 1, async (chunk) => {
+    await forEachConcurrent(req.chunks, data ? decodes : 1, (chunk) => decoding(async () => {
       let blob: Buffer
       if (data) blob = data.subarray(chunk.offset - req.offset, chunk.offset - req.offset + chunk.length)
       else {
@@ -206,7 +208,7 @@ export async function readWindows(
       } finally {
         plainBuffers.push(plainBuffer)
       }
-    }, options.signal)
+    }), options.signal)
   }
 }
 
