@@ -11,6 +11,7 @@
 // replaced by the next one.
 import { getCompileCacheDir } from 'node:module'
 import { availableParallelism } from 'node:os'
+import { extname } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { createHash } from 'node:crypto'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
@@ -54,6 +55,12 @@ interface Thread {
 }
 
 /** One per core, or EBS_WORKER_CODEC_THREADS (1–256); a value that is not such a number is refused. */
+/**
+ * The thread's module, beside this one and of its kind: codec-thread.ts in a checkout,
+ * codec-thread.js in a release (compiled; a `new URL` string is not rewritten by tsc).
+ */
+const THREAD_ENTRY = new URL(`./codec-thread${extname(new URL(import.meta.url).pathname)}`, import.meta.url)
+
 export function codecThreadCount(): number {
   const raw = process.env.EBS_WORKER_CODEC_THREADS
   if (raw === undefined || raw === '') return availableParallelism()
@@ -161,7 +168,7 @@ export class CodecThreads {
     // The process's compile cache, when it has one, serves the threads too: a thread then loads
     // its modules without stripping their types again (about 10 MiB and 100 ms less per thread).
     const cache = getCompileCacheDir()
-    const worker = new Worker(new URL('./codec-thread.ts', import.meta.url), {
+    const worker = new Worker(THREAD_ENTRY, {
       // A thread's live objects are a few small ones per request: a young generation of 8 MiB
       // (V8 grows it to tens otherwise) is ample and keeps each thread's memory small.
       resourceLimits: { maxYoungGenerationSizeMb: 8 },
