@@ -631,19 +631,31 @@ t.test('a task that fails every time is reported once, on its last attempt, and 
   t.pass('and the message ends in the dead-letter queue')
 })
 
-t.test('a task whose earlier attempt left its volume in another zone: that volume is deleted and the work done here', async (t) => {
-  const { dir, ec2, send, reply } = await world(t)
-  const image = join(dir, 'snap.img')
+/**
+ * A snapshot of the test image and a volume made from it, as an earlier attempt of a task would
+ * have left it (tagged as given), made long before the task: available and visible by now.
+ */
+async function leftVolume(t: Teardown, w: Awaited<ReturnType<typeof world>>, zone: string, tags: Record<string, string>): Promise<{ snapshotId: string; volumeId: string }> {
+  const image = join(w.dir, 'snap.img')
   await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 3 * MiB, length: 4 * MiB }])
-  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2 })
-  const ec2Client = new EC2Client({ endpoint: ec2.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
+  const snapshotId = w.ec2.addSnapshot({ image, sizeGiB: 2 })
+  const ec2Client = new EC2Client({ endpoint: w.ec2.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
   t.teardown(() => ec2Client.destroy())
-  const stray = await ec2Client.send(new CreateVolumeCommand({
-    AvailabilityZone: 'us-east-1b', SnapshotId: snapshotId,
-    TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: 'ebs-worker:task-id', Value: 'az-1' }] }],
+  const made = await ec2Client.send(new CreateVolumeCommand({
+    AvailabilityZone: zone, SnapshotId: snapshotId,
+    TagSpecifications: [{ ResourceType: 'volume', Tags: Object.entries(tags).map(([Key, Value]) => ({ Key, Value })) }],
   }))
-  await until(() => ec2.volumes.get(stray.VolumeId!)?.state === 'available', 10_000, 'the stray volume')
-  ec2.settle(stray.VolumeId!) // made long before the task: visible by now
+  const volumeId = made.VolumeId!
+  await until(() => w.ec2.volumes.get(volumeId)?.state === 'available', 10_000, 'the volume left behind')
+  w.ec2.settle(volumeId)
+  return { snapshotId, volumeId }
+}
+
+t.test('a task whose earlier attempt left its volume in another zone: that volume is deleted and the work done here', async (t) => {
+  const w = await world(t)
+  const { ec2, send, reply } = w
+  const { snapshotId, volumeId: strayId } = await leftVolume(t, w, 'us-east-1b', { 'ebs-worker:task-id': 'az-1' })
+  const stray = { VolumeId: strayId }
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'az-1', snapshotId }))
   const az = await reply('az-1')
   t.equal(az.status, 'succeeded', `the task succeeds here ${JSON.stringify(az.error ?? '')}`)
@@ -652,20 +664,11 @@ t.test('a task whose earlier attempt left its volume in another zone: that volum
 })
 
 t.test('a task whose earlier attempt on another worker left its volume here: this worker takes it over (its worker tag) and uses it', async (t) => {
-  const { dir, ec2, send, reply } = await world(t)
-  const image = join(dir, 'snap.img')
-  await makeImage(image, 16 * MiB, [{ kind: 'random', offset: 3 * MiB, length: 4 * MiB }])
-  const snapshotId = ec2.addSnapshot({ image, sizeGiB: 2 })
-  const ec2Client = new EC2Client({ endpoint: ec2.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } })
-  t.teardown(() => ec2Client.destroy())
-  const left = await ec2Client.send(new CreateVolumeCommand({
-    AvailabilityZone: INSTANCE.availabilityZone, SnapshotId: snapshotId,
-    TagSpecifications: [{ ResourceType: 'volume', Tags: [
-      { Key: 'ebs-worker:task-id', Value: 'took-1' }, { Key: 'ebs-worker:worker', Value: 'i-0dddddddddddddddd' }, { Key: 'ebs-worker:transient', Value: 'true' },
-    ] }],
-  }))
-  await until(() => ec2.volumes.get(left.VolumeId!)?.state === 'available', 10_000, 'the volume left behind')
-  ec2.settle(left.VolumeId!)
+  const w = await world(t)
+  const { ec2, send, reply } = w
+  const { snapshotId, volumeId } = await leftVolume(t, w, INSTANCE.availabilityZone,
+    { 'ebs-worker:task-id': 'took-1', 'ebs-worker:worker': 'i-0dddddddddddddddd', 'ebs-worker:transient': 'true' })
+  const left = { VolumeId: volumeId }
   await send(JSON.stringify({ version: 1, type: 'backup', taskId: 'took-1', snapshotId }))
   const r = await reply('took-1')
   t.equal(r.status, 'succeeded', `the task succeeds ${JSON.stringify(r.error ?? '')}`)
