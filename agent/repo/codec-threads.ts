@@ -17,8 +17,27 @@ import { createHash } from 'node:crypto'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import type { BlobProfile } from './blob-format.ts'
 
-/** A buffer the codec threads can work in without a copy. */
+const WASM_PAGE = 65536
+
+/**
+ * A buffer the codec threads can work in without a copy, starting on a page boundary.
+ *
+ * Why the boundary: the kernel's copies to and from user memory (read, write, send, recv) run
+ * 4-5x slower into a buffer that is not page-aligned on this class of CPU (AMD: `rep movsb` with
+ * source and destination misaligned). A 1 GiB read from the page cache: 0.45 s of system time into
+ * a SharedArrayBuffer (malloc: page + 16 bytes) against 0.09 s page-aligned — BENCHMARKS.md.
+ * Node has no aligned allocator, but a shared WebAssembly.Memory is mapped by V8 on its own pages
+ * (address space only: untouched pages cost no memory), and its buffer is a SharedArrayBuffer.
+ */
 export function sharedBuffer(bytes: number): Buffer {
+  if (bytes > 0) {
+    const pages = Math.ceil(bytes / WASM_PAGE)
+    try {
+      return Buffer.from(new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer, 0, bytes)
+    } catch {
+      // No WebAssembly memory left to reserve (address space): slower copies, same results.
+    }
+  }
   return Buffer.from(new SharedArrayBuffer(bytes))
 }
 
