@@ -164,7 +164,9 @@ drop_bucket() {  # and make RGW free the memory now rather than at its next gc p
 # all of it through EP with the CA words of use_protocol.
 setup_ebs-worker() {
   "$AWS" --endpoint-url "$ENDPOINT" s3 mb "s3://$BUCKET" >/dev/null
-  local ebs="$EBS_TLS$(printf '%q ' "$NODE" "$EBS_WORKER")"
+  # Run as an installed ebs-worker runs: through the entry's own #! line (its V8 flags), with this
+  # checkout's Node first on PATH.
+  local ebs="${EBS_TLS}PATH=$(printf %q "$(dirname "$NODE")"):\$PATH $(printf '%q ' "$EBS_WORKER")"
   local key="" init=""
   [ ${#EBS_KEY[@]} = 0 ] || key="$(printf '%q ' "${EBS_KEY[@]}")"
   [ ${#EBS_INIT[@]} = 0 ] || init="$(printf '%q ' "${EBS_INIT[@]}")"

@@ -75,7 +75,8 @@ here=$(dirname "$(readlink -f "$0")")/..
 # libuv's thread pool runs the device reads and zstd: 16 threads, as agent/bin/ebs-worker.ts sets.
 : "${UV_THREADPOOL_SIZE:=16}"
 export UV_THREADPOOL_SIZE
-exec "$here/node/bin/node" "$here/lib/agent/bin/ebs-worker.js" "$@"
+# V8's young generation capped at 4 MiB per half, as agent/bin/ebs-worker.ts's first line (why there).
+exec "$here/node/bin/node" --max-semi-space-size=4 "$here/lib/agent/bin/ebs-worker.js" "$@"
 LAUNCHER
 chmod 755 "$common/bin/ebs-worker"
 cat > "$common/bin/ebs-controller" <<'LAUNCHER'

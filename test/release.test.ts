@@ -77,6 +77,11 @@ t.test('the tarball holds the runtime, the compiled agent and production depende
   for (const dev of ['tap', 'typescript', 'fauxqs', 'node', '@types']) t.notOk(modules.includes(dev), `${dev} is not`)
   const unit = await readFile(join(home, 'share/ebs-worker.service'), 'utf8')
   t.match(unit, /^ExecStart=\/opt\/ebs-worker\/bin\/ebs-worker daemon /m, 'the unit starts the launcher where the tarball puts it under /opt/ebs-worker')
+  // The launcher gives Node the V8 flags the checkout's entry gives on its #! line (the young
+  // generation's cap that keeps peak RSS under budget, agent/bin/ebs-worker.ts).
+  const shebangFlags = /^#!\/usr\/bin\/env -S node (.*)$/m.exec(await readFile('agent/bin/ebs-worker.ts', 'utf8'))?.[1]
+  t.ok(shebangFlags, 'the entry\'s #! line gives node flags')
+  t.match(await readFile(launcher, 'utf8'), `/node/bin/node" ${shebangFlags} "$here/lib/agent/bin/ebs-worker.js"`, 'the launcher gives node the same flags')
   for (const f of ['ebs-worker.sysusers', 'cloudwatch-agent.json', 'logrotate.conf', 'user-data.sh', 'install-worker.sh', 'OPERATIONS.md', 'CONTROLLER.md']) await access(join(home, 'share', f))
   await access(join(home, 'lib/controller/bin/ebs-controller.js'))
 })

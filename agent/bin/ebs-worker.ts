@@ -1,4 +1,8 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
+// --max-semi-space-size=4 (MiB; also in the release's launcher, scripts/release.sh): V8 grows the
+// main thread's young generation to 32 MiB under a backup's stream of short-lived objects, a
+// tenth of the memory budget for nothing; at 4 MiB peak RSS is ~20 MiB lower and the CPU the same
+// (BENCHMARKS.md). It must be given at start-up: V8 sizes the heap when it creates it.
 // Entry point. libuv's thread pool runs file I/O and zstd; its default of 4 threads would cap
 // the reads in flight, so it is raised before anything uses it (hence the dynamic import).
 process.env.UV_THREADPOOL_SIZE ??= '16'
