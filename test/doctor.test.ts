@@ -11,7 +11,8 @@ import { cli, fakeNvme, makeImage, MiB, runCli, tempDir, type Teardown } from '.
 import { startImds } from './standin/imds.ts'
 import { Ec2StandIn } from './standin/ec2.ts'
 import { KmsStandIn } from './standin/kms.ts'
-import { doctor, MEMORY_BASE, MEMORY_PER_TASK, memoryPerTask, type Check } from '../agent/daemon/doctor.ts'
+import { doctor, memoryBase, memoryPerTask, type Check } from '../agent/daemon/doctor.ts'
+import { DEFAULT_TUNING } from '../agent/core/tuning.ts'
 import { withDefaults } from '../agent/core/tuning.ts'
 
 const INSTANCE = { instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', accountId: '111122223333' }
@@ -158,7 +159,7 @@ t.test('memory and disk for the configured concurrency', async (t) => {
   const path = join(dir, 'config.json')
   await writeFile(path, JSON.stringify({ queueUrl: 'https://sqs.us-east-1.amazonaws.com/1/q', replyQueueUrl: 'https://sqs.us-east-1.amazonaws.com/1/r', repository: 's3://b/p', concurrency: 8 }))
   const facts = (mem: number, disk: number) => ({ memAvailable: async () => mem, freeDisk: async () => disk })
-  const need = MEMORY_BASE + 8 * MEMORY_PER_TASK
+  const need = memoryBase() + 8 * memoryPerTask(DEFAULT_TUNING)
   const ok = await doctor({ configPath: path, only: ['memory', 'disk'], logDir: dir, system: facts(need, 2 * 1024 * MiB) })
   t.same(ok.map((c) => c.status), ['ok', 'ok'])
   const low = await doctor({ configPath: path, only: ['memory', 'disk'], logDir: join(dir, 'not/yet/there'), system: facts(need - 1, 100 * MiB) })
@@ -172,10 +173,14 @@ t.test('memory for the configured tuning: larger packs need more', async (t) => 
   const tuning = { packSize: 64 * MiB, uploadConcurrency: 4 }
   await writeFile(path, JSON.stringify({ queueUrl: 'https://sqs.us-east-1.amazonaws.com/1/q', replyQueueUrl: 'https://sqs.us-east-1.amazonaws.com/1/r', repository: 's3://b/p', concurrency: 2, tuning }))
   const perTask = memoryPerTask(withDefaults(tuning))
-  t.equal(perTask, 16 * MiB + 5 * 64 * MiB + 32 * MiB, 'reads, five packs of 64 MiB (four uploading, one filling), and the buffers')
+  t.equal(memoryPerTask(withDefaults(tuning), MiB, 2), 16 * MiB + 5 * 64 * MiB + 2 * 2 * MiB + 32 * MiB,
+    'reads, five packs of 64 MiB (four uploading, one filling), two chunks per codec thread, and the buffers')
+  t.equal(memoryPerTask(DEFAULT_TUNING, MiB, 2), 100 * MiB, 'the defaults on 2 vCPUs: a restore\'s 8 GETs of 8 MiB, 4 chunks, 32 MiB')
+  t.equal(memoryBase(2), 256 * MiB, 'the process, 2 codec threads')
+  t.equal(memoryBase(8), 256 * MiB + 4 * 20 * MiB, 'each codec thread beyond 4 adds 20 MiB')
   const facts = (mem: number) => ({ memAvailable: async () => mem, freeDisk: async () => 0 })
-  t.match(await doctor({ configPath: path, only: ['memory'], system: facts(MEMORY_BASE + 2 * perTask) }), [{ status: 'ok' }])
-  t.match(await doctor({ configPath: path, only: ['memory'], system: facts(MEMORY_BASE + 2 * MEMORY_PER_TASK) }), [{ status: 'problem', fix: /lower concurrency to 0/ }],
+  t.match(await doctor({ configPath: path, only: ['memory'], system: facts(memoryBase() + 2 * perTask) }), [{ status: 'ok' }])
+  t.match(await doctor({ configPath: path, only: ['memory'], system: facts(memoryBase() + 2 * memoryPerTask(DEFAULT_TUNING)) }), [{ status: 'problem', fix: /lower concurrency to 0/ }],
     'what the defaults need is not enough')
   await writeFile(path, JSON.stringify({ queueUrl: 'https://sqs.us-east-1.amazonaws.com/1/q', replyQueueUrl: 'https://sqs.us-east-1.amazonaws.com/1/r', repository: 's3://b/p', tuning: { packSize: 12 } }))
   t.match(await doctor({ configPath: path, only: ['config'] }), [{ status: 'problem', detail: /tuning\.packSize/ }], 'a tuning knob out of its bounds is a configuration problem')

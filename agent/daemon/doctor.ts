@@ -13,7 +13,8 @@ import { loadConfig, type DaemonConfig } from './config.ts'
 import { EBS_MODEL } from '../device/ebs-device.ts'
 import { describe, isEbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { formatBytes } from '../core/units.ts'
-import { DEFAULT_TUNING, withDefaults, type Tuning } from '../core/tuning.ts'
+import { withDefaults, type Tuning } from '../core/tuning.ts'
+import { codecThreadCount } from '../repo/codec-threads.ts'
 import { DEFAULT_CHUNK_SIZE } from '../repo/repository.ts'
 import { imdsAnswered, whoAmI, type WorkerIdentity } from '../aws/identity.ts'
 import { openRepository } from '../app/repository.ts'
@@ -30,18 +31,23 @@ export interface SystemFacts {
 export const MiB = 1024 * 1024
 /**
  * Memory a task needs with this tuning (README, "How it works"): a backup holds its reads in
- * flight × the chunk size + (uploads + 1) × the pack size, a restore its GETs in flight × (the
- * largest request + a chunk); the larger of the two, and 32 MiB for the SDK's and zstd's buffers.
- * At the defaults: max(16 × 1 + 5 × 8, 8 × (8 + 1)) + 32 = 104 MiB.
+ * flight × the chunk size + (uploads + 1) × the pack size, a restore its GETs in flight × the
+ * largest request; either also two chunk buffers per codec thread (sealed or decoded chunks in
+ * flight), and 32 MiB for the SDK's and zstd's buffers. At the defaults on 2 vCPUs:
+ * max(16 × 1 + 5 × 8, 8 × 8) + 2 × 2 × 1 + 32 = 100 MiB.
  */
-export function memoryPerTask(t: Tuning, chunkSize = DEFAULT_CHUNK_SIZE): number {
+export function memoryPerTask(t: Tuning, chunkSize = DEFAULT_CHUNK_SIZE, threads = codecThreadCount()): number {
   const backup = t.readConcurrency * chunkSize + (t.uploadConcurrency + 1) * t.packSize
-  const restore = t.restoreConcurrency * (t.maxRequestBytes + chunkSize)
-  return Math.max(backup, restore) + 32 * MiB
+  const restore = t.restoreConcurrency * t.maxRequestBytes
+  return Math.max(backup, restore) + 2 * threads * chunkSize + 32 * MiB
 }
-export const MEMORY_PER_TASK = memoryPerTask(DEFAULT_TUNING)
-/** The process itself. */
-export const MEMORY_BASE = 256 * MiB
+/**
+ * The process itself: 256 MiB, which holds up to 4 codec threads (about 20 MiB each, their own
+ * heaps and zstd contexts); each further one adds its 20 MiB.
+ */
+export function memoryBase(threads = codecThreadCount()): number {
+  return 256 * MiB + Math.max(0, threads - 4) * 20 * MiB
+}
 /** Free space the log directory needs: logrotate keeps 7 files of up to 100 MiB. */
 export const DISK_FOR_LOGS = 1024 * MiB
 
@@ -248,10 +254,11 @@ export async function doctor(options: DoctorOptions): Promise<Check[]> {
   // memory and disk for the configured concurrency.
   if (wanted('memory')) {
     const perTask = memoryPerTask(withDefaults(config.tuning))
-    const need = MEMORY_BASE + config.concurrency * perTask
+    const base = memoryBase()
+    const need = base + config.concurrency * perTask
     try {
       const available = await system.memAvailable()
-      const fits = Math.max(0, Math.floor((available - MEMORY_BASE) / perTask))
+      const fits = Math.max(0, Math.floor((available - base) / perTask))
       if (available >= need) add({ name: 'memory', status: 'ok', detail: `${formatBytes(available)} available, ${formatBytes(need)} needed for concurrency ${config.concurrency}` })
       else add({ name: 'memory', status: 'problem', detail: `${formatBytes(available)} available, ${formatBytes(need)} needed for concurrency ${config.concurrency}`, fix: `lower concurrency to ${fits} or use an instance type with more memory` })
     } catch (err) {
