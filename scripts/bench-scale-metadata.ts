@@ -351,10 +351,9 @@ export class MetadataModel {
       },
       put: async (id, plain, level) => {
         if (asked.level !== level) throw new Error(`node at level ${level} put without being looked up`)
-        const parts = await codec.encodeParts('tree', plain)
-        const length = parts.reduce((n, p) => n + p.length, 0)
-        if (builder.bytes > 0 && builder.bytes + length > buffer.length - 64 * KiB) await seal()
-        const ref = builder.add(id, parts, plain.length)
+        const blob = await codec.encode('tree', plain)
+        if (builder.bytes > 0 && builder.bytes + blob.length > buffer.length - 64 * KiB) await seal()
+        const ref = builder.add(id, blob, plain.length)
         if (builder.sealedBound >= TREE_PACK_SIZE) await seal()
         ;(levels[level] ??= [])[asked.index] = ref
         if (level === 0) leaves++

@@ -204,7 +204,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
         const entry = byOffset.get(b.offset)
         if (!entry) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${p.id} has no blob at offset ${b.offset}, which a backup refers to`, { context: { pack: p.id, offset: b.offset } })
         const bytes = await repo.readPackRange(p.id, entry.offset, entry.length)
-        moved.set(b.offset, await (u.tree ? trees : data).add(entry.id, [bytes], entry.rawLength))
+        moved.set(b.offset, await (u.tree ? trees : data).add(entry.id, bytes, entry.rawLength))
       }
       await data.flush()
       await trees.flush()

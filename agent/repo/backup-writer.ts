@@ -150,7 +150,7 @@ export class BackupWriter {
     const parentTree = this.#parentTree
     this.#builder = new TreeBuilder(this.shape, {
       idOf: (plain) => repo.chunkId(plain),
-      put: async (id, plain) => this.#trees.add(id, await repo.codec.encodeParts('tree', plain), plain.length),
+      put: async (id, plain) => this.#trees.add(id, await repo.codec.encode('tree', plain), plain.length),
       ...(this.#sameShape && parentTree ? { existing: (level: number, index: number) => parentTree.refAt(level, index) } : {}),
     }, resume?.builder)
   }
@@ -234,7 +234,7 @@ export class BackupWriter {
         ref = await this.#sealing(async () => {
           const out = this.#sealBuffers.pop() ?? sharedBuffer(sealBound(this.chunkSize))
           try {
-            return await this.#data.add(id, [await this.#repo.codec.sealChunk(data, out)], length)
+            return await this.#data.add(id, await this.#repo.codec.sealChunk(data, out), length)
           } finally {
             this.#sealBuffers.push(out)
           }

@@ -50,11 +50,6 @@ export class BlobCodec {
     return out.subarray(0, this.#engine.seal(kind, plain, out))
   }
 
-  /** Encodes into the blob's consecutive parts (the pack writer copies them into a pack). */
-  async encodeParts(kind: BlobKind, plain: Buffer): Promise<Buffer[]> {
-    return [await this.encode(kind, plain)]
-  }
-
   /**
    * Decodes a blob; throws CHUNK_CORRUPT on damage (or a different key). With `into` (a buffer
    * the caller reuses, large enough for `expectedLength`), the result is a view of it.

@@ -58,7 +58,7 @@ export async function migrate(repo: Repository, onProgress?: (p: MigrateProgress
       const shape = { chunks: chunkCount(m.size, m.chunkSize), leafChunks: DEFAULT_LEAF_CHUNKS, fanout: DEFAULT_FANOUT }
       const builder = new TreeBuilder(shape, {
         idOf: (plain) => repo.chunkId(plain),
-        put: async (nodeId, plain) => trees.add(nodeId, await repo.codec.encodeParts('tree', plain), plain.length),
+        put: async (nodeId, plain) => trees.add(nodeId, await repo.codec.encode('tree', plain), plain.length),
       })
       // Leaves of version 1 lists hold as many chunks as version 2 leaves do: one for one.
       for (let k = 0; k < list.leaves; k++) await builder.pushLeaf(await list.leaf(k))

@@ -45,14 +45,14 @@ export class PackWriter {
   }
 
   /**
-   * Copies a blob into the current pack (the parts may be reused once this resolves) and says
+   * Copies a blob into the current pack (`blob` may be reused once this resolves) and says
    * where it will be. A blob that would start a new pack while `concurrency` packs are uploading
    * waits for one of them: backpressure on the readers, and at most `concurrency` + 1 pack
    * buffers. The blob is durable once flush() or finish() has resolved.
    */
-  async add(id: Buffer, parts: readonly Buffer[], rawLength: number): Promise<BlobRef> {
+  async add(id: Buffer, blob: Buffer, rawLength: number): Promise<BlobRef> {
     this.#throwIfFailed()
-    const length = partsLength(parts)
+    const length = blob.length
     while (this.#builder.bytes > 0 && (this.#builder.sealedBound >= this.#options.packSize || this.#builder.bytes + length > this.#builder.buffer.length - 64 * 1024)) {
       if (this.#inflight.size < this.#options.concurrency) {
         this.#seal()
@@ -61,7 +61,7 @@ export class PackWriter {
       await Promise.race(this.#inflight)
       this.#throwIfFailed()
     }
-    const ref = this.#builder.add(id, parts, rawLength)
+    const ref = this.#builder.add(id, blob, rawLength)
     if (this.#builder.sealedBound >= this.#options.packSize && this.#inflight.size < this.#options.concurrency) this.#seal()
     return ref
   }
@@ -128,8 +128,3 @@ export class PackWriter {
   }
 }
 
-function partsLength(parts: readonly Buffer[]): number {
-  let n = 0
-  for (const p of parts) n += p.length
-  return n
-}

@@ -47,13 +47,11 @@ export class PackBuilder {
     return this.#bytes + TRAILER_BYTES_PER_CHUNK * this.entries.length + 64
   }
 
-  /** Copies a blob, given as consecutive parts, into the pack; returns where it is. */
-  add(id: Buffer, parts: readonly Buffer[], rawLength: number): BlobRef {
+  /** Copies a blob into the pack; returns where it is. */
+  add(id: Buffer, blob: Buffer, rawLength: number): BlobRef {
     const start = this.#bytes
-    for (const part of parts) {
-      if (this.#bytes + part.length > this.buffer.length) throw new Error('pack buffer overflow')
-      this.#bytes += part.copy(this.buffer, this.#bytes)
-    }
+    if (this.#bytes + blob.length > this.buffer.length) throw new Error('pack buffer overflow')
+    this.#bytes += blob.copy(this.buffer, this.#bytes)
     const ref = { id, pack: this.id, offset: start, length: this.#bytes - start, rawLength }
     this.entries.push(ref)
     return ref
