@@ -77,10 +77,15 @@ export class BlobCodec {
     return await this.#threads.identify(this.#profile, data)
   }
 
-  /** Encodes a chunk into `out` (sealBound(data.length) bytes); returns the blob, a view of `out`. */
+  /**
+   * Encodes a chunk into `out` (sealBound(data.length) bytes, page-aligned as sharedBuffer()s are);
+   * returns the blob, a view of `out` from the engine's alignedStart.
+   */
   async sealChunk(data: Buffer, out: Buffer): Promise<Buffer> {
-    if (!isShared(data) || !isShared(out)) return out.subarray(0, this.#engine.seal('chunk', data, out))
-    return out.subarray(0, await this.#threads.seal(this.#profile, data, out))
+    const start = this.#engine.alignedStart
+    const into = out.subarray(start)
+    if (!isShared(data) || !isShared(out)) return out.subarray(start, start + this.#engine.seal('chunk', data, into))
+    return out.subarray(start, start + await this.#threads.seal(this.#profile, data, into))
   }
 
   /**
