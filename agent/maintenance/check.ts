@@ -17,7 +17,9 @@
 import { randomInt } from 'node:crypto'
 import { EbsWorkerError, ErrorCode, describe } from '../core/errors.ts'
 import { BACKUP_ID_PATTERN } from '../core/ids.ts'
+import pLimit from 'p-limit'
 import { decodeBufferSize } from '../repo/codec.ts'
+import { codecThreadCount, sharedBuffer } from '../repo/codec-threads.ts'
 import { decodeRun, isRun } from '../repo/index-run.ts'
 import { BACKUPS, CONDEMNED, INDEXES, MOVED, PACKS } from '../repo/layout.ts'
 import { listLocks } from '../repo/locks.ts'
@@ -226,6 +228,11 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
     return { ...(backups.length ? { backups } : {}), runs: distinct.filter((s) => s >= RUN_SOURCE).map((s) => runNames[s - RUN_SOURCE]!) }
   }
 
+  // --read-data: ranges read into shared buffers (one per pack being read), decoded on the codec
+  // threads, two chunks per thread in flight (as a restore).
+  const rangeBuffers: Buffer[] = []
+  const plainBuffers: Buffer[] = []
+  const decoding = pLimit(Math.max(2, 2 * codecThreadCount()))
   const spill = await Spill.open(true)
   try {
     // The trees: every node read and proven; every reference spilled with where it came from.
@@ -377,48 +384,73 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
     }
     if (selected(o.readData, pack)) await readPack(pack, trailer.entries, trailer.tree)
 
-    /** Every blob read, decoded and re-hashed; damage where something refers to it, information elsewhere. */
+    /**
+     * Every blob read, decoded and re-hashed; damage where something refers to it, information
+     * elsewhere. A range is read into a shared buffer and its chunks are decoded side by side on
+     * the codec threads, as a restore does (chunk-reader.ts); findings are told in pack order.
+     */
     async function readPack(pack: string, entries: readonly BlobRef[], tree: boolean): Promise<void> {
       result.packs.read++
-      const plainBuffer = Buffer.allocUnsafeSlow(decodeBufferSize(repo.chunkSize))
       for (let i = 0; i < entries.length;) {
         o.signal?.throwIfAborted()
         let j = i + 1
         while (j < entries.length && entries[j]!.offset + entries[j]!.length - entries[i]!.offset <= READ_RANGE) j++
         const first = entries[i]!
         const last = entries[j - 1]!
-        let data: Buffer
+        const length = last.offset + last.length - first.offset
+        let range = rangeBuffers.pop()
+        if (!range || range.length < length) range = sharedBuffer(Math.max(READ_RANGE, length))
         try {
-          data = await repo.readPackRange(pack, first.offset, last.offset + last.length - first.offset)
-        } catch (err) {
-          if (!isDamage(err)) throw err
-          const { backups } = named(entries.slice(i, j).flatMap((e) => referred(e.offset)))
-          report.add({ severity: group ? 'damage' : 'info', kind: 'blob', ...(backups ? { backups } : {}), pack, offset: first.offset, message: describe(err) })
-          return
-        }
-        result.packs.bytesRead += data.length
-        for (const e of entries.slice(i, j)) {
-          const blob = data.subarray(e.offset - first.offset, e.offset - first.offset + e.length)
+          let data: Buffer
           try {
-            if (tree) {
-              const plain = await repo.codec.decode('tree', blob, e.rawLength)
-              if (!repo.chunkId(plain).equals(e.id)) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, 'the node does not match its id')
-              decodeNode(plain, 'the node')
-            } else {
-              const plain = await repo.decodeChunk(blob, e.id, e.rawLength, plainBuffer)
-              if (plain.length !== e.rawLength) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `it holds ${plain.length} bytes, its trailer says ${e.rawLength}`)
-            }
-            result.packs.blobsRead++
+            data = await repo.readPackRange(pack, first.offset, length, range)
           } catch (err) {
             if (!isDamage(err)) throw err
+            const { backups } = named(entries.slice(i, j).flatMap((e) => referred(e.offset)))
+            report.add({ severity: group ? 'damage' : 'info', kind: 'blob', ...(backups ? { backups } : {}), pack, offset: first.offset, message: describe(err) })
+            return
+          }
+          result.packs.bytesRead += data.length
+          const damage = await Promise.all(entries.slice(i, j).map((e) => decoding(() => proveBlob(e, data.subarray(e.offset - first.offset, e.offset - first.offset + e.length), tree))))
+          entries.slice(i, j).forEach((e, k) => {
+            const err = damage[k]
+            if (err === null) {
+              result.packs.blobsRead++
+              return
+            }
             const refs = referred(e.offset)
             const { backups, runs } = named(refs)
             report.add({ severity: refs.length ? 'damage' : 'info', kind: 'blob', ...(backups ? { backups } : {}), ...(runs.length ? { run: runs[0]! } : {}), pack, offset: e.offset,
               message: `pack ${pack}: the ${tree ? 'chunk-list node' : 'chunk'} at offset ${e.offset} is damaged: ${describe(err)}${refs.length ? '' : ' (nothing refers to it)'}` })
-          }
+          })
+        } finally {
+          rangeBuffers.push(range)
         }
         i = j
       }
+    }
+  }
+
+  /** Decodes one blob and proves it is the one its trailer names: null, or the damage found. */
+  async function proveBlob(e: BlobRef, blob: Buffer, tree: boolean): Promise<unknown> {
+    try {
+      if (tree) {
+        const plain = await repo.codec.decode('tree', blob, e.rawLength)
+        if (!repo.chunkId(plain).equals(e.id)) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, 'the node does not match its id')
+        decodeNode(plain, 'the node')
+        return null
+      }
+      const plainBuffer = plainBuffers.pop() ?? sharedBuffer(decodeBufferSize(repo.chunkSize))
+      try {
+        const plain = await repo.decodeChunk(blob, e.id, e.rawLength, plainBuffer)
+        if (plain.length !== e.rawLength) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `it holds ${plain.length} bytes, its trailer says ${e.rawLength}`)
+      } finally {
+        plainBuffers.push(plainBuffer)
+      }
+      return null
+    } catch (err) {
+      if (!isDamage(err)) throw err
+      return err
     }
   }
 }
