@@ -1,7 +1,8 @@
 // ebs-worker daemon: the worker service (docs/TASKS.md). Its settings are built here, at its
 // start, from the configuration file and the environment (daemon/config.ts).
 import { flushCompileCache } from 'node:module'
-import { InvalidArgumentError, Option, type Command } from 'commander'
+import { Option, type Command } from 'commander'
+import { wholeNumber } from './options.ts'
 import { DEFAULT_CONFIG_PATH, loadDaemonSettings } from '../daemon/config.ts'
 import type { CliContext } from './context.ts'
 
@@ -38,10 +39,7 @@ export function healthCheckCommand(program: Command, context: CliContext): void 
     .command('health-check')
     .description("report this instance Unhealthy to its Auto Scaling group when the daemon has not been healthy for --max-age (ebs-worker-health.timer)")
     .addOption(configOption())
-    .option('--max-age <seconds>', 'how long the daemon may go without being healthy', (v) => {
-      if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError('a positive number of seconds')
-      return Number(v)
-    }, 300)
+    .option('--max-age <seconds>', 'how long the daemon may go without being healthy', wholeNumber('--max-age', 1), 300)
     .option('--json', 'one JSON object on stdout')
     .action(async (opts: { config: string; maxAge: number }) => {
       const [{ checkHealth }, { whoAmI }, { AwsClients }] = await Promise.all([
@@ -65,10 +63,7 @@ export function sweepVolumesCommand(program: Command, { print, env }: CliContext
     .command('sweep-volumes')
     .description('delete the task volumes of workers that are gone: transient, detached, older than --older-than, their worker terminated (the daemon does this itself every volumeSweep.intervalMinutes; docs/OPERATIONS.md)')
     .addOption(configOption())
-    .option('--older-than <minutes>', 'only volumes created at least this long ago (default: volumeSweep.olderThanMinutes of the configuration)', (v) => {
-      if (!/^\d+$/.test(v) || Number(v) < 10) throw new InvalidArgumentError('a number of minutes, at least 10')
-      return Number(v)
-    })
+    .option('--older-than <minutes>', 'only volumes created at least this long ago (default: volumeSweep.olderThanMinutes of the configuration)', wholeNumber('--older-than', 10))
     .option('--dry-run', 'say what would be deleted; delete nothing')
     .option('--json', 'one JSON object on stdout')
     .action(async (opts: { config: string; olderThan?: number; dryRun?: boolean }) => {

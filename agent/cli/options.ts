@@ -27,10 +27,10 @@ export const nonNegativeNumber = (name: string) => (value: string): number => {
   return n
 }
 
-/** An argument parser for a whole number ≥ 0 (seconds). */
-export const wholeNumber = (name: string) => (value: string): number => {
+/** An argument parser for a whole number ≥ `min` (seconds, minutes). */
+export const wholeNumber = (name: string, min = 0) => (value: string): number => {
   const n = Number(value)
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`${name} must be a whole number ≥ 0`)
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be a whole number, at least ${min}`)
   return n
 }
 
