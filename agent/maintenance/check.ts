@@ -84,6 +84,8 @@ const MAX_LISTED = 1000
 const MAX_NAMED = 20
 /** Bytes read from a pack at once with --read-data (blobs are contiguous: one ranged GET). */
 const READ_RANGE = 16 * 1024 * 1024
+/** Folders of packs/ listed ahead of the one being checked. */
+const LIST_AHEAD = 8
 const TAIL = 12 // u32 trailer length | "EBWPACK1"
 /** Errors that say the data is damaged, not that the storage could not be reached. */
 const DAMAGE_CODES: ReadonlySet<string> = new Set([ErrorCode.ChunkCorrupt, ErrorCode.ChunkMissing, ErrorCode.ChecksumMismatch, ErrorCode.RepoFormat, ErrorCode.RepoVersion])
@@ -280,15 +282,25 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
     }
     result.runs = runNames.length
 
-    // Pack by pack, a folder of packs/ at a time.
+    // Pack by pack, a folder of packs/ at a time. The listings of the next folders are asked for
+    // while this one's packs are checked: one LIST after the other cost a round trip per folder
+    // (256 of them: 13 s against the test bed, for any repository, even an empty one).
     const groups = spill.packs()
     let next = await groups.next()
     const pool = new Pool(o.concurrency ?? 8)
+    const listing = (folder: number) => {
+      const listed = repo.listObjects(`${PACKS}${folder.toString(16).padStart(2, '0')}/`)
+      listed.catch(() => {}) // awaited in its turn; not an unhandled rejection before that
+      return listed
+    }
+    const ahead = Array.from({ length: LIST_AHEAD }, (_, folder) => listing(folder))
     for (let folder = 0; folder < 256; folder++) {
       o.signal?.throwIfAborted()
       o.onProgress?.({ phase: 'packs', done: folder, total: 256 })
       const hex = folder.toString(16).padStart(2, '0')
-      const listed = new Map((await repo.listObjects(`${PACKS}${hex}/`)).map((obj) => [obj.name.slice(PACKS.length + 3), obj.size]))
+      const objects = await ahead.shift()!
+      if (folder + LIST_AHEAD < 256) ahead.push(listing(folder + LIST_AHEAD))
+      const listed = new Map(objects.map((obj) => [obj.name.slice(PACKS.length + 3), obj.size]))
       for (const size of listed.values()) {
         result.packs.total++
         result.packs.bytes += size
