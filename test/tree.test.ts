@@ -120,3 +120,30 @@ t.test('a builder resumed from its state builds the same tree', async (t) => {
   t.ok((await b2.finish()).id.equals(whole.id), 'the same root')
   t.ok(isZeroRef(ZERO_REF))
 })
+
+t.test('leaves asked for at once (a restore loads a window\'s leaves side by side): right entries, each node loaded once', async (t) => {
+  const shape = { chunks: 1000, leafChunks: 4, fanout: 3 }
+  const zero = (i: number) => i % 7 === 3
+  const store = memoryStore()
+  const root = await build(shape, zero, store)
+  const loads = new Map<string, number>()
+  let inFlight = 0
+  let most = 0
+  const load = loader(store.nodes)
+  const cursor = new TreeCursor(shape, root, async (ref, level) => {
+    const key = ref.id.toString('hex')
+    loads.set(key, (loads.get(key) ?? 0) + 1)
+    most = Math.max(most, ++inFlight)
+    await new Promise((resolve) => setTimeout(resolve, 2)) // a GET's latency
+    inFlight--
+    return load(ref, level)
+  })
+  // Leaves 0..59, asked for all at once: they share their upper nodes.
+  const leaves = await Promise.all(Array.from({ length: 60 }, (_, k) => cursor.leaf(k)))
+  leaves.forEach((entries, k) => {
+    const want = Array.from({ length: 4 }, (_, j) => chunkRef(k * 4 + j, zero))
+    if (!entries.every((e, j) => e.id.equals(want[j]!.id) && e.offset === want[j]!.offset)) t.fail(`leaf ${k}`)
+  })
+  t.ok(most > 1, `loads ran side by side (${most} at most)`)
+  t.same([...loads.values()].filter((n) => n > 1), [], `no node loaded twice (${loads.size} loads)`)
+})

@@ -272,7 +272,7 @@ export type NodeLoader = (ref: BlobRef, level: number) => Promise<BlobRef[]>
 
 /**
  * Walks a tree by position, loading each node once as long as positions only grow (a backup's
- * parent, a restore): one node per level is held.
+ * parent, a restore): two nodes per level are held, and those being loaded.
  */
 export class TreeCursor {
   readonly shape: TreeShape
@@ -281,6 +281,8 @@ export class TreeCursor {
   readonly #rootLevel: number
   /** Per level: the nodes held, newest last (two: positions that cross a boundary and back). */
   readonly #held: Array<Array<{ index: number; entries: BlobRef[] }>>
+  /** Nodes being loaded, by level/index. */
+  readonly #loading = new Map<string, Promise<BlobRef[]>>()
 
   constructor(shape: TreeShape, root: BlobRef, load: NodeLoader) {
     validateShape(shape)
@@ -315,6 +317,17 @@ export class TreeCursor {
   async #entries(level: number, index: number): Promise<BlobRef[]> {
     const held = this.#held[level]!.find((h) => h.index === index)
     if (held) return held.entries
+    // Leaves are loaded several at once (chunk-reader.ts): one load per node, whoever asks.
+    const key = `${level}/${index}`
+    let loading = this.#loading.get(key)
+    if (!loading) {
+      loading = this.#loadEntries(level, index).finally(() => this.#loading.delete(key))
+      this.#loading.set(key, loading)
+    }
+    return await loading
+  }
+
+  async #loadEntries(level: number, index: number): Promise<BlobRef[]> {
     const ref = await this.refAt(level, index)
     if (!ref) throw new EbsWorkerError(ErrorCode.RepoFormat, `the chunk list has no node ${index} at level ${level}`)
     const count = entriesAt(this.shape, level, index)
