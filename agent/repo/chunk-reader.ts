@@ -137,10 +137,14 @@ export async function readWindows(
   const decodes = Math.max(2, 2 * codecThreadCount())
   const decoding = pLimit(decodes)
   const start = Math.floor((options.from ?? 0) / list.leafChunks)
-  for (let leaf = start; leaf < list.leaves; leaf += windowChunks / list.leafChunks) {
+  const windowLeaves = windowChunks / list.leafChunks
+  // The next window's leaves load while this window's chunks are fetched: the pipeline does not
+  // stop at a window's end for one node GET after another.
+  let next: { leaf: number; entries: Promise<BlobRef[]> } | null = null
+  for (let leaf = start; leaf < list.leaves; leaf += windowLeaves) {
     options.signal?.throwIfAborted()
     const first = leaf * list.leafChunks
-    const leafEnd = Math.min(list.leaves, leaf + windowChunks / list.leafChunks)
+    const leafEnd = Math.min(list.leaves, leaf + windowLeaves)
     // A window of zeros (most of a sparse volume): nothing to read, nothing to plan.
     if (!options.skip?.(first) && (await allZero(list, leaf, leafEnd))) {
       const end = Math.min(list.count, leafEnd * list.leafChunks)
@@ -148,8 +152,13 @@ export async function readWindows(
       await sink.end?.(first, end)
       continue
     }
-    const entries: BlobRef[] = []
-    for (let k = leaf; k < leafEnd; k++) entries.push(...(await list.leaf(k)))
+    const entries = next?.leaf === leaf ? await next.entries : await loadLeaves(list, leaf, leafEnd)
+    next = null
+    if (leafEnd < list.leaves) {
+      const entries = loadLeaves(list, leafEnd, Math.min(list.leaves, leafEnd + windowLeaves))
+      entries.catch(() => {}) // awaited with the next window; not an unhandled rejection before
+      next = { leaf: leafEnd, entries }
+    }
     const end = first + entries.length
     const { requests, zero } = planWindow(entries, first, options.maxRequestBytes, options.skip)
     await sink.begin?.(first, end, runs(zero))
@@ -210,6 +219,24 @@ export async function readWindows(
       }
     }), options.signal)
   }
+}
+
+/** Chunk-list leaves loaded at once (each one a GET of a node: tens of milliseconds on S3). */
+const LEAF_LOADS = 8
+
+/**
+ * The entries of leaves [from, to), in order. The first leaf alone first: it loads the upper
+ * nodes the others share, so that they are not fetched once per leaf.
+ */
+async function loadLeaves(list: ChunkList, from: number, to: number): Promise<BlobRef[]> {
+  if (to <= from) return []
+  const leaves: BlobRef[][] = new Array(to - from)
+  leaves[0] = await list.leaf(from)
+  const rest = Array.from({ length: to - from - 1 }, (_, i) => from + 1 + i)
+  await forEachConcurrent(rest, LEAF_LOADS, async (k) => {
+    leaves[k - from] = await list.leaf(k)
+  })
+  return leaves.flat()
 }
 
 async function allZero(list: ChunkList, from: number, to: number): Promise<boolean> {
