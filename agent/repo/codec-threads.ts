@@ -22,12 +22,14 @@ const WASM_PAGE = 65536
 /**
  * A buffer the codec threads can work in without a copy, starting on a page boundary.
  *
- * Why the boundary: the kernel's copies to and from user memory (read, write, send, recv) run
- * 4-5x slower into a buffer that is not page-aligned on this class of CPU (AMD: `rep movsb` with
- * source and destination misaligned). A 1 GiB read from the page cache: 0.45 s of system time into
- * a SharedArrayBuffer (malloc: page + 16 bytes) against 0.09 s page-aligned — BENCHMARKS.md.
- * Node has no aligned allocator, but a shared WebAssembly.Memory is mapped by V8 on its own pages
- * (address space only: untouched pages cost no memory), and its buffer is a SharedArrayBuffer.
+ * Why the boundary: the kernel's copies to and from user memory (read, write, send, recv) and
+ * memcpy are at their fastest between aligned addresses, and at their slowest on this class of
+ * CPU (AMD) at malloc's page + 16 bytes — where glibc puts a 1 MiB allocation it maps on its own
+ * pages (a 1 GiB read from the page cache: 0.45 s of system time there, 0.09 s page-aligned;
+ * elsewhere in its heap it varies). Allocating aligned makes the fast case certain, and leaves
+ * the door open to O_DIRECT. Node has no aligned allocator, but a shared WebAssembly.Memory is
+ * mapped by V8 on its own pages (address space only: untouched pages cost no memory), and its
+ * buffer is a SharedArrayBuffer. BENCHMARKS.md, "Aligned buffers".
  */
 export function sharedBuffer(bytes: number): Buffer {
   if (bytes > 0) {
