@@ -123,3 +123,22 @@ t.test('shared buffers start on a page boundary (O_DIRECT accepts them)', async 
     t.equal(bytesRead, 4096, `a direct read into a ${bytes}-byte shared buffer is accepted: it is aligned`)
   }
 })
+
+t.test('threads started ahead (start()), one asked once, the others never: the process still exits by itself', async (t) => {
+  const { execFile } = await import('node:child_process')
+  const module = new URL('../agent/repo/codec-threads.ts', import.meta.url).href
+  // Three threads started, one of them asked once (as a backup whose chunks are all known asks few).
+  const script = `const { CodecThreads, sharedBuffer } = await import(${JSON.stringify(module)})
+    const p = new CodecThreads(3)
+    p.start()
+    const digest = await p.digest(p.profile({ encryption: null, chunkId: null, level: 1 }), sharedBuffer(4096))
+    console.log(p.running, digest.length)`
+  const file = join(await tempDir(t), 'start.mjs')
+  await (await import('node:fs/promises')).writeFile(file, script)
+  const r = await new Promise<{ code: number | null; signal: string | null; stdout: string }>((resolve) => {
+    const child = execFile(process.execPath, [file], { timeout: 20_000 }, (_err, stdout) => resolve({ code: child.exitCode, signal: child.signalCode, stdout }))
+  })
+  t.equal(r.stdout.trim(), '3 32', 'three threads started, one answered')
+  t.equal(r.signal, null, 'the process ended by itself (not killed after 20 s)')
+  t.equal(r.code, 0)
+})

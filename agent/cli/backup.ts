@@ -36,9 +36,11 @@ export function backupCommand(program: Command, { print, signal, aws }: CliConte
     .option('--pack-size <size>', 'target pack size', tuningArg('--pack-size', 'packSize', true), DEFAULT_TUNING.packSize)
     .option('--compression-level <n>', 'zstd level (1-19)', tuningArg('--compression-level', 'compressionLevel'), DEFAULT_TUNING.compressionLevel)
     .action(async (opts: BackupFlags) => {
-      const [{ openRepository }, { backup }, { parseChangedRanges }] = await Promise.all([
-        import('../app/repository.ts'), import('../pipeline/backup.ts'), import('../core/plan.ts'),
+      const [{ openRepository }, { backup }, { parseChangedRanges }, { CodecThreads }] = await Promise.all([
+        import('../app/repository.ts'), import('../pipeline/backup.ts'), import('../core/plan.ts'), import('../repo/codec-threads.ts'),
       ])
+      // The codec threads start while the repository opens (a cold start reads their modules from disk).
+      CodecThreads.shared().start()
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile, tuning: { compressionLevel: opts.compressionLevel } })
       const changed = opts.changedRanges
         ? parseChangedRanges(await readFile(opts.changedRanges, 'utf8').catch((err: unknown) => {

@@ -27,9 +27,11 @@ export function restoreCommand(program: Command, { print, signal, aws }: CliCont
       if (existing?.isFile() && existing.size > 0 && !opts.force) {
         throw new EbsWorkerError(ErrorCode.BadInput, `${opts.device} is an image file that is not empty (${formatBytes(existing.size)}): the restore would overwrite it; pass --force to do so`, { context: { device: opts.device } })
       }
-      const [{ openRepository }, { restore }, { assertVolumeDevice }] = await Promise.all([
-        import('../app/repository.ts'), import('../pipeline/restore.ts'), import('../device/ebs-device.ts'),
+      const [{ openRepository }, { restore }, { assertVolumeDevice }, { CodecThreads }] = await Promise.all([
+        import('../app/repository.ts'), import('../pipeline/restore.ts'), import('../device/ebs-device.ts'), import('../repo/codec-threads.ts'),
       ])
+      // The codec threads start while the repository opens (a cold start reads their modules from disk).
+      CodecThreads.shared().start()
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       // Before anything is opened for writing: the device must be that volume (its NVMe serial).
       if (opts.volumeId) await assertVolumeDevice(opts.device, opts.volumeId)

@@ -11,7 +11,8 @@ export function verifyCommand(program: Command, { print, signal, aws }: CliConte
     .requiredOption('--backup <id>', 'backup id')
     .option(...getsInFlight)
     .action(async (opts: RepositoryOptions & { backup: string; concurrency: number }) => {
-      const [{ openRepository }, { verify }] = await Promise.all([import('../app/repository.ts'), import('../pipeline/restore.ts')])
+      const [{ openRepository }, { verify }, { CodecThreads }] = await Promise.all([import('../app/repository.ts'), import('../pipeline/restore.ts'), import('../repo/codec-threads.ts')])
+      CodecThreads.shared().start() // while the repository opens
       const repo = await openRepository(opts.repo, { aws: aws(), keyFile: opts.keyFile })
       const r = await withProgress('verify ', opts.progress && !opts.json, (onProgress) =>
         verify(repo, { backupId: opts.backup, concurrency: opts.concurrency, onProgress, signal }))

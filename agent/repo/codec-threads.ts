@@ -117,6 +117,15 @@ export class CodecThreads {
     return this.#threads.length
   }
 
+  /**
+   * Starts the pool's threads now rather than on first use: a command that will need them
+   * (backup, restore) calls this first, so that their start — a Node isolate each, modules read
+   * from disk — runs while it opens the repository, not after. Idle threads hold nothing alive.
+   */
+  start(): void {
+    while (this.#threads.length < this.#size) this.#start()
+  }
+
   /** Stops every thread; their waiting requests fail. The next request starts new ones. */
   async close(): Promise<void> {
     await Promise.all(this.#threads.map((t) => t.worker.terminate()))
@@ -197,7 +206,6 @@ export class CodecThreads {
     })
     const thread: Thread = { worker, waiting: new Map(), profiles: new Set() }
     this.#threads.push(thread)
-    worker.unref()
     worker.on('message', (reply: CodecReply) => {
       const w = thread.waiting.get(reply.seq)
       if (!w) return
@@ -213,6 +221,9 @@ export class CodecThreads {
     }
     worker.on('error', (err) => gone(new Error(`codec thread failed: ${err.message}`, { cause: err })))
     worker.on('exit', (code) => gone(new Error(`codec thread exited (code ${code})`)))
+    // Last, after the listeners: unref()ed before them, threads started ahead of use kept the
+    // process from exiting once one of them had answered (test/codec-threads.test.ts).
+    worker.unref()
     return thread
   }
 }
