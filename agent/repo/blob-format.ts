@@ -12,6 +12,7 @@
 // for the small blobs (codec.ts). Nothing here does I/O.
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomFillSync } from 'node:crypto'
 import { compressBound, frameContentSize, ZstdCompressor, ZstdDecompressor } from './zstd.ts'
+import { copyInto } from '../core/copy.ts'
 
 export const FLAG_ZSTD = 1
 export const FLAG_AES_GCM = 2
@@ -103,7 +104,7 @@ export class BlobEngine {
         length = n
       }
     }
-    if (!(flags & FLAG_ZSTD)) out.set(plain, at)
+    if (!(flags & FLAG_ZSTD)) copyInto(out, plain, at)
     if (!key) {
       out[0] = flags
       return at + length
@@ -116,7 +117,7 @@ export class BlobEngine {
     // node:crypto has no update-into: the ciphertext comes in new buffers, copied over the payload
     // they replace. Small pieces are cheap ones (from malloc's free lists, warm in the cache); a
     // whole chunk's would be a fresh, zero-filled MiB each time: twice the cost of the cipher.
-    for (let p = at; p < at + length; p += PIECE) cipher.update(out.subarray(p, Math.min(p + PIECE, at + length))).copy(out, p)
+    for (let p = at; p < at + length; p += PIECE) copyInto(out, cipher.update(out.subarray(p, Math.min(p + PIECE, at + length))), p)
     cipher.final() // nothing more for GCM
     cipher.getAuthTag().copy(out, at + length)
     return at + length + TAG_BYTES
@@ -131,7 +132,7 @@ export class BlobEngine {
     if (!(blob[0]! & FLAG_ZSTD)) {
       if (expected !== undefined && payload.length !== expected) throw new BlobDamage(`holds ${payload.length} bytes, expected ${expected}`)
       if (payload.length > out.length) throw new BlobDamage(`holds ${payload.length} bytes, more than the ${out.length} expected`)
-      out.set(payload)
+      copyInto(out, payload, 0)
       return payload.length
     }
     return this.#decompress(payload, out, expected ?? frameContentSize(payload) ?? undefined)

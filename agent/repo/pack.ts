@@ -4,6 +4,7 @@
 // The trailer is the pack's own index (an index run, index-run.ts, in pack order; version 1
 // repositories: chunk-index.ts's encoding), so the indexes can always be rebuilt from the packs.
 import { randomBytes } from 'node:crypto'
+import { copyInto } from '../core/copy.ts'
 import { encodeRun } from './index-run.ts'
 import { PACK_ID_BYTES, type BlobRef } from './tree.ts'
 
@@ -51,7 +52,7 @@ export class PackBuilder {
   add(id: Buffer, blob: Buffer, rawLength: number): BlobRef {
     const start = this.#bytes
     if (this.#bytes + blob.length > this.buffer.length) throw new Error('pack buffer overflow')
-    this.#bytes += blob.copy(this.buffer, this.#bytes)
+    this.#bytes += copyInto(this.buffer, blob, this.#bytes)
     const ref = { id, pack: this.id, offset: start, length: this.#bytes - start, rawLength }
     this.entries.push(ref)
     return ref

@@ -16,6 +16,7 @@ import {
   type ObjectLockMode,
 } from '@aws-sdk/client-s3'
 import { Upload } from '@aws-sdk/lib-storage'
+import { copyInto } from '../core/copy.ts'
 import { EbsWorkerError, ErrorCode } from '../core/errors.ts'
 import { awsError } from '../aws/errors.ts'
 import type { S3Connection } from '../aws/clients.ts'
@@ -353,7 +354,7 @@ async function readBody(body: unknown, length: number | undefined, into?: Buffer
   let at = 0
   for await (const piece of stream) {
     if (at + piece.length > length) throw new Error(`response body longer than its Content-Length (${length})`)
-    at += piece.copy(out, at)
+    at += copyInto(out, piece, at) // memcpy, also into a shared buffer (core/copy.ts)
   }
   if (at !== length) throw new Error(`response body ended after ${at} of ${length} bytes`)
   return out
