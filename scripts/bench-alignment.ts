@@ -1,9 +1,11 @@
-// What page- and payload-aligned buffers save (BENCHMARKS.md, "Aligned buffers"):
+// What aligned buffers and memcpy-speed copies save (BENCHMARKS.md, "Aligned buffers, copies"):
 //   node scripts/bench-alignment.ts [FILE]
 // 1. Sealing a 1 MiB chunk (encrypted; random data, stored raw, and text-like, compressed) with its
 //    blob at offset 0 of a page-aligned buffer, as before, and at BlobEngine.alignedStart, where
 //    its payload starts on a 16-byte boundary: CPU microseconds per chunk.
-// 2. A file read from the page cache in 1 MiB reads, in a fresh process that opens the file and
+// 2. A 1 MiB blob copied into a shared pack buffer at offsets equally or not equally aligned:
+//    Buffer.copy (V8's relaxed-atomic move for shared memory) against copyInto (one memcpy).
+// 3. A file read from the page cache in 1 MiB reads, in a fresh process that opens the file and
 //    then allocates its one buffer: a new SharedArrayBuffer (glibc maps a 1 MiB allocation on its
 //    own pages and hands out page + 16 bytes) or sharedBuffer() (page-aligned). System CPU of
 //    the reads: the kernel's copy to user memory. Where glibc places an allocation depends on
@@ -17,6 +19,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { BlobEngine, sealBound } from '../agent/repo/blob-format.ts'
 import { sharedBuffer } from '../agent/repo/codec-threads.ts'
+import { copyInto } from '../agent/core/copy.ts'
 
 const MiB = 1024 * 1024
 
@@ -54,6 +57,20 @@ for (const [name, data] of [['random (stored raw)', random], ['text-like (zstd)'
     return (u.user + u.system) / 300
   }
   console.log(`| ${name} | ${cost(0).toFixed(0)} µs | ${cost(engine.alignedStart).toFixed(0)} µs |`)
+}
+
+const pack = sharedBuffer(32 * MiB).fill(1)
+const blob = sharedBuffer(2 * MiB).fill(7).subarray(3, 3 + MiB)
+console.log('\n| copy of a 1 MiB blob into a shared buffer | Buffer.copy GiB/s | copyInto GiB/s |')
+console.log('|---|---:|---:|')
+for (const rel of [0, 1, 13, 16]) {
+  const rate = (copy: (at: number) => void) => {
+    const t0 = process.hrtime.bigint()
+    let n = 0
+    for (let r = 0; r < 10; r++) for (let o = 0; o + 2 * MiB < pack.length; o += MiB + 4096) { copy(o + 3 + rel); n++ }
+    return (n / 1024 / (Number(process.hrtime.bigint() - t0) / 1e9)).toFixed(1)
+  }
+  console.log(`| +${rel} | ${rate((at) => blob.copy(pack, at))} | ${rate((at) => copyInto(pack, blob, at))} |`)
 }
 
 let file = process.argv[2]

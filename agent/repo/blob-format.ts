@@ -75,8 +75,8 @@ export class BlobEngine {
    * Where in a page-aligned buffer a chunk's blob should start so that its payload (after the
    * flags byte and the nonce) starts on a 16-byte boundary: 3 encrypted, 15 plain. seal() copies
    * into the payload (a raw chunk; each piece of ciphertext from node:crypto's 16-byte-aligned
-   * buffers), and memcpy between buffers misaligned by an odd amount runs at a fifth of the speed
-   * on this class of CPU: a raw chunk's seal takes 0.9 ms/MiB aligned, 1.7 misaligned.
+   * buffers), and copies between equally aligned addresses are the fast ones: a raw chunk's seal
+   * takes 0.77 ms aligned, 0.99 at 0 (scripts/bench-alignment.ts).
    */
   get alignedStart(): number {
     return (ALIGN - ((this.#profile.encryption ? 1 + NONCE_BYTES : 1) % ALIGN)) % ALIGN
