@@ -98,6 +98,8 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
   }
   const maxUnused = (o.maxUnusedPercent ?? 5) / 100
   const lock = o.dryRun || o.lock ? null : await takePruneLock(repo, undefined, o.staleLockMs)
+  // The walk's spill files (local disk), removed however the prune ends.
+  let closeLive: (() => Promise<void>) | null = null
   const stopIfAborted = (): void => {
     if (o.signal?.aborted) {
       throw new EbsWorkerError(ErrorCode.Interrupted, `prune of ${repo.url} stopped (${String((o.signal.reason as Error | undefined)?.message ?? o.signal.reason)}): ` +
@@ -115,12 +117,11 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     // 2. What they reach.
     const roots = [...manifests.values()].map(manifestRoot).concat(checkpointRoots)
     const live = await walkLiveness(repo, roots, movedPacks, (done, total) => o.onProgress?.({ phase: 'walk', done, total }))
-    const usage = new Map<string, { liveBytes: number; tree: boolean; blobs: Array<{ offset: number; length: number }> }>()
-    try {
-      for await (const p of live.packs()) usage.set(p.pack, p)
-    } finally {
-      await live.close()
-    }
+    closeLive = () => live.close()
+    // Per pack what the decisions need, not its blobs: memory goes with the packs, not with the
+    // chunks. The blobs of the packs chosen for repacking are read from the spill again (step 3).
+    const usage = new Map<string, { liveBytes: number; tree: boolean; count: number }>()
+    for await (const p of live.packs()) usage.set(p.pack, { liveBytes: p.liveBytes, tree: p.tree, count: p.blobs.length })
 
     stopIfAborted()
     // What is there, and who is writing.
@@ -169,7 +170,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       }
       // What a pack of just its live blobs would still hold besides them: its trailer (an entry a
       // blob, header, encoding, tail) — not unused space.
-      const overhead = 64 + 60 * u.blobs.length
+      const overhead = 64 + 60 * u.count
       const unused = Math.max(0, p.size - u.liveBytes - overhead) / p.size
       if (unused > maxUnused && p.size <= repackBudget && p.modified.getTime() < cutoff) {
         toRepack.push(p)
@@ -192,6 +193,17 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     }
 
     // 3. Repack: live blobs copied to new packs; where each went is recorded before the old pack may go.
+    // In pack id order, the spill's: one more pass over it gives each pack's live blobs as its
+    // turn comes, one pack's at a time in memory.
+    toRepack.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    const spilled = live.packs()
+    const liveBlobsOf = async (pack: string): Promise<Array<{ offset: number; length: number }>> => {
+      for (let next = await spilled.next(); !next.done && next.value.pack <= pack; next = await spilled.next()) {
+        if (next.value.pack === pack) return next.value.blobs
+      }
+      // Never repack a pack into nothing: its live blobs were in the spill a moment ago.
+      throw new Error(`prune: the live blobs of pack ${pack} are not in the spill a second time`)
+    }
     const data = new PackWriter(repo, { packSize: 16 * 1024 * 1024, concurrency: 2, maxBlobBytes: repo.chunkSize + 64 })
     const trees = new PackWriter(repo, { packSize: 4 * 1024 * 1024, concurrency: 2, maxBlobBytes: 64 * 1024, tree: true })
     for (const [n, p] of toRepack.entries()) {
@@ -200,7 +212,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       const { entries } = await repo.readPackTrailer(p.id, p.size)
       const byOffset = new Map(entries.map((e) => [e.offset, e]))
       const moved = new Map<number, BlobRef>()
-      for (const b of u.blobs) {
+      for (const b of await liveBlobsOf(p.id)) {
         const entry = byOffset.get(b.offset)
         if (!entry) throw new EbsWorkerError(ErrorCode.ChunkCorrupt, `pack ${p.id} has no blob at offset ${b.offset}, which a backup refers to`, { context: { pack: p.id, offset: b.offset } })
         const bytes = await repo.readPackRange(p.id, entry.offset, entry.length)
@@ -217,6 +229,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     await data.finish()
     await trees.finish()
     result.bytes.written = data.bytesStored + trees.bytesStored
+    await live.close()
 
     stopIfAborted()
     // 4. Condemn, with the backups running now: they may use what is condemned until they end.
@@ -273,6 +286,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
     result.durationMs = Math.round(performance.now() - started)
     return result
   } finally {
+    await closeLive?.()
     await lock?.release()
   }
 }
