@@ -5,12 +5,13 @@
 //    its payload starts on a 16-byte boundary: CPU microseconds per chunk.
 // 2. A 1 MiB blob copied into a shared pack buffer at offsets equally or not equally aligned:
 //    Buffer.copy (V8's relaxed-atomic move for shared memory) against copyInto (one memcpy).
-// 3. A file read from the page cache in 1 MiB reads, in a fresh process that opens the file and
-//    then allocates its one buffer: a new SharedArrayBuffer (glibc maps a 1 MiB allocation on its
-//    own pages and hands out page + 16 bytes) or sharedBuffer() (page-aligned). System CPU of
-//    the reads: the kernel's copy to user memory. Where glibc places an allocation depends on
-//    what the process did before (later ones may come from its heap, at any 16-byte boundary),
-//    which is why ebs-worker allocates aligned memory rather than hoping for it.
+// 3. A file read from the page cache in 1 MiB reads, in a fresh process that loads nothing, opens
+//    the file and allocates its one buffer: a new SharedArrayBuffer (glibc maps a 1 MiB
+//    allocation on its own pages and hands out page + 16 bytes) or one made as sharedBuffer()
+//    makes it (page-aligned). System CPU of the reads: the kernel's copy to user memory. Where
+//    glibc places an allocation depends on what the process did before (after loading modules it
+//    may come from its heap, at any 16-byte boundary, and be fast), which is why ebs-worker
+//    allocates aligned memory rather than hoping for it.
 // FILE defaults to a 1 GiB file of random bytes made (and removed) in the OS temp directory.
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -23,11 +24,18 @@ import { copyInto } from '../agent/core/copy.ts'
 
 const MiB = 1024 * 1024
 
-if (process.argv[2] === '--read-into') {
-  // The child: open, allocate, read everything, print the system CPU of the reads.
-  const h = await open(process.argv[4]!, 'r')
+// Part 3's child: nothing loaded but node:fs before its one buffer is allocated (loading modules
+// first moves where glibc puts it), then every 1 MiB read of the file; prints its system CPU.
+// The aligned buffer is made as sharedBuffer() makes it.
+const READ_INTO = `
+  import { open } from 'node:fs/promises'
+  const [kind, file] = process.argv.slice(1)
+  const h = await open(file, 'r')
   await h.stat()
-  const buf = process.argv[3] === 'aligned' ? sharedBuffer(MiB) : Buffer.from(new SharedArrayBuffer(MiB))
+  const MiB = 1024 * 1024
+  const buf = kind === 'aligned'
+    ? Buffer.from(new WebAssembly.Memory({ initial: 16, maximum: 16, shared: true }).buffer, 0, MiB)
+    : Buffer.from(new SharedArrayBuffer(MiB))
   const before = process.cpuUsage()
   let at = 0
   for (;;) {
@@ -35,9 +43,7 @@ if (process.argv[2] === '--read-into') {
     if (bytesRead === 0) break
     at += bytesRead
   }
-  process.stdout.write(JSON.stringify({ bytes: at, sys: process.cpuUsage(before).system / 1e6 }))
-  process.exit(0)
-}
+  process.stdout.write(JSON.stringify({ bytes: at, sys: process.cpuUsage(before).system / 1e6 }))`
 
 const engine = new BlobEngine({ encryption: randomBytes(32), chunkId: randomBytes(32), level: 1 })
 const random = sharedBuffer(MiB)
@@ -87,7 +93,7 @@ console.log('\n| 1 MiB reads from the page cache into (fresh process) | GiB | sy
 console.log('|---|---:|---:|')
 for (let round = 0; round < 3; round++) {
   for (const [name, kind] of [['new SharedArrayBuffer', 'sab'], ['sharedBuffer() (page-aligned)', 'aligned']] as const) {
-    const r = JSON.parse(execFileSync(process.execPath, [process.argv[1]!, '--read-into', kind, file], { encoding: 'utf8' })) as { bytes: number; sys: number }
+    const r = JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', READ_INTO, kind, file], { encoding: 'utf8' })) as { bytes: number; sys: number }
     const gib = r.bytes / 1024 / MiB
     console.log(`| ${name} | ${gib.toFixed(2)} | ${(r.sys / gib).toFixed(2)} |`)
   }
